@@ -1,0 +1,229 @@
+//! `type = "embedded"` (the default): leases in one redb file in the data
+//! directory. Zero set-up, survives restarts, single daemon: redb holds an
+//! exclusive lock on the file, so a second daemon on the same file refuses to
+//! start. Judged on the daemon's clock.
+//!
+//! Every resource keeps one [`Record`] (JSON in a redb table) that outlives
+//! its leases, so fences survive release, expiry and restarts. Writes are
+//! durable (fsync) before the call returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::Deserialize;
+
+use super::record::Record;
+use super::{Backend, BackendError, Result};
+use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+
+/// resource name → JSON-encoded [`Record`].
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+
+/// `[backends.NAME]` with `type = "embedded"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Path of the database file; relative paths are under the data
+    /// directory. Default: `locks.redb`.
+    pub path: Option<PathBuf>,
+}
+
+/// A redb database shared by blocking tasks.
+pub struct EmbeddedBackend {
+    name: String,
+    db: Arc<Database>,
+}
+
+impl EmbeddedBackend {
+    /// Opens (creating if needed) the database file of `config`.
+    pub async fn open(name: &str, config: &EmbeddedConfig, data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(config.path.as_deref().unwrap_or(Path::new("locks.redb")));
+        let owner = name.to_string();
+        let db = tokio::task::spawn_blocking(move || -> Result<Database> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    BackendError::config(&owner, format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            let db = Database::create(&path).map_err(|e| {
+                BackendError::config(&owner, format!("cannot open {}: {e}", path.display()))
+            })?;
+            let txn = db.begin_write().map_err(|e| BackendError::internal(&owner, e))?;
+            txn.open_table(RECORDS)
+                .map_err(|e| BackendError::internal(&owner, e))?;
+            txn.commit().map_err(|e| BackendError::internal(&owner, e))?;
+            Ok(db)
+        })
+        .await
+        .map_err(|e| BackendError::internal(name, e))??;
+        Ok(Self {
+            name: name.to_string(),
+            db: Arc::new(db),
+        })
+    }
+
+    /// Runs `f` on the record of `resource` in one write transaction and
+    /// stores the record back if `f` changed it.
+    async fn update<T: Send + 'static>(
+        &self,
+        resource: &str,
+        f: impl FnOnce(&mut Record, SystemTime) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (db, name, resource) = (self.db.clone(), self.name.clone(), resource.to_string());
+        tokio::task::spawn_blocking(move || -> Result<T> {
+            let err = |e: &dyn std::fmt::Display| BackendError::internal(&name, e);
+            let txn = db.begin_write().map_err(|e| err(&e))?;
+            let out = {
+                let mut table = txn.open_table(RECORDS).map_err(|e| err(&e))?;
+                let before = match table.get(resource.as_str()).map_err(|e| err(&e))? {
+                    Some(bytes) => Some(bytes.value().to_vec()),
+                    None => None,
+                };
+                let mut record = match &before {
+                    Some(bytes) => decode(&name, bytes)?,
+                    None => Record::default(),
+                };
+                let out = f(&mut record, SystemTime::now());
+                let after = serde_json::to_vec(&record).map_err(|e| err(&e))?;
+                if before.as_deref() != Some(after.as_slice()) {
+                    table
+                        .insert(resource.as_str(), after.as_slice())
+                        .map_err(|e| err(&e))?;
+                }
+                out
+            };
+            txn.commit().map_err(|e| err(&e))?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BackendError::internal(&self.name, e))?
+    }
+
+    /// Runs `f` over the records in a read transaction.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>, &str) -> Result<T>
+        + Send
+        + 'static,
+    ) -> Result<T> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || -> Result<T> {
+            let txn = db
+                .begin_read()
+                .map_err(|e| BackendError::internal(&name, e))?;
+            let table = txn
+                .open_table(RECORDS)
+                .map_err(|e| BackendError::internal(&name, e))?;
+            f(&table, &name)
+        })
+        .await
+        .map_err(|e| BackendError::internal(&self.name, e))?
+    }
+
+    async fn record(&self, resource: &str) -> Result<Option<Record>> {
+        let resource = resource.to_string();
+        self.read(move |table, name| {
+            match table
+                .get(resource.as_str())
+                .map_err(|e| BackendError::internal(name, e))?
+            {
+                Some(bytes) => decode(name, bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<Record> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| BackendError::internal(name, format!("corrupt record: {e}")))
+}
+
+#[async_trait]
+impl Backend for EmbeddedBackend {
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
+        let req = req.clone();
+        self.update(&req.resource.clone(), move |rec, now| rec.acquire(&req, now))
+            .await
+    }
+
+    async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
+        let id = id.clone();
+        self.update(resource, move |rec, now| rec.release(&id, now))
+            .await
+    }
+
+    async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
+        let id = id.clone();
+        self.update(resource, move |rec, now| rec.renew(&id, ttl, now))
+            .await?
+    }
+
+    async fn current(&self, resource: &str) -> Result<Option<Lease>> {
+        let now = SystemTime::now();
+        Ok(self
+            .record(resource)
+            .await?
+            .and_then(|rec| rec.live(now).cloned()))
+    }
+
+    async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {
+        let now = SystemTime::now();
+        Ok(match self.record(resource).await? {
+            Some(rec) => rec.status(id, now),
+            None => LeaseStatus::NotCurrent { evicted: None },
+        })
+    }
+
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Lease>> {
+        let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
+        let now = SystemTime::now();
+        self.read(move |table, name| {
+            let err = |e: redb::StorageError| BackendError::internal(name, e);
+            let range = match &after {
+                Some(a) => table.range::<&str>((
+                    std::ops::Bound::Excluded(a.as_str()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => table.range::<&str>(prefix.as_str()..),
+            }
+            .map_err(err)?;
+            let mut leases = Vec::new();
+            for entry in range {
+                let (key, value) = entry.map_err(err)?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                if let Some(lease) = decode(name, value.value())?.live(now) {
+                    leases.push(lease.clone());
+                    if leases.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(leases)
+        })
+        .await
+    }
+
+    async fn force_release(
+        &self,
+        resource: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<Lease>> {
+        let (actor, reason) = (actor.to_string(), reason.to_string());
+        self.update(resource, move |rec, now| {
+            rec.force_release(&actor, &reason, now)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.read(|_, _| Ok(())).await
+    }
+}

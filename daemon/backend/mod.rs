@@ -1,0 +1,161 @@
+//! Backends: where leases live. One trait, one module per engine, each behind
+//! a cargo feature and configured by its own `[backends.NAME]` table.
+//!
+//! Backends speak the types of [`crate::lease`] and [`BackendError`]; they know
+//! nothing of gRPC. Every backend passes the same conformance suite
+//! (`tests/conformance.rs`) against a real engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+
+pub mod embedded;
+pub mod memory;
+mod record;
+mod timeout;
+
+pub use timeout::WithTimeout;
+
+/// Why a backend call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The lease is not the resource's current lease (renew).
+    #[error("lease is not current{}", .evicted.as_ref().map(|e| format!(": force-released by {} ({})", e.actor, e.reason)).unwrap_or_default())]
+    NotCurrent {
+        /// Set when the lease was broken by an administrator.
+        evicted: Option<crate::lease::Eviction>,
+    },
+    /// The engine could not be reached or did not answer in time.
+    #[error("backend {backend:?} unavailable: {message}")]
+    Unavailable {
+        /// The backend's configured name.
+        backend: String,
+        /// What went wrong, for operators.
+        message: String,
+    },
+    /// The engine answered with something this daemon cannot use (corrupt
+    /// record, schema mismatch). Never caused by user input.
+    #[error("backend {backend:?} failed: {message}")]
+    Internal {
+        /// The backend's configured name.
+        backend: String,
+        /// What went wrong, for operators.
+        message: String,
+    },
+    /// The backend's configuration is invalid.
+    #[error("backend {backend:?}: {message}")]
+    Config {
+        /// The backend's configured name.
+        backend: String,
+        /// Which key is wrong and why.
+        message: String,
+    },
+}
+
+impl BackendError {
+    /// An [`BackendError::Unavailable`] for `backend` from any displayable error.
+    pub fn unavailable(backend: &str, err: impl std::fmt::Display) -> Self {
+        Self::Unavailable {
+            backend: backend.to_string(),
+            message: err.to_string(),
+        }
+    }
+    /// An [`BackendError::Internal`] for `backend` from any displayable error.
+    pub fn internal(backend: &str, err: impl std::fmt::Display) -> Self {
+        Self::Internal {
+            backend: backend.to_string(),
+            message: err.to_string(),
+        }
+    }
+    /// A [`BackendError::Config`] for `backend`.
+    pub fn config(backend: &str, message: impl Into<String>) -> Self {
+        Self::Config {
+            backend: backend.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result of a backend call.
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// A store of leases.
+///
+/// Contract (checked by the conformance suite):
+/// - at most one unexpired lease per resource; expiry is judged on the
+///   engine's clock where it has one;
+/// - every granted lease has a fence greater than any fence ever granted on
+///   that resource, across release, expiry, force-release, restarts and the
+///   engine's own cleanup;
+/// - calls that cannot reach the engine fail with
+///   [`BackendError::Unavailable`] rather than hang (the daemon also bounds
+///   each call with [`WithTimeout`]).
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Grants `req` if the resource is free (or its lease expired), else
+    /// returns the holder's lease.
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition>;
+
+    /// Releases the lease if it is current; returns whether it was. Idempotent.
+    async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool>;
+
+    /// Sets a current lease's expiry to now + `ttl`; fails with
+    /// [`BackendError::NotCurrent`] otherwise.
+    async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease>;
+
+    /// The unexpired lease on `resource`, if any.
+    async fn current(&self, resource: &str) -> Result<Option<Lease>>;
+
+    /// Whether `id` is the current lease of `resource`.
+    async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus>;
+
+    /// Up to `limit` unexpired leases whose resource starts with `prefix` and
+    /// sorts strictly after `after`, in resource order.
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Lease>>;
+
+    /// Breaks the current lease of `resource`, recording who and why; returns
+    /// the broken lease, or `None` when the resource was free.
+    async fn force_release(&self, resource: &str, actor: &str, reason: &str)
+    -> Result<Option<Lease>>;
+
+    /// Checks that the engine answers.
+    async fn health(&self) -> Result<()>;
+}
+
+/// The `[backends.NAME]` table: `type` selects the engine, the other keys are
+/// the engine's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BackendConfig {
+    /// A single file in the data directory (default).
+    Embedded(embedded::EmbeddedConfig),
+    /// Process memory: tests and demos only.
+    Memory(memory::MemoryConfig),
+}
+
+impl BackendConfig {
+    /// The engine's name as written in `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "embedded",
+            Self::Memory(_) => "memory",
+        }
+    }
+}
+
+/// Connects to the backend `name` described by `config`. `data_dir` anchors
+/// relative paths of file-based backends.
+pub async fn connect(
+    name: &str,
+    config: &BackendConfig,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn Backend>> {
+    Ok(match config {
+        BackendConfig::Embedded(c) => Arc::new(embedded::EmbeddedBackend::open(name, c, data_dir).await?),
+        BackendConfig::Memory(_) => Arc::new(memory::MemoryBackend::new()),
+    })
+}

@@ -1,0 +1,68 @@
+//! Where the daemon keeps its state by default, shared with the CLI so that a
+//! loopback CLI finds the daemon's development certificates without flags.
+
+use std::path::{Path, PathBuf};
+
+/// Default gRPC port: 7466 (7233, the example in early designs, is Temporal's).
+pub const DEFAULT_PORT: u16 = 7466;
+
+/// The data directory: `$STORMLOCK_DATA_DIR`, else `$XDG_STATE_HOME/stormlock`,
+/// else `~/.local/state/stormlock`, else `./stormlock-state`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = non_empty_env("STORMLOCK_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(state) = non_empty_env("XDG_STATE_HOME") {
+        return Path::new(&state).join("stormlock");
+    }
+    match non_empty_env("HOME") {
+        Some(home) => Path::new(&home).join(".local/state/stormlock"),
+        None => PathBuf::from("stormlock-state"),
+    }
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The development PKI a daemon without TLS configuration creates under
+/// `<data-dir>/tls/`: a local CA, a server certificate for loopback and a
+/// client certificate for the local operator.
+#[derive(Debug, Clone)]
+pub struct DevTls {
+    /// The directory holding the files.
+    pub dir: PathBuf,
+}
+
+impl DevTls {
+    /// The development PKI of `data_dir`.
+    pub fn in_data_dir(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("tls"),
+        }
+    }
+    /// CA certificate (PEM), trusted by both sides.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+    /// CA private key (PEM), kept to issue the other two.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    /// Server certificate (PEM) for `localhost`, `127.0.0.1` and `::1`.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+    /// Server private key (PEM).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    /// Client certificate (PEM) of the local operator, an administrator.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.crt")
+    }
+    /// Client private key (PEM).
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
+    }
+}

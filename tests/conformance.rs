@@ -1,0 +1,356 @@
+//! The backend conformance suite: one set of cases, run unchanged against
+//! every backend (`conformance_tests!` instantiates it for one backend).
+//!
+//! Every case uses resource names under a fresh random prefix, so the suite
+//! can run against a shared engine and in parallel with itself.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use stormlock::backend::{Backend, BackendError};
+use stormlock::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+
+/// A resource name unique to this run of one case.
+pub fn unique(case: &str) -> String {
+    format!("conformance/{}/{case}", &LeaseId::generate().expose()[..10])
+}
+
+/// An acquisition request for `resource` by `principal`.
+pub fn request(resource: &str, principal: &str, ttl_secs: u64) -> AcquireRequest {
+    AcquireRequest {
+        resource: resource.to_string(),
+        id: LeaseId::generate(),
+        principal: principal.to_string(),
+        reason: format!("conformance test by {principal}"),
+        ttl: Duration::from_secs(ttl_secs),
+    }
+}
+
+async fn granted(backend: &dyn Backend, req: &AcquireRequest) -> Lease {
+    match backend.acquire(req).await {
+        Ok(Acquisition::Granted(lease)) => lease,
+        other => panic!("expected {} to be granted, got {other:?}", req.resource),
+    }
+}
+
+async fn held(backend: &dyn Backend, req: &AcquireRequest) -> Lease {
+    match backend.acquire(req).await {
+        Ok(Acquisition::Held(holder)) => holder,
+        other => panic!("expected {} to be held, got {other:?}", req.resource),
+    }
+}
+
+/// Sleeps past the expiry of a lease taken with a 1 s TTL. Expiry has
+/// one-second granularity on some engines, hence the margin.
+async fn past_expiry() {
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+}
+
+fn within(a: SystemTime, b: SystemTime, tolerance: Duration) -> bool {
+    let diff = a.duration_since(b).or_else(|_| b.duration_since(a));
+    diff.is_ok_and(|d| d <= tolerance)
+}
+
+/// Acquire, contend, release, reacquire: the basic life of a lease.
+pub async fn acquire_contend_release(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("basic");
+    let alice = request(&resource, "alice", 60);
+    let lease = granted(b, &alice).await;
+    assert_eq!(lease.resource, resource);
+    assert_eq!(lease.id, alice.id);
+    assert_eq!(lease.principal, "alice");
+    assert_eq!(lease.reason, alice.reason);
+    assert!(lease.fence > 0, "fences start above zero");
+    let now = SystemTime::now();
+    assert!(within(lease.acquired_at, now, Duration::from_secs(5)), "acquired_at is now");
+    let ttl = lease.expires_at.duration_since(lease.acquired_at).unwrap_or_default();
+    assert!(
+        (59..=61).contains(&ttl.as_secs()),
+        "expires_at - acquired_at = {ttl:?}, want the 60 s TTL"
+    );
+
+    let bob = request(&resource, "bob", 60);
+    let holder = held(b, &bob).await;
+    assert_eq!(holder.id, alice.id, "contention reports the holder");
+    assert_eq!(holder.principal, "alice");
+    assert_eq!(holder.reason, alice.reason);
+    assert_eq!(holder.fence, lease.fence);
+
+    let current = b.current(&resource).await.expect("current");
+    assert_eq!(current.as_ref().map(|l| &l.id), Some(&alice.id));
+    assert!(matches!(b.status(&resource, &alice.id).await, Ok(LeaseStatus::Current(_))));
+    assert!(matches!(
+        b.status(&resource, &bob.id).await,
+        Ok(LeaseStatus::NotCurrent { evicted: None })
+    ));
+
+    assert!(!b.release(&resource, &bob.id).await.expect("release"), "a foreign id releases nothing");
+    assert!(b.current(&resource).await.expect("current").is_some());
+    assert!(b.release(&resource, &alice.id).await.expect("release"));
+    assert!(!b.release(&resource, &alice.id).await.expect("release"), "release is idempotent");
+    assert_eq!(b.current(&resource).await.expect("current"), None);
+    assert!(matches!(
+        b.status(&resource, &alice.id).await,
+        Ok(LeaseStatus::NotCurrent { .. })
+    ));
+
+    let again = granted(b, &bob).await;
+    assert!(again.fence > lease.fence, "fence increases across release");
+}
+
+/// Releasing or renewing a resource nobody ever locked is harmless.
+pub async fn unknown_resource(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("never");
+    let id = LeaseId::generate();
+    assert!(!b.release(&resource, &id).await.expect("release"));
+    assert!(matches!(
+        b.renew(&resource, &id, Duration::from_secs(5)).await,
+        Err(BackendError::NotCurrent { evicted: None })
+    ));
+    assert_eq!(b.current(&resource).await.expect("current"), None);
+    assert!(matches!(
+        b.status(&resource, &id).await,
+        Ok(LeaseStatus::NotCurrent { evicted: None })
+    ));
+    assert_eq!(b.force_release(&resource, "admin", "test").await.expect("force"), None);
+}
+
+/// Renew moves the expiry with a new TTL; wrong, released and expired leases
+/// cannot be renewed.
+pub async fn renew(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("renew");
+    let req = request(&resource, "alice", 2);
+    let lease = granted(b, &req).await;
+
+    let renewed = b.renew(&resource, &req.id, Duration::from_secs(600)).await.expect("renew");
+    assert_eq!(renewed.id, req.id);
+    assert_eq!(renewed.fence, lease.fence, "renew keeps the fence");
+    let left = renewed.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+    assert!(left > Duration::from_secs(590), "renew applies the new TTL, {left:?} left");
+    // A shorter TTL works too (etcd needs a new lease for this).
+    let shorter = b.renew(&resource, &req.id, Duration::from_secs(30)).await.expect("renew");
+    let left = shorter.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+    assert!(left <= Duration::from_secs(31) && left >= Duration::from_secs(25), "{left:?}");
+
+    let stranger = LeaseId::generate();
+    assert!(matches!(
+        b.renew(&resource, &stranger, Duration::from_secs(5)).await,
+        Err(BackendError::NotCurrent { .. })
+    ));
+    assert!(b.release(&resource, &req.id).await.expect("release"));
+    assert!(matches!(
+        b.renew(&resource, &req.id, Duration::from_secs(5)).await,
+        Err(BackendError::NotCurrent { .. })
+    ));
+
+    let short = request(&resource, "alice", 1);
+    granted(b, &short).await;
+    past_expiry().await;
+    assert!(matches!(
+        b.renew(&resource, &short.id, Duration::from_secs(5)).await,
+        Err(BackendError::NotCurrent { .. })
+    ));
+}
+
+/// An expired lease frees the resource and stops being current.
+pub async fn expiry(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("expiry");
+    let first = request(&resource, "alice", 1);
+    let lease = granted(b, &first).await;
+    past_expiry().await;
+    assert_eq!(b.current(&resource).await.expect("current"), None);
+    assert!(matches!(
+        b.status(&resource, &first.id).await,
+        Ok(LeaseStatus::NotCurrent { .. })
+    ));
+    let list = b.list(&resource, None, 10).await.expect("list");
+    assert!(list.is_empty(), "expired leases are not listed: {list:?}");
+    let second = request(&resource, "bob", 60);
+    let next = granted(b, &second).await;
+    assert!(next.fence > lease.fence, "fence increases across expiry");
+    assert!(!b.release(&resource, &first.id).await.expect("release"), "expired lease releases nothing");
+    assert!(matches!(b.status(&resource, &second.id).await, Ok(LeaseStatus::Current(_))));
+}
+
+/// Fences strictly increase over many acquisitions mixing every way a lease
+/// ends.
+pub async fn fences_strictly_increase(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("fence");
+    let mut last = 0;
+    for round in 0..6 {
+        let req = request(&resource, "alice", 1);
+        let lease = granted(b, &req).await;
+        assert!(lease.fence > last, "round {round}: fence {} after {last}", lease.fence);
+        last = lease.fence;
+        match round % 3 {
+            0 => assert!(b.release(&resource, &req.id).await.expect("release")),
+            1 => assert!(b.force_release(&resource, "admin", "rotate").await.expect("force").is_some()),
+            _ => past_expiry().await,
+        }
+    }
+}
+
+/// Of 32 concurrent acquirers of one resource exactly one wins, and every
+/// loser sees the winner as the holder.
+pub async fn concurrent_acquirers(backend: Arc<dyn Backend>) {
+    let resource = unique("race");
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let backend = backend.clone();
+            let req = request(&resource, &format!("worker-{i}"), 60);
+            tokio::spawn(async move { backend.acquire(&req).await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut holders = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(Acquisition::Granted(lease)) => winners.push(lease),
+            Ok(Acquisition::Held(holder)) => holders.push(holder),
+            Err(e) => panic!("acquire failed: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
+    let winner = &winners[0];
+    for holder in &holders {
+        assert_eq!(holder.id, winner.id, "losers see the winner");
+    }
+}
+
+/// List returns live leases under a prefix, in order, a page at a time.
+pub async fn list_and_paginate(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let base = unique("list");
+    let names = ["a", "b/x", "b/y", "c"].map(|n| format!("{base}/{n}"));
+    for name in &names {
+        granted(b, &request(name, "alice", 60)).await;
+    }
+    let expiring = format!("{base}/d");
+    granted(b, &request(&expiring, "alice", 1)).await;
+    granted(b, &request(&format!("{base}-sibling/a"), "alice", 60)).await;
+    past_expiry().await;
+
+    let all = b.list(&format!("{base}/"), None, 100).await.expect("list");
+    let got: Vec<_> = all.iter().map(|l| l.resource.clone()).collect();
+    assert_eq!(got, names.to_vec(), "live leases under the prefix, sorted");
+
+    let sub = b.list(&format!("{base}/b/"), None, 100).await.expect("list");
+    assert_eq!(sub.len(), 2);
+
+    let first = b.list(&format!("{base}/"), None, 2).await.expect("list");
+    assert_eq!(first.len(), 2);
+    let after = first.last().map(|l| l.resource.clone());
+    let second = b.list(&format!("{base}/"), after.as_deref(), 2).await.expect("list");
+    let mut paged: Vec<_> = first.iter().chain(&second).map(|l| l.resource.clone()).collect();
+    let after = second.last().map(|l| l.resource.clone());
+    let third = b.list(&format!("{base}/"), after.as_deref(), 2).await.expect("list");
+    assert!(third.is_empty(), "no third page: {third:?}");
+    paged.sort();
+    assert_eq!(paged, names.to_vec(), "pages cover everything once");
+}
+
+/// Force-release breaks the lease, records who and why, and raises the fence.
+pub async fn force_release(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("force");
+    let req = request(&resource, "alice", 600);
+    let lease = granted(b, &req).await;
+    let broken = b
+        .force_release(&resource, "oncall", "stuck deploy")
+        .await
+        .expect("force")
+        .expect("a lease was broken");
+    assert_eq!(broken.id, req.id);
+    assert_eq!(b.current(&resource).await.expect("current"), None);
+    match b.status(&resource, &req.id).await {
+        Ok(LeaseStatus::NotCurrent { evicted: Some(e) }) => {
+            assert_eq!(e.actor, "oncall");
+            assert_eq!(e.reason, "stuck deploy");
+        }
+        other => panic!("evicted lease status: {other:?}"),
+    }
+    match b.renew(&resource, &req.id, Duration::from_secs(5)).await {
+        Err(BackendError::NotCurrent { evicted: Some(e) }) => assert_eq!(e.actor, "oncall"),
+        other => panic!("renew of an evicted lease: {other:?}"),
+    }
+    assert!(!b.release(&resource, &req.id).await.expect("release"));
+    let next = granted(b, &request(&resource, "bob", 60)).await;
+    assert!(next.fence > lease.fence, "fence increases across force-release");
+    assert!(matches!(
+        b.status(&resource, &next.id).await,
+        Ok(LeaseStatus::Current(_))
+    ));
+}
+
+/// Names at the limits: 512 bytes, multi-byte UTF-8, quotes, wildcards and
+/// separators are stored and returned exactly.
+pub async fn names_at_limits(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let base = unique("names");
+    let long = format!("{base}/{}", "x".repeat(512 - base.len() - 1));
+    assert_eq!(long.len(), 512);
+    let names = [
+        long,
+        format!("{base}/ünïcødé/锁/🔒"),
+        format!("{base}/it's \"quoted\""),
+        format!("{base}/%_*?[]{{}}\\"),
+        format!("{base}/a b\tc"),
+        format!("{base}/;DROP TABLE locks;--"),
+    ];
+    for name in &names {
+        let req = request(name, "alice", 60);
+        let lease = granted(b, &req).await;
+        assert_eq!(&lease.resource, name);
+        let current = b.current(name).await.expect("current").expect("held");
+        assert_eq!(&current.resource, name);
+        assert_eq!(current.id, req.id);
+    }
+    let listed = b.list(&format!("{base}/"), None, 100).await.expect("list");
+    assert_eq!(listed.len(), names.len(), "{listed:?}");
+    // A prefix with LIKE/glob metacharacters matches literally.
+    let literal = b.list(&format!("{base}/%"), None, 100).await.expect("list");
+    assert_eq!(literal.len(), 1, "{literal:?}");
+}
+
+/// Reasons and principals of up to 1 KiB survive the round trip.
+pub async fn long_reason(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("reason");
+    let mut req = request(&resource, &"p".repeat(256), 60);
+    req.reason = "r".repeat(1024);
+    let lease = granted(b, &req).await;
+    assert_eq!(lease.reason.len(), 1024);
+    let holder = held(b, &request(&resource, "bob", 60)).await;
+    assert_eq!(holder.reason, req.reason);
+    assert_eq!(holder.principal, req.principal);
+}
+
+/// The health check answers.
+pub async fn health(backend: Arc<dyn Backend>) {
+    backend.health().await.expect("healthy");
+}
+
+/// Instantiates every conformance case as a `#[tokio::test]` for the backend
+/// that `$make` (an async expression yielding `Arc<dyn Backend>`) builds.
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance::conformance_tests!(@cases $make;
+            acquire_contend_release, unknown_resource, renew, expiry,
+            fences_strictly_increase, concurrent_acquirers, list_and_paginate,
+            force_release, names_at_limits, long_reason, health);
+    };
+    (@cases $make:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                $crate::conformance::$case($make).await
+            }
+        )*
+    };
+}
+pub(crate) use conformance_tests;
