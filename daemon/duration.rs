@@ -16,7 +16,9 @@ pub enum DurationError {
     )]
     Syntax(String),
     /// The unit is not a prefix of days, hours, minutes or seconds.
-    #[error("unknown unit {unit:?} in duration {text:?}: use days, hours, minutes or seconds (or d, h, m, s)")]
+    #[error(
+        "unknown unit {unit:?} in duration {text:?}: use days, hours, minutes or seconds (or d, h, m, s)"
+    )]
     Unit {
         /// The unit as written.
         unit: String,
@@ -129,7 +131,9 @@ mod tests {
     use super::*;
 
     fn secs(text: &str) -> u64 {
-        parse_duration(text).map(|d| d.as_secs()).unwrap_or(u64::MAX)
+        parse_duration(text)
+            .map(|d| d.as_secs())
+            .unwrap_or(u64::MAX)
     }
 
     #[test]
@@ -165,9 +169,18 @@ mod tests {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
         assert!(matches!(parse_duration("h"), Err(DurationError::Syntax(_))));
         assert!(matches!(parse_duration("4"), Ok(_)));
-        assert!(matches!(parse_duration("-4s"), Err(DurationError::Syntax(_))));
-        assert!(matches!(parse_duration("4 weeks"), Err(DurationError::Unit { .. })));
-        assert!(matches!(parse_duration("4.5h"), Err(DurationError::Syntax(_))));
+        assert!(matches!(
+            parse_duration("-4s"),
+            Err(DurationError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_duration("4 weeks"),
+            Err(DurationError::Unit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("4.5h"),
+            Err(DurationError::Syntax(_))
+        ));
         assert!(matches!(
             parse_duration("99999999999999999999s"),
             Err(DurationError::Overflow(_))
@@ -176,7 +189,10 @@ mod tests {
             parse_duration("999999999999999999d"),
             Err(DurationError::Overflow(_))
         ));
-        let message = parse_duration("4 weeks").map(|_| ()).unwrap_err().to_string();
+        let message = parse_duration("4 weeks")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("weeks"), "{message}");
     }
 

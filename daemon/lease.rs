@@ -33,7 +33,9 @@ impl LeaseId {
     /// refused early (`None`).
     pub fn parse(text: &str) -> Option<Self> {
         let valid = text.len() == LEASE_ID_LEN
-            && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         valid.then(|| Self(text.to_string()))
     }
 

@@ -2,9 +2,17 @@
 //!
 //! # Layout
 //!
+//! Requests flow one way: [`server`] → [`service`] (validate with
+//! [`validate`], identify with [`auth`], route with [`routing`]) → a
+//! [`backend`] → its engine.
+//!
 //! - [`pb`]: the generated gRPC types and stubs of `stormlock.v1` (wire only).
 //! - [`lease`]: the daemon's own lease model, shared by service and backends.
 //! - [`backend`]: the `Backend` trait and one module per engine.
+//! - [`config`]: the daemon's TOML configuration.
+//! - [`error`]: request errors and their one mapping to gRPC status codes.
+//! - [`tls`]: certificates, the development PKI, client identities.
+//! - [`waiters`]: wake-ups for callers waiting on a resource.
 //! - [`duration`]: operator-friendly durations (`4 seconds`, `1d2h`).
 //! - [`paths`]: default data directory and development TLS file locations,
 //!   shared by the daemon and the CLI.
@@ -12,8 +20,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backend;
+pub mod config;
 pub mod duration;
+pub mod error;
 pub mod lease;
 pub mod paths;
 pub mod pb;
+pub mod routing;
+pub mod server;
+pub mod service;
+pub mod tls;
+pub mod validate;
+pub mod waiters;

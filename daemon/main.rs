@@ -1,1 +1,193 @@
-fn main(){}
+//! `stormlockd`: the Stormlock daemon. Thin on purpose: parse flags, set up
+//! logging, resolve settings, call `server::run`.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use stormlock::config::Config;
+use stormlock::paths::{DEFAULT_PORT, default_data_dir};
+use stormlock::routing::Router;
+use stormlock::server::{self, Settings};
+
+/// Stormlock daemon: lease-based locks for operators and their scripts, over gRPC.
+///
+/// With no configuration it serves the embedded backend from the data
+/// directory on 127.0.0.1:7466, with mutual TLS from a development CA that it
+/// creates in <data-dir>/tls/ (the `stormlock` CLI finds it there).
+#[derive(Debug, Parser)]
+#[command(name = "stormlockd", version, max_term_width = 100)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(
+        short,
+        long,
+        env = "STORMLOCK_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7466, or `listen` from the config].
+    #[arg(long, env = "STORMLOCK_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// State directory [default: $XDG_STATE_HOME/stormlock or ~/.local/state/stormlock].
+    #[arg(long, env = "STORMLOCK_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Serve plain text (no TLS). Anyone who can reach the port can take and break locks.
+    #[arg(long, env = "STORMLOCK_INSECURE")]
+    insecure: bool,
+    /// Plaintext gRPC health-check listener (for Kubernetes probes).
+    #[arg(long, env = "STORMLOCK_HEALTH_LISTEN", value_name = "ADDR")]
+    health_listen: Option<SocketAddr>,
+    /// Log filter, e.g. `info`, `debug`, `stormlock=debug,audit=info`.
+    #[arg(
+        long,
+        env = "STORMLOCK_LOG",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "STORMLOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file and connect to every backend it names.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if let Err(e) = init_logging(&args) {
+        eprintln!("stormlockd: {e:#}");
+        return ExitCode::from(64);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("stormlockd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stormlockd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(args: &Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid log filter {:?}", args.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::CheckConfig { file }) = &args.command {
+        return check_config(file).await;
+    }
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| config.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let listen = args
+        .listen
+        .or(config.listen)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+    let insecure = args.insecure || config.insecure;
+    let mut settings = Settings::resolve(config, data_dir, listen, insecure)?;
+    if args.health_listen.is_some() {
+        settings.config.health_listen = args.health_listen;
+    }
+    let listener = server::bind(listen).await?;
+    server::run(listener, settings, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+async fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?.with_implicit_backend();
+    let data_dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
+    let router = Router::connect(&config, &data_dir).await?;
+    for (name, backend) in router.backends() {
+        backend
+            .health()
+            .await
+            .with_context(|| format!("backend {name:?} does not answer"))?;
+    }
+    println!(
+        "{}: ok ({} backend{}, {} routing rule{})",
+        file.display(),
+        router.backends().len(),
+        if router.backends().len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        config.resources.len(),
+        if config.resources.len() == 1 { "" } else { "s" },
+    );
+    Ok(())
+}

@@ -66,3 +66,20 @@ impl DevTls {
         self.dir.join("client.key")
     }
 }
+
+/// The local operator's default principal, `user@host` as in Python
+/// stormlock: the CLI's default, and the identity of the development client
+/// certificate.
+pub fn local_principal() -> String {
+    let user = non_empty_env("USER")
+        .or_else(|| non_empty_env("LOGNAME"))
+        .unwrap_or_else(|| "operator".to_string());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| non_empty_env("HOSTNAME"))
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{user}@{host}")
+}

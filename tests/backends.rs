@@ -47,7 +47,11 @@ mod embedded {
             lease.fence
         };
         let store = open(dir.path()).await;
-        let current = store.current("restart/x").await.expect("current").expect("held");
+        let current = store
+            .current("restart/x")
+            .await
+            .expect("current")
+            .expect("held");
         assert_eq!(current.id, req.id);
         assert!(store.release("restart/x", &req.id).await.expect("release"));
         drop(store);

@@ -63,8 +63,14 @@ pub async fn acquire_contend_release(backend: Arc<dyn Backend>) {
     assert_eq!(lease.reason, alice.reason);
     assert!(lease.fence > 0, "fences start above zero");
     let now = SystemTime::now();
-    assert!(within(lease.acquired_at, now, Duration::from_secs(5)), "acquired_at is now");
-    let ttl = lease.expires_at.duration_since(lease.acquired_at).unwrap_or_default();
+    assert!(
+        within(lease.acquired_at, now, Duration::from_secs(5)),
+        "acquired_at is now"
+    );
+    let ttl = lease
+        .expires_at
+        .duration_since(lease.acquired_at)
+        .unwrap_or_default();
     assert!(
         (59..=61).contains(&ttl.as_secs()),
         "expires_at - acquired_at = {ttl:?}, want the 60 s TTL"
@@ -79,16 +85,25 @@ pub async fn acquire_contend_release(backend: Arc<dyn Backend>) {
 
     let current = b.current(&resource).await.expect("current");
     assert_eq!(current.as_ref().map(|l| &l.id), Some(&alice.id));
-    assert!(matches!(b.status(&resource, &alice.id).await, Ok(LeaseStatus::Current(_))));
+    assert!(matches!(
+        b.status(&resource, &alice.id).await,
+        Ok(LeaseStatus::Current(_))
+    ));
     assert!(matches!(
         b.status(&resource, &bob.id).await,
         Ok(LeaseStatus::NotCurrent { evicted: None })
     ));
 
-    assert!(!b.release(&resource, &bob.id).await.expect("release"), "a foreign id releases nothing");
+    assert!(
+        !b.release(&resource, &bob.id).await.expect("release"),
+        "a foreign id releases nothing"
+    );
     assert!(b.current(&resource).await.expect("current").is_some());
     assert!(b.release(&resource, &alice.id).await.expect("release"));
-    assert!(!b.release(&resource, &alice.id).await.expect("release"), "release is idempotent");
+    assert!(
+        !b.release(&resource, &alice.id).await.expect("release"),
+        "release is idempotent"
+    );
     assert_eq!(b.current(&resource).await.expect("current"), None);
     assert!(matches!(
         b.status(&resource, &alice.id).await,
@@ -114,7 +129,12 @@ pub async fn unknown_resource(backend: Arc<dyn Backend>) {
         b.status(&resource, &id).await,
         Ok(LeaseStatus::NotCurrent { evicted: None })
     ));
-    assert_eq!(b.force_release(&resource, "admin", "test").await.expect("force"), None);
+    assert_eq!(
+        b.force_release(&resource, "admin", "test")
+            .await
+            .expect("force"),
+        None
+    );
 }
 
 /// Renew moves the expiry with a new TTL; wrong, released and expired leases
@@ -125,15 +145,33 @@ pub async fn renew(backend: Arc<dyn Backend>) {
     let req = request(&resource, "alice", 2);
     let lease = granted(b, &req).await;
 
-    let renewed = b.renew(&resource, &req.id, Duration::from_secs(600)).await.expect("renew");
+    let renewed = b
+        .renew(&resource, &req.id, Duration::from_secs(600))
+        .await
+        .expect("renew");
     assert_eq!(renewed.id, req.id);
     assert_eq!(renewed.fence, lease.fence, "renew keeps the fence");
-    let left = renewed.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
-    assert!(left > Duration::from_secs(590), "renew applies the new TTL, {left:?} left");
+    let left = renewed
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_secs(590),
+        "renew applies the new TTL, {left:?} left"
+    );
     // A shorter TTL works too (etcd needs a new lease for this).
-    let shorter = b.renew(&resource, &req.id, Duration::from_secs(30)).await.expect("renew");
-    let left = shorter.expires_at.duration_since(SystemTime::now()).unwrap_or_default();
-    assert!(left <= Duration::from_secs(31) && left >= Duration::from_secs(25), "{left:?}");
+    let shorter = b
+        .renew(&resource, &req.id, Duration::from_secs(30))
+        .await
+        .expect("renew");
+    let left = shorter
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left <= Duration::from_secs(31) && left >= Duration::from_secs(25),
+        "{left:?}"
+    );
 
     let stranger = LeaseId::generate();
     assert!(matches!(
@@ -172,8 +210,14 @@ pub async fn expiry(backend: Arc<dyn Backend>) {
     let second = request(&resource, "bob", 60);
     let next = granted(b, &second).await;
     assert!(next.fence > lease.fence, "fence increases across expiry");
-    assert!(!b.release(&resource, &first.id).await.expect("release"), "expired lease releases nothing");
-    assert!(matches!(b.status(&resource, &second.id).await, Ok(LeaseStatus::Current(_))));
+    assert!(
+        !b.release(&resource, &first.id).await.expect("release"),
+        "expired lease releases nothing"
+    );
+    assert!(matches!(
+        b.status(&resource, &second.id).await,
+        Ok(LeaseStatus::Current(_))
+    ));
 }
 
 /// Fences strictly increase over many acquisitions mixing every way a lease
@@ -185,11 +229,20 @@ pub async fn fences_strictly_increase(backend: Arc<dyn Backend>) {
     for round in 0..6 {
         let req = request(&resource, "alice", 1);
         let lease = granted(b, &req).await;
-        assert!(lease.fence > last, "round {round}: fence {} after {last}", lease.fence);
+        assert!(
+            lease.fence > last,
+            "round {round}: fence {} after {last}",
+            lease.fence
+        );
         last = lease.fence;
         match round % 3 {
             0 => assert!(b.release(&resource, &req.id).await.expect("release")),
-            1 => assert!(b.force_release(&resource, "admin", "rotate").await.expect("force").is_some()),
+            1 => assert!(
+                b.force_release(&resource, "admin", "rotate")
+                    .await
+                    .expect("force")
+                    .is_some()
+            ),
             _ => past_expiry().await,
         }
     }
@@ -239,16 +292,29 @@ pub async fn list_and_paginate(backend: Arc<dyn Backend>) {
     let got: Vec<_> = all.iter().map(|l| l.resource.clone()).collect();
     assert_eq!(got, names.to_vec(), "live leases under the prefix, sorted");
 
-    let sub = b.list(&format!("{base}/b/"), None, 100).await.expect("list");
+    let sub = b
+        .list(&format!("{base}/b/"), None, 100)
+        .await
+        .expect("list");
     assert_eq!(sub.len(), 2);
 
     let first = b.list(&format!("{base}/"), None, 2).await.expect("list");
     assert_eq!(first.len(), 2);
     let after = first.last().map(|l| l.resource.clone());
-    let second = b.list(&format!("{base}/"), after.as_deref(), 2).await.expect("list");
-    let mut paged: Vec<_> = first.iter().chain(&second).map(|l| l.resource.clone()).collect();
+    let second = b
+        .list(&format!("{base}/"), after.as_deref(), 2)
+        .await
+        .expect("list");
+    let mut paged: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .map(|l| l.resource.clone())
+        .collect();
     let after = second.last().map(|l| l.resource.clone());
-    let third = b.list(&format!("{base}/"), after.as_deref(), 2).await.expect("list");
+    let third = b
+        .list(&format!("{base}/"), after.as_deref(), 2)
+        .await
+        .expect("list");
     assert!(third.is_empty(), "no third page: {third:?}");
     paged.sort();
     assert_eq!(paged, names.to_vec(), "pages cover everything once");
@@ -280,7 +346,10 @@ pub async fn force_release(backend: Arc<dyn Backend>) {
     }
     assert!(!b.release(&resource, &req.id).await.expect("release"));
     let next = granted(b, &request(&resource, "bob", 60)).await;
-    assert!(next.fence > lease.fence, "fence increases across force-release");
+    assert!(
+        next.fence > lease.fence,
+        "fence increases across force-release"
+    );
     assert!(matches!(
         b.status(&resource, &next.id).await,
         Ok(LeaseStatus::Current(_))

@@ -70,7 +70,10 @@ impl PrivateEngine {
         if action == "start" {
             cmd.arg(self.engine);
         }
-        let out = cmd.arg(self.dir.path()).output().expect("run tests/engines.sh");
+        let out = cmd
+            .arg(self.dir.path())
+            .output()
+            .expect("run tests/engines.sh");
         assert!(
             out.status.success(),
             "engines.sh {action} {} failed: {}",
@@ -135,5 +138,123 @@ fn binary(engine: &str) -> &str {
         "mysql" => "mariadbd",
         "dynamodb" => "python3",
         other => other,
+    }
+}
+
+/// A daemon served in-process on `127.0.0.1:0`, stopped when dropped.
+pub struct TestDaemon {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Its data directory (development PKI under `tls/`).
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), stormlock::server::ServerError>>>,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with `config` (TOML). `insecure` serves plain text;
+    /// otherwise the development PKI (mutual TLS) is used.
+    pub async fn start(config: &str, insecure: bool) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut daemon = Self::start_in(config, insecure, tmp.path()).await;
+        daemon._tmp = Some(tmp);
+        daemon
+    }
+
+    /// Like [`TestDaemon::start`] with state in `data_dir`, which outlives it.
+    pub async fn start_in(config: &str, insecure: bool, data_dir: &Path) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = stormlock::config::Config::parse(config, "test").expect("test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut settings =
+            stormlock::server::Settings::resolve(config, data_dir.to_path_buf(), addr, insecure)
+                .expect("settings");
+        settings.health_interval = std::time::Duration::from_millis(200);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(stormlock::server::run(listener, settings, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The development PKI of this daemon.
+    pub fn dev_tls(&self) -> stormlock::paths::DevTls {
+        stormlock::paths::DevTls::in_data_dir(&self.data_dir)
+    }
+
+    /// A channel with the development client certificate (or plain text for
+    /// an insecure daemon).
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        let dev = self.dev_tls();
+        if !dev.ca_cert().exists() {
+            return self.channel_with(None).await.expect("connect");
+        }
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(dev.client_cert()).expect("client cert"),
+            std::fs::read(dev.client_key()).expect("client key"),
+        );
+        self.channel_with(Some(identity)).await.expect("connect")
+    }
+
+    /// A channel presenting `identity` (none: no client certificate). For an
+    /// insecure daemon the channel is plain text and `identity` is ignored.
+    pub async fn channel_with(
+        &self,
+        identity: Option<tonic::transport::Identity>,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let dev = self.dev_tls();
+        if !dev.ca_cert().exists() {
+            return tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
+                .connect()
+                .await;
+        }
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(dev.ca_cert()).expect("ca"),
+            ))
+            .domain_name("localhost");
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        tonic::transport::Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// A LockService client over [`TestDaemon::channel`].
+    pub async fn client(
+        &self,
+    ) -> stormlock::pb::lock_service_client::LockServiceClient<tonic::transport::Channel> {
+        stormlock::pb::lock_service_client::LockServiceClient::new(self.channel().await)
+    }
+
+    /// Stops the daemon gracefully and returns how `run` ended.
+    pub async fn shutdown(mut self) -> Result<(), stormlock::server::ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }

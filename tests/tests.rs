@@ -2,4 +2,5 @@
 
 mod backends;
 mod conformance;
+mod service;
 mod support;

@@ -51,10 +51,13 @@ impl EmbeddedBackend {
             let db = Database::create(&path).map_err(|e| {
                 BackendError::config(&owner, format!("cannot open {}: {e}", path.display()))
             })?;
-            let txn = db.begin_write().map_err(|e| BackendError::internal(&owner, e))?;
+            let txn = db
+                .begin_write()
+                .map_err(|e| BackendError::internal(&owner, e))?;
             txn.open_table(RECORDS)
                 .map_err(|e| BackendError::internal(&owner, e))?;
-            txn.commit().map_err(|e| BackendError::internal(&owner, e))?;
+            txn.commit()
+                .map_err(|e| BackendError::internal(&owner, e))?;
             Ok(db)
         })
         .await
@@ -147,8 +150,10 @@ fn decode(name: &str, bytes: &[u8]) -> Result<Record> {
 impl Backend for EmbeddedBackend {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
         let req = req.clone();
-        self.update(&req.resource.clone(), move |rec, now| rec.acquire(&req, now))
-            .await
+        self.update(&req.resource.clone(), move |rec, now| {
+            rec.acquire(&req, now)
+        })
+        .await
     }
 
     async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {

@@ -119,8 +119,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Breaks the current lease of `resource`, recording who and why; returns
     /// the broken lease, or `None` when the resource was free.
-    async fn force_release(&self, resource: &str, actor: &str, reason: &str)
-    -> Result<Option<Lease>>;
+    async fn force_release(
+        &self,
+        resource: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<Lease>>;
 
     /// Checks that the engine answers.
     async fn health(&self) -> Result<()>;
@@ -155,7 +159,9 @@ pub async fn connect(
     data_dir: &std::path::Path,
 ) -> Result<Arc<dyn Backend>> {
     Ok(match config {
-        BackendConfig::Embedded(c) => Arc::new(embedded::EmbeddedBackend::open(name, c, data_dir).await?),
+        BackendConfig::Embedded(c) => {
+            Arc::new(embedded::EmbeddedBackend::open(name, c, data_dir).await?)
+        }
         BackendConfig::Memory(_) => Arc::new(memory::MemoryBackend::new()),
     })
 }

@@ -1,0 +1,54 @@
+//! The daemon's request errors and the one table that maps them to gRPC
+//! status codes.
+
+use tonic::{Code, Status};
+
+use crate::backend::BackendError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message says which field and why.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No acceptable credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but not allowed.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The daemon is shutting down.
+    #[error("{0}")]
+    ShuttingDown(String),
+    /// The backend refused or failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl Error {
+    /// An [`Error::InvalidArgument`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidArgument(message.into())
+    }
+}
+
+/// The mapping of errors to gRPC codes. A user's input can only ever lead to
+/// `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED` or
+/// `FAILED_PRECONDITION`; `INTERNAL` means an engine returned data this daemon
+/// cannot use.
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ShuttingDown(_) => Code::Unavailable,
+            Error::Backend(BackendError::NotCurrent { .. }) => Code::FailedPrecondition,
+            Error::Backend(BackendError::Unavailable { .. } | BackendError::Config { .. }) => {
+                Code::Unavailable
+            }
+            Error::Backend(BackendError::Internal { .. }) => Code::Internal,
+        };
+        Status::new(code, err.to_string())
+    }
+}

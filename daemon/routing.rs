@@ -1,0 +1,171 @@
+//! Routing: which backend holds a resource, and its default and maximum TTL.
+//! Rules are tried in order; the first whose pattern matches wins, else the
+//! `[defaults]` apply.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{Glob, GlobBuilder, GlobMatcher};
+
+use crate::backend::{self, Backend, BackendError, WithTimeout};
+use crate::config::Config;
+
+/// Where a resource lives and how long its leases may last.
+pub struct Route {
+    /// The backend's configured name.
+    pub backend_name: String,
+    /// The backend, each call bounded by the configured timeout.
+    pub backend: Arc<dyn Backend>,
+    /// TTL when the request sets none.
+    pub ttl: Duration,
+    /// Largest TTL a request may ask for.
+    pub max_ttl: Duration,
+}
+
+/// Resource → [`Route`].
+pub struct Router {
+    rules: Vec<(GlobMatcher, Arc<Route>)>,
+    default: Arc<Route>,
+    backends: BTreeMap<String, Arc<dyn Backend>>,
+}
+
+/// Compiles a routing pattern: `*` within one `/` level, `**` across levels.
+pub fn compile_pattern(pattern: &str) -> Result<GlobMatcher, String> {
+    if pattern.is_empty() {
+        return Err("pattern is empty".to_string());
+    }
+    let glob: Glob = GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| e.kind().to_string())?;
+    Ok(glob.compile_matcher())
+}
+
+impl Router {
+    /// Connects every configured backend (in parallel) and compiles the rules.
+    /// `config` must have been validated.
+    pub async fn connect(config: &Config, data_dir: &Path) -> Result<Self, BackendError> {
+        let timeout = config.defaults.backend_timeout;
+        let connects = config
+            .backends
+            .iter()
+            .map(|(name, backend_config)| async move {
+                let inner = backend::connect(name, backend_config, data_dir).await?;
+                let bounded: Arc<dyn Backend> = Arc::new(WithTimeout::new(name, inner, timeout));
+                Ok::<_, BackendError>((name.clone(), bounded))
+            });
+        let backends: BTreeMap<_, _> = futures::future::try_join_all(connects)
+            .await?
+            .into_iter()
+            .collect();
+        Self::new(config, backends)
+    }
+
+    /// Builds the routes of `config` over already connected `backends`.
+    pub fn new(
+        config: &Config,
+        backends: BTreeMap<String, Arc<dyn Backend>>,
+    ) -> Result<Self, BackendError> {
+        let d = &config.defaults;
+        let lookup = |name: &str| {
+            backends.get(name).cloned().ok_or_else(|| {
+                BackendError::config(name, "referenced by the routing rules but not configured")
+            })
+        };
+        let default = Arc::new(Route {
+            backend_name: d.backend.clone(),
+            backend: lookup(&d.backend)?,
+            ttl: d.ttl,
+            max_ttl: d.max_ttl,
+        });
+        let mut rules = Vec::new();
+        for rule in &config.resources {
+            let matcher =
+                compile_pattern(&rule.pattern).map_err(|e| BackendError::config(&d.backend, e))?;
+            let name = rule.backend.clone().unwrap_or_else(|| d.backend.clone());
+            let ttl = rule.ttl.unwrap_or(d.ttl);
+            rules.push((
+                matcher,
+                Arc::new(Route {
+                    backend: lookup(&name)?,
+                    backend_name: name,
+                    ttl,
+                    max_ttl: rule.max_ttl.unwrap_or(d.max_ttl.max(ttl)),
+                }),
+            ));
+        }
+        Ok(Self {
+            rules,
+            default,
+            backends,
+        })
+    }
+
+    /// The route of `resource`.
+    pub fn route(&self, resource: &str) -> &Arc<Route> {
+        self.rules
+            .iter()
+            .find(|(matcher, _)| matcher.is_match(resource))
+            .map(|(_, route)| route)
+            .unwrap_or(&self.default)
+    }
+
+    /// Every configured backend by name.
+    pub fn backends(&self) -> &BTreeMap<String, Arc<dyn Backend>> {
+        &self.backends
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+
+    #[test]
+    fn first_matching_rule_wins_and_star_stays_in_one_level() {
+        let config = Config::parse(
+            r#"
+            [defaults]
+            ttl = "1h"
+            [backends.main]
+            type = "memory"
+            [backends.shared]
+            type = "memory"
+            [[resources]]
+            match = "prod/*"
+            backend = "shared"
+            ttl = "4h"
+            max_ttl = "1d"
+            [[resources]]
+            match = "prod/**"
+            ttl = "2h"
+            "#,
+            "test",
+        )
+        .expect("config");
+        let backends = config
+            .backends
+            .keys()
+            .map(|k| {
+                (
+                    k.clone(),
+                    Arc::new(MemoryBackend::new()) as Arc<dyn Backend>,
+                )
+            })
+            .collect();
+        let router = Router::new(&config, backends).expect("router");
+        let db = router.route("prod/db");
+        assert_eq!(db.backend_name, "shared");
+        assert_eq!(db.ttl, Duration::from_secs(4 * 3600));
+        assert_eq!(db.max_ttl, Duration::from_secs(86400));
+        let deep = router.route("prod/db/main");
+        assert_eq!(deep.backend_name, "main");
+        assert_eq!(deep.ttl, Duration::from_secs(2 * 3600));
+        let other = router.route("staging/db");
+        assert_eq!(other.backend_name, "main");
+        assert_eq!(other.ttl, Duration::from_secs(3600));
+    }
+}

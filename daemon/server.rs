@@ -1,0 +1,259 @@
+//! Running the daemon: transport security, the gRPC server with health and
+//! reflection, backend health checks, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::auth::Auth;
+use crate::backend::BackendError;
+use crate::config::Config;
+use crate::paths::DevTls;
+use crate::pb::lock_service_server::LockServiceServer;
+use crate::routing::Router;
+use crate::service::LockService;
+use crate::tls::{self, TlsError, TlsFiles};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Refused by policy (e.g. plain text on a public address).
+    #[error("{0}")]
+    Refused(String),
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A backend could not be opened.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How clients reach the daemon.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// TLS with these files (mutual TLS when a client CA is set).
+    Tls(TlsFiles),
+    /// Plain text: only with an explicit `--insecure`.
+    Insecure,
+}
+
+/// Everything `run` needs, resolved from config, flags and environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The validated configuration, with its implicit backend added.
+    pub config: Config,
+    /// The state directory.
+    pub data_dir: PathBuf,
+    /// Transport security.
+    pub transport: Transport,
+    /// Principals with administrator rights, including the development
+    /// client identity when the development PKI is in use.
+    pub auth: Auth,
+    /// How often backends are health-checked.
+    pub health_interval: Duration,
+}
+
+impl Settings {
+    /// Resolves transport security for serving on `listen`: configured TLS;
+    /// else plain text if `insecure`; else, on loopback only, the
+    /// development PKI in the data directory (created on first start).
+    pub fn resolve(
+        config: Config,
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        insecure: bool,
+    ) -> Result<Self, ServerError> {
+        let config = config.with_implicit_backend();
+        let mut auth = Auth {
+            identity: config.auth.identity,
+            admins: config.auth.admins.iter().cloned().collect(),
+        };
+        let transport = match (&config.tls, insecure) {
+            (Some(t), _) => Transport::Tls(TlsFiles {
+                cert: data_dir.join(&t.cert),
+                key: data_dir.join(&t.key),
+                client_ca: t.client_ca.as_ref().map(|p| data_dir.join(p)),
+            }),
+            (None, true) => Transport::Insecure,
+            (None, false) if listen.ip().is_loopback() => {
+                let dev = DevTls::in_data_dir(&data_dir);
+                let files = tls::ensure_dev_pki(&dev, &crate::paths::local_principal())?;
+                // The development CA issues one client certificate: the local
+                // operator's, who administers this private daemon.
+                if let Some(identity) = tls::dev_client_identity(&dev) {
+                    auth.admins.insert(identity);
+                }
+                Transport::Tls(files)
+            }
+            (None, false) => {
+                return Err(ServerError::Refused(format!(
+                    "refusing to listen on {listen} without TLS: configure [tls] cert and key, \
+                     bind a loopback address, or pass --insecure to serve plain text on purpose"
+                )));
+            }
+        };
+        Ok(Self {
+            config,
+            data_dir,
+            transport,
+            auth,
+            health_interval: Duration::from_secs(2),
+        })
+    }
+}
+
+/// Binds `addr` (for binaries; tests bind `127.0.0.1:0` themselves).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves the daemon on `listener` until `shutdown` completes, then stops
+/// accepting, lets in-flight calls finish and returns.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let router = Arc::new(Router::connect(&settings.config, &settings.data_dir).await?);
+    let service = LockService::new(
+        router.clone(),
+        settings.auth.clone(),
+        settings.config.defaults.max_wait,
+    );
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    let health_task = tokio::spawn(watch_backends(
+        router.clone(),
+        reporter.clone(),
+        settings.health_interval,
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?;
+
+    let mut builder = Server::builder();
+    match &settings.transport {
+        Transport::Tls(files) => {
+            builder = builder.tls_config(tls::server_config(files)?)?;
+            let mode = if files.client_ca.is_some() {
+                "mutual TLS"
+            } else {
+                "TLS"
+            };
+            info!(addr = %local_addr(&listener), mode, "listening");
+        }
+        Transport::Insecure => {
+            warn!(addr = %local_addr(&listener), "listening in PLAIN TEXT (--insecure): anyone who can reach this address can take and break locks");
+        }
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let health_listener = match settings.config.health_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let health_server = health_listener.map(|listener| {
+        info!(addr = %local_addr(&listener), "serving plaintext gRPC health checks");
+        let health_service = health_service.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(
+            Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        )
+    });
+
+    let shutdown_reporter = reporter.clone();
+    let result = builder
+        .add_service(LockServiceServer::new(service))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            info!("shutting down: no new calls, finishing in-flight ones");
+            set_health(&shutdown_reporter, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    health_task.abort();
+    if let Some(server) = health_server {
+        let _ = server.await;
+    }
+    result?;
+    info!("stopped");
+    Ok(())
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+const SERVICE_NAME: &str = "stormlock.v1.LockService";
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Flips health to NOT_SERVING while any backend fails its check, and back.
+async fn watch_backends(router: Arc<Router>, reporter: HealthReporter, every: Duration) {
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(every).await;
+        let mut failures = Vec::new();
+        for (name, backend) in router.backends() {
+            if let Err(e) = backend.health().await {
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+        let now_healthy = failures.is_empty();
+        if now_healthy != healthy {
+            healthy = now_healthy;
+            if healthy {
+                info!("backends reachable again: SERVING");
+                set_health(&reporter, ServingStatus::Serving).await;
+            } else {
+                warn!(failures = ?failures, "backend unreachable: NOT_SERVING");
+                set_health(&reporter, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}

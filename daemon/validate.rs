@@ -1,0 +1,251 @@
+//! Validation of request fields: every rule in one place, every refusal an
+//! `INVALID_ARGUMENT` whose message names the field and the rule.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::lease::LeaseId;
+
+/// Longest resource name, in bytes.
+pub const MAX_RESOURCE_LEN: usize = 512;
+/// Longest reason, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Longest declared principal, in bytes.
+pub const MAX_PRINCIPAL_LEN: usize = 256;
+
+fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max {
+        return Err(Error::invalid(format!(
+            "{field} is {} bytes long; the limit is {max}",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "{field} contains the control character {c:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A resource name: UTF-8 (guaranteed by protobuf), 1–512 bytes, no control
+/// characters.
+pub fn resource(name: &str) -> Result<&str, Error> {
+    if name.is_empty() {
+        return Err(Error::invalid("resource is empty"));
+    }
+    text("resource", name, MAX_RESOURCE_LEN)?;
+    Ok(name)
+}
+
+/// A prefix for List/Watch: like a resource name but may be empty.
+pub fn prefix(prefix: &str) -> Result<&str, Error> {
+    text("prefix", prefix, MAX_RESOURCE_LEN)?;
+    Ok(prefix)
+}
+
+/// A reason: at most 1 KiB, no control characters.
+pub fn reason(reason: &str) -> Result<&str, Error> {
+    text("reason", reason, MAX_REASON_LEN)?;
+    Ok(reason)
+}
+
+/// A declared principal: at most 256 bytes, no control characters.
+pub fn principal(principal: &str) -> Result<&str, Error> {
+    text("principal", principal, MAX_PRINCIPAL_LEN)?;
+    Ok(principal)
+}
+
+/// A lease id as issued by this service.
+pub fn lease_id(id: &str) -> Result<LeaseId, Error> {
+    if id.is_empty() {
+        return Err(Error::invalid("lease_id is empty"));
+    }
+    LeaseId::parse(id).ok_or_else(|| {
+        Error::invalid("lease_id is not a Stormlock lease id (32 lowercase hex digits)")
+    })
+}
+
+fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration, Error> {
+    Duration::try_from(*d).map_err(|_| {
+        Error::invalid(format!(
+            "{field} is negative or malformed ({}s {}ns)",
+            d.seconds, d.nanos
+        ))
+    })
+}
+
+/// A TTL: unset → `default`; else whole seconds, at least 1 s, at most `max`.
+pub fn ttl(
+    ttl: Option<&prost_types::Duration>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, Error> {
+    let Some(ttl) = ttl else {
+        return Ok(default);
+    };
+    let ttl = duration("ttl", ttl)?;
+    if ttl.subsec_nanos() != 0 {
+        return Err(Error::invalid(format!(
+            "ttl must be whole seconds, got {ttl:?}"
+        )));
+    }
+    if ttl < Duration::from_secs(1) {
+        return Err(Error::invalid("ttl must be at least 1s"));
+    }
+    if ttl > max {
+        return Err(Error::invalid(format!(
+            "ttl {} exceeds the maximum of {} for this resource",
+            crate::duration::format_duration(ttl),
+            crate::duration::format_duration(max)
+        )));
+    }
+    Ok(ttl)
+}
+
+/// A wait: unset or zero → none; else at most `max`.
+pub fn wait(wait: Option<&prost_types::Duration>, max: Duration) -> Result<Duration, Error> {
+    let Some(wait) = wait else {
+        return Ok(Duration::ZERO);
+    };
+    let wait = duration("wait", wait)?;
+    if wait > max {
+        return Err(Error::invalid(format!(
+            "wait {} exceeds the maximum of {}",
+            crate::duration::format_duration(wait),
+            crate::duration::format_duration(max)
+        )));
+    }
+    Ok(wait)
+}
+
+/// A List page token: the hex-encoded last resource of the previous page,
+/// which must lie under `prefix`.
+pub fn page_token(token: &str, prefix: &str) -> Result<Option<String>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let forged = || Error::invalid("page_token is not a token returned by List with this prefix");
+    if token.len() > 2 * MAX_RESOURCE_LEN {
+        return Err(forged());
+    }
+    let bytes = hex::decode(token).map_err(|_| forged())?;
+    let last = String::from_utf8(bytes).map_err(|_| forged())?;
+    if !last.starts_with(prefix) || resource(&last).is_err() {
+        return Err(forged());
+    }
+    Ok(Some(last))
+}
+
+/// The page token that resumes after `last`.
+pub fn make_page_token(last: &str) -> String {
+    hex::encode(last.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: i64) -> prost_types::Duration {
+        prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        }
+    }
+
+    #[test]
+    fn resource_names() {
+        assert!(resource("prod/db").is_ok());
+        assert!(resource(&"x".repeat(512)).is_ok());
+        assert!(resource("ünïcødé/锁").is_ok());
+        for (bad, why) in [
+            ("", "empty"),
+            ("a\nb", "control"),
+            ("a\u{7f}", "control"),
+            ("a\tb", "control"),
+        ] {
+            let msg = resource(bad).expect_err(bad).to_string();
+            assert!(msg.contains(why), "{bad:?}: {msg}");
+        }
+        let msg = resource(&"x".repeat(513)).expect_err("long").to_string();
+        assert!(msg.contains("513") && msg.contains("512"), "{msg}");
+    }
+
+    #[test]
+    fn reasons_and_principals() {
+        assert!(reason("").is_ok());
+        assert!(reason(&"r".repeat(1024)).is_ok());
+        assert!(reason(&"r".repeat(1025)).is_err());
+        assert!(reason("line\nbreak").is_err());
+        assert!(principal(&"p".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn ttls() {
+        let (d, max) = (Duration::from_secs(60), Duration::from_secs(3600));
+        assert_eq!(ttl(None, d, max).ok(), Some(d));
+        assert_eq!(
+            ttl(Some(&secs(1)), d, max).ok(),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(ttl(Some(&secs(3600)), d, max).ok(), Some(max));
+        for bad in [secs(0), secs(-1), secs(3601), secs(i64::MAX)] {
+            assert!(ttl(Some(&bad), d, max).is_err(), "{bad:?}");
+        }
+        let half = prost_types::Duration {
+            seconds: 1,
+            nanos: 500_000_000,
+        };
+        assert!(
+            ttl(Some(&half), d, max)
+                .expect_err("fraction")
+                .to_string()
+                .contains("whole")
+        );
+        let bad_nanos = prost_types::Duration {
+            seconds: 1,
+            nanos: -5,
+        };
+        assert!(ttl(Some(&bad_nanos), d, max).is_err());
+    }
+
+    #[test]
+    fn waits() {
+        let max = Duration::from_secs(10);
+        assert_eq!(wait(None, max).ok(), Some(Duration::ZERO));
+        assert_eq!(wait(Some(&secs(0)), max).ok(), Some(Duration::ZERO));
+        assert!(wait(Some(&secs(-3)), max).is_err());
+        assert!(wait(Some(&secs(11)), max).is_err());
+    }
+
+    #[test]
+    fn lease_ids() {
+        assert!(lease_id(&"a".repeat(32)).is_ok());
+        assert!(
+            lease_id("")
+                .expect_err("empty")
+                .to_string()
+                .contains("empty")
+        );
+        assert!(lease_id("nope").is_err());
+        assert!(lease_id(&"a".repeat(10_000)).is_err());
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_forgeries() {
+        let token = make_page_token("team/a");
+        assert_eq!(
+            page_token(&token, "team/").ok().flatten().as_deref(),
+            Some("team/a")
+        );
+        assert_eq!(page_token("", "x").ok(), Some(None));
+        assert!(
+            page_token(&token, "other/").is_err(),
+            "token outside the prefix"
+        );
+        assert!(page_token("zz", "").is_err());
+        assert!(page_token(&hex::encode([0xff, 0xfe]), "").is_err());
+        assert!(page_token(&make_page_token("a\nb"), "").is_err());
+        assert!(page_token(&"ab".repeat(2000), "").is_err());
+    }
+}

@@ -1,0 +1,571 @@
+//! The gRPC service, served in-process over mutual TLS (or plain text where a
+//! test needs declared principals), exercised with the generated client.
+
+use std::time::{Duration, Instant};
+
+use stormlock::pb::{self, lock_service_client::LockServiceClient};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::support::TestDaemon;
+
+const MEMORY: &str = "[backends.main]\ntype = \"memory\"\n";
+
+fn secs(s: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    })
+}
+
+fn acquire(resource: &str) -> pb::AcquireRequest {
+    pb::AcquireRequest {
+        resource: resource.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn take(
+    client: &mut LockServiceClient<Channel>,
+    req: pb::AcquireRequest,
+) -> pb::AcquireResponse {
+    client.acquire(req).await.expect("acquire").into_inner()
+}
+
+#[tokio::test]
+async fn acquire_contend_release_over_mutual_tls() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut client = daemon.client().await;
+    let mut req = acquire("deploy/prod");
+    req.reason = "release 42".to_string();
+    req.ttl = secs(120);
+    let first = take(&mut client, req).await;
+    assert!(first.acquired);
+    let lease = first.lease.expect("lease");
+    assert_eq!(lease.lease_id.len(), 32);
+    assert_eq!(
+        lease.principal,
+        stormlock::paths::local_principal(),
+        "principal from the certificate"
+    );
+    assert_eq!(lease.reason, "release 42");
+    let acquired = lease.acquired_at.expect("acquired_at");
+    let expires = lease.expires_at.expect("expires_at");
+    assert_eq!(expires.seconds - acquired.seconds, 120);
+
+    let second = take(&mut client, acquire("deploy/prod")).await;
+    assert!(!second.acquired, "contention is a normal answer");
+    assert!(second.lease.is_none());
+    let holder = second.holder.expect("holder");
+    assert_eq!(holder.reason, "release 42");
+    assert_eq!(holder.fence, lease.fence);
+
+    let current = client
+        .current(pb::CurrentRequest {
+            resource: "deploy/prod".into(),
+        })
+        .await
+        .expect("current")
+        .into_inner();
+    assert_eq!(
+        current.lease.map(|l| l.lease_id),
+        Some(lease.lease_id.clone())
+    );
+
+    let held = client
+        .is_held(pb::IsHeldRequest {
+            resource: "deploy/prod".into(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect("is_held")
+        .into_inner();
+    assert!(held.held);
+
+    let released = client
+        .release(pb::ReleaseRequest {
+            resource: "deploy/prod".into(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect("release")
+        .into_inner();
+    assert!(released.released);
+    let again = client
+        .release(pb::ReleaseRequest {
+            resource: "deploy/prod".into(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect("release is idempotent")
+        .into_inner();
+    assert!(!again.released, "says the lease was no longer current");
+
+    let err = client
+        .renew(pb::RenewRequest {
+            resource: "deploy/prod".into(),
+            lease_id: lease.lease_id,
+            ttl: secs(5),
+        })
+        .await
+        .expect_err("renew of a released lease");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    let next = take(&mut client, acquire("deploy/prod")).await;
+    assert!(next.lease.expect("lease").fence > lease.fence);
+}
+
+#[tokio::test]
+async fn lease_ids_are_shown_only_to_their_holder() {
+    // Plain text: declared principals apply.
+    let daemon = TestDaemon::start(MEMORY, true).await;
+    let mut client = daemon.client().await;
+    let mut mine = acquire("db/migrate");
+    mine.principal = "alice".into();
+    mine.reason = "schema v7".into();
+    let lease = take(&mut client, mine).await.lease.expect("granted");
+    assert_eq!(lease.principal, "alice");
+    assert!(!lease.lease_id.is_empty(), "the holder sees its id");
+
+    let mut theirs = acquire("db/migrate");
+    theirs.principal = "bob".into();
+    let refused = take(&mut client, theirs).await;
+    let holder = refused.holder.expect("holder");
+    assert_eq!(holder.principal, "alice");
+    assert_eq!(holder.reason, "schema v7");
+    assert!(holder.lease_id.is_empty(), "others never see the id");
+
+    // Anonymous callers (no declared principal) do not see it either.
+    let current = client
+        .current(pb::CurrentRequest {
+            resource: "db/migrate".into(),
+        })
+        .await
+        .expect("current")
+        .into_inner()
+        .lease
+        .expect("held");
+    assert!(current.lease_id.is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_with_a_message_and_the_daemon_keeps_serving() {
+    let daemon = TestDaemon::start(
+        "[defaults]\nmax_ttl = \"1d\"\nmax_wait = \"1h\"\n[backends.main]\ntype = \"memory\"\n",
+        false,
+    )
+    .await;
+    let mut client = daemon.client().await;
+    let id = "0".repeat(32);
+    let long = "x".repeat(513);
+    let with = |f: fn(&mut pb::AcquireRequest)| {
+        let mut req = acquire("ok");
+        f(&mut req);
+        req
+    };
+    let acquires: Vec<(&str, pb::AcquireRequest)> = vec![
+        ("resource is empty", acquire("")),
+        ("513 bytes", acquire(&long)),
+        ("control character", acquire("a\nb")),
+        ("control character", acquire("a\u{0}b")),
+        ("at least 1s", with(|r| r.ttl = secs(0))),
+        ("negative", with(|r| r.ttl = secs(-5))),
+        ("exceeds the maximum", with(|r| r.ttl = secs(86_401))),
+        ("exceeds the maximum", with(|r| r.ttl = secs(i64::MAX))),
+        (
+            "whole seconds",
+            with(|r| {
+                r.ttl = Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 5,
+                })
+            }),
+        ),
+        ("negative", with(|r| r.wait = secs(-1))),
+        ("exceeds the maximum", with(|r| r.wait = secs(7200))),
+        ("reason", with(|r| r.reason = "r".repeat(1025))),
+        (
+            "control character",
+            with(|r| r.reason = "line\nbreak".into()),
+        ),
+        ("principal", with(|r| r.principal = "p".repeat(300))),
+    ];
+    for (needle, req) in acquires {
+        let err = client.acquire(req.clone()).await.expect_err(needle);
+        assert_eq!(err.code(), Code::InvalidArgument, "{needle}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{needle:?} not in {:?}",
+            err.message()
+        );
+    }
+    for (needle, lease_id) in [
+        ("empty", String::new()),
+        ("not a Stormlock lease id", "nope".into()),
+        ("not a Stormlock lease id", "f".repeat(5000)),
+    ] {
+        let err = client
+            .renew(pb::RenewRequest {
+                resource: "ok".into(),
+                lease_id: lease_id.clone(),
+                ttl: None,
+            })
+            .await
+            .expect_err("renew");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(needle), "{:?}", err.message());
+        let err = client
+            .release(pb::ReleaseRequest {
+                resource: "ok".into(),
+                lease_id: lease_id.clone(),
+            })
+            .await
+            .expect_err("release");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let err = client
+            .is_held(pb::IsHeldRequest {
+                resource: "ok".into(),
+                lease_id,
+            })
+            .await
+            .expect_err("is_held");
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    let err = client
+        .renew(pb::RenewRequest {
+            resource: String::new(),
+            lease_id: id.clone(),
+            ttl: None,
+        })
+        .await
+        .expect_err("renew empty resource");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .current(pb::CurrentRequest {
+            resource: long.clone(),
+        })
+        .await
+        .expect_err("current long");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .list(pb::ListRequest {
+            prefix: "a".into(),
+            page_size: 10,
+            page_token: "not-hex".into(),
+        })
+        .await
+        .expect_err("forged token");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("page_token"));
+    let err = client
+        .list(pb::ListRequest {
+            prefix: "\u{1b}".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("control prefix");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .force_release(pb::ForceReleaseRequest {
+            resource: "ok".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("force without reason");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Still serving, and nothing was taken by the refused calls.
+    let ok = take(&mut client, acquire("ok")).await;
+    assert!(ok.acquired);
+    assert_eq!(
+        ok.lease.expect("lease").fence,
+        1,
+        "no refused call granted a lease"
+    );
+}
+
+#[tokio::test]
+async fn list_pages_across_routed_backends() {
+    let daemon = TestDaemon::start(
+        r#"
+        [backends.main]
+        type = "memory"
+        [backends.other]
+        type = "memory"
+        [[resources]]
+        match = "team/b*"
+        backend = "other"
+        "#,
+        false,
+    )
+    .await;
+    let mut client = daemon.client().await;
+    let names = ["team/a1", "team/a2", "team/b1", "team/b2", "team/c1", "zzz"];
+    for name in names {
+        assert!(take(&mut client, acquire(name)).await.acquired);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let page = client
+            .list(pb::ListRequest {
+                prefix: "team/".into(),
+                page_size: 2,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.leases.len() <= 2);
+        seen.extend(page.leases.into_iter().map(|l| l.resource));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        ["team/a1", "team/a2", "team/b1", "team/b2", "team/c1"]
+    );
+    let all = client
+        .list(pb::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(all.leases.len(), names.len());
+    assert!(all.next_page_token.is_empty());
+}
+
+#[tokio::test]
+async fn a_waiter_is_woken_by_release_and_by_expiry() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut client = daemon.client().await;
+    let lease = take(&mut client, acquire("queue"))
+        .await
+        .lease
+        .expect("lease");
+
+    let mut waiter = daemon.client().await;
+    let mut req = acquire("queue");
+    req.wait = secs(20);
+    let waiting = tokio::spawn(async move { waiter.acquire(req).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "waits while held");
+    let released_at = Instant::now();
+    client
+        .release(pb::ReleaseRequest {
+            resource: "queue".into(),
+            lease_id: lease.lease_id,
+        })
+        .await
+        .expect("release");
+    let got = waiting.await.expect("task").expect("acquire").into_inner();
+    assert!(got.acquired, "the waiter got the lock");
+    assert!(got.lease.expect("lease").fence > lease.fence);
+    eprintln!("woken {:?} after the release", released_at.elapsed());
+
+    // Expiry: the holder never releases.
+    let mut short = acquire("expiring");
+    short.ttl = secs(1);
+    assert!(take(&mut client, short).await.acquired);
+    let mut req = acquire("expiring");
+    req.wait = secs(20);
+    let got = take(&mut client, req).await;
+    assert!(got.acquired, "granted once the holder's lease expired");
+
+    // A wait shorter than the lease ends with the holder, not an error.
+    let mut req = acquire("expiring");
+    req.wait = secs(1);
+    let got = take(&mut client, req).await;
+    assert!(!got.acquired);
+    assert!(got.holder.is_some());
+}
+
+#[tokio::test]
+async fn clients_without_a_certificate_from_the_ca_are_refused() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let refused = match daemon.channel_with(None).await {
+        Err(_) => true,
+        Ok(channel) => LockServiceClient::new(channel)
+            .current(pb::CurrentRequest {
+                resource: "x".into(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "no client certificate");
+
+    let other = tempfile::tempdir().expect("tempdir");
+    let dev = stormlock::paths::DevTls::in_data_dir(other.path());
+    stormlock::tls::ensure_dev_pki(&dev, "mallory").expect("foreign PKI");
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(dev.client_cert()).expect("cert"),
+        std::fs::read(dev.client_key()).expect("key"),
+    );
+    let refused = match daemon.channel_with(Some(identity)).await {
+        Err(_) => true,
+        Ok(channel) => LockServiceClient::new(channel)
+            .current(pb::CurrentRequest {
+                resource: "x".into(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "certificate from another CA");
+
+    // The real client still works.
+    let mut client = daemon.client().await;
+    assert!(take(&mut client, acquire("x")).await.acquired);
+}
+
+#[tokio::test]
+async fn force_release_is_for_admins_and_tells_the_evicted_holder() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut admin = daemon.client().await;
+    let lease = take(&mut admin, acquire("stuck"))
+        .await
+        .lease
+        .expect("lease");
+    let broken = admin
+        .force_release(pb::ForceReleaseRequest {
+            resource: "stuck".into(),
+            reason: "holder is gone".into(),
+        })
+        .await
+        .expect("force")
+        .into_inner();
+    assert_eq!(broken.released.map(|l| l.fence), Some(lease.fence));
+    let err = admin
+        .renew(pb::RenewRequest {
+            resource: "stuck".into(),
+            lease_id: lease.lease_id.clone(),
+            ttl: None,
+        })
+        .await
+        .expect_err("evicted");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("holder is gone"),
+        "{:?}",
+        err.message()
+    );
+    assert!(
+        err.message().contains(&stormlock::paths::local_principal()),
+        "{:?}",
+        err.message()
+    );
+    let next = take(&mut admin, acquire("stuck"))
+        .await
+        .lease
+        .expect("lease");
+    assert!(next.fence > lease.fence);
+
+    // Without TLS nobody is an administrator.
+    let plain = TestDaemon::start(MEMORY, true).await;
+    let mut client = plain.client().await;
+    take(&mut client, acquire("stuck")).await;
+    let err = client
+        .force_release(pb::ForceReleaseRequest {
+            resource: "stuck".into(),
+            reason: "because".into(),
+        })
+        .await
+        .expect_err("denied");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("force-release"),
+        "{:?}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let channel = daemon.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "stormlock.v1.LockService"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = stream.message().await.expect("message").expect("response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"stormlock.v1.LockService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn embedded_default_keeps_locks_and_fences_across_restarts() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let daemon = TestDaemon::start_in("", false, data.path()).await;
+    let mut client = daemon.client().await;
+    let mut req = acquire("survivor");
+    req.ttl = secs(600);
+    let lease = take(&mut client, req).await.lease.expect("lease");
+    drop(client);
+    daemon.shutdown().await.expect("clean shutdown");
+
+    let daemon = TestDaemon::start_in("", false, data.path()).await;
+    let mut client = daemon.client().await;
+    let current = client
+        .current(pb::CurrentRequest {
+            resource: "survivor".into(),
+        })
+        .await
+        .expect("current")
+        .into_inner()
+        .lease
+        .expect("still held after restart");
+    assert_eq!(current.lease_id, lease.lease_id);
+    client
+        .release(pb::ReleaseRequest {
+            resource: "survivor".into(),
+            lease_id: lease.lease_id,
+        })
+        .await
+        .expect("release");
+    drop(client);
+    daemon.shutdown().await.expect("clean shutdown");
+
+    let daemon = TestDaemon::start_in("", false, data.path()).await;
+    let mut client = daemon.client().await;
+    let next = take(&mut client, acquire("survivor"))
+        .await
+        .lease
+        .expect("lease");
+    assert!(next.fence > lease.fence, "fence survives restarts");
+}
