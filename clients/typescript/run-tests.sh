@@ -28,6 +28,6 @@ fi
 
 echo "typescript client: tsc --strict" >&2
 rm -rf dist
-node_modules/.bin/tsc -p tsconfig.json
+node_modules/.bin/tsc -p tsconfig.json --strict
 echo "typescript client: node --test" >&2
 node --test --test-reporter=spec dist/test/*.test.js
