@@ -8,10 +8,11 @@ import * as path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, type Client, createClient } from "@connectrpc/connect";
 import { durationFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
-import { Health, HealthCheckResponse_ServingStatus } from "../src/gen/grpc/health/v1/health_pb.js";
 import {
   type AcquireResponse,
   type StormlockTransport,
+  Health,
+  HealthCheckResponse_ServingStatus,
   LockService,
   createStormlockTransport,
 } from "../src/index.js";
