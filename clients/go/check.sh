@@ -5,20 +5,23 @@
 # $CARGO_TARGET_DIR/debug, else target/debug), runs the example against a
 # daemon it starts on a free loopback port over mutual TLS.
 #
-# Needs: apt-get install golang-go golang-google-grpc-dev golang-google-protobuf-dev
-#        protobuf-compiler protoc-gen-go protoc-gen-go-grpc
+# Needs Debian's packages (bookworm): golang-go, golang-google-grpc-dev,
+# golang-google-protobuf-dev, protobuf-compiler, protoc-gen-go,
+# protoc-gen-go-grpc, and golang-github-golang-protobuf-1-5-dev: grpc 1.33's
+# codec marshals through github.com/golang/protobuf, and only its 1.5 line
+# (not the 1.3 one that apt picks by default) handles the messages that
+# protoc-gen-go 1.28 generates; with 1.3 the first call panics.
 set -euo pipefail
 cd "$(dirname "$0")"
 here=$PWD
 gocode=/usr/share/gocode
 
+packages=(golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+  protobuf-compiler protoc-gen-go protoc-gen-go-grpc)
 missing=()
-command -v go >/dev/null || missing+=(golang-go)
-[[ -d $gocode/src/google.golang.org/grpc ]] || missing+=(golang-google-grpc-dev)
-[[ -d $gocode/src/google.golang.org/protobuf ]] || missing+=(golang-google-protobuf-dev)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-command -v protoc-gen-go >/dev/null || missing+=(protoc-gen-go)
-command -v protoc-gen-go-grpc >/dev/null || missing+=(protoc-gen-go-grpc)
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
 if ((${#missing[@]})); then
   echo "go check: missing Debian packages: ${missing[*]} (apt-get install ${missing[*]})" >&2
   exit 1
