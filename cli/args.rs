@@ -86,8 +86,21 @@ pub enum Command {
     Renew(RenewArgs),
     /// Show the lease currently holding a resource.
     ///
-    /// Exits with 1 and "no lock held" on standard error when the resource is
-    /// free.
+    /// Exits with 1 and "no lock held" on standard error when the resource is free.
+    ///
+    /// Every format prints principal, created (ISO-8601, UTC, milliseconds) and id
+    /// first, as Python stormlock does, then expires, fence and reason; json adds
+    /// resource. oneline stays at exactly those first three fields, tab-separated,
+    /// so that scripts can write
+    ///
+    ///     read principal created id < <(stormlock current -f oneline RESOURCE)
+    ///
+    /// A lease id you may not see (you are neither its holder nor an administrator)
+    /// prints as "-", and as null in json.
+    #[command(
+        verbatim_doc_comment,
+        about = "Show the lease currently holding a resource"
+    )]
     Current(CurrentArgs),
     /// Check whether a lease is still current: exit 0 if it is, 1 if not.
     IsHeld(LeaseArgs),

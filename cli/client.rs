@@ -122,12 +122,12 @@ fn read_pem(path: &Path, what: &str, plan: &TlsPlan) -> CliResult<Vec<u8>> {
     })
 }
 
-fn tls_config(plan: &TlsPlan) -> CliResult<ClientTlsConfig> {
+fn tls_config(plan: &TlsPlan, handshake_timeout: Duration) -> CliResult<ClientTlsConfig> {
     let ca = read_pem(&plan.ca, "CA certificate", plan)?;
     let mut config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name(plan.domain.clone())
-        .timeout(CONNECT_TIMEOUT);
+        .timeout(handshake_timeout);
     if let Some((cert, key)) = &plan.identity {
         let cert = read_pem(cert, "client certificate", plan)?;
         let key = read_pem(key, "client key", plan)?;
@@ -160,16 +160,22 @@ impl Client {
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true);
         if let Some(plan) = &plan {
-            endpoint = endpoint.tls_config(tls_config(plan)?).map_err(|e| {
-                CliError::new(Exit::Usage, e).context(format!(
-                    "cannot use the TLS files (CA {}{})",
-                    plan.ca.display(),
-                    plan.identity
-                        .as_ref()
-                        .map(|(c, k)| format!(", certificate {}, key {}", c.display(), k.display()))
-                        .unwrap_or_default()
-                ))
-            })?;
+            endpoint = endpoint
+                .tls_config(tls_config(plan, connect_timeout)?)
+                .map_err(|e| {
+                    CliError::new(Exit::Usage, e).context(format!(
+                        "cannot use the TLS files (CA {}{})",
+                        plan.ca.display(),
+                        plan.identity
+                            .as_ref()
+                            .map(|(c, k)| format!(
+                                ", certificate {}, key {}",
+                                c.display(),
+                                k.display()
+                            ))
+                            .unwrap_or_default()
+                    ))
+                })?;
         }
         let addr = settings.addr.clone();
         // TCP connect, then the TLS handshake, each bounded by connect_timeout.

@@ -340,7 +340,14 @@ fn force_release_breaks_the_lease() {
     );
     assert!(broken.stdout.contains("Reason: long job"), "{broken:?}");
     let renew = d.cli(&["renew", "fr", &id]).exit(3);
-    assert!(renew.stderr.starts_with("Lock expired"), "{renew:?}");
+    assert!(renew.stderr.starts_with("Lock expired\n"), "{renew:?}");
+    assert!(
+        renew.stderr.contains("force-released by "),
+        "who broke it: {renew:?}"
+    );
+    assert!(renew.stderr.contains("incident 7"), "and why: {renew:?}");
+    let held = d.cli(&["is-held", "fr", &id]).exit(1);
+    assert!(held.stderr.contains("incident 7"), "{held:?}");
     d.cli(&["force-release", "fr", "--reason", "again"]).exit(1);
     d.cli(&["force-release", "fr"]).exit(64);
 }
@@ -365,9 +372,9 @@ fn no_client_certificate_is_refused() {
     let d = Daemon::start();
     let ca = d.data_dir().join("tls/ca.crt");
     let ca = ca.to_string_lossy();
-    let run = d.cli(&["--ca", &ca, "current", "x"]);
-    assert!(run.code == 5 || run.code == 4, "{run:?}");
+    let run = d.cli(&["--ca", &ca, "current", "x"]).exit(5);
     assert!(run.stderr.starts_with("stormlock: "), "{run:?}");
+    assert!(run.stderr.contains("client certificate"), "{run:?}");
     assert_eq!(run.stderr.lines().count(), 1, "one line: {run:?}");
     eprintln!(
         "without a client certificate: exit {}: {}",
@@ -394,6 +401,22 @@ fn daemon_not_running_is_exit_4_quickly() {
     );
     assert!(run.elapsed < Duration::from_secs(10), "{run:?}");
     eprintln!("no daemon listening: exit 4 after {:?}", run.elapsed);
+
+    // Something listens but never answers: the connect timeout ends it.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let args = ["--timeout", "2s", "current", "r"];
+    let run = run_cli(&args, d.dir.path(), &d.data_dir(), Some(port)).exit(4);
+    assert!(run.elapsed < Duration::from_secs(10), "{run:?}");
+    assert!(
+        run.stderr.starts_with("stormlock: cannot connect"),
+        "{run:?}"
+    );
+    eprintln!(
+        "silent listener: exit 4 after {:?}: {}",
+        run.elapsed,
+        run.stderr.trim()
+    );
 
     // No certificates at all: say where they were looked for.
     let run = cli_alone(&["current", "r"]).exit(4);
