@@ -1,1 +1,89 @@
-fn main() {}
+//! `stormlock`: the command-line client of stormlockd.
+//!
+//! # Layout
+//!
+//! - `args`: the clap definition (parsing, help, completions, man page).
+//! - `config`: client settings from flags, environment and config file.
+//! - `address`: the daemon address forms.
+//! - `client`: TLS, the connection, call deadlines, failures → exit statuses.
+//! - `error`: exit statuses and the error type commands return.
+//! - `output`: the lease formats shared with Python stormlock 0.4.1.
+//! - `spinner`: progress on stderr while waiting.
+//! - `commands`: one module per command.
+
+#![forbid(unsafe_code)]
+
+mod address;
+mod args;
+mod client;
+mod commands;
+mod config;
+mod error;
+mod output;
+mod spinner;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command, GlobalArgs};
+use crate::commands::Session;
+use crate::config::ProcessEnv;
+use crate::error::{CliError, CliResult, Exit};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Help and version go to stdout with exit 0; errors to stderr
+            // with 64, since clap's usual 2 means "held" here.
+            let _ = err.print();
+            return if err.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            }
+            .into();
+        }
+    };
+    match run(cli) {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            commands::note(&format!("stormlock: {err}"));
+            err.exit.into()
+        }
+    }
+}
+
+fn run(cli: Cli) -> CliResult {
+    let global = cli.global;
+    match cli.command {
+        Command::Completions(args) => commands::completions::run(&args),
+        Command::Man => commands::man::run(),
+        Command::Acquire(args) => remote(&global, |s| commands::acquire::run(s, args)),
+        Command::Release(args) => remote(&global, |s| commands::release::run(s, args)),
+        Command::Renew(args) => remote(&global, |s| commands::renew::run(s, args)),
+        Command::Current(args) => remote(&global, |s| commands::current::run(s, args)),
+        Command::IsHeld(args) => remote(&global, |s| commands::is_held::run(s, args)),
+        Command::List(args) => remote(&global, |s| commands::list::run(s, args)),
+        Command::ForceRelease(args) => remote(&global, |s| commands::force_release::run(s, args)),
+    }
+}
+
+/// Resolves the settings and runs a command that talks to the daemon on a
+/// single-threaded runtime: one call at a time needs no more.
+fn remote<F, Fut>(global: &GlobalArgs, command: F) -> CliResult
+where
+    F: FnOnce(Session) -> Fut,
+    Fut: Future<Output = CliResult>,
+{
+    let env = ProcessEnv;
+    let config = config::load(global.config.as_deref(), &env)?;
+    let settings = config::resolve(global, &env, config.as_ref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(Exit::Failure, e).context("cannot start the async runtime"))?;
+    runtime.block_on(command(Session::new(settings)))
+}

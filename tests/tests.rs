@@ -2,5 +2,6 @@
 
 mod backends;
 mod conformance;
+mod e2e;
 mod service;
 mod support;

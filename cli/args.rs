@@ -1,0 +1,305 @@
+//! The command line: one clap definition from which parsing, `--help`, shell
+//! completions and the man page all come.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+use stormlock::duration::parse_duration;
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0   success
+  1   not held, or the resource is free
+  2   held by someone else
+  3   the lease is not current (expired, released or force-released)
+  4   the daemon or its backend cannot be reached (or did not answer in time)
+  5   not authenticated, or not allowed
+  64  usage error: bad arguments, bad configuration, or a request the daemon refused as invalid
+  70  the daemon failed in an unexpected way
+
+Durations are written like \"4 seconds\", \"30 min\", \"1 days\", \"4h\", \"30m\" or \"1d2h\".";
+
+/// Lease-based locks for operators and their scripts.
+///
+/// Talks to a stormlockd daemon. Settings come from flags, then environment
+/// variables, then the first config file found (-c FILE, $STORMLOCK_CONFIG,
+/// ./.stormlock.toml, $XDG_CONFIG_HOME/stormlock/config.toml,
+/// ~/.stormlock.toml), then defaults.
+#[derive(Debug, Parser)]
+#[command(name = "stormlock", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// Connection and identity settings, accepted before or after the command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command shares.
+#[derive(Debug, Default, Args)]
+pub struct GlobalArgs {
+    /// Client config file (TOML) [env: STORMLOCK_CONFIG]
+    #[arg(short = 'c', long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Daemon address: HOST:PORT, https://HOST:PORT, or http://HOST:PORT for a
+    /// daemon run with --insecure [env: STORMLOCK_ADDR] [default: 127.0.0.1:7466]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// CA certificate (PEM) that signed the daemon's certificate [env: STORMLOCK_CA]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS [env: STORMLOCK_CERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS [env: STORMLOCK_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Who you are, when the daemon authenticates nobody; a client
+    /// certificate's identity takes precedence [env: STORMLOCK_PRINCIPAL]
+    /// [default: $USER@hostname]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub principal: Option<String>,
+    /// Give up on a call after this long; --wait adds to it
+    /// [env: STORMLOCK_TIMEOUT] [default: 10s]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire a lock and print the lease id.
+    ///
+    /// When the resource is held, prints "Lock held" and who holds it on
+    /// standard error and exits with 2.
+    Acquire(AcquireArgs),
+    /// Release a lock (idempotent).
+    Release(LeaseArgs),
+    /// Renew a lock: set its expiry to now plus the TTL.
+    ///
+    /// When the lease is not current, prints "Lock expired" (and who broke it,
+    /// if it was force-released) on standard error and exits with 3.
+    Renew(RenewArgs),
+    /// Show the lease currently holding a resource.
+    ///
+    /// Exits with 1 and "no lock held" on standard error when the resource is free.
+    ///
+    /// Every format prints principal, created (ISO-8601, UTC, milliseconds) and id
+    /// first, as Python stormlock does, then expires, fence and reason; json adds
+    /// resource. oneline stays at exactly those first three fields, tab-separated,
+    /// so that scripts can write
+    ///
+    ///     read principal created id < <(stormlock current -f oneline RESOURCE)
+    ///
+    /// A lease id you may not see (you are neither its holder nor an administrator)
+    /// prints as "-", and as null in json.
+    #[command(
+        verbatim_doc_comment,
+        about = "Show the lease currently holding a resource"
+    )]
+    Current(CurrentArgs),
+    /// Check whether a lease is still current: exit 0 if it is, 1 if not.
+    IsHeld(LeaseArgs),
+    /// List the held locks, optionally only those under a prefix.
+    List(ListArgs),
+    /// Break the lease holding a resource, without its id (administrators).
+    ///
+    /// Exits with 1 when the resource was not held.
+    ForceRelease(ForceReleaseArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
+}
+
+/// `acquire`.
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    /// The resource to lock.
+    pub resource: String,
+    /// How long the lease lasts unless renewed [default: the config file's
+    /// ttl, else the daemon's default for the resource]
+    #[arg(short, long, value_name = "TTL", value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+    /// Why you take the lock; shown to anyone who is refused.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Wait up to this long for the lock if it is held (default: try once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub wait: Option<Duration>,
+}
+
+/// Commands that act on one lease of one resource.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// The resource the lease is on.
+    pub resource: String,
+    /// The lease id printed by acquire.
+    pub lease_id: String,
+}
+
+/// `renew`.
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// The resource and lease.
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+    /// The new time to live, counted from now [default: the config file's
+    /// ttl, else the daemon's default for the resource]
+    #[arg(short, long, value_name = "TTL", value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+}
+
+/// `current`.
+#[derive(Debug, Args)]
+pub struct CurrentArgs {
+    /// The resource to look at.
+    pub resource: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = LeaseFormat::Rows)]
+    pub format: LeaseFormat,
+    /// Same as --format=id.
+    #[arg(long)]
+    pub id_only: bool,
+}
+
+/// How `current` prints a lease.
+///
+/// Principal, created and id come first, as in Python stormlock 0.4.1; newer
+/// fields (expires, fence, reason) follow. A lease id you may not see (you are
+/// neither its holder nor an administrator) prints as "-", and as null in json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeaseFormat {
+    /// The lease id alone.
+    Id,
+    /// One JSON object: id, created, principal, expires, fence, reason, resource.
+    Json,
+    /// One field per line: principal, created, id, expires, fence, reason.
+    Lines,
+    /// Exactly three tab-separated fields, principal, created and id, so that
+    /// `read principal created id` gets each in its own variable.
+    Oneline,
+    /// A header row and a value row in columns.
+    Cols,
+    /// "Name: value" lines.
+    Rows,
+}
+
+/// `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only resources whose name starts with this.
+    pub prefix: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// How `list` prints leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// Columns sized to the terminal.
+    Table,
+    /// A JSON array of lease objects (keys as in `current -f json`).
+    Json,
+}
+
+/// `force-release`.
+#[derive(Debug, Args)]
+pub struct ForceReleaseArgs {
+    /// The resource to free.
+    pub resource: String,
+    /// Why (required); audit-logged and shown to the evicted holder.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// Parses a TTL or wait duration with the project's one duration syntax.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Like [`parse_ttl`], refusing zero.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_ttl(text)? {
+        d if d.is_zero() => Err("the timeout must be at least 1 second".to_string()),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("stormlock").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn python_compatible_forms() {
+        let cli = parse(&["-c", "x.toml", "acquire", "-t", "4 seconds", "r1"]).ok();
+        match cli.map(|c| (c.global.config, c.command)) {
+            Some((Some(config), Command::Acquire(a))) => {
+                assert_eq!(config, PathBuf::from("x.toml"));
+                assert_eq!(a.resource, "r1");
+                assert_eq!(a.ttl, Some(Duration::from_secs(4)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["renew", "r1", "id", "--ttl", "1d2h"]).ok();
+        match cli.map(|c| c.command) {
+            Some(Command::Renew(r)) => assert_eq!(r.ttl, Some(Duration::from_secs(93_600))),
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["current", "r1", "--id-only"]).ok();
+        assert!(matches!(cli.map(|c| c.command), Some(Command::Current(c)) if c.id_only));
+        let cli = parse(&["current", "r1"]).ok();
+        assert!(
+            matches!(cli.map(|c| c.command), Some(Command::Current(c)) if c.format == LeaseFormat::Rows)
+        );
+        assert!(parse(&["is-held", "r1", "id"]).is_ok());
+        assert!(parse(&["release", "r1", "id", "--addr", "h:1"]).is_ok());
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["acquire"][..],
+            &["acquire", "r", "-t", "4 weeks"],
+            &["acquire", "r", "--bogus"],
+            &["current", "r", "-f", "xml"],
+            &["force-release", "r"],
+            &["--timeout", "0", "current", "r"],
+            &[],
+        ] {
+            let err = parse(args).map(|_| ()).unwrap_err();
+            assert!(err.use_stderr(), "{args:?} should be an error");
+        }
+        let err = parse(&["acquire", "r", "-t", "4 weeks"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("weeks"), "{err}");
+        for args in [&["--help"][..], &["--version"], &["acquire", "--help"]] {
+            let err = parse(args).map(|_| ()).unwrap_err();
+            assert!(!err.use_stderr(), "{args:?} is not an error");
+        }
+    }
+}

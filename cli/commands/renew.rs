@@ -1,0 +1,29 @@
+//! `renew`: extend a lease; "Lock expired" and exit 3 when it is not current.
+
+use stormlock::pb;
+
+use super::{Session, eviction, note, proto_duration};
+use crate::args::RenewArgs;
+use crate::error::{CliResult, Exit};
+
+/// Runs `renew`.
+pub async fn run(mut session: Session, args: RenewArgs) -> CliResult {
+    let ttl = args.ttl.or(session.settings.ttl);
+    let request = pb::RenewRequest {
+        resource: args.lease.resource,
+        lease_id: args.lease.lease_id,
+        ttl: ttl.map(|t| proto_duration("TTL", t)).transpose()?,
+    };
+    let client = session.client().await?;
+    match client.renew(request).await {
+        Ok(_) => Ok(Exit::Success),
+        Err(err) if err.exit == Exit::NotCurrent => {
+            note("Lock expired");
+            if let Some(detail) = eviction(&err.to_string()) {
+                note(detail);
+            }
+            Ok(Exit::NotCurrent)
+        }
+        Err(err) => Err(err),
+    }
+}

@@ -1,0 +1,77 @@
+//! A spinner on stderr for commands that wait, drawn on one line that is
+//! cleared when the wait ends. Used only when stderr is a terminal.
+
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+use unicode_width::UnicodeWidthChar;
+
+const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+/// The spinner's state.
+#[derive(Debug)]
+pub struct Spinner {
+    started: Instant,
+    frame: usize,
+    drawn: bool,
+}
+
+impl Spinner {
+    /// How often to redraw.
+    pub const TICK: Duration = Duration::from_millis(100);
+
+    /// A spinner that has not drawn anything yet.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            frame: 0,
+            drawn: false,
+        }
+    }
+
+    /// Time since the spinner was made.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Draws the next frame with `label` and the time waited so far.
+    pub fn draw(&mut self, label: &str) {
+        let waited = stormlock::duration::format_duration(Duration::from_secs(
+            self.started.elapsed().as_secs(),
+        ));
+        let line = format!("{} {label} ({waited})", FRAMES[self.frame % FRAMES.len()]);
+        self.frame += 1;
+        // A line that wraps could not be redrawn in place.
+        let columns = terminal_size::terminal_size_of(io::stderr())
+            .map_or(80, |(w, _)| usize::from(w.0))
+            .saturating_sub(1);
+        let mut used = 0;
+        let line: String = line
+            .chars()
+            .take_while(|c| {
+                used += c.width().unwrap_or(0);
+                used <= columns
+            })
+            .collect();
+        let mut err = io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+        self.drawn = true;
+    }
+
+    /// Erases the spinner's line, if it drew one.
+    pub fn clear(&mut self) {
+        if self.drawn {
+            let mut err = io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.drawn = false;
+        }
+    }
+}
+
+impl Default for Spinner {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,447 @@
+//! End to end: the real `stormlock` against a real `stormlockd` on loopback,
+//! talking mutual TLS with the daemon's development certificates. Walks
+//! Python stormlock 0.4.1's CLI test (`tests/test_cli.sh`) and the newer
+//! commands, formats and exit statuses.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const STORMLOCK: &str = env!("CARGO_BIN_EXE_stormlock");
+const STORMLOCKD: &str = env!("CARGO_BIN_EXE_stormlockd");
+
+/// A daemon of this test's own; dropping it kills exactly that process.
+struct Daemon {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("stormlock-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let child = Command::new(STORMLOCKD)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("STORMLOCK_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stormlockd");
+        let mut daemon = Self { child, port, dir };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("stormlockd exited early ({status}):\n{}", self.log());
+            }
+            let ready = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.data_dir().join("tls/client.key").is_file();
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stormlockd not ready after 30 s:\n{}",
+                self.log()
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the CLI against this daemon with a clean environment: no config
+    /// file, the daemon's development certificates.
+    fn cli(&self, args: &[&str]) -> Run {
+        run_cli(args, self.dir.path(), &self.data_dir(), Some(self.port))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one CLI run did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        self
+    }
+    fn exit(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "expected exit {code}: {self:?}");
+        self
+    }
+    fn line(&self) -> String {
+        self.stdout.trim_end_matches('\n').to_string()
+    }
+}
+
+fn run_cli(args: &[&str], home: &Path, data_dir: &Path, port: Option<u16>) -> Run {
+    let mut command = Command::new(STORMLOCK);
+    command
+        .args(args)
+        .current_dir(home)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("STORMLOCK_DATA_DIR", data_dir)
+        .stdin(Stdio::null());
+    for var in [
+        "STORMLOCK_CONFIG",
+        "STORMLOCK_ADDR",
+        "STORMLOCK_CA",
+        "STORMLOCK_CERT",
+        "STORMLOCK_KEY",
+        "STORMLOCK_PRINCIPAL",
+        "STORMLOCK_TIMEOUT",
+    ] {
+        command.env_remove(var);
+    }
+    if let Some(port) = port {
+        command.env("STORMLOCK_ADDR", format!("127.0.0.1:{port}"));
+    }
+    let started = Instant::now();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("run stormlock");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Runs the CLI without any daemon.
+fn cli_alone(args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_cli(args, dir.path(), &dir.path().join("data"), None)
+}
+
+fn assert_iso_ms(text: &str) {
+    // 2026-11-26T13:28:46.123+00:00
+    let b = text.as_bytes();
+    let ok = text.len() == 29
+        && text.ends_with("+00:00")
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && text[20..23].bytes().all(|c| c.is_ascii_digit());
+    assert!(
+        ok,
+        "not an ISO-8601 UTC timestamp with milliseconds: {text:?}"
+    );
+}
+
+#[test]
+fn python_stormlock_cli_flow() {
+    let d = Daemon::start();
+    let (r1, r2) = ("e2e_test", "e2e_test2");
+
+    let id1 = d.cli(&["acquire", r1]).ok().line();
+    assert_eq!(id1.len(), 32, "{id1:?}");
+    d.cli(&["is-held", r1, &id1]).ok();
+
+    let current = d.cli(&["current", "-f", "oneline", r1]).ok().line();
+    let fields: Vec<&str> = current.split('\t').collect();
+    assert_eq!(fields.len(), 3, "{current:?}");
+    let principal = fields[0].to_string();
+    assert!(!principal.is_empty());
+    assert_iso_ms(fields[1]);
+    assert_eq!(fields[2], id1);
+
+    let held = d.cli(&["acquire", r1]).exit(2);
+    assert_eq!(held.stdout, "", "nothing on stdout when held");
+    assert!(held.stderr.starts_with("Lock held\n"), "{held:?}");
+    assert!(held.stderr.contains(&principal), "{held:?}");
+    assert!(held.stderr.contains("Since: ") && held.stderr.contains("Until: "));
+    assert!(!held.stderr.contains(&id1), "never the holder's lease id");
+
+    let res2_id = d.cli(&["acquire", r2]).ok().line();
+    d.cli(&["release", r1, &id1]).ok();
+
+    let id2 = d.cli(&["acquire", r1, "-t", "4 seconds"]).ok().line();
+    assert_ne!(id1, id2);
+    d.cli(&["is-held", r1, &id1]).exit(1);
+
+    sleep(Duration::from_secs(2));
+    d.cli(&["renew", r1, &id2, "-t", "4 seconds"]).ok();
+    sleep(Duration::from_secs(2));
+    d.cli(&["acquire", r1]).exit(2);
+    // Renewed at ~2 s for 4 s: expired by ~6 s.
+    sleep(Duration::from_millis(2500));
+
+    let expired = d.cli(&["renew", r1, &id2, "-t", "4 seconds"]).exit(3);
+    assert!(expired.stderr.starts_with("Lock expired"), "{expired:?}");
+    d.cli(&["is-held", r1, &id2]).exit(1);
+    d.cli(&["release", r2, &res2_id]).ok();
+    d.cli(&["current", r2]).exit(1);
+}
+
+#[test]
+fn every_format_against_a_live_daemon() {
+    let d = Daemon::start();
+    let id = d
+        .cli(&["acquire", "fmt/one", "--reason", "format check", "-t", "1h"])
+        .ok()
+        .line();
+
+    assert_eq!(
+        d.cli(&["current", "-f", "id", "fmt/one"]).ok().stdout,
+        format!("{id}\n")
+    );
+    assert_eq!(
+        d.cli(&["current", "--id-only", "fmt/one"]).ok().stdout,
+        format!("{id}\n")
+    );
+
+    let rows = d.cli(&["current", "fmt/one"]).ok().stdout;
+    let labels: Vec<&str> = rows.lines().filter_map(|l| l.split(": ").next()).collect();
+    assert_eq!(
+        labels,
+        ["Principal", "Created", "Id", "Expires", "Fence", "Reason"]
+    );
+    assert!(rows.contains(&format!("Id: {id}\n")), "{rows}");
+    assert!(rows.ends_with("Reason: format check\n"), "{rows}");
+    assert_eq!(
+        d.cli(&["current", "-f", "rows", "fmt/one"]).ok().stdout,
+        rows
+    );
+
+    let lines = d.cli(&["current", "-f", "lines", "fmt/one"]).ok().stdout;
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_iso_ms(lines[1]);
+    assert_eq!(lines[2], id);
+    assert_iso_ms(lines[3]);
+    assert!(lines[4].parse::<u64>().is_ok_and(|f| f > 0), "{lines:?}");
+    assert_eq!(lines[5], "format check");
+
+    let json = d.cli(&["current", "-f", "json", "fmt/one"]).ok().stdout;
+    let keys: Vec<&str> = [
+        "id",
+        "created",
+        "principal",
+        "expires",
+        "fence",
+        "reason",
+        "resource",
+    ]
+    .into_iter()
+    .collect();
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|k| json.find(&format!("\"{k}\": ")).unwrap_or(usize::MAX))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "key order: {json}"
+    );
+    let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert_eq!(value["id"], id.as_str());
+    assert_eq!(value["resource"], "fmt/one");
+    assert_eq!(value["reason"], "format check");
+    assert!(json.starts_with(&format!("{{\"id\": \"{id}\", \"created\": \"")));
+
+    let cols = d.cli(&["current", "-f", "cols", "fmt/one"]).ok().stdout;
+    let cols: Vec<&str> = cols.lines().collect();
+    assert_eq!(cols.len(), 2);
+    assert!(cols[0].starts_with("PRINCIPAL "), "{cols:?}");
+    let width = cols[0].find("CREATED").unwrap_or(0);
+    assert_eq!(
+        cols[0][width..].find("ID"),
+        Some(width),
+        "equal column widths: {cols:?}"
+    );
+    assert_eq!(&cols[1][2 * width..2 * width + 32], id, "{cols:?}");
+}
+
+#[test]
+fn list_shows_held_locks() {
+    let d = Daemon::start();
+    d.cli(&["list"]).ok();
+    for r in ["team/a", "team/b", "other"] {
+        d.cli(&["acquire", r, "--reason", &format!("why {r}")]).ok();
+    }
+    let table = d.cli(&["list"]).ok().stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("RESOURCE"), "{table}");
+    assert!(
+        lines[0].contains("PRINCIPAL") && lines[0].contains("FENCE"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(table.contains("why team/b"), "{table}");
+
+    let under = d.cli(&["list", "team/"]).ok().stdout;
+    assert_eq!(under.lines().count(), 3, "{under}");
+    assert!(!under.contains("other"), "{under}");
+
+    let json = d.cli(&["list", "team/", "-f", "json"]).ok().stdout;
+    let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let resources: Vec<&str> = value
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["resource"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(resources, ["team/a", "team/b"]);
+}
+
+#[test]
+fn force_release_breaks_the_lease() {
+    let d = Daemon::start();
+    let id = d
+        .cli(&["acquire", "fr", "--reason", "long job"])
+        .ok()
+        .line();
+    let broken = d
+        .cli(&["force-release", "fr", "--reason", "incident 7"])
+        .ok();
+    assert!(
+        broken.stdout.starts_with("Force-released fr:\n"),
+        "{broken:?}"
+    );
+    assert!(broken.stdout.contains("Reason: long job"), "{broken:?}");
+    let renew = d.cli(&["renew", "fr", &id]).exit(3);
+    assert!(renew.stderr.starts_with("Lock expired\n"), "{renew:?}");
+    assert!(
+        renew.stderr.contains("force-released by "),
+        "who broke it: {renew:?}"
+    );
+    assert!(renew.stderr.contains("incident 7"), "and why: {renew:?}");
+    let held = d.cli(&["is-held", "fr", &id]).exit(1);
+    assert!(held.stderr.contains("incident 7"), "{held:?}");
+    d.cli(&["force-release", "fr", "--reason", "again"]).exit(1);
+    d.cli(&["force-release", "fr"]).exit(64);
+}
+
+#[test]
+fn waiting_for_a_lock() {
+    let d = Daemon::start();
+    d.cli(&["acquire", "w", "-t", "2 seconds"]).ok();
+    let waited = d.cli(&["acquire", "w", "--wait", "20 seconds"]).ok();
+    assert_eq!(
+        waited.line().len(),
+        32,
+        "only the id, no spinner off a terminal: {waited:?}"
+    );
+    assert_eq!(waited.stderr, "");
+    let gave_up = d.cli(&["acquire", "w", "--wait", "1s"]).exit(2);
+    assert!(gave_up.stderr.starts_with("Lock held"), "{gave_up:?}");
+}
+
+#[test]
+fn no_client_certificate_is_refused() {
+    let d = Daemon::start();
+    let ca = d.data_dir().join("tls/ca.crt");
+    let ca = ca.to_string_lossy();
+    let run = d.cli(&["--ca", &ca, "current", "x"]).exit(5);
+    assert!(run.stderr.starts_with("stormlock: "), "{run:?}");
+    assert!(run.stderr.contains("client certificate"), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {run:?}");
+    eprintln!(
+        "without a client certificate: exit {}: {}",
+        run.code,
+        run.stderr.trim()
+    );
+}
+
+#[test]
+fn daemon_not_running_is_exit_4_quickly() {
+    // Certificates present (a daemon ran here), nothing listening.
+    let d = Daemon::start();
+    let port = free_port();
+    let run = run_cli(
+        &["is-held", "r", "id"],
+        d.dir.path(),
+        &d.data_dir(),
+        Some(port),
+    )
+    .exit(4);
+    assert!(
+        run.stderr.starts_with("stormlock: cannot connect"),
+        "{run:?}"
+    );
+    assert!(run.elapsed < Duration::from_secs(10), "{run:?}");
+    eprintln!("no daemon listening: exit 4 after {:?}", run.elapsed);
+
+    // Something listens but never answers: the connect timeout ends it.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let args = ["--timeout", "2s", "current", "r"];
+    let run = run_cli(&args, d.dir.path(), &d.data_dir(), Some(port)).exit(4);
+    assert!(run.elapsed < Duration::from_secs(10), "{run:?}");
+    assert!(
+        run.stderr.starts_with("stormlock: cannot connect"),
+        "{run:?}"
+    );
+    eprintln!(
+        "silent listener: exit 4 after {:?}: {}",
+        run.elapsed,
+        run.stderr.trim()
+    );
+
+    // No certificates at all: say where they were looked for.
+    let run = cli_alone(&["current", "r"]).exit(4);
+    assert!(run.stderr.contains("start stormlockd first"), "{run:?}");
+}
+
+#[test]
+fn usage_errors_and_documentation() {
+    let bad_ttl = cli_alone(&["acquire", "r", "-t", "4 weeks"]).exit(64);
+    assert!(bad_ttl.stderr.contains("weeks"), "{bad_ttl:?}");
+    cli_alone(&["acquire", "r", "--no-such-flag"]).exit(64);
+    cli_alone(&[]).exit(64);
+    cli_alone(&["--addr", "ftp://x", "current", "r"]).exit(64);
+
+    let help = cli_alone(&["--help"]).ok();
+    assert!(help.stdout.contains("acquire"), "{help:?}");
+    let help = cli_alone(&["current", "--help"]).ok();
+    assert!(
+        help.stdout.contains("read principal created id"),
+        "{help:?}"
+    );
+    cli_alone(&["--version"]).ok();
+
+    let bash = cli_alone(&["completions", "bash"]).ok();
+    assert!(bash.stdout.contains("stormlock"), "{bash:?}");
+    let man = cli_alone(&["man"]).ok();
+    assert!(man.stdout.starts_with(".TH"), "{man:?}");
+}
