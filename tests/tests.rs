@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area.
 
+mod backend_faults;
 mod backends;
 mod conformance;
 mod e2e;

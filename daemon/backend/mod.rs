@@ -14,8 +14,12 @@ use serde::Deserialize;
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod memory;
 mod record;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod timeout;
 
 pub use timeout::WithTimeout;
@@ -139,6 +143,12 @@ pub enum BackendConfig {
     Embedded(embedded::EmbeddedConfig),
     /// Process memory: tests and demos only.
     Memory(memory::MemoryConfig),
+    /// Redis (`redis://` or `rediss://`).
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisConfig),
+    /// An etcd cluster.
+    #[cfg(feature = "etcd")]
+    Etcd(etcd::EtcdConfig),
 }
 
 impl BackendConfig {
@@ -147,6 +157,10 @@ impl BackendConfig {
         match self {
             Self::Embedded(_) => "embedded",
             Self::Memory(_) => "memory",
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "redis",
+            #[cfg(feature = "etcd")]
+            Self::Etcd(_) => "etcd",
         }
     }
 }
@@ -163,5 +177,9 @@ pub async fn connect(
             Arc::new(embedded::EmbeddedBackend::open(name, c, data_dir).await?)
         }
         BackendConfig::Memory(_) => Arc::new(memory::MemoryBackend::new()),
+        #[cfg(feature = "redis")]
+        BackendConfig::Redis(c) => Arc::new(redis::RedisBackend::connect(name, c).await?),
+        #[cfg(feature = "etcd")]
+        BackendConfig::Etcd(c) => Arc::new(etcd::EtcdBackend::connect(name, c).await?),
     })
 }
