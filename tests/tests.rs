@@ -2,4 +2,5 @@
 
 mod backends;
 mod conformance;
+mod sql_backends;
 mod support;

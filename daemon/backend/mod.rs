@@ -15,7 +15,13 @@ use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 pub mod embedded;
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod record;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod sql;
 mod timeout;
 
 pub use timeout::WithTimeout;
@@ -135,6 +141,12 @@ pub enum BackendConfig {
     Embedded(embedded::EmbeddedConfig),
     /// Process memory: tests and demos only.
     Memory(memory::MemoryConfig),
+    /// One PostgreSQL table.
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PostgresConfig),
+    /// One MySQL or MariaDB table.
+    #[cfg(feature = "mysql")]
+    Mysql(mysql::MysqlConfig),
 }
 
 impl BackendConfig {
@@ -143,6 +155,10 @@ impl BackendConfig {
         match self {
             Self::Embedded(_) => "embedded",
             Self::Memory(_) => "memory",
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => "postgres",
+            #[cfg(feature = "mysql")]
+            Self::Mysql(_) => "mysql",
         }
     }
 }
@@ -157,5 +173,9 @@ pub async fn connect(
     Ok(match config {
         BackendConfig::Embedded(c) => Arc::new(embedded::EmbeddedBackend::open(name, c, data_dir).await?),
         BackendConfig::Memory(_) => Arc::new(memory::MemoryBackend::new()),
+        #[cfg(feature = "postgres")]
+        BackendConfig::Postgres(c) => Arc::new(postgres::PostgresBackend::connect(name, c).await?),
+        #[cfg(feature = "mysql")]
+        BackendConfig::Mysql(c) => Arc::new(mysql::MysqlBackend::connect(name, c).await?),
     })
 }
