@@ -182,4 +182,38 @@ mod etcd {
         }
         assert!(backend.release(&resource, &req.id).await.expect("release"));
     }
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use stormlock::backend::postgres::{PostgresBackend, PostgresConfig};
+
+    async fn make() -> Option<Arc<dyn Backend>> {
+        let url = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL")?;
+        let config: PostgresConfig =
+            toml::from_str(&format!("url = {url:?}\ntable = \"conformance_locks\""))
+                .expect("config");
+        let backend = PostgresBackend::connect("test", &config)
+            .await
+            .expect("connect to PostgreSQL");
+        Some(Arc::new(backend))
+    }
+    crate::conformance::conformance_tests!(make().await);
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use stormlock::backend::mysql::{MysqlBackend, MysqlConfig};
+
+    async fn make() -> Option<Arc<dyn Backend>> {
+        let url = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL")?;
+        let config: MysqlConfig =
+            toml::from_str(&format!("url = {url:?}\ntable = \"conformance_locks\""))
+                .expect("config");
+        let backend = MysqlBackend::connect("test", &config)
+            .await
+            .expect("connect to MySQL");
+        Some(Arc::new(backend))
+    }
+    crate::conformance::conformance_tests!(make().await);
 }

@@ -5,4 +5,5 @@ mod backends;
 mod conformance;
 mod e2e;
 mod service;
+mod sql_backends;
 mod support;

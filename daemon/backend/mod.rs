@@ -17,9 +17,15 @@ pub mod embedded;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod sql;
 mod timeout;
 
 pub use timeout::WithTimeout;
@@ -149,6 +155,12 @@ pub enum BackendConfig {
     /// An etcd cluster.
     #[cfg(feature = "etcd")]
     Etcd(etcd::EtcdConfig),
+    /// One PostgreSQL table.
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PostgresConfig),
+    /// One MySQL or MariaDB table.
+    #[cfg(feature = "mysql")]
+    Mysql(mysql::MysqlConfig),
 }
 
 impl BackendConfig {
@@ -161,6 +173,10 @@ impl BackendConfig {
             Self::Redis(_) => "redis",
             #[cfg(feature = "etcd")]
             Self::Etcd(_) => "etcd",
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => "postgres",
+            #[cfg(feature = "mysql")]
+            Self::Mysql(_) => "mysql",
         }
     }
 }
@@ -181,5 +197,9 @@ pub async fn connect(
         BackendConfig::Redis(c) => Arc::new(redis::RedisBackend::connect(name, c).await?),
         #[cfg(feature = "etcd")]
         BackendConfig::Etcd(c) => Arc::new(etcd::EtcdBackend::connect(name, c).await?),
+        #[cfg(feature = "postgres")]
+        BackendConfig::Postgres(c) => Arc::new(postgres::PostgresBackend::connect(name, c).await?),
+        #[cfg(feature = "mysql")]
+        BackendConfig::Mysql(c) => Arc::new(mysql::MysqlBackend::connect(name, c).await?),
     })
 }
