@@ -2,4 +2,6 @@
 
 mod backends;
 mod conformance;
+#[cfg(feature = "dynamodb")]
+mod dynamodb_backend;
 mod support;

@@ -13,6 +13,8 @@ use serde::Deserialize;
 
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod embedded;
 pub mod memory;
 mod record;
@@ -135,6 +137,9 @@ pub enum BackendConfig {
     Embedded(embedded::EmbeddedConfig),
     /// Process memory: tests and demos only.
     Memory(memory::MemoryConfig),
+    /// An Amazon DynamoDB table shared by several daemons.
+    #[cfg(feature = "dynamodb")]
+    Dynamodb(dynamodb::DynamodbConfig),
 }
 
 impl BackendConfig {
@@ -143,6 +148,8 @@ impl BackendConfig {
         match self {
             Self::Embedded(_) => "embedded",
             Self::Memory(_) => "memory",
+            #[cfg(feature = "dynamodb")]
+            Self::Dynamodb(_) => "dynamodb",
         }
     }
 }
@@ -157,5 +164,7 @@ pub async fn connect(
     Ok(match config {
         BackendConfig::Embedded(c) => Arc::new(embedded::EmbeddedBackend::open(name, c, data_dir).await?),
         BackendConfig::Memory(_) => Arc::new(memory::MemoryBackend::new()),
+        #[cfg(feature = "dynamodb")]
+        BackendConfig::Dynamodb(c) => Arc::new(dynamodb::DynamodbBackend::connect(name, c).await?),
     })
 }
