@@ -213,6 +213,18 @@ mod mysql {
         let backend = MysqlBackend::connect("test", &config)
             .await
             .expect("connect to MySQL");
+#[cfg(feature = "dynamodb")]
+mod dynamodb {
+    use super::*;
+    use crate::dynamodb_backend::{connect, fresh_table};
+
+    async fn make() -> Option<Arc<dyn Backend>> {
+        let endpoint = crate::support::engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT")?;
+        // A table per test keeps the cases independent; moto creates tables
+        // instantly.
+        let backend = connect(&endpoint, &fresh_table())
+            .await
+            .expect("connect to DynamoDB");
         Some(Arc::new(backend))
     }
     crate::conformance::conformance_tests!(make().await);

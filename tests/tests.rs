@@ -6,4 +6,6 @@ mod conformance;
 mod e2e;
 mod service;
 mod sql_backends;
+#[cfg(feature = "dynamodb")]
+mod dynamodb_backend;
 mod support;

@@ -13,6 +13,8 @@ use serde::Deserialize;
 
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod embedded;
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -161,6 +163,9 @@ pub enum BackendConfig {
     /// One MySQL or MariaDB table.
     #[cfg(feature = "mysql")]
     Mysql(mysql::MysqlConfig),
+    /// An Amazon DynamoDB table shared by several daemons.
+    #[cfg(feature = "dynamodb")]
+    Dynamodb(dynamodb::DynamodbConfig),
 }
 
 impl BackendConfig {
@@ -177,6 +182,8 @@ impl BackendConfig {
             Self::Postgres(_) => "postgres",
             #[cfg(feature = "mysql")]
             Self::Mysql(_) => "mysql",
+            #[cfg(feature = "dynamodb")]
+            Self::Dynamodb(_) => "dynamodb",
         }
     }
 }
@@ -201,5 +208,7 @@ pub async fn connect(
         BackendConfig::Postgres(c) => Arc::new(postgres::PostgresBackend::connect(name, c).await?),
         #[cfg(feature = "mysql")]
         BackendConfig::Mysql(c) => Arc::new(mysql::MysqlBackend::connect(name, c).await?),
+        #[cfg(feature = "dynamodb")]
+        BackendConfig::Dynamodb(c) => Arc::new(dynamodb::DynamodbBackend::connect(name, c).await?),
     })
 }
