@@ -23,6 +23,16 @@ that already contains the chart name is used as is.
 {{- end }}
 
 {{/*
+The fullname with a suffix, still at most 63 characters: the fullname is cut
+to make room. Call with (list $ "suffix").
+*/}}
+{{- define "stormlock.suffixedName" -}}
+{{- $suffix := index . 1 }}
+{{- $room := sub 62 (len $suffix) | int }}
+{{- printf "%s-%s" (include "stormlock.fullname" (index . 0) | trunc $room | trimSuffix "-") $suffix }}
+{{- end }}
+
+{{/*
 Chart name and version, for the helm.sh/chart label.
 */}}
 {{- define "stormlock.chart" -}}
@@ -59,7 +69,7 @@ Labels of the helm test pod: deliberately not the selector labels, so the
 Service never routes to it and the PodDisruptionBudget never counts it.
 */}}
 {{- define "stormlock.testSelectorLabels" -}}
-app.kubernetes.io/name: {{ include "stormlock.name" . }}-test
+app.kubernetes.io/name: {{ include "stormlock.name" . | trunc 58 | trimSuffix "-" }}-test
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
@@ -89,7 +99,7 @@ Container image reference: digest wins over tag; the tag defaults to appVersion.
 Name of the Secret with the server certificate.
 */}}
 {{- define "stormlock.tlsSecretName" -}}
-{{- .Values.tls.secretName | default (printf "%s-tls" (include "stormlock.fullname" .)) }}
+{{- .Values.tls.secretName | default (include "stormlock.suffixedName" (list . "tls")) }}
 {{- end }}
 
 {{/*
@@ -107,7 +117,7 @@ when the test has none.
 {{- if .Values.tests.tls.clientSecretName }}
 {{- .Values.tests.tls.clientSecretName }}
 {{- else if .Values.tls.certManager.enabled }}
-{{- printf "%s-test-client" (include "stormlock.fullname" .) }}
+{{- include "stormlock.suffixedName" (list . "test-client") }}
 {{- end }}
 {{- end }}
 
