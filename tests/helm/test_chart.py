@@ -218,7 +218,7 @@ def test_config_toml_follows_the_daemon_contract(chart, case):
     assert cfg["health_listen"] == f"0.0.0.0:{port['health']}"
     assert cfg["data_dir"] == "/var/lib/stormlock"
     assert rendered.mount("data")["mountPath"] == cfg["data_dir"]
-    assert set(cfg) <= {"listen", "metrics_listen", "health_listen", "data_dir", "tls", "auth", "defaults", "backends", "resources"}
+    assert set(cfg) <= {"listen", "metrics_listen", "health_listen", "data_dir", "tls", "auth", "defaults", "backends", "resources"}, "only keys of the daemon's contract"
     assert set(cfg["defaults"]) == {"ttl", "max_ttl", "backend", "backend_timeout"}
     assert cfg["defaults"]["backend"] in cfg["backends"]
     for rule in cfg.get("resources", []):
@@ -245,6 +245,13 @@ def test_default_config_values(chart):
     assert cfg["defaults"] == {"ttl": "1h", "max_ttl": "30d", "backend": "main", "backend_timeout": "2s"}
     assert cfg["tls"] == {"cert": "/etc/stormlock/tls/tls.crt", "key": "/etc/stormlock/tls/tls.key"}
     assert cfg["auth"] == {"admins": []}
+
+
+def test_extra_toml_is_appended(chart):
+    extra = '[[acl]]\nprincipals = ["ci-*"]\nresources = ["ci/*"]\nactions = ["acquire", "release"]\n'
+    rendered = render(chart, {"config": {"extraToml": extra}})
+    assert rendered.config["acl"] == [{"principals": ["ci-*"], "resources": ["ci/*"], "actions": ["acquire", "release"]}]
+    assert rendered.config["backends"] == render(chart).config["backends"]
 
 
 def test_config_values_reach_the_toml(chart):
@@ -637,7 +644,13 @@ def test_helm_test_pod_probes_the_service_over_tls(chart, case):
     assert f"-service={HEALTH_SERVICE}" in args
     assert pod["spec"]["restartPolicy"] == "Never"
     if "tls" in rendered.config:
-        assert "-tls" in args and f"-tls-server-name={fqdn}" in args
+        # The name the NOTES tell operators to put in their certificates.
+        server_name = f"{service['metadata']['name']}.{NAMESPACE}.svc"
+        assert "-tls" in args and f"-tls-server-name={server_name}" in args
+        assert f"must name {server_name}" in rendered.notes or rendered.all("Certificate")
+        for cert in rendered.all("Certificate"):
+            if "server auth" in cert["spec"]["usages"]:
+                assert server_name in cert["spec"]["dnsNames"]
         ca = [a for a in args if a.startswith("-tls-ca-cert=")][0].split("=", 1)[1]
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volume = {v["name"]: v for v in pod["spec"]["volumes"]}[mounts[ca.rsplit("/", 1)[0]]]
@@ -913,3 +926,19 @@ def test_dockerignore_keeps_the_build_inputs():
     for pattern in patterns:
         for path in needed:
             assert not re.fullmatch(pattern.replace("**/", "").replace("*", ".*"), path), (pattern, path)
+
+
+# --------------------------------------------------------------------------- deploy/
+
+
+def test_cert_manager_ca_example_matches_the_quick_start():
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "cert-manager-ca.yaml").read_text()) if d]
+    certs = [d for d in docs if d["kind"] == "Certificate"]
+    issuers = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Issuer"}
+    for cert in certs:
+        jsonschema.validate(cert, helm_crd_schemas.CERTIFICATE)
+        assert cert["spec"]["issuerRef"]["name"] in issuers
+    (ca,) = [c for c in certs if c["spec"].get("isCA")]
+    # The README installs with tls.certManager.issuerRef.name=stormlock-ca (kind Issuer).
+    assert issuers["stormlock-ca"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    assert "tls.certManager.issuerRef.name=stormlock-ca" in (CHART / "README.md").read_text()
