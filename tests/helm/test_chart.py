@@ -257,7 +257,7 @@ def test_extra_toml_is_appended(chart):
 def test_config_values_reach_the_toml(chart):
     values = {
         "config": {
-            "auth": {"admins": ["ops-admin", 'odd "quoted" \\ name']},
+            "auth": {"admins": ["ops-admin", 'odd "quoted" \\ <name> &co']},
             "defaults": {"ttl": "30m", "maxTtl": "7d", "backend": "main", "backendTimeout": "500ms"},
             "resources": [{"match": "prod/*", "ttl": "4h", "maxTtl": "1d"}],
         },
@@ -265,7 +265,7 @@ def test_config_values_reach_the_toml(chart):
         "bindAddress": "[::]",
     }
     cfg = render(chart, values).config
-    assert cfg["auth"]["admins"] == ["ops-admin", 'odd "quoted" \\ name']
+    assert cfg["auth"]["admins"] == ["ops-admin", 'odd "quoted" \\ <name> &co']
     assert cfg["defaults"] == {"ttl": "30m", "max_ttl": "7d", "backend": "main", "backend_timeout": "500ms"}
     assert cfg["resources"] == [{"match": "prod/*", "ttl": "4h", "max_ttl": "1d"}]
     assert cfg["backends"]["main"]["path"] == "other.redb"
