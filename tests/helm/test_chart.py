@@ -942,3 +942,12 @@ def test_cert_manager_ca_example_matches_the_quick_start():
     # The README installs with tls.certManager.issuerRef.name=stormlock-ca (kind Issuer).
     assert issuers["stormlock-ca"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
     assert "tls.certManager.issuerRef.name=stormlock-ca" in (CHART / "README.md").read_text()
+
+
+def test_chart_metadata(chart):
+    meta = chart.metadata
+    assert meta["apiVersion"] == "v2"
+    assert meta["type"] == "application"
+    assert meta["kubeVersion"] == ">=1.27.0-0", "native gRPC probes are GA from 1.27"
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    assert meta["appVersion"] == cargo["package"]["version"], "appVersion follows the crate's version"
