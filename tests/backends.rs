@@ -182,6 +182,8 @@ mod etcd {
         }
         assert!(backend.release(&resource, &req.id).await.expect("release"));
     }
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
@@ -213,6 +215,11 @@ mod mysql {
         let backend = MysqlBackend::connect("test", &config)
             .await
             .expect("connect to MySQL");
+        Some(Arc::new(backend))
+    }
+    crate::conformance::conformance_tests!(make().await);
+}
+
 #[cfg(feature = "dynamodb")]
 mod dynamodb {
     use super::*;

@@ -108,7 +108,10 @@ impl PrivateEngine {
             .arg(&pid)
             .status()
             .expect("pkill");
-        assert!(children.code().is_some_and(|c| c <= 1), "pkill -{signal} --parent");
+        assert!(
+            children.code().is_some_and(|c| c <= 1),
+            "pkill -{signal} --parent"
+        );
     }
 
     /// Stops the engine, keeping its data and port.

@@ -3,9 +3,9 @@
 mod backend_faults;
 mod backends;
 mod conformance;
+#[cfg(feature = "dynamodb")]
+mod dynamodb_backend;
 mod e2e;
 mod service;
 mod sql_backends;
-#[cfg(feature = "dynamodb")]
-mod dynamodb_backend;
 mod support;
