@@ -2,5 +2,6 @@
 
 mod backends;
 mod conformance;
+mod security;
 mod service;
 mod support;
