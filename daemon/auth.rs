@@ -1,10 +1,23 @@
-//! Who is calling: the principal from the client certificate when there is
-//! one, else the declared principal when the daemon authenticates nobody.
+//! Who is calling and what they may do.
+//!
+//! Identity, in order: the client certificate (mutual TLS), else a bearer
+//! token (`authorization: Bearer …`, stored in the config as its SHA-256),
+//! else — only on a daemon that requires no credentials — the principal the
+//! request declares. A declared principal that differs from an authenticated
+//! identity is refused, never silently replaced.
+//!
+//! Authorization: administrators may do everything. Everyone else is judged
+//! by `[[auth.rules]]`, tried in order, **the first matching rule wins**; when
+//! none matches, `[auth] default` applies to every action except
+//! force-release, which stays with administrators.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use sha2::{Digest, Sha256};
 use tonic::Request;
 
+use crate::config::{AclRule, Action, AuthConfig, Effect};
 use crate::error::Error;
 use crate::tls::{IdentitySource, identity_from_der};
 use crate::validate;
@@ -14,7 +27,7 @@ use crate::validate;
 pub struct Caller {
     /// The principal the request acts as.
     pub principal: String,
-    /// May force-release and see every lease id.
+    /// May do everything and see every lease id.
     pub admin: bool,
 }
 
@@ -25,43 +38,89 @@ impl Caller {
     }
 }
 
-/// How callers are identified.
+/// Principal used when a daemon that requires no credentials gets a request
+/// that declares none.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// How callers are identified and authorized.
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
     /// Which certificate field names the principal.
     pub identity: IdentitySource,
-    /// Principals with administrator rights.
+    /// Principals with every right.
     pub admins: HashSet<String>,
+    /// SHA-256 (hex) of each bearer token → its principal.
+    pub tokens: HashMap<String, String>,
+    /// Refuse requests that carry neither a certificate nor a token.
+    pub require_credentials: bool,
+    /// The access rules.
+    pub acl: Acl,
 }
 
-/// Principal used when a plaintext daemon's caller declares none.
-pub const ANONYMOUS: &str = "anonymous";
+/// The SHA-256 of a bearer token, as stored in `[[auth.tokens]] sha256`.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
 
 impl Auth {
+    /// Builds the authenticator of `config` (already validated).
+    /// `require_credentials` is true when the daemon authenticates callers
+    /// (mutual TLS or tokens configured).
+    pub fn from_config(config: &AuthConfig, require_credentials: bool) -> Result<Self, String> {
+        let mut rules = Vec::new();
+        for rule in &config.rules {
+            rules.push(
+                Acl::compile_rule(rule)
+                    .map_err(|(field, e)| format!("auth.rules: {field}: {e}"))?,
+            );
+        }
+        Ok(Self {
+            identity: config.identity,
+            admins: config.admins.iter().cloned().collect(),
+            tokens: config
+                .tokens
+                .iter()
+                .map(|t| (t.sha256.clone(), t.principal.clone()))
+                .collect(),
+            require_credentials,
+            acl: Acl {
+                rules,
+                default: config.default,
+            },
+        })
+    }
+
     /// Identifies the caller of `request`, which declared `declared` (may be
-    /// empty). A certificate's identity wins; a declared principal that
-    /// differs from it is refused rather than silently replaced.
+    /// empty).
     pub fn caller<T>(&self, request: &Request<T>, declared: &str) -> Result<Caller, Error> {
         let declared = validate::principal(declared)?;
-        let certified = request.peer_certs().and_then(|certs| {
-            certs
-                .first()
-                .and_then(|c| identity_from_der(c.as_ref(), self.identity))
-        });
-        let principal = match certified {
+        let authenticated = match request.peer_certs() {
+            Some(certs) => Some(
+                certs
+                    .first()
+                    .and_then(|c| identity_from_der(c.as_ref(), self.identity))
+                    .ok_or_else(|| {
+                        Error::Unauthenticated(format!(
+                            "the client certificate has no {:?} identity",
+                            self.identity
+                        ))
+                    })?,
+            ),
+            None => self.token_principal(request)?,
+        };
+        let principal = match authenticated {
             Some(identity) => {
                 if !declared.is_empty() && declared != identity {
                     return Err(Error::PermissionDenied(format!(
-                        "declared principal {declared:?} differs from the certificate's identity {identity:?}"
+                        "declared principal {declared:?} differs from the authenticated identity {identity:?}"
                     )));
                 }
                 identity
             }
-            None if request.peer_certs().is_some() => {
-                return Err(Error::Unauthenticated(format!(
-                    "the client certificate has no {:?} identity",
-                    self.identity
-                )));
+            None if self.require_credentials => {
+                return Err(Error::Unauthenticated(
+                    "no client certificate or bearer token".to_string(),
+                ));
             }
             None if declared.is_empty() => ANONYMOUS.to_string(),
             None => declared.to_string(),
@@ -70,5 +129,259 @@ impl Auth {
             admin: self.admins.contains(&principal),
             principal,
         })
+    }
+
+    fn token_principal<T>(&self, request: &Request<T>) -> Result<Option<String>, Error> {
+        let Some(value) = request.metadata().get("authorization") else {
+            return Ok(None);
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthenticated(
+                    "malformed authorization header: expected \"Bearer TOKEN\"".to_string(),
+                )
+            })?;
+        self.tokens
+            .get(&hash_token(token))
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| Error::Unauthenticated("invalid or revoked bearer token".to_string()))
+    }
+
+    /// Whether `caller` may do `action` on `resource` (for List and Watch,
+    /// the prefix); a refusal names both.
+    pub fn authorize(&self, caller: &Caller, action: Action, resource: &str) -> Result<(), Error> {
+        if caller.admin || self.acl.allows(&caller.principal, action, resource) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied(format!(
+            "{} may not {} {resource:?}",
+            caller.principal,
+            action.as_str()
+        )))
+    }
+}
+
+/// Compiled access rules.
+#[derive(Debug, Clone, Default)]
+pub struct Acl {
+    rules: Vec<CompiledRule>,
+    default: Effect,
+}
+
+/// One compiled `[[auth.rules]]` entry.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    principals: GlobSet,
+    resources: GlobSet,
+    /// `None`: every action.
+    actions: Option<HashSet<Action>>,
+    effect: Effect,
+}
+
+fn glob_set(patterns: &[String], literal_separator: bool) -> Result<GlobSet, String> {
+    if patterns.is_empty() {
+        return Err("needs at least one pattern".to_string());
+    }
+    let mut set = GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = GlobBuilder::new(pattern)
+            .literal_separator(literal_separator)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| format!("{pattern:?}: {}", e.kind()))?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| e.to_string())
+}
+
+impl Acl {
+    /// Compiles one rule; errors name the field.
+    pub fn compile_rule(rule: &AclRule) -> Result<CompiledRule, (&'static str, String)> {
+        let actions = if rule.actions.iter().any(|a| a == "*") {
+            None
+        } else {
+            let mut set = HashSet::new();
+            for action in &rule.actions {
+                let parsed: Action = serde::Deserialize::deserialize(
+                    serde::de::value::StrDeserializer::<serde::de::value::Error>::new(action),
+                )
+                .map_err(|_| {
+                    ("actions", format!(
+                        "unknown action {action:?}: use acquire, release, renew, read, list, watch, force-release or *"
+                    ))
+                })?;
+                set.insert(parsed);
+            }
+            if set.is_empty() {
+                return Err(("actions", "needs at least one action".to_string()));
+            }
+            Some(set)
+        };
+        Ok(CompiledRule {
+            principals: glob_set(&rule.principals, false).map_err(|e| ("principals", e))?,
+            resources: glob_set(&rule.resources, true).map_err(|e| ("resources", e))?,
+            actions,
+            effect: rule.effect,
+        })
+    }
+
+    /// Whether the rules let `principal` do `action` on `resource`.
+    pub fn allows(&self, principal: &str, action: Action, resource: &str) -> bool {
+        let decided = self.rules.iter().find(|r| {
+            r.actions.as_ref().is_none_or(|a| a.contains(&action))
+                && r.principals.is_match(principal)
+                && r.resources.is_match(resource)
+        });
+        match decided {
+            Some(rule) => rule.effect == Effect::Allow,
+            None => action != Action::ForceRelease && self.default == Effect::Allow,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acl(text: &str) -> Acl {
+        let config = crate::config::Config::parse(text, "test").expect("config");
+        Auth::from_config(&config.auth, true).expect("auth").acl
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let acl = acl(r#"
+            [auth]
+            default = "deny"
+            [[auth.rules]]
+            principals = ["team-a-*"]
+            resources = ["team-a/prod/**"]
+            actions = ["release", "renew"]
+            [[auth.rules]]
+            principals = ["team-a-*"]
+            resources = ["team-a/prod/**"]
+            actions = ["acquire"]
+            effect = "deny"
+            [[auth.rules]]
+            principals = ["team-a-*"]
+            resources = ["team-a/**"]
+            actions = ["*"]
+            "#);
+        assert!(acl.allows("team-a-bob", Action::Acquire, "team-a/dev/db"));
+        assert!(
+            !acl.allows("team-a-bob", Action::Acquire, "team-a/prod/db"),
+            "deny before the broad allow"
+        );
+        assert!(acl.allows("team-a-bob", Action::Release, "team-a/prod/db"));
+        assert!(
+            !acl.allows("team-b-eve", Action::Acquire, "team-a/dev/db"),
+            "default deny"
+        );
+        assert!(
+            acl.allows("team-a-bob", Action::ForceRelease, "team-a/dev/db"),
+            "explicitly granted by *"
+        );
+    }
+
+    #[test]
+    fn default_allows_everything_but_force_release() {
+        let acl = acl("");
+        for action in [
+            Action::Acquire,
+            Action::Release,
+            Action::Renew,
+            Action::Read,
+            Action::List,
+            Action::Watch,
+        ] {
+            assert!(acl.allows("anyone", action, "x"), "{action:?}");
+        }
+        assert!(!acl.allows("anyone", Action::ForceRelease, "x"));
+    }
+
+    #[test]
+    fn bad_rules_name_the_field() {
+        for (text, field) in [
+            (
+                "[[auth.rules]]\nprincipals = []\nresources = [\"a\"]\nactions = [\"*\"]\n",
+                "principals",
+            ),
+            (
+                "[[auth.rules]]\nprincipals = [\"a\"]\nresources = [\"a/[\"]\nactions = [\"*\"]\n",
+                "resources",
+            ),
+            (
+                "[[auth.rules]]\nprincipals = [\"a\"]\nresources = [\"a\"]\nactions = [\"destroy\"]\n",
+                "actions",
+            ),
+        ] {
+            let err = crate::config::Config::parse(text, "t")
+                .expect_err(field)
+                .to_string();
+            assert!(err.contains(&format!("auth.rules[0].{field}")), "{err}");
+        }
+        let err = crate::config::Config::parse(
+            "[[auth.tokens]]\nprincipal = \"ci\"\nsha256 = \"abc\"\n",
+            "t",
+        )
+        .expect_err("short hash")
+        .to_string();
+        assert!(err.contains("auth.tokens[0].sha256"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_stored_hashed() {
+        let token = "s3cret-token";
+        let config = crate::config::Config::parse(
+            &format!(
+                "[[auth.tokens]]\nprincipal = \"ci\"\nsha256 = \"{}\"\n",
+                hash_token(token)
+            ),
+            "t",
+        )
+        .expect("config");
+        let auth = Auth::from_config(&config.auth, true).expect("auth");
+        let mut request = Request::new(());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        assert_eq!(
+            auth.caller(&request, "")
+                .map(|c| c.principal)
+                .ok()
+                .as_deref(),
+            Some("ci")
+        );
+        let mut wrong = Request::new(());
+        wrong
+            .metadata_mut()
+            .insert("authorization", "Bearer nope".parse().expect("header"));
+        assert!(matches!(
+            auth.caller(&wrong, ""),
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            auth.caller(&Request::new(()), ""),
+            Err(Error::Unauthenticated(_))
+        ));
+        let mut impostor = Request::new(());
+        impostor.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        assert!(matches!(
+            auth.caller(&impostor, "admin"),
+            Err(Error::PermissionDenied(_))
+        ));
     }
 }

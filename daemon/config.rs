@@ -71,9 +71,12 @@ pub struct Config {
     pub insecure: bool,
     /// Server TLS; absent: development PKI on loopback.
     pub tls: Option<TlsConfig>,
-    /// Authentication and administrators.
+    /// Authentication, administrators and access rules.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Defaults for every resource.
     #[serde(default)]
     pub defaults: Defaults,
@@ -97,17 +100,107 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// `[auth]`: who is who.
+/// `[auth]`: who is who, and who may do what.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Principals that may force-release and see every lease id.
+    /// Principals that may do everything, including force-release, and see
+    /// every lease id.
     #[serde(default)]
     pub admins: Vec<String>,
     /// Which certificate field names the principal: `cn` (default),
     /// `dns_san` or `uri_san`.
     #[serde(default)]
     pub identity: IdentitySource,
+    /// Bearer tokens, for tools where mutual TLS is awkward.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// What a principal may do when no `[[auth.rules]]` entry matches:
+    /// `allow` (default: everything but force-release) or `deny`.
+    #[serde(default)]
+    pub default: Effect,
+    /// Access rules, tried in order; the first that matches decides.
+    #[serde(default)]
+    pub rules: Vec<AclRule>,
+}
+
+/// `[[auth.tokens]]`: a bearer token, stored as its SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The principal the token authenticates as.
+    pub principal: String,
+    /// Lowercase hex SHA-256 of the token (`stormlockd hash-token`).
+    pub sha256: String,
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Permit the action.
+    #[default]
+    Allow,
+    /// Refuse the action.
+    Deny,
+}
+
+/// An action a rule grants or refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Acquire.
+    Acquire,
+    /// Release.
+    Release,
+    /// Renew.
+    Renew,
+    /// Current and IsHeld.
+    Read,
+    /// List.
+    List,
+    /// Watch.
+    Watch,
+    /// ForceRelease.
+    ForceRelease,
+}
+
+impl Action {
+    /// The action's name as written in rules and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Acquire => "acquire",
+            Self::Release => "release",
+            Self::Renew => "renew",
+            Self::Read => "read",
+            Self::List => "list",
+            Self::Watch => "watch",
+            Self::ForceRelease => "force-release",
+        }
+    }
+}
+
+/// `[[auth.rules]]`: principals × resources × actions → allow or deny.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Principal globs (`*` matches anything, e.g. `team-a-*`).
+    pub principals: Vec<String>,
+    /// Resource globs, as in `[[resources]]` (`*` one level, `**` any).
+    pub resources: Vec<String>,
+    /// Actions the rule covers; `["*"]` for all.
+    pub actions: Vec<String>,
+    /// What happens when the rule matches. Default `allow`.
+    #[serde(default)]
+    pub effect: Effect,
+}
+
+/// `[audit]`: where audit events go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// File to append JSON lines to; absent: standard error.
+    pub path: Option<PathBuf>,
 }
 
 /// `[defaults]`.
@@ -268,6 +361,30 @@ impl Config {
             let ttl = rule.ttl.unwrap_or(d.ttl);
             let max = rule.max_ttl.unwrap_or(d.max_ttl.max(ttl));
             check_ttls(&key, ttl, max)?;
+        }
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            let valid = token.sha256.len() == 64
+                && token
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !valid {
+                return Err(invalid(
+                    format!("{key}.sha256"),
+                    "must be 64 lowercase hex digits (stormlockd hash-token)",
+                ));
+            }
+            if token.principal.is_empty() || token.principal.chars().any(char::is_control) {
+                return Err(invalid(
+                    format!("{key}.principal"),
+                    "must be a non-empty name without control characters",
+                ));
+            }
+        }
+        for (i, rule) in self.auth.rules.iter().enumerate() {
+            crate::auth::Acl::compile_rule(rule)
+                .map_err(|(field, e)| invalid(format!("auth.rules[{i}].{field}"), e))?;
         }
         if let Some(tls) = &self.tls {
             for (key, path) in [

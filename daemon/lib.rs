@@ -11,6 +11,7 @@
 //! - [`backend`]: the `Backend` trait and one module per engine.
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`error`]: request errors and their one mapping to gRPC status codes.
+//! - [`audit`]: the audit log (one JSON line per event).
 //! - [`tls`]: certificates, the development PKI, client identities.
 //! - [`waiters`]: wake-ups for callers waiting on a resource.
 //! - [`duration`]: operator-friendly durations (`4 seconds`, `1d2h`).
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod config;

@@ -73,6 +73,15 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Create a bearer token for PRINCIPAL: prints the token (give it to the
+    /// tool) and the `[[auth.tokens]]` entry for the daemon's config.
+    NewToken {
+        /// The principal the token authenticates as.
+        principal: String,
+    },
+    /// Print the SHA-256 of a token read from standard input, for
+    /// `[[auth.tokens]] sha256`.
+    HashToken,
 }
 
 fn main() -> ExitCode {
@@ -125,8 +134,30 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::CheckConfig { file }) = &args.command {
-        return check_config(file).await;
+    match &args.command {
+        Some(Command::CheckConfig { file }) => return check_config(file).await,
+        Some(Command::NewToken { principal }) => {
+            let mut bytes = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+            let token = hex::encode(bytes);
+            println!("token: {token}");
+            println!();
+            println!("[[auth.tokens]]");
+            println!("principal = {}", toml_string(principal));
+            println!("sha256 = \"{}\"", stormlock::auth::hash_token(&token));
+            return Ok(());
+        }
+        Some(Command::HashToken) => {
+            let mut token = String::new();
+            std::io::stdin()
+                .read_line(&mut token)
+                .context("cannot read the token from standard input")?;
+            let token = token.trim();
+            anyhow::ensure!(!token.is_empty(), "no token on standard input");
+            println!("{}", stormlock::auth::hash_token(token));
+            return Ok(());
+        }
+        None => {}
     }
     let config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -149,6 +180,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;
     Ok(())
+}
+
+/// `value` as a TOML basic string.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
 }
 
 /// Completes on SIGINT or SIGTERM.

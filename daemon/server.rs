@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
+use crate::audit::Audit;
 use crate::auth::Auth;
 use crate::backend::BackendError;
 use crate::config::Config;
@@ -22,6 +23,12 @@ use crate::pb::lock_service_server::LockServiceServer;
 use crate::routing::Router;
 use crate::service::LockService;
 use crate::tls::{self, TlsError, TlsFiles};
+
+/// Largest request message: the biggest valid request is a few KiB, so
+/// anything larger is refused by the transport before it is buffered.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest response message (a full List page of maximal leases fits).
+const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +92,13 @@ impl Settings {
         insecure: bool,
     ) -> Result<Self, ServerError> {
         let config = config.with_implicit_backend();
-        let mut auth = Auth {
-            identity: config.auth.identity,
-            admins: config.auth.admins.iter().cloned().collect(),
-        };
+        let mutual_tls_configured = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        // The development PKI always uses mutual TLS.
+        let require_credentials = mutual_tls_configured
+            || !config.auth.tokens.is_empty()
+            || (config.tls.is_none() && !insecure);
+        let mut auth =
+            Auth::from_config(&config.auth, require_credentials).map_err(ServerError::Refused)?;
         let transport = match (&config.tls, insecure) {
             (Some(t), _) => Transport::Tls(TlsFiles {
                 cert: data_dir.join(&t.cert),
@@ -137,10 +147,20 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let audit = Arc::new(Audit::open(&settings.config.audit).map_err(|e| {
+        let path = settings
+            .config
+            .audit
+            .path
+            .as_deref()
+            .unwrap_or(Path::new("-"));
+        ServerError::Refused(format!("cannot open the audit log {}: {e}", path.display()))
+    })?);
     let router = Arc::new(Router::connect(&settings.config, &settings.data_dir).await?);
     let service = LockService::new(
         router.clone(),
         settings.auth.clone(),
+        audit,
         settings.config.defaults.max_wait,
     );
 
@@ -166,7 +186,12 @@ pub async fn run(
     let mut builder = Server::builder();
     match &settings.transport {
         Transport::Tls(files) => {
-            builder = builder.tls_config(tls::server_config(files)?)?;
+            // With bearer tokens configured, a client certificate becomes
+            // optional at the handshake; requests without either are then
+            // refused per call.
+            let optional = !settings.auth.tokens.is_empty();
+            builder =
+                builder.tls_config(tls::server_config(files)?.client_auth_optional(optional))?;
             let mode = if files.client_ca.is_some() {
                 "mutual TLS"
             } else {
@@ -199,7 +224,11 @@ pub async fn run(
 
     let shutdown_reporter = reporter.clone();
     let result = builder
-        .add_service(LockServiceServer::new(service))
+        .add_service(
+            LockServiceServer::new(service)
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

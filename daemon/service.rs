@@ -6,18 +6,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::Stream;
-use tonic::{Request, Response, Status};
-use tracing::info;
-
+use crate::audit::{Audit, Event};
 use crate::auth::{Auth, Caller};
 use crate::backend::BackendError;
+use crate::config::Action;
 use crate::error::Error;
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use crate::pb;
 use crate::routing::Router;
 use crate::validate;
 use crate::waiters::Waiters;
+use futures::Stream;
+use tonic::{Request, Response, Status};
 
 /// Default and largest List page sizes.
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -33,19 +33,48 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
 pub struct LockService {
     router: Arc<Router>,
     auth: Auth,
+    audit: Arc<Audit>,
     waiters: Waiters,
     max_wait: Duration,
 }
 
 impl LockService {
     /// A service over `router`'s backends.
-    pub fn new(router: Arc<Router>, auth: Auth, max_wait: Duration) -> Self {
+    pub fn new(router: Arc<Router>, auth: Auth, audit: Arc<Audit>, max_wait: Duration) -> Self {
         Self {
             router,
             auth,
+            audit,
             waiters: Waiters::default(),
             max_wait,
         }
+    }
+
+    /// Identifies the caller; refusals are audited.
+    fn identify<T>(&self, request: &Request<T>, declared: &str) -> Result<Caller, Error> {
+        self.auth.caller(request, declared).inspect_err(|e| {
+            self.audit.record(&Event {
+                event: "unauthenticated",
+                principal: declared,
+                detail: Some(e.to_string()),
+                ..Event::default()
+            });
+        })
+    }
+
+    /// Checks that `caller` may do `action` on `resource`; denials are audited.
+    fn permit(&self, caller: &Caller, action: Action, resource: &str) -> Result<(), Error> {
+        self.auth
+            .authorize(caller, action, resource)
+            .inspect_err(|_| {
+                self.audit.record(&Event {
+                    event: "denied",
+                    principal: &caller.principal,
+                    resource: Some(resource),
+                    action: Some(action.as_str()),
+                    ..Event::default()
+                });
+            })
     }
 
     async fn acquire(
@@ -55,6 +84,7 @@ impl LockService {
         deadline: Option<Instant>,
     ) -> Result<pb::AcquireResponse, Error> {
         let resource = validate::resource(&req.resource)?;
+        self.permit(caller, Action::Acquire, resource)?;
         let route = self.router.route(resource);
         let ttl = validate::ttl(req.ttl.as_ref(), route.ttl, route.max_ttl)?;
         let wait = validate::wait(req.wait.as_ref(), self.max_wait)?;
@@ -79,16 +109,11 @@ impl LockService {
             });
             match route.backend.acquire(&request).await? {
                 Acquisition::Granted(lease) => {
-                    info!(
-                        target: "audit",
-                        event = "acquire",
-                        principal = %lease.principal,
-                        resource = %lease.resource,
-                        fence = lease.fence,
-                        lease = %lease.id,
-                        ttl_secs = ttl.as_secs(),
-                        reason = %lease.reason,
-                    );
+                    self.audit.record(&Event {
+                        reason: Some(&lease.reason),
+                        detail: Some(format!("ttl {}", crate::duration::format_duration(ttl))),
+                        ..Event::lease("acquire", &caller.principal, &lease)
+                    });
                     return Ok(pb::AcquireResponse {
                         acquired: true,
                         lease: Some(to_pb(&lease, caller)),
@@ -98,14 +123,11 @@ impl LockService {
                 Acquisition::Held(holder) => {
                     let now = Instant::now();
                     let Some(notified) = notified.filter(|_| now < until) else {
-                        info!(
-                            target: "audit",
-                            event = "contention",
-                            principal = %caller.principal,
-                            resource = %holder.resource,
-                            holder = %holder.principal,
-                            fence = holder.fence,
-                        );
+                        self.audit.record(&Event {
+                            holder: Some(&holder.principal),
+                            reason: Some(&request.reason),
+                            ..Event::lease("contention", &caller.principal, &holder)
+                        });
                         return Ok(pb::AcquireResponse {
                             acquired: false,
                             lease: None,
@@ -135,17 +157,24 @@ impl LockService {
     ) -> Result<pb::RenewResponse, Error> {
         let resource = validate::resource(&req.resource)?;
         let id = validate::lease_id(&req.lease_id)?;
+        self.permit(caller, Action::Renew, resource)?;
         let route = self.router.route(resource);
         let ttl = validate::ttl(req.ttl.as_ref(), route.ttl, route.max_ttl)?;
         match route.backend.renew(resource, &id, ttl).await {
             Ok(lease) => {
-                info!(target: "audit", event = "renew", principal = %caller.principal, resource, fence = lease.fence, lease = %id, ttl_secs = ttl.as_secs());
+                self.audit.record(&Event {
+                    detail: Some(format!("ttl {}", crate::duration::format_duration(ttl))),
+                    ..Event::lease("renew", &caller.principal, &lease)
+                });
                 Ok(pb::RenewResponse {
                     lease: Some(to_pb(&lease, caller)),
                 })
             }
             Err(err @ BackendError::NotCurrent { .. }) => {
-                info!(target: "audit", event = "renew_refused", principal = %caller.principal, resource, lease = %id);
+                self.audit.record(&Event {
+                    detail: Some(err.to_string()),
+                    ..Event::id("renew_refused", &caller.principal, resource, &id)
+                });
                 Err(err.into())
             }
             Err(err) => Err(err.into()),
@@ -159,6 +188,7 @@ impl LockService {
     ) -> Result<pb::ReleaseResponse, Error> {
         let resource = validate::resource(&req.resource)?;
         let id = validate::lease_id(&req.lease_id)?;
+        self.permit(caller, Action::Release, resource)?;
         let released = self
             .router
             .route(resource)
@@ -168,7 +198,17 @@ impl LockService {
         if released {
             self.waiters.wake(resource);
         }
-        info!(target: "audit", event = "release", principal = %caller.principal, resource, lease = %id, released);
+        self.audit.record(&Event {
+            detail: Some(
+                if released {
+                    "released"
+                } else {
+                    "was not current"
+                }
+                .to_string(),
+            ),
+            ..Event::id("release", &caller.principal, resource, &id)
+        });
         Ok(pb::ReleaseResponse { released })
     }
 
@@ -178,6 +218,7 @@ impl LockService {
         req: pb::CurrentRequest,
     ) -> Result<pb::CurrentResponse, Error> {
         let resource = validate::resource(&req.resource)?;
+        self.permit(caller, Action::Read, resource)?;
         let lease = self
             .router
             .route(resource)
@@ -189,9 +230,14 @@ impl LockService {
         })
     }
 
-    async fn is_held(&self, req: pb::IsHeldRequest) -> Result<pb::IsHeldResponse, Error> {
+    async fn is_held(
+        &self,
+        caller: &Caller,
+        req: pb::IsHeldRequest,
+    ) -> Result<pb::IsHeldResponse, Error> {
         let resource = validate::resource(&req.resource)?;
         let id = validate::lease_id(&req.lease_id)?;
+        self.permit(caller, Action::Read, resource)?;
         let status = self
             .router
             .route(resource)
@@ -208,6 +254,7 @@ impl LockService {
 
     async fn list(&self, caller: &Caller, req: pb::ListRequest) -> Result<pb::ListResponse, Error> {
         let prefix = validate::prefix(&req.prefix)?;
+        self.permit(caller, Action::List, prefix)?;
         let after = validate::page_token(&req.page_token, prefix)?;
         let limit = match req.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
@@ -255,13 +302,7 @@ impl LockService {
         if reason.trim().is_empty() {
             return Err(Error::invalid("reason is required to force-release"));
         }
-        if !caller.admin {
-            info!(target: "audit", event = "denied", action = "force-release", principal = %caller.principal, resource);
-            return Err(Error::PermissionDenied(format!(
-                "{} may not force-release {resource:?}: administrators only",
-                caller.principal
-            )));
-        }
+        self.permit(caller, Action::ForceRelease, resource)?;
         let broken = self
             .router
             .route(resource)
@@ -270,7 +311,11 @@ impl LockService {
             .await?;
         if let Some(lease) = &broken {
             self.waiters.wake(resource);
-            info!(target: "audit", event = "force_release", principal = %caller.principal, resource, holder = %lease.principal, fence = lease.fence, lease = %lease.id, reason);
+            self.audit.record(&Event {
+                holder: Some(&lease.principal),
+                reason: Some(reason),
+                ..Event::lease("force_release", &caller.principal, lease)
+            });
         }
         Ok(pb::ForceReleaseResponse {
             released: broken.map(|l| to_pb(&l, caller)),
@@ -320,7 +365,7 @@ impl pb::lock_service_server::LockService for LockService {
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let caller = self.auth.caller(&request, &request.get_ref().principal)?;
+        let caller = self.identify(&request, &request.get_ref().principal)?;
         let deadline = deadline(&request);
         Ok(Response::new(
             self.acquire(&caller, request.into_inner(), deadline)
@@ -332,7 +377,7 @@ impl pb::lock_service_server::LockService for LockService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let caller = self.auth.caller(&request, "")?;
+        let caller = self.identify(&request, "")?;
         Ok(Response::new(
             self.release(&caller, request.into_inner()).await?,
         ))
@@ -342,7 +387,7 @@ impl pb::lock_service_server::LockService for LockService {
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let caller = self.auth.caller(&request, "")?;
+        let caller = self.identify(&request, "")?;
         Ok(Response::new(
             self.renew(&caller, request.into_inner()).await?,
         ))
@@ -352,7 +397,7 @@ impl pb::lock_service_server::LockService for LockService {
         &self,
         request: Request<pb::CurrentRequest>,
     ) -> Result<Response<pb::CurrentResponse>, Status> {
-        let caller = self.auth.caller(&request, "")?;
+        let caller = self.identify(&request, "")?;
         Ok(Response::new(
             self.current(&caller, request.into_inner()).await?,
         ))
@@ -362,15 +407,17 @@ impl pb::lock_service_server::LockService for LockService {
         &self,
         request: Request<pb::IsHeldRequest>,
     ) -> Result<Response<pb::IsHeldResponse>, Status> {
-        self.auth.caller(&request, "")?;
-        Ok(Response::new(self.is_held(request.into_inner()).await?))
+        let caller = self.identify(&request, "")?;
+        Ok(Response::new(
+            self.is_held(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn list(
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let caller = self.auth.caller(&request, "")?;
+        let caller = self.identify(&request, "")?;
         Ok(Response::new(
             self.list(&caller, request.into_inner()).await?,
         ))
@@ -380,7 +427,7 @@ impl pb::lock_service_server::LockService for LockService {
         &self,
         request: Request<pb::ForceReleaseRequest>,
     ) -> Result<Response<pb::ForceReleaseResponse>, Status> {
-        let caller = self.auth.caller(&request, "")?;
+        let caller = self.identify(&request, "")?;
         Ok(Response::new(
             self.force_release(&caller, request.into_inner()).await?,
         ))

@@ -6,6 +6,7 @@ mod conformance;
 #[cfg(feature = "dynamodb")]
 mod dynamodb_backend;
 mod e2e;
+mod security;
 mod service;
 mod sql_backends;
 mod support;

@@ -1,0 +1,508 @@
+//! Identity, authorization, lease-id secrecy, force-release and the audit
+//! log, on a daemon with its own CA, two teams, an operator and a token.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use stormlock::pb::{self, lock_service_client::LockServiceClient};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::support::TestDaemon;
+
+const CI_TOKEN: &str = "ci-token-3f9a2c7e61d04b5a";
+
+/// A CA and client certificates for named principals, written to a dir.
+struct Pki {
+    dir: PathBuf,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write pki file");
+}
+
+impl Pki {
+    fn new(dir: &Path, clients: &[&str]) -> Self {
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::new(ca, &ca_key);
+        write(&dir.join("ca.crt"), &ca_cert.pem());
+        let server_key = KeyPair::generate().expect("key");
+        let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&server_key, &issuer)
+            .expect("server cert");
+        write(&dir.join("server.crt"), &server.pem());
+        write(&dir.join("server.key"), &server_key.serialize_pem());
+        for name in clients {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.distinguished_name.push(DnType::CommonName, *name);
+            let cert = params.signed_by(&key, &issuer).expect("client cert");
+            write(&dir.join(format!("{name}.crt")), &cert.pem());
+            write(&dir.join(format!("{name}.key")), &key.serialize_pem());
+        }
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn identity(&self, name: &str) -> Identity {
+        Identity::from_pem(
+            std::fs::read(self.dir.join(format!("{name}.crt"))).expect("cert"),
+            std::fs::read(self.dir.join(format!("{name}.key"))).expect("key"),
+        )
+    }
+}
+
+struct Setup {
+    daemon: TestDaemon,
+    pki: Pki,
+    audit: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), &["team-a", "team-b", "ops"]);
+    let audit = dir.path().join("audit.log");
+    let d = dir.path().display();
+    let config = format!(
+        r#"
+        [tls]
+        cert = "{d}/server.crt"
+        key = "{d}/server.key"
+        client_ca = "{d}/ca.crt"
+        [audit]
+        path = "{d}/audit.log"
+        [auth]
+        admins = ["ops"]
+        default = "deny"
+        [[auth.tokens]]
+        principal = "ci"
+        sha256 = "{hash}"
+        [[auth.rules]]
+        principals = ["team-a"]
+        resources = ["team-a/**"]
+        actions = ["*"]
+        [[auth.rules]]
+        principals = ["team-b"]
+        resources = ["team-b/**"]
+        actions = ["acquire", "release", "renew"]
+        [[auth.rules]]
+        principals = ["ci"]
+        resources = ["ci/*"]
+        actions = ["acquire", "release", "renew", "read"]
+        [[auth.rules]]
+        principals = ["*"]
+        resources = ["**"]
+        actions = ["read", "list"]
+        [backends.main]
+        type = "memory"
+        "#,
+        hash = stormlock::auth::hash_token(CI_TOKEN),
+    );
+    let daemon = TestDaemon::start_in(&config, false, dir.path()).await;
+    Setup {
+        daemon,
+        pki,
+        audit,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    async fn channel(
+        &self,
+        identity: Option<Identity>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let ca = std::fs::read(self.pki.dir.join("ca.crt")).expect("ca");
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        Endpoint::from_shared(format!("https://{}", self.daemon.addr))?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    async fn client(&self, name: &str) -> LockServiceClient<Channel> {
+        LockServiceClient::new(
+            self.channel(Some(self.pki.identity(name)))
+                .await
+                .expect("connect"),
+        )
+    }
+
+    async fn token_client(
+        &self,
+        token: &str,
+    ) -> LockServiceClient<
+        InterceptedService<
+            Channel,
+            impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + use<>,
+        >,
+    > {
+        let channel = self.channel(None).await.expect("connect");
+        let header: MetadataValue<_> = format!("Bearer {token}").parse().expect("header");
+        LockServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", header.clone());
+            Ok(req)
+        })
+    }
+}
+
+fn acquire(resource: &str) -> pb::AcquireRequest {
+    pb::AcquireRequest {
+        resource: resource.to_string(),
+        reason: format!("testing {resource}"),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn acls_allow_and_deny_per_action_and_hide_lease_ids() {
+    let s = setup().await;
+    let mut a = s.client("team-a").await;
+    let mut b = s.client("team-b").await;
+
+    let lease = a
+        .acquire(acquire("team-a/db"))
+        .await
+        .expect("allowed")
+        .into_inner()
+        .lease
+        .expect("lease");
+    assert_eq!(lease.principal, "team-a", "principal from the certificate");
+    assert!(!lease.lease_id.is_empty());
+
+    let err = a
+        .acquire(acquire("team-b/db"))
+        .await
+        .expect_err("team-a on team-b");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("acquire") && err.message().contains("team-b/db"),
+        "{}",
+        err.message()
+    );
+
+    // team-b may read everything (the catch-all rule) but sees no foreign ids.
+    let refused = b
+        .acquire(acquire("team-a/db"))
+        .await
+        .expect_err("team-b on team-a");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let current = b
+        .current(pb::CurrentRequest {
+            resource: "team-a/db".into(),
+        })
+        .await
+        .expect("read allowed")
+        .into_inner()
+        .lease
+        .expect("held");
+    assert_eq!(current.principal, "team-a");
+    assert!(current.lease_id.is_empty(), "ids are capabilities");
+    let listed = b
+        .list(pb::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.leases.iter().all(|l| l.lease_id.is_empty()));
+
+    // team-b may lock its own resources but not force anything.
+    let lease_b = b
+        .acquire(acquire("team-b/db"))
+        .await
+        .expect("own")
+        .into_inner()
+        .lease
+        .expect("lease");
+    let err = b
+        .force_release(pb::ForceReleaseRequest {
+            resource: "team-a/db".into(),
+            reason: "mine now".into(),
+        })
+        .await
+        .expect_err("not an admin");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("force-release"));
+
+    // team-a cannot release team-b's lease even with the id (no rule for it).
+    let err = a
+        .release(pb::ReleaseRequest {
+            resource: "team-b/db".into(),
+            lease_id: lease_b.lease_id.clone(),
+        })
+        .await
+        .expect_err("release denied");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // The operator sees every id.
+    let mut ops = s.client("ops").await;
+    let seen = ops
+        .current(pb::CurrentRequest {
+            resource: "team-a/db".into(),
+        })
+        .await
+        .expect("admin reads")
+        .into_inner()
+        .lease
+        .expect("held");
+    assert_eq!(seen.lease_id, lease.lease_id);
+
+    // A declared principal must match the certificate.
+    let mut impostor = acquire("team-a/other");
+    impostor.principal = "ops".into();
+    let err = a.acquire(impostor).await.expect_err("impostor");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("differs"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn force_release_tells_the_evicted_holder_who_and_why() {
+    let s = setup().await;
+    let mut a = s.client("team-a").await;
+    let mut ops = s.client("ops").await;
+    let lease = a
+        .acquire(acquire("team-a/deploy"))
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("lease");
+    let broken = ops
+        .force_release(pb::ForceReleaseRequest {
+            resource: "team-a/deploy".into(),
+            reason: "INC-42 freeze".into(),
+        })
+        .await
+        .expect("admin may force")
+        .into_inner()
+        .released
+        .expect("a lease was broken");
+    assert_eq!(broken.fence, lease.fence);
+    for err in [
+        a.renew(pb::RenewRequest {
+            resource: "team-a/deploy".into(),
+            lease_id: lease.lease_id.clone(),
+            ttl: None,
+        })
+        .await
+        .expect_err("renew after eviction"),
+        a.is_held(pb::IsHeldRequest {
+            resource: "team-a/deploy".into(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect_err("is_held after eviction"),
+    ] {
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            err.message().contains("ops") && err.message().contains("INC-42 freeze"),
+            "{}",
+            err.message()
+        );
+    }
+    let next = a
+        .acquire(acquire("team-a/deploy"))
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("lease");
+    assert!(next.fence > lease.fence);
+}
+
+#[tokio::test]
+async fn tokens_authenticate_tools_and_bad_credentials_are_refused() {
+    let s = setup().await;
+    let mut ci = s.token_client(CI_TOKEN).await;
+    let lease = ci
+        .acquire(acquire("ci/build"))
+        .await
+        .expect("token works")
+        .into_inner()
+        .lease
+        .expect("lease");
+    assert_eq!(lease.principal, "ci");
+    let err = ci
+        .acquire(acquire("team-a/db"))
+        .await
+        .expect_err("outside its rules");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    for token in ["wrong-token", "revoked-or-never-issued"] {
+        let mut bad = s.token_client(token).await;
+        let err = bad
+            .current(pb::CurrentRequest {
+                resource: "ci/build".into(),
+            })
+            .await
+            .expect_err("bad token");
+        assert_eq!(err.code(), Code::Unauthenticated, "{token}");
+    }
+
+    // Neither certificate nor token.
+    let mut nobody =
+        LockServiceClient::new(s.channel(None).await.expect("tls without a client cert"));
+    let err = nobody
+        .current(pb::CurrentRequest {
+            resource: "ci/build".into(),
+        })
+        .await
+        .expect_err("anonymous");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("certificate or bearer token"),
+        "{}",
+        err.message()
+    );
+
+    // A certificate from another CA fails the handshake.
+    let other = tempfile::tempdir().expect("tempdir");
+    let foreign = Pki::new(other.path(), &["team-a"]);
+    let refused = match s.channel(Some(foreign.identity("team-a"))).await {
+        Err(_) => true,
+        Ok(channel) => LockServiceClient::new(channel)
+            .current(pb::CurrentRequest {
+                resource: "x".into(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "foreign CA");
+}
+
+#[tokio::test]
+async fn audit_lines_record_every_event_without_lease_ids() {
+    let s = setup().await;
+    let mut a = s.client("team-a").await;
+    let mut b = s.client("team-b").await;
+    let mut ops = s.client("ops").await;
+    let lease = a
+        .acquire(acquire("team-a/audit"))
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("lease");
+    a.acquire(acquire("team-a/audit"))
+        .await
+        .expect("contention is an answer");
+    a.renew(pb::RenewRequest {
+        resource: "team-a/audit".into(),
+        lease_id: lease.lease_id.clone(),
+        ttl: None,
+    })
+    .await
+    .expect("renew");
+    let _ = b.acquire(acquire("team-a/audit")).await;
+    ops.force_release(pb::ForceReleaseRequest {
+        resource: "team-a/audit".into(),
+        reason: "audit test".into(),
+    })
+    .await
+    .expect("force");
+    let second = a
+        .acquire(acquire("team-a/audit"))
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("lease");
+    a.release(pb::ReleaseRequest {
+        resource: "team-a/audit".into(),
+        lease_id: second.lease_id.clone(),
+    })
+    .await
+    .expect("release");
+    let mut bad = s.token_client("nope").await;
+    let _ = bad
+        .current(pb::CurrentRequest {
+            resource: "x".into(),
+        })
+        .await;
+
+    let text = std::fs::read_to_string(&s.audit).expect("audit log");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    for kind in [
+        "acquire",
+        "contention",
+        "renew",
+        "denied",
+        "force_release",
+        "release",
+        "unauthenticated",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let acquire = events
+        .iter()
+        .find(|e| e["event"] == "acquire")
+        .expect("acquire event");
+    assert_eq!(acquire["principal"], "team-a");
+    assert_eq!(acquire["resource"], "team-a/audit");
+    assert_eq!(acquire["fence"], lease.fence);
+    assert!(acquire["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(
+        acquire["lease"].as_str().map(str::len),
+        Some(12),
+        "a short hash"
+    );
+    let denied = events
+        .iter()
+        .find(|e| e["event"] == "denied")
+        .expect("denial");
+    assert_eq!(denied["principal"], "team-b");
+    assert_eq!(denied["action"], "acquire");
+    let forced = events
+        .iter()
+        .find(|e| e["event"] == "force_release")
+        .expect("force");
+    assert_eq!(forced["reason"], "audit test");
+    assert_eq!(forced["holder"], "team-a");
+    assert!(
+        !text.contains(&lease.lease_id) && !text.contains(&second.lease_id),
+        "no full lease id in the audit log"
+    );
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_by_the_transport() {
+    let s = setup().await;
+    let mut a = s.client("team-a").await;
+    let huge = format!("team-a/{}", "x".repeat(200_000));
+    let err = a.acquire(acquire(&huge)).await.expect_err("oversized");
+    assert!(
+        matches!(
+            err.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{err:?}"
+    );
+    let mut long_reason = acquire("team-a/r");
+    long_reason.reason = "r".repeat(2000);
+    let err = a.acquire(long_reason).await.expect_err("reason > 1 KiB");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        a.acquire(acquire("team-a/after"))
+            .await
+            .expect("still serving")
+            .into_inner()
+            .acquired
+    );
+}
