@@ -350,13 +350,13 @@ impl Config {
             let key = format!("resources[{i}]");
             crate::routing::compile_pattern(&rule.pattern)
                 .map_err(|e| invalid(format!("{key}.match"), e))?;
-            if let Some(backend) = &rule.backend {
-                if !known(backend) {
-                    return Err(invalid(
-                        format!("{key}.backend"),
-                        format!("no backend named {backend:?} in [backends]"),
-                    ));
-                }
+            if let Some(backend) = &rule.backend
+                && !known(backend)
+            {
+                return Err(invalid(
+                    format!("{key}.backend"),
+                    format!("no backend named {backend:?} in [backends]"),
+                ));
             }
             let ttl = rule.ttl.unwrap_or(d.ttl);
             let max = rule.max_ttl.unwrap_or(d.max_ttl.max(ttl));
@@ -392,10 +392,10 @@ impl Config {
                 ("tls.key", Some(&tls.key)),
                 ("tls.client_ca", tls.client_ca.as_ref()),
             ] {
-                if let Some(path) = path {
-                    if path.as_os_str().is_empty() {
-                        return Err(invalid(key, "must be a file path"));
-                    }
+                if let Some(path) = path
+                    && path.as_os_str().is_empty()
+                {
+                    return Err(invalid(key, "must be a file path"));
                 }
             }
         }

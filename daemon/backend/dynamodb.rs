@@ -868,12 +868,11 @@ impl Backend for DynamodbBackend {
                 .iter()
                 .find(|item| matches!(item.get(KIND), Some(AttributeValue::S(k)) if k == kind))
         };
-        if let Some(item) = find(LEASE) {
-            if let Some(lease) = self.live(item, now_ms)? {
-                if &lease.id == id {
-                    return Ok(LeaseStatus::Current(lease));
-                }
-            }
+        if let Some(item) = find(LEASE)
+            && let Some(lease) = self.live(item, now_ms)?
+            && &lease.id == id
+        {
+            return Ok(LeaseStatus::Current(lease));
         }
         Ok(LeaseStatus::NotCurrent {
             evicted: self.eviction_of(find(RECORD), id)?,
