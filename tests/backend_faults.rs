@@ -24,13 +24,14 @@ fn bounded(inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
     Arc::new(WithTimeout::new("test", inner, CALL_TIMEOUT))
 }
 
+/// One backend call, its answer reduced to success or the error.
+type Call<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>>;
+
 /// Every kind of call fails with `Unavailable`, each within the bound.
 async fn assert_unavailable(backend: &dyn Backend, resource: &str) {
     let req = request(resource, "alice", 60);
-    let calls: [(
-        &str,
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + '_>>,
-    ); 4] = [
+    let calls: [(&str, Call<'_>); 4] = [
         ("health", Box::pin(backend.health())),
         (
             "acquire",
