@@ -5,6 +5,8 @@
 //! `Unavailable` within the configured bound (never hangs), and once the
 //! engine is back, calls succeed again without any intervention.
 
+#![cfg(any(feature = "redis", feature = "etcd"))]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

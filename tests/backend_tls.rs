@@ -1,6 +1,8 @@
 //! Backends over TLS with a private CA, and with credentials: engines of the
 //! test's own, started with certificates generated here.
 
+#![cfg(any(feature = "redis", feature = "etcd"))]
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
