@@ -38,6 +38,17 @@
 //! when the connection drops; a connection that stays silent for longer than
 //! `connect_timeout` (a frozen or partitioned server, whose TCP connection
 //! never fails) is replaced on the next call.
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [backends.shared]
+//! type = "redis"
+//! url = "rediss://stormlock:secret@redis.internal:6380/0"
+//! ca_file = "/etc/stormlock/redis-ca.pem"   # private CA, optional
+//! prefix = "stormlock:"
+//! connect_timeout = "2s"
+//! ```
 
 use std::path::PathBuf;
 use std::sync::Mutex;
