@@ -5,6 +5,8 @@
 //! `Unavailable` within the configured bound (never hangs), and once the
 //! engine is back, calls succeed again without any intervention.
 
+#![cfg(any(feature = "redis", feature = "etcd"))]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ fn bounded(inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
     Arc::new(WithTimeout::new("test", inner, CALL_TIMEOUT))
 }
 
-/// A backend call with its result discarded.
+/// One backend call, its answer reduced to success or the error.
 type Call<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>>;
 

@@ -123,6 +123,67 @@ mod redis {
             );
         }
     }
+    /// The key layout the module documents: the lease key expires with the
+    /// lease, the fence counter never expires, and the index forgets expired
+    /// leases when listing passes over them.
+    #[tokio::test]
+    async fn key_layout_and_lazy_index_cleanup() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_REDIS_URL") else {
+            return;
+        };
+        let config = config(url.clone());
+        let backend = RedisBackend::connect("test", &config)
+            .await
+            .expect("connect");
+        let resource = crate::conformance::unique("layout");
+        let req = crate::conformance::request(&resource, "alice", 1);
+        backend.acquire(&req).await.expect("acquire");
+
+        let client = ::redis::Client::open(url).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        let prefix = &config.prefix;
+        let pttl = |key: String| {
+            let mut conn = conn.clone();
+            async move {
+                ::redis::cmd("PTTL")
+                    .arg(key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .expect("PTTL")
+            }
+        };
+        let lease_ttl = pttl(format!("{prefix}lease:{resource}")).await;
+        assert!(
+            (1..=1_000).contains(&lease_ttl),
+            "lease key expires: {lease_ttl}"
+        );
+        assert_eq!(
+            pttl(format!("{prefix}fence:{resource}")).await,
+            -1,
+            "fence never expires"
+        );
+        let index = format!("{prefix}index");
+        let members: Vec<String> = ::redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("ZRANGE");
+        assert_eq!(members, vec![resource.clone()]);
+
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        assert!(backend.list("", None, 10).await.expect("list").is_empty());
+        let left: i64 = ::redis::cmd("ZCARD")
+            .arg(&index)
+            .query_async(&mut conn)
+            .await
+            .expect("ZCARD");
+        assert_eq!(left, 0, "listing removed the expired member");
+    }
 }
 
 #[cfg(feature = "etcd")]

@@ -28,6 +28,30 @@
 //!   the lease so it does not linger.
 //! - list: a range read over the lock keys under the prefix, in key order
 //!   (etcd sorts keys bytewise, which is UTF-8 order).
+//!
+//! Reads that report a lease look up its etcd lease's remaining TTL, which
+//! etcd gives in whole seconds, so `expires_at` may be up to a second early.
+//! etcd raises TTLs below its minimum (1.5 election timeouts: 2 s with the
+//! default 1 s election timeout), and a lapsed lease is revoked by the
+//! leader within about half a second; until then it is still current.
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [backends.shared]
+//! type = "etcd"
+//! endpoints = ["https://etcd-0:2379", "https://etcd-1:2379", "https://etcd-2:2379"]
+//! ca_file = "/etc/stormlock/etcd-ca.pem"
+//! cert_file = "/etc/stormlock/etcd-client.pem"   # mutual TLS, optional
+//! key_file = "/etc/stormlock/etcd-client.key"
+//! username = "stormlock"                         # etcd auth, optional
+//! password = "..."
+//! prefix = "/stormlock/"
+//! connect_timeout = "2s"
+//! ```
+//!
+//! With etcd authentication, the user needs read and write on the prefix
+//! (`etcdctl role grant-permission ROLE --prefix=true readwrite /stormlock/`).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -38,6 +38,17 @@
 //! when the connection drops; a connection that stays silent for longer than
 //! `connect_timeout` (a frozen or partitioned server, whose TCP connection
 //! never fails) is replaced on the next call.
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [backends.shared]
+//! type = "redis"
+//! url = "rediss://stormlock:secret@redis.internal:6380/0"
+//! ca_file = "/etc/stormlock/redis-ca.pem"   # private CA, optional
+//! prefix = "stormlock:"
+//! connect_timeout = "2s"
+//! ```
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -299,6 +310,14 @@ impl RedisBackend {
                     redact_url(&config.url)
                 ),
             ));
+        }
+        if tls && rustls::crypto::CryptoProvider::get_default().is_none() {
+            // The redis crate builds its TLS configuration on rustls' process
+            // default crypto provider, which rustls cannot choose by itself
+            // when several are compiled in (the AWS SDK brings aws-lc-rs), and
+            // then panics. Use ring, as tonic does. An error only means
+            // another thread installed one first, which is just as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let client = match &config.ca_file {
             Some(path) if tls => {
