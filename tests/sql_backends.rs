@@ -86,6 +86,43 @@ fn assert_config_error<T: std::fmt::Debug>(result: Result<T, BackendError>, word
     }
 }
 
+/// Principals and reasons outside ASCII (4-byte UTF-8 included) are stored
+/// and returned exactly, to the holder and to whoever is refused.
+async fn unicode_round_trip(backend: &dyn Backend) {
+    let resource = format!("unicode/{}", LeaseId::generate().expose());
+    let mut req = request(&resource, "Zoë 🦀 運用", 60);
+    req.reason = "déploiement 🚀 — 锁 \"quoted\" 'single' \\ %_".to_string();
+    let lease = match backend.acquire(&req).await {
+        Ok(Acquisition::Granted(lease)) => lease,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    assert_eq!(
+        (lease.principal.as_str(), lease.reason.as_str()),
+        (req.principal.as_str(), req.reason.as_str())
+    );
+    match backend.acquire(&request(&resource, "bob", 60)).await {
+        Ok(Acquisition::Held(holder)) => {
+            assert_eq!(holder.principal, req.principal);
+            assert_eq!(holder.reason, req.reason);
+        }
+        other => panic!("expected the resource to be held, got {other:?}"),
+    }
+    let broken = backend
+        .force_release(&resource, "ops 🛠", "rotation ✓")
+        .await
+        .expect("force");
+    assert_eq!(broken.map(|l| l.reason), Some(req.reason.clone()));
+    match backend.status(&resource, &req.id).await {
+        Ok(stormlock::lease::LeaseStatus::NotCurrent { evicted: Some(e) }) => {
+            assert_eq!(
+                (e.actor.as_str(), e.reason.as_str()),
+                ("ops 🛠", "rotation ✓")
+            );
+        }
+        other => panic!("expected an eviction record, got {other:?}"),
+    }
+}
+
 /// Thaws the engine when dropped, so that a failing assertion does not
 /// leave it stopped.
 struct Thaw<'a>(&'a crate::support::PrivateEngine);
@@ -245,6 +282,23 @@ mod postgres {
             .expect("read back");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].get::<_, i64>(0), lease.fence as i64);
+        // A cached sequence would hand out fences out of order.
+        client
+            .batch_execute("ALTER SEQUENCE stormlock_locks_fence CACHE 20")
+            .await
+            .expect("alter");
+        assert_config_error(connect(&url, &extra).await.map(drop), &["CACHE 1"]);
+    }
+
+    #[tokio::test]
+    async fn unicode_text_round_trips() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let backend = connect(&url, "table = \"unicode_locks\"")
+            .await
+            .expect("connect");
+        unicode_round_trip(&backend).await;
     }
 
     /// Deleting a resource's row (a cleanup job) does not reset its fence.
@@ -469,6 +523,17 @@ mod mysql {
             .await
             .expect("read back");
         assert_eq!(fence, Some(lease.fence));
+    }
+
+    #[tokio::test]
+    async fn unicode_text_round_trips() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+            return;
+        };
+        let backend = connect(&url, "table = \"unicode_locks\"")
+            .await
+            .expect("connect");
+        unicode_round_trip(&backend).await;
     }
 
     /// Deleting a resource's row (a cleanup job) does not reset its fence.

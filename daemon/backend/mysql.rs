@@ -720,7 +720,7 @@ mod tests {
             Ok(Value::Date(2025, 11, 26, 13, 37, 17, 123_456)),
             "UTC calendar fields"
         );
-        let back = value.and_then(|v| from_datetime(v));
+        let back = value.and_then(from_datetime);
         assert_eq!(back, Ok(Some(t)));
         assert_eq!(from_datetime(Value::NULL), Ok(None));
         assert!(from_datetime(Value::Int(3)).is_err());
