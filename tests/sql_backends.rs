@@ -123,6 +123,47 @@ async fn unicode_round_trip(backend: &dyn Backend) {
     }
 }
 
+/// Workers take turns on one resource: every grant's fence exceeds every
+/// fence granted before it, even when the counter is shared by concurrent
+/// grants and drawn by many connections.
+async fn fences_increase_under_contention(backend: Arc<dyn Backend>) {
+    let resource = format!("contention/{}", LeaseId::generate().expose());
+    let highest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let (backend, resource, highest) = (backend.clone(), resource.clone(), highest.clone());
+            tokio::spawn(async move {
+                let mut grants = 0;
+                for _ in 0..200 {
+                    if grants == 10 || Instant::now() > deadline {
+                        break;
+                    }
+                    let req = request(&resource, &format!("worker-{worker}"), 60);
+                    match backend.acquire(&req).await {
+                        Ok(Acquisition::Granted(lease)) => {
+                            // Only the holder touches `highest` until it releases.
+                            let before = highest.load(std::sync::atomic::Ordering::SeqCst);
+                            assert!(lease.fence > before, "fence {} after {before}", lease.fence);
+                            highest.store(lease.fence, std::sync::atomic::Ordering::SeqCst);
+                            grants += 1;
+                            assert!(backend.release(&resource, &req.id).await.expect("release"));
+                        }
+                        Ok(Acquisition::Held(_)) => tokio::task::yield_now().await,
+                        Err(e) => panic!("acquire failed: {e}"),
+                    }
+                }
+                grants
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.expect("worker");
+    }
+    assert!(total >= 8, "the resource changed hands {total} times");
+}
+
 /// Thaws the engine when dropped, so that a failing assertion does not
 /// leave it stopped.
 struct Thaw<'a>(&'a crate::support::PrivateEngine);
@@ -288,6 +329,17 @@ mod postgres {
             .await
             .expect("alter");
         assert_config_error(connect(&url, &extra).await.map(drop), &["CACHE 1"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fences_increase_under_contention() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let backend = connect(&url, "table = \"contention_locks\"")
+            .await
+            .expect("connect");
+        super::fences_increase_under_contention(Arc::new(backend)).await;
     }
 
     #[tokio::test]
@@ -523,6 +575,17 @@ mod mysql {
             .await
             .expect("read back");
         assert_eq!(fence, Some(lease.fence));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fences_increase_under_contention() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+            return;
+        };
+        let backend = connect(&url, "table = \"contention_locks\"")
+            .await
+            .expect("connect");
+        super::fences_increase_under_contention(Arc::new(backend)).await;
     }
 
     #[tokio::test]
