@@ -387,6 +387,120 @@ mod postgres {
         );
     }
 
+    /// A test CA and a server certificate for `localhost` signed by it, as
+    /// PEM files in `dir`: (CA certificate, server certificate, server key).
+    fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "stormlock test CA");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .and_then(|params| params.signed_by(&key, &ca))
+            .expect("server certificate");
+        let paths = ["ca.pem", "server.pem", "server.key"].map(|name| dir.join(name));
+        std::fs::write(&paths[0], ca.pem()).expect("write");
+        std::fs::write(&paths[1], cert.pem()).expect("write");
+        std::fs::write(&paths[2], key.serialize_pem()).expect("write");
+        paths
+    }
+
+    /// Every TLS mode against a server whose certificate names `localhost`
+    /// and is signed by a private CA.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::process::Command;
+
+        let Some(engine) = crate::support::PrivateEngine::start("postgres") else {
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let [ca, cert, key] = certificates(dir.path());
+        // The server runs as postgres and insists on a private key file.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let chown = Command::new("chown").arg("postgres").arg(&key).status();
+        assert!(
+            chown.is_ok_and(|s| s.success()),
+            "chown the key to postgres"
+        );
+        let client = admin(&engine.url).await;
+        for setting in [
+            format!("ssl_cert_file = '{}'", cert.display()),
+            format!("ssl_key_file = '{}'", key.display()),
+            "ssl = on".to_string(),
+        ] {
+            client
+                .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
+                .await
+                .expect("ALTER SYSTEM");
+        }
+        client
+            .execute("SELECT pg_reload_conf()", &[])
+            .await
+            .expect("reload");
+        let started = Instant::now();
+        loop {
+            let ssl: String = admin(&engine.url)
+                .await
+                .query_one("SHOW ssl", &[])
+                .await
+                .expect("SHOW ssl")
+                .get(0);
+            if ssl == "on" {
+                break;
+            }
+            assert!(started.elapsed() < RECOVERY, "ssl not on after reload");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let require = connect(&engine.url, "tls = \"require\"")
+            .await
+            .expect("require");
+        granted(&require, "tls/require").await;
+        let encrypted: Option<bool> = client
+            .query_one(
+                "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'stormlockd'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl")
+            .get(0);
+        assert_eq!(encrypted, Some(true), "the backend's connections use TLS");
+
+        let by_name = engine.url.replace("127.0.0.1", "localhost");
+        let verified = format!(
+            "tls = \"verify-full\"\nca_file = {:?}",
+            ca.display().to_string()
+        );
+        let full = connect(&by_name, &verified)
+            .await
+            .expect("verify-full by name");
+        granted(&full, "tls/verify-full").await;
+
+        let wrong_name = connect(&engine.url, &verified).await.map(drop);
+        match wrong_name {
+            Err(e @ BackendError::Unavailable { .. }) => {
+                assert!(e.to_string().contains("certificate"), "{e}");
+            }
+            other => panic!("a certificate for another name is refused: {other:?}"),
+        }
+        let unknown_ca = connect(&by_name, "tls = \"verify-full\"").await.map(drop);
+        match unknown_ca {
+            Err(e @ BackendError::Unavailable { .. }) => {
+                assert!(e.to_string().contains("certificate"), "{e}");
+            }
+            other => panic!("a certificate from an unknown CA is refused: {other:?}"),
+        }
+    }
+
     async fn private() -> Option<(crate::support::PrivateEngine, WithTimeout)> {
         let engine = crate::support::PrivateEngine::start("postgres")?;
         let backend = connect(&engine.url, "connect_timeout = \"1s\"")
@@ -539,6 +653,25 @@ mod mysql {
             "{:?}",
             result.map(drop)
         );
+    }
+
+    /// TLS required of a server that offers none fails clearly.
+    #[tokio::test]
+    async fn tls_required_of_a_plain_server_is_refused() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+            return;
+        };
+        for mode in ["require", "verify-full"] {
+            let result = connect(&url, &format!("tls = {mode:?}")).await.map(drop);
+            match result {
+                Err(e @ BackendError::Unavailable { .. }) => {
+                    assert!(e.to_string().contains("SSL"), "{mode}: {e}");
+                }
+                other => panic!("{mode}: expected Unavailable, got {other:?}"),
+            }
+        }
+        let plain = connect(&url, "tls = \"disable\"").await.expect("disable");
+        plain.health().await.expect("health");
     }
 
     #[tokio::test]

@@ -232,11 +232,13 @@ impl PostgresBackend {
         if pg.get_application_name().is_none() {
             pg.application_name("stormlockd");
         }
-        match config.tls {
-            Some(TlsMode::Disable) => pg.ssl_mode(SslMode::Disable),
-            Some(TlsMode::Require | TlsMode::VerifyFull) => pg.ssl_mode(SslMode::Require),
-            None => &mut pg,
-        };
+        // Unset: the URL's `sslmode` stands (tokio-postgres defaults to prefer).
+        if let Some(mode) = config.tls {
+            pg.ssl_mode(match mode {
+                TlsMode::Disable => SslMode::Disable,
+                TlsMode::Require | TlsMode::VerifyFull => SslMode::Require,
+            });
+        }
         let tls = tls_connector(name, config)?;
         let pool = Pool::builder(Manager::new(pg, tls))
             .max_size(config.pool_size)
@@ -421,10 +423,11 @@ fn is_retryable(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Server errors that mean "not now" rather than "never": connection
-/// problems, shutdowns, too many clients, and a server that has just become
-/// a read-only standby.
+/// problems, shutdowns, too many clients, conflicts that outlasted the
+/// retries, and a server that has just become a read-only standby.
 fn is_unavailable(code: &SqlState) -> bool {
     code.code().starts_with("08")
+        || code.code().starts_with("40")
         || code.code().starts_with("57P")
         || code.code().starts_with("53")
         || *code == SqlState::READ_ONLY_SQL_TRANSACTION
