@@ -86,6 +86,84 @@ fn assert_config_error<T: std::fmt::Debug>(result: Result<T, BackendError>, word
     }
 }
 
+/// Principals and reasons outside ASCII (4-byte UTF-8 included) are stored
+/// and returned exactly, to the holder and to whoever is refused.
+async fn unicode_round_trip(backend: &dyn Backend) {
+    let resource = format!("unicode/{}", LeaseId::generate().expose());
+    let mut req = request(&resource, "Zoë 🦀 運用", 60);
+    req.reason = "déploiement 🚀 — 锁 \"quoted\" 'single' \\ %_".to_string();
+    let lease = match backend.acquire(&req).await {
+        Ok(Acquisition::Granted(lease)) => lease,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    assert_eq!(
+        (lease.principal.as_str(), lease.reason.as_str()),
+        (req.principal.as_str(), req.reason.as_str())
+    );
+    match backend.acquire(&request(&resource, "bob", 60)).await {
+        Ok(Acquisition::Held(holder)) => {
+            assert_eq!(holder.principal, req.principal);
+            assert_eq!(holder.reason, req.reason);
+        }
+        other => panic!("expected the resource to be held, got {other:?}"),
+    }
+    let broken = backend
+        .force_release(&resource, "ops 🛠", "rotation ✓")
+        .await
+        .expect("force");
+    assert_eq!(broken.map(|l| l.reason), Some(req.reason.clone()));
+    match backend.status(&resource, &req.id).await {
+        Ok(stormlock::lease::LeaseStatus::NotCurrent { evicted: Some(e) }) => {
+            assert_eq!(
+                (e.actor.as_str(), e.reason.as_str()),
+                ("ops 🛠", "rotation ✓")
+            );
+        }
+        other => panic!("expected an eviction record, got {other:?}"),
+    }
+}
+
+/// Workers take turns on one resource: every grant's fence exceeds every
+/// fence granted before it, even when the counter is shared by concurrent
+/// grants and drawn by many connections.
+async fn fences_increase_under_contention(backend: Arc<dyn Backend>) {
+    let resource = format!("contention/{}", LeaseId::generate().expose());
+    let highest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let (backend, resource, highest) = (backend.clone(), resource.clone(), highest.clone());
+            tokio::spawn(async move {
+                let mut grants = 0;
+                for _ in 0..200 {
+                    if grants == 10 || Instant::now() > deadline {
+                        break;
+                    }
+                    let req = request(&resource, &format!("worker-{worker}"), 60);
+                    match backend.acquire(&req).await {
+                        Ok(Acquisition::Granted(lease)) => {
+                            // Only the holder touches `highest` until it releases.
+                            let before = highest.load(std::sync::atomic::Ordering::SeqCst);
+                            assert!(lease.fence > before, "fence {} after {before}", lease.fence);
+                            highest.store(lease.fence, std::sync::atomic::Ordering::SeqCst);
+                            grants += 1;
+                            assert!(backend.release(&resource, &req.id).await.expect("release"));
+                        }
+                        Ok(Acquisition::Held(_)) => tokio::task::yield_now().await,
+                        Err(e) => panic!("acquire failed: {e}"),
+                    }
+                }
+                grants
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.expect("worker");
+    }
+    assert!(total >= 8, "the resource changed hands {total} times");
+}
+
 /// Thaws the engine when dropped, so that a failing assertion does not
 /// leave it stopped.
 struct Thaw<'a>(&'a crate::support::PrivateEngine);
@@ -245,6 +323,34 @@ mod postgres {
             .expect("read back");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].get::<_, i64>(0), lease.fence as i64);
+        // A cached sequence would hand out fences out of order.
+        client
+            .batch_execute("ALTER SEQUENCE stormlock_locks_fence CACHE 20")
+            .await
+            .expect("alter");
+        assert_config_error(connect(&url, &extra).await.map(drop), &["CACHE 1"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fences_increase_under_contention() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let backend = connect(&url, "table = \"contention_locks\"")
+            .await
+            .expect("connect");
+        super::fences_increase_under_contention(Arc::new(backend)).await;
+    }
+
+    #[tokio::test]
+    async fn unicode_text_round_trips() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let backend = connect(&url, "table = \"unicode_locks\"")
+            .await
+            .expect("connect");
+        unicode_round_trip(&backend).await;
     }
 
     /// Deleting a resource's row (a cleanup job) does not reset its fence.
@@ -279,6 +385,120 @@ mod postgres {
             second.fence,
             first.fence
         );
+    }
+
+    /// A test CA and a server certificate for `localhost` signed by it, as
+    /// PEM files in `dir`: (CA certificate, server certificate, server key).
+    fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "stormlock test CA");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .and_then(|params| params.signed_by(&key, &ca))
+            .expect("server certificate");
+        let paths = ["ca.pem", "server.pem", "server.key"].map(|name| dir.join(name));
+        std::fs::write(&paths[0], ca.pem()).expect("write");
+        std::fs::write(&paths[1], cert.pem()).expect("write");
+        std::fs::write(&paths[2], key.serialize_pem()).expect("write");
+        paths
+    }
+
+    /// Every TLS mode against a server whose certificate names `localhost`
+    /// and is signed by a private CA.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::process::Command;
+
+        let Some(engine) = crate::support::PrivateEngine::start("postgres") else {
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let [ca, cert, key] = certificates(dir.path());
+        // The server runs as postgres and insists on a private key file.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let chown = Command::new("chown").arg("postgres").arg(&key).status();
+        assert!(
+            chown.is_ok_and(|s| s.success()),
+            "chown the key to postgres"
+        );
+        let client = admin(&engine.url).await;
+        for setting in [
+            format!("ssl_cert_file = '{}'", cert.display()),
+            format!("ssl_key_file = '{}'", key.display()),
+            "ssl = on".to_string(),
+        ] {
+            client
+                .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
+                .await
+                .expect("ALTER SYSTEM");
+        }
+        client
+            .execute("SELECT pg_reload_conf()", &[])
+            .await
+            .expect("reload");
+        let started = Instant::now();
+        loop {
+            let ssl: String = admin(&engine.url)
+                .await
+                .query_one("SHOW ssl", &[])
+                .await
+                .expect("SHOW ssl")
+                .get(0);
+            if ssl == "on" {
+                break;
+            }
+            assert!(started.elapsed() < RECOVERY, "ssl not on after reload");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let require = connect(&engine.url, "tls = \"require\"")
+            .await
+            .expect("require");
+        granted(&require, "tls/require").await;
+        let encrypted: Option<bool> = client
+            .query_one(
+                "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'stormlockd'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl")
+            .get(0);
+        assert_eq!(encrypted, Some(true), "the backend's connections use TLS");
+
+        let by_name = engine.url.replace("127.0.0.1", "localhost");
+        let verified = format!(
+            "tls = \"verify-full\"\nca_file = {:?}",
+            ca.display().to_string()
+        );
+        let full = connect(&by_name, &verified)
+            .await
+            .expect("verify-full by name");
+        granted(&full, "tls/verify-full").await;
+
+        let wrong_name = connect(&engine.url, &verified).await.map(drop);
+        match wrong_name {
+            Err(e @ BackendError::Unavailable { .. }) => {
+                assert!(e.to_string().contains("certificate"), "{e}");
+            }
+            other => panic!("a certificate for another name is refused: {other:?}"),
+        }
+        let unknown_ca = connect(&by_name, "tls = \"verify-full\"").await.map(drop);
+        match unknown_ca {
+            Err(e @ BackendError::Unavailable { .. }) => {
+                assert!(e.to_string().contains("certificate"), "{e}");
+            }
+            other => panic!("a certificate from an unknown CA is refused: {other:?}"),
+        }
     }
 
     async fn private() -> Option<(crate::support::PrivateEngine, WithTimeout)> {
@@ -435,6 +655,25 @@ mod mysql {
         );
     }
 
+    /// TLS required of a server that offers none fails clearly.
+    #[tokio::test]
+    async fn tls_required_of_a_plain_server_is_refused() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+            return;
+        };
+        for mode in ["require", "verify-full"] {
+            let result = connect(&url, &format!("tls = {mode:?}")).await.map(drop);
+            match result {
+                Err(e @ BackendError::Unavailable { .. }) => {
+                    assert!(e.to_string().contains("SSL"), "{mode}: {e}");
+                }
+                other => panic!("{mode}: expected Unavailable, got {other:?}"),
+            }
+        }
+        let plain = connect(&url, "tls = \"disable\"").await.expect("disable");
+        plain.health().await.expect("health");
+    }
+
     #[tokio::test]
     async fn missing_table_without_create_is_a_clear_error() {
         let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
@@ -469,6 +708,28 @@ mod mysql {
             .await
             .expect("read back");
         assert_eq!(fence, Some(lease.fence));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fences_increase_under_contention() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+            return;
+        };
+        let backend = connect(&url, "table = \"contention_locks\"")
+            .await
+            .expect("connect");
+        super::fences_increase_under_contention(Arc::new(backend)).await;
+    }
+
+    #[tokio::test]
+    async fn unicode_text_round_trips() {
+        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+            return;
+        };
+        let backend = connect(&url, "table = \"unicode_locks\"")
+            .await
+            .expect("connect");
+        unicode_round_trip(&backend).await;
     }
 
     /// Deleting a resource's row (a cleanup job) does not reset its fence.

@@ -573,10 +573,14 @@ fn is_retryable(e: &mysql_async::Error) -> bool {
 }
 
 /// Server errors that mean "not now" rather than "never": too many
-/// connections, shutdown, lock wait timeout, killed connections, and a
-/// read-only server (a replica after failover).
+/// connections, shutdown, lock wait timeout, conflicts that outlasted the
+/// retries, killed connections, and a read-only server (a replica after
+/// failover).
 fn is_unavailable(code: u16) -> bool {
-    matches!(code, 1040 | 1053 | 1205 | 1290 | 1792 | 1836 | 1927 | 4031)
+    matches!(
+        code,
+        1020 | 1040 | 1053 | 1205 | 1213 | 1290 | 1792 | 1836 | 1927 | 4031
+    )
 }
 
 fn ssl_opts(mode: TlsMode, ca_file: Option<&PathBuf>) -> Option<SslOpts> {

@@ -54,8 +54,9 @@ use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 /// daemon then needs `SELECT, INSERT, UPDATE` on the table and `USAGE` on the
 /// sequence.
 pub const DDL: &str = r#"-- Fences for every resource of the table. A sequence, not a column, so that
--- deleting old rows can never make a fence go back.
-CREATE SEQUENCE IF NOT EXISTS "stormlock_locks_fence" AS BIGINT;
+-- deleting old rows can never make a fence go back. CACHE 1 (the default):
+-- with a larger cache, connections hand out values out of order.
+CREATE SEQUENCE IF NOT EXISTS "stormlock_locks_fence" AS BIGINT CACHE 1;
 CREATE TABLE IF NOT EXISTS "stormlock_locks" (
     -- Byte-order collation: listing order equals the daemon's string order.
     resource       TEXT COLLATE "C" PRIMARY KEY,
@@ -231,11 +232,13 @@ impl PostgresBackend {
         if pg.get_application_name().is_none() {
             pg.application_name("stormlockd");
         }
-        match config.tls {
-            Some(TlsMode::Disable) => pg.ssl_mode(SslMode::Disable),
-            Some(TlsMode::Require | TlsMode::VerifyFull) => pg.ssl_mode(SslMode::Require),
-            None => &mut pg,
-        };
+        // Unset: the URL's `sslmode` stands (tokio-postgres defaults to prefer).
+        if let Some(mode) = config.tls {
+            pg.ssl_mode(match mode {
+                TlsMode::Disable => SslMode::Disable,
+                TlsMode::Require | TlsMode::VerifyFull => SslMode::Require,
+            });
+        }
         let tls = tls_connector(name, config)?;
         let pool = Pool::builder(Manager::new(pg, tls))
             .max_size(config.pool_size)
@@ -302,21 +305,33 @@ impl PostgresBackend {
             .await
             .map_err(|e| schema_error(e, "reading the table"))?;
         let sequence = table.fence().quoted('"');
-        let found: Option<String> = client
-            .query_one("SELECT to_regclass($1)::text", &[&sequence])
+        let cache: Option<i64> = client
+            .query_opt(
+                "SELECT seqcache FROM pg_sequence WHERE seqrelid = to_regclass($1)",
+                &[&sequence],
+            )
             .await
-            .and_then(|row| row.try_get(0))
+            .and_then(|row| row.map(|row| row.try_get(0)).transpose())
             .map_err(|e| schema_error(e, "looking up the fence sequence"))?;
-        if found.is_none() {
-            return Err(BackendError::config(
+        match cache {
+            None => Err(BackendError::config(
                 &self.name,
                 format!(
                     "table {shown:?}: the fence sequence {sequence} does not exist; create it \
                      with the documented DDL or set create_table = true"
                 ),
-            ));
+            )),
+            // Each connection would draw from its own cached block, and a
+            // later grant could get a smaller fence than an earlier one.
+            Some(cache) if cache > 1 => Err(BackendError::config(
+                &self.name,
+                format!(
+                    "table {shown:?}: the fence sequence {sequence} has CACHE {cache}; fences \
+                     must come in order, so run ALTER SEQUENCE {sequence} CACHE 1"
+                ),
+            )),
+            Some(_) => Ok(()),
         }
-        Ok(())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -408,10 +423,11 @@ fn is_retryable(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Server errors that mean "not now" rather than "never": connection
-/// problems, shutdowns, too many clients, and a server that has just become
-/// a read-only standby.
+/// problems, shutdowns, too many clients, conflicts that outlasted the
+/// retries, and a server that has just become a read-only standby.
 fn is_unavailable(code: &SqlState) -> bool {
     code.code().starts_with("08")
+        || code.code().starts_with("40")
         || code.code().starts_with("57P")
         || code.code().starts_with("53")
         || *code == SqlState::READ_ONLY_SQL_TRANSACTION

@@ -195,7 +195,7 @@ pub(super) fn render_ddl(template: &str, table: &TableName, quote: char) -> Stri
 }
 
 /// One row of the locks table, as either engine returns it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct StoredRow {
     /// The resource the row is for.
     pub resource: String,
