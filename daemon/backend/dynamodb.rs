@@ -42,11 +42,13 @@
 //! survive the loss of either item, though not of both.
 //!
 //! The one way a stale number could land on a deleted item is a put applied
-//! after a newer lease was granted, expired *and* cleaned up. Numbers older
-//! than [`FENCE_MAX_AGE`] are discarded before the put is sent, AWS rejects a
+//! after a newer lease was granted, expired *and* cleaned up. Numbers taken
+//! more than a minute before the put is sent are discarded, AWS rejects a
 //! request more than 5 minutes after it was signed, and the TTL attribute is
-//! set [`CLEANUP_GRACE`] (one hour) after expiry, so the cleanup always comes
-//! far too late for that.
+//! set an hour after expiry, so the cleanup always comes far too late for
+//! that. (A transaction over both items would close even this window, at
+//! twice the write cost, with conflicts between concurrent acquirers to
+//! retry, and without atomicity on moto, the emulator the tests use.)
 //!
 //! # Costs
 //!
@@ -63,6 +65,27 @@
 //! `create_table = true` also `CreateTable`, `DescribeTimeToLive` and
 //! `UpdateTimeToLive`. Credentials and region come from the usual AWS chain
 //! (environment, profile files, SSO, ECS task role, EC2 instance metadata).
+//!
+//! # Configuration
+//!
+//! ```toml
+//! [backends.shared]
+//! type = "dynamodb"
+//! table = "stormlock"        # default
+//! region = "eu-west-1"       # default: the AWS chain
+//! create_table = false       # default: true
+//! timeout = "2s"             # per request, default
+//! ```
+//!
+//! With `create_table = false`, create the table beforehand:
+//!
+//! ```text
+//! aws dynamodb create-table --table-name stormlock --billing-mode PAY_PER_REQUEST \
+//!   --attribute-definitions AttributeName=resource,AttributeType=S AttributeName=kind,AttributeType=S \
+//!   --key-schema AttributeName=resource,KeyType=HASH AttributeName=kind,KeyType=RANGE
+//! aws dynamodb update-time-to-live --table-name stormlock \
+//!   --time-to-live-specification Enabled=true,AttributeName=cleanup_at
+//! ```
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -113,8 +136,9 @@ pub struct DynamodbConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub connect_timeout: Duration,
-    /// How long one DynamoDB call may take, retries included, before the
-    /// backend reports itself unavailable. Default: `2s`.
+    /// How long one DynamoDB request may take, retries included, before the
+    /// backend reports itself unavailable. A lock operation makes one to
+    /// three requests (more when it loses a race). Default: `2s`.
     #[serde(
         default = "default_timeout",
         deserialize_with = "crate::duration::deserialize"
