@@ -233,7 +233,8 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status(SERVICE_NAME, status).await;
 }
 
-/// Flips health to NOT_SERVING while any backend fails its check, and back.
+/// Flips `stormlock.v1.LockService` to NOT_SERVING while any backend fails
+/// its check, and back.
 async fn watch_backends(router: Arc<Router>, reporter: HealthReporter, every: Duration) {
     let mut healthy = true;
     loop {
@@ -247,13 +248,17 @@ async fn watch_backends(router: Arc<Router>, reporter: HealthReporter, every: Du
         let now_healthy = failures.is_empty();
         if now_healthy != healthy {
             healthy = now_healthy;
-            if healthy {
+            // Only the service's status follows the backends: the overall
+            // status ("") says the process serves, so a liveness probe does
+            // not restart a daemon whose backend is down.
+            let status = if healthy {
                 info!("backends reachable again: SERVING");
-                set_health(&reporter, ServingStatus::Serving).await;
+                ServingStatus::Serving
             } else {
                 warn!(failures = ?failures, "backend unreachable: NOT_SERVING");
-                set_health(&reporter, ServingStatus::NotServing).await;
-            }
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(SERVICE_NAME, status).await;
         }
     }
 }

@@ -73,3 +73,166 @@ mod embedded {
         assert!(err.contains("cannot open"), "second open refused: {err:?}");
     }
 }
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+    use stormlock::backend::redis::{RedisBackend, RedisConfig};
+
+    /// A config for the shared test engine, with a prefix of its own so that
+    /// runs never see each other's keys.
+    pub fn config(url: String) -> RedisConfig {
+        let id = stormlock::lease::LeaseId::generate();
+        toml::from_str(&format!(
+            "url = {url:?}\nprefix = \"stormlock-test-{}:\"\nconnect_timeout = \"2s\"",
+            &id.expose()[..8]
+        ))
+        .expect("redis config")
+    }
+
+    async fn make() -> Option<Arc<dyn Backend>> {
+        let url = crate::support::engine_url("STORMLOCK_TEST_REDIS_URL")?;
+        let backend = RedisBackend::connect("test", &config(url))
+            .await
+            .expect("connect to redis");
+        Some(Arc::new(backend))
+    }
+    crate::conformance::conformance_tests!(make().await);
+
+    /// Settings that cannot work are refused before any connection, naming
+    /// the key.
+    #[tokio::test]
+    async fn bad_config_is_refused() {
+        for (toml, key) in [
+            ("url = \"http://127.0.0.1:1/\"", "url"),
+            ("url = \"redis://127.0.0.1:1/\"\nprefix = \"a*\"", "prefix"),
+            (
+                "url = \"redis://127.0.0.1:1/\"\nca_file = \"ca.pem\"",
+                "ca_file",
+            ),
+            (
+                "url = \"rediss://127.0.0.1:1/\"\nca_file = \"/nonexistent/ca.pem\"",
+                "ca_file",
+            ),
+        ] {
+            let config: RedisConfig = toml::from_str(toml).expect("parse");
+            let err = RedisBackend::connect("test", &config).await.err();
+            assert!(
+                matches!(&err, Some(stormlock::backend::BackendError::Config { message, .. }) if message.contains(key)),
+                "{toml}: {err:?}"
+            );
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+    use stormlock::backend::etcd::{EtcdBackend, EtcdConfig};
+
+    /// A config for the shared test engine, with a prefix of its own so that
+    /// runs never see each other's keys.
+    pub fn config(endpoint: String) -> EtcdConfig {
+        let id = stormlock::lease::LeaseId::generate();
+        toml::from_str(&format!(
+            "endpoints = [{endpoint:?}]\nprefix = \"/stormlock-test-{}/\"\nconnect_timeout = \"2s\"",
+            &id.expose()[..8]
+        ))
+        .expect("etcd config")
+    }
+
+    async fn make() -> Option<Arc<dyn Backend>> {
+        let endpoint = crate::support::engine_url("STORMLOCK_TEST_ETCD_ENDPOINT")?;
+        let backend = EtcdBackend::connect("test", &config(endpoint))
+            .await
+            .expect("connect to etcd");
+        Some(Arc::new(backend))
+    }
+    crate::conformance::conformance_tests!(make().await);
+
+    /// Renewal moves the key to a new etcd lease and keeps its
+    /// create_revision, so the fence stays while the TTL changes either way.
+    #[tokio::test]
+    async fn renew_keeps_fence_over_many_ttls() {
+        let Some(backend) = make().await else { return };
+        let resource = crate::conformance::unique("etcd-renew");
+        let req = crate::conformance::request(&resource, "alice", 5);
+        let stormlock::lease::Acquisition::Granted(lease) =
+            backend.acquire(&req).await.expect("acquire")
+        else {
+            panic!("granted")
+        };
+        for secs in [60, 3, 3600, 1] {
+            let renewed = backend
+                .renew(&resource, &req.id, std::time::Duration::from_secs(secs))
+                .await
+                .expect("renew");
+            assert_eq!(renewed.fence, lease.fence);
+            let current = backend
+                .current(&resource)
+                .await
+                .expect("current")
+                .expect("held");
+            assert_eq!(current.fence, lease.fence);
+            let left = current
+                .expires_at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            assert!(left.as_secs() <= secs, "{secs}s renewal leaves {left:?}");
+        }
+        assert!(backend.release(&resource, &req.id).await.expect("release"));
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use stormlock::backend::postgres::{PostgresBackend, PostgresConfig};
+
+    async fn make() -> Option<Arc<dyn Backend>> {
+        let url = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL")?;
+        let config: PostgresConfig =
+            toml::from_str(&format!("url = {url:?}\ntable = \"conformance_locks\""))
+                .expect("config");
+        let backend = PostgresBackend::connect("test", &config)
+            .await
+            .expect("connect to PostgreSQL");
+        Some(Arc::new(backend))
+    }
+    crate::conformance::conformance_tests!(make().await);
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use stormlock::backend::mysql::{MysqlBackend, MysqlConfig};
+
+    async fn make() -> Option<Arc<dyn Backend>> {
+        let url = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL")?;
+        let config: MysqlConfig =
+            toml::from_str(&format!("url = {url:?}\ntable = \"conformance_locks\""))
+                .expect("config");
+        let backend = MysqlBackend::connect("test", &config)
+            .await
+            .expect("connect to MySQL");
+        Some(Arc::new(backend))
+    }
+    crate::conformance::conformance_tests!(make().await);
+}
+
+#[cfg(feature = "dynamodb")]
+mod dynamodb {
+    use super::*;
+    use crate::dynamodb_backend::{connect, fresh_table};
+
+    async fn make() -> Option<Arc<dyn Backend>> {
+        let endpoint = crate::support::engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT")?;
+        // A table per test keeps the cases independent; moto creates tables
+        // instantly.
+        let backend = connect(&endpoint, &fresh_table())
+            .await
+            .expect("connect to DynamoDB");
+        Some(Arc::new(backend))
+    }
+    crate::conformance::conformance_tests!(make().await);
+}

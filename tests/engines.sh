@@ -137,6 +137,9 @@ stop() {
   local engine pid
   engine=$(cat "$dir/engine")
   pid=$(cat "$dir/pid")
+  # A frozen engine (tests stop it and its children) must run to shut down.
+  kill -CONT "$pid" 2>/dev/null || true
+  pkill -CONT --parent "$pid" 2>/dev/null || true
   if [[ $engine == postgres ]]; then
     (cd / && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop) >>"$dir/log" 2>&1 || true
   fi

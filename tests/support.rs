@@ -90,13 +90,28 @@ impl PrivateEngine {
             .to_string()
     }
 
+    /// Signals the engine and its child processes: PostgreSQL serves each
+    /// connection from a child in a session of its own, which must stop and
+    /// resume too.
     fn signal(&self, signal: &str) {
+        let pid = self.pid();
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(self.pid())
+            .arg(&pid)
             .status()
             .expect("kill");
         assert!(status.success(), "kill -{signal}");
+        // Exits with 1 when the engine has no children, which is fine.
+        let children = Command::new("pkill")
+            .arg(format!("-{signal}"))
+            .arg("--parent")
+            .arg(&pid)
+            .status()
+            .expect("pkill");
+        assert!(
+            children.code().is_some_and(|c| c <= 1),
+            "pkill -{signal} --parent"
+        );
     }
 
     /// Stops the engine, keeping its data and port.

@@ -81,10 +81,10 @@ impl EmbeddedBackend {
             let txn = db.begin_write().map_err(|e| err(&e))?;
             let out = {
                 let mut table = txn.open_table(RECORDS).map_err(|e| err(&e))?;
-                let before = match table.get(resource.as_str()).map_err(|e| err(&e))? {
-                    Some(bytes) => Some(bytes.value().to_vec()),
-                    None => None,
-                };
+                let before = table
+                    .get(resource.as_str())
+                    .map_err(|e| err(&e))?
+                    .map(|bytes| bytes.value().to_vec());
                 let mut record = match &before {
                     Some(bytes) => decode(&name, bytes)?,
                     None => Record::default(),

@@ -13,9 +13,21 @@ use serde::Deserialize;
 
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod embedded;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod record;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod sql;
 mod timeout;
 
 pub use timeout::WithTimeout;
@@ -139,6 +151,21 @@ pub enum BackendConfig {
     Embedded(embedded::EmbeddedConfig),
     /// Process memory: tests and demos only.
     Memory(memory::MemoryConfig),
+    /// Redis (`redis://` or `rediss://`).
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisConfig),
+    /// An etcd cluster.
+    #[cfg(feature = "etcd")]
+    Etcd(etcd::EtcdConfig),
+    /// One PostgreSQL table.
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PostgresConfig),
+    /// One MySQL or MariaDB table.
+    #[cfg(feature = "mysql")]
+    Mysql(mysql::MysqlConfig),
+    /// An Amazon DynamoDB table shared by several daemons.
+    #[cfg(feature = "dynamodb")]
+    Dynamodb(dynamodb::DynamodbConfig),
 }
 
 impl BackendConfig {
@@ -147,6 +174,16 @@ impl BackendConfig {
         match self {
             Self::Embedded(_) => "embedded",
             Self::Memory(_) => "memory",
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "redis",
+            #[cfg(feature = "etcd")]
+            Self::Etcd(_) => "etcd",
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => "postgres",
+            #[cfg(feature = "mysql")]
+            Self::Mysql(_) => "mysql",
+            #[cfg(feature = "dynamodb")]
+            Self::Dynamodb(_) => "dynamodb",
         }
     }
 }
@@ -163,5 +200,15 @@ pub async fn connect(
             Arc::new(embedded::EmbeddedBackend::open(name, c, data_dir).await?)
         }
         BackendConfig::Memory(_) => Arc::new(memory::MemoryBackend::new()),
+        #[cfg(feature = "redis")]
+        BackendConfig::Redis(c) => Arc::new(redis::RedisBackend::connect(name, c).await?),
+        #[cfg(feature = "etcd")]
+        BackendConfig::Etcd(c) => Arc::new(etcd::EtcdBackend::connect(name, c).await?),
+        #[cfg(feature = "postgres")]
+        BackendConfig::Postgres(c) => Arc::new(postgres::PostgresBackend::connect(name, c).await?),
+        #[cfg(feature = "mysql")]
+        BackendConfig::Mysql(c) => Arc::new(mysql::MysqlBackend::connect(name, c).await?),
+        #[cfg(feature = "dynamodb")]
+        BackendConfig::Dynamodb(c) => Arc::new(dynamodb::DynamodbBackend::connect(name, c).await?),
     })
 }

@@ -1,0 +1,30 @@
+"""Python client for Stormlock, the lease-based lock service.
+
+- :func:`connect` opens a gRPC channel to ``stormlockd`` with the settings the
+  ``stormlock`` CLI uses (address, CA, client certificate and key; the local
+  daemon's development certificates for a loopback address).
+- :mod:`stormlock_client.v1` holds the generated modules: ``lock_pb2``
+  (messages) and ``lock_pb2_grpc`` (``LockServiceStub``).
+"""
+
+from stormlock_client.channel import (
+    DEFAULT_ADDRESS,
+    DEFAULT_PORT,
+    ChannelSettings,
+    Target,
+    connect,
+    default_data_dir,
+    parse_address,
+    resolve,
+)
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_PORT",
+    "ChannelSettings",
+    "Target",
+    "connect",
+    "default_data_dir",
+    "parse_address",
+    "resolve",
+]

@@ -1,0 +1,856 @@
+//! `type = "etcd"`: leases as etcd keys bound to etcd leases.
+//!
+//! # Key layout
+//!
+//! With the default prefix `/stormlock/`, resource `R` uses:
+//!
+//! - `/stormlock/lock/R`: JSON `{id, principal, reason, acquired_at}`
+//!   (`acquired_at` in Unix milliseconds, on the daemon's clock: etcd has no
+//!   clock to read), attached to an etcd lease whose TTL is the lock's TTL.
+//!   etcd revokes the lease when it lapses, which deletes the key: expiry is
+//!   judged by etcd, and `expires_at` is reported from the lease's remaining
+//!   TTL. The fence is the key's `create_revision`: etcd's revision only ever
+//!   grows (compaction included), each acquisition creates the key anew, and
+//!   renewal re-puts it without changing it.
+//! - `/stormlock/evicted/R`: JSON `{id, actor, reason}` of the last
+//!   force-release, on no lease, so it survives.
+//!
+//! # Operations
+//!
+//! - acquire: grant a lease, then one transaction: if the key's
+//!   `create_revision` is 0 (absent), put it on the lease; else read it. A
+//!   holder whose lease vanished in between is retried.
+//! - renew with a new TTL: etcd cannot change a lease's TTL, so grant a new
+//!   lease, move the key to it in a transaction that checks the key's
+//!   `mod_revision` and old lease id are still what was read, then revoke the
+//!   old lease (which no longer holds any key).
+//! - release and force-release: transactions on `mod_revision`, then revoke
+//!   the lease so it does not linger.
+//! - list: a range read over the lock keys under the prefix, in key order
+//!   (etcd sorts keys bytewise, which is UTF-8 order).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendError, Result};
+use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
+
+/// `[backends.NAME]` with `type = "etcd"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the cluster's members: `http://host:2379`, or
+    /// `https://host:2379` for TLS (then `ca_file` is required).
+    pub endpoints: Vec<String>,
+    /// User for etcd authentication; requires `password`.
+    pub username: Option<String>,
+    /// Password of `username`.
+    pub password: Option<String>,
+    /// PEM file with the certificate authorities that signed the members'
+    /// certificates.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS; requires `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Prepended to every key this backend writes; must end with `/`.
+    /// Default `/stormlock/`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// How long to wait for a connection (and the start-up check) before
+    /// giving up, and for an answer to a keep-alive ping before a connection
+    /// is considered dead. Default `2s`.
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+}
+
+// By hand, because of the password.
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+fn default_prefix() -> String {
+    "/stormlock/".to_string()
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// How often an idle connection is pinged, so that a dead member is noticed
+/// before the next call needs it.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Rounds of read-then-transaction before giving up when other writers keep
+/// changing the key in between (each round is a few milliseconds; losing
+/// this many in a row means the key is being hammered).
+const MAX_ROUNDS: usize = 8;
+
+/// Leases looked up at once when listing.
+const LIST_CONCURRENCY: usize = 16;
+
+/// The stored value of a lock key.
+#[derive(Serialize, Deserialize)]
+struct LockValue {
+    id: String,
+    principal: String,
+    reason: String,
+    /// Unix milliseconds.
+    acquired_at: u64,
+}
+
+/// The stored value of an eviction record.
+#[derive(Serialize, Deserialize)]
+struct EvictionValue {
+    id: String,
+    actor: String,
+    reason: String,
+}
+
+/// A lock key as read, with what the transactions compare on.
+struct Held {
+    lease: Lease,
+    /// The etcd lease the key is attached to.
+    etcd_lease: i64,
+    mod_revision: i64,
+}
+
+/// Leases in etcd through one (load-balanced, self-reconnecting) client.
+pub struct EtcdBackend {
+    name: String,
+    client: Client,
+    /// `{prefix}lock/`.
+    lock_prefix: String,
+    /// `{prefix}evicted/`.
+    evicted_prefix: String,
+}
+
+fn check_prefix(name: &str, prefix: &str) -> Result<()> {
+    if !prefix.ends_with('/') || prefix.len() > 256 {
+        return Err(BackendError::config(
+            name,
+            format!(
+                "prefix {prefix:?} must end with \"/\" and be at most 256 bytes (default \"/stormlock/\")"
+            ),
+        ));
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err(BackendError::config(
+            name,
+            format!("prefix {prefix:?} contains control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn read_file(name: &str, key: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        BackendError::config(name, format!("{key} {}: cannot read: {e}", path.display()))
+    })
+}
+
+/// Checks `config` and turns it into the client's options.
+fn connect_options(name: &str, config: &EtcdConfig) -> Result<ConnectOptions> {
+    check_prefix(name, &config.prefix)?;
+    if config.connect_timeout.is_zero() {
+        return Err(BackendError::config(
+            name,
+            "connect_timeout must be at least 1 second",
+        ));
+    }
+    if config.endpoints.is_empty() {
+        return Err(BackendError::config(
+            name,
+            "endpoints must list at least one URL, e.g. [\"http://127.0.0.1:2379\"]",
+        ));
+    }
+    let mut https = None;
+    for endpoint in &config.endpoints {
+        let this = if let Some(rest) = endpoint.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = endpoint.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(BackendError::config(
+                name,
+                format!("endpoints: {endpoint:?} must start with http:// or https://"),
+            ));
+        };
+        if this.1.is_empty() || this.1.contains(char::is_whitespace) {
+            return Err(BackendError::config(
+                name,
+                format!("endpoints: {endpoint:?} has no host"),
+            ));
+        }
+        if https.is_some_and(|h| h != this.0) {
+            return Err(BackendError::config(
+                name,
+                "endpoints must be all http:// or all https://",
+            ));
+        }
+        https = Some(this.0);
+    }
+    let https = https.unwrap_or(false);
+
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.connect_timeout)
+        .with_keep_alive(KEEP_ALIVE_INTERVAL, config.connect_timeout)
+        // A member cut off from its cluster answers at once instead of
+        // waiting for a leader.
+        .with_require_leader(true)
+        .with_auto_token_refresh(true);
+    match (&config.username, &config.password) {
+        (Some(user), Some(password)) => options = options.with_user(user, password),
+        (None, None) => {}
+        _ => {
+            return Err(BackendError::config(
+                name,
+                "username and password must be given together",
+            ));
+        }
+    }
+    let tls_files =
+        config.ca_file.is_some() || config.cert_file.is_some() || config.key_file.is_some();
+    if tls_files && !https {
+        return Err(BackendError::config(
+            name,
+            "ca_file, cert_file and key_file need https:// endpoints",
+        ));
+    }
+    if https {
+        let ca_file = config.ca_file.as_ref().ok_or_else(|| {
+            BackendError::config(
+                name,
+                "https:// endpoints need ca_file (the CA that signed the members' certificates)",
+            )
+        })?;
+        let mut tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read_file(name, "ca_file", ca_file)?));
+        match (&config.cert_file, &config.key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read_file(name, "cert_file", cert)?,
+                    read_file(name, "key_file", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(BackendError::config(
+                    name,
+                    "cert_file and key_file must be given together",
+                ));
+            }
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
+
+impl EtcdBackend {
+    /// Validates `config`, connects, checks that the cluster answers within
+    /// `connect_timeout` and returns the backend named `name`.
+    pub async fn connect(name: &str, config: &EtcdConfig) -> Result<Self> {
+        let options = connect_options(name, config)?;
+        let timeout = config.connect_timeout;
+        let endpoints = config.endpoints.join(", ");
+        let backend = async {
+            let client = Client::connect(&config.endpoints, Some(options)).await?;
+            let backend = Self {
+                name: name.to_string(),
+                client,
+                lock_prefix: format!("{}lock/", config.prefix),
+                evicted_prefix: format!("{}evicted/", config.prefix),
+            };
+            backend
+                .client
+                .clone()
+                .get(
+                    backend.lock_prefix.as_str(),
+                    Some(GetOptions::new().with_count_only()),
+                )
+                .await?;
+            Ok::<_, etcd_client::Error>(backend)
+        };
+        match tokio::time::timeout(timeout, backend).await {
+            Ok(Ok(backend)) => Ok(backend),
+            Ok(Err(e)) if is_auth_error(&e) => Err(BackendError::config(
+                name,
+                format!("etcd at {endpoints} refused the credentials: {e}"),
+            )),
+            Ok(Err(e)) if is_transient(&e) => Err(BackendError::unavailable(
+                name,
+                format!("cannot reach etcd at {endpoints}: {e}"),
+            )),
+            Ok(Err(e)) => Err(BackendError::config(
+                name,
+                format!("etcd at {endpoints}: {e}"),
+            )),
+            Err(_) => Err(BackendError::unavailable(
+                name,
+                format!("cannot reach etcd at {endpoints}: no answer within {timeout:?}"),
+            )),
+        }
+    }
+
+    fn lock_key(&self, resource: &str) -> String {
+        format!("{}{resource}", self.lock_prefix)
+    }
+
+    fn evicted_key(&self, resource: &str) -> String {
+        format!("{}{resource}", self.evicted_prefix)
+    }
+
+    fn engine_error(&self, e: etcd_client::Error) -> BackendError {
+        if is_transient(&e) || is_auth_error(&e) {
+            BackendError::unavailable(&self.name, e)
+        } else {
+            BackendError::internal(&self.name, e)
+        }
+    }
+
+    fn corrupt(&self, what: impl std::fmt::Display) -> BackendError {
+        BackendError::internal(&self.name, format!("corrupt record: {what}"))
+    }
+
+    /// The remaining TTL of `etcd_lease`, `None` when etcd no longer has it
+    /// (expired or revoked: its keys are gone or going).
+    async fn remaining(&self, etcd_lease: i64) -> Result<Option<Duration>> {
+        let ttl = self
+            .client
+            .clone()
+            .lease_time_to_live(etcd_lease, None)
+            .await
+            .map_err(|e| self.engine_error(e))?
+            .ttl();
+        Ok(u64::try_from(ttl).ok().map(Duration::from_secs))
+    }
+
+    /// Decodes a lock key's value and looks up its lease's remaining TTL;
+    /// `None` when the lease is gone.
+    async fn held(&self, resource: &str, kv: &KeyValue) -> Result<Option<Held>> {
+        let value: LockValue = serde_json::from_slice(kv.value())
+            .map_err(|e| self.corrupt(format!("lock of {resource:?}: {e}")))?;
+        let id = LeaseId::parse(&value.id)
+            .ok_or_else(|| self.corrupt(format!("lock of {resource:?}: bad id")))?;
+        if kv.lease() == 0 {
+            return Err(self.corrupt(format!("lock of {resource:?} has no etcd lease")));
+        }
+        let fence = u64::try_from(kv.create_revision())
+            .map_err(|_| self.corrupt(format!("lock of {resource:?}: bad create_revision")))?;
+        let Some(remaining) = self.remaining(kv.lease()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Held {
+            lease: Lease {
+                resource: resource.to_string(),
+                id,
+                principal: value.principal,
+                reason: value.reason,
+                acquired_at: UNIX_EPOCH + Duration::from_millis(value.acquired_at),
+                expires_at: SystemTime::now() + remaining,
+                fence,
+            },
+            etcd_lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        }))
+    }
+
+    /// Like [`Self::held`] for a key read from a range.
+    async fn held_key(&self, kv: &KeyValue) -> Result<Option<Held>> {
+        let resource = kv
+            .key()
+            .strip_prefix(self.lock_prefix.as_bytes())
+            .and_then(|r| std::str::from_utf8(r).ok())
+            .ok_or_else(|| self.corrupt("lock key is not UTF-8"))?;
+        self.held(resource, kv).await
+    }
+
+    /// The lock key of `resource` and its eviction record, read together.
+    async fn read(&self, resource: &str) -> Result<(Option<KeyValue>, Option<EvictionValue>)> {
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.lock_key(resource), None),
+            TxnOp::get(self.evicted_key(resource), None),
+        ]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        let mut gets = resp.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+            _ => None,
+        });
+        let lock = gets.next().flatten();
+        let evicted = match gets.next().flatten() {
+            Some(kv) => Some(
+                serde_json::from_slice::<EvictionValue>(kv.value())
+                    .map_err(|e| self.corrupt(format!("eviction of {resource:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok((lock, evicted))
+    }
+
+    /// The current lease of `resource`, with what transactions compare on.
+    async fn current_held(&self, resource: &str) -> Result<Option<Held>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.lock_key(resource), None)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        match resp.kvs().first() {
+            Some(kv) => self.held(resource, kv).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Revokes an etcd lease nobody needs any more. Failure is harmless: the
+    /// lease lapses by itself at its TTL and holds no key.
+    async fn discard(&self, etcd_lease: i64) {
+        if let Err(e) = self.client.clone().lease_revoke(etcd_lease).await {
+            tracing::debug!(backend = self.name.as_str(), error = %e, "revoking an unused etcd lease failed");
+        }
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<(i64, Duration)> {
+        // etcd TTLs are whole seconds; round up so a lease never ends early.
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
+        let granted = self
+            .client
+            .clone()
+            .lease_grant(secs, None)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        let ttl = u64::try_from(granted.ttl()).unwrap_or(0);
+        Ok((granted.id(), Duration::from_secs(ttl)))
+    }
+
+    /// The eviction record if it is about lease `id`.
+    fn eviction_of(evicted: Option<EvictionValue>, id: &LeaseId) -> Option<Eviction> {
+        evicted.filter(|e| e.id == id.expose()).map(|e| Eviction {
+            id: id.clone(),
+            actor: e.actor,
+            reason: e.reason,
+        })
+    }
+
+    async fn not_current(&self, resource: &str, id: &LeaseId) -> BackendError {
+        match self.read(resource).await {
+            Ok((_, evicted)) => BackendError::NotCurrent {
+                evicted: Self::eviction_of(evicted, id),
+            },
+            Err(e) => e,
+        }
+    }
+
+    fn contended(&self, what: &str, resource: &str) -> BackendError {
+        BackendError::unavailable(
+            &self.name,
+            format!("{what} of {resource:?} kept racing with other writers; try again"),
+        )
+    }
+}
+
+fn is_transient(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Aborted
+                | Code::ResourceExhausted
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn is_auth_error(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied)
+                // etcd reports a wrong password as InvalidArgument.
+                || status.message().contains("authentication failed")
+        }
+        _ => false,
+    }
+}
+
+/// The smallest key above every key that starts with `prefix` (etcd's
+/// "prefix end"); empty means "to the end of the keyspace".
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn millis_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Backend for EtcdBackend {
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
+        let key = self.lock_key(&req.resource);
+        for _ in 0..MAX_ROUNDS {
+            let (etcd_lease, granted_ttl) = self.grant(req.ttl).await?;
+            // Stored with millisecond precision; report what later reads see.
+            let acquired_at =
+                UNIX_EPOCH + Duration::from_millis(millis_since_epoch(SystemTime::now()));
+            let value = serde_json::to_vec(&LockValue {
+                id: req.id.expose().to_string(),
+                principal: req.principal.clone(),
+                reason: req.reason.clone(),
+                acquired_at: millis_since_epoch(acquired_at),
+            })
+            .map_err(|e| BackendError::internal(&self.name, e))?;
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value,
+                    Some(PutOptions::new().with_lease(etcd_lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let resp = match self.client.clone().txn(txn).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.discard(etcd_lease).await;
+                    return Err(self.engine_error(e));
+                }
+            };
+            if resp.succeeded() {
+                let revision = resp
+                    .header()
+                    .map(|h| h.revision())
+                    .and_then(|r| u64::try_from(r).ok())
+                    .ok_or_else(|| self.corrupt("transaction without revision"))?;
+                return Ok(Acquisition::Granted(Lease {
+                    resource: req.resource.clone(),
+                    id: req.id.clone(),
+                    principal: req.principal.clone(),
+                    reason: req.reason.clone(),
+                    acquired_at,
+                    expires_at: acquired_at + granted_ttl,
+                    // The put created the key at this revision.
+                    fence: revision,
+                }));
+            }
+            self.discard(etcd_lease).await;
+            let holder = resp.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            if let Some(kv) = holder
+                && let Some(held) = self.held(&req.resource, &kv).await?
+            {
+                return Ok(Acquisition::Held(held.lease));
+            }
+            // The holder vanished between the transaction and the lease
+            // lookup: the resource is free now, try again.
+        }
+        Err(self.contended("acquisition", &req.resource))
+    }
+
+    async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
+        let key = self.lock_key(resource);
+        for _ in 0..MAX_ROUNDS {
+            let Some(held) = self.current_held(resource).await? else {
+                return Ok(false);
+            };
+            if &held.lease.id != id {
+                return Ok(false);
+            }
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    held.mod_revision,
+                )])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            let resp = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(|e| self.engine_error(e))?;
+            if resp.succeeded() {
+                self.discard(held.etcd_lease).await;
+                return Ok(true);
+            }
+            // Renewed or replaced in between: look again.
+        }
+        Err(self.contended("release", resource))
+    }
+
+    async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
+        let key = self.lock_key(resource);
+        for _ in 0..MAX_ROUNDS {
+            let held = match self.current_held(resource).await? {
+                Some(held) if &held.lease.id == id => held,
+                _ => return Err(self.not_current(resource, id).await),
+            };
+            let (etcd_lease, granted_ttl) = self.grant(ttl).await?;
+            let renewed_at = SystemTime::now();
+            let value = serde_json::to_vec(&LockValue {
+                id: id.expose().to_string(),
+                principal: held.lease.principal.clone(),
+                reason: held.lease.reason.clone(),
+                acquired_at: millis_since_epoch(held.lease.acquired_at),
+            })
+            .map_err(|e| BackendError::internal(&self.name, e))?;
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, held.mod_revision),
+                    Compare::lease(key.as_str(), CompareOp::Equal, held.etcd_lease),
+                ])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value,
+                    Some(PutOptions::new().with_lease(etcd_lease)),
+                )]);
+            let resp = match self.client.clone().txn(txn).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.discard(etcd_lease).await;
+                    return Err(self.engine_error(e));
+                }
+            };
+            if resp.succeeded() {
+                // The key now lives on the new lease; the old one holds nothing.
+                self.discard(held.etcd_lease).await;
+                return Ok(Lease {
+                    expires_at: renewed_at + granted_ttl,
+                    ..held.lease
+                });
+            }
+            self.discard(etcd_lease).await;
+        }
+        Err(self.contended("renewal", resource))
+    }
+
+    async fn current(&self, resource: &str) -> Result<Option<Lease>> {
+        Ok(self.current_held(resource).await?.map(|held| held.lease))
+    }
+
+    async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {
+        let (lock, evicted) = self.read(resource).await?;
+        if let Some(kv) = lock
+            && let Some(held) = self.held(resource, &kv).await?
+            && &held.lease.id == id
+        {
+            return Ok(LeaseStatus::Current(held.lease));
+        }
+        Ok(LeaseStatus::NotCurrent {
+            evicted: Self::eviction_of(evicted, id),
+        })
+    }
+
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Lease>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut start: Vec<u8> = match after {
+            // The smallest key strictly after `after`.
+            Some(after) if after >= prefix => {
+                [self.lock_prefix.as_bytes(), after.as_bytes(), b"\0"].concat()
+            }
+            _ => [self.lock_prefix.as_bytes(), prefix.as_bytes()].concat(),
+        };
+        let end = prefix_end(&[self.lock_prefix.as_bytes(), prefix.as_bytes()].concat());
+        let batch = i64::try_from(limit).unwrap_or(i64::MAX).min(1_000);
+        let mut leases = Vec::new();
+        // Each round moves `start` past the keys it read or ends, so the
+        // loop ends; the daemon's call timeout bounds its time.
+        loop {
+            if start >= end {
+                return Ok(leases);
+            }
+            let resp = self
+                .client
+                .clone()
+                .get(
+                    start.clone(),
+                    Some(GetOptions::new().with_range(end.clone()).with_limit(batch)),
+                )
+                .await
+                .map_err(|e| self.engine_error(e))?;
+            let kvs = resp.kvs();
+            // A loop, not a closure, so the futures' borrows stay simple.
+            let mut lookups = Vec::with_capacity(kvs.len());
+            for kv in kvs {
+                lookups.push(self.held_key(kv));
+            }
+            let found: Vec<Option<Held>> = futures::stream::iter(lookups)
+                .buffered(LIST_CONCURRENCY)
+                .try_collect()
+                .await?;
+            for held in found.into_iter().flatten() {
+                if leases.len() == limit {
+                    return Ok(leases);
+                }
+                leases.push(held.lease);
+            }
+            match kvs.last() {
+                Some(last) if resp.more() && leases.len() < limit => {
+                    start = [last.key(), b"\0"].concat();
+                }
+                _ => return Ok(leases),
+            }
+        }
+    }
+
+    async fn force_release(
+        &self,
+        resource: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<Lease>> {
+        let key = self.lock_key(resource);
+        for _ in 0..MAX_ROUNDS {
+            let Some(held) = self.current_held(resource).await? else {
+                return Ok(None);
+            };
+            let record = serde_json::to_vec(&EvictionValue {
+                id: held.lease.id.expose().to_string(),
+                actor: actor.to_string(),
+                reason: reason.to_string(),
+            })
+            .map_err(|e| BackendError::internal(&self.name, e))?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    held.mod_revision,
+                )])
+                .and_then([
+                    TxnOp::put(self.evicted_key(resource), record, None),
+                    TxnOp::delete(key.as_str(), None),
+                ]);
+            let resp = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(|e| self.engine_error(e))?;
+            if resp.succeeded() {
+                self.discard(held.etcd_lease).await;
+                return Ok(Some(held.lease));
+            }
+        }
+        Err(self.contended("force-release", resource))
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.client
+            .clone()
+            .get(
+                self.lock_prefix.as_str(),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| self.engine_error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> std::result::Result<EtcdConfig, toml::de::Error> {
+        toml::from_str(&format!("endpoints = [\"http://127.0.0.1:2379\"]\n{extra}"))
+    }
+
+    fn refused(extra: &str) -> String {
+        let config = config(extra).expect("parse");
+        connect_options("t", &config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c = config("").expect("parse");
+        assert_eq!(c.prefix, "/stormlock/");
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert!(config("endpoint = \"x\"").is_err());
+        assert!(connect_options("t", &c).is_ok());
+    }
+
+    #[test]
+    fn bad_settings_name_their_key() {
+        assert!(refused("prefix = \"/no-slash\"").contains("prefix"));
+        assert!(refused("prefix = \"/a\\n/\"").contains("prefix"));
+        assert!(refused("username = \"u\"").contains("password"));
+        assert!(refused("ca_file = \"/ca.pem\"").contains("https://"));
+        let c: EtcdConfig = toml::from_str("endpoints = []").expect("parse");
+        assert!(
+            connect_options("t", &c)
+                .err()
+                .is_some_and(|e| e.to_string().contains("endpoints"))
+        );
+        let c: EtcdConfig = toml::from_str("endpoints = [\"127.0.0.1:2379\"]").expect("parse");
+        assert!(
+            connect_options("t", &c)
+                .err()
+                .is_some_and(|e| e.to_string().contains("http://"))
+        );
+        let c: EtcdConfig = toml::from_str("endpoints = [\"https://h:2379\"]").expect("parse");
+        assert!(
+            connect_options("t", &c)
+                .err()
+                .is_some_and(|e| e.to_string().contains("ca_file"))
+        );
+    }
+
+    #[test]
+    fn password_never_shows() {
+        let c = config("username = \"u\"\npassword = \"hunter2\"").expect("parse");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}

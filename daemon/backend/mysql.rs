@@ -1,0 +1,728 @@
+//! `type = "mysql"`: leases in one MySQL or MariaDB table, judged on the
+//! server's clock, through a pool of `mysql_async` connections.
+//!
+//! # Schema
+//!
+//! One row per resource ([`DDL`]), kept after its lease ends, like the
+//! PostgreSQL backend. Resource names are stored as raw UTF-8 bytes
+//! (`VARBINARY`), so that matching is exact (no trailing-space padding, no
+//! case folding) and order is byte order, which is the daemon's string order.
+//! Times are `DATETIME(6)` in UTC: every session sets `time_zone = '+00:00'`.
+//!
+//! Fences come from a one-row counter table beside the locks table, bumped
+//! with `UPDATE … SET v = LAST_INSERT_ID(v + 1)` in the granting transaction.
+//! MySQL has no sequences; the counter lives apart from the lease rows, so
+//! deleting old rows can never make a fence go back.
+//!
+//! # Calls
+//!
+//! Acquire, renew and force-release run one transaction each: the row is read
+//! with `SELECT … FOR UPDATE` along with `SYSDATE(6)` (the server's clock
+//! when the row lock is held, where `NOW()` would be the statement's start),
+//! judged by the same rules as every other backend, and written back. A
+//! missing row is first inserted as a free placeholder outside the
+//! transaction, so that contenders lock an existing row instead of a gap
+//! (gap locks make concurrent inserters deadlock). Release is one `UPDATE`;
+//! current, status and list are plain reads against `NOW(6)`.
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use mysql_async::prelude::{FromValue, Queryable};
+use mysql_async::{
+    Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, SslOpts, TxOpts, Value,
+};
+use serde::Deserialize;
+
+use super::sql::{self, MAX_ATTEMPTS, StoredRow, TableName, TlsMode};
+use super::{Backend, BackendError, Result};
+use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+
+/// The schema, as created on start when `create_table = true`. Operators
+/// without DDL rights run it themselves (replacing `stormlock_locks` with the
+/// configured table name throughout, in both table names) and set
+/// `create_table = false`; the daemon then needs `SELECT, INSERT, UPDATE` on
+/// both tables.
+pub const DDL: &str = r#"-- Raw UTF-8 resource names: exact matching, byte order, no padding.
+CREATE TABLE IF NOT EXISTS `stormlock_locks` (
+    resource       VARBINARY(512) NOT NULL PRIMARY KEY,
+    -- Set while a lease is granted; NULL once released or force-released.
+    lease_id       CHAR(32) CHARACTER SET ascii NULL,
+    principal      TEXT NULL,
+    reason         TEXT NULL,
+    acquired_at    DATETIME(6) NULL,
+    expires_at     DATETIME(6) NULL,
+    fence          BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    -- The last lease broken by an administrator, who and why.
+    evicted_id     CHAR(32) CHARACTER SET ascii NULL,
+    evicted_by     TEXT NULL,
+    evicted_reason TEXT NULL,
+    evicted_at     DATETIME(6) NULL
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+-- Fences for every resource of the table: one row, never deleted.
+CREATE TABLE IF NOT EXISTS `stormlock_locks_fence` (
+    id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    v  BIGINT UNSIGNED NOT NULL
+) ENGINE = InnoDB;
+INSERT IGNORE INTO `stormlock_locks_fence` (id, v) VALUES (1, 0);
+"#;
+
+/// `[backends.NAME]` with `type = "mysql"` (MySQL 8 or MariaDB 10.3+).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    /// `mysql://user:password@host:port/database`; `mysql_async` URL
+    /// parameters (`require_ssl`, `verify_ca`, …) are honoured unless `tls`
+    /// is set.
+    pub url: String,
+    /// The locks table in the URL's database: letters, digits and
+    /// underscores only. Default `stormlock_locks`; the fence counter table
+    /// is named after it with a `_fence` suffix.
+    #[serde(default = "sql::default_table")]
+    pub table: String,
+    /// Create both tables on start if they are missing (default true). With
+    /// false they must exist, created with [`DDL`].
+    #[serde(default = "sql::default_create_table")]
+    pub create_table: bool,
+    /// Most connections kept open to the server (default 8).
+    #[serde(default = "sql::default_pool_size")]
+    pub pool_size: usize,
+    /// Bound on opening a connection and on waiting for a free one
+    /// (default 2 s).
+    #[serde(
+        default = "sql::default_connect_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+    /// `disable`, `require` (encrypted, server not authenticated) or
+    /// `verify-full`. Unset: the URL's parameters decide (plain by default).
+    pub tls: Option<TlsMode>,
+    /// PEM file of the certificate authorities that sign the server's
+    /// certificate, for `tls = "verify-full"`; unset: the public web roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for MysqlConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password; configurations end up in logs.
+        f.debug_struct("MysqlConfig")
+            .field("url", &sql::redact_url(&self.url))
+            .field("table", &self.table)
+            .field("create_table", &self.create_table)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// Every column of a row, in [`StoredRow`] order.
+const COLUMNS: &str = "resource, lease_id, principal, reason, acquired_at, expires_at, fence, \
+                       evicted_id, evicted_by, evicted_reason";
+
+/// The statements of one table, rendered once with its validated name.
+struct Statements {
+    read: String,
+    lock: String,
+    placeholder: String,
+    bump: String,
+    grant: String,
+    renew: String,
+    force: String,
+    release: String,
+    list: String,
+}
+
+impl Statements {
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted('`');
+        let fence = table.fence().quoted('`');
+        Self {
+            read: format!("SELECT {COLUMNS}, NOW(6) FROM {t} WHERE resource = ?"),
+            lock: format!("SELECT {COLUMNS}, SYSDATE(6) FROM {t} WHERE resource = ? FOR UPDATE"),
+            placeholder: format!(
+                "INSERT INTO {t} (resource) VALUES (?) ON DUPLICATE KEY UPDATE resource = resource"
+            ),
+            bump: format!("UPDATE {fence} SET v = LAST_INSERT_ID(v + 1) WHERE id = 1"),
+            grant: format!(
+                "UPDATE {t} SET lease_id = ?, principal = ?, reason = ?, acquired_at = ?, \
+                 expires_at = ?, fence = ? WHERE resource = ?"
+            ),
+            renew: format!("UPDATE {t} SET expires_at = ? WHERE resource = ?"),
+            force: format!(
+                "UPDATE {t} SET lease_id = NULL, evicted_id = ?, evicted_by = ?, \
+                 evicted_reason = ?, evicted_at = ? WHERE resource = ?"
+            ),
+            release: format!(
+                "UPDATE {t} SET lease_id = NULL \
+                 WHERE resource = ? AND lease_id = ? AND expires_at > NOW(6)"
+            ),
+            list: format!(
+                "SELECT {COLUMNS} FROM {t} \
+                 WHERE resource >= ? AND LEFT(resource, ?) = ? AND (? IS NULL OR resource > ?) \
+                   AND lease_id IS NOT NULL AND expires_at > NOW(6) \
+                 ORDER BY resource LIMIT ?"
+            ),
+        }
+    }
+}
+
+/// Why one attempt of a call failed: engine errors are looked at again to
+/// decide on a retry; backend errors are final.
+enum Fail {
+    Engine(mysql_async::Error),
+    Backend(BackendError),
+}
+
+impl From<mysql_async::Error> for Fail {
+    fn from(e: mysql_async::Error) -> Self {
+        Self::Engine(e)
+    }
+}
+
+impl From<BackendError> for Fail {
+    fn from(e: BackendError) -> Self {
+        Self::Backend(e)
+    }
+}
+
+/// What one attempt of a call came to.
+enum Step<T> {
+    Done(T),
+    /// The row was missing and has been inserted: read it again.
+    Again,
+}
+
+type Attempt<T> = std::result::Result<Step<T>, Fail>;
+
+/// A pool of connections to one MySQL or MariaDB database and one locks
+/// table.
+pub struct MysqlBackend {
+    name: String,
+    pool: Pool,
+    connect_timeout: Duration,
+    sql: Statements,
+}
+
+impl MysqlBackend {
+    /// Validates `config`, connects, and creates or checks the schema. Fails
+    /// with [`BackendError::Config`] for invalid settings or a missing or
+    /// mismatched table, and [`BackendError::Unavailable`] when the server
+    /// cannot be reached within `connect_timeout`.
+    pub async fn connect(name: &str, config: &MysqlConfig) -> Result<Self> {
+        sql::check_common(
+            name,
+            config.pool_size,
+            config.connect_timeout,
+            config.tls,
+            config.ca_file.as_deref(),
+        )?;
+        let table = TableName::parse(name, &config.table, false)?;
+        if !config.url.starts_with("mysql://") {
+            return Err(BackendError::config(name, "url must start with mysql://"));
+        }
+        let opts = Opts::from_url(&config.url).map_err(|e| {
+            BackendError::config(
+                name,
+                format!("url is not a valid MySQL URL: {}", sql::describe(&e)),
+            )
+        })?;
+        let constraints = PoolConstraints::new(0, config.pool_size)
+            .ok_or_else(|| BackendError::config(name, "pool_size must be at least 1"))?;
+        let mut builder = OptsBuilder::from_opts(opts)
+            .pool_opts(
+                PoolOpts::new()
+                    .with_constraints(constraints)
+                    // Sessions change nothing but what `setup` sets, so the
+                    // round trips of a reset on every check-in buy nothing.
+                    .with_reset_connection(false),
+            )
+            // Affected rows count matched rows, so an update that happens to
+            // write the same values still reports the row.
+            .client_found_rows(true)
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            // UTC for NOW()/SYSDATE() and DATETIME; strict mode so that an
+            // oversized value fails instead of being silently truncated.
+            .setup(vec![
+                "SET time_zone = '+00:00', \
+                 sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+            ]);
+        if let Some(mode) = config.tls {
+            builder = builder.ssl_opts(ssl_opts(mode, config.ca_file.as_ref()));
+            if mode != TlsMode::Disable {
+                // mysql_async builds its rustls configuration with the
+                // process-wide default provider, which is ambiguous when more
+                // than one is linked. Installing fails harmlessly when a
+                // provider is already installed.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+        }
+        let backend = Self {
+            name: name.to_string(),
+            pool: Pool::new(builder),
+            connect_timeout: config.connect_timeout,
+            sql: Statements::new(&table),
+        };
+        backend.prepare_schema(&table, config.create_table).await?;
+        Ok(backend)
+    }
+
+    /// Creates the schema if allowed, then checks that the table has every
+    /// column and the fence counter its row, so that a mismatch shows at
+    /// start rather than at the first acquisition.
+    async fn prepare_schema(&self, table: &TableName, create: bool) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let shown = table.display();
+        let schema_error = |e: mysql_async::Error, doing: &str| match &e {
+            mysql_async::Error::Server(server) if server.state.starts_with("42") => {
+                BackendError::config(
+                    &self.name,
+                    format!(
+                        "table {shown:?}: {doing} failed: {}; create it with the documented \
+                         DDL or set create_table = true",
+                        server.message
+                    ),
+                )
+            }
+            _ => self.error(e),
+        };
+        if create {
+            let ddl = sql::render_ddl(DDL, table, '`');
+            conn.query_drop(ddl).await.map_err(|e| match &e {
+                mysql_async::Error::Server(server) if server.state.starts_with("42") => {
+                    BackendError::config(
+                        &self.name,
+                        format!(
+                            "cannot create table {shown:?}: {}; create it with the documented \
+                             DDL and set create_table = false",
+                            server.message
+                        ),
+                    )
+                }
+                _ => self.error(e),
+            })?;
+        }
+        let probe = format!("SELECT {COLUMNS} FROM {} LIMIT 0", table.quoted('`'));
+        conn.query_drop(probe)
+            .await
+            .map_err(|e| schema_error(e, "reading the table"))?;
+        let counter = format!("SELECT v FROM {} WHERE id = 1", table.fence().quoted('`'));
+        let found: Option<u64> = conn
+            .query_first(counter)
+            .await
+            .map_err(|e| schema_error(e, "reading the fence counter"))?;
+        if found.is_none() {
+            return Err(BackendError::config(
+                &self.name,
+                format!(
+                    "table {shown:?}: the fence counter {} has no row with id = 1; create it \
+                     with the documented DDL or set create_table = true",
+                    table.fence().display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn conn(&self) -> Result<Conn> {
+        match tokio::time::timeout(self.connect_timeout, self.pool.get_conn()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(BackendError::unavailable(
+                &self.name,
+                format!("no connection: {}", sql::describe(&e)),
+            )),
+            Err(_) => Err(BackendError::unavailable(
+                &self.name,
+                format!("no connection within {:?}", self.connect_timeout),
+            )),
+        }
+    }
+
+    /// Runs `attempt` until it is done, again after a deadlock or when it
+    /// asks to, a bounded number of times.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        for round in 1..=MAX_ATTEMPTS {
+            match attempt().await {
+                Ok(Step::Done(value)) => return Ok(value),
+                Ok(Step::Again) => {}
+                Err(Fail::Engine(e)) if is_retryable(&e) && round < MAX_ATTEMPTS => {
+                    sql::pause_before_retry(round).await;
+                }
+                Err(Fail::Engine(e)) => return Err(self.error(e)),
+                Err(Fail::Backend(e)) => return Err(e),
+            }
+        }
+        Err(BackendError::unavailable(
+            &self.name,
+            format!("{what} did not settle within {MAX_ATTEMPTS} attempts"),
+        ))
+    }
+
+    /// Maps an engine error: the connection or server going away is
+    /// [`BackendError::Unavailable`], anything the server refused is
+    /// [`BackendError::Internal`] (user input never reaches SQL text).
+    fn error(&self, e: mysql_async::Error) -> BackendError {
+        let message = sql::describe(&e);
+        match &e {
+            mysql_async::Error::Server(server) if !is_unavailable(server.code) => {
+                BackendError::internal(&self.name, message)
+            }
+            _ => BackendError::unavailable(&self.name, message),
+        }
+    }
+
+    fn stored(&self, row: &mut Row) -> Result<StoredRow> {
+        Ok(StoredRow {
+            resource: self.column(row, 0)?,
+            lease_id: self.column(row, 1)?,
+            principal: self.column(row, 2)?,
+            reason: self.column(row, 3)?,
+            acquired_at: self.time(row, 4)?,
+            expires_at: self.time(row, 5)?,
+            fence: self.column(row, 6)?,
+            evicted_id: self.column(row, 7)?,
+            evicted_by: self.column(row, 8)?,
+            evicted_reason: self.column(row, 9)?,
+        })
+    }
+
+    /// The row and the clock column that follows it.
+    fn stored_with_clock(&self, mut row: Row) -> Result<(StoredRow, SystemTime)> {
+        let stored = self.stored(&mut row)?;
+        let now = self
+            .time(&mut row, 10)?
+            .ok_or_else(|| BackendError::internal(&self.name, "server clock read as NULL"))?;
+        Ok((stored, now))
+    }
+
+    fn column<T: FromValue>(&self, row: &mut Row, index: usize) -> Result<T> {
+        match row.take_opt(index) {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(e)) => Err(BackendError::internal(
+                &self.name,
+                format!("unexpected value in column {index}: {e}"),
+            )),
+            None => Err(BackendError::internal(
+                &self.name,
+                format!("row has no column {index}"),
+            )),
+        }
+    }
+
+    fn time(&self, row: &mut Row, index: usize) -> Result<Option<SystemTime>> {
+        let value: Value = self.column(row, index)?;
+        from_datetime(value)
+            .map_err(|e| BackendError::internal(&self.name, format!("column {index}: {e}")))
+    }
+
+    fn datetime(&self, time: SystemTime) -> Result<Value> {
+        to_datetime(time).map_err(|e| BackendError::internal(&self.name, e))
+    }
+
+    /// The resource's row and the server's clock, read without locks.
+    async fn read(&self, resource: &str) -> Result<Option<(StoredRow, SystemTime)>> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = conn
+            .exec_first(&self.sql.read, (resource.as_bytes(),))
+            .await
+            .map_err(|e| self.error(e))?;
+        row.map(|row| self.stored_with_clock(row)).transpose()
+    }
+
+    /// Inserts a free row for `resource` unless one exists, so that the next
+    /// attempt can lock it.
+    async fn placeholder(&self, conn: &mut Conn, resource: &str) -> std::result::Result<(), Fail> {
+        conn.exec_drop(&self.sql.placeholder, (resource.as_bytes(),))
+            .await?;
+        Ok(())
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Attempt<Acquisition> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let row: Option<Row> = tx
+            .exec_first(&self.sql.lock, (req.resource.as_bytes(),))
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            self.placeholder(&mut conn, &req.resource).await?;
+            return Ok(Step::Again);
+        };
+        let (stored, now) = self.stored_with_clock(row)?;
+        if let Some(holder) = stored.record(&self.name)?.live(now) {
+            let holder = holder.clone();
+            tx.rollback().await?;
+            return Ok(Step::Done(Acquisition::Held(holder)));
+        }
+        let bumped = tx.exec_iter(&self.sql.bump, ()).await?;
+        let (counted, fence) = (bumped.affected_rows(), bumped.last_insert_id());
+        bumped.drop_result().await?;
+        let fence = match (counted, fence) {
+            (1, Some(fence)) => fence,
+            _ => {
+                return Err(BackendError::internal(
+                    &self.name,
+                    "the fence counter has no row with id = 1",
+                )
+                .into());
+            }
+        };
+        let ttl = Duration::from_micros(sql::ttl_micros(req.ttl).unsigned_abs());
+        let lease = Lease {
+            resource: req.resource.clone(),
+            id: req.id.clone(),
+            principal: req.principal.clone(),
+            reason: req.reason.clone(),
+            acquired_at: now,
+            expires_at: now + ttl,
+            fence,
+        };
+        tx.exec_drop(
+            &self.sql.grant,
+            (
+                lease.id.expose(),
+                &lease.principal,
+                &lease.reason,
+                self.datetime(lease.acquired_at)?,
+                self.datetime(lease.expires_at)?,
+                lease.fence,
+                lease.resource.as_bytes(),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Step::Done(Acquisition::Granted(lease)))
+    }
+
+    async fn try_renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Attempt<Lease> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let row: Option<Row> = tx
+            .exec_first(&self.sql.lock, (resource.as_bytes(),))
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Err(BackendError::NotCurrent { evicted: None }.into());
+        };
+        let (stored, now) = self.stored_with_clock(row)?;
+        let ttl = Duration::from_micros(sql::ttl_micros(ttl).unsigned_abs());
+        let renewed = match stored.record(&self.name)?.renew(id, ttl, now) {
+            Ok(lease) => lease,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e.into());
+            }
+        };
+        tx.exec_drop(
+            &self.sql.renew,
+            (self.datetime(renewed.expires_at)?, resource.as_bytes()),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Step::Done(renewed))
+    }
+
+    async fn try_force_release(
+        &self,
+        resource: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Attempt<Option<Lease>> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let row: Option<Row> = tx
+            .exec_first(&self.sql.lock, (resource.as_bytes(),))
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(Step::Done(None));
+        };
+        let (stored, now) = self.stored_with_clock(row)?;
+        let Some(broken) = stored.record(&self.name)?.force_release(actor, reason, now) else {
+            tx.rollback().await?;
+            return Ok(Step::Done(None));
+        };
+        tx.exec_drop(
+            &self.sql.force,
+            (
+                broken.id.expose(),
+                actor,
+                reason,
+                self.datetime(now)?,
+                resource.as_bytes(),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Step::Done(Some(broken)))
+    }
+}
+
+fn is_retryable(e: &mysql_async::Error) -> bool {
+    // 1213: deadlock; 1020: MariaDB's "record has changed since last read"
+    // under snapshot isolation.
+    matches!(e, mysql_async::Error::Server(server) if matches!(server.code, 1213 | 1020))
+}
+
+/// Server errors that mean "not now" rather than "never": too many
+/// connections, shutdown, lock wait timeout, killed connections, and a
+/// read-only server (a replica after failover).
+fn is_unavailable(code: u16) -> bool {
+    matches!(code, 1040 | 1053 | 1205 | 1290 | 1792 | 1836 | 1927 | 4031)
+}
+
+fn ssl_opts(mode: TlsMode, ca_file: Option<&PathBuf>) -> Option<SslOpts> {
+    match mode {
+        TlsMode::Disable => None,
+        TlsMode::Require => Some(
+            SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+        ),
+        TlsMode::VerifyFull => Some(match ca_file {
+            Some(path) => SslOpts::default()
+                .with_root_certs(vec![path.clone().into()])
+                .with_disable_built_in_roots(true),
+            None => SslOpts::default(),
+        }),
+    }
+}
+
+/// A `DATETIME(6)` value (UTC) as a point in time.
+fn from_datetime(value: Value) -> std::result::Result<Option<SystemTime>, String> {
+    match value {
+        Value::NULL => Ok(None),
+        Value::Date(year, month, day, hour, minute, second, micros) => {
+            let month = time::Month::try_from(month).map_err(|e| e.to_string())?;
+            let date = time::Date::from_calendar_date(i32::from(year), month, day)
+                .map_err(|e| e.to_string())?;
+            let time = time::Time::from_hms_micro(hour, minute, second, micros)
+                .map_err(|e| e.to_string())?;
+            Ok(Some(
+                time::PrimitiveDateTime::new(date, time).assume_utc().into(),
+            ))
+        }
+        other => Err(format!("expected a DATETIME, got {other:?}")),
+    }
+}
+
+/// A point in time as a `DATETIME(6)` value (UTC).
+fn to_datetime(time: SystemTime) -> std::result::Result<Value, String> {
+    let utc = time::OffsetDateTime::from(time);
+    let year =
+        u16::try_from(utc.year()).map_err(|_| format!("year {} out of range", utc.year()))?;
+    Ok(Value::Date(
+        year,
+        u8::from(utc.month()),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second(),
+        utc.microsecond(),
+    ))
+}
+
+#[async_trait]
+impl Backend for MysqlBackend {
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
+        self.retrying("acquire", || self.try_acquire(req)).await
+    }
+
+    async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(&self.sql.release, (resource.as_bytes(), id.expose()))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(conn.affected_rows() > 0)
+    }
+
+    async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
+        self.retrying("renew", || self.try_renew(resource, id, ttl))
+            .await
+    }
+
+    async fn current(&self, resource: &str) -> Result<Option<Lease>> {
+        Ok(match self.read(resource).await? {
+            Some((row, now)) => row.record(&self.name)?.live(now).cloned(),
+            None => None,
+        })
+    }
+
+    async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {
+        Ok(match self.read(resource).await? {
+            Some((row, now)) => row.record(&self.name)?.status(id, now),
+            None => LeaseStatus::NotCurrent { evicted: None },
+        })
+    }
+
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Lease>> {
+        let mut conn = self.conn().await?;
+        let after = after.map(str::as_bytes);
+        let rows: Vec<Row> = conn
+            .exec(
+                &self.sql.list,
+                (
+                    prefix.as_bytes(),
+                    prefix.len() as u64,
+                    prefix.as_bytes(),
+                    after,
+                    after,
+                    sql::limit(limit),
+                ),
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.into_iter()
+            .map(|mut row| {
+                self.stored(&mut row)?.lease(&self.name)?.ok_or_else(|| {
+                    BackendError::internal(&self.name, "listed a row without a lease")
+                })
+            })
+            .collect()
+    }
+
+    async fn force_release(
+        &self,
+        resource: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<Lease>> {
+        self.retrying("force-release", || {
+            self.try_force_release(resource, actor, reason)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        conn.query_drop("SELECT 1").await.map_err(|e| self.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetimes_round_trip_to_the_microsecond() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_164_237_123_456);
+        let value = to_datetime(t).map_err(|e| e.to_string());
+        assert_eq!(
+            value,
+            Ok(Value::Date(2025, 11, 26, 13, 37, 17, 123_456)),
+            "UTC calendar fields"
+        );
+        let back = value.and_then(|v| from_datetime(v));
+        assert_eq!(back, Ok(Some(t)));
+        assert_eq!(from_datetime(Value::NULL), Ok(None));
+        assert!(from_datetime(Value::Int(3)).is_err());
+    }
+}

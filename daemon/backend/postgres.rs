@@ -1,0 +1,604 @@
+//! `type = "postgres"`: leases in one PostgreSQL table, judged on the
+//! server's clock (`now()`), through a pool of `tokio-postgres` connections.
+//!
+//! # Schema
+//!
+//! One row per resource ([`DDL`]), kept after its lease ends: it holds the
+//! last eviction record, and `lease_id` is set only while a lease is granted.
+//! A lease is live when `lease_id IS NOT NULL AND expires_at > now()`.
+//! Fences come from a sequence beside the table, drawn while the row is
+//! locked, so they increase per resource across releases, expiries,
+//! force-releases, restarts and deleted rows alike.
+//!
+//! # Calls
+//!
+//! Every call is one or two single statements in autocommit mode, each atomic
+//! on its own under READ COMMITTED:
+//!
+//! - acquire: `UPDATE … WHERE` the row is free `RETURNING` the new lease
+//!   (`nextval` is evaluated on the locked, latest row version). When nothing
+//!   was updated, one statement inserts a free placeholder row if none exists
+//!   and returns the live holder; an empty answer (new row, or the holder left
+//!   in between) means: try the update again.
+//! - release / renew / force-release: one `UPDATE … WHERE` the lease is
+//!   current, reporting through `RETURNING` whether it was.
+//! - current / status: the row and the server's `now()`, judged by the same
+//!   rules as every other backend; list: a range scan in byte order
+//!   (`COLLATE "C"`) with a literal prefix test (`starts_with`, no `LIKE`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, Pool, Runtime};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::Deserialize;
+use tokio_postgres::Row;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::sql::{self, MAX_ATTEMPTS, StoredRow, TableName, TlsMode};
+use super::{Backend, BackendError, Result};
+use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+
+/// The schema, as created on start when `create_table = true`. Operators
+/// without DDL rights run it themselves (replacing `stormlock_locks` with the
+/// configured table name throughout) and set `create_table = false`; the
+/// daemon then needs `SELECT, INSERT, UPDATE` on the table and `USAGE` on the
+/// sequence.
+pub const DDL: &str = r#"-- Fences for every resource of the table. A sequence, not a column, so that
+-- deleting old rows can never make a fence go back.
+CREATE SEQUENCE IF NOT EXISTS "stormlock_locks_fence" AS BIGINT;
+CREATE TABLE IF NOT EXISTS "stormlock_locks" (
+    -- Byte-order collation: listing order equals the daemon's string order.
+    resource       TEXT COLLATE "C" PRIMARY KEY,
+    -- Set while a lease is granted; NULL once released or force-released.
+    lease_id       TEXT,
+    principal      TEXT,
+    reason         TEXT,
+    acquired_at    TIMESTAMPTZ,
+    expires_at     TIMESTAMPTZ,
+    fence          BIGINT NOT NULL DEFAULT 0,
+    -- The last lease broken by an administrator, who and why.
+    evicted_id     TEXT,
+    evicted_by     TEXT,
+    evicted_reason TEXT,
+    evicted_at     TIMESTAMPTZ
+);
+"#;
+
+/// `[backends.NAME]` with `type = "postgres"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`; libpq-style query
+    /// parameters such as `sslmode` and `options` are honoured.
+    pub url: String,
+    /// The locks table, `table` or `schema.table`: letters, digits and
+    /// underscores only. Default `stormlock_locks`; the fence sequence is
+    /// named after it with a `_fence` suffix.
+    #[serde(default = "sql::default_table")]
+    pub table: String,
+    /// Create the table and sequence on start if they are missing (default
+    /// true). With false they must exist, created with [`DDL`].
+    #[serde(default = "sql::default_create_table")]
+    pub create_table: bool,
+    /// Most connections kept open to the server (default 8).
+    #[serde(default = "sql::default_pool_size")]
+    pub pool_size: usize,
+    /// Bound on opening a connection and on waiting for a free one
+    /// (default 2 s).
+    #[serde(
+        default = "sql::default_connect_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+    /// `disable`, `require` (encrypted, server not authenticated) or
+    /// `verify-full`. Unset: the URL's `sslmode` decides (libpq's default,
+    /// `prefer`, when absent).
+    pub tls: Option<TlsMode>,
+    /// PEM file of the certificate authorities that sign the server's
+    /// certificate, for `tls = "verify-full"`; unset: the public web roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password; configurations end up in logs.
+        f.debug_struct("PostgresConfig")
+            .field("url", &sql::redact_url(&self.url))
+            .field("table", &self.table)
+            .field("create_table", &self.create_table)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// Every column of a row, in [`StoredRow`] order.
+const COLUMNS: &str = "resource, lease_id, principal, reason, acquired_at, expires_at, fence, \
+                       evicted_id, evicted_by, evicted_reason";
+
+/// The statements of one table, rendered once with its validated name.
+struct Statements {
+    grant: String,
+    hold: String,
+    release: String,
+    renew: String,
+    read: String,
+    list: String,
+    force: String,
+}
+
+impl Statements {
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted('"');
+        // The sequence's name travels as a regclass literal; it is validated
+        // and quoted, so it cannot contain a single quote.
+        let fence = format!("nextval('{}')", table.fence().quoted('"'));
+        let live = "lease_id IS NOT NULL AND expires_at > now()";
+        let ttl = "$5::bigint * interval '1 microsecond'";
+        Self {
+            grant: format!(
+                "UPDATE {t} SET lease_id = $2, principal = $3, reason = $4, acquired_at = now(), \
+                 expires_at = now() + {ttl}, fence = {fence} \
+                 WHERE resource = $1 AND (lease_id IS NULL OR expires_at <= now()) \
+                 RETURNING {COLUMNS}"
+            ),
+            hold: format!(
+                "WITH placeholder AS (\
+                   INSERT INTO {t} (resource) VALUES ($1) ON CONFLICT (resource) DO NOTHING) \
+                 SELECT {COLUMNS} FROM {t} WHERE resource = $1 AND {live}"
+            ),
+            release: format!(
+                "UPDATE {t} SET lease_id = NULL \
+                 WHERE resource = $1 AND lease_id = $2 AND expires_at > now() RETURNING fence"
+            ),
+            renew: format!(
+                "UPDATE {t} SET expires_at = now() + {} \
+                 WHERE resource = $1 AND lease_id = $2 AND expires_at > now() \
+                 RETURNING {COLUMNS}",
+                ttl.replace("$5", "$3")
+            ),
+            read: format!("SELECT {COLUMNS}, now() FROM {t} WHERE resource = $1"),
+            list: format!(
+                "SELECT {COLUMNS} FROM {t} \
+                 WHERE resource COLLATE \"C\" >= $1 AND starts_with(resource, $1) \
+                   AND ($2::text IS NULL OR resource COLLATE \"C\" > $2) AND {live} \
+                 ORDER BY resource COLLATE \"C\" LIMIT $3"
+            ),
+            // RETURNING shows the new row, where evicted_id is the old
+            // lease_id; the lease's other columns are left as they were.
+            force: format!(
+                "UPDATE {t} SET lease_id = NULL, evicted_id = lease_id, evicted_by = $2, \
+                   evicted_reason = $3, evicted_at = now() \
+                 WHERE resource = $1 AND {live} \
+                 RETURNING resource, evicted_id, principal, reason, acquired_at, expires_at, \
+                   fence, evicted_id, evicted_by, evicted_reason"
+            ),
+        }
+    }
+}
+
+/// A pool of connections to one PostgreSQL database and one locks table.
+pub struct PostgresBackend {
+    name: String,
+    pool: Pool,
+    sql: Statements,
+}
+
+impl PostgresBackend {
+    /// Validates `config`, connects, and creates or checks the schema. Fails
+    /// with [`BackendError::Config`] for invalid settings or a missing or
+    /// mismatched table, and [`BackendError::Unavailable`] when the server
+    /// cannot be reached within `connect_timeout`.
+    pub async fn connect(name: &str, config: &PostgresConfig) -> Result<Self> {
+        sql::check_common(
+            name,
+            config.pool_size,
+            config.connect_timeout,
+            config.tls,
+            config.ca_file.as_deref(),
+        )?;
+        let table = TableName::parse(name, &config.table, true)?;
+        if !["postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| config.url.starts_with(scheme))
+        {
+            return Err(BackendError::config(
+                name,
+                "url must start with postgres:// or postgresql://",
+            ));
+        }
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
+            BackendError::config(
+                name,
+                format!("url is not a valid PostgreSQL URL: {}", sql::describe(&e)),
+            )
+        })?;
+        pg.connect_timeout(config.connect_timeout);
+        // Notices a peer that vanished without closing the connection.
+        pg.keepalives_idle(Duration::from_secs(30));
+        if pg.get_application_name().is_none() {
+            pg.application_name("stormlockd");
+        }
+        match config.tls {
+            Some(TlsMode::Disable) => pg.ssl_mode(SslMode::Disable),
+            Some(TlsMode::Require | TlsMode::VerifyFull) => pg.ssl_mode(SslMode::Require),
+            None => &mut pg,
+        };
+        let tls = tls_connector(name, config)?;
+        let pool = Pool::builder(Manager::new(pg, tls))
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| BackendError::config(name, format!("connection pool: {e}")))?;
+        let backend = Self {
+            name: name.to_string(),
+            pool,
+            sql: Statements::new(&table),
+        };
+        backend.prepare_schema(&table, config.create_table).await?;
+        Ok(backend)
+    }
+
+    /// Creates the schema if allowed, then checks that the table has every
+    /// column and the sequence exists, so that a mismatch shows at start
+    /// rather than at the first acquisition.
+    async fn prepare_schema(&self, table: &TableName, create: bool) -> Result<()> {
+        let mut client = self.client().await?;
+        let shown = table.display();
+        let schema_error = |e: tokio_postgres::Error, doing: &str| match e.code() {
+            Some(code) if code.code().starts_with("42") => BackendError::config(
+                &self.name,
+                format!(
+                    "table {shown:?}: {doing} failed: {}; create it with the documented DDL \
+                     or set create_table = true",
+                    sql::describe(&e)
+                ),
+            ),
+            _ => self.error(e),
+        };
+        if create {
+            let ddl = sql::render_ddl(DDL, table, '"');
+            let created = async {
+                let tx = client.transaction().await?;
+                // Daemons starting together would otherwise race on creating
+                // the same table (a unique violation in the catalog).
+                let key = format!("stormlock schema {shown}");
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
+                    .await?;
+                tx.batch_execute(&ddl).await?;
+                tx.commit().await
+            }
+            .await;
+            created.map_err(|e| match e.code() {
+                Some(code) if code.code().starts_with("42") => BackendError::config(
+                    &self.name,
+                    format!(
+                        "cannot create table {shown:?}: {}; create it with the documented DDL \
+                         and set create_table = false",
+                        sql::describe(&e)
+                    ),
+                ),
+                _ => self.error(e),
+            })?;
+        }
+        let probe = format!("SELECT {COLUMNS} FROM {} LIMIT 0", table.quoted('"'));
+        client
+            .query(&probe, &[])
+            .await
+            .map_err(|e| schema_error(e, "reading the table"))?;
+        let sequence = table.fence().quoted('"');
+        let found: Option<String> = client
+            .query_one("SELECT to_regclass($1)::text", &[&sequence])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| schema_error(e, "looking up the fence sequence"))?;
+        if found.is_none() {
+            return Err(BackendError::config(
+                &self.name,
+                format!(
+                    "table {shown:?}: the fence sequence {sequence} does not exist; create it \
+                     with the documented DDL or set create_table = true"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| {
+            BackendError::unavailable(&self.name, format!("no connection: {}", sql::describe(&e)))
+        })
+    }
+
+    /// Runs one statement, again after a deadlock or serialization failure.
+    async fn query(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let mut attempt = 0;
+        loop {
+            let client = self.client().await?;
+            let result = async {
+                let prepared = client.prepare_cached(statement).await?;
+                client.query(&prepared, params).await
+            }
+            .await;
+            match result {
+                Ok(rows) => return Ok(rows),
+                Err(e) if is_retryable(&e) && attempt + 1 < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    sql::pause_before_retry(attempt).await;
+                }
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+    }
+
+    /// Maps an error of a statement: the connection or server going away is
+    /// [`BackendError::Unavailable`], anything the server refused is
+    /// [`BackendError::Internal`] (user input never reaches SQL text).
+    fn error(&self, e: tokio_postgres::Error) -> BackendError {
+        let message = sql::describe(&e);
+        match e.code() {
+            Some(code) if !is_unavailable(code) => BackendError::internal(&self.name, message),
+            _ => BackendError::unavailable(&self.name, message),
+        }
+    }
+
+    fn stored(&self, row: &Row) -> Result<StoredRow> {
+        let unexpected = |e: tokio_postgres::Error| {
+            BackendError::internal(
+                &self.name,
+                format!("unexpected row shape: {}", sql::describe(&e)),
+            )
+        };
+        let fence: i64 = row.try_get(6).map_err(unexpected)?;
+        Ok(StoredRow {
+            resource: row.try_get(0).map_err(unexpected)?,
+            lease_id: row.try_get(1).map_err(unexpected)?,
+            principal: row.try_get(2).map_err(unexpected)?,
+            reason: row.try_get(3).map_err(unexpected)?,
+            acquired_at: row.try_get(4).map_err(unexpected)?,
+            expires_at: row.try_get(5).map_err(unexpected)?,
+            fence: u64::try_from(fence).map_err(|_| {
+                BackendError::internal(&self.name, format!("negative fence {fence}"))
+            })?,
+            evicted_id: row.try_get(7).map_err(unexpected)?,
+            evicted_by: row.try_get(8).map_err(unexpected)?,
+            evicted_reason: row.try_get(9).map_err(unexpected)?,
+        })
+    }
+
+    /// The lease a statement's `RETURNING` row describes.
+    fn lease(&self, row: &Row) -> Result<Lease> {
+        self.stored(row)?.lease(&self.name)?.ok_or_else(|| {
+            BackendError::internal(&self.name, "statement returned a row without a lease")
+        })
+    }
+
+    /// The resource's row and the server's clock, when the row exists.
+    async fn read(&self, resource: &str) -> Result<Option<(StoredRow, SystemTime)>> {
+        let rows = self.query(&self.sql.read, &[&resource]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let now: SystemTime = row.try_get(10).map_err(|e| {
+            BackendError::internal(&self.name, format!("server clock: {}", sql::describe(&e)))
+        })?;
+        Ok(Some((self.stored(row)?, now)))
+    }
+}
+
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|code| {
+        *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+/// Server errors that mean "not now" rather than "never": connection
+/// problems, shutdowns, too many clients, and a server that has just become
+/// a read-only standby.
+fn is_unavailable(code: &SqlState) -> bool {
+    code.code().starts_with("08")
+        || code.code().starts_with("57P")
+        || code.code().starts_with("53")
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
+        let ttl = sql::ttl_micros(req.ttl);
+        for _ in 0..MAX_ATTEMPTS {
+            let granted = self
+                .query(
+                    &self.sql.grant,
+                    &[
+                        &req.resource,
+                        &req.id.expose(),
+                        &req.principal,
+                        &req.reason,
+                        &ttl,
+                    ],
+                )
+                .await?;
+            if let Some(row) = granted.first() {
+                return Ok(Acquisition::Granted(self.lease(row)?));
+            }
+            let holder = self.query(&self.sql.hold, &[&req.resource]).await?;
+            if let Some(row) = holder.first() {
+                return Ok(Acquisition::Held(self.lease(row)?));
+            }
+        }
+        Err(BackendError::unavailable(
+            &self.name,
+            format!(
+                "{:?} changed hands too often to settle within {MAX_ATTEMPTS} attempts",
+                req.resource
+            ),
+        ))
+    }
+
+    async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
+        let rows = self
+            .query(&self.sql.release, &[&resource, &id.expose()])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
+        let ttl = sql::ttl_micros(ttl);
+        let rows = self
+            .query(&self.sql.renew, &[&resource, &id.expose(), &ttl])
+            .await?;
+        if let Some(row) = rows.first() {
+            return self.lease(row);
+        }
+        let evicted = match self.read(resource).await? {
+            Some((row, _)) => row.record(&self.name)?.evicted.filter(|e| &e.id == id),
+            None => None,
+        };
+        Err(BackendError::NotCurrent { evicted })
+    }
+
+    async fn current(&self, resource: &str) -> Result<Option<Lease>> {
+        Ok(match self.read(resource).await? {
+            Some((row, now)) => row.record(&self.name)?.live(now).cloned(),
+            None => None,
+        })
+    }
+
+    async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {
+        Ok(match self.read(resource).await? {
+            Some((row, now)) => row.record(&self.name)?.status(id, now),
+            None => LeaseStatus::NotCurrent { evicted: None },
+        })
+    }
+
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Lease>> {
+        let rows = self
+            .query(&self.sql.list, &[&prefix, &after, &sql::limit(limit)])
+            .await?;
+        rows.iter().map(|row| self.lease(row)).collect()
+    }
+
+    async fn force_release(
+        &self,
+        resource: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Option<Lease>> {
+        let rows = self
+            .query(&self.sql.force, &[&resource, &actor, &reason])
+            .await?;
+        rows.first().map(|row| self.lease(row)).transpose()
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.query("SELECT 1", &[]).await.map(drop)
+    }
+}
+
+/// The TLS connector for the configured mode. It is only used when the
+/// connection's `sslmode` asks for TLS.
+fn tls_connector(name: &str, config: &PostgresConfig) -> Result<MakeRustlsConnect> {
+    // Explicit provider: the process may link more than one rustls backend,
+    // and then there is no unambiguous default.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BackendError::internal(name, format!("TLS setup: {e}")))?;
+    let client = match config.tls {
+        Some(TlsMode::VerifyFull) => builder
+            .with_root_certificates(roots(name, config.ca_file.as_deref())?)
+            .with_no_client_auth(),
+        // `require`, or `sslmode=prefer|require` in the URL: encrypted but
+        // unauthenticated, as libpq does without a root certificate.
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(MakeRustlsConnect::new(client))
+}
+
+fn roots(name: &str, ca_file: Option<&std::path::Path>) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    let Some(path) = ca_file else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(roots);
+    };
+    let refuse =
+        |why: String| BackendError::config(name, format!("ca_file {}: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| refuse(e.to_string()))?;
+    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+        let cert = cert.map_err(|e| refuse(e.to_string()))?;
+        roots.add(cert).map_err(|e| refuse(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(refuse("no PEM certificate found".to_string()));
+    }
+    Ok(roots)
+}
+
+/// Accepts any server certificate but still checks the handshake signatures:
+/// `require` mode, which encrypts without authenticating the server.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

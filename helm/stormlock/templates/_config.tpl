@@ -1,0 +1,112 @@
+{{/*
+stormlockd's config.toml, rendered from .Values.config, .Values.backends and
+.Values.tls. Keys are the daemon's (snake_case); secrets appear only as
+${ENV_VAR} references that the daemon expands from the pod's environment.
+*/}}
+{{- define "stormlock.config" -}}
+{{- $ports := .Values.containerPorts -}}
+{{- $bind := .Values.bindAddress -}}
+# stormlockd configuration, rendered by the {{ include "stormlock.chart" . }} Helm chart from its values.
+listen = {{ printf "%s:%d" $bind (int $ports.grpc) | include "stormlock.tomlString" }}
+metrics_listen = {{ printf "%s:%d" $bind (int $ports.metrics) | include "stormlock.tomlString" }}
+health_listen = {{ printf "%s:%d" $bind (int $ports.health) | include "stormlock.tomlString" }}
+data_dir = "/var/lib/stormlock"
+{{- if not .Values.tls.dangerouslyDisableTLS }}
+
+[tls]
+cert = "/etc/stormlock/tls/tls.crt"
+key = "/etc/stormlock/tls/tls.key"
+{{- if .Values.tls.clientAuth.enabled }}
+client_ca = {{ printf "/etc/stormlock/client-ca/%s" .Values.tls.clientAuth.caKey | include "stormlock.tomlString" }}
+{{- end }}
+{{- end }}
+
+[auth]
+admins = {{ .Values.config.auth.admins | default list | toJson }}
+
+[defaults]
+{{- with .Values.config.defaults }}
+ttl = {{ include "stormlock.tomlString" .ttl }}
+max_ttl = {{ include "stormlock.tomlString" .maxTtl }}
+backend = {{ include "stormlock.tomlString" .backend }}
+backend_timeout = {{ include "stormlock.tomlString" .backendTimeout }}
+{{- end }}
+{{- range $name, $b := .Values.backends }}
+
+[backends.{{ $name }}]
+type = {{ include "stormlock.tomlString" $b.type }}
+{{- if eq $b.type "embedded" }}
+path = {{ $b.path | default "locks.redb" | include "stormlock.tomlString" }}
+{{- else if has $b.type (list "redis" "postgres" "mysql") }}
+{{- if $b.urlSecret }}
+url = {{ printf "${%s}" (include "stormlock.backendEnv" (list $name "URL")) | include "stormlock.tomlString" }}
+{{- else }}
+url = {{ include "stormlock.tomlString" $b.url }}
+{{- end }}
+{{- if eq $b.type "redis" }}
+{{- if hasKey $b "prefix" }}
+prefix = {{ include "stormlock.tomlString" $b.prefix }}
+{{- end }}
+{{- else }}
+{{- if $b.table }}
+table = {{ include "stormlock.tomlString" $b.table }}
+{{- end }}
+{{- if hasKey $b "createTable" }}
+create_table = {{ $b.createTable }}
+{{- end }}
+{{- if $b.poolSize }}
+pool_size = {{ int $b.poolSize }}
+{{- end }}
+{{- end }}
+{{- else if eq $b.type "etcd" }}
+endpoints = {{ toJson $b.endpoints }}
+{{- if $b.username }}
+username = {{ include "stormlock.tomlString" $b.username }}
+{{- end }}
+{{- if $b.passwordSecret }}
+password = {{ printf "${%s}" (include "stormlock.backendEnv" (list $name "PASSWORD")) | include "stormlock.tomlString" }}
+{{- end }}
+{{- with $b.tls }}
+{{- if (hasKey . "ca" | ternary .ca true) }}
+ca_file = "/etc/stormlock/backends/{{ $name }}/ca.crt"
+{{- end }}
+{{- if .clientCert }}
+cert_file = "/etc/stormlock/backends/{{ $name }}/tls.crt"
+key_file = "/etc/stormlock/backends/{{ $name }}/tls.key"
+{{- end }}
+{{- end }}
+{{- if hasKey $b "prefix" }}
+prefix = {{ include "stormlock.tomlString" $b.prefix }}
+{{- end }}
+{{- else if eq $b.type "dynamodb" }}
+table = {{ include "stormlock.tomlString" $b.table }}
+{{- if $b.region }}
+region = {{ include "stormlock.tomlString" $b.region }}
+{{- end }}
+{{- if $b.endpoint }}
+endpoint = {{ include "stormlock.tomlString" $b.endpoint }}
+{{- end }}
+{{- if hasKey $b "createTable" }}
+create_table = {{ $b.createTable }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range .Values.config.resources }}
+
+[[resources]]
+match = {{ include "stormlock.tomlString" .match }}
+{{- if .backend }}
+backend = {{ include "stormlock.tomlString" .backend }}
+{{- end }}
+{{- if .ttl }}
+ttl = {{ include "stormlock.tomlString" .ttl }}
+{{- end }}
+{{- if .maxTtl }}
+max_ttl = {{ include "stormlock.tomlString" .maxTtl }}
+{{- end }}
+{{- end }}
+{{- with .Values.config.extraToml }}
+
+{{ . }}
+{{- end }}
+{{ end }}

@@ -1,0 +1,294 @@
+//! Backends when their engine fails: stopped, restarted, frozen, or not
+//! there at start. Each test has an engine of its own (`PrivateEngine`).
+//!
+//! The contract: through [`WithTimeout`] every call fails with
+//! `Unavailable` within the configured bound (never hangs), and once the
+//! engine is back, calls succeed again without any intervention.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stormlock::backend::{Backend, BackendError, WithTimeout};
+use stormlock::lease::Acquisition;
+
+use crate::conformance::request;
+
+/// The per-call bound the tests configure.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Slack on top of the bound for scheduling on a loaded machine.
+const SLACK: Duration = Duration::from_millis(1_500);
+/// How soon a backend must work again once its engine is back.
+const RECOVERY: Duration = Duration::from_secs(5);
+
+fn bounded(inner: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    Arc::new(WithTimeout::new("test", inner, CALL_TIMEOUT))
+}
+
+/// Every kind of call fails with `Unavailable`, each within the bound.
+async fn assert_unavailable(backend: &dyn Backend, resource: &str) {
+    let req = request(resource, "alice", 60);
+    let calls: [(
+        &str,
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + '_>>,
+    ); 4] = [
+        ("health", Box::pin(backend.health())),
+        (
+            "acquire",
+            Box::pin(async { backend.acquire(&req).await.map(|_| ()) }),
+        ),
+        (
+            "current",
+            Box::pin(async { backend.current(resource).await.map(|_| ()) }),
+        ),
+        (
+            "list",
+            Box::pin(async { backend.list("", None, 10).await.map(|_| ()) }),
+        ),
+    ];
+    for (what, call) in calls {
+        let started = Instant::now();
+        let result = call.await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(result, Err(BackendError::Unavailable { .. })),
+            "{what} while the engine is down: {result:?}"
+        );
+        assert!(elapsed < CALL_TIMEOUT + SLACK, "{what} took {elapsed:?}");
+    }
+}
+
+/// Waits (bounded) until the backend grants a fresh lease again.
+async fn assert_recovers(backend: &dyn Backend, resource: &str) {
+    let started = Instant::now();
+    let mut last = None;
+    for _ in 0..100 {
+        if started.elapsed() > RECOVERY {
+            break;
+        }
+        match backend.acquire(&request(resource, "alice", 60)).await {
+            Ok(Acquisition::Granted(_)) => {
+                backend.health().await.expect("healthy after recovery");
+                return;
+            }
+            other => last = Some(other),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no recovery within {RECOVERY:?}: last answer {last:?}");
+}
+
+/// A port on loopback where nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Connecting to an engine that is not there fails fast with a clear error.
+async fn assert_connect_fails<T>(
+    connect: impl std::future::Future<Output = Result<T, BackendError>>,
+    connect_timeout: Duration,
+) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(connect_timeout + Duration::from_secs(10), connect)
+        .await
+        .expect("connect must not hang");
+    let elapsed = started.elapsed();
+    match result {
+        Err(BackendError::Unavailable { message, .. }) => {
+            assert!(
+                message.contains("127.0.0.1"),
+                "the error names the engine: {message}"
+            );
+        }
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+    assert!(
+        elapsed < connect_timeout + SLACK,
+        "connect took {elapsed:?}"
+    );
+}
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+    use crate::support::PrivateEngine;
+    use stormlock::backend::redis::{RedisBackend, RedisConfig};
+
+    fn config(url: &str) -> RedisConfig {
+        toml::from_str(&format!("url = {url:?}\nconnect_timeout = \"1s\"")).expect("config")
+    }
+
+    async fn backend(engine: &PrivateEngine) -> Arc<dyn Backend> {
+        let inner = RedisBackend::connect("test", &config(&engine.url))
+            .await
+            .expect("connect");
+        bounded(Arc::new(inner))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_and_restart() {
+        let Some(engine) = PrivateEngine::start("redis") else {
+            return;
+        };
+        let backend = backend(&engine).await;
+        assert_recovers(backend.as_ref(), "faults/redis/before").await;
+        engine.stop();
+        assert_unavailable(backend.as_ref(), "faults/redis/down").await;
+        engine.restart();
+        assert_recovers(backend.as_ref(), "faults/redis/after").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn freeze_and_thaw() {
+        let Some(engine) = PrivateEngine::start("redis") else {
+            return;
+        };
+        let backend = backend(&engine).await;
+        assert_recovers(backend.as_ref(), "faults/redis/before").await;
+        engine.freeze();
+        assert_unavailable(backend.as_ref(), "faults/redis/frozen").await;
+        engine.thaw();
+        assert_recovers(backend.as_ref(), "faults/redis/thawed").await;
+    }
+
+    #[tokio::test]
+    async fn unreachable_at_start() {
+        let url = format!("redis://127.0.0.1:{}/", closed_port());
+        let config = config(&url);
+        assert_connect_fails(
+            RedisBackend::connect("test", &config),
+            Duration::from_secs(1),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frozen_at_start() {
+        let Some(engine) = PrivateEngine::start("redis") else {
+            return;
+        };
+        engine.freeze();
+        let config = config(&engine.url);
+        assert_connect_fails(
+            RedisBackend::connect("test", &config),
+            Duration::from_secs(1),
+        )
+        .await;
+        engine.thaw();
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+    use crate::support::PrivateEngine;
+    use stormlock::backend::etcd::{EtcdBackend, EtcdConfig};
+
+    fn config(endpoint: &str) -> EtcdConfig {
+        toml::from_str(&format!(
+            "endpoints = [{endpoint:?}]\nconnect_timeout = \"1s\""
+        ))
+        .expect("config")
+    }
+
+    async fn backend(engine: &PrivateEngine) -> Arc<dyn Backend> {
+        let inner = EtcdBackend::connect("test", &config(&engine.url))
+            .await
+            .expect("connect");
+        bounded(Arc::new(inner))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_and_restart() {
+        let Some(engine) = PrivateEngine::start("etcd") else {
+            return;
+        };
+        let backend = backend(&engine).await;
+        assert_recovers(backend.as_ref(), "faults/etcd/before").await;
+        engine.stop();
+        assert_unavailable(backend.as_ref(), "faults/etcd/down").await;
+        engine.restart();
+        assert_recovers(backend.as_ref(), "faults/etcd/after").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn freeze_and_thaw() {
+        let Some(engine) = PrivateEngine::start("etcd") else {
+            return;
+        };
+        let backend = backend(&engine).await;
+        assert_recovers(backend.as_ref(), "faults/etcd/before").await;
+        engine.freeze();
+        assert_unavailable(backend.as_ref(), "faults/etcd/frozen").await;
+        engine.thaw();
+        assert_recovers(backend.as_ref(), "faults/etcd/thawed").await;
+    }
+
+    /// Fences survive an etcd restart: the revision is persisted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fence_survives_restart() {
+        let Some(engine) = PrivateEngine::start("etcd") else {
+            return;
+        };
+        let backend = backend(&engine).await;
+        let req = request("faults/etcd/fence", "alice", 60);
+        let Ok(Acquisition::Granted(first)) = backend.acquire(&req).await else {
+            panic!("acquire")
+        };
+        assert!(
+            backend
+                .release("faults/etcd/fence", &req.id)
+                .await
+                .expect("release")
+        );
+        engine.stop();
+        engine.restart();
+        let started = Instant::now();
+        for _ in 0..100 {
+            match backend
+                .acquire(&request("faults/etcd/fence", "bob", 60))
+                .await
+            {
+                Ok(Acquisition::Granted(next)) => {
+                    assert!(
+                        next.fence > first.fence,
+                        "{} after {}",
+                        next.fence,
+                        first.fence
+                    );
+                    return;
+                }
+                other => assert!(started.elapsed() < RECOVERY, "no recovery: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no recovery after 100 attempts");
+    }
+
+    #[tokio::test]
+    async fn unreachable_at_start() {
+        let endpoint = format!("http://127.0.0.1:{}", closed_port());
+        let config = config(&endpoint);
+        assert_connect_fails(
+            EtcdBackend::connect("test", &config),
+            Duration::from_secs(1),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frozen_at_start() {
+        let Some(engine) = PrivateEngine::start("etcd") else {
+            return;
+        };
+        engine.freeze();
+        let config = config(&engine.url);
+        assert_connect_fails(
+            EtcdBackend::connect("test", &config),
+            Duration::from_secs(1),
+        )
+        .await;
+        engine.thaw();
+    }
+}

@@ -1,0 +1,535 @@
+//! The DynamoDB backend beyond the conformance suite, against moto: its
+//! configuration, the table it creates, fences that survive DynamoDB's TTL
+//! cleanup, and an engine that stops answering.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ScalarAttributeType, TimeToLiveStatus, WriteRequest,
+};
+use stormlock::backend::dynamodb::{DynamodbBackend, DynamodbConfig};
+use stormlock::backend::{Backend, BackendError};
+use stormlock::lease::{Acquisition, Lease, LeaseId, LeaseStatus};
+
+use crate::conformance::{request, unique};
+use crate::support::{PrivateEngine, engine_url};
+
+const REGION: &str = "us-east-1";
+
+/// A table name no other test uses.
+pub fn fresh_table() -> String {
+    format!("stormlock-test-{}", &LeaseId::generate().expose()[..12])
+}
+
+/// The AWS configuration for the emulator: dummy static credentials, set
+/// here rather than in the process environment.
+fn loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest()).credentials_provider(Credentials::new(
+        "test",
+        "test",
+        None,
+        None,
+        "stormlock-tests",
+    ))
+}
+
+/// Settings for `table` on the emulator. The call timeout is generous: moto
+/// loads its DynamoDB module on the first request, which takes seconds on a
+/// busy machine; the outage tests set their own.
+fn config(endpoint: &str, table: &str) -> DynamodbConfig {
+    DynamodbConfig {
+        table: table.to_string(),
+        region: Some(REGION.to_string()),
+        endpoint: Some(endpoint.to_string()),
+        timeout: Duration::from_secs(15),
+        ..DynamodbConfig::default()
+    }
+}
+
+/// A backend on `table` of the emulator at `endpoint`, creating the table.
+pub async fn connect(endpoint: &str, table: &str) -> Result<DynamodbBackend, BackendError> {
+    DynamodbBackend::connect_with("test", &config(endpoint, table), loader()).await
+}
+
+/// A plain SDK client on the emulator, to look at and tamper with items the
+/// way an operator or DynamoDB's TTL cleanup would.
+async fn raw_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let sdk = loader()
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&sdk)
+}
+
+fn key(resource: &str, kind: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (
+            "resource".to_string(),
+            AttributeValue::S(resource.to_string()),
+        ),
+        ("kind".to_string(), AttributeValue::S(kind.to_string())),
+    ])
+}
+
+async fn get_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    resource: &str,
+    kind: &str,
+) -> Option<HashMap<String, AttributeValue>> {
+    client
+        .get_item()
+        .table_name(table)
+        .set_key(Some(key(resource, kind)))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("GetItem")
+        .item()
+        .cloned()
+}
+
+async fn delete_item(client: &aws_sdk_dynamodb::Client, table: &str, resource: &str, kind: &str) {
+    client
+        .delete_item()
+        .table_name(table)
+        .set_key(Some(key(resource, kind)))
+        .send()
+        .await
+        .expect("DeleteItem");
+}
+
+fn number(item: &HashMap<String, AttributeValue>, attr: &str) -> u64 {
+    match item.get(attr) {
+        Some(AttributeValue::N(n)) => n.parse().expect("number"),
+        other => panic!("{attr}: {other:?}"),
+    }
+}
+
+async fn granted(backend: &dyn Backend, resource: &str, ttl_secs: u64) -> Lease {
+    match backend.acquire(&request(resource, "alice", ttl_secs)).await {
+        Ok(Acquisition::Granted(lease)) => lease,
+        other => panic!("expected {resource} to be granted, got {other:?}"),
+    }
+}
+
+/// A loopback address where nothing listens.
+fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+fn assert_config_error(result: Result<DynamodbBackend, BackendError>, words: &[&str]) {
+    match result {
+        Err(err @ BackendError::Config { .. }) => {
+            let message = err.to_string();
+            for word in words {
+                assert!(message.contains(word), "{word:?} not in {message:?}");
+            }
+        }
+        Err(other) => panic!("expected a configuration error, got {other:?}"),
+        Ok(_) => panic!("expected a configuration error, got a backend"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_table_name_is_refused() {
+    // Refused before any network call, so no engine is needed.
+    for table in ["ab", "with space", "ünïcode", &"x".repeat(256)] {
+        let result =
+            DynamodbBackend::connect_with("test", &config(&dead_endpoint(), table), loader()).await;
+        assert_config_error(result, &["table"]);
+    }
+}
+
+#[tokio::test]
+async fn config_from_toml() {
+    let config: stormlock::backend::BackendConfig = toml::from_str(
+        "type = \"dynamodb\"\ntable = \"locks\"\nregion = \"eu-west-1\"\ncreate_table = false\ntimeout = \"5s\"",
+    )
+    .expect("config");
+    assert_eq!(config.kind(), "dynamodb");
+    let unknown = toml::from_str::<stormlock::backend::BackendConfig>(
+        "type = \"dynamodb\"\nendpoint_url = \"x\"",
+    );
+    let message = unknown.map(|_| ()).unwrap_err().to_string();
+    assert!(message.contains("endpoint_url"), "{message}");
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_unavailable_quickly() {
+    let mut config = config(&dead_endpoint(), &fresh_table());
+    config.timeout = Duration::from_secs(1);
+    config.connect_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let result = DynamodbBackend::connect_with("test", &config, loader()).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(result, Err(BackendError::Unavailable { .. })),
+        "{:?}",
+        result.err()
+    );
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn missing_table_without_create_table_is_a_clear_error() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let table = fresh_table();
+    let mut config = config(&endpoint, &table);
+    config.create_table = false;
+    let result = DynamodbBackend::connect_with("test", &config, loader()).await;
+    assert_config_error(result, &[&table, "does not exist", "create_table"]);
+    let tables = raw_client(&endpoint)
+        .await
+        .list_tables()
+        .send()
+        .await
+        .expect("ListTables");
+    assert!(
+        !tables.table_names().contains(&table),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn creates_the_table_with_ttl_cleanup_and_reuses_it() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let table = fresh_table();
+    let first = connect(&endpoint, &table).await.expect("create");
+    let resource = unique("dynamodb/create");
+    let lease = granted(&first, &resource, 60).await;
+
+    let client = raw_client(&endpoint).await;
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .expect("DescribeTimeToLive");
+    let ttl = ttl.time_to_live_description().expect("TTL description");
+    assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+    assert_eq!(ttl.attribute_name(), Some("cleanup_at"));
+
+    // The lease item is cleaned up an hour after expiry; the record item,
+    // which holds the fence counter, never.
+    let item = get_item(&client, &table, &resource, "lease")
+        .await
+        .expect("lease item");
+    let expires = number(&item, "expires_ms");
+    assert_eq!(number(&item, "cleanup_at"), expires.div_ceil(1000) + 3600);
+    let record = get_item(&client, &table, &resource, "record")
+        .await
+        .expect("record item");
+    assert_eq!(number(&record, "fence"), lease.fence);
+    assert!(!record.contains_key("cleanup_at"), "{record:?}");
+
+    // Other daemons find the table as it is, with or without create_table.
+    let second = connect(&endpoint, &table).await.expect("reuse");
+    assert_eq!(
+        second.current(&resource).await.expect("current"),
+        Some(lease.clone())
+    );
+    let mut config = config(&endpoint, &table);
+    config.create_table = false;
+    let third = DynamodbBackend::connect_with("test", &config, loader())
+        .await
+        .expect("existing");
+    assert_eq!(
+        third.current(&resource).await.expect("current"),
+        Some(lease)
+    );
+    third.health().await.expect("healthy");
+}
+
+#[tokio::test]
+async fn table_with_another_key_schema_is_refused() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let table = fresh_table();
+    raw_client(&endpoint)
+        .await
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key"),
+        )
+        .send()
+        .await
+        .expect("CreateTable");
+    assert_config_error(connect(&endpoint, &table).await, &[&table, "key schema"]);
+}
+
+/// DynamoDB's TTL cleanup deletes lease items some time after they expire;
+/// deleting them by hand must not let a fence go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_survives_deletion_of_the_lease_item() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let table = fresh_table();
+    let backend = connect(&endpoint, &table).await.expect("connect");
+    let client = raw_client(&endpoint).await;
+    let resource = unique("dynamodb/ttl");
+
+    let first = granted(&backend, &resource, 1).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    delete_item(&client, &table, &resource, "lease").await;
+    let second = granted(&backend, &resource, 60).await;
+    assert!(
+        second.fence > first.fence,
+        "{} after {}",
+        second.fence,
+        first.fence
+    );
+
+    // Even a live lease whose item vanished (an operator's mistake) leaves
+    // the counter intact.
+    delete_item(&client, &table, &resource, "lease").await;
+    let third = granted(&backend, &resource, 60).await;
+    assert!(
+        third.fence > second.fence,
+        "{} after {}",
+        third.fence,
+        second.fence
+    );
+    assert!(matches!(
+        backend.status(&resource, &third.id).await,
+        Ok(LeaseStatus::Current(_))
+    ));
+}
+
+/// If the record item holding the counter is lost, the fence of the lease
+/// item still bounds the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_survives_deletion_of_the_record_item() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let table = fresh_table();
+    let backend = connect(&endpoint, &table).await.expect("connect");
+    let client = raw_client(&endpoint).await;
+    let resource = unique("dynamodb/record");
+
+    let mut last = 0;
+    for _ in 0..3 {
+        let req = request(&resource, "alice", 60);
+        let Ok(Acquisition::Granted(lease)) = backend.acquire(&req).await else {
+            panic!("acquire")
+        };
+        last = lease.fence;
+        assert!(backend.release(&resource, &req.id).await.expect("release"));
+    }
+    let lapsed = granted(&backend, &resource, 1).await;
+    assert!(lapsed.fence > last);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    delete_item(&client, &table, &resource, "record").await;
+    let next = granted(&backend, &resource, 60).await;
+    assert!(
+        next.fence > lapsed.fence,
+        "{} after {}",
+        next.fence,
+        lapsed.fence
+    );
+}
+
+/// Stored values nobody should have written are reported, not trusted.
+#[tokio::test]
+async fn corrupt_item_is_an_internal_error() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let table = fresh_table();
+    let backend = connect(&endpoint, &table).await.expect("connect");
+    let resource = unique("dynamodb/corrupt");
+    let mut item = key(&resource, "lease");
+    item.insert(
+        "lease_id".into(),
+        AttributeValue::S("not-a-lease-id".into()),
+    );
+    item.insert("expires_ms".into(), AttributeValue::N(u64::MAX.to_string()));
+    raw_client(&endpoint)
+        .await
+        .put_item()
+        .table_name(&table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("PutItem");
+    assert!(matches!(
+        backend.current(&resource).await,
+        Err(BackendError::Internal { .. })
+    ));
+}
+
+/// Listing follows DynamoDB's paging: more than 1 MB of leases spans several
+/// scan pages, and the answer is still complete and ordered.
+#[tokio::test]
+async fn list_pages_through_a_large_table() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let table = fresh_table();
+    let backend = connect(&endpoint, &table).await.expect("connect");
+    let client = raw_client(&endpoint).await;
+    let base = unique("dynamodb/pages");
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    // 160 leases of about 10 KB each, written in batches of 25.
+    let names: Vec<String> = (0..160).map(|i| format!("{base}/{i:03}")).collect();
+    for chunk in names.chunks(25) {
+        let writes = chunk.iter().map(|name| {
+            let mut item = key(name, "lease");
+            item.insert(
+                "lease_id".into(),
+                AttributeValue::S(LeaseId::generate().expose().to_string()),
+            );
+            item.insert("principal".into(), AttributeValue::S("bulk".into()));
+            item.insert("reason".into(), AttributeValue::S("r".repeat(10_000)));
+            item.insert("acquired_ms".into(), AttributeValue::N(now_ms.to_string()));
+            item.insert(
+                "expires_ms".into(),
+                AttributeValue::N((now_ms + 600_000).to_string()),
+            );
+            item.insert("fence".into(), AttributeValue::N("1".into()));
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .expect("put");
+            WriteRequest::builder().put_request(put).build()
+        });
+        client
+            .batch_write_item()
+            .request_items(&table, writes.collect())
+            .send()
+            .await
+            .expect("BatchWriteItem");
+    }
+    let scan = client.scan().table_name(&table).send().await.expect("Scan");
+    assert!(
+        scan.last_evaluated_key().is_some(),
+        "the table spans several scan pages"
+    );
+
+    let all = backend
+        .list(&format!("{base}/"), None, 1_000)
+        .await
+        .expect("list");
+    let got: Vec<_> = all.iter().map(|l| l.resource.clone()).collect();
+    assert_eq!(got, names);
+
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = backend
+            .list(&format!("{base}/"), after.as_deref(), 70)
+            .await
+            .expect("list");
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|l| l.resource.clone());
+        paged.extend(page.into_iter().map(|l| l.resource));
+    }
+    assert_eq!(paged, names);
+}
+
+/// A frozen or stopped engine makes calls fail fast with `Unavailable`, and
+/// the backend recovers when the engine is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_or_stopped_engine_is_unavailable_quickly() {
+    if engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT").is_none() {
+        return;
+    }
+    let Some(engine) = PrivateEngine::start("dynamodb") else {
+        return;
+    };
+    let table = fresh_table();
+    // The first connection creates the table and waits out moto's slow first
+    // request; the one under test then has a short call timeout.
+    connect(&engine.url, &table)
+        .await
+        .expect("create the table");
+    let mut config = config(&engine.url, &table);
+    config.timeout = Duration::from_secs(1);
+    let backend = DynamodbBackend::connect_with("test", &config, loader())
+        .await
+        .expect("connect");
+    let resource = unique("dynamodb/outage");
+    granted(&backend, &resource, 60).await;
+
+    let bounded = |started: Instant| {
+        let elapsed = started.elapsed();
+        assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+    };
+    engine.freeze();
+    let started = Instant::now();
+    let result = backend.current(&resource).await;
+    engine.thaw();
+    assert!(
+        matches!(result, Err(BackendError::Unavailable { .. })),
+        "{result:?}"
+    );
+    bounded(started);
+    assert!(
+        backend
+            .current(&resource)
+            .await
+            .expect("after thaw")
+            .is_some()
+    );
+
+    engine.stop();
+    let started = Instant::now();
+    let result = backend.acquire(&request(&resource, "bob", 60)).await;
+    assert!(
+        matches!(result, Err(BackendError::Unavailable { .. })),
+        "{result:?}"
+    );
+    bounded(started);
+    let started = Instant::now();
+    assert!(matches!(
+        backend.health().await,
+        Err(BackendError::Unavailable { .. })
+    ));
+    bounded(started);
+
+    // moto keeps no state across restarts: once the table is back, the same
+    // backend works again without reconnecting.
+    engine.restart();
+    assert!(matches!(
+        backend.health().await,
+        Err(BackendError::Unavailable { .. })
+    ));
+    DynamodbBackend::connect_with("test", &config, loader())
+        .await
+        .expect("recreate the table");
+    backend.health().await.expect("healthy again");
+    granted(&backend, &resource, 60).await;
+}
