@@ -403,7 +403,7 @@ mod tests {
         let no_env = fake(tmp.path(), &[("USER", "alice"), ("HOME", "/home/alice")]);
 
         // Defaults.
-        let s = resolve(&none, &no_env, None).ok().expect("defaults");
+        let s = resolve(&none, &no_env, None).expect("defaults");
         assert_eq!(s.addr.uri(), "https://127.0.0.1:7466");
         assert!(s.tls.is_empty());
         assert!(s.principal.name.starts_with("alice@"), "{:?}", s.principal);
@@ -412,7 +412,7 @@ mod tests {
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
 
         // File over defaults; relative paths from the file's directory.
-        let s = resolve(&none, &no_env, Some(&config)).ok().expect("file");
+        let s = resolve(&none, &no_env, Some(&config)).expect("file");
         assert_eq!(s.addr.uri(), "https://file:1");
         assert_eq!(s.tls.ca, Some(tmp.path().join("conf/ca.pem")));
         assert_eq!(s.tls.cert, Some(PathBuf::from("/abs/cert.pem")));
@@ -436,7 +436,7 @@ mod tests {
                 ("HOME", "/home/alice"),
             ],
         );
-        let s = resolve(&none, &env, Some(&config)).ok().expect("env");
+        let s = resolve(&none, &env, Some(&config)).expect("env");
         assert_eq!(s.addr.uri(), "http://env:2");
         assert_eq!(s.tls.ca, Some(PathBuf::from("env-ca.pem")));
         assert_eq!(
@@ -454,7 +454,7 @@ mod tests {
             timeout: Some(Duration::from_secs(7)),
             ..GlobalArgs::default()
         };
-        let s = resolve(&flags, &env, Some(&config)).ok().expect("flags");
+        let s = resolve(&flags, &env, Some(&config)).expect("flags");
         assert_eq!(s.addr.uri(), "https://[::1]:3");
         assert_eq!(s.tls.ca, Some(PathBuf::from("flag-ca.pem")));
         assert_eq!(s.principal.name, "flag-user");
