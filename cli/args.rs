@@ -9,6 +9,8 @@ use clap_complete::Shell;
 
 use stormlock::duration::parse_duration;
 
+use crate::error::Exit;
+
 const AFTER_HELP: &str = "\
 Exit status:
   0   success
@@ -226,6 +228,17 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
+/// The exit status for a command line clap refused: 0 for `--help` and
+/// `--version` (printed to stdout), 64 for real errors, since clap's usual 2
+/// means "held" here.
+pub fn clap_exit(err: &clap::Error) -> Exit {
+    if err.use_stderr() {
+        Exit::Usage
+    } else {
+        Exit::Success
+    }
+}
+
 /// Parses a TTL or wait duration with the project's one duration syntax.
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
@@ -291,7 +304,11 @@ mod tests {
             &[],
         ] {
             let err = parse(args).map(|_| ()).unwrap_err();
-            assert!(err.use_stderr(), "{args:?} should be an error");
+            assert_eq!(
+                clap_exit(&err) as u8,
+                64,
+                "{args:?} should be a usage error"
+            );
         }
         let err = parse(&["acquire", "r", "-t", "4 weeks"])
             .map(|_| ())
@@ -299,7 +316,7 @@ mod tests {
         assert!(err.to_string().contains("weeks"), "{err}");
         for args in [&["--help"][..], &["--version"], &["acquire", "--help"]] {
             let err = parse(args).map(|_| ()).unwrap_err();
-            assert!(!err.use_stderr(), "{args:?} is not an error");
+            assert_eq!(clap_exit(&err), Exit::Success, "{args:?} is not an error");
         }
     }
 }

@@ -183,21 +183,8 @@ impl Client {
             Ok(Ok(channel)) => channel,
             Ok(Err(e)) => {
                 let failure = TransportFailure::new(&e);
-                let (exit, hint) = match failure.kind() {
-                    FailureKind::Refused(hint) => (Exit::Denied, format!(" ({hint})")),
-                    FailureKind::Other if failure.text.contains("corrupt message") => (
-                        Exit::Unreachable,
-                        " (is the daemon serving plain text? then use http://)".to_string(),
-                    ),
-                    FailureKind::Other => (Exit::Unreachable, String::new()),
-                };
-                return Err(CliError::new(
-                    exit,
-                    anyhow::anyhow!(
-                        "cannot connect to stormlockd at {addr}: {}{hint}",
-                        failure.text
-                    ),
-                ));
+                let message = format!("cannot connect to stormlockd at {addr}: {}", failure.text);
+                return Err(failure.error(message, plan.is_some(), false));
             }
             Err(_) => {
                 return Err(CliError::new(
@@ -318,33 +305,11 @@ impl Client {
             return self.timed_out(budget);
         }
         let failure = TransportFailure::new(source);
-        let (exit, hint) = match failure.kind() {
-            FailureKind::Refused(hint) => (Exit::Denied, hint),
-            // A daemon that wants a client certificate and gets none ends the
-            // connection right after the handshake; depending on timing the
-            // client sees the alert, a closed connection or a broken pipe.
-            FailureKind::Other if self.tls && !self.has_identity => (
-                Exit::Denied,
-                "most likely the daemon requires a client certificate: pass --cert and --key, \
-                 or set STORMLOCK_CERT and STORMLOCK_KEY",
-            ),
-            // What an HTTP/2 client reads from a TLS server.
-            FailureKind::Other if !self.tls && failure.text.contains("frame with invalid size") => {
-                (
-                    Exit::Unreachable,
-                    "is the daemon serving TLS? then drop http://",
-                )
-            }
-            FailureKind::Other => (Exit::Unreachable, ""),
-        };
-        let mut message = format!(
+        let message = format!(
             "connection to stormlockd at {} failed: {}",
             self.addr, failure.text
         );
-        if !hint.is_empty() {
-            message = format!("{message} ({hint})");
-        }
-        CliError::new(exit, anyhow::anyhow!(message))
+        failure.error(message, self.tls, self.tls && !self.has_identity)
     }
 }
 
@@ -455,6 +420,38 @@ impl TransportFailure {
             .iter()
             .find(|(name, _)| self.text.contains(name))
             .map_or(FailureKind::Other, |(_, hint)| FailureKind::Refused(hint))
+    }
+
+    /// The error to report, with its exit status and a hint where the raw
+    /// text is cryptic. `no_identity` says we presented no client
+    /// certificate over TLS.
+    fn error(&self, message: String, tls: bool, no_identity: bool) -> CliError {
+        let (exit, hint) = match self.kind() {
+            FailureKind::Refused(hint) => (Exit::Denied, hint),
+            // A daemon that wants a client certificate and gets none ends the
+            // connection right after the handshake; depending on timing the
+            // client sees the alert, a closed connection or a broken pipe.
+            FailureKind::Other if no_identity => (
+                Exit::Denied,
+                "most likely the daemon requires a client certificate: pass --cert and --key, \
+                 or set STORMLOCK_CERT and STORMLOCK_KEY",
+            ),
+            // What TLS reads from a plain-text server, and the other way round.
+            FailureKind::Other if tls && self.text.contains("corrupt message") => (
+                Exit::Unreachable,
+                "is the daemon serving plain text? then use http://",
+            ),
+            FailureKind::Other if !tls && self.text.contains("frame with invalid size") => (
+                Exit::Unreachable,
+                "is the daemon serving TLS? then drop http://",
+            ),
+            FailureKind::Other => (Exit::Unreachable, ""),
+        };
+        let text = match hint {
+            "" => message,
+            hint => format!("{message} ({hint})"),
+        };
+        CliError::new(exit, anyhow::anyhow!(text))
     }
 }
 

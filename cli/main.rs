@@ -36,15 +36,8 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
-            // Help and version go to stdout with exit 0; errors to stderr
-            // with 64, since clap's usual 2 means "held" here.
             let _ = err.print();
-            return if err.use_stderr() {
-                Exit::Usage
-            } else {
-                Exit::Success
-            }
-            .into();
+            return args::clap_exit(&err).into();
         }
     };
     match run(cli) {

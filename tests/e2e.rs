@@ -38,6 +38,9 @@ impl Daemon {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env_remove("STORMLOCK_DATA_DIR")
+            .env_remove("STORMLOCK_CONFIG")
+            .env_remove("STORMLOCK_LISTEN")
+            .env_remove("STORMLOCK_INSECURE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -421,6 +424,50 @@ fn daemon_not_running_is_exit_4_quickly() {
     // No certificates at all: say where they were looked for.
     let run = cli_alone(&["current", "r"]).exit(4);
     assert!(run.stderr.contains("start stormlockd first"), "{run:?}");
+}
+
+#[test]
+fn config_file_in_the_working_directory() {
+    let d = Daemon::start();
+    let config = d.dir.path().join(".stormlock.toml");
+    let ca = d.data_dir().join("tls/ca.crt");
+    let cert = d.data_dir().join("tls/client.crt");
+    let key = d.data_dir().join("tls/client.key");
+    std::fs::write(
+        &config,
+        format!(
+            "addr = \"https://localhost:{}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\nttl = \"90s\"\n",
+            d.port, ca, cert, key
+        ),
+    )
+    .expect("write config");
+    // No STORMLOCK_ADDR: the file says where the daemon is.
+    let id = run_cli(
+        &["acquire", "cfg"],
+        d.dir.path(),
+        Path::new("/nonexistent"),
+        None,
+    )
+    .ok()
+    .line();
+    let json = d.cli(&["current", "-f", "json", "cfg"]).ok().stdout;
+    let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert_eq!(value["id"], id.as_str());
+    let clock = |key: &str| -> i64 {
+        let t = value[key].as_str().unwrap_or_default();
+        t.get(11..19)
+            .unwrap_or_default()
+            .split(':')
+            .filter_map(|p| p.parse::<i64>().ok())
+            .fold(0, |acc, p| acc * 60 + p)
+    };
+    let ttl = (clock("expires") - clock("created")).rem_euclid(86_400);
+    assert_eq!(ttl, 90, "the config file's ttl: {json}");
+
+    std::fs::write(&config, "adress = \"h:1\"\n").expect("write config");
+    let run = run_cli(&["current", "cfg"], d.dir.path(), &d.data_dir(), None).exit(64);
+    assert!(run.stderr.contains(".stormlock.toml"), "{run:?}");
+    assert!(run.stderr.contains("adress"), "{run:?}");
 }
 
 #[test]
