@@ -492,3 +492,52 @@ fn usage_errors_and_documentation() {
     let man = cli_alone(&["man"]).ok();
     assert!(man.stdout.starts_with(".TH"), "{man:?}");
 }
+
+/// SIGTERM: the daemon stops accepting, finishes what is in flight (here a
+/// waiting acquire, answered with the holder) and exits 0.
+#[test]
+fn sigterm_finishes_in_flight_calls_and_exits_zero() {
+    let mut daemon = Daemon::start();
+    let id = daemon
+        .cli(&["acquire", "-t", "1h", "shutdown/r"])
+        .ok()
+        .line();
+    assert_eq!(id.len(), 32);
+    // A second client waits (up to 3 s) while the daemon is asked to stop.
+    let mut waiter = Command::new(STORMLOCK)
+        .args(["--addr", &format!("127.0.0.1:{}", daemon.port)])
+        .args(["acquire", "--wait", "3s", "shutdown/r"])
+        .env("STORMLOCK_DATA_DIR", daemon.data_dir())
+        .env("HOME", daemon.dir.path())
+        .env_remove("STORMLOCK_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn waiter");
+    sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = daemon.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not exit:\n{}",
+            daemon.log()
+        );
+        sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}:\n{}", daemon.log());
+    let waited = waiter.wait().expect("waiter");
+    assert_eq!(
+        waited.code(),
+        Some(2),
+        "the in-flight wait got its answer: held"
+    );
+    assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
+}

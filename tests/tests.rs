@@ -9,5 +9,6 @@ mod dynamodb_backend;
 mod e2e;
 mod security;
 mod service;
+mod shared_backend;
 mod sql_backends;
 mod support;
