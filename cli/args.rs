@@ -65,6 +65,10 @@ pub struct GlobalArgs {
     /// [default: $USER@hostname]
     #[arg(long, global = true, value_name = "NAME")]
     pub principal: Option<String>,
+    /// File holding a bearer token (or set STORMLOCK_TOKEN), for daemons that
+    /// authenticate tools by token instead of a client certificate
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Give up on a call after this long; --wait adds to it
     /// [env: STORMLOCK_TIMEOUT] [default: 10s]
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]

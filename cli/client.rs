@@ -9,6 +9,7 @@ use std::time::Duration;
 use stormlock::paths::DevTls;
 use stormlock::pb;
 use stormlock::pb::lock_service_client::LockServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status};
 
@@ -144,9 +145,12 @@ pub struct Client {
     timeout: Duration,
     /// Whether the connection uses TLS.
     tls: bool,
-    /// Whether a client certificate identifies us (then the daemon takes the
-    /// principal from it, and a defaulted principal is not sent).
+    /// Whether a client certificate or a token identifies us (then the
+    /// daemon takes the principal from it, and a defaulted principal is not
+    /// sent).
     has_identity: bool,
+    /// `authorization: Bearer …` for daemons that take tokens.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl Client {
@@ -196,13 +200,39 @@ impl Client {
                 ));
             }
         };
+        let authorization = match &settings.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| {
+                        CliError::usage(
+                            "the bearer token contains characters a header cannot carry",
+                        )
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             rpc: LockServiceClient::new(channel),
             addr,
             timeout: settings.timeout,
             tls: plan.is_some(),
-            has_identity: plan.is_some_and(|p| p.identity.is_some()),
+            has_identity: plan.is_some_and(|p| p.identity.is_some()) || authorization.is_some(),
+            authorization,
         })
+    }
+
+    /// A request carrying our deadline (so a waiting Acquire ends with us)
+    /// and our token, if any.
+    fn request<T>(&self, message: T, budget: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(budget);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request
     }
 
     /// The principal to declare: an explicit one always, the default one only
@@ -223,41 +253,42 @@ impl Client {
     ) -> CliResult<pb::AcquireResponse> {
         let budget = self.timeout + wait;
         let mut rpc = self.rpc.clone();
-        self.finish(budget, rpc.acquire(request(req, budget))).await
+        self.finish(budget, rpc.acquire(self.request(req, budget)))
+            .await
     }
 
     /// Release.
     pub async fn release(&self, req: pb::ReleaseRequest) -> CliResult<pb::ReleaseResponse> {
         let mut rpc = self.rpc.clone();
-        self.finish(self.timeout, rpc.release(request(req, self.timeout)))
+        self.finish(self.timeout, rpc.release(self.request(req, self.timeout)))
             .await
     }
 
     /// Renew.
     pub async fn renew(&self, req: pb::RenewRequest) -> CliResult<pb::RenewResponse> {
         let mut rpc = self.rpc.clone();
-        self.finish(self.timeout, rpc.renew(request(req, self.timeout)))
+        self.finish(self.timeout, rpc.renew(self.request(req, self.timeout)))
             .await
     }
 
     /// Current.
     pub async fn current(&self, req: pb::CurrentRequest) -> CliResult<pb::CurrentResponse> {
         let mut rpc = self.rpc.clone();
-        self.finish(self.timeout, rpc.current(request(req, self.timeout)))
+        self.finish(self.timeout, rpc.current(self.request(req, self.timeout)))
             .await
     }
 
     /// IsHeld.
     pub async fn is_held(&self, req: pb::IsHeldRequest) -> CliResult<pb::IsHeldResponse> {
         let mut rpc = self.rpc.clone();
-        self.finish(self.timeout, rpc.is_held(request(req, self.timeout)))
+        self.finish(self.timeout, rpc.is_held(self.request(req, self.timeout)))
             .await
     }
 
     /// One page of List.
     pub async fn list(&self, req: pb::ListRequest) -> CliResult<pb::ListResponse> {
         let mut rpc = self.rpc.clone();
-        self.finish(self.timeout, rpc.list(request(req, self.timeout)))
+        self.finish(self.timeout, rpc.list(self.request(req, self.timeout)))
             .await
     }
 
@@ -267,8 +298,11 @@ impl Client {
         req: pb::ForceReleaseRequest,
     ) -> CliResult<pb::ForceReleaseResponse> {
         let mut rpc = self.rpc.clone();
-        self.finish(self.timeout, rpc.force_release(request(req, self.timeout)))
-            .await
+        self.finish(
+            self.timeout,
+            rpc.force_release(self.request(req, self.timeout)),
+        )
+        .await
     }
 
     async fn finish<T>(
@@ -311,13 +345,6 @@ impl Client {
         );
         failure.error(message, self.tls, self.tls && !self.has_identity)
     }
-}
-
-fn request<T>(message: T, budget: Duration) -> Request<T> {
-    let mut request = Request::new(message);
-    // Tells the daemon our deadline, so a waiting Acquire ends with us.
-    request.set_timeout(budget);
-    request
 }
 
 /// The error for a status the daemon sent.

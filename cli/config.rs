@@ -57,6 +57,8 @@ pub struct ConfigFile {
     pub key: Option<PathBuf>,
     /// Principal, as `--principal`.
     pub principal: Option<String>,
+    /// File holding a bearer token, as `--token-file`.
+    pub token_file: Option<PathBuf>,
     /// TTL sent when `-t` is absent (else the daemon's default applies).
     #[serde(default, deserialize_with = "stormlock::duration::deserialize_option")]
     pub ttl: Option<Duration>,
@@ -112,6 +114,8 @@ pub struct Settings {
     pub tls: TlsFiles,
     /// Declared principal.
     pub principal: Principal,
+    /// Bearer token for daemons that authenticate tools by token.
+    pub token: Option<String>,
     /// TTL to send when the command has no `-t`.
     pub ttl: Option<Duration>,
     /// Per-call timeout.
@@ -225,6 +229,28 @@ pub fn resolve(
         },
     };
 
+    // Tokens never come from the command line, where `ps` would show them.
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| from_file(|f| f.token_file.as_ref()));
+    let token = match (env.var("STORMLOCK_TOKEN"), token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    CliError::usage(format!(
+                        "cannot read the token file {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    }
+    .filter(|t| !t.is_empty());
+
     let timeout = match (args.timeout, env.var("STORMLOCK_TIMEOUT")) {
         (Some(timeout), _) => timeout,
         (None, Some(text)) => crate::args::parse_timeout(&text)
@@ -247,6 +273,7 @@ pub fn resolve(
         addr,
         tls,
         principal,
+        token,
         ttl: file.and_then(|f| f.ttl),
         timeout,
     })
@@ -395,6 +422,7 @@ mod tests {
                 cert: Some("/abs/cert.pem".into()),
                 key: Some("~/.stormlock/key.pem".into()),
                 principal: Some("file-user".into()),
+                token_file: Some("token".into()),
                 ttl: Some(Duration::from_secs(60)),
                 timeout: Some(Duration::from_secs(20)),
             },
@@ -410,6 +438,30 @@ mod tests {
         assert!(!s.principal.explicit);
         assert_eq!(s.ttl, None);
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+
+        // A token file that cannot be read is a clear usage error.
+        let err = resolve(&none, &no_env, Some(&config))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.is_some_and(|e| e.contains("token file")),
+            "unreadable token file"
+        );
+        // Tokens: STORMLOCK_TOKEN over the file's token_file.
+        std::fs::create_dir_all(tmp.path().join("conf")).expect("mkdir");
+        std::fs::write(tmp.path().join("conf/token"), "from-file\n").expect("token");
+        let s = resolve(&none, &no_env, Some(&config)).expect("token file");
+        assert_eq!(s.token.as_deref(), Some("from-file"));
+        let token_env = fake(
+            tmp.path(),
+            &[
+                ("USER", "alice"),
+                ("HOME", "/home/alice"),
+                ("STORMLOCK_TOKEN", "from-env"),
+            ],
+        );
+        let s = resolve(&none, &token_env, Some(&config)).expect("token env");
+        assert_eq!(s.token.as_deref(), Some("from-env"));
 
         // File over defaults; relative paths from the file's directory.
         let s = resolve(&none, &no_env, Some(&config)).expect("file");

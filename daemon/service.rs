@@ -101,6 +101,8 @@ impl LockService {
             until = until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline));
         }
         let waiter = (!wait.is_zero()).then(|| self.waiters.register(resource));
+        // The holder seen by the previous attempt, to notice its expiry.
+        let mut last_holder: Option<Lease> = None;
         loop {
             let notified = waiter.as_ref().map(|w| {
                 let mut notified = Box::pin(w.notify().notified());
@@ -109,6 +111,14 @@ impl LockService {
             });
             match route.backend.acquire(&request).await? {
                 Acquisition::Granted(lease) => {
+                    if let Some(expired) = last_holder.filter(|h| h.expires_at <= lease.acquired_at)
+                    {
+                        self.audit.record(&Event {
+                            holder: Some(&expired.principal),
+                            detail: Some(format!("taken over by fence {}", lease.fence)),
+                            ..Event::lease("expired", &expired.principal, &expired)
+                        });
+                    }
                     self.audit.record(&Event {
                         reason: Some(&lease.reason),
                         detail: Some(format!("ttl {}", crate::duration::format_duration(ttl))),
@@ -138,6 +148,7 @@ impl LockService {
                         .expires_at
                         .duration_since(SystemTime::now())
                         .unwrap_or_default();
+                    last_holder = Some(holder.clone());
                     let pause = (until - now)
                         .min(WAIT_POLL)
                         .min(to_expiry + Duration::from_millis(20));

@@ -26,6 +26,12 @@ fn free_port() -> u16 {
 
 impl Daemon {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a daemon with extra command-line arguments; `{dir}` in them
+    /// stands for the test's directory.
+    fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("stormlock-e2e-")
             .tempdir()
@@ -37,6 +43,11 @@ impl Daemon {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .args(
+                extra
+                    .iter()
+                    .map(|a| a.replace("{dir}", &dir.path().display().to_string())),
+            )
             .env_remove("STORMLOCK_DATA_DIR")
             .env_remove("STORMLOCK_CONFIG")
             .env_remove("STORMLOCK_LISTEN")
@@ -540,4 +551,55 @@ fn sigterm_finishes_in_flight_calls_and_exits_zero() {
         "the in-flight wait got its answer: held"
     );
     assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
+}
+
+/// A tool without a client certificate authenticates with a bearer token
+/// from `--token-file`; a wrong or missing token is refused with exit 5.
+#[test]
+fn bearer_token_from_a_file() {
+    let setup = tempfile::tempdir().expect("tempdir");
+    let config = setup.path().join("stormlockd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nprincipal = \"ci-deployer\"\nsha256 = \"{}\"\n",
+            stormlock::auth::hash_token("right-token")
+        ),
+    )
+    .expect("config");
+    std::fs::write(setup.path().join("right"), "right-token\n").expect("token");
+    std::fs::write(setup.path().join("wrong"), "wrong-token\n").expect("token");
+    let config = config.display().to_string();
+    let daemon = Daemon::start_with(&["--config", &config]);
+    let ca = daemon.data_dir().join("tls/ca.crt").display().to_string();
+    let right = setup.path().join("right").display().to_string();
+    let wrong = setup.path().join("wrong").display().to_string();
+
+    let id = daemon
+        .cli(&["--ca", &ca, "--token-file", &right, "acquire", "ci/deploy"])
+        .ok()
+        .line();
+    assert_eq!(id.len(), 32);
+    let json = daemon
+        .cli(&[
+            "--ca",
+            &ca,
+            "--token-file",
+            &right,
+            "current",
+            "-f",
+            "json",
+            "ci/deploy",
+        ])
+        .ok();
+    assert!(
+        json.stdout.contains("\"principal\": \"ci-deployer\""),
+        "{}",
+        json.stdout
+    );
+    let refused = daemon
+        .cli(&["--ca", &ca, "--token-file", &wrong, "current", "ci/deploy"])
+        .exit(5);
+    assert!(refused.stderr.contains("token"), "{}", refused.stderr);
+    daemon.cli(&["--ca", &ca, "current", "ci/deploy"]).exit(5);
 }

@@ -432,6 +432,31 @@ async fn audit_lines_record_every_event_without_lease_ids() {
             resource: "x".into(),
         })
         .await;
+    // A waiter that takes over an expired lease makes the daemon notice it.
+    let mut short = acquire("team-a/expiring");
+    short.ttl = Some(prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    let expiring = a
+        .acquire(short)
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("lease");
+    let mut waiting = acquire("team-a/expiring");
+    waiting.wait = Some(prost_types::Duration {
+        seconds: 10,
+        nanos: 0,
+    });
+    assert!(
+        a.acquire(waiting)
+            .await
+            .expect("wait")
+            .into_inner()
+            .acquired
+    );
 
     let text = std::fs::read_to_string(&s.audit).expect("audit log");
     let events: Vec<serde_json::Value> = text
@@ -447,6 +472,7 @@ async fn audit_lines_record_every_event_without_lease_ids() {
         "force_release",
         "release",
         "unauthenticated",
+        "expired",
     ] {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
@@ -469,6 +495,12 @@ async fn audit_lines_record_every_event_without_lease_ids() {
         .expect("denial");
     assert_eq!(denied["principal"], "team-b");
     assert_eq!(denied["action"], "acquire");
+    let expired = events
+        .iter()
+        .find(|e| e["event"] == "expired")
+        .expect("expiry noticed");
+    assert_eq!(expired["resource"], "team-a/expiring");
+    assert_eq!(expired["fence"], expiring.fence);
     let forced = events
         .iter()
         .find(|e| e["event"] == "force_release")
