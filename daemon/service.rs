@@ -238,6 +238,7 @@ impl LockService {
             .await?;
         Ok(pb::CurrentResponse {
             lease: lease.map(|l| to_pb(&l, caller)),
+            ..Default::default()
         })
     }
 

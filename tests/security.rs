@@ -204,6 +204,7 @@ async fn acls_allow_and_deny_per_action_and_hide_lease_ids() {
     let current = b
         .current(pb::CurrentRequest {
             resource: "team-a/db".into(),
+            ..Default::default()
         })
         .await
         .expect("read allowed")
@@ -252,6 +253,7 @@ async fn acls_allow_and_deny_per_action_and_hide_lease_ids() {
     let seen = ops
         .current(pb::CurrentRequest {
             resource: "team-a/db".into(),
+            ..Default::default()
         })
         .await
         .expect("admin reads")
@@ -346,6 +348,7 @@ async fn tokens_authenticate_tools_and_bad_credentials_are_refused() {
         let err = bad
             .current(pb::CurrentRequest {
                 resource: "ci/build".into(),
+                ..Default::default()
             })
             .await
             .expect_err("bad token");
@@ -358,6 +361,7 @@ async fn tokens_authenticate_tools_and_bad_credentials_are_refused() {
     let err = nobody
         .current(pb::CurrentRequest {
             resource: "ci/build".into(),
+            ..Default::default()
         })
         .await
         .expect_err("anonymous");
@@ -376,6 +380,7 @@ async fn tokens_authenticate_tools_and_bad_credentials_are_refused() {
         Ok(channel) => LockServiceClient::new(channel)
             .current(pb::CurrentRequest {
                 resource: "x".into(),
+                ..Default::default()
             })
             .await
             .is_err(),
@@ -430,6 +435,7 @@ async fn audit_lines_record_every_event_without_lease_ids() {
     let _ = bad
         .current(pb::CurrentRequest {
             resource: "x".into(),
+            ..Default::default()
         })
         .await;
     // A waiter that takes over an expired lease makes the daemon notice it.

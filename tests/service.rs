@@ -63,6 +63,7 @@ async fn acquire_contend_release_over_mutual_tls() {
     let current = client
         .current(pb::CurrentRequest {
             resource: "deploy/prod".into(),
+            ..Default::default()
         })
         .await
         .expect("current")
@@ -139,6 +140,7 @@ async fn lease_ids_are_shown_only_to_their_holder() {
     let current = client
         .current(pb::CurrentRequest {
             resource: "db/migrate".into(),
+            ..Default::default()
         })
         .await
         .expect("current")
@@ -243,6 +245,7 @@ async fn bad_input_is_invalid_argument_with_a_message_and_the_daemon_keeps_servi
     let err = client
         .current(pb::CurrentRequest {
             resource: long.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("current long");
@@ -389,6 +392,7 @@ async fn clients_without_a_certificate_from_the_ca_are_refused() {
         Ok(channel) => LockServiceClient::new(channel)
             .current(pb::CurrentRequest {
                 resource: "x".into(),
+                ..Default::default()
             })
             .await
             .is_err(),
@@ -407,6 +411,7 @@ async fn clients_without_a_certificate_from_the_ca_are_refused() {
         Ok(channel) => LockServiceClient::new(channel)
             .current(pb::CurrentRequest {
                 resource: "x".into(),
+                ..Default::default()
             })
             .await
             .is_err(),
@@ -544,6 +549,7 @@ async fn embedded_default_keeps_locks_and_fences_across_restarts() {
     let current = client
         .current(pb::CurrentRequest {
             resource: "survivor".into(),
+            ..Default::default()
         })
         .await
         .expect("current")

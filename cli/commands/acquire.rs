@@ -24,6 +24,7 @@ pub async fn run(mut session: Session, args: AcquireArgs) -> CliResult {
             .transpose()?,
         reason: args.reason.unwrap_or_default(),
         principal: String::new(),
+        ..Default::default()
     };
     let principal = session.settings.principal.clone();
     let client = session.client().await?;
@@ -91,6 +92,7 @@ async fn with_spinner<T>(
     const DELAY: Duration = Duration::from_millis(300);
     let holder = client.current(pb::CurrentRequest {
         resource: resource.to_string(),
+        ..Default::default()
     });
     tokio::pin!(call, holder);
     let mut holder_known = false;

@@ -19,6 +19,7 @@ pub async fn run(mut session: Session, args: CurrentArgs) -> CliResult {
     let response = client
         .current(pb::CurrentRequest {
             resource: args.resource,
+            ..Default::default()
         })
         .await?;
     match response.lease {

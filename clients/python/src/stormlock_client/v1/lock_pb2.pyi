@@ -45,18 +45,20 @@ class Lease(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., lease_id: _Optional[str] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ..., acquired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fence: _Optional[int] = ...) -> None: ...
 
 class AcquireRequest(_message.Message):
-    __slots__ = ("resource", "ttl", "wait", "reason", "principal")
+    __slots__ = ("resource", "ttl", "wait", "reason", "principal", "wait_id")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    WAIT_ID_FIELD_NUMBER: _ClassVar[int]
     resource: str
     ttl: _duration_pb2.Duration
     wait: _duration_pb2.Duration
     reason: str
     principal: str
-    def __init__(self, resource: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+    wait_id: str
+    def __init__(self, resource: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ..., principal: _Optional[str] = ..., wait_id: _Optional[str] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
     __slots__ = ("acquired", "lease", "holder")
@@ -99,16 +101,22 @@ class RenewResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class CurrentRequest(_message.Message):
-    __slots__ = ("resource",)
+    __slots__ = ("resource", "wait_id")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_ID_FIELD_NUMBER: _ClassVar[int]
     resource: str
-    def __init__(self, resource: _Optional[str] = ...) -> None: ...
+    wait_id: str
+    def __init__(self, resource: _Optional[str] = ..., wait_id: _Optional[str] = ...) -> None: ...
 
 class CurrentResponse(_message.Message):
-    __slots__ = ("lease",)
+    __slots__ = ("lease", "waiting", "queue_position")
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    waiting: int
+    queue_position: int
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., waiting: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
 
 class IsHeldRequest(_message.Message):
     __slots__ = ("resource", "lease_id")
