@@ -273,3 +273,145 @@ impl Drop for TestDaemon {
         }
     }
 }
+
+/// A real `stormlockd` process serving plain text on a free loopback port,
+/// for tests that kill or freeze a daemon. Dropping it kills exactly that
+/// process.
+pub struct DaemonProcess {
+    child: std::process::Child,
+    /// The port it listens on.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    /// Set once the process is reaped: its pid may then belong to another.
+    reaped: bool,
+}
+
+impl DaemonProcess {
+    /// Starts `stormlockd --insecure` with `config` (TOML) and waits until it
+    /// serves. `env` is added to its environment (for example the AWS
+    /// credentials of the DynamoDB emulator).
+    pub async fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("stormlockd-")
+            .tempdir()
+            .expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        std::fs::write(dir.path().join("stormlockd.toml"), config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_stormlockd"))
+            .arg("--config")
+            .arg(dir.path().join("stormlockd.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--insecure")
+            .env_remove("STORMLOCK_DATA_DIR")
+            .env_remove("STORMLOCK_CONFIG")
+            .env_remove("STORMLOCK_LISTEN")
+            .env_remove("STORMLOCK_HEALTH_LISTEN")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stormlockd");
+        let mut daemon = Self {
+            child,
+            port,
+            dir,
+            reaped: false,
+        };
+        daemon.wait_serving().await;
+        daemon
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    async fn wait_serving(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("stormlockd exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(channel) = self.endpoint().connect().await {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let answer = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if answer.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stormlockd not serving after 30 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    fn endpoint(&self) -> tonic::transport::Endpoint {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))
+            .expect("endpoint")
+            .connect_timeout(std::time::Duration::from_secs(2))
+    }
+
+    /// A client that connects lazily, so it keeps working (or failing fast)
+    /// across the daemon's death.
+    pub fn client(
+        &self,
+    ) -> stormlock::pb::lock_service_client::LockServiceClient<tonic::transport::Channel> {
+        stormlock::pb::lock_service_client::LockServiceClient::new(self.endpoint().connect_lazy())
+    }
+
+    /// SIGKILL: the daemon dies without any clean-up.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill stormlockd");
+        self.child.wait().expect("reap stormlockd");
+        self.reaped = true;
+    }
+
+    fn signal(&self, signal: &str) {
+        assert!(!self.reaped, "the daemon is gone");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// SIGSTOP: the daemon keeps its connections but answers nothing.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`DaemonProcess::freeze`].
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

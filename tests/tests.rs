@@ -3,10 +3,12 @@
 mod backend_faults;
 mod backend_tls;
 mod backends;
+mod checker;
 mod conformance;
 #[cfg(feature = "dynamodb")]
 mod dynamodb_backend;
 mod e2e;
+mod exclusion;
 mod security;
 mod service;
 mod shared_backend;
