@@ -67,12 +67,20 @@ pub fn lease_id(id: &str) -> Result<LeaseId, Error> {
 }
 
 fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration, Error> {
-    Duration::try_from(*d).map_err(|_| {
-        Error::invalid(format!(
-            "{field} is negative or malformed ({}s {}ns)",
+    // Checked here rather than by prost's conversion, which negates the
+    // seconds of a negative duration and so overflows on i64::MIN.
+    let (Ok(seconds), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos)) else {
+        return Err(Error::invalid(format!(
+            "{field} is negative ({}s {}ns)",
             d.seconds, d.nanos
-        ))
-    })
+        )));
+    };
+    if nanos >= 1_000_000_000 {
+        return Err(Error::invalid(format!(
+            "{field} is malformed: nanos must be below one second, got {nanos}"
+        )));
+    }
+    Ok(Duration::new(seconds, nanos))
 }
 
 /// A TTL: unset → `default`; else whole seconds, at least 1 s, at most `max`.
@@ -189,9 +197,31 @@ mod tests {
             Some(Duration::from_secs(1))
         );
         assert_eq!(ttl(Some(&secs(3600)), d, max).ok(), Some(max));
-        for bad in [secs(0), secs(-1), secs(3601), secs(i64::MAX)] {
+        for bad in [
+            secs(0),
+            secs(-1),
+            secs(3601),
+            secs(i64::MAX),
+            secs(i64::MIN),
+        ] {
             assert!(ttl(Some(&bad), d, max).is_err(), "{bad:?}");
         }
+        // i64::MIN seconds once overflowed in the conversion (a panic in
+        // debug builds): refused like any negative value.
+        let min = prost_types::Duration {
+            seconds: i64::MIN,
+            nanos: i32::MIN,
+        };
+        let message = ttl(Some(&min), d, max).expect_err("i64::MIN").to_string();
+        assert!(message.contains("negative"), "{message}");
+        let too_many_nanos = prost_types::Duration {
+            seconds: 1,
+            nanos: 1_000_000_000,
+        };
+        let message = ttl(Some(&too_many_nanos), d, max)
+            .expect_err("nanos")
+            .to_string();
+        assert!(message.contains("malformed"), "{message}");
         let half = prost_types::Duration {
             seconds: 1,
             nanos: 500_000_000,
@@ -215,6 +245,7 @@ mod tests {
         assert_eq!(wait(None, max).ok(), Some(Duration::ZERO));
         assert_eq!(wait(Some(&secs(0)), max).ok(), Some(Duration::ZERO));
         assert!(wait(Some(&secs(-3)), max).is_err());
+        assert!(wait(Some(&secs(i64::MIN)), max).is_err());
         assert!(wait(Some(&secs(11)), max).is_err());
     }
 

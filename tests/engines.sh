@@ -16,6 +16,7 @@
 set -euo pipefail
 
 ENGINES=(redis etcd postgres mysql dynamodb)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=${STORMLOCK_VENV:-$HOME/.cache/stormlock/venv}
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 
@@ -121,9 +122,11 @@ start() {
         >>"$dir/log" 2>&1
       ;;
     dynamodb)
-      local moto=$VENV/bin/moto_server
-      [[ -x $moto ]] || moto=$(command -v moto_server) || die "moto_server not installed (run scripts/setup)"
-      spawn "$dir" "$moto" -H 127.0.0.1 -p "$port"
+      local python=$VENV/bin/python3
+      [[ -x $VENV/bin/moto_server ]] || python=$(command -v python3)
+      "$python" -c 'import moto.server' 2>/dev/null || die "moto not installed (run scripts/setup)"
+      # moto, one request at a time: see tests/moto_serial.py.
+      spawn "$dir" "$python" "$HERE/moto_serial.py" 127.0.0.1 "$port"
       wait_ready "$dir" 30 curl -sf "http://127.0.0.1:$port/moto-api/"
       ;;
     *) die "unknown engine $engine (know: ${ENGINES[*]})" ;;

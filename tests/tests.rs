@@ -3,8 +3,10 @@
 mod backend_faults;
 mod backend_tls;
 mod backends;
+mod bad_input;
 mod checker;
 mod conformance;
+mod daemon_faults;
 #[cfg(feature = "dynamodb")]
 mod dynamodb_backend;
 mod e2e;

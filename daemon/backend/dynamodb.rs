@@ -22,7 +22,8 @@
 //!   `acquired_ms`, `expires_ms` (milliseconds since the Unix epoch, daemon
 //!   clock), `fence`, and `cleanup_at`, the table's TTL attribute (epoch
 //!   seconds, one hour after expiry) so that DynamoDB eventually deletes
-//!   leases nobody released. Release and force-release delete the item.
+//!   leases nobody released. Release and force-release do not delete the
+//!   item: they mark it free (`expires_ms = 0`) and keep its `fence`.
 //! - `kind = "record"`: what must outlive leases and never carries a TTL:
 //!   `fence`, the highest fence handed out (a counter), and the last
 //!   force-release: `evicted_id`, `evicted_by`, `evicted_reason`.
@@ -35,8 +36,12 @@
 //! carries a smaller fence. A counter value taken before a competitor's
 //! newer one therefore can never overwrite that competitor's lease item,
 //! even after it expired: the acquirer takes a fresh number and tries again.
-//! Deleting a lease item (release, or DynamoDB's TTL cleanup) loses nothing,
-//! because the counter lives on the record item, which is never deleted.
+//! This is why a release keeps the lease item and its fence: had it deleted
+//! the item, a number taken before a competitor's newer one could be put
+//! after that competitor released, granting a lower fence after a higher one
+//! (the mutual-exclusion checker caught exactly that). DynamoDB's TTL
+//! cleanup deleting the item an hour later loses nothing, because the
+//! counter lives on the record item, which is never deleted.
 //! Should the counter ever fall behind a lease item's fence (the record item
 //! deleted by hand), the next acquirer raises it above that fence: fences
 //! survive the loss of either item, though not of both.
@@ -99,9 +104,9 @@ use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType,
-    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus, TransactWriteItem, Update,
 };
 use serde::Deserialize;
 
@@ -240,6 +245,15 @@ const EVICTED_REASON: &str = "evicted_reason";
 /// ignored anyway; the delay keeps the cleanup far behind any in-flight
 /// acquisition (see "Fences" in the module docs).
 const CLEANUP_GRACE: Duration = Duration::from_secs(3600);
+
+/// `expires_ms` of a released or force-released lease item: free on every
+/// daemon's clock, while the item keeps its fence.
+const RELEASED_MS: u64 = 0;
+
+/// When DynamoDB may delete a lease item that lapsed or was freed at `ms`.
+fn cleanup_after(ms: u64) -> u64 {
+    ms.div_ceil(1000).saturating_add(CLEANUP_GRACE.as_secs())
+}
 
 /// A fence number taken longer ago than this is not used: its put could land
 /// too late (see "Fences" in the module docs).
@@ -750,17 +764,21 @@ impl DynamodbBackend {
             return Ok(Some(None));
         };
         let internal = |e| BackendError::internal(&self.name, e);
-        // One transaction, so the lease never disappears without the record
-        // of who broke it.
-        let delete = Delete::builder()
+        // One transaction, so the lease never ends without the record of who
+        // broke it. Like a release, it keeps the item and its fence.
+        let free = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(resource, LEASE)))
+            .update_expression("SET #e = :released, #c = :cleanup")
             .condition_expression("#id = :id AND #e = :expires AND #e > :now")
             .expression_attribute_names("#id", LEASE_ID)
             .expression_attribute_names("#e", EXPIRES_MS)
+            .expression_attribute_names("#c", CLEANUP_AT)
             .expression_attribute_values(":id", AttributeValue::S(lease.id.expose().to_string()))
             .expression_attribute_values(":expires", number(millis(lease.expires_at)))
             .expression_attribute_values(":now", number(now_ms))
+            .expression_attribute_values(":released", number(RELEASED_MS))
+            .expression_attribute_values(":cleanup", number(cleanup_after(now_ms)))
             .build()
             .map_err(internal)?;
         let record = Update::builder()
@@ -778,7 +796,7 @@ impl DynamodbBackend {
         let result = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .transact_items(TransactWriteItem::builder().update(free).build())
             .transact_items(TransactWriteItem::builder().update(record).build())
             .send()
             .await;
@@ -812,22 +830,28 @@ impl Backend for DynamodbBackend {
 
     async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
         let now_ms = millis(SystemTime::now());
-        let deleted = self
+        // The item stays, marked free, so that its fence keeps stale numbers
+        // out (see "Fences").
+        let released = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
             .set_key(Some(key(resource, LEASE)))
+            .update_expression("SET #e = :released, #c = :cleanup")
             .condition_expression("#id = :id AND #e > :now")
             .expression_attribute_names("#id", LEASE_ID)
             .expression_attribute_names("#e", EXPIRES_MS)
+            .expression_attribute_names("#c", CLEANUP_AT)
             .expression_attribute_values(":id", AttributeValue::S(id.expose().to_string()))
             .expression_attribute_values(":now", number(now_ms))
+            .expression_attribute_values(":released", number(RELEASED_MS))
+            .expression_attribute_values(":cleanup", number(cleanup_after(now_ms)))
             .send()
             .await;
-        match deleted {
+        match released {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(self.sdk_error("DeleteItem", e)),
+            Err(e) => Err(self.sdk_error("UpdateItem", e)),
         }
     }
 
