@@ -7,6 +7,7 @@
 //! per backend (default 2,000); `scripts/soak` runs long soaks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use stormlock::pb::lock_service_client::LockServiceClient;
 use tonic::transport::Channel;
@@ -30,7 +31,15 @@ async fn clients(daemons: &[&TestDaemon]) -> Vec<LockServiceClient<Channel>> {
 }
 
 async fn check(label: &str, daemons: Vec<LockServiceClient<Channel>>) {
-    let workload = Workload::standard(format!("exclusion/{}/", unique()));
+    check_with(
+        label,
+        daemons,
+        Workload::standard(format!("exclusion/{}/", unique())),
+    )
+    .await;
+}
+
+async fn check_with(label: &str, daemons: Vec<LockServiceClient<Channel>>, workload: Workload) {
     let outcome = checker::run(&workload, daemons, Arc::new(Counters::default())).await;
     eprintln!("{}", outcome.summary(label));
     outcome.verdict.assert_clean(label);
@@ -127,7 +136,17 @@ async fn dynamodb_two_daemons() {
     let a = DaemonProcess::start(&config, DYNAMODB_ENV).await;
     let b = DaemonProcess::start(&config, DYNAMODB_ENV).await;
     let daemons = vec![a.client(), a.client(), b.client(), b.client()];
-    check("dynamodb", daemons).await;
+    // The emulator answers one request at a time (tests/moto_serial.py), a
+    // few hundred a second: fewer clients, all waiting in line rather than
+    // polling, and more time.
+    let standard = Workload::standard(format!("exclusion/{}/", unique()));
+    let workload = Workload {
+        clients: 8,
+        polling: 0.0,
+        deadline: standard.deadline.max(Duration::from_secs(270)),
+        ..standard
+    };
+    check_with("dynamodb", daemons, workload).await;
 }
 
 /// The environment of a daemon on the DynamoDB emulator.
