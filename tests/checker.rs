@@ -194,7 +194,7 @@ impl Workload {
             wait: Duration::from_secs(10),
             polling: 0.25,
             // Long soaks scale their bound with their size.
-            deadline: Duration::from_secs(120).max(Duration::from_millis(acquisitions as u64 * 60)),
+            deadline: Duration::from_secs(150).max(Duration::from_millis(acquisitions as u64 * 60)),
         }
     }
 }
