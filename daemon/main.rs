@@ -43,14 +43,19 @@ struct Args {
     /// Plaintext gRPC health-check listener (for Kubernetes probes).
     #[arg(long, env = "STORMLOCK_HEALTH_LISTEN", value_name = "ADDR")]
     health_listen: Option<SocketAddr>,
-    /// Log filter, e.g. `info`, `debug`, `stormlock=debug,audit=info`.
+    /// Prometheus metrics listener (plain HTTP, `GET /metrics`) [default: off,
+    /// or `metrics_listen` from the config].
+    #[arg(long, env = "STORMLOCK_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log level or filter, e.g. `info`, `debug`, `stormlock=debug,info`
+    /// [default: $RUST_LOG, else info].
     #[arg(
         long,
+        visible_alias = "log-level",
         env = "STORMLOCK_LOG",
-        value_name = "FILTER",
-        default_value = "info"
+        value_name = "FILTER"
     )]
-    log: String,
+    log: Option<String>,
     /// Log format.
     #[arg(long, env = "STORMLOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -121,8 +126,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(args: &Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("invalid log filter {:?}", args.log))?;
+    let directives = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .with_context(|| format!("invalid log filter {directives:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -177,6 +187,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.health_listen.is_some() {
         settings.config.health_listen = args.health_listen;
     }
+    if args.metrics_listen.is_some() {
+        settings.config.metrics_listen = args.metrics_listen;
+    }
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;
     Ok(())
@@ -206,7 +219,7 @@ async fn shutdown_signal() {
 async fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?.with_implicit_backend();
     let data_dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
-    let router = Router::connect(&config, &data_dir).await?;
+    let router = Router::connect(&config, &data_dir, None).await?;
     for (name, backend) in router.backends() {
         backend
             .health()

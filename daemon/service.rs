@@ -34,7 +34,7 @@ pub struct LockService {
     router: Arc<Router>,
     auth: Auth,
     audit: Arc<Audit>,
-    waiters: Waiters,
+    waiters: Arc<Waiters>,
     max_wait: Duration,
 }
 
@@ -45,9 +45,14 @@ impl LockService {
             router,
             auth,
             audit,
-            waiters: Waiters::default(),
+            waiters: Arc::default(),
             max_wait,
         }
+    }
+
+    /// The waiters on this service's resources (for metrics).
+    pub fn waiters(&self) -> Arc<Waiters> {
+        self.waiters.clone()
     }
 
     /// Identifies the caller; refusals are audited.
@@ -64,6 +69,9 @@ impl LockService {
 
     /// Checks that `caller` may do `action` on `resource`; denials are audited.
     fn permit(&self, caller: &Caller, action: Action, resource: &str) -> Result<(), Error> {
+        tracing::Span::current()
+            .record("principal", caller.principal.as_str())
+            .record("resource", resource);
         self.auth
             .authorize(caller, action, resource)
             .inspect_err(|_| {

@@ -3,6 +3,7 @@
 //! (another daemon, expiry) are noticed by the waiters' own polling.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -11,6 +12,8 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Waiters {
     map: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Registered waiters, across resources (for metrics).
+    count: AtomicUsize,
 }
 
 /// A registration as a waiter on one resource; deregisters on drop.
@@ -29,6 +32,7 @@ impl Waiters {
     /// Registers interest in `resource`.
     pub fn register(&self, resource: &str) -> Waiter<'_> {
         let notify = self.lock().entry(resource.to_string()).or_default().clone();
+        self.count.fetch_add(1, Ordering::Relaxed);
         Waiter {
             waiters: self,
             resource: resource.to_string(),
@@ -47,6 +51,11 @@ impl Waiters {
     pub fn resources_waited_on(&self) -> usize {
         self.lock().len()
     }
+
+    /// Number of callers waiting, across resources (for metrics).
+    pub fn waiting(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
 }
 
 impl Waiter<'_> {
@@ -59,6 +68,7 @@ impl Waiter<'_> {
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
+        self.waiters.count.fetch_sub(1, Ordering::Relaxed);
         let mut map = self.waiters.lock();
         // Two references left: the map's and ours.
         if Arc::strong_count(&self.notify) <= 2 {

@@ -7,6 +7,7 @@ mod conformance;
 #[cfg(feature = "dynamodb")]
 mod dynamodb_backend;
 mod e2e;
+mod operations;
 mod security;
 mod service;
 mod shared_backend;
