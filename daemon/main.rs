@@ -47,8 +47,9 @@ struct Args {
     /// or `metrics_listen` from the config].
     #[arg(long, env = "STORMLOCK_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
-    /// Log level or filter, e.g. `info`, `debug`, `stormlock=debug,info`
-    /// [default: $RUST_LOG, else info].
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`: the daemon's,
+    /// libraries stay at info at most) or a full filter such as
+    /// `stormlock=debug,h2=debug,info` [default: $RUST_LOG, else info].
     #[arg(
         long,
         visible_alias = "log-level",
@@ -131,7 +132,7 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
         .unwrap_or_else(|| "info".to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+    let filter = tracing_subscriber::EnvFilter::try_new(expand_level(&directives))
         .with_context(|| format!("invalid log filter {directives:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -141,6 +142,17 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     Ok(())
+}
+
+/// A bare level (`debug`, `trace`) applies to the daemon; its libraries stay
+/// at `info` or quieter, since their debug output (HTTP/2 frames, TLS) drowns
+/// the daemon's. Full filters (`h2=debug,info`) are used as given.
+fn expand_level(directives: &str) -> String {
+    use tracing_subscriber::filter::LevelFilter;
+    match directives.trim().parse::<LevelFilter>() {
+        Ok(level) => format!("{},stormlock={level}", level.min(LevelFilter::INFO)),
+        Err(_) => directives.to_string(),
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -219,6 +231,13 @@ async fn shutdown_signal() {
 async fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?.with_implicit_backend();
     let data_dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
+    if let Some(tls) = &config.tls {
+        stormlock::tls::check_files(&stormlock::tls::TlsFiles {
+            cert: data_dir.join(&tls.cert),
+            key: data_dir.join(&tls.key),
+            client_ca: tls.client_ca.as_ref().map(|p| data_dir.join(p)),
+        })?;
+    }
     let router = Router::connect(&config, &data_dir, None).await?;
     for (name, backend) in router.backends() {
         backend
@@ -239,4 +258,16 @@ async fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         if config.resources.len() == 1 { "" } else { "s" },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_level;
+
+    #[test]
+    fn a_bare_level_is_the_daemons() {
+        assert_eq!(expand_level("debug"), "info,stormlock=debug");
+        assert_eq!(expand_level("warn"), "warn,stormlock=warn");
+        assert_eq!(expand_level("h2=debug,info"), "h2=debug,info");
+    }
 }

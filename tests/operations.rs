@@ -277,6 +277,8 @@ fn check_config(dir: &Path, config: &str) -> (i32, String) {
 #[test]
 fn check_config_catches_each_class_of_error() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).expect("write cert");
     let memory = "[backends.main]\ntype = \"memory\"\n";
     let closed = free_addr();
     let mut cases: Vec<(&str, String, Vec<&str>)> = vec![
@@ -311,6 +313,16 @@ fn check_config_catches_each_class_of_error() {
                 "{memory}[[auth.rules]]\nprincipals = [\"*\"]\nresources = [\"*\"]\nactions = [\"fly\"]\n"
             ),
             vec!["auth.rules[0].actions", "fly"],
+        ),
+        (
+            "missing TLS certificate",
+            format!("{memory}[tls]\ncert = \"nope.crt\"\nkey = \"nope.key\"\n"),
+            vec!["nope.crt"],
+        ),
+        (
+            "TLS key file without a key",
+            format!("{memory}[tls]\ncert = \"server.crt\"\nkey = \"server.crt\"\n"),
+            vec!["server.crt", "no PEM private key"],
         ),
     ];
     if cfg!(feature = "redis") {
