@@ -275,11 +275,10 @@ pub async fn run(
     if let Some(server) = health_server {
         let _ = server.await;
     }
-    if let Some(server) = metrics_server {
-        match server.await {
-            Ok(Err(e)) => warn!(error = %e, "the metrics listener failed"),
-            Ok(Ok(())) | Err(_) => {}
-        }
+    if let Some(server) = metrics_server
+        && let Ok(Err(e)) = server.await
+    {
+        warn!(error = %e, "the metrics listener failed");
     }
     result?;
     info!("stopped");
