@@ -47,6 +47,9 @@ struct Args {
     /// or `metrics_listen` from the config].
     #[arg(long, env = "STORMLOCK_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// How long in-flight calls may take to finish after SIGTERM [default: 10s].
+    #[arg(long, env = "STORMLOCK_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_grace)]
+    shutdown_grace: Option<std::time::Duration>,
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`: the daemon's,
     /// libraries stay at info at most) or a full filter such as
     /// `stormlock=debug,h2=debug,info` [default: $RUST_LOG, else info].
@@ -202,9 +205,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.metrics_listen.is_some() {
         settings.config.metrics_listen = args.metrics_listen;
     }
+    if args.shutdown_grace.is_some() {
+        settings.config.shutdown_grace = args.shutdown_grace;
+    }
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;
     Ok(())
+}
+
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    stormlock::duration::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// `value` as a TOML basic string.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use crate::metrics::Metrics;
 
@@ -103,5 +103,8 @@ impl Backend for WithTimeout {
     }
     async fn health(&self) -> Result<()> {
         self.bounded("health", self.inner.health()).await
+    }
+    async fn subscribe(&self) -> Result<Option<ChangeStream>> {
+        self.bounded("subscribe", self.inner.subscribe()).await
     }
 }
