@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::config::AuditConfig;
 use crate::lease::{Lease, LeaseId};
+use crate::metrics::Metrics;
 
 /// One audit event; `None` fields are left out of the line.
 #[derive(Debug, Default, Serialize)]
@@ -79,6 +80,9 @@ struct Line<'a> {
 /// Where audit lines go.
 pub struct Audit {
     sink: Mutex<Box<dyn Write + Send>>,
+    /// Counts acquisitions, contentions, renewals and force-releases: the
+    /// audit events are recorded at exactly those points.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Audit {
@@ -100,6 +104,7 @@ impl Audit {
         };
         Ok(Self {
             sink: Mutex::new(sink),
+            metrics: None,
         })
     }
 
@@ -107,12 +112,22 @@ impl Audit {
     pub fn discard() -> Self {
         Self {
             sink: Mutex::new(Box::new(std::io::sink())),
+            metrics: None,
         }
+    }
+
+    /// Also counts the lock events in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes one line. A failing sink is reported through the log and does
     /// not fail the request.
     pub fn record(&self, event: &Event<'_>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.lock_event(event.event);
+        }
         let time = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default();

@@ -12,6 +12,9 @@
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`error`]: request errors and their one mapping to gRPC status codes.
 //! - [`audit`]: the audit log (one JSON line per event).
+//! - [`metrics`]: Prometheus metrics and their HTTP listener.
+//! - [`telemetry`]: per-request tracing spans and request metrics (a tower
+//!   layer around the gRPC server).
 //! - [`tls`]: certificates, the development PKI, client identities.
 //! - [`changes`]: who hears that a resource changed (waiters, watches), fed
 //!   by this daemon's own calls and the engines' notifications.
@@ -33,11 +36,13 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod lease;
+pub mod metrics;
 pub mod paths;
 pub mod pb;
 pub mod routing;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 pub mod tls;
 pub mod validate;
 pub mod waiters;

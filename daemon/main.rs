@@ -43,17 +43,23 @@ struct Args {
     /// Plaintext gRPC health-check listener (for Kubernetes probes).
     #[arg(long, env = "STORMLOCK_HEALTH_LISTEN", value_name = "ADDR")]
     health_listen: Option<SocketAddr>,
+    /// Prometheus metrics listener (plain HTTP, `GET /metrics`) [default: off,
+    /// or `metrics_listen` from the config].
+    #[arg(long, env = "STORMLOCK_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// How long in-flight calls may take to finish after SIGTERM [default: 10s].
     #[arg(long, env = "STORMLOCK_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_grace)]
     shutdown_grace: Option<std::time::Duration>,
-    /// Log filter, e.g. `info`, `debug`, `stormlock=debug,audit=info`.
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`: the daemon's,
+    /// libraries stay at info at most) or a full filter such as
+    /// `stormlock=debug,h2=debug,info` [default: $RUST_LOG, else info].
     #[arg(
         long,
+        visible_alias = "log-level",
         env = "STORMLOCK_LOG",
-        value_name = "FILTER",
-        default_value = "info"
+        value_name = "FILTER"
     )]
-    log: String,
+    log: Option<String>,
     /// Log format.
     #[arg(long, env = "STORMLOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -124,8 +130,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(args: &Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("invalid log filter {:?}", args.log))?;
+    let directives = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(expand_level(&directives))
+        .with_context(|| format!("invalid log filter {directives:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -134,6 +145,17 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     Ok(())
+}
+
+/// A bare level (`debug`, `trace`) applies to the daemon; its libraries stay
+/// at `info` or quieter, since their debug output (HTTP/2 frames, TLS) drowns
+/// the daemon's. Full filters (`h2=debug,info`) are used as given.
+fn expand_level(directives: &str) -> String {
+    use tracing_subscriber::filter::LevelFilter;
+    match directives.trim().parse::<LevelFilter>() {
+        Ok(level) => format!("{},stormlock={level}", level.min(LevelFilter::INFO)),
+        Err(_) => directives.to_string(),
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -180,6 +202,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.health_listen.is_some() {
         settings.config.health_listen = args.health_listen;
     }
+    if args.metrics_listen.is_some() {
+        settings.config.metrics_listen = args.metrics_listen;
+    }
     if args.shutdown_grace.is_some() {
         settings.config.shutdown_grace = args.shutdown_grace;
     }
@@ -216,7 +241,14 @@ async fn shutdown_signal() {
 async fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?.with_implicit_backend();
     let data_dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
-    let router = Router::connect(&config, &data_dir).await?;
+    if let Some(tls) = &config.tls {
+        stormlock::tls::check_files(&stormlock::tls::TlsFiles {
+            cert: data_dir.join(&tls.cert),
+            key: data_dir.join(&tls.key),
+            client_ca: tls.client_ca.as_ref().map(|p| data_dir.join(p)),
+        })?;
+    }
+    let router = Router::connect(&config, &data_dir, None).await?;
     for (name, backend) in router.backends() {
         backend
             .health()
@@ -236,4 +268,16 @@ async fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         if config.resources.len() == 1 { "" } else { "s" },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_level;
+
+    #[test]
+    fn a_bare_level_is_the_daemons() {
+        assert_eq!(expand_level("debug"), "info,stormlock=debug");
+        assert_eq!(expand_level("warn"), "warn,stormlock=warn");
+        assert_eq!(expand_level("h2=debug,info"), "h2=debug,info");
+    }
 }

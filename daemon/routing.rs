@@ -12,6 +12,7 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 use crate::backend::{self, Backend, BackendError, WithTimeout};
 use crate::config::Config;
 use crate::lease::Lease;
+use crate::metrics::Metrics;
 
 /// Where a resource lives and how long its leases may last.
 pub struct Route {
@@ -47,15 +48,24 @@ pub fn compile_pattern(pattern: &str) -> Result<GlobMatcher, String> {
 
 impl Router {
     /// Connects every configured backend (in parallel) and compiles the rules.
-    /// `config` must have been validated.
-    pub async fn connect(config: &Config, data_dir: &Path) -> Result<Self, BackendError> {
+    /// `config` must have been validated. Backend calls are recorded in
+    /// `metrics` when given.
+    pub async fn connect(
+        config: &Config,
+        data_dir: &Path,
+        metrics: Option<&Arc<Metrics>>,
+    ) -> Result<Self, BackendError> {
         let timeout = config.defaults.backend_timeout;
         let connects = config
             .backends
             .iter()
             .map(|(name, backend_config)| async move {
                 let inner = backend::connect(name, backend_config, data_dir).await?;
-                let bounded: Arc<dyn Backend> = Arc::new(WithTimeout::new(name, inner, timeout));
+                let mut bounded = WithTimeout::new(name, inner, timeout);
+                if let Some(metrics) = metrics {
+                    bounded = bounded.with_metrics(metrics.clone());
+                }
+                let bounded: Arc<dyn Backend> = Arc::new(bounded);
                 Ok::<_, BackendError>((name.clone(), bounded))
             });
         let backends: BTreeMap<_, _> = futures::future::try_join_all(connects)

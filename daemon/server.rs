@@ -1,5 +1,6 @@
 //! Running the daemon: transport security, the gRPC server with health and
-//! reflection, backend health checks, and graceful shutdown.
+//! reflection, backend health checks, the metrics listener, and graceful
+//! shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,10 +19,12 @@ use crate::audit::Audit;
 use crate::auth::Auth;
 use crate::backend::BackendError;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::paths::DevTls;
 use crate::pb::lock_service_server::LockServiceServer;
 use crate::routing::Router;
 use crate::service::LockService;
+use crate::telemetry::RequestLayer;
 use crate::tls::{self, TlsError, TlsFiles};
 
 /// Largest request message: the biggest valid request is a few KiB, so
@@ -150,7 +153,8 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let audit = Arc::new(Audit::open(&settings.config.audit).map_err(|e| {
+    let metrics = Arc::new(Metrics::new());
+    let audit = Audit::open(&settings.config.audit).map_err(|e| {
         let path = settings
             .config
             .audit
@@ -158,14 +162,24 @@ pub async fn run(
             .as_deref()
             .unwrap_or(Path::new("-"));
         ServerError::Refused(format!("cannot open the audit log {}: {e}", path.display()))
-    })?);
-    let router = Arc::new(Router::connect(&settings.config, &settings.data_dir).await?);
+    })?;
+    let audit = Arc::new(audit.with_metrics(metrics.clone()));
+    let router =
+        Arc::new(Router::connect(&settings.config, &settings.data_dir, Some(&metrics)).await?);
+    for name in router.backends().keys() {
+        metrics.set_backend_up(name, true);
+    }
     let service = LockService::new(
         router.clone(),
         settings.auth.clone(),
         audit,
         settings.config.defaults.max_wait,
     );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
 
     // The engines' change notifications wake waiters and watches at once.
     let changes = service.changes();
@@ -182,12 +196,34 @@ pub async fn run(
         .collect();
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     set_health(&reporter, ServingStatus::Serving).await;
     let health_task = tokio::spawn(watch_backends(
         router.clone(),
         reporter.clone(),
+        metrics.clone(),
         settings.health_interval,
+        stopped(stop_rx.clone()),
     ));
+
+    let metrics_server = match settings.config.metrics_listen {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            info!(addr = %local_addr(&listener), "serving Prometheus metrics at /metrics");
+            let changes = changes.clone();
+            let before_scrape =
+                Arc::new(move |m: &Metrics| m.set_waiters(changes.waiters().waiting()));
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                before_scrape,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -221,7 +257,6 @@ pub async fn run(
         }
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let health_listener = match settings.config.health_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -229,13 +264,10 @@ pub async fn run(
     let health_server = health_listener.map(|listener| {
         info!(addr = %local_addr(&listener), "serving plaintext gRPC health checks");
         let health_service = health_service.clone();
-        let mut stop = stop_rx.clone();
         tokio::spawn(
             Server::builder()
                 .add_service(health_service)
-                .serve_with_incoming_shutdown(incoming(listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
+                .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone())),
         )
     });
 
@@ -246,6 +278,7 @@ pub async fn run(
         .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
     let server = builder
+        .layer(RequestLayer::new(metrics.clone()))
         .add_service(
             LockServiceServer::new(service)
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -285,6 +318,11 @@ pub async fn run(
     if let Some(server) = health_server {
         let _ = server.await;
     }
+    if let Some(server) = metrics_server
+        && let Ok(Err(e)) = server.await
+    {
+        warn!(error = %e, "the metrics listener failed");
+    }
     result?;
     info!("stopped");
     Ok(())
@@ -305,37 +343,59 @@ fn local_addr(listener: &TcpListener) -> String {
 
 const SERVICE_NAME: &str = "stormlock.v1.LockService";
 
+/// Health service name that is SERVING for as long as the process answers,
+/// whatever the backends: for liveness probes, so that a backend outage does
+/// not restart every daemon.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// Sets the overall status ("") and the LockService's, which always agree.
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     reporter.set_service_status(SERVICE_NAME, status).await;
 }
 
-/// Flips `stormlock.v1.LockService` to NOT_SERVING while any backend fails
-/// its check, and back.
-async fn watch_backends(router: Arc<Router>, reporter: HealthReporter, every: Duration) {
-    let mut healthy = true;
-    loop {
-        tokio::time::sleep(every).await;
-        let mut failures = Vec::new();
-        for (name, backend) in router.backends() {
-            if let Err(e) = backend.health().await {
-                failures.push(format!("{name}: {e}"));
+/// Checks every backend each `every` until `stop` completes: the overall
+/// status and `stormlock.v1.LockService` are NOT_SERVING while any backend
+/// fails its check, SERVING again once all pass.
+async fn watch_backends(
+    router: Arc<Router>,
+    reporter: HealthReporter,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let check = async {
+        let mut healthy = true;
+        loop {
+            tokio::time::sleep(every).await;
+            let checks = router.backends().iter().map(|(name, backend)| async move {
+                let result = backend.health().await;
+                (name, result)
+            });
+            let mut failures = Vec::new();
+            for (name, result) in futures::future::join_all(checks).await {
+                metrics.set_backend_up(name, result.is_ok());
+                if let Err(e) = result {
+                    failures.push(format!("{name}: {e}"));
+                }
+            }
+            let now_healthy = failures.is_empty();
+            if now_healthy != healthy {
+                healthy = now_healthy;
+                let status = if healthy {
+                    info!("backends reachable again: SERVING");
+                    ServingStatus::Serving
+                } else {
+                    warn!(failures = ?failures, "backend unreachable: NOT_SERVING");
+                    ServingStatus::NotServing
+                };
+                set_health(&reporter, status).await;
             }
         }
-        let now_healthy = failures.is_empty();
-        if now_healthy != healthy {
-            healthy = now_healthy;
-            // Only the service's status follows the backends: the overall
-            // status ("") says the process serves, so a liveness probe does
-            // not restart a daemon whose backend is down.
-            let status = if healthy {
-                info!("backends reachable again: SERVING");
-                ServingStatus::Serving
-            } else {
-                warn!(failures = ?failures, "backend unreachable: NOT_SERVING");
-                ServingStatus::NotServing
-            };
-            reporter.set_service_status(SERVICE_NAME, status).await;
-        }
+    };
+    // Once shutdown begins the status stays NOT_SERVING.
+    tokio::select! {
+        () = check => {}
+        () = stop => {}
     }
 }

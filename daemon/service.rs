@@ -74,6 +74,9 @@ impl LockService {
 
     /// Checks that `caller` may do `action` on `resource`; denials are audited.
     fn permit(&self, caller: &Caller, action: Action, resource: &str) -> Result<(), Error> {
+        tracing::Span::current()
+            .record("principal", caller.principal.as_str())
+            .record("resource", resource);
         self.auth
             .authorize(caller, action, resource)
             .inspect_err(|_| {

@@ -40,6 +40,14 @@ pub enum TlsError {
     /// Certificate generation failed.
     #[error("cannot generate development certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A configured file holds no usable PEM of the expected kind.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Which part of a client certificate names the principal.
@@ -71,6 +79,30 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// Checks that `files` read and hold what they should: certificates in the
+/// chain and the CA, a private key in the key file (`check-config`).
+pub fn check_files(files: &TlsFiles) -> Result<(), TlsError> {
+    let invalid = |path: &Path, message: &str| TlsError::Invalid {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    };
+    for path in std::iter::once(&files.cert).chain(&files.client_ca) {
+        let pem = read(path)?;
+        let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
+        match certs {
+            Ok(certs) if !certs.is_empty() => {}
+            Ok(_) => return Err(invalid(path, "no PEM certificate in the file")),
+            Err(e) => return Err(invalid(path, &format!("unreadable PEM: {e}"))),
+        }
+    }
+    let pem = read(&files.key)?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(invalid(&files.key, "no PEM private key in the file")),
+        Err(e) => Err(invalid(&files.key, &format!("unreadable PEM: {e}"))),
+    }
 }
 
 /// Builds tonic's server TLS settings from `files`. With a client CA, clients

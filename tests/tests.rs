@@ -14,6 +14,7 @@ mod daemon_faults;
 mod dynamodb_backend;
 mod e2e;
 mod exclusion;
+mod operations;
 mod security;
 mod service;
 mod shared_backend;

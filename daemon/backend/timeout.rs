@@ -1,14 +1,16 @@
 //! Bounds every backend call, so that an engine that hangs (SIGSTOP, a dead
 //! TCP peer, a full pool) turns into a fast `Unavailable` instead of a hang.
+//! Being the one place every call passes, it also times and counts them.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{Backend, BackendError, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+use crate::metrics::Metrics;
 
 /// Wraps a backend so that each call fails with [`BackendError::Unavailable`]
 /// after `timeout`.
@@ -16,6 +18,8 @@ pub struct WithTimeout {
     name: String,
     inner: Arc<dyn Backend>,
     timeout: Duration,
+    /// Latency and errors per operation, when the daemon keeps metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl WithTimeout {
@@ -25,11 +29,33 @@ impl WithTimeout {
             name: name.to_string(),
             inner,
             timeout,
+            metrics: None,
         }
     }
 
-    async fn bounded<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, call).await {
+    /// Also records each call's latency and failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, call).await;
+        if let Some(metrics) = &self.metrics {
+            let elapsed = started.elapsed();
+            match &result {
+                Ok(answer) => {
+                    metrics.backend_call(&self.name, operation, elapsed, answer.as_ref().err());
+                }
+                Err(_) => metrics.backend_timeout(&self.name, operation, elapsed),
+            }
+        }
+        match result {
             Ok(result) => result,
             Err(_) => Err(BackendError::unavailable(
                 &self.name,
@@ -42,22 +68,26 @@ impl WithTimeout {
 #[async_trait]
 impl Backend for WithTimeout {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
-        self.bounded(self.inner.acquire(req)).await
+        self.bounded("acquire", self.inner.acquire(req)).await
     }
     async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
-        self.bounded(self.inner.release(resource, id)).await
+        self.bounded("release", self.inner.release(resource, id))
+            .await
     }
     async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
-        self.bounded(self.inner.renew(resource, id, ttl)).await
+        self.bounded("renew", self.inner.renew(resource, id, ttl))
+            .await
     }
     async fn current(&self, resource: &str) -> Result<Option<Lease>> {
-        self.bounded(self.inner.current(resource)).await
+        self.bounded("current", self.inner.current(resource)).await
     }
     async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {
-        self.bounded(self.inner.status(resource, id)).await
+        self.bounded("status", self.inner.status(resource, id))
+            .await
     }
     async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Lease>> {
-        self.bounded(self.inner.list(prefix, after, limit)).await
+        self.bounded("list", self.inner.list(prefix, after, limit))
+            .await
     }
     async fn force_release(
         &self,
@@ -65,13 +95,16 @@ impl Backend for WithTimeout {
         actor: &str,
         reason: &str,
     ) -> Result<Option<Lease>> {
-        self.bounded(self.inner.force_release(resource, actor, reason))
-            .await
+        self.bounded(
+            "force_release",
+            self.inner.force_release(resource, actor, reason),
+        )
+        .await
     }
     async fn health(&self) -> Result<()> {
-        self.bounded(self.inner.health()).await
+        self.bounded("health", self.inner.health()).await
     }
     async fn subscribe(&self) -> Result<Option<ChangeStream>> {
-        self.bounded(self.inner.subscribe()).await
+        self.bounded("subscribe", self.inner.subscribe()).await
     }
 }

@@ -37,6 +37,8 @@ CI_FILES = sorted(CHART.glob("ci/*-values.yaml"))
 CASES = {"default": {}} | {p.name.removesuffix("-values.yaml"): yaml.safe_load(p.read_text()) for p in CI_FILES}
 
 HEALTH_SERVICE = "stormlock.v1.LockService"
+# The health name stormlockd keeps SERVING whatever its backends.
+LIVENESS_SERVICE = "liveness"
 SHARED_TYPES = ["redis", "postgres", "mysql", "etcd", "dynamodb"]
 
 
@@ -284,10 +286,17 @@ def test_probes_use_grpc_on_the_health_port(chart, case):
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert set(c[probe]) >= {"grpc"} and "httpGet" not in c[probe] and "exec" not in c[probe]
         assert c[probe]["grpc"]["port"] == health_port
-    # Liveness must not depend on the backend; readiness must.
-    assert c["livenessProbe"]["grpc"]["service"] == ""
-    assert c["startupProbe"]["grpc"]["service"] == ""
+    # Liveness must not depend on the backend; readiness must. The daemon's
+    # overall status ("") follows the backends too, so liveness uses the
+    # name that only reflects the process.
+    assert c["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
+    assert c["startupProbe"]["grpc"]["service"] == LIVENESS_SERVICE
     assert c["readinessProbe"]["grpc"]["service"] == HEALTH_SERVICE
+
+
+def test_liveness_name_is_the_one_the_daemon_keeps_serving():
+    server = (ROOT / "daemon" / "server.rs").read_text()
+    assert f'LIVENESS_SERVICE: &str = "{LIVENESS_SERVICE}";' in server
 
 
 def test_probe_port_follows_the_health_port_value(chart):

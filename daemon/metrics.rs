@@ -1,0 +1,374 @@
+//! Prometheus metrics: the registry every part of the daemon records into,
+//! and the HTTP listener that serves it at `GET /metrics` (OpenMetrics text).
+//!
+//! Each daemon has its own [`Metrics`]; nothing here is global, so several
+//! daemons in one process (tests) keep separate counts. Requests are counted
+//! by [`crate::telemetry`], lock events by [`crate::audit`], backend calls by
+//! the timeout wrapper every backend call goes through.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::backend::BackendError;
+
+/// Content type of the OpenMetrics text format served at `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Request latency buckets, in seconds: sub-millisecond local calls up to
+/// Acquires that wait for a lock.
+const REQUEST_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// Backend call latency buckets, in seconds (calls are bounded by
+/// `backend_timeout`, 2s by default).
+const BACKEND_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    rpc: String,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendErrorLabels {
+    backend: String,
+    operation: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendNameLabels {
+    backend: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The daemon's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RpcLabels>,
+    acquisitions: Counter,
+    contentions: Counter,
+    renewals: Counter,
+    force_releases: Counter,
+    waiters: Gauge,
+    backend_duration: HistogramFamily<BackendLabels>,
+    backend_errors: Family<BackendErrorLabels, Counter>,
+    backend_up: Family<BackendNameLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero and `stormlock_build_info` set.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "stormlock_requests",
+            "LockService calls answered, by RPC and gRPC status code",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RpcLabels> =
+            Family::new_with_constructor(|| Histogram::new(REQUEST_BUCKETS));
+        registry.register(
+            "stormlock_request_duration_seconds",
+            "Time from a LockService call's arrival to its response headers, by RPC",
+            request_duration.clone(),
+        );
+        let acquisitions = Counter::default();
+        registry.register(
+            "stormlock_acquisitions",
+            "Leases granted",
+            acquisitions.clone(),
+        );
+        let contentions = Counter::default();
+        registry.register(
+            "stormlock_contentions",
+            "Acquires answered with the current holder (lock busy)",
+            contentions.clone(),
+        );
+        let renewals = Counter::default();
+        registry.register("stormlock_renewals", "Leases renewed", renewals.clone());
+        let force_releases = Counter::default();
+        registry.register(
+            "stormlock_force_releases",
+            "Leases broken by an administrator",
+            force_releases.clone(),
+        );
+        let waiters = Gauge::default();
+        registry.register(
+            "stormlock_waiters",
+            "Acquire calls currently waiting for a lock",
+            waiters.clone(),
+        );
+        let backend_duration: HistogramFamily<BackendLabels> =
+            Family::new_with_constructor(|| Histogram::new(BACKEND_BUCKETS));
+        registry.register(
+            "stormlock_backend_request_duration_seconds",
+            "Backend call latency, by backend and operation",
+            backend_duration.clone(),
+        );
+        let backend_errors = Family::<BackendErrorLabels, Counter>::default();
+        registry.register(
+            "stormlock_backend_errors",
+            "Failed backend calls, by backend, operation and kind (unavailable, timeout, internal, config)",
+            backend_errors.clone(),
+        );
+        let backend_up = Family::<BackendNameLabels, Gauge>::default();
+        registry.register(
+            "stormlock_backend_up",
+            "1 while the backend passes its periodic health check, else 0",
+            backend_up.clone(),
+        );
+        registry.register(
+            "stormlock_build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            acquisitions,
+            contentions,
+            renewals,
+            force_releases,
+            waiters,
+            backend_duration,
+            backend_errors,
+            backend_up,
+        }
+    }
+
+    /// Counts a finished call of `rpc` with gRPC status `code`.
+    pub fn request_finished(&self, rpc: &str, code: tonic::Code) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                rpc: rpc.to_string(),
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    /// Records the time `rpc` took to produce its response headers.
+    pub fn request_answered(&self, rpc: &str, elapsed: Duration) {
+        self.request_duration
+            .get_or_create(&RpcLabels {
+                rpc: rpc.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an audit event (`acquire`, `contention`, `renew`,
+    /// `force_release`); other events are not counted.
+    pub fn lock_event(&self, event: &str) {
+        let counter = match event {
+            "acquire" => &self.acquisitions,
+            "contention" => &self.contentions,
+            "renew" => &self.renewals,
+            "force_release" => &self.force_releases,
+            _ => return,
+        };
+        counter.inc();
+    }
+
+    /// Records one call of `operation` on `backend`, its latency and, when it
+    /// failed, why. A lease that is not current is an answer, not an error.
+    pub fn backend_call(
+        &self,
+        backend: &str,
+        operation: &'static str,
+        elapsed: Duration,
+        error: Option<&BackendError>,
+    ) {
+        self.backend_duration
+            .get_or_create(&BackendLabels {
+                backend: backend.to_string(),
+                operation,
+            })
+            .observe(elapsed.as_secs_f64());
+        let kind = match error {
+            None | Some(BackendError::NotCurrent { .. }) => return,
+            Some(BackendError::Unavailable { .. }) => "unavailable",
+            Some(BackendError::Internal { .. }) => "internal",
+            Some(BackendError::Config { .. }) => "config",
+        };
+        self.count_backend_error(backend, operation, kind);
+    }
+
+    /// Records a backend call that did not answer within its bound.
+    pub fn backend_timeout(&self, backend: &str, operation: &'static str, elapsed: Duration) {
+        self.backend_duration
+            .get_or_create(&BackendLabels {
+                backend: backend.to_string(),
+                operation,
+            })
+            .observe(elapsed.as_secs_f64());
+        self.count_backend_error(backend, operation, "timeout");
+    }
+
+    fn count_backend_error(&self, backend: &str, operation: &'static str, kind: &'static str) {
+        self.backend_errors
+            .get_or_create(&BackendErrorLabels {
+                backend: backend.to_string(),
+                operation,
+                kind,
+            })
+            .inc();
+    }
+
+    /// Sets `stormlock_backend_up` for `backend`.
+    pub fn set_backend_up(&self, backend: &str, up: bool) {
+        self.backend_up
+            .get_or_create(&BackendNameLabels {
+                backend: backend.to_string(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Sets the number of Acquire calls waiting for a lock.
+    pub fn set_waiters(&self, waiting: usize) {
+        self.waiters.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail; an error would mean a broken
+        // label encoder, and the partial text is still the best answer.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        text
+    }
+}
+
+/// The gRPC name of `code`, as in the gRPC status code documentation.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes. `before_scrape`
+/// runs before each encoding, to refresh gauges read from elsewhere.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    before_scrape: Arc<dyn Fn(&Metrics) + Send + Sync>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::header;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            let before_scrape = before_scrape.clone();
+            async move {
+                before_scrape(&metrics);
+                ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode())
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let metrics = Metrics::new();
+        metrics.request_finished("Acquire", tonic::Code::Ok);
+        metrics.request_answered("Acquire", Duration::from_millis(3));
+        metrics.lock_event("acquire");
+        metrics.lock_event("release");
+        metrics.backend_call(
+            "main",
+            "acquire",
+            Duration::from_millis(1),
+            Some(&BackendError::unavailable("main", "down")),
+        );
+        metrics.backend_call(
+            "main",
+            "renew",
+            Duration::from_millis(1),
+            Some(&BackendError::NotCurrent { evicted: None }),
+        );
+        metrics.backend_timeout("main", "health", Duration::from_secs(2));
+        metrics.set_backend_up("main", true);
+        metrics.set_waiters(2);
+        let text = metrics.encode();
+        for line in [
+            "stormlock_requests_total{rpc=\"Acquire\",code=\"OK\"} 1",
+            "stormlock_request_duration_seconds_count{rpc=\"Acquire\"} 1",
+            "stormlock_acquisitions_total 1",
+            "stormlock_contentions_total 0",
+            "stormlock_waiters 2",
+            "stormlock_backend_errors_total{backend=\"main\",operation=\"acquire\",kind=\"unavailable\"} 1",
+            "stormlock_backend_errors_total{backend=\"main\",operation=\"health\",kind=\"timeout\"} 1",
+            "stormlock_backend_up{backend=\"main\"} 1",
+            "stormlock_build_info{version=\"",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("operation=\"renew\",kind"), "{text}");
+    }
+}

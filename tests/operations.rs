@@ -1,0 +1,352 @@
+//! Running in production: Prometheus metrics that move with traffic, health
+//! that follows the backends (and a liveness name that does not), and
+//! `stormlockd check-config` catching each class of mistake.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use stormlock::pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::support::{PrivateEngine, TestDaemon};
+
+/// Bound on every wait for the daemon to notice something.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr")
+}
+
+/// `GET /metrics` on `addr`, retried until the listener is up.
+async fn scrape(addr: SocketAddr) -> String {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        match try_scrape(addr).await {
+            Ok(text) => return text,
+            Err(e) if Instant::now() < until => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot scrape {addr}: {e}"),
+        }
+    }
+}
+
+async fn try_scrape(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP head"))?;
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    Ok(body.to_string())
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed);
+/// 0 when the series does not exist yet.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("numeric sample"))
+        .unwrap_or(0.0)
+}
+
+fn acquire(resource: &str, principal: &str) -> pb::AcquireRequest {
+    pb::AcquireRequest {
+        resource: resource.to_string(),
+        principal: principal.to_string(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    let metrics = free_addr();
+    let config = format!("metrics_listen = \"{metrics}\"\n[backends.main]\ntype = \"memory\"\n");
+    let daemon = TestDaemon::start(&config, true).await;
+    let before = scrape(metrics).await;
+    assert!(
+        before.contains("stormlock_build_info{version=\""),
+        "{before}"
+    );
+    assert_eq!(sample(&before, "stormlock_acquisitions_total"), 0.0);
+
+    let mut client = daemon.client().await;
+    let granted = client
+        .acquire(acquire("ops/db", "alice"))
+        .await
+        .expect("acquire")
+        .into_inner();
+    assert!(granted.acquired);
+    let busy = client
+        .acquire(acquire("ops/db", "bob"))
+        .await
+        .expect("second acquire")
+        .into_inner();
+    assert!(!busy.acquired);
+    let refused = client
+        .acquire(acquire("", "bob"))
+        .await
+        .expect_err("empty resource");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let lease = granted.lease.expect("lease");
+    client
+        .renew(pb::RenewRequest {
+            resource: lease.resource.clone(),
+            lease_id: lease.lease_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("renew");
+
+    // A caller waiting for the lock shows in the waiters gauge.
+    let mut waiter = client.clone();
+    let waiting = tokio::spawn(async move {
+        let mut request = acquire("ops/db", "carol");
+        request.wait = Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        });
+        waiter.acquire(request).await
+    });
+    let until = Instant::now() + PATIENCE;
+    while sample(&scrape(metrics).await, "stormlock_waiters") != 1.0 {
+        assert!(Instant::now() < until, "the waiter never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .release(pb::ReleaseRequest {
+            resource: lease.resource,
+            lease_id: lease.lease_id,
+        })
+        .await
+        .expect("release");
+    let took = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("waiter answered")
+        .expect("waiter task")
+        .expect("waiter acquire")
+        .into_inner();
+    assert!(took.acquired);
+
+    let after = scrape(metrics).await;
+    for (series, want) in [
+        ("stormlock_acquisitions_total", 2.0),
+        ("stormlock_contentions_total", 1.0),
+        ("stormlock_renewals_total", 1.0),
+        ("stormlock_force_releases_total", 0.0),
+        ("stormlock_waiters", 0.0),
+        ("stormlock_requests_total{rpc=\"Acquire\",code=\"OK\"}", 3.0),
+        (
+            "stormlock_requests_total{rpc=\"Acquire\",code=\"INVALID_ARGUMENT\"}",
+            1.0,
+        ),
+        ("stormlock_requests_total{rpc=\"Renew\",code=\"OK\"}", 1.0),
+        ("stormlock_requests_total{rpc=\"Release\",code=\"OK\"}", 1.0),
+        (
+            "stormlock_request_duration_seconds_count{rpc=\"Acquire\"}",
+            4.0,
+        ),
+        (
+            "stormlock_backend_request_duration_seconds_count{backend=\"main\",operation=\"release\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&after, series), want, "{series} in:\n{after}");
+    }
+    // Only LockService calls are counted, under known method names.
+    assert!(!after.contains("grpc.health"), "{after}");
+    daemon.shutdown().await.expect("clean shutdown");
+}
+
+async fn status(health: &mut HealthClient<Channel>, service: &str) -> ServingStatus {
+    let answer = health
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    ServingStatus::try_from(answer.status).expect("known status")
+}
+
+/// Polls until the overall and the LockService status are both `want`.
+async fn wait_for_health(health: &mut HealthClient<Channel>, want: ServingStatus) {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let overall = status(health, "").await;
+        let service = status(health, "stormlock.v1.LockService").await;
+        if overall == want && service == want {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "health stayed {overall:?}/{service:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_backend_and_liveness_does_not() {
+    let Some(engine) = PrivateEngine::start("redis") else {
+        return;
+    };
+    let metrics = free_addr();
+    let config = format!(
+        "metrics_listen = \"{metrics}\"\n[defaults]\nbackend_timeout = \"1s\"\n\
+         [backends.main]\ntype = \"redis\"\nurl = \"{}\"\n",
+        engine.url
+    );
+    let daemon = TestDaemon::start(&config, true).await;
+    let mut health = HealthClient::new(daemon.channel().await);
+    wait_for_health(&mut health, ServingStatus::Serving).await;
+    assert_eq!(
+        status(&mut health, "liveness").await,
+        ServingStatus::Serving
+    );
+
+    engine.stop();
+    wait_for_health(&mut health, ServingStatus::NotServing).await;
+    assert_eq!(
+        status(&mut health, "liveness").await,
+        ServingStatus::Serving,
+        "liveness must not follow the backend"
+    );
+    let down = scrape(metrics).await;
+    assert_eq!(
+        sample(&down, "stormlock_backend_up{backend=\"main\"}"),
+        0.0,
+        "{down}"
+    );
+    assert!(
+        down.lines().any(|l| l
+            .starts_with("stormlock_backend_errors_total{backend=\"main\",operation=\"health\"")),
+        "{down}"
+    );
+
+    engine.restart();
+    wait_for_health(&mut health, ServingStatus::Serving).await;
+    assert_eq!(
+        status(&mut health, "liveness").await,
+        ServingStatus::Serving
+    );
+    let up = scrape(metrics).await;
+    assert_eq!(sample(&up, "stormlock_backend_up{backend=\"main\"}"), 1.0);
+    daemon.shutdown().await.expect("clean shutdown");
+}
+
+/// Runs `stormlockd check-config` on `config` written to a file; returns
+/// the exit code and standard output + error.
+fn check_config(dir: &Path, config: &str) -> (i32, String) {
+    let file = dir.join("stormlock.toml");
+    std::fs::write(&file, config).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_stormlockd"))
+        .arg("check-config")
+        .arg(&file)
+        .env_remove("STORMLOCK_CONFIG")
+        .env("STORMLOCK_DATA_DIR", dir)
+        .output()
+        .expect("run stormlockd");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_config_catches_each_class_of_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).expect("write cert");
+    let memory = "[backends.main]\ntype = \"memory\"\n";
+    let closed = free_addr();
+    let mut cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "TOML syntax",
+            "listen = \"127.0.0.1:7466\"\n[defaults\nttl = \"1h\"\n".to_string(),
+            vec!["line 2, column"],
+        ),
+        (
+            "unknown key",
+            format!("{memory}[defaults]\nttl = \"1h\"\ntll = \"2h\"\n"),
+            vec!["line 5", "tll"],
+        ),
+        (
+            "bad duration",
+            format!("{memory}[defaults]\nttl = \"5 fortnights\"\n"),
+            vec!["line 4", "ttl", "fortnights"],
+        ),
+        (
+            "unknown backend in a resource rule",
+            format!("{memory}[[resources]]\nmatch = \"prod/*\"\nbackend = \"disk\"\n"),
+            vec!["resources[0].backend", "disk"],
+        ),
+        (
+            "bad glob",
+            format!("{memory}[[resources]]\nmatch = \"prod/[\"\n"),
+            vec!["resources[0].match"],
+        ),
+        (
+            "bad auth rule",
+            format!(
+                "{memory}[[auth.rules]]\nprincipals = [\"*\"]\nresources = [\"*\"]\nactions = [\"fly\"]\n"
+            ),
+            vec!["auth.rules[0].actions", "fly"],
+        ),
+        (
+            "missing TLS certificate",
+            format!("{memory}[tls]\ncert = \"nope.crt\"\nkey = \"nope.key\"\n"),
+            vec!["nope.crt"],
+        ),
+        (
+            "TLS key file without a key",
+            format!("{memory}[tls]\ncert = \"server.crt\"\nkey = \"server.crt\"\n"),
+            vec!["server.crt", "no PEM private key"],
+        ),
+    ];
+    if cfg!(feature = "redis") {
+        cases.push((
+            "unreachable backend",
+            format!("[backends.main]\ntype = \"redis\"\nurl = \"redis://{closed}/\"\n"),
+            vec!["\"main\"", "unavailable"],
+        ));
+    }
+    for (class, config, wanted) in cases {
+        let (code, text) = check_config(dir.path(), &config);
+        assert_ne!(code, 0, "{class}: accepted\n{config}");
+        assert!(
+            !text.contains("panicked"),
+            "{class}: panicked instead of an error: {text}"
+        );
+        for want in wanted {
+            assert!(
+                text.contains(want),
+                "{class}: {want:?} missing from {text:?}"
+            );
+        }
+    }
+    let (code, text) = check_config(dir.path(), memory);
+    assert_eq!(code, 0, "a valid config: {text}");
+    assert!(text.contains("ok"), "{text}");
+}
