@@ -9,29 +9,29 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const STORMLOCK: &str = env!("CARGO_BIN_EXE_stormlock");
+pub(crate) const STORMLOCK: &str = env!("CARGO_BIN_EXE_stormlock");
 const STORMLOCKD: &str = env!("CARGO_BIN_EXE_stormlockd");
 
 /// A daemon of this test's own; dropping it kills exactly that process.
-struct Daemon {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
+    pub(crate) dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
 
 impl Daemon {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
     /// Starts a daemon with extra command-line arguments; `{dir}` in them
     /// stands for the test's directory.
-    fn start_with(extra: &[&str]) -> Self {
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("stormlock-e2e-")
             .tempdir()
@@ -62,11 +62,11 @@ impl Daemon {
         daemon
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
@@ -90,9 +90,14 @@ impl Daemon {
         }
     }
 
+    /// The CLI against this daemon, to start in the background.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        cli_command(args, self.dir.path(), &self.data_dir(), Some(self.port))
+    }
+
     /// Runs the CLI against this daemon with a clean environment: no config
     /// file, the daemon's development certificates.
-    fn cli(&self, args: &[&str]) -> Run {
+    pub(crate) fn cli(&self, args: &[&str]) -> Run {
         run_cli(args, self.dir.path(), &self.data_dir(), Some(self.port))
     }
 }
@@ -106,50 +111,30 @@ impl Drop for Daemon {
 
 /// What one CLI run did.
 #[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) elapsed: Duration,
 }
 
 impl Run {
-    fn ok(self) -> Self {
+    pub(crate) fn ok(self) -> Self {
         assert_eq!(self.code, 0, "expected success: {self:?}");
         self
     }
-    fn exit(self, code: i32) -> Self {
+    pub(crate) fn exit(self, code: i32) -> Self {
         assert_eq!(self.code, code, "expected exit {code}: {self:?}");
         self
     }
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         self.stdout.trim_end_matches('\n').to_string()
     }
 }
 
-fn run_cli(args: &[&str], home: &Path, data_dir: &Path, port: Option<u16>) -> Run {
-    let mut command = Command::new(STORMLOCK);
-    command
-        .args(args)
-        .current_dir(home)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("STORMLOCK_DATA_DIR", data_dir)
-        .stdin(Stdio::null());
-    for var in [
-        "STORMLOCK_CONFIG",
-        "STORMLOCK_ADDR",
-        "STORMLOCK_CA",
-        "STORMLOCK_CERT",
-        "STORMLOCK_KEY",
-        "STORMLOCK_PRINCIPAL",
-        "STORMLOCK_TIMEOUT",
-    ] {
-        command.env_remove(var);
-    }
-    if let Some(port) = port {
-        command.env("STORMLOCK_ADDR", format!("127.0.0.1:{port}"));
-    }
+pub(crate) fn run_cli(args: &[&str], home: &Path, data_dir: &Path, port: Option<u16>) -> Run {
+    let mut command = cli_command(args, home, data_dir, port);
+    command.stdin(Stdio::null());
     let started = Instant::now();
     let Output {
         status,
@@ -162,6 +147,40 @@ fn run_cli(args: &[&str], home: &Path, data_dir: &Path, port: Option<u16>) -> Ru
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         elapsed: started.elapsed(),
     }
+}
+
+/// The CLI with a clean environment: no config file, `data_dir`'s
+/// development certificates, the daemon on `port`.
+pub(crate) fn cli_command(
+    args: &[&str],
+    home: &Path,
+    data_dir: &Path,
+    port: Option<u16>,
+) -> Command {
+    let mut command = Command::new(STORMLOCK);
+    command
+        .args(args)
+        .current_dir(home)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("STORMLOCK_DATA_DIR", data_dir);
+    for var in [
+        "STORMLOCK_CONFIG",
+        "STORMLOCK_ADDR",
+        "STORMLOCK_CA",
+        "STORMLOCK_CERT",
+        "STORMLOCK_KEY",
+        "STORMLOCK_PRINCIPAL",
+        "STORMLOCK_TIMEOUT",
+        "STORMLOCK_TOKEN",
+        "COLUMNS",
+    ] {
+        command.env_remove(var);
+    }
+    if let Some(port) = port {
+        command.env("STORMLOCK_ADDR", format!("127.0.0.1:{port}"));
+    }
+    command
 }
 
 /// Runs the CLI without any daemon.

@@ -12,3 +12,4 @@ mod service;
 mod shared_backend;
 mod sql_backends;
 mod support;
+mod workflows;

@@ -1,0 +1,415 @@
+//! Operator workflows end to end, real binaries over mutual TLS: `exec`
+//! (exit statuses, environment, release on every way out, stopping the
+//! command's process group when the lease is lost), Ctrl-C while waiting,
+//! `watch`, `list` and `is-held` when nothing can answer.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::e2e::{Daemon, STORMLOCK};
+
+/// A background CLI process; dropping it kills exactly that process.
+struct Background {
+    child: Child,
+}
+
+impl Background {
+    fn spawn(mut command: std::process::Command) -> Self {
+        let child = command.spawn().expect("spawn stormlock");
+        Self { child }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal the CLI");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it holds, at most `limit`.
+fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not after {limit:?}");
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// The pids a test command wrote to `file` (`echo $$ $! > file`).
+fn pids_in(file: &Path) -> Vec<i32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn exec_runs_the_command_under_the_lease_and_passes_its_status_on() {
+    let d = Daemon::start();
+    // The command sees the lease in its environment, and the daemon agrees
+    // that it is the current one while the command runs.
+    let script = r#"echo "$STORMLOCK_RESOURCE $STORMLOCK_LEASE_ID $STORMLOCK_FENCE"; "$0" current -f json "$STORMLOCK_RESOURCE""#;
+    let run = d
+        .cli(&[
+            "exec", "--reason", "e2e exec", "x/one", "--", "sh", "-c", script, STORMLOCK,
+        ])
+        .ok();
+    let mut lines = run.stdout.lines();
+    let vars: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+    assert_eq!(vars.len(), 3, "{run:?}");
+    assert_eq!(vars[0], "x/one");
+    assert_eq!(vars[1].len(), 32, "{run:?}");
+    let fence: u64 = vars[2].parse().expect("fence is a number");
+    assert!(fence > 0);
+    let current: serde_json::Value =
+        serde_json::from_str(lines.next().unwrap_or_default()).expect("current -f json");
+    assert_eq!(current["id"], vars[1]);
+    assert_eq!(current["fence"], fence);
+    assert_eq!(current["reason"], "e2e exec");
+    // Released on success.
+    d.cli(&["current", "x/one"]).exit(1);
+
+    // Failure: the command's status, and released.
+    d.cli(&["exec", "x/one", "--", "sh", "-c", "exit 7"])
+        .exit(7);
+    d.cli(&["current", "x/one"]).exit(1);
+    // Killed by a signal: 128+N, and released.
+    d.cli(&["exec", "x/one", "--", "sh", "-c", "kill -TERM $$"])
+        .exit(143);
+    d.cli(&["current", "x/one"]).exit(1);
+    // No such command: 127 like a shell, and released.
+    let missing = d
+        .cli(&["exec", "x/one", "--", "/nonexistent/stormlock-test-cmd"])
+        .exit(127);
+    assert!(missing.stderr.contains("command not found"), "{missing:?}");
+    d.cli(&["current", "x/one"]).exit(1);
+    // The fence went up with every acquisition.
+    let next = d
+        .cli(&["exec", "x/one", "--", "sh", "-c", "echo $STORMLOCK_FENCE"])
+        .ok();
+    assert!(
+        next.line().parse::<u64>().is_ok_and(|f| f > fence),
+        "{next:?}"
+    );
+
+    // Held: exit 2 with the holder, and the command never runs.
+    d.cli(&["acquire", "x/one", "--reason", "someone else"])
+        .ok();
+    let held = d
+        .cli(&["exec", "x/one", "--", "sh", "-c", "echo ran"])
+        .exit(2);
+    assert_eq!(held.stdout, "", "{held:?}");
+    assert!(held.stderr.starts_with("Lock held\n"), "{held:?}");
+    assert!(held.stderr.contains("someone else"), "{held:?}");
+
+    d.cli(&["exec", "x/two"]).exit(64);
+}
+
+#[test]
+fn exec_passes_sigterm_on_and_releases() {
+    let d = Daemon::start();
+    let mut exec = Background::spawn({
+        let mut c = d.command(&["exec", "-t", "1h", "x/term", "--", "sleep", "60"]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    });
+    eventually("the lease is taken", Duration::from_secs(10), || {
+        d.cli(&["current", "x/term"]).code == 0
+    });
+    exec.signal(Signal::SIGTERM);
+    let status = exec.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(143), "sleep died of SIGTERM: {status}");
+    d.cli(&["current", "x/term"]).exit(1);
+}
+
+/// Starts `exec` with a command whose shell writes its pid and its
+/// background child's pid to a file, and waits for that file.
+fn exec_with_grandchild(d: &Daemon, args: &[&str], script: &str) -> (Background, Vec<i32>) {
+    let pids = d.dir.path().join("pids");
+    let script = format!("{script}; sleep 60 & echo $$ $! > {}; wait", pids.display());
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--", "sh", "-c", &script]);
+    let exec = Background::spawn({
+        let mut c = d.command(&all);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.dir.path().join("exec.err")).expect("stderr file"));
+        c
+    });
+    eventually("the command has started", Duration::from_secs(10), || {
+        pids_in(&pids).len() == 2
+    });
+    let pids = pids_in(&pids);
+    assert!(pids.iter().all(|&p| alive(p)), "{pids:?}");
+    (exec, pids)
+}
+
+#[test]
+fn exec_stops_the_process_group_when_the_lease_is_force_released() {
+    let d = Daemon::start();
+    // A TTL of 3 s renews every second, which is how exec learns.
+    let (mut exec, pids) = exec_with_grandchild(&d, &["exec", "-t", "3s", "x/forced"], "true");
+    d.cli(&["force-release", "x/forced", "--reason", "incident 7"])
+        .ok();
+    let status = exec.wait(Duration::from_secs(20));
+    let stderr = std::fs::read_to_string(d.dir.path().join("exec.err")).unwrap_or_default();
+    assert_eq!(status.code(), Some(75), "{status}: {stderr}");
+    assert!(stderr.contains("lost the lock on x/forced"), "{stderr}");
+    assert!(stderr.contains("force-released by"), "who: {stderr}");
+    assert!(stderr.contains("incident 7"), "why: {stderr}");
+    eventually(
+        "shell and grandchild are gone",
+        Duration::from_secs(5),
+        || pids.iter().all(|&p| !alive(p)),
+    );
+}
+
+#[test]
+fn exec_stops_the_command_when_renewals_cannot_get_through() {
+    let d = Daemon::start();
+    // Both the shell and its child ignore SIGTERM: only SIGKILL, after the
+    // grace period, stops them.
+    let (mut exec, pids) = exec_with_grandchild(
+        &d,
+        &[
+            "--timeout",
+            "1s",
+            "exec",
+            "-t",
+            "2s",
+            "--grace",
+            "1s",
+            "x/frozen",
+        ],
+        "trap '' TERM",
+    );
+    let daemon = Pid::from_raw(i32::try_from(d.child.id()).expect("pid"));
+    kill(daemon, Signal::SIGSTOP).expect("freeze the daemon");
+    let status = exec.wait(Duration::from_secs(20));
+    kill(daemon, Signal::SIGCONT).expect("thaw the daemon");
+    let stderr = std::fs::read_to_string(d.dir.path().join("exec.err")).unwrap_or_default();
+    assert_eq!(status.code(), Some(75), "{status}: {stderr}");
+    assert!(stderr.contains("lost the lock on x/frozen"), "{stderr}");
+    assert!(stderr.contains("expired"), "{stderr}");
+    eventually(
+        "shell and grandchild are gone",
+        Duration::from_secs(5),
+        || pids.iter().all(|&p| !alive(p)),
+    );
+}
+
+/// Ctrl-C while waiting ends the wait at once with 130 and leaves no lease:
+/// once the holder lets go, the resource is free, not held by the waiter
+/// that gave up.
+#[test]
+fn interrupted_waits_leave_no_lease() {
+    let d = Daemon::start();
+    let holder = d.cli(&["acquire", "-t", "1h", "x/wait"]).ok().line();
+    for command in [
+        &["acquire", "-t", "1h", "--wait", "60s", "x/wait"][..],
+        &[
+            "exec", "-t", "1h", "--wait", "60s", "x/wait", "--", "sh", "-c", "echo ran",
+        ],
+    ] {
+        let mut waiter = Background::spawn({
+            let mut c = d.command(command);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            c
+        });
+        // Give the waiter time to get in line (nothing to poll for yet).
+        sleep(Duration::from_millis(700));
+        waiter.signal(Signal::SIGINT);
+        let status = waiter.wait(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(130), "{command:?}: {status}");
+        let mut out = String::new();
+        if let Some(mut stdout) = waiter.child.stdout.take() {
+            std::io::Read::read_to_string(&mut stdout, &mut out).expect("stdout");
+        }
+        assert_eq!(out, "", "{command:?}: nothing acquired, nothing ran");
+    }
+    d.cli(&["release", "x/wait", &holder]).ok();
+    // Anything granted to a caller that is gone is released at once.
+    eventually("the resource is free", Duration::from_secs(5), || {
+        d.cli(&["current", "x/wait"]).code == 1
+    });
+    sleep(Duration::from_millis(500));
+    d.cli(&["current", "x/wait"]).exit(1);
+}
+
+#[test]
+fn watch_prints_one_line_per_event() {
+    let d = Daemon::start();
+    let mut watch = Background::spawn({
+        let mut c = d.command(&["watch", "--prefix", "w/", "-f", "json"]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        c
+    });
+    let (tx, rx) = mpsc::channel();
+    let stdout = watch.child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The stream is open once an event made after it shows up.
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut first = None;
+    while first.is_none() {
+        assert!(Instant::now() < deadline, "watch printed nothing");
+        if let Some(status) = watch.child.try_wait().expect("try_wait") {
+            panic!("watch exited early: {status}");
+        }
+        let id = d.cli(&["acquire", "w/probe", "-t", "1h"]).ok().line();
+        d.cli(&["release", "w/probe", &id]).ok();
+        first = rx.recv_timeout(Duration::from_millis(500)).ok();
+    }
+    let id = d
+        .cli(&["acquire", "w/a", "--reason", "watch me", "-t", "1h"])
+        .ok()
+        .line();
+    d.cli(&["renew", "w/a", &id, "-t", "1h"]).ok();
+    d.cli(&["force-release", "w/a", "--reason", "incident 9"])
+        .ok();
+    d.cli(&["acquire", "other", "-t", "1h"]).ok();
+    while events.len() < 3 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("events so far: {events:?}"));
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        assert_ne!(event["resource"], "other", "outside the prefix");
+        if event["resource"] == "w/a" {
+            events.push(event);
+        }
+    }
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["acquired", "renewed", "force-released"],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["reason"], "watch me");
+    assert_eq!(events[2]["actor_reason"], "incident 9");
+    watch.signal(Signal::SIGINT);
+    let status = watch.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "Ctrl-C ends a watch: {status}");
+}
+
+#[test]
+fn list_fits_columns_and_pages_through() {
+    let d = Daemon::start();
+    d.cli(&[
+        "acquire",
+        "list/long",
+        "--reason",
+        "a very long reason that goes on and on and on and on",
+    ])
+    .ok();
+    let narrow = d
+        .command(&["list"])
+        .env("COLUMNS", "60")
+        .output()
+        .expect("list");
+    let table = String::from_utf8_lossy(&narrow.stdout);
+    assert!(narrow.status.success(), "{narrow:?}");
+    for line in table.lines() {
+        assert!(line.chars().count() <= 60, "{line:?} is wider than 60");
+    }
+    assert!(table.contains('…'), "the reason is cut: {table}");
+    assert!(table.contains("list/long"), "{table}");
+
+    // More than one page (the daemon's default page is 100 leases).
+    for i in 0..105 {
+        d.cli(&["acquire", &format!("list/many/{i:03}")]).ok();
+    }
+    let all = d.cli(&["list", "list/many/"]).ok().stdout;
+    assert_eq!(all.lines().count(), 1 + 105, "header and every lease");
+    let json = d.cli(&["list", "list/many/", "-f", "json"]).ok().stdout;
+    let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(value.as_array().map(Vec::len), Some(105));
+}
+
+/// `is-held` says 4, never 1 ("not held"), when it cannot know.
+#[test]
+fn is_held_cannot_tell_when_the_daemon_does_not_answer() {
+    let d = Daemon::start();
+    let id = d.cli(&["acquire", "-t", "1h", "x/held"]).ok().line();
+    d.cli(&["is-held", "x/held", &id]).ok();
+    d.cli(&["is-held", "x/held", "0123456789abcdef0123456789abcdef"])
+        .exit(1);
+    let daemon = Pid::from_raw(i32::try_from(d.child.id()).expect("pid"));
+    kill(daemon, Signal::SIGSTOP).expect("freeze the daemon");
+    let frozen = d.cli(&["--timeout", "1s", "is-held", "x/held", &id]);
+    kill(daemon, Signal::SIGCONT).expect("thaw the daemon");
+    let frozen = frozen.exit(4);
+    assert!(frozen.stderr.starts_with("stormlock: "), "{frozen:?}");
+    d.cli(&["is-held", "x/held", &id]).ok();
+}
+
+#[test]
+fn new_commands_are_documented() {
+    let d = Daemon::start();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = d.cli(&["completions", shell]).ok().stdout;
+        for command in ["exec", "watch", "list", "is-held"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+        assert!(script.contains("grace"), "{shell} lacks exec --grace");
+    }
+    let man = d.cli(&["man"]).ok().stdout;
+    for text in ["exec", "Run a command while holding a lock", "watch", "75"] {
+        assert!(man.contains(text), "the man page lacks {text}");
+    }
+    let help = d.cli(&["exec", "--help"]).ok().stdout;
+    for text in ["STORMLOCK_LEASE_ID", "STORMLOCK_FENCE", "--grace", "75"] {
+        assert!(help.contains(text), "exec --help lacks {text}: {help}");
+    }
+}
