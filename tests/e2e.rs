@@ -90,6 +90,18 @@ impl Daemon {
         }
     }
 
+    /// `program` with the environment of [`Daemon::command`].
+    pub(crate) fn with_env(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        cli_env(
+            &mut command,
+            self.dir.path(),
+            &self.data_dir(),
+            Some(self.port),
+        );
+        command
+    }
+
     /// The CLI against this daemon, to start in the background.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         cli_command(args, self.dir.path(), &self.data_dir(), Some(self.port))
@@ -158,8 +170,14 @@ pub(crate) fn cli_command(
     port: Option<u16>,
 ) -> Command {
     let mut command = Command::new(STORMLOCK);
+    command.args(args);
+    cli_env(&mut command, home, data_dir, port);
     command
-        .args(args)
+}
+
+/// The clean environment of [`cli_command`], for a command that runs the CLI.
+pub(crate) fn cli_env(command: &mut Command, home: &Path, data_dir: &Path, port: Option<u16>) {
+    command
         .current_dir(home)
         .env("HOME", home)
         .env("XDG_CONFIG_HOME", home.join("config"))
@@ -180,7 +198,6 @@ pub(crate) fn cli_command(
     if let Some(port) = port {
         command.env("STORMLOCK_ADDR", format!("127.0.0.1:{port}"));
     }
-    command
 }
 
 /// Runs the CLI without any daemon.

@@ -116,6 +116,11 @@ async fn supervise(
             signal = interrupts.recv() => {
                 // Not fatal: a group that is already gone has nothing to stop.
                 let _ = killpg(pgid, signal);
+                if signal != Signal::SIGINT {
+                    // As a shell does on hang-up: a stopped command could act
+                    // on neither until continued.
+                    let _ = killpg(pgid, Signal::SIGCONT);
+                }
             }
             lost = &mut renewing => {
                 note(&format!(
