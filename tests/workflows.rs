@@ -395,6 +395,37 @@ fn is_held_cannot_tell_when_the_daemon_does_not_answer() {
     d.cli(&["is-held", "x/held", &id]).ok();
 }
 
+/// The daemon answers, its backend does not: `is-held` says 4, not 1.
+#[cfg(feature = "redis")]
+#[test]
+fn is_held_cannot_tell_when_the_backend_does_not_answer() {
+    let Some(redis) = crate::support::PrivateEngine::start("redis") else {
+        return;
+    };
+    let setup = tempfile::tempdir().expect("tempdir");
+    let config = setup.path().join("stormlockd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[defaults]\nbackend = \"shared\"\nbackend_timeout = \"1s\"\n\
+             [backends.shared]\ntype = \"redis\"\nurl = \"{}\"\nconnect_timeout = \"1s\"\n",
+            redis.url
+        ),
+    )
+    .expect("config");
+    let d = Daemon::start_with(&["--config", &config.display().to_string()]);
+    let id = d.cli(&["acquire", "-t", "1h", "x/backend"]).ok().line();
+    d.cli(&["is-held", "x/backend", &id]).ok();
+    redis.freeze();
+    let frozen = d.cli(&["is-held", "x/backend", &id]);
+    redis.thaw();
+    let frozen = frozen.exit(4);
+    assert!(frozen.stderr.contains("unavailable"), "{frozen:?}");
+    eventually("the backend answers again", Duration::from_secs(10), || {
+        d.cli(&["is-held", "x/backend", &id]).code == 0
+    });
+}
+
 #[test]
 fn new_commands_are_documented() {
     let d = Daemon::start();
