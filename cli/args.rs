@@ -131,12 +131,16 @@ pub enum Command {
     /// passed on to the command.
     ///
     /// The command runs in its own process group, which is given the terminal
-    /// when exec runs in a terminal's foreground. If the lease is lost (renewal refused,
-    /// force-released, or expired because renewals could not get through), the
-    /// whole group gets SIGTERM, then SIGKILL after --grace, and exec exits with
-    /// 75 after saying why. Otherwise exec exits with the command's own status:
-    /// 128+N if it died of signal N, 127 if it was not found, 126 if it could not
-    /// be run.
+    /// when exec runs in a terminal's foreground. If the lease is lost (renewal
+    /// refused, force-released, or expired because renewals could not get
+    /// through), the whole group gets SIGTERM, then SIGKILL after --grace, and
+    /// exec exits with 75 after saying why. Otherwise exec exits with the
+    /// command's own status: 128+N if it died of signal N, 127 if it was not
+    /// found, 126 if it could not be run.
+    ///
+    /// Example:
+    ///
+    ///     stormlock exec -t 5m --wait 20m --reason "migrate" db/migrate -- ./migrate.sh up
     #[command(verbatim_doc_comment, about = "Run a command while holding a lock")]
     Exec(ExecArgs),
     /// Print lock events as they happen: one line each, or JSON lines.

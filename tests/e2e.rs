@@ -17,6 +17,31 @@ pub(crate) struct Daemon {
     pub(crate) child: Child,
     pub(crate) port: u16,
     pub(crate) dir: tempfile::TempDir,
+    /// Extra command-line arguments, kept for [`Daemon::restart`].
+    extra: Vec<String>,
+}
+
+fn spawn_daemon(dir: &Path, port: u16, extra: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .expect("log file");
+    Command::new(STORMLOCKD)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .env_remove("STORMLOCK_DATA_DIR")
+        .env_remove("STORMLOCK_CONFIG")
+        .env_remove("STORMLOCK_LISTEN")
+        .env_remove("STORMLOCK_INSECURE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn stormlockd")
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -37,29 +62,28 @@ impl Daemon {
             .tempdir()
             .expect("tempdir");
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(STORMLOCKD)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(
-                extra
-                    .iter()
-                    .map(|a| a.replace("{dir}", &dir.path().display().to_string())),
-            )
-            .env_remove("STORMLOCK_DATA_DIR")
-            .env_remove("STORMLOCK_CONFIG")
-            .env_remove("STORMLOCK_LISTEN")
-            .env_remove("STORMLOCK_INSECURE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn stormlockd");
-        let mut daemon = Self { child, port, dir };
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
+            .collect();
+        let child = spawn_daemon(dir.path(), port, &extra);
+        let mut daemon = Self {
+            child,
+            port,
+            dir,
+            extra,
+        };
         daemon.wait_ready();
         daemon
+    }
+
+    /// Stops the daemon and starts it again with the same address, data and
+    /// arguments.
+    pub(crate) fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_daemon(self.dir.path(), self.port, &self.extra);
+        self.wait_ready();
     }
 
     pub(crate) fn data_dir(&self) -> PathBuf {

@@ -280,39 +280,57 @@ fn interrupted_waits_leave_no_lease() {
     d.cli(&["current", "x/wait"]).exit(1);
 }
 
+/// A `watch` in the background, its output lines on a channel.
+struct Watching {
+    process: Background,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Watching {
+    fn start(d: &Daemon, args: &[&str]) -> Self {
+        let mut process = Background::spawn({
+            let mut c = d.command(args);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(d.dir.path().join("watch.err")).expect("stderr"));
+            c
+        });
+        let (tx, lines) = mpsc::channel();
+        let stdout = process.child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { process, lines }
+    }
+
+    /// Changes `resource` until the watch prints something: the stream is
+    /// open then. Returns the first line.
+    fn until_streaming(&mut self, d: &Daemon, resource: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            assert!(Instant::now() < deadline, "watch printed nothing");
+            if let Some(status) = self.process.child.try_wait().expect("try_wait") {
+                panic!("watch exited early: {status}");
+            }
+            let id = d.cli(&["acquire", resource, "-t", "1h"]).ok().line();
+            d.cli(&["release", resource, &id]).ok();
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+                return line;
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs the daemon's Watch RPC, which answers UNIMPLEMENTED until it lands"]
 fn watch_prints_one_line_per_event() {
     let d = Daemon::start();
-    let mut watch = Background::spawn({
-        let mut c = d.command(&["watch", "--prefix", "w/", "-f", "json"]);
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        c
-    });
-    let (tx, rx) = mpsc::channel();
-    let stdout = watch.child.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    // The stream is open once an event made after it shows up.
-    let mut events: Vec<serde_json::Value> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut first = None;
-    while first.is_none() {
-        assert!(Instant::now() < deadline, "watch printed nothing");
-        if let Some(status) = watch.child.try_wait().expect("try_wait") {
-            panic!("watch exited early: {status}");
-        }
-        let id = d.cli(&["acquire", "w/probe", "-t", "1h"]).ok().line();
-        d.cli(&["release", "w/probe", &id]).ok();
-        first = rx.recv_timeout(Duration::from_millis(500)).ok();
-    }
+    let mut watch = Watching::start(&d, &["watch", "--prefix", "w/", "-f", "json"]);
+    watch.until_streaming(&d, "w/probe", Duration::from_secs(15));
     let id = d
         .cli(&["acquire", "w/a", "--reason", "watch me", "-t", "1h"])
         .ok()
@@ -321,8 +339,11 @@ fn watch_prints_one_line_per_event() {
     d.cli(&["force-release", "w/a", "--reason", "incident 9"])
         .ok();
     d.cli(&["acquire", "other", "-t", "1h"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut events: Vec<serde_json::Value> = Vec::new();
     while events.len() < 3 {
-        let line = rx
+        let line = watch
+            .lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("events so far: {events:?}"));
         let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
@@ -338,10 +359,27 @@ fn watch_prints_one_line_per_event() {
         "{events:?}"
     );
     assert_eq!(events[0]["reason"], "watch me");
+    assert!(events[2]["actor"].as_str().is_some_and(|a| !a.is_empty()));
     assert_eq!(events[2]["actor_reason"], "incident 9");
-    watch.signal(Signal::SIGINT);
-    let status = watch.wait(Duration::from_secs(5));
+    watch.process.signal(Signal::SIGINT);
+    let status = watch.process.wait(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "Ctrl-C ends a watch: {status}");
+}
+
+#[test]
+#[ignore = "needs the daemon's Watch RPC, which answers UNIMPLEMENTED until it lands"]
+fn watch_reconnects_when_the_daemon_restarts() {
+    let mut d = Daemon::start();
+    let mut watch = Watching::start(&d, &["watch", "w/r"]);
+    let first = watch.until_streaming(&d, "w/r", Duration::from_secs(15));
+    assert!(first.contains(" acquired "), "{first}");
+    assert!(first.contains(" w/r "), "{first}");
+    d.restart();
+    // Backoff is at most 10 s between attempts.
+    watch.until_streaming(&d, "w/r", Duration::from_secs(30));
+    let stderr = std::fs::read_to_string(d.dir.path().join("watch.err")).unwrap_or_default();
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    assert!(stderr.contains("watching again"), "{stderr}");
 }
 
 #[test]
