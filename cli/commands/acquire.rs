@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::FutureExt;
 use nix::sys::signal::Signal;
 use rand::Rng;
 use stormlock::pb;
@@ -76,10 +77,25 @@ pub async fn take(
     attempt: Attempt,
     interrupts: &mut Interrupts,
 ) -> CliResult<Taken> {
-    tokio::select! {
-        taken = try_take(session, attempt) => taken,
-        signal = interrupts.recv() => Ok(Taken::Interrupted(signal)),
+    let mut call = Box::pin(try_take(session, attempt));
+    let (signal, late) = tokio::select! {
+        taken = &mut call => return taken,
+        signal = interrupts.recv() => (signal, (&mut call).now_or_never()),
+    };
+    drop(call);
+    // A grant that arrived together with the signal is given back rather
+    // than left to expire. (One still on the wire is the daemon's to clean
+    // up: the call is cancelled.)
+    if let Some(Ok(Taken::Granted { lease, .. })) = late {
+        let client = session.client().await?;
+        let _ = client
+            .release(pb::ReleaseRequest {
+                resource: lease.resource,
+                lease_id: lease.lease_id,
+            })
+            .await;
     }
+    Ok(Taken::Interrupted(signal))
 }
 
 async fn try_take(session: &mut Session, attempt: Attempt) -> CliResult<Taken> {
