@@ -31,10 +31,11 @@ pub async fn run(mut session: Session, args: WatchArgs) -> CliResult {
     }
 }
 
-/// What to watch: `--prefix P`, a name ending with "/" (a prefix), or one
-/// resource.
+/// What to watch: `--prefix P`, a name ending with "/" (a prefix), one
+/// resource, or with neither, everything (the empty prefix).
 fn target(resource: Option<String>, prefix: Option<String>) -> CliResult<pb::WatchRequest> {
     match (resource, prefix) {
+        (None, None) => Ok(pb::WatchRequest::default()),
         (None, Some(prefix)) => Ok(pb::WatchRequest {
             resource: String::new(),
             prefix,
@@ -47,8 +48,8 @@ fn target(resource: Option<String>, prefix: Option<String>) -> CliResult<pb::Wat
             resource,
             prefix: String::new(),
         }),
-        _ => Err(CliError::usage(
-            "watch takes either a RESOURCE or --prefix PREFIX",
+        (Some(_), Some(_)) => Err(CliError::usage(
+            "watch takes a RESOURCE or --prefix PREFIX, not both",
         )),
     }
 }
@@ -310,6 +311,7 @@ mod tests {
         assert_eq!(t(Some("db"), None), Ok(("db".into(), String::new())));
         assert_eq!(t(Some("team/"), None), Ok((String::new(), "team/".into())));
         assert_eq!(t(None, Some("team")), Ok((String::new(), "team".into())));
-        assert_eq!(t(None, None), Err(Exit::Usage));
+        assert_eq!(t(None, None), Ok((String::new(), String::new())));
+        assert_eq!(t(Some("a"), Some("b")), Err(Exit::Usage));
     }
 }
