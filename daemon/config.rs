@@ -64,6 +64,10 @@ pub struct Config {
     pub health_listen: Option<SocketAddr>,
     /// Prometheus metrics HTTP listener. Off by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long in-flight calls may take to finish after SIGTERM before the
+    /// daemon exits anyway. Default `10s`.
+    #[serde(default, deserialize_with = "crate::duration::deserialize_option")]
+    pub shutdown_grace: Option<Duration>,
     /// State directory (embedded store, development certificates).
     pub data_dir: Option<PathBuf>,
     /// Serve plain text. Only ever set on purpose.

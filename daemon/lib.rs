@@ -13,7 +13,11 @@
 //! - [`error`]: request errors and their one mapping to gRPC status codes.
 //! - [`audit`]: the audit log (one JSON line per event).
 //! - [`tls`]: certificates, the development PKI, client identities.
-//! - [`waiters`]: wake-ups for callers waiting on a resource.
+//! - [`changes`]: who hears that a resource changed (waiters, watches), fed
+//!   by this daemon's own calls and the engines' notifications.
+//! - [`waiters`]: the first-come-first-served line of callers waiting for a
+//!   resource.
+//! - [`watch`]: the events of a `Watch` stream.
 //! - [`duration`]: operator-friendly durations (`4 seconds`, `1d2h`).
 //! - [`paths`]: default data directory and development TLS file locations,
 //!   shared by the daemon and the CLI.
@@ -24,6 +28,7 @@
 pub mod audit;
 pub mod auth;
 pub mod backend;
+pub mod changes;
 pub mod config;
 pub mod duration;
 pub mod error;
@@ -36,3 +41,4 @@ pub mod service;
 pub mod tls;
 pub mod validate;
 pub mod waiters;
+pub mod watch;

@@ -43,6 +43,9 @@ struct Args {
     /// Plaintext gRPC health-check listener (for Kubernetes probes).
     #[arg(long, env = "STORMLOCK_HEALTH_LISTEN", value_name = "ADDR")]
     health_listen: Option<SocketAddr>,
+    /// How long in-flight calls may take to finish after SIGTERM [default: 10s].
+    #[arg(long, env = "STORMLOCK_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_grace)]
+    shutdown_grace: Option<std::time::Duration>,
     /// Log filter, e.g. `info`, `debug`, `stormlock=debug,audit=info`.
     #[arg(
         long,
@@ -177,9 +180,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.health_listen.is_some() {
         settings.config.health_listen = args.health_listen;
     }
+    if args.shutdown_grace.is_some() {
+        settings.config.shutdown_grace = args.shutdown_grace;
+    }
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;
     Ok(())
+}
+
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    stormlock::duration::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// `value` as a TOML basic string.

@@ -11,6 +11,7 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 
 use crate::backend::{self, Backend, BackendError, WithTimeout};
 use crate::config::Config;
+use crate::lease::Lease;
 
 /// Where a resource lives and how long its leases may last.
 pub struct Route {
@@ -116,6 +117,36 @@ impl Router {
     /// Every configured backend by name.
     pub fn backends(&self) -> &BTreeMap<String, Arc<dyn Backend>> {
         &self.backends
+    }
+
+    /// Up to `limit` unexpired leases whose resource starts with `prefix`
+    /// and sorts after `after`, in resource order, over every backend, each
+    /// lease taken only from the backend its resource routes to. The flag is
+    /// true when more may follow.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Lease>, bool), BackendError> {
+        // Each backend returns its own sorted page; merging them and keeping
+        // the first `limit` gives a correct page across backends.
+        let pages =
+            futures::future::try_join_all(self.backends.iter().map(|(name, backend)| async move {
+                let leases = backend.list(prefix, after, limit).await?;
+                Ok::<_, BackendError>(
+                    leases
+                        .into_iter()
+                        .filter(|l| &self.route(&l.resource).backend_name == name)
+                        .collect::<Vec<_>>(),
+                )
+            }))
+            .await?;
+        let mut leases: Vec<Lease> = pages.into_iter().flatten().collect();
+        leases.sort_by(|a, b| a.resource.cmp(&b.resource));
+        let more = leases.len() >= limit;
+        leases.truncate(limit);
+        Ok((leases, more))
     }
 }
 

@@ -29,6 +29,9 @@ use crate::tls::{self, TlsError, TlsFiles};
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest response message (a full List page of maximal leases fits).
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// How long in-flight calls may take to finish at shutdown, unless
+/// configured (`shutdown_grace`).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +167,20 @@ pub async fn run(
         settings.config.defaults.max_wait,
     );
 
+    // The engines' change notifications wake waiters and watches at once.
+    let changes = service.changes();
+    let followers: Vec<_> = router
+        .backends()
+        .iter()
+        .map(|(name, backend)| {
+            tokio::spawn(crate::changes::follow(
+                name.clone(),
+                backend.clone(),
+                changes.clone(),
+            ))
+        })
+        .collect();
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
     let health_task = tokio::spawn(watch_backends(
@@ -223,7 +240,12 @@ pub async fn run(
     });
 
     let shutdown_reporter = reporter.clone();
-    let result = builder
+    let grace = settings
+        .config
+        .shutdown_grace
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
         .add_service(
             LockServiceServer::new(service)
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
@@ -234,12 +256,32 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
-            info!("shutting down: no new calls, finishing in-flight ones");
+            info!(grace = ?grace, "shutting down: no new calls, finishing in-flight ones");
             set_health(&shutdown_reporter, ServingStatus::NotServing).await;
+            // Waiters get UNAVAILABLE (so they retry elsewhere) and watches
+            // end, rather than holding the shutdown up.
+            changes.close();
             let _ = stop_tx.send(true);
-        })
-        .await;
+            let _ = grace_tx.send(());
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = async {
+            match grace_rx.await {
+                Ok(()) => tokio::time::sleep(grace).await,
+                // The server ended on its own: its branch completes.
+                Err(_) => std::future::pending().await,
+            }
+        } => {
+            warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period; exiting anyway");
+            Ok(())
+        }
+    };
     health_task.abort();
+    for follower in followers {
+        follower.abort();
+    }
     if let Some(server) = health_server {
         let _ = server.await;
     }

@@ -8,15 +8,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::audit::{Audit, Event};
 use crate::auth::{Auth, Caller};
+use crate::backend::Backend;
 use crate::backend::BackendError;
+use crate::changes::{Changes, Signal};
 use crate::config::Action;
 use crate::error::Error;
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use crate::pb;
 use crate::routing::Router;
 use crate::validate;
-use crate::waiters::Waiters;
+use crate::waiters::Wake;
+use crate::watch::{self, EventKind, LockEvent, Selection};
 use futures::Stream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 /// Default and largest List page sizes.
@@ -34,7 +38,7 @@ pub struct LockService {
     router: Arc<Router>,
     auth: Auth,
     audit: Arc<Audit>,
-    waiters: Waiters,
+    changes: Arc<Changes>,
     max_wait: Duration,
 }
 
@@ -45,9 +49,15 @@ impl LockService {
             router,
             auth,
             audit,
-            waiters: Waiters::default(),
+            changes: Arc::new(Changes::default()),
             max_wait,
         }
+    }
+
+    /// The hub that hears of changes: the server feeds it the engines'
+    /// notifications and closes it at shutdown.
+    pub fn changes(&self) -> Arc<Changes> {
+        self.changes.clone()
     }
 
     /// Identifies the caller; refusals are audited.
@@ -89,73 +99,114 @@ impl LockService {
         let ttl = validate::ttl(req.ttl.as_ref(), route.ttl, route.max_ttl)?;
         let wait = validate::wait(req.wait.as_ref(), self.max_wait)?;
         let reason = validate::reason(&req.reason)?;
-        let request = AcquireRequest {
+        let wait_id = validate::wait_id(&req.wait_id)?;
+        let request = Arc::new(AcquireRequest {
             resource: resource.to_string(),
             id: LeaseId::generate(),
             principal: caller.principal.clone(),
             reason: reason.to_string(),
             ttl,
-        };
+        });
+        if wait.is_zero() {
+            let outcome = attempt(&route.backend, &request).await?;
+            return Ok(self.answer(caller, &request, outcome, None));
+        }
         let mut until = Instant::now() + wait;
         if let Some(deadline) = deadline {
             until = until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline));
         }
-        let waiter = (!wait.is_zero()).then(|| self.waiters.register(resource));
+        // First come, first served: only the head of the line tries the
+        // backend; a caller that goes away leaves the line with its ticket.
+        let ticket = self.changes.waiters().enqueue(resource, wait_id);
         // The holder seen by the previous attempt, to notice its expiry.
         let mut last_holder: Option<Lease> = None;
         loop {
-            let notified = waiter.as_ref().map(|w| {
-                let mut notified = Box::pin(w.notify().notified());
-                notified.as_mut().enable();
-                notified
-            });
-            match route.backend.acquire(&request).await? {
-                Acquisition::Granted(lease) => {
-                    if let Some(expired) = last_holder.filter(|h| h.expires_at <= lease.acquired_at)
-                    {
-                        self.audit.record(&Event {
-                            holder: Some(&expired.principal),
-                            detail: Some(format!("taken over by fence {}", lease.fence)),
-                            ..Event::lease("expired", &expired.principal, &expired)
-                        });
+            let out_of_time = Instant::now() >= until;
+            let head = ticket.is_head();
+            if head || out_of_time {
+                match attempt(&route.backend, &request).await? {
+                    granted @ Acquisition::Granted(_) => {
+                        // Leaving the line lets the next caller take its turn.
+                        drop(ticket);
+                        return Ok(self.answer(caller, &request, granted, last_holder));
                     }
-                    self.audit.record(&Event {
-                        reason: Some(&lease.reason),
-                        detail: Some(format!("ttl {}", crate::duration::format_duration(ttl))),
-                        ..Event::lease("acquire", &caller.principal, &lease)
-                    });
-                    return Ok(pb::AcquireResponse {
-                        acquired: true,
-                        lease: Some(to_pb(&lease, caller)),
-                        holder: None,
-                    });
+                    Acquisition::Held(holder) if out_of_time => {
+                        return Ok(self.answer(caller, &request, Acquisition::Held(holder), None));
+                    }
+                    Acquisition::Held(holder) => last_holder = Some(holder),
                 }
-                Acquisition::Held(holder) => {
-                    let now = Instant::now();
-                    let Some(notified) = notified.filter(|_| now < until) else {
-                        self.audit.record(&Event {
-                            holder: Some(&holder.principal),
-                            reason: Some(&request.reason),
-                            ..Event::lease("contention", &caller.principal, &holder)
-                        });
-                        return Ok(pb::AcquireResponse {
-                            acquired: false,
-                            lease: None,
-                            holder: Some(to_pb(&holder, caller)),
-                        });
-                    };
+            }
+            // Sleep until woken (a change here or reported by the engine),
+            // the end of the wait, or, at the head, the next poll or the
+            // holder's expiry.
+            let mut pause = until.saturating_duration_since(Instant::now());
+            if head {
+                pause = pause.min(WAIT_POLL);
+                if let Some(holder) = &last_holder {
                     let to_expiry = holder
                         .expires_at
                         .duration_since(SystemTime::now())
                         .unwrap_or_default();
-                    last_holder = Some(holder.clone());
-                    let pause = (until - now)
-                        .min(WAIT_POLL)
-                        .min(to_expiry + Duration::from_millis(20));
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep(pause) => {}
+                    pause = pause.min(to_expiry + Duration::from_millis(20));
+                }
+            }
+            tokio::select! {
+                wake = ticket.woken() => {
+                    if wake == Wake::Closed {
+                        return Err(Error::ShuttingDown(
+                            "the daemon is shutting down; try again".to_string(),
+                        ));
                     }
+                }
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// The answer to an acquisition, audited and announced. `previous` is
+    /// the holder a waiter saw before, to report its expiry.
+    fn answer(
+        &self,
+        caller: &Caller,
+        request: &AcquireRequest,
+        outcome: Acquisition,
+        previous: Option<Lease>,
+    ) -> pb::AcquireResponse {
+        match outcome {
+            Acquisition::Granted(lease) => {
+                if let Some(expired) = previous.filter(|h| h.expires_at <= lease.acquired_at) {
+                    self.audit.record(&Event {
+                        holder: Some(&expired.principal),
+                        detail: Some(format!("taken over by fence {}", lease.fence)),
+                        ..Event::lease("expired", &expired.principal, &expired)
+                    });
+                }
+                self.audit.record(&Event {
+                    reason: Some(&lease.reason),
+                    detail: Some(format!(
+                        "ttl {}",
+                        crate::duration::format_duration(request.ttl)
+                    )),
+                    ..Event::lease("acquire", &caller.principal, &lease)
+                });
+                let response = pb::AcquireResponse {
+                    acquired: true,
+                    lease: Some(to_pb(&lease, caller)),
+                    holder: None,
+                };
+                self.changes.announce(Signal::Acquired(Arc::new(lease)));
+                response
+            }
+            Acquisition::Held(holder) => {
+                self.audit.record(&Event {
+                    holder: Some(&holder.principal),
+                    reason: Some(&request.reason),
+                    ..Event::lease("contention", &caller.principal, &holder)
+                });
+                pb::AcquireResponse {
+                    acquired: false,
+                    lease: None,
+                    holder: Some(to_pb(&holder, caller)),
                 }
             }
         }
@@ -177,9 +228,11 @@ impl LockService {
                     detail: Some(format!("ttl {}", crate::duration::format_duration(ttl))),
                     ..Event::lease("renew", &caller.principal, &lease)
                 });
-                Ok(pb::RenewResponse {
+                let response = pb::RenewResponse {
                     lease: Some(to_pb(&lease, caller)),
-                })
+                };
+                self.changes.announce(Signal::Renewed(Arc::new(lease)));
+                Ok(response)
             }
             Err(err @ BackendError::NotCurrent { .. }) => {
                 self.audit.record(&Event {
@@ -207,7 +260,10 @@ impl LockService {
             .release(resource, &id)
             .await?;
         if released {
-            self.waiters.wake(resource);
+            self.changes.announce(Signal::Released {
+                resource: resource.into(),
+                id: id.clone(),
+            });
         }
         self.audit.record(&Event {
             detail: Some(
@@ -229,7 +285,12 @@ impl LockService {
         req: pb::CurrentRequest,
     ) -> Result<pb::CurrentResponse, Error> {
         let resource = validate::resource(&req.resource)?;
+        let wait_id = validate::wait_id(&req.wait_id)?;
         self.permit(caller, Action::Read, resource)?;
+        let (waiting, place) = self
+            .changes
+            .waiters()
+            .position(resource, wait_id.unwrap_or_default());
         let lease = self
             .router
             .route(resource)
@@ -238,7 +299,8 @@ impl LockService {
             .await?;
         Ok(pb::CurrentResponse {
             lease: lease.map(|l| to_pb(&l, caller)),
-            ..Default::default()
+            waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
+            queue_position: u32::try_from(place).unwrap_or(u32::MAX),
         })
     }
 
@@ -272,30 +334,9 @@ impl LockService {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        // Each backend returns its own sorted page; merging them and keeping
-        // the first `limit` gives a correct page across backends.
-        let pages =
-            futures::future::try_join_all(self.router.backends().iter().map(|(name, backend)| {
-                let after = after.as_deref();
-                async move {
-                    let leases = backend.list(prefix, after, limit).await?;
-                    Ok::<_, BackendError>(
-                        leases
-                            .into_iter()
-                            .filter(|l| &self.router.route(&l.resource).backend_name == name)
-                            .collect::<Vec<_>>(),
-                    )
-                }
-            }))
-            .await?;
-        let mut leases: Vec<Lease> = pages.into_iter().flatten().collect();
-        leases.sort_by(|a, b| a.resource.cmp(&b.resource));
-        let more = leases.len() > limit;
-        leases.truncate(limit);
+        let (leases, more) = self.router.list(prefix, after.as_deref(), limit).await?;
         let next_page_token = match leases.last() {
-            Some(last) if more || leases.len() == limit => {
-                validate::make_page_token(&last.resource)
-            }
+            Some(last) if more => validate::make_page_token(&last.resource),
             _ => String::new(),
         };
         Ok(pb::ListResponse {
@@ -322,16 +363,81 @@ impl LockService {
             .force_release(resource, &caller.principal, reason)
             .await?;
         if let Some(lease) = &broken {
-            self.waiters.wake(resource);
             self.audit.record(&Event {
                 holder: Some(&lease.principal),
                 reason: Some(reason),
                 ..Event::lease("force_release", &caller.principal, lease)
             });
         }
-        Ok(pb::ForceReleaseResponse {
-            released: broken.map(|l| to_pb(&l, caller)),
+        let response = pb::ForceReleaseResponse {
+            released: broken.as_ref().map(|l| to_pb(l, caller)),
+        };
+        if let Some(lease) = broken {
+            self.changes.announce(Signal::ForceReleased {
+                lease: Arc::new(lease),
+                actor: caller.principal.as_str().into(),
+                reason: reason.into(),
+            });
+        }
+        Ok(response)
+    }
+}
+
+/// One acquisition attempt whose outcome is never lost. It runs in its own
+/// task, so a caller that goes away mid-call (a cancelled RPC drops the
+/// handler) cannot leave behind a lease nobody knows the id of: the task
+/// releases it. When the outcome is unknown (the engine did not answer in
+/// time, but may still apply the grant), the id is released in the
+/// background too; ids are never reused, so this touches nothing else.
+async fn attempt(
+    backend: &Arc<dyn Backend>,
+    request: &Arc<AcquireRequest>,
+) -> Result<Acquisition, BackendError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (backend, request) = (backend.clone(), request.clone());
+    tokio::spawn(async move {
+        let outcome = backend.acquire(&request).await;
+        let unknown = matches!(outcome, Err(BackendError::Unavailable { .. }));
+        let orphan = match tx.send(outcome) {
+            Err(Ok(Acquisition::Granted(_))) => Some(true),
+            _ if unknown => Some(false),
+            _ => None,
+        };
+        if let Some(granted) = orphan {
+            release_orphan(backend, request, granted).await;
+        }
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(BackendError::Internal {
+            backend: String::new(),
+            message: "the acquisition task ended without an answer".to_string(),
         })
+    })
+}
+
+/// Releases the lease `request` may have created. `granted`: it was
+/// granted for sure (the caller left); else the grant may still land, so
+/// look again a few times before giving up.
+async fn release_orphan(backend: Arc<dyn Backend>, request: Arc<AcquireRequest>, granted: bool) {
+    let mut after = Duration::ZERO;
+    for pause in [0, 1, 5, 30].map(Duration::from_secs) {
+        after += pause;
+        if after > request.ttl {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        match backend.release(&request.resource, &request.id).await {
+            Ok(true) => {
+                tracing::info!(
+                    resource = request.resource.as_str(),
+                    lease = %request.id,
+                    "released a lease whose caller went away before it was granted"
+                );
+                return;
+            }
+            Ok(false) if granted => return,
+            Ok(false) | Err(_) => {}
+        }
     }
 }
 
@@ -349,6 +455,25 @@ fn to_pb(lease: &Lease, caller: &Caller) -> pb::Lease {
         acquired_at: Some(lease.acquired_at.into()),
         expires_at: Some(lease.expires_at.into()),
         fence: lease.fence,
+    }
+}
+
+/// A watch event for the wire; lease ids as in [`to_pb`].
+fn event_to_pb(event: &LockEvent, caller: &Caller) -> pb::WatchResponse {
+    let kind = match event.kind {
+        EventKind::Acquired => pb::EventType::Acquired,
+        EventKind::Renewed => pb::EventType::Renewed,
+        EventKind::Released => pb::EventType::Released,
+        EventKind::Expired => pb::EventType::Expired,
+        EventKind::ForceReleased => pb::EventType::ForceReleased,
+    };
+    let (actor, reason) = event.broken_by.clone().unwrap_or_default();
+    pb::WatchResponse {
+        r#type: kind.into(),
+        lease: Some(to_pb(&event.lease, caller)),
+        observed_at: Some(event.observed_at.into()),
+        actor,
+        reason,
     }
 }
 
@@ -449,8 +574,130 @@ impl pb::lock_service_server::LockService for LockService {
 
     async fn watch(
         &self,
-        _request: Request<pb::WatchRequest>,
+        request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("Watch is not implemented yet"))
+        let caller = self.identify(&request, "")?;
+        let req = request.into_inner();
+        let selection = match (req.resource.is_empty(), req.prefix.is_empty()) {
+            (false, false) => {
+                return Err(Error::invalid("set either resource or prefix, not both").into());
+            }
+            (false, true) => Selection::Resource(validate::resource(&req.resource)?.to_string()),
+            (true, _) => Selection::Prefix(validate::prefix(&req.prefix)?.to_string()),
+        };
+        let scope = match &selection {
+            Selection::Resource(r) | Selection::Prefix(r) => r.as_str(),
+        };
+        self.permit(&caller, Action::Watch, scope)?;
+        let events = watch::start(self.router.clone(), self.changes.clone(), selection);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(move |item| {
+            item.map(|event| event_to_pb(&event, &caller))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A memory backend whose grants take a while, as over a slow network,
+    /// and which counts them.
+    #[derive(Default)]
+    struct Slow {
+        inner: MemoryBackend,
+        grants: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for Slow {
+        async fn acquire(&self, req: &AcquireRequest) -> crate::backend::Result<Acquisition> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let outcome = self.inner.acquire(req).await;
+            if matches!(outcome, Ok(Acquisition::Granted(_))) {
+                self.grants.fetch_add(1, Ordering::SeqCst);
+            }
+            outcome
+        }
+        async fn release(&self, resource: &str, id: &LeaseId) -> crate::backend::Result<bool> {
+            self.inner.release(resource, id).await
+        }
+        async fn renew(
+            &self,
+            resource: &str,
+            id: &LeaseId,
+            ttl: Duration,
+        ) -> crate::backend::Result<Lease> {
+            self.inner.renew(resource, id, ttl).await
+        }
+        async fn current(&self, resource: &str) -> crate::backend::Result<Option<Lease>> {
+            self.inner.current(resource).await
+        }
+        async fn status(
+            &self,
+            resource: &str,
+            id: &LeaseId,
+        ) -> crate::backend::Result<LeaseStatus> {
+            self.inner.status(resource, id).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> crate::backend::Result<Vec<Lease>> {
+            self.inner.list(prefix, after, limit).await
+        }
+        async fn force_release(
+            &self,
+            resource: &str,
+            actor: &str,
+            reason: &str,
+        ) -> crate::backend::Result<Option<Lease>> {
+            self.inner.force_release(resource, actor, reason).await
+        }
+        async fn health(&self) -> crate::backend::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn request(resource: &str) -> Arc<AcquireRequest> {
+        Arc::new(AcquireRequest {
+            resource: resource.to_string(),
+            id: LeaseId::generate(),
+            principal: "p".to_string(),
+            reason: String::new(),
+            ttl: Duration::from_secs(60),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_grant_whose_caller_left_is_released() {
+        let slow = Arc::new(Slow::default());
+        let backend: Arc<dyn Backend> = slow.clone();
+        // The caller goes away while the engine is granting.
+        let gone =
+            tokio::time::timeout(Duration::from_millis(50), attempt(&backend, &request("r"))).await;
+        assert!(gone.is_err(), "the attempt should still be running");
+        // The grant lands, finds nobody to answer and is released.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while slow.grants.load(Ordering::SeqCst) == 0
+            || backend.current("r").await.ok().flatten().is_some()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the orphaned lease was not released (grants: {})",
+                slow.grants.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A caller that stays gets its lease as usual.
+        let kept = attempt(&backend, &request("r")).await;
+        assert!(matches!(kept, Ok(Acquisition::Granted(_))), "{kept:?}");
+        assert!(backend.current("r").await.ok().flatten().is_some());
+        assert_eq!(slow.grants.load(Ordering::SeqCst), 2);
     }
 }

@@ -28,6 +28,31 @@ fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// Longest wait id, in bytes.
+pub const MAX_WAIT_ID_LEN: usize = 64;
+
+/// An optional wait id: empty, or 1–64 characters from `[A-Za-z0-9._-]`.
+pub fn wait_id(id: &str) -> Result<Option<&str>, Error> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() > MAX_WAIT_ID_LEN {
+        return Err(Error::invalid(format!(
+            "wait_id is {} bytes long; the limit is {MAX_WAIT_ID_LEN}",
+            id.len()
+        )));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::invalid(format!(
+            "wait_id contains {c:?}; use letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(Some(id))
+}
+
 /// A resource name: UTF-8 (guaranteed by protobuf), 1–512 bytes, no control
 /// characters.
 pub fn resource(name: &str) -> Result<&str, Error> {

@@ -5,11 +5,7 @@
 use stormlock::pb::{self, lock_service_client::LockServiceClient};
 use tonic::transport::Channel;
 
-use crate::support::{TestDaemon, engine_url};
-
-fn unique() -> String {
-    stormlock::lease::LeaseId::generate().expose()[..10].to_string()
-}
+use crate::support::{TestDaemon, unique};
 
 async fn two_daemons(backend: &str) -> (TestDaemon, TestDaemon) {
     let config = format!("[backends.main]\n{backend}\n");
@@ -93,52 +89,9 @@ async fn mutual_exclusion(a: &TestDaemon, b: &TestDaemon) {
     }
 }
 
-#[cfg(feature = "redis")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis() {
-    let Some(url) = engine_url("STORMLOCK_TEST_REDIS_URL") else {
-        return;
-    };
-    let backend = format!(
-        "type = \"redis\"\nurl = {url:?}\nprefix = \"two-{}:\"",
-        unique()
-    );
-    let (a, b) = two_daemons(&backend).await;
+async fn two_daemons_keep_mutual_exclusion(backend: &str) {
+    let (a, b) = two_daemons(backend).await;
     mutual_exclusion(&a, &b).await;
 }
 
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres() {
-    let Some(url) = engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let backend = format!("type = \"postgres\"\nurl = {url:?}\ntable = \"two_daemons\"");
-    let (a, b) = two_daemons(&backend).await;
-    mutual_exclusion(&a, &b).await;
-}
-
-#[cfg(feature = "etcd")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn etcd() {
-    let Some(url) = engine_url("STORMLOCK_TEST_ETCD_ENDPOINT") else {
-        return;
-    };
-    let backend = format!(
-        "type = \"etcd\"\nendpoints = [{url:?}]\nprefix = \"/two-{}/\"",
-        unique()
-    );
-    let (a, b) = two_daemons(&backend).await;
-    mutual_exclusion(&a, &b).await;
-}
-
-#[cfg(feature = "mysql")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mysql() {
-    let Some(url) = engine_url("STORMLOCK_TEST_MYSQL_URL") else {
-        return;
-    };
-    let backend = format!("type = \"mysql\"\nurl = {url:?}\ntable = \"two_daemons\"");
-    let (a, b) = two_daemons(&backend).await;
-    mutual_exclusion(&a, &b).await;
-}
+on_shared_engines!("two_daemons", two_daemons_keep_mutual_exclusion);

@@ -273,3 +273,61 @@ impl Drop for TestDaemon {
         }
     }
 }
+
+/// The `[backends.NAME]` body (TOML) for the shared test engine `engine`
+/// (`redis`, `postgres`, `etcd`, `mysql`), with keys under a prefix or in
+/// a table named after `name` so tests do not see each other's locks;
+/// `None` when the engine is not available (see [`engine_url`]).
+pub fn shared_backend(engine: &str, name: &str) -> Option<String> {
+    let unique = unique();
+    Some(match engine {
+        "redis" => {
+            let url = engine_url("STORMLOCK_TEST_REDIS_URL")?;
+            format!("type = \"redis\"\nurl = {url:?}\nprefix = \"{name}-{unique}:\"")
+        }
+        "postgres" => {
+            let url = engine_url("STORMLOCK_TEST_POSTGRES_URL")?;
+            format!("type = \"postgres\"\nurl = {url:?}\ntable = \"{name}\"")
+        }
+        "etcd" => {
+            let url = engine_url("STORMLOCK_TEST_ETCD_ENDPOINT")?;
+            format!("type = \"etcd\"\nendpoints = [{url:?}]\nprefix = \"/{name}-{unique}/\"")
+        }
+        "mysql" => {
+            let url = engine_url("STORMLOCK_TEST_MYSQL_URL")?;
+            format!("type = \"mysql\"\nurl = {url:?}\ntable = \"{name}\"")
+        }
+        other => panic!("no shared test engine {other:?}"),
+    })
+}
+
+/// Defines one test per shared engine, each behind its cargo feature, that
+/// runs `$run(&backend_toml)` on a backend from [`shared_backend`] named
+/// `$name`. Use it inside a module named after what is tested.
+macro_rules! on_shared_engines {
+    ($name:expr, $run:path) => {
+        on_shared_engines!(@one "redis", redis, $name, $run);
+        on_shared_engines!(@one "postgres", postgres, $name, $run);
+        on_shared_engines!(@one "etcd", etcd, $name, $run);
+        on_shared_engines!(@one "mysql", mysql, $name, $run);
+    };
+    (@one $feature:literal, $engine:ident, $name:expr, $run:path) => {
+        #[cfg(feature = $feature)]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $engine() {
+            if let Some(backend) = $crate::support::shared_backend($feature, &$name) {
+                $run(&backend).await;
+            }
+        }
+    };
+}
+
+/// A short random name part, so that tests sharing an engine never meet.
+pub fn unique() -> String {
+    stormlock::lease::LeaseId::generate().expose()[..10].to_string()
+}
+
+/// `seconds` as a protobuf duration.
+pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds, nanos: 0 })
+}

@@ -1,5 +1,8 @@
 //! Integration tests: one binary, one module per area.
 
+#[macro_use]
+mod support;
+
 mod backend_faults;
 mod backend_tls;
 mod backends;
@@ -11,5 +14,6 @@ mod security;
 mod service;
 mod shared_backend;
 mod sql_backends;
-mod support;
+mod waiting;
+mod watch;
 mod workflows;

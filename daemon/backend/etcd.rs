@@ -28,6 +28,9 @@
 //!   the lease so it does not linger.
 //! - list: a range read over the lock keys under the prefix, in key order
 //!   (etcd sorts keys bytewise, which is UTF-8 order).
+//! - notifications: each daemon watches the lock keys under the prefix; a put
+//!   (acquire, renew) or delete (release, force-release, expiry) wakes its
+//!   waiters and watchers at once.
 //!
 //! Reads that report a lease look up its etcd lease's remaining TTL, which
 //! etcd gives in whole seconds, so `expires_at` may be up to a second early.
@@ -59,12 +62,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
 
 /// `[backends.NAME]` with `type = "etcd"`.
@@ -811,6 +814,40 @@ impl Backend for EtcdBackend {
             .await
             .map(|_| ())
             .map_err(|e| self.engine_error(e))
+    }
+    async fn subscribe(&self) -> Result<Option<ChangeStream>> {
+        let stream = self
+            .client
+            .clone()
+            .watch(
+                self.lock_prefix.as_str(),
+                Some(WatchOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        let prefix = self.lock_prefix.clone();
+        // Every put (acquire, renew) and delete (release, force-release,
+        // expiry: etcd deletes the key when its lease lapses) of a lock key.
+        // The stream (which owns the watch's request side) ends on an error.
+        Ok(Some(
+            stream
+                .take_while(|response| std::future::ready(response.is_ok()))
+                .flat_map(move |response| {
+                    let names: Vec<String> = response
+                        .map(|r| {
+                            r.events()
+                                .iter()
+                                .filter_map(|event| event.kv())
+                                .filter_map(|kv| kv.key_str().ok())
+                                .filter_map(|key| key.strip_prefix(prefix.as_str()))
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    futures::stream::iter(names)
+                })
+                .boxed(),
+        ))
     }
 }
 

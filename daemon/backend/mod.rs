@@ -140,7 +140,21 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Checks that the engine answers.
     async fn health(&self) -> Result<()>;
+
+    /// Subscribes to the engine's own change notifications (etcd watch,
+    /// PostgreSQL `LISTEN`, Redis pub/sub): a stream of the names of
+    /// resources that changed through any daemon. The names are hints to
+    /// look again, not events; some changes (expiry on most engines) are not
+    /// reported, and the daemon polls for those. The stream ends when the
+    /// subscription breaks, and the daemon subscribes again. `None`: the
+    /// engine has no notifications and the daemon only polls.
+    async fn subscribe(&self) -> Result<Option<ChangeStream>> {
+        Ok(None)
+    }
 }
+
+/// Resource names reported changed by an engine; see [`Backend::subscribe`].
+pub type ChangeStream = futures::stream::BoxStream<'static, String>;
 
 /// The `[backends.NAME]` table: `type` selects the engine, the other keys are
 /// the engine's own.

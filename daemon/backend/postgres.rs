@@ -25,6 +25,15 @@
 //! - current / status: the row and the server's `now()`, judged by the same
 //!   rules as every other backend; list: a range scan in byte order
 //!   (`COLLATE "C"`) with a literal prefix test (`starts_with`, no `LIKE`).
+//!
+//! # Notifications
+//!
+//! Every acquire, renew, release and force-release also calls `pg_notify` in
+//! its `RETURNING` clause (no extra round trip; delivered on commit) on the
+//! table's channel, `stormlock_` followed by 16 hex digits of the SHA-256 of
+//! the configured table name. Each daemon `LISTEN`s on one extra connection,
+//! outside the pool, and wakes its waiters and watchers at once. Expiry
+//! sends nothing: the daemons poll for it.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -45,8 +54,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sql::{self, MAX_ATTEMPTS, StoredRow, TableName, TlsMode};
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+use futures::StreamExt;
+use tokio_postgres::AsyncMessage;
 
 /// The schema, as created on start when `create_table = true`. Operators
 /// without DDL rights run it themselves (replacing `stormlock_locks` with the
@@ -131,6 +142,8 @@ const COLUMNS: &str = "resource, lease_id, principal, reason, acquired_at, expir
 
 /// The statements of one table, rendered once with its validated name.
 struct Statements {
+    /// The `LISTEN`/`NOTIFY` channel of the table.
+    channel: String,
     grant: String,
     hold: String,
     release: String,
@@ -147,13 +160,17 @@ impl Statements {
         // and quoted, so it cannot contain a single quote.
         let fence = format!("nextval('{}')", table.fence().quoted('"'));
         let live = "lease_id IS NOT NULL AND expires_at > now()";
+        // Every change tells the daemons listening on the table's channel;
+        // PostgreSQL delivers the notification when the statement commits.
+        let channel = table.channel();
+        let notify = format!("pg_notify('{channel}', resource)");
         let ttl = "$5::bigint * interval '1 microsecond'";
         Self {
             grant: format!(
                 "UPDATE {t} SET lease_id = $2, principal = $3, reason = $4, acquired_at = now(), \
                  expires_at = now() + {ttl}, fence = {fence} \
                  WHERE resource = $1 AND (lease_id IS NULL OR expires_at <= now()) \
-                 RETURNING {COLUMNS}"
+                 RETURNING {COLUMNS}, {notify}"
             ),
             hold: format!(
                 "WITH placeholder AS (\
@@ -162,12 +179,13 @@ impl Statements {
             ),
             release: format!(
                 "UPDATE {t} SET lease_id = NULL \
-                 WHERE resource = $1 AND lease_id = $2 AND expires_at > now() RETURNING fence"
+                 WHERE resource = $1 AND lease_id = $2 AND expires_at > now() \
+                 RETURNING fence, {notify}"
             ),
             renew: format!(
                 "UPDATE {t} SET expires_at = now() + {} \
                  WHERE resource = $1 AND lease_id = $2 AND expires_at > now() \
-                 RETURNING {COLUMNS}",
+                 RETURNING {COLUMNS}, {notify}",
                 ttl.replace("$5", "$3")
             ),
             read: format!("SELECT {COLUMNS}, now() FROM {t} WHERE resource = $1"),
@@ -184,8 +202,9 @@ impl Statements {
                    evicted_reason = $3, evicted_at = now() \
                  WHERE resource = $1 AND {live} \
                  RETURNING resource, evicted_id, principal, reason, acquired_at, expires_at, \
-                   fence, evicted_id, evicted_by, evicted_reason"
+                   fence, evicted_id, evicted_by, evicted_reason, {notify}"
             ),
+            channel,
         }
     }
 }
@@ -195,6 +214,10 @@ pub struct PostgresBackend {
     name: String,
     pool: Pool,
     sql: Statements,
+    /// For the dedicated `LISTEN` connection, outside the pool.
+    pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    connect_timeout: Duration,
 }
 
 impl PostgresBackend {
@@ -240,7 +263,7 @@ impl PostgresBackend {
             });
         }
         let tls = tls_connector(name, config)?;
-        let pool = Pool::builder(Manager::new(pg, tls))
+        let pool = Pool::builder(Manager::new(pg.clone(), tls.clone()))
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(config.connect_timeout))
@@ -252,6 +275,9 @@ impl PostgresBackend {
             name: name.to_string(),
             pool,
             sql: Statements::new(&table),
+            pg,
+            tls,
+            connect_timeout: config.connect_timeout,
         };
         backend.prepare_schema(&table, config.create_table).await?;
         Ok(backend)
@@ -524,6 +550,50 @@ impl Backend for PostgresBackend {
 
     async fn health(&self) -> Result<()> {
         self.query("SELECT 1", &[]).await.map(drop)
+    }
+
+    async fn subscribe(&self) -> Result<Option<ChangeStream>> {
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            let (client, mut connection) = self.pg.connect(self.tls.clone()).await?;
+            // The connection delivers notifications only while it is
+            // polled; a task drives it and forwards them, and ends (closing
+            // the stream) when the connection does.
+            let (tx, rx) = tokio::sync::mpsc::channel::<String>(1024);
+            tokio::spawn(async move {
+                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(Ok(message)) = messages.next().await {
+                    if let AsyncMessage::Notification(n) = message
+                        && tx.send(n.payload().to_string()).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN \"{}\"", self.sql.channel))
+                .await?;
+            Ok::<_, tokio_postgres::Error>((client, rx))
+        })
+        .await;
+        let (client, rx) = match connected {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(self.error(e)),
+            Err(_) => {
+                return Err(BackendError::unavailable(
+                    &self.name,
+                    format!("cannot LISTEN within {:?}", self.connect_timeout),
+                ));
+            }
+        };
+        // The client lives as long as the stream: dropping it closes the
+        // connection and ends the subscription.
+        Ok(Some(
+            futures::stream::unfold((rx, client), |(mut rx, client)| async move {
+                let resource = rx.recv().await?;
+                Some((resource, (rx, client)))
+            })
+            .boxed(),
+        ))
     }
 }
 

@@ -17,7 +17,12 @@
 //! - `stormlock:index`: a sorted set of resource names, all with score 0, so
 //!   `ZRANGEBYLEX` lists them in byte order (which is the order of UTF-8
 //!   strings) for `list` and pagination. Members whose lease key has expired
-//!   are removed lazily by `list`.
+//!   are removed lazily by `list`;
+//! - `stormlock:changes`: a pub/sub channel (not a key) on which every
+//!   acquire, renew, release and force-release publishes the resource's
+//!   name, so that daemons sharing the Redis wake their waiters and watchers
+//!   at once. Expiry is not published (it would need keyspace notifications
+//!   configured on the server); the daemons poll for it.
 //!
 //! Every operation is one Lua script, so each is atomic on the engine, and
 //! times come from Redis `TIME` inside the script, never from the daemon.
@@ -59,8 +64,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use serde::Deserialize;
 
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
+use futures::StreamExt;
 
 /// `[backends.NAME]` with `type = "redis"`.
 #[derive(Clone, Deserialize)]
@@ -159,8 +165,8 @@ local function lease_at(key)
 end
 ";
 
-/// KEYS: lease, fence, index. ARGV: id, principal, reason, ttl_ms, resource.
-/// Returns `{granted 0|1, TIME, lease}` where lease is the new lease or the
+/// KEYS: lease, fence, index. ARGV: id, principal, reason, ttl_ms, resource,
+/// changes channel. Returns `{granted 0|1, TIME, lease}` where lease is the new lease or the
 /// holder's.
 const ACQUIRE: &str = r"
 local now = redis.call('TIME')
@@ -172,26 +178,30 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'principal', ARGV[2], 'reason', ARGV[
   'acquired_s', now[1], 'acquired_us', now[2], 'fence', fence)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[5])
 return {1, now, lease_at(KEYS[1])}
 ";
 
-/// KEYS: lease, index. ARGV: id, resource. Returns 1 if the lease was
-/// current (and is now gone), else 0.
+/// KEYS: lease, index. ARGV: id, resource, changes channel. Returns 1 if
+/// the lease was current (and is now gone), else 0.
 const RELEASE: &str = r"
 if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[2])
   return 1
 end
 return 0
 ";
 
-/// KEYS: lease, evicted. ARGV: id, ttl_ms. Returns `{1, TIME, lease}` when
-/// renewed, else `{0, TIME, eviction}` with eviction `{id, actor, reason}`.
+/// KEYS: lease, evicted. ARGV: id, ttl_ms, resource, changes channel.
+/// Returns `{1, TIME, lease}` when renewed, else `{0, TIME, eviction}` with
+/// eviction `{id, actor, reason}`.
 const RENEW: &str = r"
 local now = redis.call('TIME')
 if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PUBLISH', ARGV[4], ARGV[3])
   return {1, now, lease_at(KEYS[1])}
 end
 return {0, now, redis.call('HMGET', KEYS[2], 'id', 'actor', 'reason')}
@@ -202,7 +212,8 @@ const READ: &str = r"
 return {redis.call('TIME'), lease_at(KEYS[1]), redis.call('HMGET', KEYS[2], 'id', 'actor', 'reason')}
 ";
 
-/// KEYS: lease, index, evicted. ARGV: actor, reason, resource. Returns
+/// KEYS: lease, index, evicted. ARGV: actor, reason, resource, changes
+/// channel. Returns
 /// `{TIME, lease}` with the broken lease, or `{}` when the resource was free.
 const FORCE_RELEASE: &str = r"
 local now = redis.call('TIME')
@@ -211,6 +222,7 @@ if #lease > 0 then
   redis.call('HSET', KEYS[3], 'id', lease[1], 'actor', ARGV[1], 'reason', ARGV[2])
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('PUBLISH', ARGV[4], ARGV[3])
 end
 return {now, lease}
 ";
@@ -288,6 +300,7 @@ pub struct RedisBackend {
     connection: Mutex<Connection>,
     prefix: String,
     scripts: Scripts,
+    connect_timeout: Duration,
 }
 
 impl RedisBackend {
@@ -421,11 +434,17 @@ impl RedisBackend {
             }),
             prefix: config.prefix.clone(),
             scripts: Scripts::new(),
+            connect_timeout: timeout,
         })
     }
 
     fn key(&self, kind: &str, resource: &str) -> String {
         format!("{}{kind}:{resource}", self.prefix)
+    }
+
+    /// The pub/sub channel on which every change publishes its resource.
+    fn channel(&self) -> String {
+        format!("{}changes", self.prefix)
     }
 
     fn current_connection(&self) -> (u64, ConnectionManager) {
@@ -640,7 +659,8 @@ impl Backend for RedisBackend {
                     .arg(&req.principal)
                     .arg(&req.reason)
                     .arg(ttl_millis(req.ttl))
-                    .arg(&req.resource),
+                    .arg(&req.resource)
+                    .arg(self.channel()),
             )
             .await?;
         let Some([granted, now, lease]) = array(&reply) else {
@@ -664,7 +684,8 @@ impl Backend for RedisBackend {
                     .key(self.key("lease", resource))
                     .key(format!("{}index", self.prefix))
                     .arg(id.expose())
-                    .arg(resource),
+                    .arg(resource)
+                    .arg(self.channel()),
             )
             .await?;
         Ok(int(&reply) == Some(1))
@@ -678,7 +699,9 @@ impl Backend for RedisBackend {
                     .key(self.key("lease", resource))
                     .key(self.key("evicted", resource))
                     .arg(id.expose())
-                    .arg(ttl_millis(ttl)),
+                    .arg(ttl_millis(ttl))
+                    .arg(resource)
+                    .arg(self.channel()),
             )
             .await?;
         let Some([renewed, now, detail]) = array(&reply) else {
@@ -785,7 +808,8 @@ impl Backend for RedisBackend {
                     .key(self.key("evicted", resource))
                     .arg(actor)
                     .arg(reason)
-                    .arg(resource),
+                    .arg(resource)
+                    .arg(self.channel()),
             )
             .await?;
         let Some([now, lease]) = array(&reply) else {
@@ -793,6 +817,34 @@ impl Backend for RedisBackend {
         };
         let now = self.time(now)?;
         self.lease(resource, now, lease)
+    }
+
+    async fn subscribe(&self) -> Result<Option<ChangeStream>> {
+        let channel = self.channel();
+        let subscribed = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(self.connect_timeout, subscribed).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return Err(self.engine_error(e)),
+            Err(_) => {
+                return Err(BackendError::unavailable(
+                    &self.name,
+                    format!(
+                        "{}: cannot subscribe within {:?}",
+                        self.address, self.connect_timeout
+                    ),
+                ));
+            }
+        };
+        Ok(Some(
+            pubsub
+                .into_on_message()
+                .filter_map(|message| async move { message.get_payload::<String>().ok() })
+                .boxed(),
+        ))
     }
 
     async fn health(&self) -> Result<()> {

@@ -154,6 +154,16 @@ impl TableName {
         }
     }
 
+    /// A notification channel name for this table (PostgreSQL `LISTEN`):
+    /// `stormlock_` and 16 hex digits of the SHA-256 of the table's name,
+    /// short enough for any table name and free of characters to quote.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(super) fn channel(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.display().as_bytes());
+        format!("stormlock_{}", hex::encode(&digest[..8]))
+    }
+
     /// The name as configured, for messages.
     pub(super) fn display(&self) -> String {
         match &self.schema {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 /// Wraps a backend so that each call fails with [`BackendError::Unavailable`]
@@ -70,5 +70,8 @@ impl Backend for WithTimeout {
     }
     async fn health(&self) -> Result<()> {
         self.bounded(self.inner.health()).await
+    }
+    async fn subscribe(&self) -> Result<Option<ChangeStream>> {
+        self.bounded(self.inner.subscribe()).await
     }
 }

@@ -1063,8 +1063,9 @@ func (x *ForceReleaseResponse) GetReleased() *Lease {
 	return nil
 }
 
-// WatchRequest selects the resources to watch: exactly one of `resource` and
-// `prefix` is set.
+// WatchRequest selects the resources to watch: at most one of `resource` and
+// `prefix` is set; neither watches every resource. The stream reports changes
+// from the moment it starts (not the current holders: use Current or List).
 type WatchRequest struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache

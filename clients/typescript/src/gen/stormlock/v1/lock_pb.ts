@@ -523,8 +523,9 @@ export const ForceReleaseResponseSchema: GenMessage<ForceReleaseResponse> = /*@_
   messageDesc(file_stormlock_v1_lock, 14);
 
 /**
- * WatchRequest selects the resources to watch: exactly one of `resource` and
- * `prefix` is set.
+ * WatchRequest selects the resources to watch: at most one of `resource` and
+ * `prefix` is set; neither watches every resource. The stream reports changes
+ * from the moment it starts (not the current holders: use Current or List).
  *
  * @generated from message stormlock.v1.WatchRequest
  */

@@ -1,0 +1,232 @@
+//! The Watch RPC: events for a resource or a prefix, from changes made
+//! through this daemon, through another daemon on a shared backend, and by
+//! expiry; lease ids hidden as elsewhere; shutdown ends the stream.
+
+use std::time::Duration;
+
+use stormlock::pb::{self, EventType, lock_service_client::LockServiceClient};
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::support::{TestDaemon, secs, unique};
+
+const MEMORY: &str = "[backends.main]\ntype = \"memory\"\n";
+const BOUND: Duration = Duration::from_secs(20);
+
+async fn watch(
+    client: &mut LockServiceClient<Channel>,
+    request: pb::WatchRequest,
+) -> Streaming<pb::WatchResponse> {
+    let stream = client.watch(request).await.expect("watch").into_inner();
+    // The watch reads its selection before it reports changes; give it a
+    // moment so that the first change is not part of the initial state.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+}
+
+async fn next(events: &mut Streaming<pb::WatchResponse>, what: &str) -> pb::WatchResponse {
+    tokio::time::timeout(BOUND, events.message())
+        .await
+        .unwrap_or_else(|_| panic!("no event for {what} within {BOUND:?}"))
+        .unwrap_or_else(|e| panic!("watch failed waiting for {what}: {e}"))
+        .unwrap_or_else(|| panic!("watch ended waiting for {what}"))
+}
+
+fn kind(event: &pb::WatchResponse) -> EventType {
+    EventType::try_from(event.r#type).unwrap_or(EventType::Unspecified)
+}
+
+async fn acquire(
+    client: &mut LockServiceClient<Channel>,
+    resource: &str,
+    ttl: i64,
+    wait: i64,
+) -> pb::Lease {
+    let answer = client
+        .acquire(pb::AcquireRequest {
+            resource: resource.to_string(),
+            ttl: secs(ttl),
+            wait: secs(wait),
+            reason: "watched".to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("acquire")
+        .into_inner();
+    assert!(answer.acquired, "{resource}: {answer:?}");
+    answer.lease.expect("lease")
+}
+
+/// Every kind of event, caused through `actor` and watched through
+/// `watcher` (the same daemon or another one on the same backend).
+async fn every_event(watcher: &TestDaemon, actor: &TestDaemon) {
+    let prefix = format!("watch/{}/", unique());
+    let mut watching = watcher.client().await;
+    let mut client = actor.client().await;
+    let mut events = watch(
+        &mut watching,
+        pb::WatchRequest {
+            prefix: prefix.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let resource = format!("{prefix}deploy");
+    let lease = acquire(&mut client, &resource, 5, 0).await;
+    let event = next(&mut events, "acquire").await;
+    assert_eq!(kind(&event), EventType::Acquired);
+    let seen = event.lease.expect("lease");
+    assert_eq!(
+        (seen.resource.as_str(), seen.fence, seen.reason.as_str()),
+        (resource.as_str(), lease.fence, "watched")
+    );
+    assert!(event.observed_at.is_some());
+
+    client
+        .renew(pb::RenewRequest {
+            resource: resource.clone(),
+            lease_id: lease.lease_id.clone(),
+            ttl: secs(60),
+        })
+        .await
+        .expect("renew");
+    let event = next(&mut events, "renew").await;
+    assert_eq!(kind(&event), EventType::Renewed);
+
+    client
+        .release(pb::ReleaseRequest {
+            resource: resource.clone(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect("release");
+    let event = next(&mut events, "release").await;
+    assert_eq!(kind(&event), EventType::Released);
+    assert_eq!(event.lease.map(|l| l.fence), Some(lease.fence));
+
+    let broken = acquire(&mut client, &resource, 60, 0).await;
+    assert_eq!(
+        kind(&next(&mut events, "second acquire").await),
+        EventType::Acquired
+    );
+    client
+        .force_release(pb::ForceReleaseRequest {
+            resource: resource.clone(),
+            reason: "stuck deploy".to_string(),
+        })
+        .await
+        .expect("force-release");
+    let event = next(&mut events, "force-release").await;
+    assert_eq!(kind(&event), EventType::ForceReleased);
+    assert_eq!(event.reason, "stuck deploy");
+    assert!(!event.actor.is_empty(), "the actor is named");
+    assert_eq!(event.lease.map(|l| l.fence), Some(broken.fence));
+
+    // A lease left to expire; long enough to be seen by a watch that polls
+    // (every second) before it lapses.
+    let short = acquire(&mut client, &resource, 3, 0).await;
+    assert_eq!(
+        kind(&next(&mut events, "short acquire").await),
+        EventType::Acquired
+    );
+    let event = next(&mut events, "expiry").await;
+    assert_eq!(kind(&event), EventType::Expired);
+    assert_eq!(event.lease.map(|l| l.fence), Some(short.fence));
+
+    // Resources outside the prefix are not reported.
+    let outside = format!("elsewhere/{}", unique());
+    acquire(&mut client, &outside, 60, 0).await;
+    let lease = acquire(&mut client, &format!("{prefix}second"), 60, 0).await;
+    let event = next(&mut events, "acquire after one outside the prefix").await;
+    assert_eq!(
+        event.lease.map(|l| l.resource),
+        Some(lease.resource.clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_event_through_one_daemon() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    every_event(&daemon, &daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resource_watch_sees_only_its_resource() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut client = daemon.client().await;
+    let resource = format!("one/{}", unique());
+    let mut events = watch(
+        &mut client,
+        pb::WatchRequest {
+            resource: resource.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    // A longer name with the same beginning is another resource.
+    acquire(&mut client, &format!("{resource}x"), 60, 0).await;
+    let lease = acquire(&mut client, &resource, 60, 0).await;
+    let event = next(&mut events, "acquire").await;
+    assert_eq!(event.lease.map(|l| l.lease_id), Some(lease.lease_id));
+}
+
+#[tokio::test]
+async fn bad_selections_are_refused() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut client = daemon.client().await;
+    for (request, words) in [
+        (
+            pb::WatchRequest {
+                resource: "a".to_string(),
+                prefix: "b".to_string(),
+            },
+            "not both",
+        ),
+        (
+            pb::WatchRequest {
+                resource: "bad\nname".to_string(),
+                ..Default::default()
+            },
+            "control character",
+        ),
+        (
+            pb::WatchRequest {
+                prefix: "x".repeat(600),
+                ..Default::default()
+            },
+            "limit",
+        ),
+    ] {
+        let status = client.watch(request.clone()).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{request:?}");
+        assert!(status.message().contains(words), "{status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_ends_the_stream_with_unavailable() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut client = daemon.client().await;
+    let mut events = watch(&mut client, pb::WatchRequest::default()).await;
+    let stopped = tokio::time::timeout(BOUND, daemon.shutdown())
+        .await
+        .expect("shutdown within the bound");
+    assert!(stopped.is_ok(), "{stopped:?}");
+    let end = tokio::time::timeout(BOUND, events.message())
+        .await
+        .expect("bounded");
+    let status = end.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+async fn across_daemons(backend: &str) {
+    let config = format!("[backends.main]\n{backend}\n");
+    let a = TestDaemon::start(&config, false).await;
+    let b = TestDaemon::start(&config, false).await;
+    every_event(&a, &b).await;
+}
+
+mod events_from_another_daemon {
+    on_shared_engines!("watched", super::across_daemons);
+}
