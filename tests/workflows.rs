@@ -527,15 +527,26 @@ fn on_a_terminal() {
 
     d.cli(&["acquire", "-t", "2s", "--reason", "db migration", "tty/r"])
         .ok();
+    // Someone else waits too, so that the spinner has a line to show.
+    let mut other = Background::spawn({
+        let mut c = d.command(&["acquire", "-t", "1s", "--wait", "20s", "tty/r"]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    });
     let (status, out) = in_terminal(
-        format!("{STORMLOCK} acquire --wait 20s -t 1h tty/r; echo exit=$?"),
+        format!("stty rows 50 cols 250; {STORMLOCK} acquire --wait 20s -t 1h tty/r; echo exit=$?"),
         "",
     );
     assert!(status.success(), "{status}: {out}");
     assert!(out.contains("waiting for tty/r"), "{out}");
     assert!(out.contains("held by "), "{out}");
     assert!(out.contains(": db migration"), "{out}");
+    // "2nd of 2 in line" while the other waiter is ahead, then "next in line".
+    assert!(out.contains(" in line"), "{out}");
     assert!(out.contains("exit=0"), "{out}");
+    assert!(other.wait(Duration::from_secs(20)).success());
     let id = d.cli(&["current", "-f", "id", "tty/r"]).ok().line();
     assert!(out.contains(&id), "the new lease id is printed: {out}");
     d.cli(&["release", "tty/r", &id]).ok();
