@@ -186,11 +186,10 @@ fn exec_with_grandchild(d: &Daemon, args: &[&str], script: &str) -> (Background,
     (exec, pids)
 }
 
-#[test]
-fn exec_stops_the_process_group_when_the_lease_is_force_released() {
-    let d = Daemon::start();
-    // A TTL of 3 s renews every second, which is how exec learns.
-    let (mut exec, pids) = exec_with_grandchild(&d, &["exec", "-t", "3s", "x/forced"], "true");
+/// Force-releases the lease of an `exec` started with `args` and checks that
+/// exec stops the command's whole group, says who and why, and exits 75.
+fn force_release_stops_exec(d: &Daemon, args: &[&str]) {
+    let (mut exec, pids) = exec_with_grandchild(d, args, "true");
     d.cli(&["force-release", "x/forced", "--reason", "incident 7"])
         .ok();
     let status = exec.wait(Duration::from_secs(20));
@@ -203,6 +202,54 @@ fn exec_stops_the_process_group_when_the_lease_is_force_released() {
         "shell and grandchild are gone",
         Duration::from_secs(5),
         || pids.iter().all(|&p| !alive(p)),
+    );
+}
+
+/// exec watches its resource and learns of the force-release at once.
+#[test]
+fn exec_stops_the_process_group_when_the_lease_is_force_released() {
+    let d = Daemon::start();
+    force_release_stops_exec(&d, &["exec", "-t", "1h", "x/forced"]);
+}
+
+/// A caller that may not watch learns from its next renewal instead (a TTL
+/// of 3 s renews every second).
+#[test]
+fn exec_learns_of_a_force_release_from_renewals_without_watch() {
+    let setup = tempfile::tempdir().expect("tempdir");
+    let config = setup.path().join("stormlockd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\ndefault = \"deny\"\n\
+             [[auth.tokens]]\nprincipal = \"ci\"\nsha256 = \"{}\"\n\
+             [[auth.rules]]\nprincipals = [\"ci\"]\nresources = [\"**\"]\n\
+             actions = [\"acquire\", \"renew\", \"release\", \"read\"]\n",
+            stormlock::auth::hash_token("ci-token")
+        ),
+    )
+    .expect("config");
+    let token = setup.path().join("token");
+    std::fs::write(&token, "ci-token\n").expect("token");
+    let d = Daemon::start_with(&["--config", &config.display().to_string()]);
+    let ca = d.data_dir().join("tls/ca.crt").display().to_string();
+    let token = token.display().to_string();
+    let denied = d
+        .cli(&["--ca", &ca, "--token-file", &token, "watch", "x/forced"])
+        .exit(5);
+    assert!(denied.stderr.contains("permission denied"), "{denied:?}");
+    force_release_stops_exec(
+        &d,
+        &[
+            "--ca",
+            &ca,
+            "--token-file",
+            &token,
+            "exec",
+            "-t",
+            "3s",
+            "x/forced",
+        ],
     );
 }
 
