@@ -131,7 +131,8 @@ pub enum Command {
     /// passed on to the command.
     ///
     /// The command runs in its own process group, which is given the terminal
-    /// when exec runs in a terminal's foreground. If the lease is lost (renewal
+    /// when exec runs in a terminal's foreground (Ctrl-Z suspends both, fg
+    /// resumes them; renewals pause meanwhile). If the lease is lost (renewal
     /// refused, force-released, or expired because renewals could not get
     /// through), the whole group gets SIGTERM, then SIGKILL after --grace, and
     /// exec exits with 75 after saying why. Otherwise exec exits with the

@@ -612,3 +612,58 @@ fn on_a_terminal() {
     assert!(out.contains("exit=0"), "{out}");
     d.cli(&["current", "tty/r"]).exit(1);
 }
+
+/// Ctrl-Z stops the command and exec with it, so that an interactive shell
+/// gets its prompt back; `fg` gives the terminal back to the command.
+#[test]
+fn ctrl_z_suspends_exec_and_fg_resumes_it() {
+    let tools = ["script", "bash"].iter().all(|tool| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !tools {
+        eprintln!("skipped: needs script(1) and bash for a shell with job control");
+        return;
+    }
+    let d = Daemon::start();
+    let mut c = d.with_env("script");
+    c.args(["-qec", "bash --norc --noprofile -i", "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut shell = Background::spawn(c);
+    let mut stdin = shell.child.stdin.take().expect("stdin");
+    let stdout = shell.child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut out);
+        let _ = tx.send(out);
+    });
+    // Typed at a person's pace; wherever a keystroke lands, the command ends
+    // up reading "yes".
+    let typed = [
+        format!("{STORMLOCK} exec z/r -- sh -c 'read x; echo got $x'\n"),
+        "\x1a".to_string(),
+        "jobs\n".to_string(),
+        "fg\n".to_string(),
+        "yes\n".to_string(),
+        "echo status=$?\n".to_string(),
+        "exit\n".to_string(),
+    ];
+    for keys in typed {
+        sleep(Duration::from_millis(800));
+        std::io::Write::write_all(&mut stdin, keys.as_bytes()).expect("type");
+    }
+    let status = shell.wait(Duration::from_secs(30));
+    drop(stdin);
+    let out = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.contains("Stopped"), "the shell saw the job stop: {out}");
+    assert!(out.contains("got yes"), "{out}");
+    assert!(out.contains("status=0"), "{out}");
+    d.cli(&["current", "z/r"]).exit(1);
+}

@@ -12,16 +12,20 @@
 //! terminal, that group must also become the terminal's foreground group,
 //! or a command that reads the terminal (`terraform apply` asking for
 //! "yes") would be stopped by SIGTTIN; exec hands the terminal back after.
+//! When the command is stopped from the terminal (Ctrl-Z), exec stops too,
+//! so that the shell, which waits for exec, gets its prompt back.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, raise};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::{Pid, getpgrp, tcgetpgrp, tcsetpgrp};
 use stormlock::pb;
 use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use super::acquire::{Attempt, Taken, report_held, take};
@@ -106,8 +110,23 @@ async fn supervise(
         }
     };
     tokio::pin!(renewing);
+    // Told when the command stops (Ctrl-Z), to suspend along with it.
+    let mut stops = match &foreground {
+        Some(_) => Some(signal(SignalKind::child()).map_err(|e| {
+            CliError::new(Exit::Failure, e).context("cannot install a SIGCHLD handler")
+        })?),
+        None => None,
+    };
     let outcome = loop {
         tokio::select! {
+            Some(()) = async { stops.as_mut()?.recv().await } => {
+                if let (Some(foreground), Ok(WaitStatus::Stopped(..))) = (
+                    &foreground,
+                    waitid(Id::Pid(pgid), WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG),
+                ) {
+                    foreground.suspend();
+                }
+            }
             status = child.wait() => break match status {
                 Ok(status) => Ok(exit_of(status)),
                 Err(e) => Err(CliError::new(Exit::Failure, e)
@@ -339,6 +358,8 @@ struct Foreground {
     tty: std::fs::File,
     /// The group that had the terminal before (ours).
     previous: Pid,
+    /// The command's group.
+    command: Pid,
 }
 
 impl Foreground {
@@ -360,13 +381,37 @@ impl Foreground {
         // The command may have read the terminal before it was its own and
         // been stopped for it (SIGTTIN); let it go on.
         let _ = killpg(pgid, Signal::SIGCONT);
-        Some(Self { tty, previous })
+        Some(Self {
+            tty,
+            previous,
+            command: pgid,
+        })
+    }
+
+    /// Hands the terminal from the command's group to `to`, unless someone
+    /// (the shell, after `bg`) has taken it since.
+    fn hand_over(&self, from: Pid, to: Pid) {
+        if tcgetpgrp(&self.tty).ok() == Some(from) {
+            let _ = without_sigttou(|| tcsetpgrp(&self.tty, to));
+        }
+    }
+
+    /// The command was stopped (Ctrl-Z): stop too, so that the shell, which
+    /// waits for exec, gets the terminal back; once continued in the
+    /// foreground (`fg`), give the terminal to the command again, and
+    /// continue it. Renewals stop meanwhile: a lease that expires during a
+    /// long suspension is lost, as it should be.
+    fn suspend(&self) {
+        self.hand_over(self.command, self.previous);
+        let _ = raise(Signal::SIGTSTP);
+        self.hand_over(self.previous, self.command);
+        let _ = killpg(self.command, Signal::SIGCONT);
     }
 }
 
 impl Drop for Foreground {
     fn drop(&mut self) {
-        let _ = without_sigttou(|| tcsetpgrp(&self.tty, self.previous));
+        self.hand_over(self.command, self.previous);
     }
 }
 
