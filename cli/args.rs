@@ -21,6 +21,11 @@ Exit status:
   5   not authenticated, or not allowed
   64  usage error: bad arguments, bad configuration, or a request the daemon refused as invalid
   70  the daemon failed in an unexpected way
+  75  exec: the lease was lost while the command ran; the command was stopped
+  128+N  interrupted by signal N while waiting (130 for Ctrl-C)
+
+exec exits with its command's status (128+N if signal N killed it, 126 if it
+cannot be run, 127 if it is not found); 2, 4, 5 and 64 come before it runs.
 
 Durations are written like \"4 seconds\", \"30 min\", \"1 days\", \"4h\", \"30m\" or \"1d2h\".";
 
@@ -111,7 +116,43 @@ pub enum Command {
     /// Check whether a lease is still current: exit 0 if it is, 1 if not.
     IsHeld(LeaseArgs),
     /// List the held locks, optionally only those under a prefix.
+    ///
+    /// The table (resource, principal, reason, held for, expires in, fence) fits
+    /// the terminal, or $COLUMNS when set, by shortening reasons first, then
+    /// principals and resource names; through a pipe it is never cut.
     List(ListArgs),
+    /// Run a command while holding a lock.
+    ///
+    /// Acquires RESOURCE (exit 2 and the holder on standard error if it is held
+    /// and --wait is not given), runs the command with STORMLOCK_RESOURCE,
+    /// STORMLOCK_LEASE_ID and STORMLOCK_FENCE in its environment, renews the
+    /// lease in the background (every third of its TTL), and releases it when the
+    /// command ends, whichever way it ends. SIGINT, SIGTERM and SIGHUP are
+    /// passed on to the command.
+    ///
+    /// The command runs in its own process group, which is given the terminal
+    /// when exec runs in a terminal's foreground (Ctrl-Z suspends both, fg
+    /// resumes them; renewals pause meanwhile). If the lease is lost (renewal
+    /// refused, force-released, or expired because renewals could not get
+    /// through), the whole group gets SIGTERM, then SIGKILL after --grace, and
+    /// exec exits with 75 after saying why. Otherwise exec exits with the
+    /// command's own status: 128+N if it died of signal N, 127 if it was not
+    /// found, 126 if it could not be run.
+    ///
+    /// Example:
+    ///
+    ///     stormlock exec -t 5m --wait 20m --reason "migrate" db/migrate -- ./migrate.sh up
+    #[command(verbatim_doc_comment, about = "Run a command while holding a lock")]
+    Exec(ExecArgs),
+    /// Print lock events as they happen: one line each, or JSON lines.
+    ///
+    /// Watches one resource, every resource under a prefix (--prefix, or a
+    /// name that ends with "/"), or with neither, every resource. Text lines are: time, event (acquired,
+    /// renewed, released, expired, force-released), resource, principal,
+    /// fence=N, then the holder's reason, or who broke the lease and why.
+    /// Reconnects by itself when the daemon goes away; Ctrl-C ends it (exit 0).
+    #[command(verbatim_doc_comment, about = "Print lock events as they happen")]
+    Watch(WatchArgs),
     /// Break the lease holding a resource, without its id (administrators).
     ///
     /// Exits with 1 when the resource was not held.
@@ -137,6 +178,60 @@ pub struct AcquireArgs {
     /// Wait up to this long for the lock if it is held (default: try once).
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub wait: Option<Duration>,
+}
+
+/// `exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The resource to lock.
+    pub resource: String,
+    /// How long the lease lasts unless renewed; exec renews it every third of
+    /// this [default: the config file's ttl, else the daemon's default]
+    #[arg(short, long, value_name = "TTL", value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+    /// Why you take the lock; shown to anyone who is refused.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Wait up to this long for the lock if it is held (default: try once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub wait: Option<Duration>,
+    /// When the lease is lost, how long the command gets between SIGTERM and
+    /// SIGKILL.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl, default_value = "10s")]
+    pub grace: Duration,
+    /// The command and its arguments, after "--".
+    #[arg(
+        required = true,
+        last = true,
+        value_name = "COMMAND",
+        num_args = 1..,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `watch`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").args(["resource", "prefix"])))]
+pub struct WatchArgs {
+    /// The resource to watch; a name ending with "/" watches everything under
+    /// it [default: every resource]
+    pub resource: Option<String>,
+    /// Watch every resource whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = WatchFormat::Text)]
+    pub format: WatchFormat,
+}
+
+/// How `watch` prints events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WatchFormat {
+    /// One line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Commands that act on one lease of one resource.
@@ -297,6 +392,42 @@ mod tests {
     }
 
     #[test]
+    fn exec_takes_the_command_after_the_separator() {
+        let cli = parse(&[
+            "exec", "-t", "1m", "db", "--", "sh", "-c", "exit 3", "--ttl",
+        ])
+        .ok();
+        match cli.map(|c| c.command) {
+            Some(Command::Exec(e)) => {
+                assert_eq!(e.resource, "db");
+                assert_eq!(e.ttl, Some(Duration::from_secs(60)));
+                assert_eq!(e.grace, Duration::from_secs(10));
+                assert_eq!(e.command, ["sh", "-c", "exit 3", "--ttl"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        for args in [
+            &["exec", "db"][..],
+            &["exec", "db", "--"],
+            &["exec", "db", "sh"],
+        ] {
+            let err = parse(args).map(|_| ()).unwrap_err();
+            assert_eq!(clap_exit(&err), Exit::Usage, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn watch_takes_at_most_one_target() {
+        assert!(parse(&["watch", "r"]).is_ok());
+        assert!(parse(&["watch", "--prefix", "team/", "-f", "json"]).is_ok());
+        assert!(parse(&["watch"]).is_ok());
+        let err = parse(&["watch", "r", "--prefix", "p"])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(clap_exit(&err), Exit::Usage);
+    }
+
+    #[test]
     fn usage_errors() {
         for args in [
             &["acquire"][..],
@@ -309,7 +440,7 @@ mod tests {
         ] {
             let err = parse(args).map(|_| ()).unwrap_err();
             assert_eq!(
-                clap_exit(&err) as u8,
+                clap_exit(&err).code(),
                 64,
                 "{args:?} should be a usage error"
             );

@@ -19,6 +19,8 @@ use crate::error::{CliError, CliResult, Exit, exit_for_code};
 
 /// Longest wait for a TCP connection, and again for the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 ping interval, and how long a ping may go unanswered.
+const KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// Which TLS files to load and which name to check the daemon's certificate
 /// against.
@@ -162,7 +164,12 @@ impl Client {
         let mut endpoint = Endpoint::from_shared(settings.addr.uri())
             .map_err(|e| CliError::usage(format!("invalid daemon address {}: {e}", settings.addr)))?
             .connect_timeout(connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Long calls (a watch, exec's renewals) learn that the daemon
+            // is gone even when no packet says so.
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
         if let Some(plan) = &plan {
             endpoint = endpoint
                 .tls_config(tls_config(plan, connect_timeout)?)
@@ -266,9 +273,45 @@ impl Client {
 
     /// Renew.
     pub async fn renew(&self, req: pb::RenewRequest) -> CliResult<pb::RenewResponse> {
+        self.renew_within(req, self.timeout).await
+    }
+
+    /// Renew, giving up after `budget`.
+    pub async fn renew_within(
+        &self,
+        req: pb::RenewRequest,
+        budget: Duration,
+    ) -> CliResult<pb::RenewResponse> {
         let mut rpc = self.rpc.clone();
-        self.finish(self.timeout, rpc.renew(self.request(req, self.timeout)))
+        self.finish(budget, rpc.renew(self.request(req, budget)))
             .await
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Opens a Watch stream. Only opening it is bounded by the timeout; the
+    /// stream itself lasts until either side ends it (HTTP/2 keep-alives
+    /// notice a daemon that vanished without a word).
+    pub async fn watch(
+        &self,
+        req: pb::WatchRequest,
+    ) -> CliResult<tonic::Streaming<pb::WatchResponse>> {
+        let mut rpc = self.rpc.clone();
+        let mut request = Request::new(req);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        self.finish(self.timeout, rpc.watch(request)).await
+    }
+
+    /// The error for a failed read from a stream.
+    pub fn stream_error(&self, status: Status) -> CliError {
+        self.status_error(status, self.timeout)
     }
 
     /// Current.

@@ -10,6 +10,11 @@
 //! | 5    | not authenticated or not allowed          | `UNAUTHENTICATED`, `PERMISSION_DENIED`, refused TLS identity |
 //! | 64   | usage error                               | bad flags or config, `INVALID_ARGUMENT`, `OUT_OF_RANGE` |
 //! | 70   | the daemon failed in an unexpected way    | `INTERNAL`, `UNKNOWN`, `UNIMPLEMENTED`, …    |
+//! | 75   | `exec`: the lease was lost while the command ran, and the command was stopped | renew refused, force-released, expired |
+//!
+//! `exec` otherwise exits with its command's own status (128+N for a command
+//! killed by signal N, 126/127 when it cannot be started), and any command
+//! interrupted by signal N while it waits exits with 128+N.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -20,27 +25,56 @@ use tonic::Code;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Everything worked.
-    Success = 0,
+    Success,
     /// The lease is not held, or the resource is free.
-    NotHeld = 1,
+    NotHeld,
     /// Someone else holds the resource.
-    Held = 2,
+    Held,
     /// The lease is no longer current (expired, released or broken).
-    NotCurrent = 3,
+    NotCurrent,
     /// The daemon or its backend could not be reached in time.
-    Unreachable = 4,
+    Unreachable,
     /// The daemon did not accept who we are or what we asked.
-    Denied = 5,
+    Denied,
     /// The command line, the environment or the config file is wrong.
-    Usage = 64,
+    Usage,
     /// The daemon answered with an error no other status describes
     /// (sysexits' `EX_SOFTWARE`); never 1, which scripts read as "not held".
-    Failure = 70,
+    Failure,
+    /// `exec` lost its lease and stopped its command (sysexits'
+    /// `EX_TEMPFAIL`: trying again later may work).
+    LeaseLost,
+    /// Any other status: `exec` passes its command's on, and a signal N that
+    /// interrupts a wait gives 128+N, as in a shell.
+    Status(u8),
+}
+
+impl Exit {
+    /// The number the process exits with.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::NotHeld => 1,
+            Self::Held => 2,
+            Self::NotCurrent => 3,
+            Self::Unreachable => 4,
+            Self::Denied => 5,
+            Self::Usage => 64,
+            Self::Failure => 70,
+            Self::LeaseLost => 75,
+            Self::Status(code) => code,
+        }
+    }
+
+    /// The status of a process ended by signal `signal`, as a shell reports it.
+    pub fn signalled(signal: i32) -> Self {
+        Self::Status(u8::try_from(128 + signal.clamp(0, 127)).unwrap_or(u8::MAX))
+    }
 }
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
+        ExitCode::from(exit.code())
     }
 }
 
@@ -127,8 +161,16 @@ mod tests {
             (Code::Cancelled, 70),
         ];
         for (code, exit) in table {
-            assert_eq!(exit_for_code(code) as u8, exit, "{code:?}");
+            assert_eq!(exit_for_code(code).code(), exit, "{code:?}");
         }
+    }
+
+    #[test]
+    fn signals_and_passed_on_statuses() {
+        assert_eq!(Exit::signalled(2).code(), 130);
+        assert_eq!(Exit::signalled(15).code(), 143);
+        assert_eq!(Exit::Status(7).code(), 7);
+        assert_eq!(Exit::LeaseLost.code(), 75);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - `error`: exit statuses and the error type commands return.
 //! - `output`: the lease formats shared with Python stormlock 0.4.1.
 //! - `spinner`: progress on stderr while waiting.
+//! - `signals`: SIGINT, SIGTERM and SIGHUP for commands that wait or run others.
 //! - `commands`: one module per command.
 
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ mod commands;
 mod config;
 mod error;
 mod output;
+mod signals;
 mod spinner;
 
 use std::future::Future;
@@ -61,6 +63,8 @@ fn run(cli: Cli) -> CliResult {
         Command::IsHeld(args) => remote(&global, |s| commands::is_held::run(s, args)),
         Command::List(args) => remote(&global, |s| commands::list::run(s, args)),
         Command::ForceRelease(args) => remote(&global, |s| commands::force_release::run(s, args)),
+        Command::Exec(args) => remote(&global, |s| commands::exec::run(s, args)),
+        Command::Watch(args) => remote(&global, |s| commands::watch::run(s, args)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! A spinner on stderr for commands that wait, drawn on one line that is
-//! cleared when the wait ends. Used only when stderr is a terminal.
+//! cleared when the wait ends (or the spinner is dropped). Used only when
+//! stderr is a terminal.
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -34,12 +35,9 @@ impl Spinner {
         self.started.elapsed()
     }
 
-    /// Draws the next frame with `label` and the time waited so far.
+    /// Draws the next frame with `label`.
     pub fn draw(&mut self, label: &str) {
-        let waited = stormlock::duration::format_duration(Duration::from_secs(
-            self.started.elapsed().as_secs(),
-        ));
-        let line = format!("{} {label} ({waited})", FRAMES[self.frame % FRAMES.len()]);
+        let line = format!("{} {label}", FRAMES[self.frame % FRAMES.len()]);
         self.frame += 1;
         // A line that wraps could not be redrawn in place.
         let columns = terminal_size::terminal_size_of(io::stderr())
@@ -67,6 +65,14 @@ impl Spinner {
             let _ = err.flush();
             self.drawn = false;
         }
+    }
+}
+
+/// A wait cut short (Ctrl-C drops the future that owns the spinner) leaves
+/// no half-drawn line behind.
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 

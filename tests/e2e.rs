@@ -9,64 +9,88 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const STORMLOCK: &str = env!("CARGO_BIN_EXE_stormlock");
+pub(crate) const STORMLOCK: &str = env!("CARGO_BIN_EXE_stormlock");
 const STORMLOCKD: &str = env!("CARGO_BIN_EXE_stormlockd");
 
 /// A daemon of this test's own; dropping it kills exactly that process.
-struct Daemon {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
+    pub(crate) dir: tempfile::TempDir,
+    /// Extra command-line arguments, kept for [`Daemon::restart`].
+    extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
+fn spawn_daemon(dir: &Path, port: u16, extra: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .expect("log file");
+    Command::new(STORMLOCKD)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .env_remove("STORMLOCK_DATA_DIR")
+        .env_remove("STORMLOCK_CONFIG")
+        .env_remove("STORMLOCK_LISTEN")
+        .env_remove("STORMLOCK_INSECURE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn stormlockd")
+}
+
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
 
 impl Daemon {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
     /// Starts a daemon with extra command-line arguments; `{dir}` in them
     /// stands for the test's directory.
-    fn start_with(extra: &[&str]) -> Self {
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("stormlock-e2e-")
             .tempdir()
             .expect("tempdir");
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(STORMLOCKD)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(
-                extra
-                    .iter()
-                    .map(|a| a.replace("{dir}", &dir.path().display().to_string())),
-            )
-            .env_remove("STORMLOCK_DATA_DIR")
-            .env_remove("STORMLOCK_CONFIG")
-            .env_remove("STORMLOCK_LISTEN")
-            .env_remove("STORMLOCK_INSECURE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn stormlockd");
-        let mut daemon = Self { child, port, dir };
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
+            .collect();
+        let child = spawn_daemon(dir.path(), port, &extra);
+        let mut daemon = Self {
+            child,
+            port,
+            dir,
+            extra,
+        };
         daemon.wait_ready();
         daemon
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// Stops the daemon and starts it again with the same address, data and
+    /// arguments.
+    pub(crate) fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_daemon(self.dir.path(), self.port, &self.extra);
+        self.wait_ready();
+    }
+
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
@@ -90,9 +114,26 @@ impl Daemon {
         }
     }
 
+    /// `program` with the environment of [`Daemon::command`].
+    pub(crate) fn with_env(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        cli_env(
+            &mut command,
+            self.dir.path(),
+            &self.data_dir(),
+            Some(self.port),
+        );
+        command
+    }
+
+    /// The CLI against this daemon, to start in the background.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        cli_command(args, self.dir.path(), &self.data_dir(), Some(self.port))
+    }
+
     /// Runs the CLI against this daemon with a clean environment: no config
     /// file, the daemon's development certificates.
-    fn cli(&self, args: &[&str]) -> Run {
+    pub(crate) fn cli(&self, args: &[&str]) -> Run {
         run_cli(args, self.dir.path(), &self.data_dir(), Some(self.port))
     }
 }
@@ -106,50 +147,30 @@ impl Drop for Daemon {
 
 /// What one CLI run did.
 #[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) elapsed: Duration,
 }
 
 impl Run {
-    fn ok(self) -> Self {
+    pub(crate) fn ok(self) -> Self {
         assert_eq!(self.code, 0, "expected success: {self:?}");
         self
     }
-    fn exit(self, code: i32) -> Self {
+    pub(crate) fn exit(self, code: i32) -> Self {
         assert_eq!(self.code, code, "expected exit {code}: {self:?}");
         self
     }
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         self.stdout.trim_end_matches('\n').to_string()
     }
 }
 
-fn run_cli(args: &[&str], home: &Path, data_dir: &Path, port: Option<u16>) -> Run {
-    let mut command = Command::new(STORMLOCK);
-    command
-        .args(args)
-        .current_dir(home)
-        .env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("STORMLOCK_DATA_DIR", data_dir)
-        .stdin(Stdio::null());
-    for var in [
-        "STORMLOCK_CONFIG",
-        "STORMLOCK_ADDR",
-        "STORMLOCK_CA",
-        "STORMLOCK_CERT",
-        "STORMLOCK_KEY",
-        "STORMLOCK_PRINCIPAL",
-        "STORMLOCK_TIMEOUT",
-    ] {
-        command.env_remove(var);
-    }
-    if let Some(port) = port {
-        command.env("STORMLOCK_ADDR", format!("127.0.0.1:{port}"));
-    }
+pub(crate) fn run_cli(args: &[&str], home: &Path, data_dir: &Path, port: Option<u16>) -> Run {
+    let mut command = cli_command(args, home, data_dir, port);
+    command.stdin(Stdio::null());
     let started = Instant::now();
     let Output {
         status,
@@ -161,6 +182,45 @@ fn run_cli(args: &[&str], home: &Path, data_dir: &Path, port: Option<u16>) -> Ru
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         elapsed: started.elapsed(),
+    }
+}
+
+/// The CLI with a clean environment: no config file, `data_dir`'s
+/// development certificates, the daemon on `port`.
+pub(crate) fn cli_command(
+    args: &[&str],
+    home: &Path,
+    data_dir: &Path,
+    port: Option<u16>,
+) -> Command {
+    let mut command = Command::new(STORMLOCK);
+    command.args(args);
+    cli_env(&mut command, home, data_dir, port);
+    command
+}
+
+/// The clean environment of [`cli_command`], for a command that runs the CLI.
+pub(crate) fn cli_env(command: &mut Command, home: &Path, data_dir: &Path, port: Option<u16>) {
+    command
+        .current_dir(home)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("STORMLOCK_DATA_DIR", data_dir);
+    for var in [
+        "STORMLOCK_CONFIG",
+        "STORMLOCK_ADDR",
+        "STORMLOCK_CA",
+        "STORMLOCK_CERT",
+        "STORMLOCK_KEY",
+        "STORMLOCK_PRINCIPAL",
+        "STORMLOCK_TIMEOUT",
+        "STORMLOCK_TOKEN",
+        "COLUMNS",
+    ] {
+        command.env_remove(var);
+    }
+    if let Some(port) = port {
+        command.env("STORMLOCK_ADDR", format!("127.0.0.1:{port}"));
     }
 }
 

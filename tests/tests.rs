@@ -21,3 +21,4 @@ mod shared_backend;
 mod sql_backends;
 mod waiting;
 mod watch;
+mod workflows;

@@ -1,62 +1,151 @@
 //! `acquire`: take a lease and print its id; on contention, say who holds it.
+//! Also the waiting part that `exec` shares: a spinner with the holder and
+//! our place in line, and Ctrl-C that cancels the wait.
 
 use std::io::IsTerminal;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use futures::FutureExt;
+use nix::sys::signal::Signal;
+use rand::Rng;
 use stormlock::pb;
+use tokio::sync::watch;
 
 use super::{Session, note, out, proto_duration};
 use crate::args::AcquireArgs;
 use crate::client::Client;
 use crate::error::{CliError, CliResult, Exit};
 use crate::output::{HIDDEN, format_timestamp, since, system_time};
+use crate::signals::Interrupts;
 use crate::spinner::Spinner;
 
 /// Runs `acquire`.
 pub async fn run(mut session: Session, args: AcquireArgs) -> CliResult {
-    let ttl = args.ttl.or(session.settings.ttl);
-    let wait = args.wait.unwrap_or_default();
-    let request = pb::AcquireRequest {
-        resource: args.resource.clone(),
+    let mut interrupts = Interrupts::new()?;
+    let attempt = Attempt {
+        resource: args.resource,
+        ttl: args.ttl,
+        reason: args.reason,
+        wait: args.wait.unwrap_or_default(),
+    };
+    match take(&mut session, attempt, &mut interrupts).await? {
+        Taken::Granted { lease, .. } => {
+            out(&format!("{}\n", lease.lease_id))?;
+            Ok(Exit::Success)
+        }
+        Taken::Held(holder) => {
+            report_held(holder.as_ref());
+            Ok(Exit::Held)
+        }
+        Taken::Interrupted(signal) => Ok(Exit::signalled(signal as i32)),
+    }
+}
+
+/// What to ask for.
+pub struct Attempt {
+    /// The resource to lock.
+    pub resource: String,
+    /// The TTL asked for; `None`: the config file's, else the daemon's default.
+    pub ttl: Option<Duration>,
+    /// Why, for anyone refused.
+    pub reason: Option<String>,
+    /// How long to wait for a held resource; zero: try once.
+    pub wait: Duration,
+}
+
+/// How an acquisition ended.
+pub enum Taken {
+    /// We hold the lease (its id is never empty).
+    Granted {
+        /// The lease.
+        lease: pb::Lease,
+        /// When the request left, before the daemon started the lease's
+        /// clock: counting the TTL from here errs on the safe side.
+        sent: Instant,
+    },
+    /// Someone else holds the resource (who, if the daemon said).
+    Held(Option<pb::Lease>),
+    /// A signal came first; the call was cancelled, so the daemon grants
+    /// nothing to us (and releases what it granted in the race).
+    Interrupted(Signal),
+}
+
+/// Acquires, waiting if asked, with a spinner when stderr is a terminal; a
+/// SIGINT, SIGTERM or SIGHUP cancels the call, connecting included.
+pub async fn take(
+    session: &mut Session,
+    attempt: Attempt,
+    interrupts: &mut Interrupts,
+) -> CliResult<Taken> {
+    let mut call = Box::pin(try_take(session, attempt));
+    let (signal, late) = tokio::select! {
+        taken = &mut call => return taken,
+        signal = interrupts.recv() => (signal, (&mut call).now_or_never()),
+    };
+    drop(call);
+    // A grant that arrived together with the signal is given back rather
+    // than left to expire. (One still on the wire is the daemon's to clean
+    // up: the call is cancelled.)
+    if let Some(Ok(Taken::Granted { lease, .. })) = late {
+        let client = session.client().await?;
+        let _ = client
+            .release(pb::ReleaseRequest {
+                resource: lease.resource,
+                lease_id: lease.lease_id,
+            })
+            .await;
+    }
+    Ok(Taken::Interrupted(signal))
+}
+
+async fn try_take(session: &mut Session, attempt: Attempt) -> CliResult<Taken> {
+    let ttl = attempt.ttl.or(session.settings.ttl);
+    let wait = attempt.wait;
+    // Names this call in line, so that Current can tell us our place.
+    let wait_id = if wait.is_zero() {
+        String::new()
+    } else {
+        format!("{:032x}", rand::rng().random::<u128>())
+    };
+    let mut request = pb::AcquireRequest {
+        resource: attempt.resource.clone(),
         ttl: ttl.map(|t| proto_duration("TTL", t)).transpose()?,
         wait: (!wait.is_zero())
             .then(|| proto_duration("wait", wait))
             .transpose()?,
-        reason: args.reason.unwrap_or_default(),
+        reason: attempt.reason.unwrap_or_default(),
         principal: String::new(),
-        ..Default::default()
+        wait_id: wait_id.clone(),
     };
     let principal = session.settings.principal.clone();
     let client = session.client().await?;
-    let request = pb::AcquireRequest {
-        principal: client.declared_principal(&principal),
-        ..request
-    };
+    request.principal = client.declared_principal(&principal);
+    let sent = Instant::now();
     let response = if !wait.is_zero() && std::io::stderr().is_terminal() {
-        with_spinner(client, &args.resource, client.acquire(request, wait)).await?
+        let call = client.acquire(request, wait);
+        with_spinner(client, &attempt.resource, wait_id, call).await?
     } else {
         client.acquire(request, wait).await?
     };
-    if response.acquired {
-        let id = response
-            .lease
-            .map(|lease| lease.lease_id)
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| {
-                CliError::new(
-                    Exit::Failure,
-                    anyhow::anyhow!("stormlockd granted the lease but sent no lease id"),
-                )
-            })?;
-        out(&format!("{id}\n"))?;
-        return Ok(Exit::Success);
+    if !response.acquired {
+        return Ok(Taken::Held(response.holder));
     }
+    match response.lease.filter(|lease| !lease.lease_id.is_empty()) {
+        Some(lease) => Ok(Taken::Granted { lease, sent }),
+        None => Err(CliError::new(
+            Exit::Failure,
+            anyhow::anyhow!("stormlockd granted the lease but sent no lease id"),
+        )),
+    }
+}
+
+/// Python stormlock's "Lock held" message, then who holds it.
+pub fn report_held(holder: Option<&pb::Lease>) {
     note("Lock held");
-    match response.holder {
-        Some(holder) => note(&describe_holder(&holder, SystemTime::now())),
+    match holder {
+        Some(holder) => note(&describe_holder(holder, SystemTime::now())),
         None => note("Held lock not found, try again?"),
     }
-    Ok(Exit::Held)
 }
 
 /// Who holds a lease, for people; never its id.
@@ -81,48 +170,104 @@ pub fn describe_holder(holder: &pb::Lease, now: SystemTime) -> String {
     lines.join("\n")
 }
 
-/// Shows a spinner on stderr, with the current holder once known, while the
-/// daemon makes us wait.
+/// Shows a spinner on stderr while the daemon makes us wait: the holder,
+/// its reason, how long it has held the lock, our wait so far and our place
+/// in line, from a Current call about once a second on the same connection.
 async fn with_spinner<T>(
     client: &Client,
     resource: &str,
+    wait_id: String,
     call: impl Future<Output = CliResult<T>>,
 ) -> CliResult<T> {
     // Quick answers (the resource was free) should not flash a spinner.
     const DELAY: Duration = Duration::from_millis(300);
-    let holder = client.current(pb::CurrentRequest {
-        resource: resource.to_string(),
-        ..Default::default()
-    });
-    tokio::pin!(call, holder);
-    let mut holder_known = false;
-    let mut label = format!("waiting for {resource}");
+    const POLL: Duration = Duration::from_secs(1);
+    let (tx, rx) = watch::channel(None);
+    let poller = {
+        let client = client.clone();
+        let request = pb::CurrentRequest {
+            resource: resource.to_string(),
+            wait_id,
+        };
+        tokio::spawn(async move {
+            loop {
+                // A failed poll leaves the last answer up; the wait itself
+                // reports real failures.
+                if let Ok(current) = client.current(request.clone()).await
+                    && tx.send(Some(current)).is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+    };
+    tokio::pin!(call);
     let mut spinner = Spinner::new();
     let mut tick = tokio::time::interval(Spinner::TICK);
     let result = loop {
         tokio::select! {
             result = &mut call => break result,
-            current = &mut holder, if !holder_known => {
-                holder_known = true;
-                if let Some(lease) = current.ok().and_then(|c| c.lease) {
-                    label = match lease.reason.as_str() {
-                        "" => format!("waiting for {resource}, held by {}", lease.principal),
-                        reason => format!(
-                            "waiting for {resource}, held by {} ({reason})",
-                            lease.principal
-                        ),
-                    };
-                }
-            }
             _ = tick.tick() => {
                 if spinner.elapsed() >= DELAY {
-                    spinner.draw(&label);
+                    let status = rx.borrow();
+                    spinner.draw(&wait_label(
+                        resource,
+                        spinner.elapsed(),
+                        status.as_ref(),
+                        SystemTime::now(),
+                    ));
                 }
             }
         }
     };
+    poller.abort();
     spinner.clear();
     result
+}
+
+/// The spinner's text: the wait so far and our place in line first, so that
+/// a narrow terminal cuts the holder's reason rather than them.
+fn wait_label(
+    resource: &str,
+    waited: Duration,
+    status: Option<&pb::CurrentResponse>,
+    now: SystemTime,
+) -> String {
+    let waited = stormlock::duration::format_duration(Duration::from_secs(waited.as_secs()));
+    let mut label = format!("waiting for {resource} ({waited})");
+    let Some(status) = status else {
+        return label;
+    };
+    match status.queue_position {
+        0 => {}
+        1 => label.push_str(", next in line"),
+        n => label.push_str(&format!(
+            ", {} of {} in line",
+            ordinal(n),
+            status.waiting.max(n)
+        )),
+    }
+    if let Some(lease) = &status.lease {
+        let held = since(system_time(lease.acquired_at.as_ref()), Some(now));
+        label.push_str(&format!("; held by {} for {held}", lease.principal));
+        if !lease.reason.is_empty() {
+            label.push_str(&format!(": {}", lease.reason));
+        }
+    }
+    label
+}
+
+/// 1st, 2nd, 3rd, 4th … 11th, 12th, 13th … 21st.
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 #[cfg(test)]
@@ -155,5 +300,54 @@ mod tests {
              Until: 2026-11-26T14:28:46.000+00:00 (in 50m)"
         );
         assert!(!text.contains(&holder.lease_id));
+    }
+
+    #[test]
+    fn spinner_label_shows_place_holder_and_reason() {
+        let lease = pb::Lease {
+            principal: "bob@ops".into(),
+            reason: "db migration".into(),
+            acquired_at: Some(prost_types::Timestamp {
+                seconds: 1000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + 300);
+        let status = |position, waiting| pb::CurrentResponse {
+            lease: Some(lease.clone()),
+            waiting,
+            queue_position: position,
+        };
+        let waited = Duration::from_millis(12_400);
+        assert_eq!(
+            wait_label("db", waited, Some(&status(2, 3)), now),
+            "waiting for db (12s), 2nd of 3 in line; held by bob@ops for 5m: db migration"
+        );
+        assert_eq!(
+            wait_label("db", waited, Some(&status(1, 1)), now),
+            "waiting for db (12s), next in line; held by bob@ops for 5m: db migration"
+        );
+        // A daemon that does not know our place, and no answer yet.
+        assert_eq!(
+            wait_label("db", waited, Some(&status(0, 0)), now),
+            "waiting for db (12s); held by bob@ops for 5m: db migration"
+        );
+        assert_eq!(wait_label("db", waited, None, now), "waiting for db (12s)");
+    }
+
+    #[test]
+    fn ordinals() {
+        let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111]
+            .into_iter()
+            .map(ordinal)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st",
+                "111th"
+            ]
+        );
     }
 }

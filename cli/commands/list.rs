@@ -47,12 +47,19 @@ pub async fn run(mut session: Session, args: ListArgs) -> CliResult {
             prefix => note(&format!("no locks held under {prefix}")),
         },
         ListFormat::Table => {
-            // Fit a terminal; never cut what goes to a pipe or a file.
-            let width = std::io::stdout()
-                .is_terminal()
-                .then(|| terminal_size::terminal_size_of(std::io::stdout()))
-                .flatten()
-                .map(|(w, _)| usize::from(w.0));
+            // Fit a terminal, or $COLUMNS when set; never cut what goes to
+            // a pipe or a file otherwise.
+            let width = std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.trim().parse::<usize>().ok())
+                .filter(|&c| c > 0)
+                .or_else(|| {
+                    std::io::stdout()
+                        .is_terminal()
+                        .then(|| terminal_size::terminal_size_of(std::io::stdout()))
+                        .flatten()
+                        .map(|(w, _)| usize::from(w.0))
+                });
             out(&table(&leases, SystemTime::now(), width))?;
         }
     }

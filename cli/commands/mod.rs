@@ -11,12 +11,14 @@ use crate::error::{CliError, CliResult, Exit};
 pub mod acquire;
 pub mod completions;
 pub mod current;
+pub mod exec;
 pub mod force_release;
 pub mod is_held;
 pub mod list;
 pub mod man;
 pub mod release;
 pub mod renew;
+pub mod watch;
 
 /// Settings and the connection they lead to, made once and only when needed.
 pub struct Session {
