@@ -15,6 +15,8 @@
 //! - [`tls`]: certificates, the development PKI, client identities.
 //! - [`waiters`]: wake-ups for callers waiting on a resource.
 //! - [`duration`]: operator-friendly durations (`4 seconds`, `1d2h`).
+//! - [`bench`]: load generation shared by `stormlock bench` and the
+//!   in-process backend benchmark.
 //! - [`paths`]: default data directory and development TLS file locations,
 //!   shared by the daemon and the CLI.
 
@@ -24,6 +26,7 @@
 pub mod audit;
 pub mod auth;
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod duration;
 pub mod error;

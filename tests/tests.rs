@@ -3,6 +3,7 @@
 mod backend_faults;
 mod backend_tls;
 mod backends;
+mod bench;
 mod conformance;
 #[cfg(feature = "dynamodb")]
 mod dynamodb_backend;
