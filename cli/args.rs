@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 
+use stormlock::bench::Workload;
 use stormlock::duration::parse_duration;
 
 use crate::error::Exit;
@@ -157,6 +158,16 @@ pub enum Command {
     ///
     /// Exits with 1 when the resource was not held.
     ForceRelease(ForceReleaseArgs),
+    /// Measure a daemon: drive it with concurrent clients, then report
+    /// throughput, latency percentiles and errors.
+    ///
+    /// Workloads (one operation each): uncontended, every client acquires and
+    /// releases a resource of its own; contended, all clients acquire one
+    /// resource, waiting for it, then release it; renew, every client renews
+    /// a lease of its own. Resources are named PREFIX/RANDOM/..., and every
+    /// lease taken is released by the end. Exits with 70 when no operation
+    /// succeeded.
+    Bench(BenchArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (roff).
@@ -319,6 +330,54 @@ pub struct ForceReleaseArgs {
     pub reason: String,
 }
 
+/// `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What every client does: uncontended, contended or renew.
+    #[arg(short, long, default_value = "uncontended", value_parser = parse_workload)]
+    pub workload: Workload,
+    /// Concurrent clients, each its own task.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub clients: u32,
+    /// Connections the clients share, round-robin [default: one per CPU, at
+    /// most one per client]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: Option<u32>,
+    /// Stop after this many operations in total [default: 10000]
+    #[arg(short = 'n', long, value_name = "N", conflicts_with = "duration")]
+    pub ops: Option<u64>,
+    /// Stop after this long instead of after a number of operations.
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub duration: Option<Duration>,
+    /// TTL of the leases taken.
+    #[arg(short, long, value_name = "TTL", default_value = "60s", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    /// How long a contended acquire waits before it counts as an error.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_ttl)]
+    pub wait: Duration,
+    /// Resource names start with this.
+    #[arg(long, default_value = "bench")]
+    pub prefix: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = BenchFormat::Table)]
+    pub format: BenchFormat,
+    /// Run no workload: open --connections connections, make one call on
+    /// each, and hold them open and idle this long (to measure the daemon's
+    /// memory per connection).
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout,
+          conflicts_with_all = ["ops", "duration"])]
+    pub hold_idle: Option<Duration>,
+}
+
+/// How `bench` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchFormat {
+    /// A small table for people.
+    Table,
+    /// One JSON object on one line.
+    Json,
+}
+
 /// `completions`.
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
@@ -341,6 +400,10 @@ pub fn clap_exit(err: &clap::Error) -> Exit {
 /// Parses a TTL or wait duration with the project's one duration syntax.
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn parse_workload(text: &str) -> Result<Workload, String> {
+    text.parse()
 }
 
 /// Like [`parse_ttl`], refusing zero.

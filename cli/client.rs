@@ -229,9 +229,15 @@ impl Client {
         })
     }
 
+    /// The generated stub on this connection, for callers that want the raw
+    /// status of each call (`bench`).
+    pub fn rpc(&self) -> LockServiceClient<Channel> {
+        self.rpc.clone()
+    }
+
     /// A request carrying our deadline (so a waiting Acquire ends with us)
     /// and our token, if any.
-    fn request<T>(&self, message: T, budget: Duration) -> Request<T> {
+    pub fn request<T>(&self, message: T, budget: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(budget);
         if let Some(authorization) = &self.authorization {

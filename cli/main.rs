@@ -65,6 +65,7 @@ fn run(cli: Cli) -> CliResult {
         Command::ForceRelease(args) => remote(&global, |s| commands::force_release::run(s, args)),
         Command::Exec(args) => remote(&global, |s| commands::exec::run(s, args)),
         Command::Watch(args) => remote(&global, |s| commands::watch::run(s, args)),
+        Command::Bench(args) => remote_on(&global, true, |s| commands::bench::run(s, args)),
     }
 }
 
@@ -75,10 +76,25 @@ where
     F: FnOnce(Session) -> Fut,
     Fut: Future<Output = CliResult>,
 {
+    remote_on(global, false, command)
+}
+
+/// Like [`remote`], on a thread per CPU when `multi_thread` (`bench` drives
+/// many clients at once).
+fn remote_on<F, Fut>(global: &GlobalArgs, multi_thread: bool, command: F) -> CliResult
+where
+    F: FnOnce(Session) -> Fut,
+    Fut: Future<Output = CliResult>,
+{
     let env = ProcessEnv;
     let config = config::load(global.config.as_deref(), &env)?;
     let settings = config::resolve(global, &env, config.as_ref())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| CliError::new(Exit::Failure, e).context("cannot start the async runtime"))?;

@@ -22,6 +22,8 @@
 //!   resource.
 //! - [`watch`]: the events of a `Watch` stream.
 //! - [`duration`]: operator-friendly durations (`4 seconds`, `1d2h`).
+//! - [`bench`]: load generation shared by `stormlock bench` and the
+//!   in-process backend benchmark.
 //! - [`paths`]: default data directory and development TLS file locations,
 //!   shared by the daemon and the CLI.
 
@@ -32,6 +34,7 @@ pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod changes;
+pub mod bench;
 pub mod config;
 pub mod duration;
 pub mod error;

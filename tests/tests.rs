@@ -8,6 +8,7 @@ mod backend_tls;
 mod backends;
 mod bad_input;
 mod checker;
+mod bench;
 mod conformance;
 mod daemon_faults;
 #[cfg(feature = "dynamodb")]

@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::error::{CliError, CliResult, Exit};
 
 pub mod acquire;
+pub mod bench;
 pub mod completions;
 pub mod current;
 pub mod exec;
