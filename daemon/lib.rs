@@ -33,8 +33,8 @@
 pub mod audit;
 pub mod auth;
 pub mod backend;
-pub mod changes;
 pub mod bench;
+pub mod changes;
 pub mod config;
 pub mod duration;
 pub mod error;

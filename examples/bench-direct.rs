@@ -102,7 +102,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .data_dir
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(stormlock::paths::default_data_dir);
-    let router = Router::connect(&config, &data_dir)
+    let router = Router::connect(&config, &data_dir, None)
         .await
         .context("cannot open the backend")?;
     let kind = config

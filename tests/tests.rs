@@ -7,8 +7,8 @@ mod backend_faults;
 mod backend_tls;
 mod backends;
 mod bad_input;
-mod checker;
 mod bench;
+mod checker;
 mod conformance;
 mod daemon_faults;
 #[cfg(feature = "dynamodb")]
