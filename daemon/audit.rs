@@ -3,8 +3,8 @@
 //! hash, never in full.
 
 use std::fs::OpenOptions;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::io::{BufWriter, Write};
+use std::sync::{Arc, mpsc};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -77,9 +77,25 @@ struct Line<'a> {
     event: &'a Event<'a>,
 }
 
+/// How many encoded lines may wait for the writer before `record` waits for
+/// it in turn (a stalled disk then slows requests rather than losing lines or
+/// growing without bound).
+const QUEUE_LINES: usize = 8192;
+
+enum Message {
+    Line(Vec<u8>),
+    Flush(mpsc::SyncSender<()>),
+}
+
 /// Where audit lines go.
+///
+/// Requests encode their line and hand it to a writer thread, which writes
+/// whatever has queued up since its last write and then flushes once: one
+/// `write` per line when the daemon is quiet, one per batch under load, and
+/// never a file write on a request's path.
 pub struct Audit {
-    sink: Mutex<Box<dyn Write + Send>>,
+    /// `None`: discard.
+    queue: Option<mpsc::SyncSender<Message>>,
     /// Counts acquisitions, contentions, renewals and force-releases: the
     /// audit events are recorded at exactly those points.
     metrics: Option<Arc<Metrics>>,
@@ -87,7 +103,7 @@ pub struct Audit {
 
 impl Audit {
     /// Opens the sink of `config`: a file (appended to, created 0600) or
-    /// standard error.
+    /// standard error, and starts its writer thread.
     pub fn open(config: &AuditConfig) -> std::io::Result<Self> {
         let sink: Box<dyn Write + Send> = match &config.path {
             Some(path) => {
@@ -102,8 +118,17 @@ impl Audit {
             }
             None => Box::new(std::io::stderr()),
         };
+        Self::to_sink(sink)
+    }
+
+    /// Writes to `sink` from a writer thread.
+    pub fn to_sink(sink: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        let (queue, lines) = mpsc::sync_channel(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("stormlock-audit".into())
+            .spawn(move || write_lines(sink, lines))?;
         Ok(Self {
-            sink: Mutex::new(sink),
+            queue: Some(queue),
             metrics: None,
         })
     }
@@ -111,7 +136,7 @@ impl Audit {
     /// An audit log that discards everything (benchmarks, unit tests).
     pub fn discard() -> Self {
         Self {
-            sink: Mutex::new(Box::new(std::io::sink())),
+            queue: None,
             metrics: None,
         }
     }
@@ -122,12 +147,15 @@ impl Audit {
         self
     }
 
-    /// Writes one line. A failing sink is reported through the log and does
-    /// not fail the request.
+    /// Queues one line for the writer. A failing sink is reported through
+    /// the log and does not fail the request.
     pub fn record(&self, event: &Event<'_>) {
         if let Some(metrics) = &self.metrics {
             metrics.lock_event(event.event);
         }
+        let Some(queue) = &self.queue else {
+            return;
+        };
         let time = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default();
@@ -139,9 +167,174 @@ impl Audit {
             }
         };
         line.push(b'\n');
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = sink.write_all(&line).and_then(|()| sink.flush()) {
-            tracing::error!(error = %e, "cannot write the audit log");
+        if queue.send(Message::Line(line)).is_err() {
+            tracing::error!("the audit writer has stopped; an audit line was lost");
         }
+    }
+
+    /// Blocks until every line recorded before the call is written and
+    /// flushed to the sink (at shutdown; tests).
+    pub fn flush(&self) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let (done, wait) = mpsc::sync_channel(1);
+        if queue.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+}
+
+/// The writer thread: writes what has queued, flushes, repeats; ends when
+/// the [`Audit`] is dropped, after writing everything queued.
+fn write_lines(sink: Box<dyn Write + Send>, queue: mpsc::Receiver<Message>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, sink);
+    let mut flushed = Vec::new();
+    let mut failing = false;
+    while let Ok(first) = queue.recv() {
+        let mut message = Some(first);
+        let mut written = Ok(());
+        while let Some(m) = message {
+            match m {
+                Message::Line(line) => {
+                    if written.is_ok() {
+                        written = out.write_all(&line);
+                    }
+                }
+                Message::Flush(done) => flushed.push(done),
+            }
+            message = queue.try_recv().ok();
+        }
+        let written = written.and_then(|()| out.flush());
+        match written {
+            // Reported once per outage, not once per line.
+            Err(e) if !failing => {
+                tracing::error!(error = %e, "cannot write the audit log");
+                failing = true;
+            }
+            Err(_) => {}
+            Ok(()) if failing => {
+                tracing::info!("the audit log is writable again");
+                failing = false;
+            }
+            Ok(()) => {}
+        }
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink whose contents the test can read.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            String::from_utf8(bytes)
+                .expect("UTF-8")
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+                .collect()
+        }
+    }
+
+    fn event(n: u64) -> Event<'static> {
+        Event {
+            event: "acquire",
+            principal: "alice",
+            resource: Some("db/main"),
+            fence: Some(n),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn flush_writes_every_line_recorded_before_it_in_order() {
+        let sink = Shared::default();
+        let audit = Audit::to_sink(Box::new(sink.clone())).expect("writer thread");
+        for n in 0..20_000 {
+            audit.record(&event(n));
+        }
+        audit.flush();
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 20_000);
+        for (n, line) in lines.iter().enumerate() {
+            assert_eq!(line["fence"], n as u64);
+            assert_eq!(line["event"], "acquire");
+            assert_eq!(line["resource"], "db/main");
+            assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+            assert!(line.get("holder").is_none(), "absent fields are left out");
+        }
+    }
+
+    #[test]
+    fn records_from_many_threads_are_whole_lines() {
+        let sink = Shared::default();
+        let audit = Arc::new(Audit::to_sink(Box::new(sink.clone())).expect("writer thread"));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let audit = audit.clone();
+                std::thread::spawn(move || {
+                    for n in 0..1_000 {
+                        audit.record(&event(t * 1_000 + n));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("recording thread");
+        }
+        audit.flush();
+        let mut fences: Vec<u64> = sink
+            .lines()
+            .iter()
+            .map(|l| l["fence"].as_u64().expect("fence"))
+            .collect();
+        fences.sort_unstable();
+        assert_eq!(fences, (0..8_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_failing_sink_does_not_block_or_panic() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk gone"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Err(std::io::Error::other("disk gone"))
+            }
+        }
+        let audit = Audit::to_sink(Box::new(Broken)).expect("writer thread");
+        for n in 0..100_000 {
+            audit.record(&event(n));
+        }
+        audit.flush();
+    }
+
+    #[test]
+    fn discard_records_nothing_and_flush_returns() {
+        let audit = Audit::discard();
+        audit.record(&event(1));
+        audit.flush();
     }
 }

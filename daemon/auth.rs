@@ -19,7 +19,7 @@ use tonic::Request;
 
 use crate::config::{AclRule, Action, AuthConfig, Effect};
 use crate::error::Error;
-use crate::tls::{IdentitySource, identity_from_der};
+use crate::tls::{IdentityCache, IdentitySource};
 use crate::validate;
 
 /// The caller of one request.
@@ -55,6 +55,8 @@ pub struct Auth {
     pub require_credentials: bool,
     /// The access rules.
     pub acl: Acl,
+    /// Identities of the client certificates seen.
+    pub certificates: IdentityCache,
 }
 
 /// The SHA-256 of a bearer token, as stored in `[[auth.tokens]] sha256`.
@@ -87,6 +89,7 @@ impl Auth {
                 rules,
                 default: config.default,
             },
+            certificates: IdentityCache::default(),
         })
     }
 
@@ -98,7 +101,7 @@ impl Auth {
             Some(certs) => Some(
                 certs
                     .first()
-                    .and_then(|c| identity_from_der(c.as_ref(), self.identity))
+                    .and_then(|c| self.certificates.identity(c.as_ref(), self.identity))
                     .ok_or_else(|| {
                         Error::Unauthenticated(format!(
                             "the client certificate has no {:?} identity",

@@ -172,7 +172,7 @@ pub async fn run(
     let service = LockService::new(
         router.clone(),
         settings.auth.clone(),
-        audit,
+        audit.clone(),
         settings.config.defaults.max_wait,
     );
 
@@ -323,6 +323,8 @@ pub async fn run(
     {
         warn!(error = %e, "the metrics listener failed");
     }
+    // Every audit line of the calls that finished reaches the sink.
+    let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
     result?;
     info!("stopped");
     Ok(())

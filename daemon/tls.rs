@@ -2,9 +2,11 @@
 //! development PKI used when nothing is configured, and reading the client's
 //! identity from its certificate.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -212,6 +214,52 @@ fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     file.sync_all().map_err(err)
 }
 
+/// Remembers the identity of each client certificate seen, so that a
+/// connection's calls do not parse its certificate again and again (the
+/// parse was an eighth of the daemon's instructions per call). Clones
+/// share one cache.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityCache {
+    /// By the certificate's length and last bytes (the end of the issuer's
+    /// signature, which differs between any two certificates), so a lookup
+    /// hashes 72 bytes rather than a kilobyte; within a bucket, the whole
+    /// certificate is compared.
+    seen: Arc<Mutex<HashMap<(usize, [u8; TAIL]), Vec<Remembered>>>>,
+}
+
+type Remembered = (Box<[u8]>, Option<String>);
+
+/// Bytes of the certificate's end that key the cache.
+const TAIL: usize = 64;
+
+/// Certificates remembered at most; past it the cache starts afresh.
+const IDENTITY_CACHE_SIZE: usize = 4096;
+
+impl IdentityCache {
+    /// [`identity_from_der`], remembered.
+    pub fn identity(&self, der: &[u8], source: IdentitySource) -> Option<String> {
+        let mut tail = [0; TAIL];
+        let end = &der[der.len().saturating_sub(TAIL)..];
+        tail[..end.len()].copy_from_slice(end);
+        let key = (der.len(), tail);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, identity)) = seen
+            .get(&key)
+            .and_then(|bucket| bucket.iter().find(|(cert, _)| **cert == *der))
+        {
+            return identity.clone();
+        }
+        let identity = identity_from_der(der, source);
+        if seen.len() >= IDENTITY_CACHE_SIZE {
+            seen.clear();
+        }
+        seen.entry(key)
+            .or_default()
+            .push((der.into(), identity.clone()));
+        identity
+    }
+}
+
 /// The principal named by a DER client certificate, per `source`.
 pub fn identity_from_der(der: &[u8], source: IdentitySource) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
@@ -291,5 +339,59 @@ mod tests {
             identity_from_der(b"not a certificate", IdentitySource::Cn),
             None
         );
+    }
+
+    fn certificate(cn: &str) -> Vec<u8> {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn the_identity_cache_answers_like_the_parser() {
+        let cache = IdentityCache::default();
+        let certs: Vec<_> = ["alice", "bob", "carol"].map(certificate).into();
+        for _ in 0..3 {
+            for (cert, name) in certs.iter().zip(["alice", "bob", "carol"]) {
+                assert_eq!(
+                    cache.identity(cert, IdentitySource::Cn).as_deref(),
+                    Some(name)
+                );
+            }
+        }
+        assert_eq!(cache.identity(b"junk", IdentitySource::Cn), None);
+        assert_eq!(cache.identity(b"junk", IdentitySource::Cn), None);
+    }
+
+    #[test]
+    fn the_identity_cache_compares_whole_certificates() {
+        let cache = IdentityCache::default();
+        let real = certificate("alice");
+        assert_eq!(
+            cache.identity(&real, IdentitySource::Cn).as_deref(),
+            Some("alice")
+        );
+        // Same length and same last bytes (the cache's bucket), different
+        // certificate: it must not borrow alice's identity.
+        let mut forged = vec![0; real.len()];
+        let tail = real.len() - TAIL;
+        forged[tail..].copy_from_slice(&real[tail..]);
+        assert_eq!(cache.identity(&forged, IdentitySource::Cn), None);
+        assert_eq!(
+            cache.identity(&real, IdentitySource::Cn).as_deref(),
+            Some("alice")
+        );
+    }
+
+    #[test]
+    fn the_identity_cache_stays_bounded() {
+        let cache = IdentityCache::default();
+        for n in 0..(IDENTITY_CACHE_SIZE + 10) {
+            let der = format!("not a certificate {n}");
+            assert_eq!(cache.identity(der.as_bytes(), IdentitySource::Cn), None);
+        }
+        let seen = cache.seen.lock().expect("lock");
+        assert!(seen.len() <= IDENTITY_CACHE_SIZE, "{}", seen.len());
     }
 }

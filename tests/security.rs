@@ -2,6 +2,7 @@
 //! log, on a daemon with its own CA, two teams, an operator and a token.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use stormlock::pb::{self, lock_service_client::LockServiceClient};
@@ -464,13 +465,9 @@ async fn audit_lines_record_every_event_without_lease_ids() {
             .acquired
     );
 
-    let text = std::fs::read_to_string(&s.audit).expect("audit log");
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
-    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
-    for kind in [
+    // The daemon writes audit lines from a writer thread: they land soon
+    // after the calls return, not necessarily before.
+    let expected = [
         "acquire",
         "contention",
         "renew",
@@ -479,9 +476,29 @@ async fn audit_lines_record_every_event_without_lease_ids() {
         "release",
         "unauthenticated",
         "expired",
-    ] {
-        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
-    }
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (text, events) = loop {
+        let text = std::fs::read_to_string(&s.audit).expect("audit log");
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+        let missing: Vec<&str> = expected
+            .iter()
+            .copied()
+            .filter(|k| !kinds.contains(k))
+            .collect();
+        if missing.is_empty() {
+            break (text, events);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing:?} missing from {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let acquire = events
         .iter()
         .find(|e| e["event"] == "acquire")
