@@ -419,7 +419,11 @@ fn watch_reconnects_when_the_daemon_restarts() {
     let mut d = Daemon::start();
     let mut watch = Watching::start(&d, &["watch", "w/r"]);
     let first = watch.until_streaming(&d, "w/r", Duration::from_secs(15));
-    assert!(first.contains(" acquired "), "{first}");
+    // The stream may open between the probe's acquire and its release.
+    assert!(
+        first.contains(" acquired ") || first.contains(" released "),
+        "{first}"
+    );
     assert!(first.contains(" w/r "), "{first}");
     d.restart();
     let stderr = || std::fs::read_to_string(d.dir.path().join("watch.err")).unwrap_or_default();
