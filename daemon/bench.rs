@@ -324,6 +324,9 @@ struct Plan {
     issued: AtomicU64,
     /// Everyone is set up: start the clock.
     start: Barrier,
+    /// When a timed run ends: one instant for every client, set by the
+    /// first one through the barrier.
+    deadline: std::sync::OnceLock<Instant>,
 }
 
 impl Plan {
@@ -358,6 +361,7 @@ pub async fn run(
         run: LeaseId::generate().expose()[..8].to_string(),
         issued: AtomicU64::new(0),
         start: Barrier::new(clients + 1),
+        deadline: std::sync::OnceLock::new(),
         options: Options { clients, ..options },
     });
     let tasks: Vec<_> = (0..clients)
@@ -424,7 +428,7 @@ async fn drive(target: Arc<dyn Target>, plan: Arc<Plan>, client: usize) -> Tally
     }
     plan.start.wait().await;
     let deadline = match o.limit {
-        Limit::Time(t) => Some(Instant::now() + t),
+        Limit::Time(t) => Some(*plan.deadline.get_or_init(|| Instant::now() + t)),
         Limit::Ops(_) => None,
     };
     while plan.more(deadline) {
@@ -439,12 +443,12 @@ async fn drive(target: Arc<dyn Target>, plan: Arc<Plan>, client: usize) -> Tally
         };
         match result {
             Ok(()) => tally.ok(started),
-            Err(e) => {
-                tally.error(e);
-                // A target that fails fast must not starve the others.
-                tokio::task::yield_now().await;
-            }
+            Err(e) => tally.error(e),
         }
+        // A target that answers without ever waiting (the memory backend
+        // in-process, one that fails fast) would otherwise keep its thread
+        // to itself and the clients would run one after another.
+        tokio::task::yield_now().await;
     }
     if let Some(id) = held {
         let _ = target.release(client, &resource, &id).await;
