@@ -435,7 +435,8 @@ async fn drive(target: Arc<dyn Target>, plan: Arc<Plan>, client: usize) -> Tally
         let started = Instant::now();
         let result = match (o.workload, &held) {
             (Workload::Renew, Some(id)) => target.renew(client, &resource, id, o.ttl).await,
-            (Workload::Renew, None) => Err(OpError::new("not_acquired")),
+            // Its lease was refused at set-up (counted there): nothing to renew.
+            (Workload::Renew, None) => break,
             (Workload::Uncontended, _) => {
                 cycle(&*target, client, &resource, o.ttl, Duration::ZERO).await
             }

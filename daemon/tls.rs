@@ -224,9 +224,13 @@ pub struct IdentityCache {
     /// signature, which differs between any two certificates), so a lookup
     /// hashes 72 bytes rather than a kilobyte; within a bucket, the whole
     /// certificate is compared.
-    seen: Arc<Mutex<HashMap<(usize, [u8; TAIL]), Vec<Remembered>>>>,
+    seen: Arc<Mutex<HashMap<CertificateTail, Vec<Remembered>>>>,
 }
 
+/// A certificate's length and last [`TAIL`] bytes.
+type CertificateTail = (usize, [u8; TAIL]);
+
+/// A certificate and its identity.
 type Remembered = (Box<[u8]>, Option<String>);
 
 /// Bytes of the certificate's end that key the cache.
