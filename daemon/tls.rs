@@ -246,20 +246,26 @@ impl IdentityCache {
         let end = &der[der.len().saturating_sub(TAIL)..];
         tail[..end.len()].copy_from_slice(end);
         let key = (der.len(), tail);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, identity)) = seen
-            .get(&key)
-            .and_then(|bucket| bucket.iter().find(|(cert, _)| **cert == *der))
-        {
-            return identity.clone();
+        let lookup = |seen: &HashMap<CertificateTail, Vec<Remembered>>| {
+            seen.get(&key)
+                .and_then(|bucket| bucket.iter().find(|(cert, _)| **cert == *der))
+                .map(|(_, identity)| identity.clone())
+        };
+        let lock = || self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(identity) = lookup(&lock()) {
+            return identity;
         }
+        // Parsed without the lock, so other calls are not held up by it.
         let identity = identity_from_der(der, source);
-        if seen.len() >= IDENTITY_CACHE_SIZE {
-            seen.clear();
+        let mut seen = lock();
+        if lookup(&seen).is_none() {
+            if seen.len() >= IDENTITY_CACHE_SIZE {
+                seen.clear();
+            }
+            seen.entry(key)
+                .or_default()
+                .push((der.into(), identity.clone()));
         }
-        seen.entry(key)
-            .or_default()
-            .push((der.into(), identity.clone()));
         identity
     }
 }
