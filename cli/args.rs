@@ -343,6 +343,10 @@ pub struct BenchArgs {
     /// most one per client]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: Option<u32>,
+    /// Threads driving the clients [default: one per CPU]. On the daemon's
+    /// own machine, `--threads 1` leaves the daemon more of the CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
     /// Stop after this many operations in total [default: 10000]
     #[arg(short = 'n', long, value_name = "N", conflicts_with = "duration")]
     pub ops: Option<u64>,

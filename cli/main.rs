@@ -65,7 +65,12 @@ fn run(cli: Cli) -> CliResult {
         Command::ForceRelease(args) => remote(&global, |s| commands::force_release::run(s, args)),
         Command::Exec(args) => remote(&global, |s| commands::exec::run(s, args)),
         Command::Watch(args) => remote(&global, |s| commands::watch::run(s, args)),
-        Command::Bench(args) => remote_on(&global, true, |s| commands::bench::run(s, args)),
+        Command::Bench(args) => {
+            let threads = args
+                .threads
+                .map_or_else(commands::bench::default_threads, |n| n as usize);
+            remote_on(&global, threads, |s| commands::bench::run(s, args))
+        }
     }
 }
 
@@ -76,12 +81,12 @@ where
     F: FnOnce(Session) -> Fut,
     Fut: Future<Output = CliResult>,
 {
-    remote_on(global, false, command)
+    remote_on(global, 1, command)
 }
 
-/// Like [`remote`], on a thread per CPU when `multi_thread` (`bench` drives
-/// many clients at once).
-fn remote_on<F, Fut>(global: &GlobalArgs, multi_thread: bool, command: F) -> CliResult
+/// Like [`remote`], on `threads` threads (`bench` drives many clients at
+/// once).
+fn remote_on<F, Fut>(global: &GlobalArgs, threads: usize, command: F) -> CliResult
 where
     F: FnOnce(Session) -> Fut,
     Fut: Future<Output = CliResult>,
@@ -89,8 +94,10 @@ where
     let env = ProcessEnv;
     let config = config::load(global.config.as_deref(), &env)?;
     let settings = config::resolve(global, &env, config.as_ref())?;
-    let mut builder = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
+    let mut builder = if threads > 1 {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
     } else {
         tokio::runtime::Builder::new_current_thread()
     };

@@ -5,6 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -82,6 +83,12 @@ struct Line<'a> {
 /// growing without bound).
 const QUEUE_LINES: usize = 8192;
 
+/// How long the writer waits, once a line has arrived, for others to join
+/// it before writing. While it waits, requests hand over their lines without
+/// waking it: a quiet daemon writes each line within this time, a busy one
+/// writes once per interval instead of once per line.
+const LINGER: Duration = Duration::from_millis(2);
+
 enum Message {
     Line(Vec<u8>),
     Flush(mpsc::SyncSender<()>),
@@ -89,10 +96,10 @@ enum Message {
 
 /// Where audit lines go.
 ///
-/// Requests encode their line and hand it to a writer thread, which writes
-/// whatever has queued up since its last write and then flushes once: one
-/// `write` per line when the daemon is quiet, one per batch under load, and
-/// never a file write on a request's path.
+/// Requests encode their line and hand it to a writer thread, which gives
+/// others [`LINGER`] to join the first, writes whatever has queued and then
+/// flushes once: one `write` (and one thread wake-up) per batch rather than
+/// per line, and never a file write on a request's path.
 pub struct Audit {
     /// `None`: discard.
     queue: Option<mpsc::SyncSender<Message>>,
@@ -185,13 +192,15 @@ impl Audit {
     }
 }
 
-/// The writer thread: writes what has queued, flushes, repeats; ends when
-/// the [`Audit`] is dropped, after writing everything queued.
+/// The writer thread: waits for a line, lingers, writes what has queued,
+/// flushes, repeats; ends when the [`Audit`] is dropped, after writing
+/// everything queued.
 fn write_lines(sink: Box<dyn Write + Send>, queue: mpsc::Receiver<Message>) {
     let mut out = BufWriter::with_capacity(64 * 1024, sink);
     let mut flushed = Vec::new();
     let mut failing = false;
     while let Ok(first) = queue.recv() {
+        std::thread::sleep(LINGER);
         let mut message = Some(first);
         let mut written = Ok(());
         while let Some(m) = message {
@@ -329,6 +338,50 @@ mod tests {
             audit.record(&event(n));
         }
         audit.flush();
+    }
+
+    #[test]
+    fn lines_queued_during_a_write_go_out_in_one_write() {
+        use std::sync::mpsc::{Receiver, Sender, channel};
+        /// Counts writes; the first one reports that it started, then waits
+        /// for the test's go-ahead.
+        struct Gated {
+            writes: Arc<std::sync::atomic::AtomicUsize>,
+            started: Option<Sender<()>>,
+            go: Receiver<()>,
+        }
+        impl Write for Gated {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(started) = self.started.take() {
+                    let _ = started.send(());
+                    let _ = self.go.recv();
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (started_tx, started) = channel();
+        let (go, go_rx) = channel();
+        let audit = Audit::to_sink(Box::new(Gated {
+            writes: writes.clone(),
+            started: Some(started_tx),
+            go: go_rx,
+        }))
+        .expect("writer thread");
+        audit.record(&event(0));
+        started.recv().expect("the first write starts");
+        // The writer is busy: these queue up behind it.
+        for n in 1..=300 {
+            audit.record(&event(n));
+        }
+        go.send(()).expect("writer waiting");
+        audit.flush();
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -206,6 +206,8 @@ pub struct Report {
     /// Connections the clients shared (daemon runs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<usize>,
+    /// Threads of the runtime that drove the clients.
+    pub threads: usize,
     /// Operations that succeeded.
     pub ops: u64,
     /// Failed operations by error code.
@@ -246,7 +248,15 @@ impl Report {
                 "workload",
                 format!("{} (one op = {})", self.workload, self.operation),
             ),
-            ("clients", format!("{}{connections}", self.clients)),
+            (
+                "clients",
+                format!(
+                    "{}{connections}, {} thread{}",
+                    self.clients,
+                    self.threads,
+                    if self.threads == 1 { "" } else { "s" }
+                ),
+            ),
             ("ops", format!("{} in {:.2} s", self.ops, self.seconds)),
             ("throughput", format!("{:.0} ops/s", self.ops_per_sec)),
             (
@@ -397,6 +407,7 @@ pub async fn run(
         operation: plan.options.workload.operation(),
         clients,
         connections,
+        threads: tokio::runtime::Handle::current().metrics().num_workers(),
         ops,
         errors: tally.errors,
         seconds,

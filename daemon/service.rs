@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::audit::{Audit, Event};
@@ -386,20 +387,32 @@ impl LockService {
     }
 }
 
-/// One acquisition attempt whose outcome is never lost. It runs in its own
-/// task, so a caller that goes away mid-call (a cancelled RPC drops the
-/// handler) cannot leave behind a lease nobody knows the id of: the task
-/// releases it. When the outcome is unknown (the engine did not answer in
+/// One acquisition attempt whose outcome is never lost. Polled once in
+/// place, an engine that answers at once is done; otherwise the attempt
+/// goes on in its own task, so a caller that goes away mid-call (a
+/// cancelled RPC drops the handler) cannot leave behind a lease nobody
+/// knows the id of: the task releases it. When the outcome is unknown (the engine did not answer in
 /// time, but may still apply the grant), the id is released in the
 /// background too; ids are never reused, so this touches nothing else.
 async fn attempt(
     backend: &Arc<dyn Backend>,
     request: &Arc<AcquireRequest>,
 ) -> Result<Acquisition, BackendError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let (backend, request) = (backend.clone(), request.clone());
+    let mut acquisition = Box::pin({
+        let (backend, request) = (backend.clone(), request.clone());
+        async move { backend.acquire(&request).await }
+    });
+    // An engine that answers at once (memory) needs no task of its own.
+    if let Poll::Ready(outcome) = futures::poll!(acquisition.as_mut()) {
+        if matches!(outcome, Err(BackendError::Unavailable { .. })) {
+            tokio::spawn(release_orphan(backend, request, false));
+        }
+        return outcome;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let outcome = backend.acquire(&request).await;
+        let outcome = acquisition.await;
         let unknown = matches!(outcome, Err(BackendError::Unavailable { .. }));
         let orphan = match tx.send(outcome) {
             Err(Ok(Acquisition::Granted(_))) => Some(true),
@@ -607,17 +620,23 @@ mod tests {
     use crate::backend::memory::MemoryBackend;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A memory backend whose grants take a while, as over a slow network,
-    /// and which counts them.
+    /// A memory backend whose grants take a while, as over a slow network
+    /// (or which fails them at once, when `unavailable`), and which counts
+    /// grants and releases.
     #[derive(Default)]
     struct Slow {
         inner: MemoryBackend,
+        unavailable: bool,
         grants: AtomicUsize,
+        releases: AtomicUsize,
     }
 
     #[async_trait::async_trait]
     impl Backend for Slow {
         async fn acquire(&self, req: &AcquireRequest) -> crate::backend::Result<Acquisition> {
+            if self.unavailable {
+                return Err(BackendError::unavailable("slow", "connection refused"));
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
             let outcome = self.inner.acquire(req).await;
             if matches!(outcome, Ok(Acquisition::Granted(_))) {
@@ -626,6 +645,7 @@ mod tests {
             outcome
         }
         async fn release(&self, resource: &str, id: &LeaseId) -> crate::backend::Result<bool> {
+            self.releases.fetch_add(1, Ordering::SeqCst);
             self.inner.release(resource, id).await
         }
         async fn renew(
@@ -702,5 +722,38 @@ mod tests {
         assert!(matches!(kept, Ok(Acquisition::Granted(_))), "{kept:?}");
         assert!(backend.current("r").await.ok().flatten().is_some());
         assert_eq!(slow.grants.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_immediate_answer_needs_no_task_and_an_unknown_one_is_released() {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let granted = attempt(&backend, &request("r")).await;
+        assert!(
+            matches!(granted, Ok(Acquisition::Granted(_))),
+            "{granted:?}"
+        );
+        let held = attempt(&backend, &request("r")).await;
+        assert!(matches!(held, Ok(Acquisition::Held(_))), "{held:?}");
+
+        // An engine that fails at once may still have applied the grant:
+        // the id is released in the background all the same.
+        let failing = Arc::new(Slow {
+            unavailable: true,
+            ..Slow::default()
+        });
+        let backend: Arc<dyn Backend> = failing.clone();
+        let outcome = attempt(&backend, &request("r")).await;
+        assert!(
+            matches!(outcome, Err(BackendError::Unavailable { .. })),
+            "{outcome:?}"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while failing.releases.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the unknown outcome was never released"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

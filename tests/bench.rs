@@ -55,7 +55,9 @@ async fn daemon_workloads_complete_without_errors() {
     let daemon = TestDaemon::start(MEMORY, false).await;
     let dev = daemon.dev_tls();
     let home = tempfile::tempdir().expect("tempdir");
-    for workload in Workload::ALL {
+    for (n, workload) in Workload::ALL.into_iter().enumerate() {
+        // A single-threaded driver and a multi-threaded one.
+        let threads = 1 + n % 2;
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stormlock"));
         command
             .arg("--addr")
@@ -68,7 +70,8 @@ async fn daemon_workloads_complete_without_errors() {
             .arg(dev.client_key())
             .args(["bench", "--clients", "8", "--connections", "2", "-n"])
             .arg(OPS.to_string())
-            .args(["-w", workload.as_str(), "-f", "json"])
+            .args(["-w", workload.as_str(), "-f", "json", "--threads"])
+            .arg(threads.to_string())
             .current_dir(home.path())
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path())
@@ -87,6 +90,7 @@ async fn daemon_workloads_complete_without_errors() {
         assert_eq!(json["workload"], workload.as_str());
         assert_eq!(json["clients"], 8);
         assert_eq!(json["connections"], 2);
+        assert_eq!(json["threads"], threads, "{workload}: {json}");
         assert_eq!(json["ops"], OPS, "{workload}: {json}");
         assert_eq!(json["errors"], serde_json::json!({}), "{workload}: {json}");
         assert!(json["latency_us"]["p50"].as_u64().is_some_and(|p| p > 0));

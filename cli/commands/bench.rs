@@ -66,6 +66,15 @@ pub async fn run(session: Session, args: BenchArgs) -> CliResult {
 /// One connection per CPU (capped by the clients): enough to keep the
 /// daemon's cores busy without a TLS session per client.
 fn default_connections() -> usize {
+    cpus()
+}
+
+/// One thread per CPU.
+pub fn default_threads() -> usize {
+    cpus()
+}
+
+fn cpus() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
