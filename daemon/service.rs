@@ -391,9 +391,10 @@ impl LockService {
 /// place, an engine that answers at once is done; otherwise the attempt
 /// goes on in its own task, so a caller that goes away mid-call (a
 /// cancelled RPC drops the handler) cannot leave behind a lease nobody
-/// knows the id of: the task releases it. When the outcome is unknown (the engine did not answer in
-/// time, but may still apply the grant), the id is released in the
-/// background too; ids are never reused, so this touches nothing else.
+/// knows the id of: the task releases it. When the outcome is unknown (the
+/// engine did not answer in time, but may still apply the grant), the id is
+/// released in the background too; ids are never reused, so this touches
+/// nothing else.
 async fn attempt(
     backend: &Arc<dyn Backend>,
     request: &Arc<AcquireRequest>,
