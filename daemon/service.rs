@@ -406,7 +406,7 @@ async fn attempt(
     });
     // An engine that answers at once (memory) needs no task of its own.
     if let Poll::Ready(outcome) = futures::poll!(acquisition.as_mut()) {
-        if matches!(outcome, Err(BackendError::Unavailable { .. })) {
+        if outcome_unknown(&outcome) {
             tokio::spawn(release_orphan(backend, request, false));
         }
         return outcome;
@@ -414,7 +414,7 @@ async fn attempt(
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let outcome = acquisition.await;
-        let unknown = matches!(outcome, Err(BackendError::Unavailable { .. }));
+        let unknown = outcome_unknown(&outcome);
         let orphan = match tx.send(outcome) {
             Err(Ok(Acquisition::Granted(_))) => Some(true),
             _ if unknown => Some(false),
@@ -430,6 +430,11 @@ async fn attempt(
             message: "the acquisition task ended without an answer".to_string(),
         })
     })
+}
+
+/// Whether the engine may have applied an acquisition it did not confirm.
+fn outcome_unknown(outcome: &Result<Acquisition, BackendError>) -> bool {
+    matches!(outcome, Err(BackendError::Unavailable { .. }))
 }
 
 /// Releases the lease `request` may have created. `granted`: it was
