@@ -111,7 +111,7 @@ start() {
       if [[ ! -d $dir/data/mysql ]]; then
         mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
           --auth-root-authentication-method=normal --skip-test-db >>"$dir/log" 2>&1 \
-          || { tail -n 20 "$dir/log" >&2; die "mariadb-install-db failed"; }
+          || { grep -i -m 10 -E 'error|fail' "$dir/log" >&2; die "mariadb-install-db failed"; }
       fi
       spawn "$dir" mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/sock" --port="$port" \
         --bind-address=127.0.0.1 --user=root --skip-name-resolve --innodb-flush-log-at-trx-commit=0 \
