@@ -6,7 +6,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use stormlock::paths::DEFAULT_PORT;
+use stormlock_api::paths::DEFAULT_PORT;
 
 /// How to talk to the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 
-use stormlock::bench::Workload;
-use stormlock::duration::parse_duration;
+use stormlock_api::duration::parse_duration;
+use stormlock_bench::Workload;
 
 use crate::error::Exit;
 

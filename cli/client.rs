@@ -6,9 +6,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stormlock::paths::DevTls;
-use stormlock::pb;
-use stormlock::pb::lock_service_client::LockServiceClient;
+use stormlock_api::paths::DevTls;
+use stormlock_api::pb;
+use stormlock_api::pb::lock_service_client::LockServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status};
@@ -158,7 +158,7 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon described by `settings`.
     pub async fn connect(settings: &Settings) -> CliResult<Self> {
-        let dev = DevTls::in_data_dir(&stormlock::paths::default_data_dir());
+        let dev = DevTls::in_data_dir(&stormlock_api::paths::default_data_dir());
         let plan = plan_tls(&settings.addr, &settings.tls, &dev)?;
         let connect_timeout = CONNECT_TIMEOUT.min(settings.timeout);
         let mut endpoint = Endpoint::from_shared(settings.addr.uri())
@@ -202,7 +202,7 @@ impl Client {
                     Exit::Unreachable,
                     anyhow::anyhow!(
                         "cannot connect to stormlockd at {addr}: no answer within {}",
-                        stormlock::duration::format_duration(2 * connect_timeout)
+                        stormlock_api::duration::format_duration(2 * connect_timeout)
                     ),
                 ));
             }
@@ -372,7 +372,7 @@ impl Client {
             anyhow::anyhow!(
                 "no answer from stormlockd at {} within {} (see --timeout)",
                 self.addr,
-                stormlock::duration::format_duration(budget)
+                stormlock_api::duration::format_duration(budget)
             ),
         )
     }

@@ -60,10 +60,16 @@ pub struct ConfigFile {
     /// File holding a bearer token, as `--token-file`.
     pub token_file: Option<PathBuf>,
     /// TTL sent when `-t` is absent (else the daemon's default applies).
-    #[serde(default, deserialize_with = "stormlock::duration::deserialize_option")]
+    #[serde(
+        default,
+        deserialize_with = "stormlock_api::duration::deserialize_option"
+    )]
     pub ttl: Option<Duration>,
     /// Per-call timeout, as `--timeout`.
-    #[serde(default, deserialize_with = "stormlock::duration::deserialize_option")]
+    #[serde(
+        default,
+        deserialize_with = "stormlock_api::duration::deserialize_option"
+    )]
     pub timeout: Option<Duration>,
 }
 

@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use stormlock::pb;
+use stormlock_api::pb;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
@@ -188,7 +188,7 @@ impl serde_json::ser::Formatter for PythonFormatter {
 /// A duration between two instants for people, never negative: `1h5m`, `0s`.
 pub fn since(earlier: Option<SystemTime>, later: Option<SystemTime>) -> String {
     match (earlier, later) {
-        (Some(a), Some(b)) => stormlock::duration::format_duration(Duration::from_secs(
+        (Some(a), Some(b)) => stormlock_api::duration::format_duration(Duration::from_secs(
             b.duration_since(a).map(|d| d.as_secs()).unwrap_or(0),
         )),
         _ => HIDDEN.to_string(),

@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,43 +12,44 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::AuditConfig;
+use crate::duration::format_duration;
+use crate::events::LockEvent;
 use crate::lease::{Lease, LeaseId};
-use crate::metrics::Metrics;
 
-/// One audit event; `None` fields are left out of the line.
+/// One audit line's fields; `None` fields are left out of the line.
 #[derive(Debug, Default, Serialize)]
-pub struct Event<'a> {
+struct Record<'a> {
     /// What happened: `acquire`, `contention`, `renew`, `renew_refused`,
     /// `release`, `force_release`, `expired`, `denied`, `unauthenticated`.
-    pub event: &'a str,
+    event: &'static str,
     /// Who did it.
-    pub principal: &'a str,
+    principal: &'a str,
     /// On what.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource: Option<&'a str>,
+    resource: Option<&'a str>,
     /// The lease's fence.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fence: Option<u64>,
+    fence: Option<u64>,
     /// Short hash of the lease id.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease: Option<String>,
+    lease: Option<String>,
     /// The holder, for contention and force-release.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub holder: Option<&'a str>,
+    holder: Option<&'a str>,
     /// The reason given.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'a str>,
+    reason: Option<&'a str>,
     /// The refused action, for denials.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<&'a str>,
+    action: Option<&'static str>,
     /// Free detail (TTL, whether a release found its lease…).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    detail: Option<String>,
 }
 
-impl<'a> Event<'a> {
-    /// An event about `lease`.
-    pub fn lease(event: &'a str, principal: &'a str, lease: &'a Lease) -> Self {
+impl<'a> Record<'a> {
+    /// A line about `lease`.
+    fn lease(event: &'static str, principal: &'a str, lease: &'a Lease) -> Self {
         Self {
             event,
             principal,
@@ -59,8 +60,8 @@ impl<'a> Event<'a> {
         }
     }
 
-    /// An event about a lease id on `resource`.
-    pub fn id(event: &'a str, principal: &'a str, resource: &'a str, id: &LeaseId) -> Self {
+    /// A line about a lease id on `resource`.
+    fn id(event: &'static str, principal: &'a str, resource: &'a str, id: &LeaseId) -> Self {
         Self {
             event,
             principal,
@@ -69,13 +70,129 @@ impl<'a> Event<'a> {
             ..Self::default()
         }
     }
+
+    /// The lines of `event` (an acquisition that noticed an expiry has two).
+    fn of(event: &'a LockEvent) -> impl Iterator<Item = Record<'a>> {
+        let (first, second) = match event {
+            LockEvent::Acquired {
+                lease,
+                ttl,
+                expired,
+            } => {
+                let acquired = Record {
+                    reason: Some(&lease.reason),
+                    detail: Some(format!("ttl {}", format_duration(*ttl))),
+                    ..Record::lease("acquire", &lease.principal, lease)
+                };
+                let expired = expired.as_ref().map(|old| Record {
+                    holder: Some(&old.principal),
+                    detail: Some(format!("taken over by fence {}", lease.fence)),
+                    ..Record::lease("expired", &old.principal, old)
+                });
+                match expired {
+                    Some(expired) => (expired, Some(acquired)),
+                    None => (acquired, None),
+                }
+            }
+            LockEvent::Contended {
+                principal,
+                reason,
+                holder,
+            } => (
+                Record {
+                    holder: Some(&holder.principal),
+                    reason: Some(reason),
+                    ..Record::lease("contention", principal, holder)
+                },
+                None,
+            ),
+            LockEvent::Renewed {
+                principal,
+                lease,
+                ttl,
+            } => (
+                Record {
+                    detail: Some(format!("ttl {}", format_duration(*ttl))),
+                    ..Record::lease("renew", principal, lease)
+                },
+                None,
+            ),
+            LockEvent::RenewRefused {
+                principal,
+                resource,
+                id,
+                detail,
+            } => (
+                Record {
+                    detail: Some(detail.clone()),
+                    ..Record::id("renew_refused", principal, resource, id)
+                },
+                None,
+            ),
+            LockEvent::Released {
+                principal,
+                resource,
+                id,
+                was_current,
+            } => (
+                Record {
+                    detail: Some(
+                        if *was_current {
+                            "released"
+                        } else {
+                            "was not current"
+                        }
+                        .to_string(),
+                    ),
+                    ..Record::id("release", principal, resource, id)
+                },
+                None,
+            ),
+            LockEvent::ForceReleased {
+                lease,
+                actor,
+                reason,
+            } => (
+                Record {
+                    holder: Some(&lease.principal),
+                    reason: Some(reason),
+                    ..Record::lease("force_release", actor, lease)
+                },
+                None,
+            ),
+            LockEvent::Denied {
+                principal,
+                action,
+                resource,
+            } => (
+                Record {
+                    event: "denied",
+                    principal,
+                    resource: Some(resource),
+                    action: Some(action.as_str()),
+                    ..Record::default()
+                },
+                None,
+            ),
+            LockEvent::Unauthenticated { declared, detail } => (
+                Record {
+                    event: "unauthenticated",
+                    principal: declared,
+                    detail: Some(detail.clone()),
+                    ..Record::default()
+                },
+                None,
+            ),
+        };
+        std::iter::once(first).chain(second)
+    }
 }
 
 #[derive(Serialize)]
 struct Line<'a> {
-    time: String,
+    time: &'a str,
     #[serde(flatten)]
-    event: &'a Event<'a>,
+    record: &'a Record<'a>,
 }
 
 /// How many encoded lines may wait for the writer before `record` waits for
@@ -103,9 +220,6 @@ enum Message {
 pub struct Audit {
     /// `None`: discard.
     queue: Option<mpsc::SyncSender<Message>>,
-    /// Counts acquisitions, contentions, renewals and force-releases: the
-    /// audit events are recorded at exactly those points.
-    metrics: Option<Arc<Metrics>>,
 }
 
 impl Audit {
@@ -134,48 +248,38 @@ impl Audit {
         std::thread::Builder::new()
             .name("stormlock-audit".into())
             .spawn(move || write_lines(sink, lines))?;
-        Ok(Self {
-            queue: Some(queue),
-            metrics: None,
-        })
+        Ok(Self { queue: Some(queue) })
     }
 
     /// An audit log that discards everything (benchmarks, unit tests).
     pub fn discard() -> Self {
-        Self {
-            queue: None,
-            metrics: None,
-        }
-    }
-
-    /// Also counts the lock events in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
-        self
+        Self { queue: None }
     }
 
     /// Queues one line for the writer. A failing sink is reported through
     /// the log and does not fail the request.
-    pub fn record(&self, event: &Event<'_>) {
-        if let Some(metrics) = &self.metrics {
-            metrics.lock_event(event.event);
-        }
+    pub fn record(&self, event: &LockEvent) {
         let Some(queue) = &self.queue else {
             return;
         };
         let time = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default();
-        let mut line = match serde_json::to_vec(&Line { time, event }) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode an audit event");
-                return;
+        for record in Record::of(event) {
+            let mut line = match serde_json::to_vec(&Line {
+                time: &time,
+                record: &record,
+            }) {
+                Ok(line) => line,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode an audit event");
+                    return;
+                }
+            };
+            line.push(b'\n');
+            if queue.send(Message::Line(line)).is_err() {
+                tracing::error!("the audit writer has stopped; an audit line was lost");
             }
-        };
-        line.push(b'\n');
-        if queue.send(Message::Line(line)).is_err() {
-            tracing::error!("the audit writer has stopped; an audit line was lost");
         }
     }
 
@@ -237,6 +341,7 @@ fn write_lines(sink: Box<dyn Write + Send>, queue: mpsc::Receiver<Message>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// A sink whose contents the test can read.
     #[derive(Clone, Default)]
@@ -266,13 +371,56 @@ mod tests {
         }
     }
 
-    fn event(n: u64) -> Event<'static> {
-        Event {
-            event: "acquire",
-            principal: "alice",
-            resource: Some("db/main"),
-            fence: Some(n),
-            ..Event::default()
+    fn lease(n: u64) -> Lease {
+        let now = std::time::SystemTime::now();
+        Lease {
+            resource: "db/main".to_string(),
+            id: LeaseId::generate(),
+            principal: "alice".to_string(),
+            reason: "deploy".to_string(),
+            acquired_at: now,
+            expires_at: now + Duration::from_secs(60),
+            fence: n,
+        }
+    }
+
+    fn event(n: u64) -> LockEvent {
+        LockEvent::Acquired {
+            lease: Arc::new(lease(n)),
+            ttl: Duration::from_secs(60),
+            expired: None,
+        }
+    }
+
+    #[test]
+    fn a_noticed_expiry_comes_first_and_no_line_holds_a_lease_id() {
+        let sink = Shared::default();
+        let audit = Audit::to_sink(Box::new(sink.clone())).expect("writer thread");
+        let old = Lease {
+            principal: "bob".to_string(),
+            ..lease(6)
+        };
+        let new = lease(7);
+        let ids = [old.id.expose().to_string(), new.id.expose().to_string()];
+        audit.record(&LockEvent::Acquired {
+            lease: Arc::new(new),
+            ttl: Duration::from_secs(90),
+            expired: Some(old),
+        });
+        audit.flush();
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["event"], "expired");
+        assert_eq!(lines[0]["principal"], "bob");
+        assert_eq!(lines[0]["fence"], 6);
+        assert_eq!(lines[0]["detail"], "taken over by fence 7");
+        assert_eq!(lines[1]["event"], "acquire");
+        assert_eq!(lines[1]["principal"], "alice");
+        assert_eq!(lines[1]["reason"], "deploy");
+        assert_eq!(lines[1]["detail"], "ttl 1m30s");
+        let text = serde_json::to_string(&lines).expect("json");
+        for id in ids {
+            assert!(!text.contains(&id), "a full lease id in {text}");
         }
     }
 

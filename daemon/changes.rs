@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::backend::Backend;
+use crate::events::LockEvent;
 use crate::lease::{Lease, LeaseId};
 use crate::waiters::Waiters;
 
@@ -84,6 +85,39 @@ impl Changes {
         }
         // An error only means that nobody watches.
         let _ = self.signals.send(signal);
+    }
+
+    /// Announces what a [`LockEvent`] changed: grants, renewals, releases
+    /// of current leases and force-releases; other events change nothing.
+    pub fn announce_event(&self, event: &LockEvent) {
+        let signal = match event {
+            LockEvent::Acquired { lease, .. } => Signal::Acquired(lease.clone()),
+            LockEvent::Renewed { lease, .. } => Signal::Renewed(lease.clone()),
+            LockEvent::Released {
+                resource,
+                id,
+                was_current: true,
+                ..
+            } => Signal::Released {
+                resource: resource.clone(),
+                id: id.clone(),
+            },
+            LockEvent::ForceReleased {
+                lease,
+                actor,
+                reason,
+            } => Signal::ForceReleased {
+                lease: lease.clone(),
+                actor: actor.clone(),
+                reason: reason.clone(),
+            },
+            LockEvent::Released { .. }
+            | LockEvent::Contended { .. }
+            | LockEvent::RenewRefused { .. }
+            | LockEvent::Denied { .. }
+            | LockEvent::Unauthenticated { .. } => return,
+        };
+        self.announce(signal);
     }
 
     /// A receiver of every signal announced from now on.

@@ -1,13 +1,20 @@
-//! Stormlock: a lease-based lock service for human operators and their scripts.
+//! `stormlockd`: the Stormlock daemon, a lease-based lock service for human
+//! operators and their scripts.
 //!
 //! # Layout
 //!
-//! Requests flow one way: [`server`] → [`service`] (validate with
-//! [`validate`], identify with [`auth`], route with [`routing`]) → a
-//! [`backend`] → its engine.
+//! Requests flow one way: [`server`] → [`service`] (identify with [`auth`],
+//! validate with [`validate`], permit with [`auth`]) → [`locks`] (the lock
+//! core: waiting, outcomes, events) → [`routing`] → a [`backend`] → its
+//! engine. Every outcome is one typed [`events::LockEvent`], fanned out to
+//! [`audit`], [`metrics`] and [`changes`].
 //!
-//! - [`pb`]: the generated gRPC types and stubs of `stormlock.v1` (wire only).
+//! - [`pb`], [`duration`], [`paths`]: the contract shared with the clients,
+//!   from the `stormlock-api` crate.
 //! - [`lease`]: the daemon's own lease model, shared by service and backends.
+//! - [`locks`]: the lock core: acquire with waiting, renew, release, break,
+//!   orphan clean-up; emits one [`events::LockEvent`] per outcome.
+//! - [`events`]: the typed events and their one fan-out.
 //! - [`backend`]: the `Backend` trait and one module per engine.
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`error`]: request errors and their one mapping to gRPC status codes.
@@ -21,27 +28,21 @@
 //! - [`waiters`]: the first-come-first-served line of callers waiting for a
 //!   resource.
 //! - [`watch`]: the events of a `Watch` stream.
-//! - [`duration`]: operator-friendly durations (`4 seconds`, `1d2h`).
-//! - [`bench`]: load generation shared by `stormlock bench` and the
-//!   in-process backend benchmark.
-//! - [`paths`]: default data directory and development TLS file locations,
-//!   shared by the daemon and the CLI.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+
+pub use stormlock_api::{duration, paths, pb};
 
 pub mod audit;
 pub mod auth;
 pub mod backend;
-pub mod bench;
 pub mod changes;
 pub mod config;
-pub mod duration;
 pub mod error;
+pub mod events;
 pub mod lease;
+pub mod locks;
 pub mod metrics;
-pub mod paths;
-pub mod pb;
 pub mod routing;
 pub mod server;
 pub mod service;

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use stormlock::config::Config;
-use stormlock::paths::{DEFAULT_PORT, default_data_dir};
-use stormlock::routing::Router;
-use stormlock::server::{self, Settings};
+use stormlockd::config::Config;
+use stormlockd::paths::{DEFAULT_PORT, default_data_dir};
+use stormlockd::routing::Router;
+use stormlockd::server::{self, Settings};
 
 /// Stormlock daemon: lease-based locks for operators and their scripts, over gRPC.
 ///
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
         eprintln!("stormlockd: {e:#}");
         return ExitCode::from(64);
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    stormlockd::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -169,7 +169,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!();
             println!("[[auth.tokens]]");
             println!("principal = {}", toml_string(principal));
-            println!("sha256 = \"{}\"", stormlock::auth::hash_token(&token));
+            println!("sha256 = \"{}\"", stormlockd::auth::hash_token(&token));
             return Ok(());
         }
         Some(Command::HashToken) => {
@@ -179,7 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .context("cannot read the token from standard input")?;
             let token = token.trim();
             anyhow::ensure!(!token.is_empty(), "no token on standard input");
-            println!("{}", stormlock::auth::hash_token(token));
+            println!("{}", stormlockd::auth::hash_token(token));
             return Ok(());
         }
         None => {}
@@ -214,7 +214,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
-    stormlock::duration::parse_duration(text).map_err(|e| e.to_string())
+    stormlockd::duration::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// `value` as a TOML basic string.
@@ -242,7 +242,7 @@ async fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(file)?.with_implicit_backend();
     let data_dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
     if let Some(tls) = &config.tls {
-        stormlock::tls::check_files(&stormlock::tls::TlsFiles {
+        stormlockd::tls::check_files(&stormlockd::tls::TlsFiles {
             cert: data_dir.join(&tls.cert),
             key: data_dir.join(&tls.key),
             client_ca: tls.client_ca.as_ref().map(|p| data_dir.join(p)),

@@ -19,7 +19,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::backend::BackendError;
+use crate::events::LockEvent;
 
 /// Content type of the OpenMetrics text format served at `/metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -195,15 +195,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts an audit event (`acquire`, `contention`, `renew`,
-    /// `force_release`); other events are not counted.
-    pub fn lock_event(&self, event: &str) {
+    /// Counts acquisitions, contentions, renewals and force-releases.
+    pub fn lock_event(&self, event: &LockEvent) {
         let counter = match event {
-            "acquire" => &self.acquisitions,
-            "contention" => &self.contentions,
-            "renew" => &self.renewals,
-            "force_release" => &self.force_releases,
-            _ => return,
+            LockEvent::Acquired { .. } => &self.acquisitions,
+            LockEvent::Contended { .. } => &self.contentions,
+            LockEvent::Renewed { .. } => &self.renewals,
+            LockEvent::ForceReleased { .. } => &self.force_releases,
+            LockEvent::RenewRefused { .. }
+            | LockEvent::Released { .. }
+            | LockEvent::Denied { .. }
+            | LockEvent::Unauthenticated { .. } => return,
         };
         counter.inc();
     }
@@ -215,7 +217,7 @@ impl Metrics {
         backend: &str,
         operation: &'static str,
         elapsed: Duration,
-        error: Option<&BackendError>,
+        error_kind: Option<&'static str>,
     ) {
         self.backend_duration
             .get_or_create(&BackendLabels {
@@ -223,13 +225,9 @@ impl Metrics {
                 operation,
             })
             .observe(elapsed.as_secs_f64());
-        let kind = match error {
-            None | Some(BackendError::NotCurrent { .. }) => return,
-            Some(BackendError::Unavailable { .. }) => "unavailable",
-            Some(BackendError::Internal { .. }) => "internal",
-            Some(BackendError::Config { .. }) => "config",
-        };
-        self.count_backend_error(backend, operation, kind);
+        if let Some(kind) = error_kind {
+            self.count_backend_error(backend, operation, kind);
+        }
     }
 
     /// Records a backend call that did not answer within its bound.
@@ -337,20 +335,34 @@ mod tests {
         let metrics = Metrics::new();
         metrics.request_finished("Acquire", tonic::Code::Ok);
         metrics.request_answered("Acquire", Duration::from_millis(3));
-        metrics.lock_event("acquire");
-        metrics.lock_event("release");
+        let now = std::time::SystemTime::now();
+        let lease = Arc::new(crate::lease::Lease {
+            resource: "r".to_string(),
+            id: crate::lease::LeaseId::generate(),
+            principal: "p".to_string(),
+            reason: String::new(),
+            acquired_at: now,
+            expires_at: now,
+            fence: 1,
+        });
+        metrics.lock_event(&LockEvent::Acquired {
+            lease: lease.clone(),
+            ttl: Duration::from_secs(1),
+            expired: None,
+        });
+        metrics.lock_event(&LockEvent::Released {
+            principal: "p".to_string(),
+            resource: "r".into(),
+            id: lease.id.clone(),
+            was_current: true,
+        });
         metrics.backend_call(
             "main",
             "acquire",
             Duration::from_millis(1),
-            Some(&BackendError::unavailable("main", "down")),
+            Some("unavailable"),
         );
-        metrics.backend_call(
-            "main",
-            "renew",
-            Duration::from_millis(1),
-            Some(&BackendError::NotCurrent { evicted: None }),
-        );
+        metrics.backend_call("main", "renew", Duration::from_millis(1), None);
         metrics.backend_timeout("main", "health", Duration::from_secs(2));
         metrics.set_backend_up("main", true);
         metrics.set_waiters(2);

@@ -18,7 +18,10 @@ use tracing::{info, warn};
 use crate::audit::Audit;
 use crate::auth::Auth;
 use crate::backend::BackendError;
+use crate::changes::Changes;
 use crate::config::Config;
+use crate::events::Events;
+use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::paths::DevTls;
 use crate::pb::lock_service_server::LockServiceServer;
@@ -163,16 +166,20 @@ pub async fn run(
             .unwrap_or(Path::new("-"));
         ServerError::Refused(format!("cannot open the audit log {}: {e}", path.display()))
     })?;
-    let audit = Arc::new(audit.with_metrics(metrics.clone()));
+    let audit = Arc::new(audit);
     let router =
         Arc::new(Router::connect(&settings.config, &settings.data_dir, Some(&metrics)).await?);
     for name in router.backends().keys() {
         metrics.set_backend_up(name, true);
     }
+    // The hub of changes (waiters, watches), fed by the lock core's events
+    // and by the engines' notifications below.
+    let changes = Arc::new(Changes::default());
+    let events = Events::new(audit.clone(), Some(metrics.clone()), changes.clone());
+    let locks = Arc::new(Locks::new(router.clone(), events));
     let service = LockService::new(
-        router.clone(),
+        locks,
         settings.auth.clone(),
-        audit.clone(),
         settings.config.defaults.max_wait,
     );
 
@@ -182,7 +189,6 @@ pub async fn run(
     };
 
     // The engines' change notifications wake waiters and watches at once.
-    let changes = service.changes();
     let followers: Vec<_> = router
         .backends()
         .iter()

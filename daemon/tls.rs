@@ -18,6 +18,16 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::paths::DevTls;
 
+/// Makes ring rustls' process-wide crypto provider, as tonic uses. Clients
+/// that build their TLS on the process default (the redis and MySQL
+/// drivers) cannot choose by themselves when more than one provider is
+/// linked (the AWS SDK brings aws-lc-rs) and would panic. Called by the
+/// daemon at start and by every backend that needs it; a second call (or
+/// another thread's first) is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

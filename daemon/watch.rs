@@ -66,7 +66,7 @@ pub enum EventKind {
 
 /// One event of a watch.
 #[derive(Debug, Clone)]
-pub struct LockEvent {
+pub struct WatchEvent {
     /// What happened.
     pub kind: EventKind,
     /// The lease, as it was after the event.
@@ -77,7 +77,7 @@ pub struct LockEvent {
     pub broken_by: Option<(String, String)>,
 }
 
-impl LockEvent {
+impl WatchEvent {
     fn new(kind: EventKind, lease: Lease) -> Self {
         Self {
             kind,
@@ -95,7 +95,7 @@ pub fn start(
     router: Arc<Router>,
     changes: Arc<Changes>,
     selection: Selection,
-) -> mpsc::Receiver<Result<LockEvent, Error>> {
+) -> mpsc::Receiver<Result<WatchEvent, Error>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     // Subscribed before the first read, so nothing falls in between.
     let signals = changes.subscribe();
@@ -119,13 +119,13 @@ struct Watch {
 }
 
 impl Watch {
-    async fn run(mut self, tx: mpsc::Sender<Result<LockEvent, Error>>) {
+    async fn run(mut self, tx: mpsc::Sender<Result<WatchEvent, Error>>) {
         if let Err(e) = self.watch(&tx).await {
             let _ = tx.send(Err(e)).await;
         }
     }
 
-    async fn watch(&mut self, tx: &mpsc::Sender<Result<LockEvent, Error>>) -> Result<(), Error> {
+    async fn watch(&mut self, tx: &mpsc::Sender<Result<WatchEvent, Error>>) -> Result<(), Error> {
         if self.changes.is_closed() {
             return Err(shutting_down());
         }
@@ -163,7 +163,7 @@ impl Watch {
             .max(Duration::from_millis(100))
     }
 
-    async fn apply(&mut self, signal: Signal, events: &mut Vec<LockEvent>) -> Result<(), Error> {
+    async fn apply(&mut self, signal: Signal, events: &mut Vec<WatchEvent>) -> Result<(), Error> {
         match signal {
             Signal::Changed(resource) if self.selection.contains(&resource) => {
                 self.reread(&resource, events).await?;
@@ -178,7 +178,7 @@ impl Watch {
                 if self.snapshot.get(&*resource).is_some_and(|l| l.id == id)
                     && let Some(lease) = self.snapshot.remove(&*resource)
                 {
-                    events.push(LockEvent::new(EventKind::Released, lease));
+                    events.push(WatchEvent::new(EventKind::Released, lease));
                 }
             }
             Signal::ForceReleased {
@@ -192,9 +192,9 @@ impl Watch {
                     .is_some_and(|l| l.id == lease.id)
                     && let Some(lease) = self.snapshot.remove(&lease.resource)
                 {
-                    events.push(LockEvent {
+                    events.push(WatchEvent {
                         broken_by: Some((actor.to_string(), reason.to_string())),
-                        ..LockEvent::new(EventKind::ForceReleased, lease)
+                        ..WatchEvent::new(EventKind::ForceReleased, lease)
                     });
                 }
             }
@@ -204,7 +204,7 @@ impl Watch {
     }
 
     /// Reads one resource again.
-    async fn reread(&mut self, resource: &str, events: &mut Vec<LockEvent>) -> Result<(), Error> {
+    async fn reread(&mut self, resource: &str, events: &mut Vec<WatchEvent>) -> Result<(), Error> {
         let now = self
             .router
             .route(resource)
@@ -216,7 +216,7 @@ impl Watch {
     }
 
     /// Reads the whole selection again.
-    async fn resync(&mut self, events: &mut Vec<LockEvent>) -> Result<(), Error> {
+    async fn resync(&mut self, events: &mut Vec<WatchEvent>) -> Result<(), Error> {
         let mut fresh = self.read_all().await?;
         let mut resources: Vec<String> = self.snapshot.keys().cloned().collect();
         resources.extend(
@@ -263,13 +263,13 @@ impl Watch {
         &mut self,
         old: Option<Lease>,
         new: Option<Lease>,
-        events: &mut Vec<LockEvent>,
+        events: &mut Vec<WatchEvent>,
     ) -> Result<(), Error> {
         match (old, new) {
             (None, None) => {}
             (None, Some(new)) => {
                 self.snapshot.insert(new.resource.clone(), new.clone());
-                events.push(LockEvent::new(EventKind::Acquired, new));
+                events.push(WatchEvent::new(EventKind::Acquired, new));
             }
             (Some(old), Some(new)) if old.id == new.id => {
                 let moved = match new.expires_at.duration_since(old.expires_at) {
@@ -278,7 +278,7 @@ impl Watch {
                 };
                 if moved >= RENEWAL_THRESHOLD {
                     self.snapshot.insert(new.resource.clone(), new.clone());
-                    events.push(LockEvent::new(EventKind::Renewed, new));
+                    events.push(WatchEvent::new(EventKind::Renewed, new));
                 }
             }
             (Some(old), new) => {
@@ -286,7 +286,7 @@ impl Watch {
                 events.push(self.ended(old).await?);
                 if let Some(new) = new {
                     self.snapshot.insert(new.resource.clone(), new.clone());
-                    events.push(LockEvent::new(EventKind::Acquired, new));
+                    events.push(WatchEvent::new(EventKind::Acquired, new));
                 }
             }
         }
@@ -294,15 +294,15 @@ impl Watch {
     }
 
     /// Why `lease` is gone: broken, lapsed or released.
-    async fn ended(&self, lease: Lease) -> Result<LockEvent, Error> {
+    async fn ended(&self, lease: Lease) -> Result<WatchEvent, Error> {
         let backend = &self.router.route(&lease.resource).backend;
         if let LeaseStatus::NotCurrent {
             evicted: Some(eviction),
         } = backend.status(&lease.resource, &lease.id).await?
         {
-            return Ok(LockEvent {
+            return Ok(WatchEvent {
                 broken_by: Some((eviction.actor, eviction.reason)),
-                ..LockEvent::new(EventKind::ForceReleased, lease)
+                ..WatchEvent::new(EventKind::ForceReleased, lease)
             });
         }
         let kind = if lease.expires_at <= SystemTime::now() {
@@ -310,7 +310,7 @@ impl Watch {
         } else {
             EventKind::Released
         };
-        Ok(LockEvent::new(kind, lease))
+        Ok(WatchEvent::new(kind, lease))
     }
 }
 

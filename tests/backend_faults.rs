@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stormlock::backend::{Backend, BackendError, WithTimeout};
-use stormlock::lease::Acquisition;
+use stormlockd::backend::{Backend, BackendError, WithTimeout};
+use stormlockd::lease::Acquisition;
 
 use crate::conformance::request;
 
@@ -116,7 +116,7 @@ async fn assert_connect_fails<T>(
 mod redis {
     use super::*;
     use crate::support::PrivateEngine;
-    use stormlock::backend::redis::{RedisBackend, RedisConfig};
+    use stormlockd::backend::redis::{RedisBackend, RedisConfig};
 
     fn config(url: &str) -> RedisConfig {
         toml::from_str(&format!("url = {url:?}\nconnect_timeout = \"1s\"")).expect("config")
@@ -186,7 +186,7 @@ mod redis {
 mod etcd {
     use super::*;
     use crate::support::PrivateEngine;
-    use stormlock::backend::etcd::{EtcdBackend, EtcdConfig};
+    use stormlockd::backend::etcd::{EtcdBackend, EtcdConfig};
 
     fn config(endpoint: &str) -> EtcdConfig {
         toml::from_str(&format!(

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use stormlock::backend::{Backend, BackendError};
-use stormlock::lease::Acquisition;
+use stormlockd::backend::{Backend, BackendError};
+use stormlockd::lease::Acquisition;
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as
 /// PEM files in a temporary directory.
@@ -115,7 +115,7 @@ async fn acquires(backend: &dyn Backend) {
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
-    use stormlock::backend::redis::{RedisBackend, RedisConfig};
+    use stormlockd::backend::redis::{RedisBackend, RedisConfig};
 
     fn config(url: &str, ca_file: Option<&Path>) -> RedisConfig {
         let mut text = format!("url = {url:?}\nconnect_timeout = \"2s\"\n");
@@ -197,7 +197,7 @@ mod redis {
 #[cfg(feature = "etcd")]
 mod etcd {
     use super::*;
-    use stormlock::backend::etcd::{EtcdBackend, EtcdConfig};
+    use stormlockd::backend::etcd::{EtcdBackend, EtcdConfig};
 
     fn config(endpoint: &str, pki: &Pki, client_cert: bool) -> EtcdConfig {
         let file = |name: &str| format!("{:?}", pki.path(name).display().to_string());

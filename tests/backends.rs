@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use stormlock::backend::Backend;
+use stormlockd::backend::Backend;
 
 mod memory {
     use super::*;
-    use stormlock::backend::memory::MemoryBackend;
+    use stormlockd::backend::memory::MemoryBackend;
 
     async fn make() -> Option<Arc<dyn Backend>> {
         Some(Arc::new(MemoryBackend::new()))
@@ -16,8 +16,8 @@ mod memory {
 
 mod embedded {
     use super::*;
-    use stormlock::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
-    use stormlock::lease::Acquisition;
+    use stormlockd::backend::embedded::{EmbeddedBackend, EmbeddedConfig};
+    use stormlockd::lease::Acquisition;
 
     async fn open(dir: &std::path::Path) -> EmbeddedBackend {
         EmbeddedBackend::open("test", &EmbeddedConfig::default(), dir)
@@ -77,12 +77,12 @@ mod embedded {
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
-    use stormlock::backend::redis::{RedisBackend, RedisConfig};
+    use stormlockd::backend::redis::{RedisBackend, RedisConfig};
 
     /// A config for the shared test engine, with a prefix of its own so that
     /// runs never see each other's keys.
     pub fn config(url: String) -> RedisConfig {
-        let id = stormlock::lease::LeaseId::generate();
+        let id = stormlockd::lease::LeaseId::generate();
         toml::from_str(&format!(
             "url = {url:?}\nprefix = \"stormlock-test-{}:\"\nconnect_timeout = \"2s\"",
             &id.expose()[..8]
@@ -118,7 +118,7 @@ mod redis {
             let config: RedisConfig = toml::from_str(toml).expect("parse");
             let err = RedisBackend::connect("test", &config).await.err();
             assert!(
-                matches!(&err, Some(stormlock::backend::BackendError::Config { message, .. }) if message.contains(key)),
+                matches!(&err, Some(stormlockd::backend::BackendError::Config { message, .. }) if message.contains(key)),
                 "{toml}: {err:?}"
             );
         }
@@ -189,12 +189,12 @@ mod redis {
 #[cfg(feature = "etcd")]
 mod etcd {
     use super::*;
-    use stormlock::backend::etcd::{EtcdBackend, EtcdConfig};
+    use stormlockd::backend::etcd::{EtcdBackend, EtcdConfig};
 
     /// A config for the shared test engine, with a prefix of its own so that
     /// runs never see each other's keys.
     pub fn config(endpoint: String) -> EtcdConfig {
-        let id = stormlock::lease::LeaseId::generate();
+        let id = stormlockd::lease::LeaseId::generate();
         toml::from_str(&format!(
             "endpoints = [{endpoint:?}]\nprefix = \"/stormlock-test-{}/\"\nconnect_timeout = \"2s\"",
             &id.expose()[..8]
@@ -218,7 +218,7 @@ mod etcd {
         let Some(backend) = make().await else { return };
         let resource = crate::conformance::unique("etcd-renew");
         let req = crate::conformance::request(&resource, "alice", 5);
-        let stormlock::lease::Acquisition::Granted(lease) =
+        let stormlockd::lease::Acquisition::Granted(lease) =
             backend.acquire(&req).await.expect("acquire")
         else {
             panic!("granted")
@@ -248,7 +248,7 @@ mod etcd {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use stormlock::backend::postgres::{PostgresBackend, PostgresConfig};
+    use stormlockd::backend::postgres::{PostgresBackend, PostgresConfig};
 
     async fn make() -> Option<Arc<dyn Backend>> {
         let url = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL")?;
@@ -266,7 +266,7 @@ mod postgres {
 #[cfg(feature = "mysql")]
 mod mysql {
     use super::*;
-    use stormlock::backend::mysql::{MysqlBackend, MysqlConfig};
+    use stormlockd::backend::mysql::{MysqlBackend, MysqlConfig};
 
     async fn make() -> Option<Arc<dyn Backend>> {
         let url = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL")?;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use stormlock::pb::{self, lock_service_client::LockServiceClient};
+use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -358,7 +358,7 @@ async fn foreign_lease_ids_change_nothing() {
             .into_inner()
             .released
     );
-    let never_issued = stormlock::lease::LeaseId::generate().expose().to_string();
+    let never_issued = stormlockd::lease::LeaseId::generate().expose().to_string();
     for (what, id) in [
         ("b's id on a", b.lease_id.clone()),
         ("never issued", never_issued),

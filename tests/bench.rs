@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stormlock::bench::{self, BackendTarget, Limit, Options, Workload};
-use stormlock::config::Config;
-use stormlock::routing::Router;
+use stormlock_bench::direct::BackendTarget;
+use stormlock_bench::{self as bench, Limit, Options, Workload};
+use stormlockd::config::Config;
+use stormlockd::routing::Router;
 
 use crate::support::TestDaemon;
 
@@ -58,7 +59,7 @@ async fn daemon_workloads_complete_without_errors() {
     for (n, workload) in Workload::ALL.into_iter().enumerate() {
         // A single-threaded driver and a multi-threaded one.
         let threads = 1 + n % 2;
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stormlock"));
+        let mut command = tokio::process::Command::new(crate::support::stormlock());
         command
             .arg("--addr")
             .arg(daemon.addr.to_string())
@@ -98,7 +99,7 @@ async fn daemon_workloads_complete_without_errors() {
     // Every lease taken was given back.
     let mut client = daemon.client().await;
     let listed = client
-        .list(stormlock::pb::ListRequest {
+        .list(stormlock_api::pb::ListRequest {
             prefix: "bench/".to_string(),
             ..Default::default()
         })

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use stormlock::backend::{Backend, BackendError};
-use stormlock::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+use stormlockd::backend::{Backend, BackendError};
+use stormlockd::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 /// A resource name unique to this run of one case.
 pub fn unique(case: &str) -> String {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use stormlock::pb::{self, lock_service_client::LockServiceClient};
+use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -36,7 +36,7 @@ const RECOVERY: Duration = Duration::from_secs(5);
 const QUIET: &str = "[audit]\npath = \"/dev/null\"\n";
 
 fn unique() -> String {
-    stormlock::lease::LeaseId::generate().expose()[..10].to_string()
+    stormlockd::lease::LeaseId::generate().expose()[..10].to_string()
 }
 
 fn secs(s: i64) -> Option<prost_types::Duration> {

@@ -11,9 +11,9 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
     ScalarAttributeType, TimeToLiveStatus, WriteRequest,
 };
-use stormlock::backend::dynamodb::{DynamodbBackend, DynamodbConfig};
-use stormlock::backend::{Backend, BackendError};
-use stormlock::lease::{Acquisition, Lease, LeaseId, LeaseStatus};
+use stormlockd::backend::dynamodb::{DynamodbBackend, DynamodbConfig};
+use stormlockd::backend::{Backend, BackendError};
+use stormlockd::lease::{Acquisition, Lease, LeaseId, LeaseStatus};
 
 use crate::conformance::{request, unique};
 use crate::support::{PrivateEngine, engine_url};
@@ -151,12 +151,12 @@ async fn invalid_table_name_is_refused() {
 
 #[tokio::test]
 async fn config_from_toml() {
-    let config: stormlock::backend::BackendConfig = toml::from_str(
+    let config: stormlockd::backend::BackendConfig = toml::from_str(
         "type = \"dynamodb\"\ntable = \"locks\"\nregion = \"eu-west-1\"\ncreate_table = false\ntimeout = \"5s\"",
     )
     .expect("config");
     assert_eq!(config.kind(), "dynamodb");
-    let unknown = toml::from_str::<stormlock::backend::BackendConfig>(
+    let unknown = toml::from_str::<stormlockd::backend::BackendConfig>(
         "type = \"dynamodb\"\nendpoint_url = \"x\"",
     );
     let message = unknown.map(|_| ()).unwrap_err().to_string();

@@ -9,8 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-pub(crate) const STORMLOCK: &str = env!("CARGO_BIN_EXE_stormlock");
-const STORMLOCKD: &str = env!("CARGO_BIN_EXE_stormlockd");
+pub(crate) use crate::support::{stormlock, stormlockd};
 
 /// A daemon of this test's own; dropping it kills exactly that process.
 pub(crate) struct Daemon {
@@ -27,7 +26,7 @@ fn spawn_daemon(dir: &Path, port: u16, extra: &[String]) -> Child {
         .append(true)
         .open(dir.join("daemon.log"))
         .expect("log file");
-    Command::new(STORMLOCKD)
+    Command::new(stormlockd())
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
@@ -193,7 +192,7 @@ pub(crate) fn cli_command(
     data_dir: &Path,
     port: Option<u16>,
 ) -> Command {
-    let mut command = Command::new(STORMLOCK);
+    let mut command = Command::new(stormlock());
     command.args(args);
     cli_env(&mut command, home, data_dir, port);
     command
@@ -575,7 +574,7 @@ fn sigterm_finishes_in_flight_calls_and_exits_zero() {
         .line();
     assert_eq!(id.len(), 32);
     // A second client waits (up to 30 s) while the daemon is asked to stop.
-    let mut waiter = Command::new(STORMLOCK)
+    let mut waiter = Command::new(stormlock())
         .args(["--addr", &format!("127.0.0.1:{}", daemon.port)])
         .args(["acquire", "--wait", "30s", "shutdown/r"])
         .env("STORMLOCK_DATA_DIR", daemon.data_dir())
@@ -625,7 +624,7 @@ fn bearer_token_from_a_file() {
         &config,
         format!(
             "[[auth.tokens]]\nprincipal = \"ci-deployer\"\nsha256 = \"{}\"\n",
-            stormlock::auth::hash_token("right-token")
+            stormlockd::auth::hash_token("right-token")
         ),
     )
     .expect("config");

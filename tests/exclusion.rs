@@ -9,14 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stormlock::pb::lock_service_client::LockServiceClient;
+use stormlock_api::pb::lock_service_client::LockServiceClient;
 use tonic::transport::Channel;
 
 use crate::checker::{self, Counters, Workload};
 use crate::support::{DaemonProcess, TestDaemon, engine_url};
 
 fn unique() -> String {
-    stormlock::lease::LeaseId::generate().expose()[..10].to_string()
+    stormlockd::lease::LeaseId::generate().expose()[..10].to_string()
 }
 
 /// Two connections to each daemon, so the clients share a few HTTP/2

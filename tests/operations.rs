@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use stormlock::pb;
+use stormlock_api::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -259,7 +259,7 @@ async fn health_follows_the_backend_and_liveness_does_not() {
 fn check_config(dir: &Path, config: &str) -> (i32, String) {
     let file = dir.join("stormlock.toml");
     std::fs::write(&file, config).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_stormlockd"))
+    let out = Command::new(crate::support::stormlockd())
         .arg("check-config")
         .arg(&file)
         .env_remove("STORMLOCK_CONFIG")

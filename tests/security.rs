@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use stormlock::pb::{self, lock_service_client::LockServiceClient};
+use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -106,7 +106,7 @@ async fn setup() -> Setup {
         [backends.main]
         type = "memory"
         "#,
-        hash = stormlock::auth::hash_token(CI_TOKEN),
+        hash = stormlockd::auth::hash_token(CI_TOKEN),
     );
     let daemon = TestDaemon::start_in(&config, false, dir.path()).await;
     Setup {

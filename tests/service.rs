@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use stormlock::pb::{self, lock_service_client::LockServiceClient};
+use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -45,7 +45,7 @@ async fn acquire_contend_release_over_mutual_tls() {
     assert_eq!(lease.lease_id.len(), 32);
     assert_eq!(
         lease.principal,
-        stormlock::paths::local_principal(),
+        stormlock_api::paths::local_principal(),
         "principal from the certificate"
     );
     assert_eq!(lease.reason, "release 42");
@@ -263,8 +263,8 @@ async fn clients_without_a_certificate_from_the_ca_are_refused() {
     assert!(refused, "no client certificate");
 
     let other = tempfile::tempdir().expect("tempdir");
-    let dev = stormlock::paths::DevTls::in_data_dir(other.path());
-    stormlock::tls::ensure_dev_pki(&dev, "mallory").expect("foreign PKI");
+    let dev = stormlock_api::paths::DevTls::in_data_dir(other.path());
+    stormlockd::tls::ensure_dev_pki(&dev, "mallory").expect("foreign PKI");
     let identity = tonic::transport::Identity::from_pem(
         std::fs::read(dev.client_cert()).expect("cert"),
         std::fs::read(dev.client_key()).expect("key"),
@@ -318,7 +318,8 @@ async fn force_release_is_for_admins_and_tells_the_evicted_holder() {
         err.message()
     );
     assert!(
-        err.message().contains(&stormlock::paths::local_principal()),
+        err.message()
+            .contains(&stormlock_api::paths::local_principal()),
         "{:?}",
         err.message()
     );

@@ -2,7 +2,7 @@
 //! acquirers spread over both get exactly one winner, and leases taken
 //! through one daemon are seen, released and fenced through the other.
 
-use stormlock::pb::{self, lock_service_client::LockServiceClient};
+use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
 use tonic::transport::Channel;
 
 use crate::support::{TestDaemon, unique};

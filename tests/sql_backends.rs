@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stormlock::backend::{Backend, BackendError, WithTimeout};
-use stormlock::lease::{Acquisition, Lease, LeaseId};
+use stormlockd::backend::{Backend, BackendError, WithTimeout};
+use stormlockd::lease::{Acquisition, Lease, LeaseId};
 
 use crate::conformance::request;
 
@@ -113,7 +113,7 @@ async fn unicode_round_trip(backend: &dyn Backend) {
         .expect("force");
     assert_eq!(broken.map(|l| l.reason), Some(req.reason.clone()));
     match backend.status(&resource, &req.id).await {
-        Ok(stormlock::lease::LeaseStatus::NotCurrent { evicted: Some(e) }) => {
+        Ok(stormlockd::lease::LeaseStatus::NotCurrent { evicted: Some(e) }) => {
             assert_eq!(
                 (e.actor.as_str(), e.reason.as_str()),
                 ("ops 🛠", "rotation ✓")
@@ -193,7 +193,7 @@ const BAD_TABLES: &[&str] = &[
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use stormlock::backend::postgres::{DDL, PostgresBackend, PostgresConfig};
+    use stormlockd::backend::postgres::{DDL, PostgresBackend, PostgresConfig};
 
     fn config(url: &str, extra: &str) -> PostgresConfig {
         toml::from_str(&format!("url = {url:?}\n{extra}")).expect("config")
@@ -577,7 +577,7 @@ mod postgres {
 mod mysql {
     use super::*;
     use mysql_async::prelude::Queryable;
-    use stormlock::backend::mysql::{DDL, MysqlBackend, MysqlConfig};
+    use stormlockd::backend::mysql::{DDL, MysqlBackend, MysqlConfig};
 
     fn config(url: &str, extra: &str) -> MysqlConfig {
         toml::from_str(&format!("url = {url:?}\n{extra}")).expect("config")

@@ -30,8 +30,39 @@ pub struct PrivateEngine {
     pub url: String,
 }
 
+/// The `stormlock` binary built beside this test binary.
+pub fn stormlock() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| built_binary("stormlock"))
+}
+
+/// The `stormlockd` binary built beside this test binary.
+pub fn stormlockd() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| built_binary("stormlockd"))
+}
+
+/// A workspace binary in the profile directory this test binary runs from
+/// (`target/debug/deps/tests-…` → `target/debug/NAME`): the binaries belong
+/// to other packages, so Cargo sets no `CARGO_BIN_EXE_*` for them.
+/// `scripts/test` builds the workspace before it runs the tests.
+fn built_binary(name: &str) -> String {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace --all-features` first",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/engines.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("engines.sh")
 }
 
 impl PrivateEngine {
@@ -164,7 +195,7 @@ pub struct TestDaemon {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), stormlock::server::ServerError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), stormlockd::server::ServerError>>>,
 }
 
 impl TestDaemon {
@@ -179,18 +210,18 @@ impl TestDaemon {
 
     /// Like [`TestDaemon::start`] with state in `data_dir`, which outlives it.
     pub async fn start_in(config: &str, insecure: bool, data_dir: &Path) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = stormlock::config::Config::parse(config, "test").expect("test config");
+        stormlockd::tls::install_crypto_provider();
+        let config = stormlockd::config::Config::parse(config, "test").expect("test config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut settings =
-            stormlock::server::Settings::resolve(config, data_dir.to_path_buf(), addr, insecure)
+            stormlockd::server::Settings::resolve(config, data_dir.to_path_buf(), addr, insecure)
                 .expect("settings");
         settings.health_interval = std::time::Duration::from_millis(200);
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(stormlock::server::run(listener, settings, async move {
+        let task = tokio::spawn(stormlockd::server::run(listener, settings, async move {
             let _ = stopped.await;
         }));
         Self {
@@ -203,8 +234,8 @@ impl TestDaemon {
     }
 
     /// The development PKI of this daemon.
-    pub fn dev_tls(&self) -> stormlock::paths::DevTls {
-        stormlock::paths::DevTls::in_data_dir(&self.data_dir)
+    pub fn dev_tls(&self) -> stormlock_api::paths::DevTls {
+        stormlock_api::paths::DevTls::in_data_dir(&self.data_dir)
     }
 
     /// A channel with the development client certificate (or plain text for
@@ -250,12 +281,12 @@ impl TestDaemon {
     /// A LockService client over [`TestDaemon::channel`].
     pub async fn client(
         &self,
-    ) -> stormlock::pb::lock_service_client::LockServiceClient<tonic::transport::Channel> {
-        stormlock::pb::lock_service_client::LockServiceClient::new(self.channel().await)
+    ) -> stormlock_api::pb::lock_service_client::LockServiceClient<tonic::transport::Channel> {
+        stormlock_api::pb::lock_service_client::LockServiceClient::new(self.channel().await)
     }
 
     /// Stops the daemon gracefully and returns how `run` ended.
-    pub async fn shutdown(mut self) -> Result<(), stormlock::server::ServerError> {
+    pub async fn shutdown(mut self) -> Result<(), stormlockd::server::ServerError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -301,7 +332,7 @@ impl DaemonProcess {
             .port();
         std::fs::write(dir.path().join("stormlockd.toml"), config).expect("write config");
         let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_stormlockd"))
+        let child = Command::new(stormlockd())
             .arg("--config")
             .arg(dir.path().join("stormlockd.toml"))
             .arg("--listen")
@@ -370,8 +401,10 @@ impl DaemonProcess {
     /// across the daemon's death.
     pub fn client(
         &self,
-    ) -> stormlock::pb::lock_service_client::LockServiceClient<tonic::transport::Channel> {
-        stormlock::pb::lock_service_client::LockServiceClient::new(self.endpoint().connect_lazy())
+    ) -> stormlock_api::pb::lock_service_client::LockServiceClient<tonic::transport::Channel> {
+        stormlock_api::pb::lock_service_client::LockServiceClient::new(
+            self.endpoint().connect_lazy(),
+        )
     }
 
     /// SIGKILL: the daemon dies without any clean-up.
@@ -466,7 +499,7 @@ macro_rules! on_shared_engines {
 
 /// A short random name part, so that tests sharing an engine never meet.
 pub fn unique() -> String {
-    stormlock::lease::LeaseId::generate().expose()[..10].to_string()
+    stormlockd::lease::LeaseId::generate().expose()[..10].to_string()
 }
 
 /// `seconds` as a protobuf duration.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use stormlock::pb::{self, lock_service_client::LockServiceClient};
+use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
 use tonic::transport::Channel;
 
 use crate::support::{TestDaemon, secs, unique};
@@ -274,8 +274,8 @@ mod release_elsewhere_wakes_a_waiter {
 /// connection (another daemon) on the subscription; MySQL has none.
 async fn notifications_arrive(config: &str) {
     use futures::StreamExt;
-    use stormlock::backend::{self, BackendConfig};
-    use stormlock::lease::{AcquireRequest, LeaseId};
+    use stormlockd::backend::{self, BackendConfig};
+    use stormlockd::lease::{AcquireRequest, LeaseId};
     #[derive(serde::Deserialize)]
     struct Wrapper {
         b: BackendConfig,

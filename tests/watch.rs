@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use stormlock::pb::{self, EventType, lock_service_client::LockServiceClient};
+use stormlock_api::pb::{self, EventType, lock_service_client::LockServiceClient};
 use tonic::Streaming;
 use tonic::transport::Channel;
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::e2e::{Daemon, STORMLOCK};
+use crate::e2e::{Daemon, stormlock};
 
 /// A background CLI process; dropping it kills exactly that process.
 struct Background {
@@ -91,7 +91,15 @@ fn exec_runs_the_command_under_the_lease_and_passes_its_status_on() {
     let script = r#"echo "$STORMLOCK_RESOURCE $STORMLOCK_LEASE_ID $STORMLOCK_FENCE"; "$0" current -f json "$STORMLOCK_RESOURCE""#;
     let run = d
         .cli(&[
-            "exec", "--reason", "e2e exec", "x/one", "--", "sh", "-c", script, STORMLOCK,
+            "exec",
+            "--reason",
+            "e2e exec",
+            "x/one",
+            "--",
+            "sh",
+            "-c",
+            script,
+            stormlock(),
         ])
         .ok();
     let mut lines = run.stdout.lines();
@@ -225,7 +233,7 @@ fn exec_learns_of_a_force_release_from_renewals_without_watch() {
              [[auth.tokens]]\nprincipal = \"ci\"\nsha256 = \"{}\"\n\
              [[auth.rules]]\nprincipals = [\"ci\"]\nresources = [\"**\"]\n\
              actions = [\"acquire\", \"renew\", \"release\", \"read\"]\n",
-            stormlock::auth::hash_token("ci-token")
+            stormlockd::auth::hash_token("ci-token")
         ),
     )
     .expect("config");
@@ -588,7 +596,10 @@ fn on_a_terminal() {
         c
     });
     let (status, out) = in_terminal(
-        format!("stty rows 50 cols 250; {STORMLOCK} acquire --wait 20s -t 1h tty/r; echo exit=$?"),
+        format!(
+            "stty rows 50 cols 250; {} acquire --wait 20s -t 1h tty/r; echo exit=$?",
+            stormlock()
+        ),
         "",
     );
     assert!(status.success(), "{status}: {out}");
@@ -606,8 +617,9 @@ fn on_a_terminal() {
 
     let (status, out) = in_terminal(
         format!(
-            "{STORMLOCK} exec tty/r -- sh -c 'printf \"Apply? \"; read answer; echo \"got $answer\"'; \
-             echo exit=$?"
+            "{} exec tty/r -- sh -c 'printf \"Apply? \"; read answer; echo \"got $answer\"'; \
+             echo exit=$?",
+            stormlock()
         ),
         "yes\n",
     );
@@ -650,7 +662,7 @@ fn ctrl_z_suspends_exec_and_fg_resumes_it() {
     // Typed at a person's pace; wherever a keystroke lands, the command ends
     // up reading "yes".
     let typed = [
-        format!("{STORMLOCK} exec z/r -- sh -c 'read x; echo got $x'\n"),
+        format!("{} exec z/r -- sh -c 'read x; echo got $x'\n", stormlock()),
         "\x1a".to_string(),
         "jobs\n".to_string(),
         "fg\n".to_string(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::FutureExt;
 use nix::sys::signal::Signal;
 use rand::Rng;
-use stormlock::pb;
+use stormlock_api::pb;
 use tokio::sync::watch;
 
 use super::{Session, note, out, proto_duration};
@@ -234,7 +234,7 @@ fn wait_label(
     status: Option<&pb::CurrentResponse>,
     now: SystemTime,
 ) -> String {
-    let waited = stormlock::duration::format_duration(Duration::from_secs(waited.as_secs()));
+    let waited = stormlock_api::duration::format_duration(Duration::from_secs(waited.as_secs()));
     let mut label = format!("waiting for {resource} ({waited})");
     let Some(status) = status else {
         return label;

@@ -1,6 +1,6 @@
 //! `bench`: drive a live daemon with concurrent clients and report
 //! throughput, latency percentiles and errors (the workloads and the report
-//! are `stormlock::bench`'s, shared with the in-process backend benchmark).
+//! are `stormlock_bench`'s, shared with the in-process backend benchmark).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use stormlock::bench::{self, Limit, OpError, OpResult, Options, Target};
-use stormlock::pb;
+use stormlock_api::pb;
+use stormlock_bench::{Limit, OpError, OpResult, Options, Target};
 use tonic::{Response, Status};
 
 use super::{Session, note, out, proto_duration};
@@ -51,7 +51,7 @@ pub async fn run(session: Session, args: BenchArgs) -> CliResult {
         pool,
     });
     let name = session.settings.addr.to_string();
-    let report = bench::run(target, options, "daemon", &name, Some(connections)).await;
+    let report = stormlock_bench::run(target, options, "daemon", &name, Some(connections)).await;
     match args.format {
         BenchFormat::Table => out(&report.table())?,
         BenchFormat::Json => out(&format!("{}\n", report.json()))?,
@@ -111,7 +111,7 @@ async fn hold_idle(pool: &[Client], session: &Session, hold: Duration) -> CliRes
         "holding {} connections to {} for {}",
         pool.len(),
         session.settings.addr,
-        stormlock::duration::format_duration(hold)
+        stormlock_api::duration::format_duration(hold)
     ));
     tokio::time::sleep(hold).await;
     Ok(Exit::Success)
@@ -138,7 +138,7 @@ impl DaemonTarget {
     ) -> OpResult<T> {
         match tokio::time::timeout(budget, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(OpError::new(bench::snake_case(&format!(
+            Ok(Err(status)) => Err(OpError::new(stormlock_bench::snake_case(&format!(
                 "{:?}",
                 status.code()
             )))),

@@ -1,7 +1,7 @@
 //! `current`: print the lease holding a resource; "no lock held" and exit 1
 //! when it is free.
 
-use stormlock::pb;
+use stormlock_api::pb;
 
 use super::{Session, note, out};
 use crate::args::{CurrentArgs, LeaseFormat};

@@ -1,6 +1,6 @@
 //! `force-release`: break whatever lease holds a resource (administrators).
 
-use stormlock::pb;
+use stormlock_api::pb;
 
 use super::{Session, note, out};
 use crate::args::{ForceReleaseArgs, LeaseFormat};

@@ -1,7 +1,7 @@
 //! `is-held`: exit 0 when the lease is current, 1 when it is not. Failures
 //! to ask have their own statuses (4, 5, …), never 1.
 
-use stormlock::pb;
+use stormlock_api::pb;
 
 use super::{Session, eviction, note};
 use crate::args::LeaseArgs;

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::time::SystemTime;
 
-use stormlock::pb;
+use stormlock_api::pb;
 use unicode_width::UnicodeWidthStr;
 
 use super::{Session, note, out};

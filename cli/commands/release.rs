@@ -1,7 +1,7 @@
 //! `release`: give a lease back. Idempotent, like Python stormlock: a lease
 //! that was no longer current is noted on stderr, and the exit is still 0.
 
-use stormlock::pb;
+use stormlock_api::pb;
 
 use super::{Session, note};
 use crate::args::LeaseArgs;

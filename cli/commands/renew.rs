@@ -1,6 +1,6 @@
 //! `renew`: extend a lease; "Lock expired" and exit 3 when it is not current.
 
-use stormlock::pb;
+use stormlock_api::pb;
 
 use super::{Session, eviction, note, proto_duration};
 use crate::args::RenewArgs;

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use serde::Serialize;
-use stormlock::pb;
+use stormlock_api::pb;
 
 use super::{Session, note};
 use crate::args::{WatchArgs, WatchFormat};

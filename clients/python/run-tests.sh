@@ -23,7 +23,7 @@ if [[ ! -x $bin_dir/stormlockd ]]; then
     exit 1
   fi
   echo "python client: building stormlockd" >&2
-  (cd "$root" && cargo build --bin stormlockd)
+  (cd "$root" && cargo build -p stormlockd)
 fi
 
 echo "python client: mypy" >&2

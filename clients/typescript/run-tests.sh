@@ -23,7 +23,7 @@ if [[ ! -x $bin_dir/stormlockd ]]; then
     exit 1
   fi
   echo "typescript client: building stormlockd" >&2
-  (cd "$root" && cargo build --bin stormlockd)
+  (cd "$root" && cargo build -p stormlockd)
 fi
 
 echo "typescript client: tsc --strict" >&2

@@ -69,6 +69,15 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A short, stable label of the variant, for metrics and benchmarks.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotCurrent { .. } => "not_current",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal { .. } => "internal",
+            Self::Config { .. } => "config",
+        }
+    }
     /// An [`BackendError::Unavailable`] for `backend` from any displayable error.
     pub fn unavailable(backend: &str, err: impl std::fmt::Display) -> Self {
         Self::Unavailable {

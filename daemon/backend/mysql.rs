@@ -254,11 +254,9 @@ impl MysqlBackend {
         if let Some(mode) = config.tls {
             builder = builder.ssl_opts(ssl_opts(mode, config.ca_file.as_ref()));
             if mode != TlsMode::Disable {
-                // mysql_async builds its rustls configuration with the
-                // process-wide default provider, which is ambiguous when more
-                // than one is linked. Installing fails harmlessly when a
-                // provider is already installed.
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                // mysql_async builds its rustls configuration on the
+                // process-wide default provider.
+                crate::tls::install_crypto_provider();
             }
         }
         let backend = Self {

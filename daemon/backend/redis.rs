@@ -325,12 +325,9 @@ impl RedisBackend {
             ));
         }
         if tls && rustls::crypto::CryptoProvider::get_default().is_none() {
-            // The redis crate builds its TLS configuration on rustls' process
-            // default crypto provider, which rustls cannot choose by itself
-            // when several are compiled in (the AWS SDK brings aws-lc-rs), and
-            // then panics. Use ring, as tonic does. An error only means
-            // another thread installed one first, which is just as good.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            // The redis crate builds its TLS configuration on rustls'
+            // process-wide default provider.
+            crate::tls::install_crypto_provider();
         }
         let client = match &config.ca_file {
             Some(path) if tls => {

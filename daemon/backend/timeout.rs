@@ -50,7 +50,13 @@ impl WithTimeout {
             let elapsed = started.elapsed();
             match &result {
                 Ok(answer) => {
-                    metrics.backend_call(&self.name, operation, elapsed, answer.as_ref().err());
+                    // A lease that is not current is an answer, not a failure.
+                    let failure = answer
+                        .as_ref()
+                        .err()
+                        .filter(|e| !matches!(e, BackendError::NotCurrent { .. }))
+                        .map(BackendError::kind);
+                    metrics.backend_call(&self.name, operation, elapsed, failure);
                 }
                 Err(_) => metrics.backend_timeout(&self.name, operation, elapsed),
             }

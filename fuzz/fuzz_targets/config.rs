@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stormlock::config::Config;
+use stormlockd::config::Config;
 
 fuzz_target!(|text: &str| {
     if let Ok(config) = Config::parse(text, "fuzz") {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stormlock::duration::{format_duration, parse_duration};
+use stormlockd::duration::{format_duration, parse_duration};
 
 fuzz_target!(|text: &str| {
     if let Ok(duration) = parse_duration(text) {

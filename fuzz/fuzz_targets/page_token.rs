@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stormlock::validate::{self, make_page_token, page_token};
+use stormlockd::validate::{self, make_page_token, page_token};
 
 fuzz_target!(|input: (&str, &str)| {
     let (token, prefix) = input;

@@ -1,4 +1,4 @@
-//! Request validation (`stormlock::validate`), fed what a client could send:
+//! Request validation (`stormlockd::validate`), fed what a client could send:
 //! whatever it accepts obeys the documented rules, and nothing panics.
 #![no_main]
 
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use stormlock::validate;
+use stormlockd::validate;
 
 #[derive(Debug, Arbitrary)]
 struct Input<'a> {

@@ -1,7 +1,7 @@
 //! Code generated from `proto/stormlock/v1/lock.proto` by `build.rs`.
 //!
-//! These types are the wire contract. They stop at the service layer: backends
-//! and the rest of the daemon work with the types of [`crate::lease`].
+//! These types are the wire contract. They stop at the daemon's service
+//! layer: its backends and lock core work with types of their own.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 

@@ -1,10 +1,10 @@
 //! Load generation: the workloads, the driver and the report shared by
 //! `stormlock bench` (through a daemon, over gRPC) and the `bench-direct`
-//! example (straight on a backend adapter, in-process), so that both print
-//! the same table and JSON and the daemon's overhead is a plain ratio.
+//! binary (straight on the daemon's lock core, in-process), so that both
+//! print the same table and JSON and the daemon's overhead is a plain ratio.
 //!
-//! A [`Target`] is what the load is driven against; [`BackendTarget`] is the
-//! in-process one. [`run`] starts one task per client, counts operations and
+//! A [`Target`] is what the load is driven against; `direct::BackendTarget`
+//! (feature `direct`) is the in-process one. [`run`] starts one task per client, counts operations and
 //! errors and records each successful operation's latency in an HDR
 //! histogram.
 //!
@@ -20,16 +20,15 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::{Barrier, Notify};
+use tokio::sync::Barrier;
 
-use crate::backend::BackendError;
-use crate::lease::{AcquireRequest, Acquisition, LeaseId};
-use crate::routing::Router;
+#[cfg(feature = "direct")]
+pub mod direct;
 
 /// What each client does in a loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -137,17 +136,6 @@ impl OpError {
     /// An error counted under `code`.
     pub fn new(code: impl Into<String>) -> Self {
         Self { code: code.into() }
-    }
-}
-
-impl From<BackendError> for OpError {
-    fn from(err: BackendError) -> Self {
-        Self::new(match err {
-            BackendError::NotCurrent { .. } => "not_current",
-            BackendError::Unavailable { .. } => "unavailable",
-            BackendError::Internal { .. } => "internal",
-            BackendError::Config { .. } => "config",
-        })
     }
 }
 
@@ -368,7 +356,7 @@ pub async fn run(
 ) -> Report {
     let clients = options.clients.max(1);
     let plan = Arc::new(Plan {
-        run: LeaseId::generate().expose()[..8].to_string(),
+        run: format!("{:08x}", rand::random::<u32>()),
         issued: AtomicU64::new(0),
         start: Barrier::new(clients + 1),
         deadline: std::sync::OnceLock::new(),
@@ -479,98 +467,6 @@ async fn cycle(
     match target.acquire(client, resource, ttl, wait).await? {
         Some(id) => target.release(client, resource, &id).await,
         None => Err(OpError::new("held")),
-    }
-}
-
-/// Longest pause between attempts of a waiting acquire when no release in
-/// this process wakes it (the daemon's waiting service polls alike).
-const WAIT_POLL: Duration = Duration::from_millis(500);
-
-/// Drives a backend adapter in-process, through the same routing and
-/// per-call timeout as the daemon, without gRPC, TLS, validation,
-/// authorization or audit. Waiting is a retry loop woken by this process's
-/// own releases, like the daemon's.
-pub struct BackendTarget {
-    router: Arc<Router>,
-    principal: String,
-    released: Notify,
-}
-
-impl BackendTarget {
-    /// A target over the backends of `router`, acting as `principal`.
-    pub fn new(router: Arc<Router>, principal: impl Into<String>) -> Self {
-        Self {
-            router,
-            principal: principal.into(),
-            released: Notify::new(),
-        }
-    }
-}
-
-fn lease_id(id: &str) -> OpResult<LeaseId> {
-    LeaseId::parse(id).ok_or_else(|| OpError::new("invalid_lease_id"))
-}
-
-#[async_trait]
-impl Target for BackendTarget {
-    async fn acquire(
-        &self,
-        _client: usize,
-        resource: &str,
-        ttl: Duration,
-        wait: Duration,
-    ) -> OpResult<Option<String>> {
-        let backend = &self.router.route(resource).backend;
-        let request = AcquireRequest {
-            resource: resource.to_string(),
-            id: LeaseId::generate(),
-            principal: self.principal.clone(),
-            reason: String::new(),
-            ttl,
-        };
-        let until = Instant::now() + wait;
-        loop {
-            let mut released = std::pin::pin!(self.released.notified());
-            released.as_mut().enable();
-            match backend.acquire(&request).await? {
-                Acquisition::Granted(lease) => return Ok(Some(lease.id.expose().to_string())),
-                Acquisition::Held(holder) => {
-                    let now = Instant::now();
-                    if now >= until {
-                        return Ok(None);
-                    }
-                    let to_expiry = holder
-                        .expires_at
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default();
-                    let pause = (until - now)
-                        .min(WAIT_POLL)
-                        .min(to_expiry + Duration::from_millis(20));
-                    tokio::select! {
-                        _ = released => {}
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    async fn release(&self, _client: usize, resource: &str, id: &str) -> OpResult<()> {
-        let id = lease_id(id)?;
-        let backend = &self.router.route(resource).backend;
-        backend.release(resource, &id).await?;
-        self.released.notify_waiters();
-        Ok(())
-    }
-
-    async fn renew(&self, _client: usize, resource: &str, id: &str, ttl: Duration) -> OpResult<()> {
-        let id = lease_id(id)?;
-        self.router
-            .route(resource)
-            .backend
-            .renew(resource, &id, ttl)
-            .await?;
-        Ok(())
     }
 }
 

@@ -3,10 +3,9 @@
 //! validation, authorization or audit), printing the same table or JSON.
 //! Run both against the same engine and the daemon's overhead is the ratio.
 //!
-//!     cargo run --release --example bench-direct -- --config stormlockd.toml \
+//!     cargo run --release -p stormlock-bench --features direct --bin bench-direct -- \
+//!         --config stormlockd.toml \
 //!         --workload uncontended --clients 64 --duration 5s
-
-#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,10 +14,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use stormlock::bench::{self, BackendTarget, Limit, Options, Workload};
-use stormlock::config::Config;
-use stormlock::duration::parse_duration;
-use stormlock::routing::Router;
+use stormlock_bench::direct::BackendTarget;
+use stormlock_bench::{Limit, Options, Workload};
+use stormlockd::config::Config;
+use stormlockd::duration::parse_duration;
+use stormlockd::routing::Router;
 
 /// Benchmark a backend adapter in-process with stormlock's bench workloads.
 #[derive(Debug, Parser)]
@@ -91,7 +91,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -101,7 +100,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let data_dir = args
         .data_dir
         .or_else(|| config.data_dir.clone())
-        .unwrap_or_else(stormlock::paths::default_data_dir);
+        .unwrap_or_else(stormlockd::paths::default_data_dir);
     let router = Router::connect(&config, &data_dir, None)
         .await
         .context("cannot open the backend")?;
@@ -120,7 +119,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         prefix: args.prefix,
         ..Options::new(args.workload, args.clients, limit)
     };
-    let report = bench::run(target, options, "direct", kind, None).await;
+    let report = stormlock_bench::run(target, options, "direct", kind, None).await;
     match args.format {
         Format::Table => print!("{}", report.table()),
         Format::Json => println!("{}", report.json()),

@@ -1,0 +1,507 @@
+//! The lock core: what acquiring, waiting, renewing, releasing and breaking
+//! a lease mean, on top of the routed backends, and the [`LockEvent`] each
+//! outcome emits. It takes validated requests from an already identified
+//! and authorized caller; the gRPC layer ([`crate::service`]) only
+//! translates, identifies, validates and permits. `bench-direct` drives this
+//! same core in-process.
+//!
+//! Rules kept here, in one place:
+//! - contention is an answer ([`Acquisition::Held`]), not an error;
+//! - waiters are served first come, first served per resource on this
+//!   daemon, and only the head of the line tries the engine;
+//! - a grant whose caller went away, or whose outcome is unknown, is
+//!   released in the background ([`attempt`]);
+//! - an evicted lease's holder learns who broke it and why.
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::backend::{Backend, BackendError};
+use crate::error::Error;
+use crate::events::{Events, LockEvent};
+use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+use crate::routing::{Route, Router};
+use crate::waiters::Wake;
+use crate::watch::{self, Selection};
+
+/// How often a waiter re-checks a resource that changes elsewhere (another
+/// daemon, expiry between polls).
+const WAIT_POLL: Duration = Duration::from_millis(500);
+/// Kept free at the end of a caller's deadline so that a waiter still gets
+/// its "held" answer instead of DEADLINE_EXCEEDED.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
+
+/// How long an acquisition may wait for a held resource.
+#[derive(Debug, Clone, Default)]
+pub struct Wait {
+    /// Zero: try once.
+    pub up_to: Duration,
+    /// The caller's deadline, if it set one; the wait ends before it.
+    pub deadline: Option<Instant>,
+    /// The caller's handle on its place in line (see `Current`).
+    pub wait_id: Option<String>,
+}
+
+/// A resource's current state as this daemon sees it.
+#[derive(Debug, Clone)]
+pub struct Current {
+    /// The current lease, if any.
+    pub lease: Option<Lease>,
+    /// Callers waiting for it on this daemon.
+    pub waiting: usize,
+    /// The place in line of the asked-for wait id (1 = next), 0 if absent.
+    pub place: usize,
+}
+
+/// The lock core.
+pub struct Locks {
+    router: Arc<Router>,
+    events: Events,
+}
+
+impl Locks {
+    /// A core over `router`'s backends, emitting to `events`.
+    pub fn new(router: Arc<Router>, events: Events) -> Self {
+        Self { router, events }
+    }
+
+    /// Where `resource` lives, and its default and maximum TTL.
+    pub fn route(&self, resource: &str) -> &Arc<Route> {
+        self.router.route(resource)
+    }
+
+    /// The routed backends.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Where this core's events go.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Grants `request` or says who holds the resource, waiting in line
+    /// as long as `wait` allows.
+    pub async fn acquire(&self, request: AcquireRequest, wait: Wait) -> Result<Acquisition, Error> {
+        let request = Arc::new(request);
+        let backend = &self.route(&request.resource).backend;
+        if wait.up_to.is_zero() {
+            let outcome = attempt(backend, &request).await?;
+            return Ok(self.answer(&request, outcome, None));
+        }
+        let mut until = Instant::now() + wait.up_to;
+        if let Some(deadline) = wait.deadline {
+            until = until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline));
+        }
+        // First come, first served: only the head of the line tries the
+        // backend; a caller that goes away leaves the line with its ticket.
+        let ticket = self
+            .events
+            .changes()
+            .waiters()
+            .enqueue(&request.resource, wait.wait_id.as_deref());
+        // The holder seen by the previous attempt, to notice its expiry.
+        let mut last_holder: Option<Lease> = None;
+        loop {
+            let out_of_time = Instant::now() >= until;
+            let head = ticket.is_head();
+            if head || out_of_time {
+                match attempt(backend, &request).await? {
+                    granted @ Acquisition::Granted(_) => {
+                        // Leaving the line lets the next caller take its turn.
+                        drop(ticket);
+                        return Ok(self.answer(&request, granted, last_holder));
+                    }
+                    Acquisition::Held(holder) if out_of_time => {
+                        return Ok(self.answer(&request, Acquisition::Held(holder), None));
+                    }
+                    Acquisition::Held(holder) => last_holder = Some(holder),
+                }
+            }
+            // Sleep until woken (a change here or reported by the engine),
+            // the end of the wait, or, at the head, the next poll or the
+            // holder's expiry.
+            let mut pause = until.saturating_duration_since(Instant::now());
+            if head {
+                pause = pause.min(WAIT_POLL);
+                if let Some(holder) = &last_holder {
+                    let to_expiry = holder
+                        .expires_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    pause = pause.min(to_expiry + Duration::from_millis(20));
+                }
+            }
+            tokio::select! {
+                wake = ticket.woken() => {
+                    if wake == Wake::Closed {
+                        return Err(Error::ShuttingDown(
+                            "the daemon is shutting down; try again".to_string(),
+                        ));
+                    }
+                }
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Emits the event of an acquisition's outcome. `previous` is the
+    /// holder a waiter saw before, to report its expiry.
+    fn answer(
+        &self,
+        request: &AcquireRequest,
+        outcome: Acquisition,
+        previous: Option<Lease>,
+    ) -> Acquisition {
+        match &outcome {
+            Acquisition::Granted(lease) => self.events.emit(LockEvent::Acquired {
+                lease: Arc::new(lease.clone()),
+                ttl: request.ttl,
+                expired: previous.filter(|h| h.expires_at <= lease.acquired_at),
+            }),
+            Acquisition::Held(holder) => self.events.emit(LockEvent::Contended {
+                principal: request.principal.clone(),
+                reason: request.reason.clone(),
+                holder: holder.clone(),
+            }),
+        }
+        outcome
+    }
+
+    /// Sets a current lease's expiry to now + `ttl`, for `principal`.
+    pub async fn renew(
+        &self,
+        principal: &str,
+        resource: &str,
+        id: &LeaseId,
+        ttl: Duration,
+    ) -> Result<Lease, Error> {
+        match self.route(resource).backend.renew(resource, id, ttl).await {
+            Ok(lease) => {
+                self.events.emit(LockEvent::Renewed {
+                    principal: principal.to_string(),
+                    lease: Arc::new(lease.clone()),
+                    ttl,
+                });
+                Ok(lease)
+            }
+            Err(err @ BackendError::NotCurrent { .. }) => {
+                self.events.emit(LockEvent::RenewRefused {
+                    principal: principal.to_string(),
+                    resource: resource.to_string(),
+                    id: id.clone(),
+                    detail: err.to_string(),
+                });
+                Err(err.into())
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Releases a lease for `principal`; whether it was still current.
+    pub async fn release(
+        &self,
+        principal: &str,
+        resource: &str,
+        id: &LeaseId,
+    ) -> Result<bool, Error> {
+        let was_current = self.route(resource).backend.release(resource, id).await?;
+        self.events.emit(LockEvent::Released {
+            principal: principal.to_string(),
+            resource: resource.into(),
+            id: id.clone(),
+            was_current,
+        });
+        Ok(was_current)
+    }
+
+    /// Who holds `resource`, and its line on this daemon.
+    pub async fn current(&self, resource: &str, wait_id: Option<&str>) -> Result<Current, Error> {
+        let (waiting, place) = self
+            .events
+            .changes()
+            .waiters()
+            .position(resource, wait_id.unwrap_or_default());
+        let lease = self.route(resource).backend.current(resource).await?;
+        Ok(Current {
+            lease,
+            waiting,
+            place,
+        })
+    }
+
+    /// Whether `id` is the current lease of `resource`. An evicted lease is
+    /// an error that says who broke it and why, so its holder learns it.
+    pub async fn is_held(&self, resource: &str, id: &LeaseId) -> Result<bool, Error> {
+        match self.route(resource).backend.status(resource, id).await? {
+            LeaseStatus::Current(_) => Ok(true),
+            LeaseStatus::NotCurrent { evicted: None } => Ok(false),
+            LeaseStatus::NotCurrent { evicted } => Err(BackendError::NotCurrent { evicted }.into()),
+        }
+    }
+
+    /// Up to `limit` held leases under `prefix` after resource `after`, in
+    /// name order, across backends; and whether more follow.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Lease>, bool), Error> {
+        Ok(self.router.list(prefix, after, limit).await?)
+    }
+
+    /// Breaks the current lease of `resource`, if any, for administrator
+    /// `actor`; the broken lease.
+    pub async fn force_release(
+        &self,
+        actor: &str,
+        resource: &str,
+        reason: &str,
+    ) -> Result<Option<Lease>, Error> {
+        let broken = self
+            .route(resource)
+            .backend
+            .force_release(resource, actor, reason)
+            .await?;
+        if let Some(lease) = &broken {
+            self.events.emit(LockEvent::ForceReleased {
+                lease: Arc::new(lease.clone()),
+                actor: actor.into(),
+                reason: reason.into(),
+            });
+        }
+        Ok(broken)
+    }
+
+    /// Starts a watch of `selection` (see [`crate::watch`]).
+    pub fn watch(&self, selection: Selection) -> mpsc::Receiver<Result<watch::WatchEvent, Error>> {
+        watch::start(
+            self.router.clone(),
+            self.events.changes().clone(),
+            selection,
+        )
+    }
+}
+
+/// One acquisition attempt whose outcome is never lost. Polled once in
+/// place, an engine that answers at once is done; otherwise the attempt
+/// goes on in its own task, so a caller that goes away mid-call (a
+/// cancelled RPC drops the handler) cannot leave behind a lease nobody
+/// knows the id of: the task releases it. When the outcome is unknown (the
+/// engine did not answer in time, but may still apply the grant), the id is
+/// released in the background too; ids are never reused, so this touches
+/// nothing else.
+async fn attempt(
+    backend: &Arc<dyn Backend>,
+    request: &Arc<AcquireRequest>,
+) -> Result<Acquisition, BackendError> {
+    let (backend, request) = (backend.clone(), request.clone());
+    let mut acquisition = Box::pin({
+        let (backend, request) = (backend.clone(), request.clone());
+        async move { backend.acquire(&request).await }
+    });
+    // An engine that answers at once (memory) needs no task of its own.
+    if let Poll::Ready(outcome) = futures::poll!(acquisition.as_mut()) {
+        if outcome_unknown(&outcome) {
+            tokio::spawn(release_orphan(backend, request, false));
+        }
+        return outcome;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let outcome = acquisition.await;
+        let unknown = outcome_unknown(&outcome);
+        let orphan = match tx.send(outcome) {
+            Err(Ok(Acquisition::Granted(_))) => Some(true),
+            _ if unknown => Some(false),
+            _ => None,
+        };
+        if let Some(granted) = orphan {
+            release_orphan(backend, request, granted).await;
+        }
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(BackendError::Internal {
+            backend: String::new(),
+            message: "the acquisition task ended without an answer".to_string(),
+        })
+    })
+}
+
+/// Whether the engine may have applied an acquisition it did not confirm.
+fn outcome_unknown(outcome: &Result<Acquisition, BackendError>) -> bool {
+    matches!(outcome, Err(BackendError::Unavailable { .. }))
+}
+
+/// Releases the lease `request` may have created. `granted`: it was
+/// granted for sure (the caller left); else the grant may still land, so
+/// look again a few times before giving up.
+async fn release_orphan(backend: Arc<dyn Backend>, request: Arc<AcquireRequest>, granted: bool) {
+    let mut after = Duration::ZERO;
+    for pause in [0, 1, 5, 30].map(Duration::from_secs) {
+        after += pause;
+        if after > request.ttl {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        match backend.release(&request.resource, &request.id).await {
+            Ok(true) => {
+                tracing::info!(
+                    resource = request.resource.as_str(),
+                    lease = %request.id,
+                    "released a lease whose caller went away before it was granted"
+                );
+                return;
+            }
+            Ok(false) if granted => return,
+            Ok(false) | Err(_) => {}
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A memory backend whose grants take a while, as over a slow network
+    /// (or which fails them at once, when `unavailable`), and which counts
+    /// grants and releases.
+    #[derive(Default)]
+    struct Slow {
+        inner: MemoryBackend,
+        unavailable: bool,
+        grants: AtomicUsize,
+        releases: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for Slow {
+        async fn acquire(&self, req: &AcquireRequest) -> crate::backend::Result<Acquisition> {
+            if self.unavailable {
+                return Err(BackendError::unavailable("slow", "connection refused"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let outcome = self.inner.acquire(req).await;
+            if matches!(outcome, Ok(Acquisition::Granted(_))) {
+                self.grants.fetch_add(1, Ordering::SeqCst);
+            }
+            outcome
+        }
+        async fn release(&self, resource: &str, id: &LeaseId) -> crate::backend::Result<bool> {
+            self.releases.fetch_add(1, Ordering::SeqCst);
+            self.inner.release(resource, id).await
+        }
+        async fn renew(
+            &self,
+            resource: &str,
+            id: &LeaseId,
+            ttl: Duration,
+        ) -> crate::backend::Result<Lease> {
+            self.inner.renew(resource, id, ttl).await
+        }
+        async fn current(&self, resource: &str) -> crate::backend::Result<Option<Lease>> {
+            self.inner.current(resource).await
+        }
+        async fn status(
+            &self,
+            resource: &str,
+            id: &LeaseId,
+        ) -> crate::backend::Result<LeaseStatus> {
+            self.inner.status(resource, id).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> crate::backend::Result<Vec<Lease>> {
+            self.inner.list(prefix, after, limit).await
+        }
+        async fn force_release(
+            &self,
+            resource: &str,
+            actor: &str,
+            reason: &str,
+        ) -> crate::backend::Result<Option<Lease>> {
+            self.inner.force_release(resource, actor, reason).await
+        }
+        async fn health(&self) -> crate::backend::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn request(resource: &str) -> Arc<AcquireRequest> {
+        Arc::new(AcquireRequest {
+            resource: resource.to_string(),
+            id: LeaseId::generate(),
+            principal: "p".to_string(),
+            reason: String::new(),
+            ttl: Duration::from_secs(60),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_grant_whose_caller_left_is_released() {
+        let slow = Arc::new(Slow::default());
+        let backend: Arc<dyn Backend> = slow.clone();
+        // The caller goes away while the engine is granting.
+        let gone =
+            tokio::time::timeout(Duration::from_millis(50), attempt(&backend, &request("r"))).await;
+        assert!(gone.is_err(), "the attempt should still be running");
+        // The grant lands, finds nobody to answer and is released.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while slow.grants.load(Ordering::SeqCst) == 0
+            || backend.current("r").await.ok().flatten().is_some()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the orphaned lease was not released (grants: {})",
+                slow.grants.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A caller that stays gets its lease as usual.
+        let kept = attempt(&backend, &request("r")).await;
+        assert!(matches!(kept, Ok(Acquisition::Granted(_))), "{kept:?}");
+        assert!(backend.current("r").await.ok().flatten().is_some());
+        assert_eq!(slow.grants.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_immediate_answer_needs_no_task_and_an_unknown_one_is_released() {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let granted = attempt(&backend, &request("r")).await;
+        assert!(
+            matches!(granted, Ok(Acquisition::Granted(_))),
+            "{granted:?}"
+        );
+        let held = attempt(&backend, &request("r")).await;
+        assert!(matches!(held, Ok(Acquisition::Held(_))), "{held:?}");
+
+        // An engine that fails at once may still have applied the grant:
+        // the id is released in the background all the same.
+        let failing = Arc::new(Slow {
+            unavailable: true,
+            ..Slow::default()
+        });
+        let backend: Arc<dyn Backend> = failing.clone();
+        let outcome = attempt(&backend, &request("r")).await;
+        assert!(
+            matches!(outcome, Err(BackendError::Unavailable { .. })),
+            "{outcome:?}"
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while failing.releases.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the unknown outcome was never released"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
