@@ -191,7 +191,7 @@ mod tests {
         ));
         let message = parse_duration("4 weeks")
             .map(|_| ())
-            .unwrap_err()
+            .expect_err("weeks are not a unit")
             .to_string();
         assert!(message.contains("weeks"), "{message}");
     }

@@ -6,16 +6,21 @@ use std::path::{Path, PathBuf};
 /// Default gRPC port: 7466 (7233, the example in early designs, is Temporal's).
 pub const DEFAULT_PORT: u16 = 7466;
 
-/// The data directory: `$STORMLOCK_DATA_DIR`, else `$XDG_STATE_HOME/stormlock`,
-/// else `~/.local/state/stormlock`, else `./stormlock-state`.
+/// The daemon's state directory when nothing names one:
+/// `$XDG_STATE_HOME/stormlock`, else `~/.local/state/stormlock`, else
+/// `./stormlock-state`. The daemon's `--data-dir` (`STORMLOCKD_DATA_DIR`)
+/// and the CLI's `STORMLOCK_DATA_DIR` (where to find a daemon's development
+/// certificates) override it, each in its own program.
 pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = non_empty_env("STORMLOCK_DATA_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(state) = non_empty_env("XDG_STATE_HOME") {
+    default_data_dir_with(non_empty_env)
+}
+
+/// [`default_data_dir`] with environment variables read through `var`.
+pub fn default_data_dir_with(var: impl Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(state) = var("XDG_STATE_HOME") {
         return Path::new(&state).join("stormlock");
     }
-    match non_empty_env("HOME") {
+    match var("HOME") {
         Some(home) => Path::new(&home).join(".local/state/stormlock"),
         None => PathBuf::from("stormlock-state"),
     }
@@ -69,17 +74,69 @@ impl DevTls {
 
 /// The local operator's default principal, `user@host` as in Python
 /// stormlock: the CLI's default, and the identity of the development client
-/// certificate.
+/// certificate, so the two always agree. The user is the first of
+/// `$LOGNAME`, `$USER`, `$LNAME`, `$USERNAME` (Python's `getpass.getuser`
+/// order), else the account's name.
 pub fn local_principal() -> String {
-    let user = non_empty_env("USER")
-        .or_else(|| non_empty_env("LOGNAME"))
+    local_principal_with(non_empty_env)
+}
+
+/// [`local_principal`] with environment variables read through `var`.
+pub fn local_principal_with(var: impl Fn(&str) -> Option<String>) -> String {
+    let user = ["LOGNAME", "USER", "LNAME", "USERNAME"]
+        .iter()
+        .find_map(|name| var(name))
+        .or_else(|| whoami::username().ok())
         .unwrap_or_else(|| "operator".to_string());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+    let host = whoami::hostname()
         .ok()
-        .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
-        .or_else(|| non_empty_env("HOSTNAME"))
         .unwrap_or_else(|| "localhost".to_string());
     format!("{user}@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_dir_follows_xdg_then_home() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            default_data_dir_with(env(&[("XDG_STATE_HOME", "/x"), ("HOME", "/h")])),
+            PathBuf::from("/x/stormlock")
+        );
+        assert_eq!(
+            default_data_dir_with(env(&[("HOME", "/h")])),
+            PathBuf::from("/h/.local/state/stormlock")
+        );
+        assert_eq!(
+            default_data_dir_with(env(&[])),
+            PathBuf::from("stormlock-state")
+        );
+        // A variable meant for the CLI never moves the daemon's state.
+        assert_eq!(
+            default_data_dir_with(env(&[("STORMLOCK_DATA_DIR", "/elsewhere"), ("HOME", "/h")])),
+            PathBuf::from("/h/.local/state/stormlock")
+        );
+    }
+
+    #[test]
+    fn the_principal_takes_the_first_user_variable() {
+        let principal = local_principal_with(|name| match name {
+            "USER" => Some("bob".to_string()),
+            "USERNAME" => Some("carol".to_string()),
+            _ => None,
+        });
+        assert!(principal.starts_with("bob@"), "{principal}");
+        let principal = local_principal_with(|name| (name == "LOGNAME").then(|| "al".to_string()));
+        assert!(principal.starts_with("al@"), "{principal}");
+    }
 }

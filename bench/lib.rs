@@ -2,11 +2,15 @@
 //! `stormlock bench` (through a daemon, over gRPC) and the `bench-direct`
 //! binary (straight on the daemon's lock core, in-process), so that both
 //! print the same table and JSON and the daemon's overhead is a plain ratio.
+//! The package's other binary, `bench-baseline`, is the opposite reference:
+//! a bare tonic server on the daemon's transport (mutual TLS, HTTP/2) that
+//! answers every LockService call with a constant, so `stormlock bench`
+//! against it measures the gRPC stack alone.
 //!
 //! A [`Target`] is what the load is driven against; `direct::BackendTarget`
-//! (feature `direct`) is the in-process one. [`run`] starts one task per client, counts operations and
-//! errors and records each successful operation's latency in an HDR
-//! histogram.
+//! (feature `direct`) is the in-process one. [`run`] starts one task per
+//! client, counts operations and errors and records each successful
+//! operation's latency in an HDR histogram.
 //!
 //! Workloads (one *operation* each):
 //!

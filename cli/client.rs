@@ -158,7 +158,7 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon described by `settings`.
     pub async fn connect(settings: &Settings) -> CliResult<Self> {
-        let dev = DevTls::in_data_dir(&stormlock_api::paths::default_data_dir());
+        let dev = DevTls::in_data_dir(&settings.daemon_data_dir);
         let plan = plan_tls(&settings.addr, &settings.tls, &dev)?;
         let connect_timeout = CONNECT_TIMEOUT.min(settings.timeout);
         let mut endpoint = Endpoint::from_shared(settings.addr.uri())
@@ -415,7 +415,10 @@ pub fn server_error(status: &Status) -> CliError {
     } else {
         format!("{what}: {message}")
     };
-    CliError::new(exit_for_code(status.code()), anyhow::anyhow!(text))
+    CliError {
+        evicted: stormlock_api::details::eviction(status),
+        ..CliError::new(exit_for_code(status.code()), anyhow::anyhow!(text))
+    }
 }
 
 fn chain<'a>(

@@ -126,6 +126,9 @@ pub struct Settings {
     pub ttl: Option<Duration>,
     /// Per-call timeout.
     pub timeout: Duration,
+    /// Where a daemon on this host keeps its development certificates:
+    /// `$STORMLOCK_DATA_DIR`, else the daemon's default state directory.
+    pub daemon_data_dir: PathBuf,
 }
 
 /// The config file paths searched when neither `-c` nor `$STORMLOCK_CONFIG` is given.
@@ -282,6 +285,10 @@ pub fn resolve(
         token,
         ttl: file.and_then(|f| f.ttl),
         timeout,
+        daemon_data_dir: env
+            .var("STORMLOCK_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| stormlock_api::paths::default_data_dir_with(|name| env.var(name))),
     })
 }
 
@@ -297,16 +304,9 @@ fn file_path(path: &Path, config: &Path, env: &dyn Env) -> PathBuf {
     }
 }
 
-/// `user@host`, as Python stormlock: the user from `$LOGNAME`, `$USER`,
-/// `$LNAME` or `$USERNAME` (like Python's `getpass.getuser`), else the account.
+/// `user@host`, computed as the daemon names its development client.
 fn default_principal(env: &dyn Env) -> String {
-    let user = ["LOGNAME", "USER", "LNAME", "USERNAME"]
-        .iter()
-        .find_map(|name| env.var(name))
-        .or_else(|| whoami::username().ok())
-        .unwrap_or_else(|| "unknown".to_string());
-    let host = whoami::hostname().unwrap_or_else(|_| "localhost".to_string());
-    format!("{user}@{host}")
+    stormlock_api::paths::local_principal_with(|name| env.var(name))
 }
 
 #[cfg(test)]

@@ -104,6 +104,9 @@ pub struct CliError {
     pub exit: Exit,
     /// The message and its causes, printed once as `stormlock: a: b: c`.
     pub error: anyhow::Error,
+    /// Who broke the lease and why, when the daemon said so (a typed
+    /// detail of its FAILED_PRECONDITION answer).
+    pub evicted: Option<stormlock_api::pb::LeaseEvicted>,
 }
 
 impl CliError {
@@ -112,6 +115,7 @@ impl CliError {
         Self {
             exit,
             error: error.into(),
+            evicted: None,
         }
     }
 
@@ -125,7 +129,18 @@ impl CliError {
         Self {
             exit: self.exit,
             error: self.error.context(context),
+            evicted: self.evicted,
         }
+    }
+}
+
+impl CliError {
+    /// `force-released by ACTOR (REASON)`, when the lease was broken by an
+    /// administrator.
+    pub fn eviction(&self) -> Option<String> {
+        self.evicted
+            .as_ref()
+            .map(|e| format!("force-released by {} ({})", e.actor, e.reason))
     }
 }
 

@@ -1,5 +1,6 @@
-//! The daemon's configuration: a TOML file, with flags and `STORMLOCK_*`
-//! environment variables layered on top by the binary.
+//! The daemon's configuration: a TOML file, with flags and `STORMLOCKD_*`
+//! environment variables layered on top ([`Overrides`], [`Config::layered`]:
+//! the one place where they meet, for serving and for `check-config`).
 //!
 //! Any string in the file may reference environment variables as `${NAME}`
 //! (`$${` for a literal `${`), so credentials can come from the environment
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::BackendConfig;
+use crate::glob::{PatternSet, ResourcePattern};
 use crate::tls::IdentitySource;
 
 /// Why a configuration was refused.
@@ -92,6 +94,30 @@ pub struct Config {
     pub resources: Vec<ResourceRule>,
 }
 
+/// Settings given outside the file, by flag or `STORMLOCKD_*` variable
+/// (clap reads both); each one set wins over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--insecure` (can only switch plain text on).
+    pub insecure: bool,
+    /// `--health-listen`.
+    pub health_listen: Option<SocketAddr>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `--shutdown-grace`.
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// The default gRPC address: loopback, the API's port.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    crate::paths::DEFAULT_PORT,
+);
+
 /// `[tls]`: the server's certificate and, for mutual TLS, the client CA.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +195,33 @@ pub enum Action {
     ForceRelease,
 }
 
+impl std::str::FromStr for Action {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        ALL_ACTIONS
+            .into_iter()
+            .find(|a| a.as_str() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown action {name:?}: use acquire, release, renew, read, list, watch, \
+                     force-release or *"
+                )
+            })
+    }
+}
+
+/// Every action, in the order of the docs.
+const ALL_ACTIONS: [Action; 7] = [
+    Action::Acquire,
+    Action::Release,
+    Action::Renew,
+    Action::Read,
+    Action::List,
+    Action::Watch,
+    Action::ForceRelease,
+];
+
 impl Action {
     /// The action's name as written in rules and messages.
     pub fn as_str(self) -> &'static str {
@@ -188,15 +241,53 @@ impl Action {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AclRule {
-    /// Principal globs (`*` matches anything, e.g. `team-a-*`).
-    pub principals: Vec<String>,
-    /// Resource globs, as in `[[resources]]` (`*` one level, `**` any).
-    pub resources: Vec<String>,
+    /// Principal patterns (`*` matches anything, e.g. `team-a-*`).
+    #[serde(deserialize_with = "crate::glob::deserialize_principals")]
+    pub principals: PatternSet,
+    /// Resource patterns, as in `[[resources]]` (`*` one level, `**` any).
+    #[serde(deserialize_with = "crate::glob::deserialize_resources")]
+    pub resources: PatternSet,
     /// Actions the rule covers; `["*"]` for all.
-    pub actions: Vec<String>,
+    pub actions: Actions,
     /// What happens when the rule matches. Default `allow`.
     #[serde(default)]
     pub effect: Effect,
+}
+
+/// The actions an access rule covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actions {
+    /// `["*"]`: every action.
+    All,
+    /// The actions named.
+    Only(Vec<Action>),
+}
+
+impl Actions {
+    /// Whether `action` is covered.
+    pub fn contains(&self, action: Action) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(actions) => actions.contains(&action),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Actions {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(deserializer)?;
+        if names.is_empty() {
+            return Err(serde::de::Error::custom("needs at least one action"));
+        }
+        if names.iter().any(|n| n == "*") {
+            return Ok(Self::All);
+        }
+        names
+            .iter()
+            .map(|n| n.parse().map_err(serde::de::Error::custom))
+            .collect::<Result<_, _>>()
+            .map(Self::Only)
+    }
 }
 
 /// `[audit]`: where audit events go.
@@ -276,7 +367,7 @@ pub struct ResourceRule {
     /// Glob over resource names: `*` stays within one `/` level, `**`
     /// crosses levels (`prod/*` matches `prod/db` but not `prod/db/main`).
     #[serde(rename = "match")]
-    pub pattern: String,
+    pub pattern: ResourcePattern,
     /// Backend for matching resources. Default: `[defaults] backend`.
     pub backend: Option<String>,
     /// Default TTL for matching resources.
@@ -313,6 +404,46 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration a daemon runs with: `file` (or the empty default)
+    /// parsed and validated, `overrides` on top, the data directory and
+    /// listen address resolved and the implicit backend added.
+    pub fn layered(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let config = match file {
+            Some(path) => Self::load(path)?,
+            None => Self::default(),
+        };
+        Ok(config.layer(overrides))
+    }
+
+    /// `overrides` on top of this (validated) configuration, with the data
+    /// directory and listen address resolved and the implicit backend added.
+    pub fn layer(mut self, overrides: &Overrides) -> Self {
+        let o = overrides.clone();
+        self.listen = Some(o.listen.or(self.listen).unwrap_or(DEFAULT_LISTEN));
+        self.data_dir = Some(
+            o.data_dir
+                .or(self.data_dir)
+                .unwrap_or_else(crate::paths::default_data_dir),
+        );
+        self.insecure |= o.insecure;
+        self.health_listen = o.health_listen.or(self.health_listen);
+        self.metrics_listen = o.metrics_listen.or(self.metrics_listen);
+        self.shutdown_grace = o.shutdown_grace.or(self.shutdown_grace);
+        self.with_implicit_backend()
+    }
+
+    /// The state directory (see [`Config::layer`]).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(crate::paths::default_data_dir)
+    }
+
+    /// The gRPC address.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or(DEFAULT_LISTEN)
+    }
+
     /// Adds the implicit `main` embedded backend when none is configured.
     pub fn with_implicit_backend(mut self) -> Self {
         if self.backends.is_empty() {
@@ -338,7 +469,10 @@ impl Config {
                 format!("no backend named {:?} in [backends]", d.backend),
             ));
         }
-        for name in self.backends.keys() {
+        for (name, backend) in &self.backends {
+            backend
+                .validate()
+                .map_err(|e| invalid(format!("backends.{name}"), e))?;
             if name.is_empty()
                 || !name
                     .chars()
@@ -352,8 +486,6 @@ impl Config {
         }
         for (i, rule) in self.resources.iter().enumerate() {
             let key = format!("resources[{i}]");
-            crate::routing::compile_pattern(&rule.pattern)
-                .map_err(|e| invalid(format!("{key}.match"), e))?;
             if let Some(backend) = &rule.backend
                 && !known(backend)
             {
@@ -385,10 +517,6 @@ impl Config {
                     "must be a non-empty name without control characters",
                 ));
             }
-        }
-        for (i, rule) in self.auth.rules.iter().enumerate() {
-            crate::auth::Acl::compile_rule(rule)
-                .map_err(|(field, e)| invalid(format!("auth.rules[{i}].{field}"), e))?;
         }
         if let Some(tls) = &self.tls {
             for (key, path) in [
@@ -569,7 +697,7 @@ mod tests {
         let err = parse("[defaults]\nttl = \"2d\"\nmax_ttl = \"1d\"\n").expect_err("ttl > max");
         assert!(err.contains("defaults.max_ttl"), "{err}");
         let err = parse("[[resources]]\nmatch = \"a/[\"\n").expect_err("bad glob");
-        assert!(err.contains("resources[0].match"), "{err}");
+        assert!(err.contains("line 2") && err.contains("match"), "{err}");
         let err = parse(
             "[[resources]]\nmatch = \"a/*\"\nbackend = \"x\"\n[backends.main]\ntype = \"memory\"\n",
         )
@@ -577,6 +705,31 @@ mod tests {
         assert!(err.contains("resources[0].backend"), "{err}");
         let err = parse("[defaults]\nttl = \"0s\"\n").expect_err("zero ttl");
         assert!(err.contains("defaults.ttl"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let file =
+            parse("listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/s\"\nshutdown_grace = \"3s\"\n")
+                .expect("valid");
+        let config = file.clone().layer(&Overrides::default());
+        assert_eq!(config.listen(), "127.0.0.1:9000".parse().expect("addr"));
+        assert_eq!(config.data_dir(), PathBuf::from("/srv/s"));
+        assert_eq!(config.shutdown_grace, Some(Duration::from_secs(3)));
+        assert!(config.backends.contains_key("main"), "implicit backend");
+        let config = file.layer(&Overrides {
+            listen: Some("127.0.0.1:9001".parse().expect("addr")),
+            data_dir: Some(PathBuf::from("/tmp/d")),
+            insecure: true,
+            ..Overrides::default()
+        });
+        assert_eq!(config.listen(), "127.0.0.1:9001".parse().expect("addr"));
+        assert_eq!(config.data_dir(), PathBuf::from("/tmp/d"));
+        assert!(config.insecure);
+        assert_eq!(config.shutdown_grace, Some(Duration::from_secs(3)));
+        let config = Config::default().layer(&Overrides::default());
+        assert_eq!(config.listen(), DEFAULT_LISTEN);
+        assert_eq!(config.data_dir(), crate::paths::default_data_dir());
     }
 
     #[test]

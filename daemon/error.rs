@@ -49,6 +49,18 @@ impl From<Error> for Status {
             }
             Error::Backend(BackendError::Internal { .. }) => Code::Internal,
         };
-        Status::new(code, err.to_string())
+        let message = err.to_string();
+        // Who broke a lease travels as a typed detail too.
+        if let Error::Backend(BackendError::NotCurrent {
+            evicted: Some(eviction),
+        }) = &err
+        {
+            let detail = crate::pb::LeaseEvicted {
+                actor: eviction.actor.clone(),
+                reason: eviction.reason.clone(),
+            };
+            return stormlock_api::details::with_eviction(code, message, &detail);
+        }
+        Status::new(code, message)
     }
 }

@@ -15,6 +15,8 @@
 //! - [`locks`]: the lock core: acquire with waiting, renew, release, break,
 //!   orphan clean-up; emits one [`events::LockEvent`] per outcome.
 //! - [`events`]: the typed events and their one fan-out.
+//! - [`glob`]: resource and principal patterns, compiled at parse time for
+//!   routing and access rules.
 //! - [`backend`]: the `Backend` trait and one module per engine.
 //! - [`config`]: the daemon's TOML configuration.
 //! - [`error`]: request errors and their one mapping to gRPC status codes.
@@ -40,6 +42,7 @@ pub mod changes;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod glob;
 pub mod lease;
 pub mod locks;
 pub mod metrics;

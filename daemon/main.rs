@@ -9,8 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use stormlockd::config::Config;
-use stormlockd::paths::{DEFAULT_PORT, default_data_dir};
+use stormlockd::config::{Config, Overrides};
 use stormlockd::routing::Router;
 use stormlockd::server::{self, Settings};
 
@@ -26,29 +25,30 @@ struct Args {
     #[arg(
         short,
         long,
-        env = "STORMLOCK_CONFIG",
+        env = "STORMLOCKD_CONFIG",
         value_name = "FILE",
         global = true
     )]
     config: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:7466, or `listen` from the config].
-    #[arg(long, env = "STORMLOCK_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "STORMLOCKD_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// State directory [default: $XDG_STATE_HOME/stormlock or ~/.local/state/stormlock].
-    #[arg(long, env = "STORMLOCK_DATA_DIR", value_name = "DIR")]
+    /// State directory [default: `data_dir` from the config, else
+    /// $XDG_STATE_HOME/stormlock or ~/.local/state/stormlock].
+    #[arg(long, env = "STORMLOCKD_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Serve plain text (no TLS). Anyone who can reach the port can take and break locks.
-    #[arg(long, env = "STORMLOCK_INSECURE")]
+    #[arg(long, env = "STORMLOCKD_INSECURE")]
     insecure: bool,
     /// Plaintext gRPC health-check listener (for Kubernetes probes).
-    #[arg(long, env = "STORMLOCK_HEALTH_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "STORMLOCKD_HEALTH_LISTEN", value_name = "ADDR")]
     health_listen: Option<SocketAddr>,
     /// Prometheus metrics listener (plain HTTP, `GET /metrics`) [default: off,
     /// or `metrics_listen` from the config].
-    #[arg(long, env = "STORMLOCK_METRICS_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "STORMLOCKD_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// How long in-flight calls may take to finish after SIGTERM [default: 10s].
-    #[arg(long, env = "STORMLOCK_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_grace)]
+    #[arg(long, env = "STORMLOCKD_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_grace)]
     shutdown_grace: Option<std::time::Duration>,
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`: the daemon's,
     /// libraries stay at info at most) or a full filter such as
@@ -56,15 +56,55 @@ struct Args {
     #[arg(
         long,
         visible_alias = "log-level",
-        env = "STORMLOCK_LOG",
+        env = "STORMLOCKD_LOG",
         value_name = "FILTER"
     )]
     log: Option<String>,
     /// Log format.
-    #[arg(long, env = "STORMLOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "STORMLOCKD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+impl Args {
+    /// The settings given by flag or `STORMLOCKD_*` variable.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            insecure: self.insecure,
+            health_listen: self.health_listen,
+            metrics_listen: self.metrics_listen,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// The daemon's environment variables before they became `STORMLOCKD_*`:
+/// the CLI's own variables kept these names, so a variable exported for the
+/// CLI must not reconfigure a daemon started from the same shell.
+const RENAMED_VARIABLES: [(&str, &str); 9] = [
+    ("STORMLOCK_CONFIG", "STORMLOCKD_CONFIG"),
+    ("STORMLOCK_LISTEN", "STORMLOCKD_LISTEN"),
+    ("STORMLOCK_DATA_DIR", "STORMLOCKD_DATA_DIR"),
+    ("STORMLOCK_INSECURE", "STORMLOCKD_INSECURE"),
+    ("STORMLOCK_HEALTH_LISTEN", "STORMLOCKD_HEALTH_LISTEN"),
+    ("STORMLOCK_METRICS_LISTEN", "STORMLOCKD_METRICS_LISTEN"),
+    ("STORMLOCK_SHUTDOWN_GRACE", "STORMLOCKD_SHUTDOWN_GRACE"),
+    ("STORMLOCK_LOG", "STORMLOCKD_LOG"),
+    ("STORMLOCK_LOG_FORMAT", "STORMLOCKD_LOG_FORMAT"),
+];
+
+/// Says once, at start, which old variable names are set and ignored.
+fn note_renamed_variables() {
+    for (old, new) in RENAMED_VARIABLES {
+        if std::env::var_os(old).is_some() {
+            tracing::info!(
+                "ignoring {old}: it configures the stormlock CLI; the daemon reads {new} instead"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -109,6 +149,7 @@ fn main() -> ExitCode {
         eprintln!("stormlockd: {e:#}");
         return ExitCode::from(64);
     }
+    note_renamed_variables();
     stormlockd::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -160,7 +201,9 @@ fn expand_level(directives: &str) -> String {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
-        Some(Command::CheckConfig { file }) => return check_config(file).await,
+        Some(Command::CheckConfig { file }) => {
+            return check_config(file, &args.overrides()).await;
+        }
         Some(Command::NewToken { principal }) => {
             let mut bytes = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
@@ -184,30 +227,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or_else(|| config.data_dir.clone())
-        .unwrap_or_else(default_data_dir);
-    let listen = args
-        .listen
-        .or(config.listen)
-        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
-    let insecure = args.insecure || config.insecure;
-    let mut settings = Settings::resolve(config, data_dir, listen, insecure)?;
-    if args.health_listen.is_some() {
-        settings.config.health_listen = args.health_listen;
-    }
-    if args.metrics_listen.is_some() {
-        settings.config.metrics_listen = args.metrics_listen;
-    }
-    if args.shutdown_grace.is_some() {
-        settings.config.shutdown_grace = args.shutdown_grace;
-    }
+    let config = Config::layered(args.config.as_deref(), &args.overrides())?;
+    let listen = config.listen();
+    let settings = Settings::resolve(config, listen)?;
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;
     Ok(())
@@ -238,9 +260,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(file)?.with_implicit_backend();
-    let data_dir = config.data_dir.clone().unwrap_or_else(default_data_dir);
+/// Validates `file` as `run` would read it (with the same flags and
+/// variables on top), then connects to every backend it names.
+async fn check_config(file: &std::path::Path, overrides: &Overrides) -> anyhow::Result<()> {
+    let config = Config::layered(Some(file), overrides)?;
+    let data_dir = config.data_dir();
     if let Some(tls) = &config.tls {
         stormlockd::tls::check_files(&stormlockd::tls::TlsFiles {
             cert: data_dir.join(&tls.cert),

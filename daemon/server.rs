@@ -91,16 +91,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Resolves transport security for serving on `listen`: configured TLS;
-    /// else plain text if `insecure`; else, on loopback only, the
-    /// development PKI in the data directory (created on first start).
-    pub fn resolve(
-        config: Config,
-        data_dir: PathBuf,
-        listen: SocketAddr,
-        insecure: bool,
-    ) -> Result<Self, ServerError> {
-        let config = config.with_implicit_backend();
+    /// Resolves transport security for serving `config` (layered: see
+    /// [`Config::layered`]) on `listen`: configured TLS; else plain text if
+    /// `insecure` is set; else, on loopback only, the development PKI in the
+    /// data directory (created on first start).
+    pub fn resolve(config: Config, listen: SocketAddr) -> Result<Self, ServerError> {
+        let data_dir = config.data_dir();
+        let insecure = config.insecure;
         let mutual_tls_configured = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         // The development PKI always uses mutual TLS.
         let require_credentials = mutual_tls_configured
@@ -150,175 +147,49 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 }
 
 /// Serves the daemon on `listener` until `shutdown` completes, then stops
-/// accepting, lets in-flight calls finish and returns.
+/// accepting, lets in-flight calls finish and returns. Each step is a
+/// function below, in the order they run.
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
-    let audit = Audit::open(&settings.config.audit).map_err(|e| {
-        let path = settings
-            .config
-            .audit
-            .path
-            .as_deref()
-            .unwrap_or(Path::new("-"));
-        ServerError::Refused(format!("cannot open the audit log {}: {e}", path.display()))
-    })?;
-    let audit = Arc::new(audit);
-    let router =
-        Arc::new(Router::connect(&settings.config, &settings.data_dir, Some(&metrics)).await?);
-    for name in router.backends().keys() {
-        metrics.set_backend_up(name, true);
-    }
-    // The hub of changes (waiters, watches), fed by the lock core's events
-    // and by the engines' notifications below.
-    let changes = Arc::new(Changes::default());
-    let events = Events::new(audit.clone(), Some(metrics.clone()), changes.clone());
-    let locks = Arc::new(Locks::new(router.clone(), events));
+    let audit = open_audit(&settings.config)?;
+    let core = start_core(&settings, &metrics, audit.clone()).await?;
+    let stop = Stop::new();
+    let health = start_health(&core, &metrics, settings.health_interval, &stop).await;
+    let metrics_server = start_metrics_listener(&settings.config, &metrics, &core, &stop).await?;
+    let health_server = start_health_listener(&settings.config, &health, &stop).await?;
+    let grpc = configure_transport(&settings, &listener)?;
     let service = LockService::new(
-        locks,
+        core.locks.clone(),
         settings.auth.clone(),
         settings.config.defaults.max_wait,
     );
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-
-    // The engines' change notifications wake waiters and watches at once.
-    let followers: Vec<_> = router
-        .backends()
-        .iter()
-        .map(|(name, backend)| {
-            tokio::spawn(crate::changes::follow(
-                name.clone(),
-                backend.clone(),
-                changes.clone(),
-            ))
-        })
-        .collect();
-
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
-    set_health(&reporter, ServingStatus::Serving).await;
-    let health_task = tokio::spawn(watch_backends(
-        router.clone(),
-        reporter.clone(),
-        metrics.clone(),
-        settings.health_interval,
-        stopped(stop_rx.clone()),
-    ));
-
-    let metrics_server = match settings.config.metrics_listen {
-        Some(addr) => {
-            let listener = bind(addr).await?;
-            info!(addr = %local_addr(&listener), "serving Prometheus metrics at /metrics");
-            let changes = changes.clone();
-            let before_scrape =
-                Arc::new(move |m: &Metrics| m.set_waiters(changes.waiters().waiting()));
-            Some(tokio::spawn(crate::metrics::serve(
-                listener,
-                metrics.clone(),
-                before_scrape,
-                stopped(stop_rx.clone()),
-            )))
-        }
-        None => None,
-    };
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?;
-
-    let mut builder = Server::builder();
-    match &settings.transport {
-        Transport::Tls(files) => {
-            // With bearer tokens configured, a client certificate becomes
-            // optional at the handshake; requests without either are then
-            // refused per call.
-            let optional = !settings.auth.tokens.is_empty();
-            builder =
-                builder.tls_config(tls::server_config(files)?.client_auth_optional(optional))?;
-            let mode = if files.client_ca.is_some() {
-                "mutual TLS"
-            } else {
-                "TLS"
-            };
-            info!(addr = %local_addr(&listener), mode, "listening");
-        }
-        Transport::Insecure => {
-            warn!(addr = %local_addr(&listener), "listening in PLAIN TEXT (--insecure): anyone who can reach this address can take and break locks");
-        }
-    }
-
-    let health_listener = match settings.config.health_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
-    let health_server = health_listener.map(|listener| {
-        info!(addr = %local_addr(&listener), "serving plaintext gRPC health checks");
-        let health_service = health_service.clone();
-        tokio::spawn(
-            Server::builder()
-                .add_service(health_service)
-                .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone())),
-        )
-    });
-
-    let shutdown_reporter = reporter.clone();
     let grace = settings
         .config
         .shutdown_grace
         .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = builder
-        .layer(RequestLayer::new(metrics.clone()))
-        .add_service(
-            LockServiceServer::new(service)
-                .max_decoding_message_size(MAX_REQUEST_BYTES)
-                .max_encoding_message_size(MAX_RESPONSE_BYTES),
-        )
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            shutdown.await;
-            info!(grace = ?grace, "shutting down: no new calls, finishing in-flight ones");
-            set_health(&shutdown_reporter, ServingStatus::NotServing).await;
-            // Waiters get UNAVAILABLE (so they retry elsewhere) and watches
-            // end, rather than holding the shutdown up.
-            changes.close();
-            let _ = stop_tx.send(true);
-            let _ = grace_tx.send(());
-        });
-    tokio::pin!(server);
-    let result = tokio::select! {
-        result = &mut server => result,
-        _ = async {
-            match grace_rx.await {
-                Ok(()) => tokio::time::sleep(grace).await,
-                // The server ended on its own: its branch completes.
-                Err(_) => std::future::pending().await,
-            }
-        } => {
-            warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period; exiting anyway");
-            Ok(())
-        }
-    };
-    health_task.abort();
-    for follower in followers {
+    let result = serve(
+        grpc,
+        listener,
+        Services {
+            locks: service,
+            health: health.service.clone(),
+            metrics: metrics.clone(),
+        },
+        Draining {
+            shutdown,
+            grace,
+            reporter: health.reporter.clone(),
+            changes: core.changes.clone(),
+            stop: stop.clone(),
+        },
+    )
+    .await;
+    health.task.abort();
+    for follower in core.followers {
         follower.abort();
     }
     if let Some(server) = health_server {
@@ -334,6 +205,271 @@ pub async fn run(
     result?;
     info!("stopped");
     Ok(())
+}
+
+/// Tells the background tasks (health checks, listeners) that shutdown began.
+#[derive(Clone)]
+struct Stop {
+    tx: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Stop {
+    fn new() -> Self {
+        Self {
+            tx: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    fn signal(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Completes once [`Stop::signal`] was called.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
+
+/// Step 1: the audit sink.
+fn open_audit(config: &Config) -> Result<Arc<Audit>, ServerError> {
+    let audit = Audit::open(&config.audit).map_err(|e| {
+        let path = config.audit.path.as_deref().unwrap_or(Path::new("-"));
+        ServerError::Refused(format!("cannot open the audit log {}: {e}", path.display()))
+    })?;
+    Ok(Arc::new(audit))
+}
+
+/// The lock core and what feeds it.
+struct Core {
+    router: Arc<Router>,
+    /// The hub of changes (waiters, watches).
+    changes: Arc<Changes>,
+    locks: Arc<Locks>,
+    /// Tasks relaying the engines' change notifications.
+    followers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Step 2: connects the backends and builds the lock core, whose events go
+/// to the audit log, the metrics and the hub of changes; the engines'
+/// notifications wake waiters and watches at once.
+async fn start_core(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    audit: Arc<Audit>,
+) -> Result<Core, ServerError> {
+    let router =
+        Arc::new(Router::connect(&settings.config, &settings.data_dir, Some(metrics)).await?);
+    for name in router.backends().keys() {
+        metrics.set_backend_up(name, true);
+    }
+    let changes = Arc::new(Changes::default());
+    let events = Events::new(audit, Some(metrics.clone()), changes.clone());
+    let locks = Arc::new(Locks::new(router.clone(), events));
+    let followers = router
+        .backends()
+        .iter()
+        .map(|(name, backend)| {
+            tokio::spawn(crate::changes::follow(
+                name.clone(),
+                backend.clone(),
+                changes.clone(),
+            ))
+        })
+        .collect();
+    Ok(Core {
+        router,
+        changes,
+        locks,
+        followers,
+    })
+}
+
+/// The gRPC health service and the task that keeps it true.
+struct Health {
+    reporter: HealthReporter,
+    service: HealthServer,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type HealthServer =
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+
+/// Step 3: the health service, SERVING, and the backend checks that flip it.
+async fn start_health(core: &Core, metrics: &Arc<Metrics>, every: Duration, stop: &Stop) -> Health {
+    let reporter = HealthReporter::new();
+    let service = HealthServer::new(tonic_health::server::HealthService::from_health_reporter(
+        reporter.clone(),
+    ));
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    set_health(&reporter, ServingStatus::Serving).await;
+    let task = tokio::spawn(watch_backends(
+        core.router.clone(),
+        reporter.clone(),
+        metrics.clone(),
+        every,
+        stop.stopped(),
+    ));
+    Health {
+        reporter,
+        service,
+        task,
+    }
+}
+
+type Listener = Option<tokio::task::JoinHandle<Result<(), std::io::Error>>>;
+
+/// Step 4: the Prometheus listener, when configured.
+async fn start_metrics_listener(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    core: &Core,
+    stop: &Stop,
+) -> Result<Listener, ServerError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = bind(addr).await?;
+    info!(addr = %local_addr(&listener), "serving Prometheus metrics at /metrics");
+    let changes = core.changes.clone();
+    let before_scrape = Arc::new(move |m: &Metrics| m.set_waiters(changes.waiters().waiting()));
+    Ok(Some(tokio::spawn(crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        before_scrape,
+        stop.stopped(),
+    ))))
+}
+
+/// Step 5: the plain-text health listener for probes, when configured.
+async fn start_health_listener(
+    config: &Config,
+    health: &Health,
+    stop: &Stop,
+) -> Result<Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>, ServerError> {
+    let Some(addr) = config.health_listen else {
+        return Ok(None);
+    };
+    let listener = bind(addr).await?;
+    info!(addr = %local_addr(&listener), "serving plaintext gRPC health checks");
+    Ok(Some(tokio::spawn(
+        Server::builder()
+            .add_service(health.service.clone())
+            .serve_with_incoming_shutdown(incoming(listener), stop.stopped()),
+    )))
+}
+
+/// Step 6: transport security of the gRPC listener.
+fn configure_transport(settings: &Settings, listener: &TcpListener) -> Result<Server, ServerError> {
+    let mut builder = Server::builder();
+    match &settings.transport {
+        Transport::Tls(files) => {
+            // With bearer tokens configured, a client certificate becomes
+            // optional at the handshake; requests without either are then
+            // refused per call.
+            let optional = !settings.auth.tokens.is_empty();
+            builder =
+                builder.tls_config(tls::server_config(files)?.client_auth_optional(optional))?;
+            let mode = if files.client_ca.is_some() {
+                "mutual TLS"
+            } else {
+                "TLS"
+            };
+            info!(addr = %local_addr(listener), mode, "listening");
+        }
+        Transport::Insecure => {
+            warn!(addr = %local_addr(listener), "listening in PLAIN TEXT (--insecure): anyone who can reach this address can take and break locks");
+        }
+    }
+    Ok(builder)
+}
+
+/// What the gRPC listener serves.
+struct Services {
+    locks: LockService,
+    health: HealthServer,
+    metrics: Arc<Metrics>,
+}
+
+/// How the gRPC listener stops.
+struct Draining<F> {
+    /// Completes when the daemon should stop.
+    shutdown: F,
+    /// How long in-flight calls may take after that.
+    grace: Duration,
+    reporter: HealthReporter,
+    changes: Arc<Changes>,
+    stop: Stop,
+}
+
+/// Step 7: serves the API, health and reflection until shutdown, then
+/// drains: NOT_SERVING, no new calls, waiters and watches answered,
+/// in-flight calls given `grace` to finish.
+async fn serve<F>(
+    builder: Server,
+    listener: TcpListener,
+    services: Services,
+    draining: Draining<F>,
+) -> Result<(), ServerError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?;
+    let Draining {
+        shutdown,
+        grace,
+        reporter,
+        changes,
+        stop,
+    } = draining;
+    let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
+        .layer(RequestLayer::new(services.metrics))
+        .add_service(
+            LockServiceServer::new(services.locks)
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES),
+        )
+        .add_service(services.health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming(listener), async move {
+            shutdown.await;
+            info!(grace = ?grace, "shutting down: no new calls, finishing in-flight ones");
+            set_health(&reporter, ServingStatus::NotServing).await;
+            // Waiters get UNAVAILABLE (so they retry elsewhere) and watches
+            // end, rather than holding the shutdown up.
+            changes.close();
+            stop.signal();
+            let _ = grace_tx.send(());
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => Ok(result?),
+        _ = async {
+            match grace_rx.await {
+                Ok(()) => tokio::time::sleep(grace).await,
+                // The server ended on its own: its branch completes.
+                Err(_) => std::future::pending().await,
+            }
+        } => {
+            warn!(grace = ?grace, "in-flight calls did not finish within the shutdown grace period; exiting anyway");
+            Ok(())
+        }
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: requests and answers

@@ -10,8 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stormlockd::backend::{Backend, BackendError, WithTimeout};
+use stormlockd::backend::{Backend, BackendError};
 use stormlockd::lease::Acquisition;
+use stormlockd::routing::WithTimeout;
 
 use crate::conformance::request;
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 use stormlockd::backend::{Backend, BackendError};
 use stormlockd::lease::Acquisition;
 
+use crate::support::free_port;
+
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as
 /// PEM files in a temporary directory.
 struct Pki {
@@ -78,11 +80,6 @@ fn installed(binary: &str) -> bool {
         eprintln!("skipped: {binary} is not installed");
     }
     found
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 /// Starts `command` and waits (bounded) until it accepts TCP on `port`.

@@ -11,17 +11,10 @@ use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::support::TestDaemon;
+use crate::support::{TestDaemon, secs};
 
 const CONFIG: &str =
     "[defaults]\nmax_ttl = \"1d\"\nmax_wait = \"1h\"\n[backends.main]\ntype = \"memory\"\n";
-
-fn secs(s: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    })
-}
 
 fn span(seconds: i64, nanos: i32) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds, nanos })

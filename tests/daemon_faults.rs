@@ -24,7 +24,9 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::checker::{self, Counters, Workload};
-use crate::support::{DaemonProcess, PrivateEngine, TestDaemon, engine_url};
+use crate::support::{
+    DaemonProcess, PrivateEngine, TestDaemon, acquire_request, engine_url, secs, unique,
+};
 
 /// The daemons' `backend_timeout` in these tests.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,29 +37,13 @@ const RECOVERY: Duration = Duration::from_secs(5);
 /// Audit lines would drown the output.
 const QUIET: &str = "[audit]\npath = \"/dev/null\"\n";
 
-fn unique() -> String {
-    stormlockd::lease::LeaseId::generate().expose()[..10].to_string()
-}
-
-fn secs(s: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    })
-}
-
 async fn acquire(
     client: &mut LockServiceClient<Channel>,
     resource: &str,
     ttl: i64,
     wait: i64,
 ) -> Result<pb::AcquireResponse, Status> {
-    let request = pb::AcquireRequest {
-        resource: resource.to_string(),
-        ttl: secs(ttl),
-        wait: if wait > 0 { secs(wait) } else { None },
-        ..Default::default()
-    };
+    let request = acquire_request(resource, ttl, wait);
     tokio::time::timeout(
         Duration::from_secs(wait.unsigned_abs() + 30),
         client.acquire(request),

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use crate::support::free_port;
 pub(crate) use crate::support::{stormlock, stormlockd};
 
 /// A daemon of this test's own; dropping it kills exactly that process.
@@ -41,11 +42,6 @@ fn spawn_daemon(dir: &Path, port: u16, extra: &[String]) -> Child {
         .stderr(log)
         .spawn()
         .expect("spawn stormlockd")
-}
-
-pub(crate) fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
 }
 
 impl Daemon {

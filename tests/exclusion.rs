@@ -13,11 +13,7 @@ use stormlock_api::pb::lock_service_client::LockServiceClient;
 use tonic::transport::Channel;
 
 use crate::checker::{self, Counters, Workload};
-use crate::support::{DaemonProcess, TestDaemon, engine_url};
-
-fn unique() -> String {
-    stormlockd::lease::LeaseId::generate().expose()[..10].to_string()
-}
+use crate::support::{DaemonProcess, TestDaemon, engine_url, unique};
 
 /// Two connections to each daemon, so the clients share a few HTTP/2
 /// connections as real clients on several hosts would.

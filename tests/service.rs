@@ -7,16 +7,9 @@ use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::TestDaemon;
+use crate::support::{TestDaemon, secs};
 
 const MEMORY: &str = "[backends.main]\ntype = \"memory\"\n";
-
-fn secs(s: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    })
-}
 
 fn acquire(resource: &str) -> pb::AcquireRequest {
     pb::AcquireRequest {

@@ -216,9 +216,12 @@ impl TestDaemon {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut settings =
-            stormlockd::server::Settings::resolve(config, data_dir.to_path_buf(), addr, insecure)
-                .expect("settings");
+        let config = config.layer(&stormlockd::config::Overrides {
+            data_dir: Some(data_dir.to_path_buf()),
+            insecure,
+            ..Default::default()
+        });
+        let mut settings = stormlockd::server::Settings::resolve(config, addr).expect("settings");
         settings.health_interval = std::time::Duration::from_millis(200);
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(stormlockd::server::run(listener, settings, async move {
@@ -505,4 +508,21 @@ pub fn unique() -> String {
 /// `seconds` as a protobuf duration.
 pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds, nanos: 0 })
+}
+
+/// A TCP port free on 127.0.0.1 right now (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// An Acquire of `resource` for `ttl` seconds, waiting up to `wait` seconds
+/// (0: try once).
+pub fn acquire_request(resource: &str, ttl: i64, wait: i64) -> stormlock_api::pb::AcquireRequest {
+    stormlock_api::pb::AcquireRequest {
+        resource: resource.to_string(),
+        ttl: secs(ttl),
+        wait: if wait > 0 { secs(wait) } else { None },
+        ..Default::default()
+    }
 }

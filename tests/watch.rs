@@ -8,7 +8,7 @@ use stormlock_api::pb::{self, EventType, lock_service_client::LockServiceClient}
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::support::{TestDaemon, secs, unique};
+use crate::support::{TestDaemon, acquire_request, secs, unique};
 
 const MEMORY: &str = "[backends.main]\ntype = \"memory\"\n";
 const BOUND: Duration = Duration::from_secs(20);
@@ -44,11 +44,8 @@ async fn acquire(
 ) -> pb::Lease {
     let answer = client
         .acquire(pb::AcquireRequest {
-            resource: resource.to_string(),
-            ttl: secs(ttl),
-            wait: secs(wait),
             reason: "watched".to_string(),
-            ..Default::default()
+            ..acquire_request(resource, ttl, wait)
         })
         .await
         .expect("acquire")

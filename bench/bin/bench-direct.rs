@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use stormlock_bench::direct::BackendTarget;
 use stormlock_bench::{Limit, Options, Workload};
-use stormlockd::config::Config;
+use stormlockd::config::{Config, Overrides};
 use stormlockd::duration::parse_duration;
 use stormlockd::routing::Router;
 
@@ -91,16 +91,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..Overrides::default()
     };
-    config.validate()?;
-    let config = config.with_implicit_backend();
-    let data_dir = args
-        .data_dir
-        .or_else(|| config.data_dir.clone())
-        .unwrap_or_else(stormlockd::paths::default_data_dir);
+    let config = Config::layered(args.config.as_deref(), &overrides)?;
+    let data_dir = config.data_dir();
     let router = Router::connect(&config, &data_dir, None)
         .await
         .context("cannot open the backend")?;

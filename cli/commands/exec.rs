@@ -29,7 +29,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use super::acquire::{Attempt, Taken, report_held, take};
-use super::{Session, eviction, note, proto_duration};
+use super::{Session, note, proto_duration};
 use crate::args::ExecArgs;
 use crate::client::Client;
 use crate::error::{CliError, CliResult, Exit};
@@ -338,11 +338,9 @@ impl Renewal {
                     failure = None;
                 }
                 Err(err) if err.exit == Exit::NotCurrent => {
-                    return eviction(&err.to_string())
-                        .map(str::to_string)
-                        .unwrap_or_else(|| {
-                            "the lease is not current any more (expired or released)".to_string()
-                        });
+                    return err.eviction().unwrap_or_else(|| {
+                        "the lease is not current any more (expired or released)".to_string()
+                    });
                 }
                 // Unreachable daemon or backend, or anything else: the lease
                 // may still be ours; try again until it cannot be.

@@ -3,7 +3,7 @@
 
 use stormlock_api::pb;
 
-use super::{Session, eviction, note};
+use super::{Session, note};
 use crate::args::LeaseArgs;
 use crate::error::{CliResult, Exit};
 
@@ -21,8 +21,8 @@ pub async fn run(mut session: Session, args: LeaseArgs) -> CliResult {
         Ok(_) => Ok(Exit::NotHeld),
         // The daemon tells an evicted holder who broke its lease.
         Err(err) if err.exit == Exit::NotCurrent => {
-            if let Some(detail) = eviction(&err.to_string()) {
-                note(detail);
+            if let Some(detail) = err.eviction() {
+                note(&detail);
             }
             Ok(Exit::NotHeld)
         }

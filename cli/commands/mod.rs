@@ -74,26 +74,3 @@ pub fn proto_duration(what: &str, duration: Duration) -> CliResult<prost_types::
     prost_types::Duration::try_from(duration)
         .map_err(|_| CliError::usage(format!("the {what} is too large")))
 }
-
-/// Who broke a lease and why, when the daemon's message says so.
-pub fn eviction(message: &str) -> Option<&str> {
-    message
-        .find("force-released")
-        .map(|at| message[at..].trim())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eviction_details() {
-        assert_eq!(
-            eviction(
-                "lease not current: lease is not current: force-released by root (incident 7)"
-            ),
-            Some("force-released by root (incident 7)")
-        );
-        assert_eq!(eviction("lease not current: lease is not current"), None);
-    }
-}

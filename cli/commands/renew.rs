@@ -2,7 +2,7 @@
 
 use stormlock_api::pb;
 
-use super::{Session, eviction, note, proto_duration};
+use super::{Session, note, proto_duration};
 use crate::args::RenewArgs;
 use crate::error::{CliResult, Exit};
 
@@ -19,8 +19,8 @@ pub async fn run(mut session: Session, args: RenewArgs) -> CliResult {
         Ok(_) => Ok(Exit::Success),
         Err(err) if err.exit == Exit::NotCurrent => {
             note("Lock expired");
-            if let Some(detail) = eviction(&err.to_string()) {
-                note(detail);
+            if let Some(detail) = err.eviction() {
+                note(&detail);
             }
             Ok(Exit::NotCurrent)
         }

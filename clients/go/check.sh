@@ -2,8 +2,9 @@
 # Go stubs: checks they are up to date with proto/ and compile (with go vet)
 # against Debian's packaged Go libraries, offline, in GOPATH mode; then, when
 # a stormlockd binary is there ($STORMLOCK_BIN_DIR, else
-# $CARGO_TARGET_DIR/debug, else target/debug), runs the example against a
-# daemon it starts on a free loopback port over mutual TLS.
+# $CARGO_TARGET_DIR/debug, else target/debug), runs the example and the tests
+# of the details package against a daemon it starts on a free loopback port
+# over mutual TLS (without a daemon, only the tests that need none).
 #
 # Needs Debian's packages (bookworm): golang-go, golang-google-grpc-dev,
 # golang-google-protobuf-dev, protobuf-compiler, protoc-gen-go,
@@ -38,12 +39,14 @@ cd "$gopath/src/$module"
 export GO111MODULE=off GOPATH="$gopath:$gocode" GOFLAGS= GOTOOLCHAIN=local
 go vet ./...
 go build -o "$gopath/example" ./example
-echo "go check: stormlockv1 and example compile and vet clean ($(go version | cut -d' ' -f3))"
+go test -c -o "$gopath/details.test" ./details
+echo "go check: stormlockv1, details and example compile and vet clean ($(go version | cut -d' ' -f3))"
 
 root=$(cd "$here/../.." && pwd)
 bin=${STORMLOCK_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/debug}/stormlockd
 if [[ ! -x $bin ]]; then
-  echo "go check: no daemon at $bin; example not run" >&2
+  echo "go check: no daemon at $bin; example and live tests not run" >&2
+  "$gopath/details.test"
   exit 0
 fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -60,3 +63,4 @@ out=$(STORMLOCK_DATA_DIR=$data "$gopath/example" -addr "127.0.0.1:$port" -resour
 echo "$out"
 [[ $out =~ ^acquired\ go-check/example,\ fence\ [1-9][0-9]*$ ]] || { echo "go check: unexpected example output" >&2; exit 1; }
 echo "go check: example acquired and released a lock over mutual TLS"
+STORMLOCK_TEST_ADDR=127.0.0.1:$port STORMLOCK_DATA_DIR=$data "$gopath/details.test" -test.v

@@ -8,7 +8,7 @@ root=$(cd ../.. && pwd)
 venv=${STORMLOCK_VENV:-$HOME/.cache/stormlock/venv}
 py=$venv/bin/python
 
-if ! [[ -x $py ]] || ! "$py" -c 'import grpc_tools, grpc_health, mypy, pytest, mypy_protobuf' 2>/dev/null; then
+if ! [[ -x $py ]] || ! "$py" -c 'import grpc_tools, grpc_health, grpc_status, mypy, pytest, mypy_protobuf' 2>/dev/null; then
   echo "python client: installing requirements-dev.txt into $venv" >&2
   [[ -x $py ]] || python3 -m venv "$venv"
   "$py" -m pip install -q --disable-pip-version-check -r requirements-dev.txt

@@ -28,9 +28,23 @@ mod record;
 pub mod redis;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod sql;
-mod timeout;
+#[cfg(any(
+    feature = "redis",
+    feature = "etcd",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "dynamodb"
+))]
+mod url;
 
-pub use timeout::WithTimeout;
+#[cfg(any(
+    feature = "redis",
+    feature = "etcd",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "dynamodb"
+))]
+pub use url::redact_url;
 
 /// Why a backend call failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +118,39 @@ impl BackendError {
 /// Result of a backend call.
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
+/// `connect_timeout` of every adapter that has one, when the table leaves it
+/// out: long enough for a TLS handshake to a distant engine, short enough
+/// that a dead one is reported before clients give up waiting.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serde's default for `connect_timeout` (a function, as serde wants).
+#[cfg(any(
+    feature = "redis",
+    feature = "etcd",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "dynamodb"
+))]
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+
+/// Checks the timeout setting `key` of a `[backends.NAME]` table. Durations
+/// come in whole seconds, and zero would fail every call at once.
+#[cfg(any(
+    feature = "redis",
+    feature = "etcd",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "dynamodb"
+))]
+fn check_timeout(key: &str, value: Duration) -> std::result::Result<(), String> {
+    if value.is_zero() {
+        return Err(format!("{key}: must be at least 1s"));
+    }
+    Ok(())
+}
+
 /// A store of leases.
 ///
 /// Contract (checked by the conformance suite):
@@ -114,7 +161,7 @@ pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 ///   engine's own cleanup;
 /// - calls that cannot reach the engine fail with
 ///   [`BackendError::Unavailable`] rather than hang (the daemon also bounds
-///   each call with [`WithTimeout`]).
+///   each call with [`crate::routing::WithTimeout`]).
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Grants `req` if the resource is free (or its lease expired), else
@@ -192,6 +239,31 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
+    /// Checks every setting that can be checked without connecting
+    /// (timeouts, key prefixes, table names, URLs and their schemes, TLS
+    /// settings that contradict each other), when the configuration is
+    /// parsed, so that `check-config` reports it with its key. The message
+    /// starts with the key within `[backends.NAME]`.
+    ///
+    /// Each adapter's `connect` runs the same checks, so a backend built
+    /// without a parsed configuration (tests, tools) is held to them too.
+    /// Files named by TLS settings are read when connecting.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            Self::Embedded(_) | Self::Memory(_) => Ok(()),
+            #[cfg(feature = "redis")]
+            Self::Redis(c) => c.validate(),
+            #[cfg(feature = "etcd")]
+            Self::Etcd(c) => c.validate(),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(c) => c.validate(sql::SqlEngine::Postgres),
+            #[cfg(feature = "mysql")]
+            Self::Mysql(c) => c.validate(sql::SqlEngine::Mysql),
+            #[cfg(feature = "dynamodb")]
+            Self::Dynamodb(c) => c.validate(),
+        }
+    }
+
     /// The engine's name as written in `type`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -234,4 +306,172 @@ pub async fn connect(
         #[cfg(feature = "dynamodb")]
         BackendConfig::Dynamodb(c) => Arc::new(dynamodb::DynamodbBackend::connect(name, c).await?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// What `Config::parse` says of a file whose only backend is `body`, or
+    /// "" when it accepts it.
+    fn refused(body: &str) -> String {
+        Config::parse(&format!("[backends.main]\n{body}\n"), "test")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Each `(body, key)` is refused at parse time naming `key` within
+    /// `[backends.main]`.
+    #[cfg(any(
+        feature = "redis",
+        feature = "etcd",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "dynamodb"
+    ))]
+    fn refused_naming(cases: &[(String, &str)]) {
+        for (body, key) in cases {
+            let err = refused(body);
+            assert!(
+                err.contains(&format!("backends.main: {key}: ")),
+                "{body}\nrefused with {err:?}, not naming {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn engines_without_settings_pass() {
+        assert_eq!(refused("type = \"memory\""), "");
+        assert_eq!(refused("type = \"embedded\"\npath = \"x.redb\""), "");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_settings_are_checked_when_parsed() {
+        let ok = "type = \"redis\"\nurl = \"redis://:pw@h:6379/0\"\n";
+        assert_eq!(refused(ok), "");
+        assert_eq!(
+            refused("type = \"redis\"\nurl = \"rediss://h:6380\"\nca_file = \"ca.pem\""),
+            ""
+        );
+        refused_naming(&[
+            ("type = \"redis\"\nurl = \"http://h/\"".to_string(), "url"),
+            (
+                "type = \"redis\"\nurl = \"redis://h/db\"".to_string(),
+                "url",
+            ),
+            (format!("{ok}prefix = \"\""), "prefix"),
+            (format!("{ok}prefix = \"a*\""), "prefix"),
+            (format!("{ok}connect_timeout = \"0s\""), "connect_timeout"),
+            (format!("{ok}ca_file = \"ca.pem\""), "ca_file"),
+        ]);
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn etcd_settings_are_checked_when_parsed() {
+        let ok = "type = \"etcd\"\nendpoints = [\"http://a:2379\", \"http://b:2379\"]\n";
+        let tls = "type = \"etcd\"\nendpoints = [\"https://a:2379\"]\nca_file = \"ca.pem\"\n";
+        assert_eq!(refused(ok), "");
+        assert_eq!(refused(tls), "");
+        refused_naming(&[
+            ("type = \"etcd\"\nendpoints = []".to_string(), "endpoints"),
+            (
+                "type = \"etcd\"\nendpoints = [\"http://a:2379\", \"b:2379\"]".to_string(),
+                "endpoints[1]",
+            ),
+            (
+                "type = \"etcd\"\nendpoints = [\"http://a:2379\", \"https://b:2379\"]".to_string(),
+                "endpoints",
+            ),
+            (format!("{ok}prefix = \"/no-slash\""), "prefix"),
+            (format!("{ok}connect_timeout = \"0s\""), "connect_timeout"),
+            (format!("{ok}username = \"u\""), "password"),
+            (format!("{ok}cert_file = \"c.pem\""), "cert_file"),
+            (
+                "type = \"etcd\"\nendpoints = [\"https://a:2379\"]".to_string(),
+                "ca_file",
+            ),
+            (format!("{tls}cert_file = \"c.pem\""), "key_file"),
+        ]);
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_settings_are_checked_when_parsed() {
+        let ok = "type = \"postgres\"\nurl = \"postgres://u:pw@db/ops\"\n";
+        assert_eq!(refused(ok), "");
+        assert_eq!(refused(&format!("{ok}table = \"ops.locks\"")), "");
+        refused_naming(&[
+            (
+                "type = \"postgres\"\nurl = \"mysql://db/ops\"".to_string(),
+                "url",
+            ),
+            (
+                "type = \"postgres\"\nurl = \"postgres://db/ops?sslmode=sometimes\"".to_string(),
+                "url",
+            ),
+            (format!("{ok}table = \"a-b\""), "table"),
+            (format!("{ok}table = \"a.b.c\""), "table"),
+            (format!("{ok}pool_size = 0"), "pool_size"),
+            (format!("{ok}connect_timeout = \"0s\""), "connect_timeout"),
+            (format!("{ok}ca_file = \"ca.pem\""), "ca_file"),
+            (
+                format!("{ok}tls = \"require\"\nca_file = \"ca.pem\""),
+                "ca_file",
+            ),
+        ]);
+    }
+
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysql_settings_are_checked_when_parsed() {
+        let ok = "type = \"mysql\"\nurl = \"mysql://u:pw@db:3306/ops\"\n";
+        assert_eq!(refused(ok), "");
+        refused_naming(&[
+            (
+                "type = \"mysql\"\nurl = \"postgres://db/ops\"".to_string(),
+                "url",
+            ),
+            (
+                "type = \"mysql\"\nurl = \"mysql://db/ops?pool_max=x\"".to_string(),
+                "url",
+            ),
+            (format!("{ok}table = \"ops.locks\""), "table"),
+            (format!("{ok}pool_size = 0"), "pool_size"),
+            (format!("{ok}connect_timeout = \"0s\""), "connect_timeout"),
+            (format!("{ok}ca_file = \"ca.pem\""), "ca_file"),
+        ]);
+    }
+
+    #[cfg(feature = "dynamodb")]
+    #[test]
+    fn dynamodb_settings_are_checked_when_parsed() {
+        let ok = "type = \"dynamodb\"\n";
+        assert_eq!(refused(ok), "");
+        refused_naming(&[
+            (format!("{ok}table = \"ab\""), "table"),
+            (format!("{ok}region = \"EU West\""), "region"),
+            (format!("{ok}endpoint = \"localhost:8000\""), "endpoint"),
+            (format!("{ok}timeout = \"0s\""), "timeout"),
+            (format!("{ok}connect_timeout = \"0s\""), "connect_timeout"),
+        ]);
+    }
+
+    /// A URL refused at parse time never shows its password.
+    #[cfg(all(feature = "redis", feature = "postgres"))]
+    #[test]
+    fn refusals_never_show_passwords() {
+        for body in [
+            "type = \"redis\"\nurl = \"http://u:hunter2@h/\"",
+            "type = \"redis\"\nurl = \"redis://u:hunter2@h/db\"",
+            "type = \"postgres\"\nurl = \"postgres://u:hunter2@h/db?sslmode=sometimes\"",
+            "type = \"postgres\"\nurl = \"postgres://u:hunter2@h/db?password=hunter2&x=\"",
+        ] {
+            let err = refused(body);
+            assert!(!err.is_empty(), "{body} accepted");
+            assert!(!err.contains("hunter2"), "{body}: {err}");
+        }
+    }
 }

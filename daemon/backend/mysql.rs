@@ -25,7 +25,6 @@
 //! (gap locks make concurrent inserters deadlock). Release is one `UPDATE`;
 //! current, status and list are plain reads against `NOW(6)`.
 
-use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -35,9 +34,8 @@ use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{
     Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, SslOpts, TxOpts, Value,
 };
-use serde::Deserialize;
 
-use super::sql::{self, MAX_ATTEMPTS, StoredRow, TableName, TlsMode};
+use super::sql::{self, MAX_ATTEMPTS, SqlConfig, SqlEngine, StoredRow, TableName, TlsMode};
 use super::{Backend, BackendError, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
@@ -70,54 +68,15 @@ CREATE TABLE IF NOT EXISTS `stormlock_locks_fence` (
 INSERT IGNORE INTO `stormlock_locks_fence` (id, v) VALUES (1, 0);
 "#;
 
-/// `[backends.NAME]` with `type = "mysql"` (MySQL 8 or MariaDB 10.3+).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MysqlConfig {
-    /// `mysql://user:password@host:port/database`; `mysql_async` URL
-    /// parameters (`require_ssl`, `verify_ca`, …) are honoured unless `tls`
-    /// is set.
-    pub url: String,
-    /// The locks table in the URL's database: letters, digits and
-    /// underscores only. Default `stormlock_locks`; the fence counter table
-    /// is named after it with a `_fence` suffix.
-    #[serde(default = "sql::default_table")]
-    pub table: String,
-    /// Create both tables on start if they are missing (default true). With
-    /// false they must exist, created with [`DDL`].
-    #[serde(default = "sql::default_create_table")]
-    pub create_table: bool,
-    /// Most connections kept open to the server (default 8).
-    #[serde(default = "sql::default_pool_size")]
-    pub pool_size: usize,
-    /// Bound on opening a connection and on waiting for a free one
-    /// (default 2 s).
-    #[serde(
-        default = "sql::default_connect_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
-    pub connect_timeout: Duration,
-    /// `disable`, `require` (encrypted, server not authenticated) or
-    /// `verify-full`. Unset: the URL's parameters decide (plain by default).
-    pub tls: Option<TlsMode>,
-    /// PEM file of the certificate authorities that sign the server's
-    /// certificate, for `tls = "verify-full"`; unset: the public web roots.
-    pub ca_file: Option<PathBuf>,
-}
+/// `[backends.NAME]` with `type = "mysql"` (MySQL 8 or MariaDB 10.3+): the
+/// keys both SQL engines share.
+pub type MysqlConfig = SqlConfig;
 
-impl fmt::Debug for MysqlConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The URL may carry a password; configurations end up in logs.
-        f.debug_struct("MysqlConfig")
-            .field("url", &sql::redact_url(&self.url))
-            .field("table", &self.table)
-            .field("create_table", &self.create_table)
-            .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("tls", &self.tls)
-            .field("ca_file", &self.ca_file)
-            .finish()
-    }
+/// Parses a `mysql://` URL as the client will use it, without connecting.
+/// The message starts with the key.
+pub(super) fn parse_url(url: &str) -> std::result::Result<Opts, String> {
+    super::url::split_scheme("url", url, &["mysql"])?;
+    Opts::from_url(url).map_err(|e| format!("url: not a valid MySQL URL: {}", sql::describe(&e)))
 }
 
 /// Every column of a row, in [`StoredRow`] order.
@@ -214,25 +173,12 @@ impl MysqlBackend {
     /// mismatched table, and [`BackendError::Unavailable`] when the server
     /// cannot be reached within `connect_timeout`.
     pub async fn connect(name: &str, config: &MysqlConfig) -> Result<Self> {
-        sql::check_common(
-            name,
-            config.pool_size,
-            config.connect_timeout,
-            config.tls,
-            config.ca_file.as_deref(),
-        )?;
-        let table = TableName::parse(name, &config.table, false)?;
-        if !config.url.starts_with("mysql://") {
-            return Err(BackendError::config(name, "url must start with mysql://"));
-        }
-        let opts = Opts::from_url(&config.url).map_err(|e| {
-            BackendError::config(
-                name,
-                format!("url is not a valid MySQL URL: {}", sql::describe(&e)),
-            )
-        })?;
+        let refuse = |message: String| BackendError::config(name, message);
+        config.validate(SqlEngine::Mysql).map_err(refuse)?;
+        let table = config.table_name(SqlEngine::Mysql).map_err(refuse)?;
+        let opts = parse_url(&config.url).map_err(refuse)?;
         let constraints = PoolConstraints::new(0, config.pool_size)
-            .ok_or_else(|| BackendError::config(name, "pool_size must be at least 1"))?;
+            .ok_or_else(|| BackendError::config(name, "pool_size: must be at least 1"))?;
         let mut builder = OptsBuilder::from_opts(opts)
             .pool_opts(
                 PoolOpts::new()

@@ -35,8 +35,6 @@
 //! outside the pool, and wakes its waiters and watchers at once. Expiry
 //! sends nothing: the daemons poll for it.
 
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -46,14 +44,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use serde::Deserialize;
 use tokio_postgres::Row;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::sql::{self, MAX_ATTEMPTS, StoredRow, TableName, TlsMode};
+use super::sql::{self, MAX_ATTEMPTS, SqlConfig, SqlEngine, StoredRow, TableName, TlsMode};
 use super::{Backend, BackendError, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use futures::StreamExt;
@@ -86,54 +83,16 @@ CREATE TABLE IF NOT EXISTS "stormlock_locks" (
 );
 "#;
 
-/// `[backends.NAME]` with `type = "postgres"`.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// `postgres://user:password@host:port/database`; libpq-style query
-    /// parameters such as `sslmode` and `options` are honoured.
-    pub url: String,
-    /// The locks table, `table` or `schema.table`: letters, digits and
-    /// underscores only. Default `stormlock_locks`; the fence sequence is
-    /// named after it with a `_fence` suffix.
-    #[serde(default = "sql::default_table")]
-    pub table: String,
-    /// Create the table and sequence on start if they are missing (default
-    /// true). With false they must exist, created with [`DDL`].
-    #[serde(default = "sql::default_create_table")]
-    pub create_table: bool,
-    /// Most connections kept open to the server (default 8).
-    #[serde(default = "sql::default_pool_size")]
-    pub pool_size: usize,
-    /// Bound on opening a connection and on waiting for a free one
-    /// (default 2 s).
-    #[serde(
-        default = "sql::default_connect_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
-    pub connect_timeout: Duration,
-    /// `disable`, `require` (encrypted, server not authenticated) or
-    /// `verify-full`. Unset: the URL's `sslmode` decides (libpq's default,
-    /// `prefer`, when absent).
-    pub tls: Option<TlsMode>,
-    /// PEM file of the certificate authorities that sign the server's
-    /// certificate, for `tls = "verify-full"`; unset: the public web roots.
-    pub ca_file: Option<PathBuf>,
-}
+/// `[backends.NAME]` with `type = "postgres"`: the keys both SQL engines
+/// share.
+pub type PostgresConfig = SqlConfig;
 
-impl fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The URL may carry a password; configurations end up in logs.
-        f.debug_struct("PostgresConfig")
-            .field("url", &sql::redact_url(&self.url))
-            .field("table", &self.table)
-            .field("create_table", &self.create_table)
-            .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("tls", &self.tls)
-            .field("ca_file", &self.ca_file)
-            .finish()
-    }
+/// Parses a `postgres://` or `postgresql://` URL as the client will use it,
+/// without connecting. The message starts with the key.
+pub(super) fn parse_url(url: &str) -> std::result::Result<tokio_postgres::Config, String> {
+    super::url::split_scheme("url", url, &["postgres", "postgresql"])?;
+    url.parse()
+        .map_err(|e| format!("url: not a valid PostgreSQL URL: {}", sql::describe(&e)))
 }
 
 /// Every column of a row, in [`StoredRow`] order.
@@ -226,29 +185,10 @@ impl PostgresBackend {
     /// mismatched table, and [`BackendError::Unavailable`] when the server
     /// cannot be reached within `connect_timeout`.
     pub async fn connect(name: &str, config: &PostgresConfig) -> Result<Self> {
-        sql::check_common(
-            name,
-            config.pool_size,
-            config.connect_timeout,
-            config.tls,
-            config.ca_file.as_deref(),
-        )?;
-        let table = TableName::parse(name, &config.table, true)?;
-        if !["postgres://", "postgresql://"]
-            .iter()
-            .any(|scheme| config.url.starts_with(scheme))
-        {
-            return Err(BackendError::config(
-                name,
-                "url must start with postgres:// or postgresql://",
-            ));
-        }
-        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
-            BackendError::config(
-                name,
-                format!("url is not a valid PostgreSQL URL: {}", sql::describe(&e)),
-            )
-        })?;
+        let refuse = |message: String| BackendError::config(name, message);
+        config.validate(SqlEngine::Postgres).map_err(refuse)?;
+        let table = config.table_name(SqlEngine::Postgres).map_err(refuse)?;
+        let mut pg = parse_url(&config.url).map_err(refuse)?;
         pg.connect_timeout(config.connect_timeout);
         // Notices a peer that vanished without closing the connection.
         pg.keepalives_idle(Duration::from_secs(30));

@@ -1,13 +1,16 @@
-//! What the PostgreSQL and MySQL/MariaDB backends share: configuration
-//! defaults, table-name validation, TLS modes, and turning a stored row into
-//! the lease model (through [`Record`], so both engines judge a row by the same
-//! rules as the `memory` and `embedded` backends).
+//! What the PostgreSQL and MySQL/MariaDB backends share: their one
+//! configuration table ([`SqlConfig`]) and its checks, table-name validation,
+//! TLS modes, and turning a stored row into the lease model (through
+//! [`Record`], so both engines judge a row by the same rules as the `memory`
+//! and `embedded` backends).
 //!
 //! Both engines keep one row per resource that outlives its leases: it holds
 //! the last eviction record, and its fence comes from a counter that no row
 //! deletion can reset (a sequence in PostgreSQL, a one-row counter table in
 //! MySQL), so fences keep increasing even when operators delete old rows.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -36,20 +39,130 @@ pub(super) const MAX_ATTEMPTS: u32 = 8;
 /// input can turn into an engine error.
 const MAX_TTL: Duration = Duration::from_secs(100 * 366 * 86_400);
 
-pub(super) fn default_table() -> String {
+/// `[backends.NAME]` with `type = "postgres"` or `type = "mysql"`: both
+/// engines take the same keys. What differs between them (URL scheme and
+/// parameters, `schema.table`) is named per key and checked by
+/// [`SqlConfig::validate`] for the [`SqlEngine`] at hand.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// `postgres://user:password@host:port/database` (or `postgresql://`),
+    /// whose libpq-style query parameters such as `sslmode` and `options`
+    /// are honoured; or `mysql://user:password@host:port/database`, whose
+    /// `mysql_async` parameters (`require_ssl`, `verify_ca`, …) are honoured
+    /// unless `tls` is set.
+    pub url: String,
+    /// The locks table: letters, digits and underscores only; on PostgreSQL
+    /// also `schema.table` (MySQL takes the database from the URL). Default
+    /// `stormlock_locks`; the fence counter (a sequence in PostgreSQL, a
+    /// table in MySQL) is named after it with a `_fence` suffix.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Create the table and its fence counter on start if they are missing
+    /// (default true). With false they must exist, created with the engine's
+    /// `DDL`.
+    #[serde(default = "default_create_table")]
+    pub create_table: bool,
+    /// Most connections kept open to the server (default 8).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Bound on opening a connection and on waiting for a free one
+    /// (default 2 s).
+    #[serde(
+        default = "super::default_connect_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+    /// `disable`, `require` (encrypted, server not authenticated) or
+    /// `verify-full`. Unset: the URL decides: PostgreSQL's `sslmode`
+    /// (libpq's default, `prefer`, when absent), MySQL's parameters (plain by
+    /// default).
+    pub tls: Option<TlsMode>,
+    /// PEM file of the certificate authorities that sign the server's
+    /// certificate, for `tls = "verify-full"`; unset: the public web roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for SqlConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password; configurations end up in logs.
+        f.debug_struct("SqlConfig")
+            .field("url", &super::redact_url(&self.url))
+            .field("table", &self.table)
+            .field("create_table", &self.create_table)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+fn default_table() -> String {
     DEFAULT_TABLE.to_string()
 }
 
-pub(super) fn default_create_table() -> bool {
+fn default_create_table() -> bool {
     true
 }
 
-pub(super) fn default_pool_size() -> usize {
+fn default_pool_size() -> usize {
     8
 }
 
-pub(super) fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
+/// The engine a [`SqlConfig`] is for: the rules that differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlEngine {
+    /// PostgreSQL: `postgres://` URLs, `schema.table` names.
+    #[cfg(feature = "postgres")]
+    Postgres,
+    /// MySQL or MariaDB: `mysql://` URLs, tables in the URL's database.
+    #[cfg(feature = "mysql")]
+    Mysql,
+}
+
+impl SqlEngine {
+    /// Whether `table` may name a schema (`schema.table`).
+    fn schema_tables(self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => true,
+            #[cfg(feature = "mysql")]
+            Self::Mysql => false,
+        }
+    }
+
+    /// Checks the scheme and what the engine's client parses of `url`,
+    /// without connecting.
+    fn check_url(self, url: &str) -> std::result::Result<(), String> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => super::postgres::parse_url(url).map(drop),
+            #[cfg(feature = "mysql")]
+            Self::Mysql => super::mysql::parse_url(url).map(drop),
+        }
+    }
+}
+
+impl SqlConfig {
+    /// Checks every key of the table for `engine` without connecting; the
+    /// message starts with the key.
+    pub fn validate(&self, engine: SqlEngine) -> std::result::Result<(), String> {
+        if self.pool_size == 0 {
+            return Err("pool_size: must be at least 1".to_string());
+        }
+        super::check_timeout("connect_timeout", self.connect_timeout)?;
+        if self.ca_file.is_some() && self.tls != Some(TlsMode::VerifyFull) {
+            return Err("ca_file: only used with tls = \"verify-full\"".to_string());
+        }
+        self.table_name(engine)?;
+        engine.check_url(&self.url)
+    }
+
+    /// The validated `table` setting.
+    pub(super) fn table_name(&self, engine: SqlEngine) -> std::result::Result<TableName, String> {
+        TableName::parse(&self.table, engine.schema_tables())
+    }
 }
 
 /// How the connection to the database server is secured.
@@ -66,35 +179,6 @@ pub enum TlsMode {
     VerifyFull,
 }
 
-/// Checks the settings every SQL backend has in common.
-pub(super) fn check_common(
-    backend: &str,
-    pool_size: usize,
-    connect_timeout: Duration,
-    tls: Option<TlsMode>,
-    ca_file: Option<&std::path::Path>,
-) -> Result<()> {
-    if pool_size == 0 {
-        return Err(BackendError::config(
-            backend,
-            "pool_size must be at least 1",
-        ));
-    }
-    if connect_timeout.is_zero() {
-        return Err(BackendError::config(
-            backend,
-            "connect_timeout must be at least 1 second",
-        ));
-    }
-    if ca_file.is_some() && tls != Some(TlsMode::VerifyFull) {
-        return Err(BackendError::config(
-            backend,
-            "ca_file is only used with tls = \"verify-full\"",
-        ));
-    }
-    Ok(())
-}
-
 /// A validated table name, optionally schema-qualified. Only names of ASCII
 /// letters, digits and underscores pass, so quoting them can never be
 /// escaped from.
@@ -107,19 +191,17 @@ pub(super) struct TableName {
 impl TableName {
     /// Validates the `table` setting. `schema.table` is accepted only when
     /// `allow_schema` (PostgreSQL; MySQL takes the database from the URL).
-    pub(super) fn parse(backend: &str, text: &str, allow_schema: bool) -> Result<Self> {
+    /// The message starts with the key.
+    fn parse(text: &str, allow_schema: bool) -> std::result::Result<Self, String> {
         let refuse = |why: &str| {
-            BackendError::config(
-                backend,
-                format!(
-                    "table {text:?} is not a valid table name: {why}; use letters, digits and \
-                     underscores, starting with a letter or underscore{}",
-                    if allow_schema {
-                        ", optionally as schema.table"
-                    } else {
-                        ""
-                    }
-                ),
+            format!(
+                "table: {text:?} is not a valid table name: {why}; use letters, digits and \
+                 underscores, starting with a letter or underscore{}",
+                if allow_schema {
+                    ", optionally as schema.table"
+                } else {
+                    ""
+                }
             )
         };
         let (schema, table) = match text.split_once('.') {
@@ -307,24 +389,6 @@ pub(super) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A connection URL with its password replaced, safe to show in `Debug`
-/// output and logs.
-pub(super) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let password = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{password}@{host}{path}")
-        }
-        None => url.to_string(),
-    }
-}
-
 /// A short pause before another attempt, growing with `attempt`, so that
 /// contenders that collided do not collide again in lockstep.
 pub(super) async fn pause_before_retry(attempt: u32) {
@@ -339,7 +403,7 @@ mod tests {
 
     #[test]
     fn table_names() {
-        let ok = |t: &str, schema: bool| TableName::parse("b", t, schema).map(|n| n.quoted('"'));
+        let ok = |t: &str, schema: bool| TableName::parse(t, schema).map(|n| n.quoted('"'));
         assert_eq!(ok("locks", false).ok().as_deref(), Some("\"locks\""));
         assert_eq!(ok("_L0cks_2", false).ok().as_deref(), Some("\"_L0cks_2\""));
         assert_eq!(
@@ -360,12 +424,9 @@ mod tests {
             "locks.",
             &"x".repeat(MAX_TABLE_LEN + 1),
         ] {
-            let err = ok(bad, true)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = ok(bad, true).err().unwrap_or_default();
             assert!(
-                err.contains("table"),
+                err.starts_with("table: "),
                 "{bad:?} refused naming the key: {err:?}"
             );
         }
@@ -377,11 +438,11 @@ mod tests {
 
     #[test]
     fn fence_name_and_rendering() {
-        let table = TableName::parse("b", "ops.locks", true).map(|t| t.fence().quoted('"'));
+        let table = TableName::parse("ops.locks", true).map(|t| t.fence().quoted('"'));
         assert_eq!(table.ok().as_deref(), Some("\"ops\".\"locks_fence\""));
         let template =
             "CREATE SEQUENCE \"stormlock_locks_fence\"; CREATE TABLE \"stormlock_locks\"";
-        let Ok(table) = TableName::parse("b", "ops.locks", true) else {
+        let Ok(table) = TableName::parse("ops.locks", true) else {
             panic!("valid name")
         };
         assert_eq!(
@@ -391,19 +452,58 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://app:s3cr%40t@db:5432/locks?sslmode=require"),
-            "postgres://app:***@db:5432/locks?sslmode=require"
-        );
-        assert_eq!(redact_url("mysql://root@db/x"), "mysql://root@db/x");
-        assert_eq!(redact_url("mysql://db/x"), "mysql://db/x");
-        assert_eq!(redact_url("not a url"), "not a url");
-    }
-
-    #[test]
     fn ttls_are_clamped() {
         assert_eq!(ttl_micros(Duration::from_millis(1500)), 1_500_000);
         assert_eq!(ttl_micros(Duration::MAX), ttl_micros(MAX_TTL));
+    }
+
+    fn config(toml: &str) -> SqlConfig {
+        toml::from_str(toml).expect("parse")
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let c = config("url = \"mysql://u:hunter2@db/ops\"");
+        assert_eq!(c.table, DEFAULT_TABLE);
+        assert!(c.create_table);
+        assert_eq!(c.pool_size, 8);
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!((c.tls, c.ca_file.as_ref()), (None, None));
+        assert!(!format!("{c:?}").contains("hunter2"), "password in {c:?}");
+        assert!(toml::from_str::<SqlConfig>("url = \"mysql://db/x\"\npool = 3").is_err());
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_rules() {
+        let url = "url = \"postgres://u:p@db/ops?sslmode=require\"\n";
+        let check = |extra: &str| config(&format!("{url}{extra}")).validate(SqlEngine::Postgres);
+        assert_eq!(check("table = \"ops.locks\""), Ok(()));
+        assert_eq!(
+            check("tls = \"verify-full\"\nca_file = \"/ca.pem\""),
+            Ok(())
+        );
+        let url = config("url = \"postgresql://db/ops\"").validate(SqlEngine::Postgres);
+        assert_eq!(url, Ok(()));
+        let err = config("url = \"mysql://db/ops\"")
+            .validate(SqlEngine::Postgres)
+            .err()
+            .unwrap_or_default();
+        assert!(err.starts_with("url: "), "{err}");
+    }
+
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysql_rules() {
+        let check = |toml: &str| config(toml).validate(SqlEngine::Mysql);
+        assert_eq!(check("url = \"mysql://u:p@db:3306/ops\""), Ok(()));
+        for (toml, key) in [
+            ("url = \"mysql://db/ops\"\ntable = \"ops.locks\"", "table"),
+            ("url = \"postgres://db/ops\"", "url"),
+            ("url = \"mysql://db/ops?pool_max=x\"", "url"),
+        ] {
+            let err = check(toml).err().unwrap_or_default();
+            assert!(err.starts_with(&format!("{key}: ")), "{toml}: {err}");
+        }
     }
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import Daemon
-from stormlock_client import connect
+from stormlock_client import connect, lease_evicted
 from stormlock_client.v1 import lock_pb2, lock_pb2_grpc
 from stormlock_client.v1.lock_pb2_grpc import LockServiceStub
 
@@ -95,6 +96,53 @@ def test_renew_of_a_released_lease_fails_precondition(locks: LockServiceStub, re
     with pytest.raises(grpc.RpcError) as excinfo:
         locks.Renew(lock_pb2.RenewRequest(resource=resource, lease_id=lease.lease_id), timeout=TIMEOUT)
     assert status(excinfo)[0] == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_renew_and_is_held_of_a_broken_lease_say_who_broke_it(locks: LockServiceStub, resource: str) -> None:
+    lease = acquire(locks, resource, reason="long job").lease
+    broken = locks.ForceRelease(
+        lock_pb2.ForceReleaseRequest(resource=resource, reason="incident 42"), timeout=TIMEOUT
+    ).released
+    assert broken.lease_id == lease.lease_id
+    renew = lock_pb2.RenewRequest(resource=resource, lease_id=lease.lease_id)
+    is_held = lock_pb2.IsHeldRequest(resource=resource, lease_id=lease.lease_id)
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("Renew", lambda: locks.Renew(renew, timeout=TIMEOUT)),
+        ("IsHeld", lambda: locks.IsHeld(is_held, timeout=TIMEOUT)),
+    ]
+    for name, call in calls:
+        with pytest.raises(grpc.RpcError) as excinfo:
+            call()
+        assert status(excinfo)[0] == grpc.StatusCode.FAILED_PRECONDITION, name
+        evicted = lease_evicted(excinfo.value)
+        # The development client certificate is the administrator's.
+        assert evicted == lock_pb2.LeaseEvicted(actor=lease.principal, reason="incident 42"), name
+
+
+def test_an_expired_or_released_lease_has_no_eviction(locks: LockServiceStub, resource: str) -> None:
+    expired = acquire(locks, resource, ttl=1).lease
+    time.sleep(2.2)
+    released = acquire(locks, resource).lease
+    locks.Release(lock_pb2.ReleaseRequest(resource=resource, lease_id=released.lease_id), timeout=TIMEOUT)
+    for lease in (expired, released):
+        with pytest.raises(grpc.RpcError) as excinfo:
+            locks.Renew(lock_pb2.RenewRequest(resource=resource, lease_id=lease.lease_id), timeout=TIMEOUT)
+        assert status(excinfo)[0] == grpc.StatusCode.FAILED_PRECONDITION
+        assert lease_evicted(excinfo.value) is None
+
+
+def test_lease_evicted_of_other_errors_is_none(locks: LockServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as excinfo:
+        locks.Acquire(lock_pb2.AcquireRequest(resource=""), timeout=TIMEOUT)
+    assert lease_evicted(excinfo.value) is None
+    assert lease_evicted(NotACall()) is None
+
+
+class NotACall(grpc.RpcError):
+    """An RpcError that is not a finished call, as an interceptor may raise."""
+
+    def __init__(self) -> None:
+        super().__init__("not a call")
 
 
 def test_is_held_tells_current_from_stale(locks: LockServiceStub, resource: str) -> None:

@@ -15,7 +15,7 @@ def test_installed_package_imports_cleanly(copy_of_package: Path, tmp_path: Path
         check=True,
     )
     installed = site / "stormlock_client"
-    for name in ("py.typed", "channel.py", "v1/lock_pb2.py", "v1/lock_pb2.pyi", "v1/lock_pb2_grpc.py",
+    for name in ("py.typed", "channel.py", "details.py", "v1/lock_pb2.py", "v1/lock_pb2.pyi", "v1/lock_pb2_grpc.py",
                  "v1/lock_pb2_grpc.pyi"):
         assert (installed / name).is_file(), name
     # Run from an empty directory with only the installed copy on the path.

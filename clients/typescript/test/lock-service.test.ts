@@ -15,6 +15,7 @@ import {
   HealthCheckResponse_ServingStatus,
   LockService,
   createStormlockTransport,
+  leaseEvicted,
 } from "../src/index.js";
 import { type Daemon, startDaemon } from "./daemon.js";
 
@@ -128,6 +129,35 @@ describe("LockService over mutual TLS", () => {
     const lease = (await acquire(resource)).lease!;
     await locks.release({ resource, leaseId: lease.leaseId }, { timeoutMs: TIMEOUT_MS });
     await failsWith(locks.renew({ resource, leaseId: lease.leaseId }, { timeoutMs: TIMEOUT_MS }), Code.FailedPrecondition);
+  });
+
+  it("says who broke a lease, and why, to Renew and IsHeld", async () => {
+    const resource = fresh();
+    const lease = (await acquire(resource, 600, "long job")).lease!;
+    const broken = await locks.forceRelease({ resource, reason: "incident 42" }, { timeoutMs: TIMEOUT_MS });
+    assert.equal(broken.released?.leaseId, lease.leaseId);
+    const request = { resource, leaseId: lease.leaseId };
+    for (const call of [() => locks.renew(request, { timeoutMs: TIMEOUT_MS }), () => locks.isHeld(request, { timeoutMs: TIMEOUT_MS })]) {
+      const evicted = leaseEvicted(await failsWith(call(), Code.FailedPrecondition));
+      // The development client certificate is the administrator's.
+      assert.equal(evicted?.actor, lease.principal);
+      assert.equal(evicted?.reason, "incident 42");
+    }
+  });
+
+  it("names no evictor for an expired or released lease", async () => {
+    const resource = fresh();
+    const expired = (await acquire(resource, 1)).lease!;
+    await new Promise((r) => setTimeout(r, 2200));
+    const released = (await acquire(resource)).lease!;
+    await locks.release({ resource, leaseId: released.leaseId }, { timeoutMs: TIMEOUT_MS });
+    for (const lease of [expired, released]) {
+      const call = locks.renew({ resource, leaseId: lease.leaseId }, { timeoutMs: TIMEOUT_MS });
+      assert.equal(leaseEvicted(await failsWith(call, Code.FailedPrecondition)), undefined);
+    }
+    const invalid = await failsWith(locks.acquire({ resource: "" }, { timeoutMs: TIMEOUT_MS }), Code.InvalidArgument);
+    assert.equal(leaseEvicted(invalid), undefined);
+    assert.equal(leaseEvicted(new Error("not from a call")), undefined);
   });
 
   it("tells a current lease from a stale one", async () => {

@@ -3,6 +3,8 @@
 - :func:`connect` opens a gRPC channel to ``stormlockd`` with the settings the
   ``stormlock`` CLI uses (address, CA, client certificate and key; the local
   daemon's development certificates for a loopback address).
+- :func:`lease_evicted` reads who broke a lease and why from the
+  ``FAILED_PRECONDITION`` error of ``Renew`` or ``IsHeld``.
 - :mod:`stormlock_client.v1` holds the generated modules: ``lock_pb2``
   (messages) and ``lock_pb2_grpc`` (``LockServiceStub``).
 """
@@ -17,6 +19,7 @@ from stormlock_client.channel import (
     parse_address,
     resolve,
 )
+from stormlock_client.details import lease_evicted
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -25,6 +28,7 @@ __all__ = [
     "Target",
     "connect",
     "default_data_dir",
+    "lease_evicted",
     "parse_address",
     "resolve",
 ]

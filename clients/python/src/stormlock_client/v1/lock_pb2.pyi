@@ -132,6 +132,14 @@ class IsHeldResponse(_message.Message):
     held: bool
     def __init__(self, held: _Optional[bool] = ...) -> None: ...
 
+class LeaseEvicted(_message.Message):
+    __slots__ = ("actor", "reason")
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    actor: str
+    reason: str
+    def __init__(self, actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ListRequest(_message.Message):
     __slots__ = ("prefix", "page_size", "page_token")
     PREFIX_FIELD_NUMBER: _ClassVar[int]

@@ -33,9 +33,16 @@ class LockServiceStub:
 
     Status codes: INVALID_ARGUMENT for bad input (the message says what),
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
-    not current (Renew), UNAVAILABLE when the backend cannot be reached within
-    the daemon's backend timeout, DEADLINE_EXCEEDED when the call's deadline
-    passes. Contention is not an error: see AcquireResponse.
+    not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
+    when the backend cannot be reached within the daemon's backend timeout,
+    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
+    error: see AcquireResponse.
+
+    Typed details travel in the standard `google.rpc.Status` of an error
+    answer (the `grpc-status-details-bin` trailer that every gRPC library can
+    read): a FAILED_PRECONDITION for a lease broken by an administrator carries
+    a LeaseEvicted, so the former holder learns who broke it and why without
+    parsing the message.
     """
 
     def __init__(self, channel):
@@ -94,9 +101,16 @@ class LockServiceServicer:
 
     Status codes: INVALID_ARGUMENT for bad input (the message says what),
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
-    not current (Renew), UNAVAILABLE when the backend cannot be reached within
-    the daemon's backend timeout, DEADLINE_EXCEEDED when the call's deadline
-    passes. Contention is not an error: see AcquireResponse.
+    not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
+    when the backend cannot be reached within the daemon's backend timeout,
+    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
+    error: see AcquireResponse.
+
+    Typed details travel in the standard `google.rpc.Status` of an error
+    answer (the `grpc-status-details-bin` trailer that every gRPC library can
+    read): a FAILED_PRECONDITION for a lease broken by an administrator carries
+    a LeaseEvicted, so the former holder learns who broke it and why without
+    parsing the message.
     """
 
     def Acquire(self, request, context):
@@ -214,9 +228,16 @@ class LockService:
 
     Status codes: INVALID_ARGUMENT for bad input (the message says what),
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
-    not current (Renew), UNAVAILABLE when the backend cannot be reached within
-    the daemon's backend timeout, DEADLINE_EXCEEDED when the call's deadline
-    passes. Contention is not an error: see AcquireResponse.
+    not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
+    when the backend cannot be reached within the daemon's backend timeout,
+    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
+    error: see AcquireResponse.
+
+    Typed details travel in the standard `google.rpc.Status` of an error
+    answer (the `grpc-status-details-bin` trailer that every gRPC library can
+    read): a FAILED_PRECONDITION for a lease broken by an administrator carries
+    a LeaseEvicted, so the former holder learns who broke it and why without
+    parsing the message.
     """
 
     @staticmethod

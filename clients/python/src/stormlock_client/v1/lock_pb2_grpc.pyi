@@ -38,9 +38,16 @@ class LockServiceStub:
 
     Status codes: INVALID_ARGUMENT for bad input (the message says what),
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
-    not current (Renew), UNAVAILABLE when the backend cannot be reached within
-    the daemon's backend timeout, DEADLINE_EXCEEDED when the call's deadline
-    passes. Contention is not an error: see AcquireResponse.
+    not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
+    when the backend cannot be reached within the daemon's backend timeout,
+    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
+    error: see AcquireResponse.
+
+    Typed details travel in the standard `google.rpc.Status` of an error
+    answer (the `grpc-status-details-bin` trailer that every gRPC library can
+    read): a FAILED_PRECONDITION for a lease broken by an administrator carries
+    a LeaseEvicted, so the former holder learns who broke it and why without
+    parsing the message.
     """
 
     @_typing.overload
@@ -73,9 +80,16 @@ class LockServiceAsyncStub(LockServiceStub):
 
     Status codes: INVALID_ARGUMENT for bad input (the message says what),
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
-    not current (Renew), UNAVAILABLE when the backend cannot be reached within
-    the daemon's backend timeout, DEADLINE_EXCEEDED when the call's deadline
-    passes. Contention is not an error: see AcquireResponse.
+    not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
+    when the backend cannot be reached within the daemon's backend timeout,
+    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
+    error: see AcquireResponse.
+
+    Typed details travel in the standard `google.rpc.Status` of an error
+    answer (the `grpc-status-details-bin` trailer that every gRPC library can
+    read): a FAILED_PRECONDITION for a lease broken by an administrator carries
+    a LeaseEvicted, so the former holder learns who broke it and why without
+    parsing the message.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -104,9 +118,16 @@ class LockServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Status codes: INVALID_ARGUMENT for bad input (the message says what),
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
-    not current (Renew), UNAVAILABLE when the backend cannot be reached within
-    the daemon's backend timeout, DEADLINE_EXCEEDED when the call's deadline
-    passes. Contention is not an error: see AcquireResponse.
+    not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
+    when the backend cannot be reached within the daemon's backend timeout,
+    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
+    error: see AcquireResponse.
+
+    Typed details travel in the standard `google.rpc.Status` of an error
+    answer (the `grpc-status-details-bin` trailer that every gRPC library can
+    read): a FAILED_PRECONDITION for a lease broken by an administrator carries
+    a LeaseEvicted, so the former holder learns who broke it and why without
+    parsing the message.
     """
 
     @_abc_1.abstractmethod

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stormlock/v1/lock.proto.
  */
 export const file_stormlock_v1_lock: GenFile = /*@__PURE__*/
-  fileDesc("ChdzdG9ybWxvY2svdjEvbG9jay5wcm90bxIMc3Rvcm1sb2NrLnYxIr4BCgVMZWFzZRIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRIRCglwcmluY2lwYWwYAyABKAkSDgoGcmVhc29uGAQgASgJEi8KC2FjcXVpcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVmZW5jZRgHIAEoBCKnAQoOQWNxdWlyZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBHdhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcmVhc29uGAQgASgJEhEKCXByaW5jaXBhbBgFIAEoCRIPCgd3YWl0X2lkGAYgASgJImwKD0FjcXVpcmVSZXNwb25zZRIQCghhY3F1aXJlZBgBIAEoCBIiCgVsZWFzZRgCIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIjCgZob2xkZXIYAyABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2UiNAoOUmVsZWFzZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiIwoPUmVsZWFzZVJlc3BvbnNlEhAKCHJlbGVhc2VkGAEgASgIIloKDFJlbmV3UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRImCgN0dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iMwoNUmVuZXdSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZSIzCg5DdXJyZW50UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIPCgd3YWl0X2lkGAIgASgJIl4KD0N1cnJlbnRSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIPCgd3YWl0aW5nGAIgASgNEhYKDnF1ZXVlX3Bvc2l0aW9uGAMgASgNIjMKDUlzSGVsZFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiHgoOSXNIZWxkUmVzcG9uc2USDAoEaGVsZBgBIAEoCCJECgtMaXN0UmVxdWVzdBIOCgZwcmVmaXgYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiTAoMTGlzdFJlc3BvbnNlEiMKBmxlYXNlcxgBIAMoCzITLnN0b3JtbG9jay52MS5MZWFzZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNwoTRm9yY2VSZWxlYXNlUmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIOCgZyZWFzb24YAiABKAkiPQoURm9yY2VSZWxlYXNlUmVzcG9uc2USJQoIcmVsZWFzZWQYASABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2UiMAoMV2F0Y2hSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEg4KBnByZWZpeBgCIAEoCSKqAQoNV2F0Y2hSZXNwb25zZRIlCgR0eXBlGAEgASgOMhcuc3Rvcm1sb2NrLnYxLkV2ZW50VHlwZRIiCgVsZWFzZRgCIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIvCgtvYnNlcnZlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYBCABKAkSDgoGcmVhc29uGAUgASgJKqgBCglFdmVudFR5cGUSGgoWRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhcKE0VWRU5UX1RZUEVfQUNRVUlSRUQQARIWChJFVkVOVF9UWVBFX1JFTkVXRUQQAhIXChNFVkVOVF9UWVBFX1JFTEVBU0VEEAMSFgoSRVZFTlRfVFlQRV9FWFBJUkVEEAQSHQoZRVZFTlRfVFlQRV9GT1JDRV9SRUxFQVNFRBAFMsYECgtMb2NrU2VydmljZRJGCgdBY3F1aXJlEhwuc3Rvcm1sb2NrLnYxLkFjcXVpcmVSZXF1ZXN0Gh0uc3Rvcm1sb2NrLnYxLkFjcXVpcmVSZXNwb25zZRJGCgdSZWxlYXNlEhwuc3Rvcm1sb2NrLnYxLlJlbGVhc2VSZXF1ZXN0Gh0uc3Rvcm1sb2NrLnYxLlJlbGVhc2VSZXNwb25zZRJACgVSZW5ldxIaLnN0b3JtbG9jay52MS5SZW5ld1JlcXVlc3QaGy5zdG9ybWxvY2sudjEuUmVuZXdSZXNwb25zZRJGCgdDdXJyZW50Ehwuc3Rvcm1sb2NrLnYxLkN1cnJlbnRSZXF1ZXN0Gh0uc3Rvcm1sb2NrLnYxLkN1cnJlbnRSZXNwb25zZRJDCgZJc0hlbGQSGy5zdG9ybWxvY2sudjEuSXNIZWxkUmVxdWVzdBocLnN0b3JtbG9jay52MS5Jc0hlbGRSZXNwb25zZRI9CgRMaXN0Ehkuc3Rvcm1sb2NrLnYxLkxpc3RSZXF1ZXN0Ghouc3Rvcm1sb2NrLnYxLkxpc3RSZXNwb25zZRJVCgxGb3JjZVJlbGVhc2USIS5zdG9ybWxvY2sudjEuRm9yY2VSZWxlYXNlUmVxdWVzdBoiLnN0b3JtbG9jay52MS5Gb3JjZVJlbGVhc2VSZXNwb25zZRJCCgVXYXRjaBIaLnN0b3JtbG9jay52MS5XYXRjaFJlcXVlc3QaGy5zdG9ybWxvY2sudjEuV2F0Y2hSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChdzdG9ybWxvY2svdjEvbG9jay5wcm90bxIMc3Rvcm1sb2NrLnYxIr4BCgVMZWFzZRIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRIRCglwcmluY2lwYWwYAyABKAkSDgoGcmVhc29uGAQgASgJEi8KC2FjcXVpcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVmZW5jZRgHIAEoBCKnAQoOQWNxdWlyZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBHdhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcmVhc29uGAQgASgJEhEKCXByaW5jaXBhbBgFIAEoCRIPCgd3YWl0X2lkGAYgASgJImwKD0FjcXVpcmVSZXNwb25zZRIQCghhY3F1aXJlZBgBIAEoCBIiCgVsZWFzZRgCIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIjCgZob2xkZXIYAyABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2UiNAoOUmVsZWFzZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiIwoPUmVsZWFzZVJlc3BvbnNlEhAKCHJlbGVhc2VkGAEgASgIIloKDFJlbmV3UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRImCgN0dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iMwoNUmVuZXdSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZSIzCg5DdXJyZW50UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIPCgd3YWl0X2lkGAIgASgJIl4KD0N1cnJlbnRSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIPCgd3YWl0aW5nGAIgASgNEhYKDnF1ZXVlX3Bvc2l0aW9uGAMgASgNIjMKDUlzSGVsZFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiHgoOSXNIZWxkUmVzcG9uc2USDAoEaGVsZBgBIAEoCCItCgxMZWFzZUV2aWN0ZWQSDQoFYWN0b3IYASABKAkSDgoGcmVhc29uGAIgASgJIkQKC0xpc3RSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJMCgxMaXN0UmVzcG9uc2USIwoGbGVhc2VzGAEgAygLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI3ChNGb3JjZVJlbGVhc2VSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI9ChRGb3JjZVJlbGVhc2VSZXNwb25zZRIlCghyZWxlYXNlZBgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZSIwCgxXYXRjaFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSDgoGcHJlZml4GAIgASgJIqoBCg1XYXRjaFJlc3BvbnNlEiUKBHR5cGUYASABKA4yFy5zdG9ybWxvY2sudjEuRXZlbnRUeXBlEiIKBWxlYXNlGAIgASgLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEi8KC29ic2VydmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgEIAEoCRIOCgZyZWFzb24YBSABKAkqqAEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFwoTRVZFTlRfVFlQRV9BQ1FVSVJFRBABEhYKEkVWRU5UX1RZUEVfUkVORVdFRBACEhcKE0VWRU5UX1RZUEVfUkVMRUFTRUQQAxIWChJFVkVOVF9UWVBFX0VYUElSRUQQBBIdChlFVkVOVF9UWVBFX0ZPUkNFX1JFTEVBU0VEEAUyxgQKC0xvY2tTZXJ2aWNlEkYKB0FjcXVpcmUSHC5zdG9ybWxvY2sudjEuQWNxdWlyZVJlcXVlc3QaHS5zdG9ybWxvY2sudjEuQWNxdWlyZVJlc3BvbnNlEkYKB1JlbGVhc2USHC5zdG9ybWxvY2sudjEuUmVsZWFzZVJlcXVlc3QaHS5zdG9ybWxvY2sudjEuUmVsZWFzZVJlc3BvbnNlEkAKBVJlbmV3Ehouc3Rvcm1sb2NrLnYxLlJlbmV3UmVxdWVzdBobLnN0b3JtbG9jay52MS5SZW5ld1Jlc3BvbnNlEkYKB0N1cnJlbnQSHC5zdG9ybWxvY2sudjEuQ3VycmVudFJlcXVlc3QaHS5zdG9ybWxvY2sudjEuQ3VycmVudFJlc3BvbnNlEkMKBklzSGVsZBIbLnN0b3JtbG9jay52MS5Jc0hlbGRSZXF1ZXN0Ghwuc3Rvcm1sb2NrLnYxLklzSGVsZFJlc3BvbnNlEj0KBExpc3QSGS5zdG9ybWxvY2sudjEuTGlzdFJlcXVlc3QaGi5zdG9ybWxvY2sudjEuTGlzdFJlc3BvbnNlElUKDEZvcmNlUmVsZWFzZRIhLnN0b3JtbG9jay52MS5Gb3JjZVJlbGVhc2VSZXF1ZXN0GiIuc3Rvcm1sb2NrLnYxLkZvcmNlUmVsZWFzZVJlc3BvbnNlEkIKBVdhdGNoEhouc3Rvcm1sb2NrLnYxLldhdGNoUmVxdWVzdBobLnN0b3JtbG9jay52MS5XYXRjaFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A lease: the right, until `expires_at`, to act as the holder of `resource`.
@@ -388,7 +388,9 @@ export const IsHeldRequestSchema: GenMessage<IsHeldRequest> = /*@__PURE__*/
   messageDesc(file_stormlock_v1_lock, 9);
 
 /**
- * IsHeldResponse answers IsHeld.
+ * IsHeldResponse answers IsHeld. A lease that an administrator broke is
+ * answered with FAILED_PRECONDITION and a LeaseEvicted detail instead, so its
+ * holder learns who broke it.
  *
  * @generated from message stormlock.v1.IsHeldResponse
  */
@@ -407,6 +409,35 @@ export type IsHeldResponse = Message<"stormlock.v1.IsHeldResponse"> & {
  */
 export const IsHeldResponseSchema: GenMessage<IsHeldResponse> = /*@__PURE__*/
   messageDesc(file_stormlock_v1_lock, 10);
+
+/**
+ * LeaseEvicted is the detail of a FAILED_PRECONDITION answer (Renew, IsHeld)
+ * about a lease that an administrator force-released.
+ *
+ * @generated from message stormlock.v1.LeaseEvicted
+ */
+export type LeaseEvicted = Message<"stormlock.v1.LeaseEvicted"> & {
+  /**
+   * The administrator who broke the lease.
+   *
+   * @generated from field: string actor = 1;
+   */
+  actor: string;
+
+  /**
+   * The reason they gave (required by ForceRelease).
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message stormlock.v1.LeaseEvicted.
+ * Use `create(LeaseEvictedSchema)` to create a new message.
+ */
+export const LeaseEvictedSchema: GenMessage<LeaseEvicted> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 11);
 
 /**
  * ListRequest asks for the held leases.
@@ -442,7 +473,7 @@ export type ListRequest = Message<"stormlock.v1.ListRequest"> & {
  * Use `create(ListRequestSchema)` to create a new message.
  */
 export const ListRequestSchema: GenMessage<ListRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 11);
+  messageDesc(file_stormlock_v1_lock, 12);
 
 /**
  * ListResponse is one page of held leases, ordered by resource name.
@@ -470,7 +501,7 @@ export type ListResponse = Message<"stormlock.v1.ListResponse"> & {
  * Use `create(ListResponseSchema)` to create a new message.
  */
 export const ListResponseSchema: GenMessage<ListResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 12);
+  messageDesc(file_stormlock_v1_lock, 13);
 
 /**
  * ForceReleaseRequest breaks whatever lease holds a resource.
@@ -499,7 +530,7 @@ export type ForceReleaseRequest = Message<"stormlock.v1.ForceReleaseRequest"> & 
  * Use `create(ForceReleaseRequestSchema)` to create a new message.
  */
 export const ForceReleaseRequestSchema: GenMessage<ForceReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 13);
+  messageDesc(file_stormlock_v1_lock, 14);
 
 /**
  * ForceReleaseResponse tells what was broken.
@@ -520,7 +551,7 @@ export type ForceReleaseResponse = Message<"stormlock.v1.ForceReleaseResponse"> 
  * Use `create(ForceReleaseResponseSchema)` to create a new message.
  */
 export const ForceReleaseResponseSchema: GenMessage<ForceReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 14);
+  messageDesc(file_stormlock_v1_lock, 15);
 
 /**
  * WatchRequest selects the resources to watch: at most one of `resource` and
@@ -550,7 +581,7 @@ export type WatchRequest = Message<"stormlock.v1.WatchRequest"> & {
  * Use `create(WatchRequestSchema)` to create a new message.
  */
 export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 15);
+  messageDesc(file_stormlock_v1_lock, 16);
 
 /**
  * WatchResponse is one event on a watched resource.
@@ -600,7 +631,7 @@ export type WatchResponse = Message<"stormlock.v1.WatchResponse"> & {
  * Use `create(WatchResponseSchema)` to create a new message.
  */
 export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 16);
+  messageDesc(file_stormlock_v1_lock, 17);
 
 /**
  * The kind of a WatchResponse.
@@ -665,9 +696,16 @@ export const EventTypeSchema: GenEnum<EventType> = /*@__PURE__*/
  *
  * Status codes: INVALID_ARGUMENT for bad input (the message says what),
  * UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
- * not current (Renew), UNAVAILABLE when the backend cannot be reached within
- * the daemon's backend timeout, DEADLINE_EXCEEDED when the call's deadline
- * passes. Contention is not an error: see AcquireResponse.
+ * not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
+ * when the backend cannot be reached within the daemon's backend timeout,
+ * DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
+ * error: see AcquireResponse.
+ *
+ * Typed details travel in the standard `google.rpc.Status` of an error
+ * answer (the `grpc-status-details-bin` trailer that every gRPC library can
+ * read): a FAILED_PRECONDITION for a lease broken by an administrator carries
+ * a LeaseEvicted, so the former holder learns who broke it and why without
+ * parsing the message.
  *
  * @generated from service stormlock.v1.LockService
  */

@@ -91,9 +91,18 @@
 //! aws dynamodb update-time-to-live --table-name stormlock \
 //!   --time-to-live-specification Enabled=true,AttributeName=cleanup_at
 //! ```
+//!
+//! # Layout
+//!
+//! This file holds the client and the operations; `config.rs` the table of
+//! settings and its checks; `table.rs` checking and creating the DynamoDB
+//! table; `codec.rs` the items' attributes, written and read back.
 
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod codec;
+mod config;
+mod table;
+
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -104,156 +113,17 @@ use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-    TimeToLiveStatus, TransactWriteItem, Update,
+    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TableStatus,
+    TransactWriteItem, Update,
 };
-use serde::Deserialize;
 
 use super::{Backend, BackendError, Result};
 use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
-
-/// `[backends.NAME]` with `type = "dynamodb"`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DynamodbConfig {
-    /// Name of the table holding the leases (3–255 characters of
-    /// `A-Z a-z 0-9 _ - .`). Default: `stormlock`.
-    #[serde(default = "default_table")]
-    pub table: String,
-    /// AWS region, such as `eu-west-1`. Default: the AWS chain (`AWS_REGION`,
-    /// the profile, instance metadata).
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Endpoint URL replacing AWS's, for local emulators such as moto or
-    /// DynamoDB Local (`http://127.0.0.1:8000`).
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Create the table (on-demand billing) when it is missing, wait until it
-    /// is usable, and enable TTL cleanup on `cleanup_at`. Default: true.
-    /// Without it the table must exist with the layout described in the
-    /// module documentation.
-    #[serde(default = "default_create_table")]
-    pub create_table: bool,
-    /// How long to wait for a TCP/TLS connection to DynamoDB. Default: `2s`.
-    #[serde(
-        default = "default_connect_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
-    pub connect_timeout: Duration,
-    /// How long one DynamoDB request may take, retries included, before the
-    /// backend reports itself unavailable. A lock operation makes one to
-    /// three requests (more when it loses a race). Default: `2s`.
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
-    pub timeout: Duration,
-}
-
-fn default_table() -> String {
-    "stormlock".to_string()
-}
-
-fn default_create_table() -> bool {
-    true
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-
-impl Default for DynamodbConfig {
-    fn default() -> Self {
-        Self {
-            table: default_table(),
-            region: None,
-            endpoint: None,
-            create_table: default_create_table(),
-            connect_timeout: default_connect_timeout(),
-            timeout: default_timeout(),
-        }
-    }
-}
-
-impl DynamodbConfig {
-    /// Checks every key; the message names the key and what is wrong.
-    fn validate(&self) -> std::result::Result<(), String> {
-        let table_ok = (3..=255).contains(&self.table.len())
-            && self
-                .table
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if !table_ok {
-            return Err(format!(
-                "table {:?} is not a valid DynamoDB table name: use 3 to 255 characters from A-Z, a-z, 0-9, '_', '-' and '.'",
-                self.table
-            ));
-        }
-        if let Some(region) = &self.region {
-            let region_ok = !region.is_empty()
-                && region
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !region_ok {
-                return Err(format!(
-                    "region {region:?} is not an AWS region name (like \"eu-west-1\")"
-                ));
-            }
-        }
-        if let Some(endpoint) = &self.endpoint {
-            let rest = endpoint
-                .strip_prefix("http://")
-                .or_else(|| endpoint.strip_prefix("https://"));
-            if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
-                return Err(format!(
-                    "endpoint {endpoint:?} is not an http:// or https:// URL"
-                ));
-            }
-        }
-        if self.connect_timeout.is_zero() {
-            return Err("connect_timeout must be at least one second".to_string());
-        }
-        if self.timeout.is_zero() {
-            return Err("timeout must be at least one second".to_string());
-        }
-        Ok(())
-    }
-}
-
-/// Attribute names and key values of the table layout (module docs).
-const RESOURCE: &str = "resource";
-const KIND: &str = "kind";
-const LEASE: &str = "lease";
-const RECORD: &str = "record";
-const LEASE_ID: &str = "lease_id";
-const PRINCIPAL: &str = "principal";
-const REASON: &str = "reason";
-const ACQUIRED_MS: &str = "acquired_ms";
-const EXPIRES_MS: &str = "expires_ms";
-const FENCE: &str = "fence";
-const CLEANUP_AT: &str = "cleanup_at";
-const EVICTED_ID: &str = "evicted_id";
-const EVICTED_BY: &str = "evicted_by";
-const EVICTED_REASON: &str = "evicted_reason";
-
-/// How long after expiry DynamoDB may delete a lease item. Expired leases are
-/// ignored anyway; the delay keeps the cleanup far behind any in-flight
-/// acquisition (see "Fences" in the module docs).
-const CLEANUP_GRACE: Duration = Duration::from_secs(3600);
-
-/// `expires_ms` of a released or force-released lease item: free on every
-/// daemon's clock, while the item keeps its fence.
-const RELEASED_MS: u64 = 0;
-
-/// When DynamoDB may delete a lease item that lapsed or was freed at `ms`.
-fn cleanup_after(ms: u64) -> u64 {
-    ms.div_ceil(1000).saturating_add(CLEANUP_GRACE.as_secs())
-}
+use codec::{
+    CLEANUP_AT, EVICTED_BY, EVICTED_ID, EVICTED_REASON, EXPIRES_MS, FENCE, Item, KIND, LEASE,
+    LEASE_ID, RECORD, RELEASED_MS, RESOURCE, cleanup_after, key, millis, millis_of, number,
+};
+pub use config::DynamodbConfig;
 
 /// A fence number taken longer ago than this is not used: its put could land
 /// too late (see "Fences" in the module docs).
@@ -263,11 +133,6 @@ const FENCE_MAX_AGE: Duration = Duration::from_secs(60);
 /// holder that vanished between the write and the read, a stale fence
 /// number) before giving up with `Unavailable`.
 const ATTEMPTS: u32 = 8;
-
-/// How long to wait for a table being created to become usable.
-const TABLE_READY_WAIT: Duration = Duration::from_secs(60);
-
-type Item = HashMap<String, AttributeValue>;
 
 /// A DynamoDB table of leases.
 pub struct DynamodbBackend {
@@ -338,182 +203,6 @@ impl DynamodbBackend {
         Ok(backend)
     }
 
-    /// Makes sure the table exists with our key schema, creating it and
-    /// enabling TTL cleanup when `create` allows.
-    async fn prepare_table(&self, create: bool) -> Result<()> {
-        match self.describe_table().await? {
-            Some(table) => self.check_key_schema(&table)?,
-            None if create => self.create_table().await?,
-            None => {
-                return Err(BackendError::config(
-                    &self.name,
-                    format!(
-                        "table {:?} does not exist and create_table = false: create it (partition key \"{RESOURCE}\" string, sort key \"{KIND}\" string) or set create_table = true",
-                        self.table
-                    ),
-                ));
-            }
-        }
-        if create {
-            self.enable_ttl().await;
-        }
-        Ok(())
-    }
-
-    /// The table's description, `None` when it does not exist.
-    async fn describe_table(&self) -> Result<Option<aws_sdk_dynamodb::types::TableDescription>> {
-        match self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(out.table().cloned()),
-            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(None),
-            Err(e) => Err(self.sdk_error("DescribeTable", e)),
-        }
-    }
-
-    fn check_key_schema(&self, table: &aws_sdk_dynamodb::types::TableDescription) -> Result<()> {
-        let has_key = |attr: &str, key_type: KeyType| {
-            table
-                .key_schema()
-                .iter()
-                .any(|k| k.attribute_name() == attr && *k.key_type() == key_type)
-                && table.attribute_definitions().iter().any(|d| {
-                    d.attribute_name() == attr && *d.attribute_type() == ScalarAttributeType::S
-                })
-        };
-        if table.key_schema().len() == 2
-            && has_key(RESOURCE, KeyType::Hash)
-            && has_key(KIND, KeyType::Range)
-        {
-            Ok(())
-        } else {
-            Err(BackendError::config(
-                &self.name,
-                format!(
-                    "table {:?} exists with another key schema: stormlock needs partition key \"{RESOURCE}\" (string) and sort key \"{KIND}\" (string); choose another table",
-                    self.table
-                ),
-            ))
-        }
-    }
-
-    async fn create_table(&self) -> Result<()> {
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-        };
-        let key = |name: &str, key_type: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(key_type)
-                .build()
-        };
-        let internal = |e| BackendError::internal(&self.name, e);
-        let created = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attr(RESOURCE).map_err(internal)?)
-            .attribute_definitions(attr(KIND).map_err(internal)?)
-            .key_schema(key(RESOURCE, KeyType::Hash).map_err(internal)?)
-            .key_schema(key(KIND, KeyType::Range).map_err(internal)?)
-            .send()
-            .await;
-        match created {
-            Ok(_) => {
-                tracing::info!(backend = %self.name, table = %self.table, "created DynamoDB table")
-            }
-            // Another replica created it first.
-            Err(e) if error_code(&e) == Some("ResourceInUseException") => {}
-            Err(e) => return Err(self.sdk_error("CreateTable", e)),
-        }
-        let deadline = tokio::time::Instant::now() + TABLE_READY_WAIT;
-        loop {
-            let status = self.describe_table().await?;
-            let status = status.as_ref().and_then(|t| t.table_status());
-            if status == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(BackendError::unavailable(
-                    &self.name,
-                    format!(
-                        "table {:?} not active {TABLE_READY_WAIT:?} after creation (status {status:?})",
-                        self.table
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// Turns on TTL cleanup of expired lease items. Leases work without it
-    /// (expiry is judged on `expires_ms`), so failures — an emulator without
-    /// TTL, a role without `UpdateTimeToLive` — are only logged.
-    async fn enable_ttl(&self) {
-        let current = self
-            .client
-            .describe_time_to_live()
-            .table_name(&self.table)
-            .send()
-            .await;
-        let description = match current {
-            Ok(out) => out.time_to_live_description().cloned(),
-            Err(e) => {
-                tracing::warn!(backend = %self.name, table = %self.table, error = %DisplayErrorContext(&e), "cannot read TTL settings; expired leases will not be cleaned up");
-                return;
-            }
-        };
-        let status = description.as_ref().and_then(|d| d.time_to_live_status());
-        let attribute = description.as_ref().and_then(|d| d.attribute_name());
-        match status {
-            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling) => {
-                if attribute != Some(CLEANUP_AT) {
-                    tracing::warn!(backend = %self.name, table = %self.table, attribute = ?attribute, "TTL is enabled on another attribute; expired leases will not be cleaned up");
-                }
-                return;
-            }
-            Some(TimeToLiveStatus::Disabling) => {
-                tracing::warn!(backend = %self.name, table = %self.table, "TTL is being disabled; expired leases will not be cleaned up");
-                return;
-            }
-            _ => {}
-        }
-        let spec = match TimeToLiveSpecification::builder()
-            .enabled(true)
-            .attribute_name(CLEANUP_AT)
-            .build()
-        {
-            Ok(spec) => spec,
-            Err(e) => {
-                tracing::warn!(backend = %self.name, error = %e, "cannot build TTL settings");
-                return;
-            }
-        };
-        match self
-            .client
-            .update_time_to_live()
-            .table_name(&self.table)
-            .time_to_live_specification(spec)
-            .send()
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(backend = %self.name, table = %self.table, attribute = CLEANUP_AT, "enabled TTL cleanup")
-            }
-            Err(e) => {
-                tracing::warn!(backend = %self.name, table = %self.table, error = %DisplayErrorContext(&e), "cannot enable TTL; expired leases will not be cleaned up")
-            }
-        }
-    }
-
     /// Maps an SDK failure to our errors: a malformed request is our bug,
     /// anything else (network, throttling, credentials, missing table) makes
     /// the backend unavailable until it is fixed.
@@ -542,6 +231,31 @@ impl DynamodbBackend {
         )
     }
 
+    /// An item that does not decode, reported as this table's.
+    fn bad_item(&self, corrupt: codec::Corrupt) -> BackendError {
+        self.corrupt(&corrupt.resource, corrupt.what)
+    }
+
+    /// [`codec::live`], a bad item reported as this table's.
+    fn live(&self, item: &Item, now_ms: u64) -> Result<Option<Lease>> {
+        codec::live(item, now_ms).map_err(|c| self.bad_item(c))
+    }
+
+    /// [`codec::lease_of`], a bad item reported as this table's.
+    fn lease_of(&self, item: &Item) -> Result<Lease> {
+        codec::lease_of(item).map_err(|c| self.bad_item(c))
+    }
+
+    /// [`codec::eviction_of`], a bad item reported as this table's.
+    fn eviction_of(&self, record: Option<&Item>, id: &LeaseId) -> Result<Option<Eviction>> {
+        codec::eviction_of(record, id).map_err(|c| self.bad_item(c))
+    }
+
+    /// [`codec::number_of`], a bad item reported as this table's.
+    fn number(&self, item: &Item, attr: &str) -> Result<u64> {
+        codec::number_of(item, attr).map_err(|c| self.bad_item(c))
+    }
+
     /// Reads one item of `resource` with a consistent read.
     async fn get(&self, resource: &str, kind: &str) -> Result<Option<Item>> {
         let out = self
@@ -561,74 +275,6 @@ impl DynamodbBackend {
         match self.get(resource, LEASE).await? {
             Some(item) => self.live(&item, now_ms),
             None => Ok(None),
-        }
-    }
-
-    /// The lease stored in `item` if it is live at `now_ms`.
-    fn live(&self, item: &Item, now_ms: u64) -> Result<Option<Lease>> {
-        let expires = self.number(item, EXPIRES_MS)?;
-        if expires <= now_ms {
-            return Ok(None);
-        }
-        self.lease_of(item).map(Some)
-    }
-
-    fn lease_of(&self, item: &Item) -> Result<Lease> {
-        let resource = self.string(item, RESOURCE)?;
-        let id = self.string(item, LEASE_ID)?;
-        let id =
-            LeaseId::parse(&id).ok_or_else(|| self.corrupt(&resource, "malformed lease_id"))?;
-        let time = |attr: &str| -> Result<SystemTime> {
-            let ms = self.number(item, attr)?;
-            UNIX_EPOCH
-                .checked_add(Duration::from_millis(ms))
-                .ok_or_else(|| self.corrupt(&resource, format!("{attr} out of range")))
-        };
-        Ok(Lease {
-            id,
-            principal: self.string(item, PRINCIPAL)?,
-            reason: self.string(item, REASON)?,
-            acquired_at: time(ACQUIRED_MS)?,
-            expires_at: time(EXPIRES_MS)?,
-            fence: self.number(item, FENCE)?,
-            resource,
-        })
-    }
-
-    /// The eviction of `id` recorded in the record item, if any.
-    fn eviction_of(&self, record: Option<&Item>, id: &LeaseId) -> Result<Option<Eviction>> {
-        let Some(record) = record else {
-            return Ok(None);
-        };
-        match record.get(EVICTED_ID) {
-            Some(AttributeValue::S(evicted)) if evicted == id.expose() => Ok(Some(Eviction {
-                id: id.clone(),
-                actor: self.string(record, EVICTED_BY)?,
-                reason: self.string(record, EVICTED_REASON)?,
-            })),
-            _ => Ok(None),
-        }
-    }
-
-    fn string(&self, item: &Item, attr: &str) -> Result<String> {
-        match item.get(attr) {
-            Some(AttributeValue::S(s)) => Ok(s.clone()),
-            _ => Err(self.corrupt(
-                &resource_of(item),
-                format!("{attr} missing or not a string"),
-            )),
-        }
-    }
-
-    fn number(&self, item: &Item, attr: &str) -> Result<u64> {
-        match item.get(attr) {
-            Some(AttributeValue::N(n)) => n.parse().map_err(|_| {
-                self.corrupt(&resource_of(item), format!("{attr} = {n:?} is not a count"))
-            }),
-            _ => Err(self.corrupt(
-                &resource_of(item),
-                format!("{attr} missing or not a number"),
-            )),
         }
     }
 
@@ -671,20 +317,7 @@ impl DynamodbBackend {
         }
         let now_ms = millis(now);
         let expires_ms = now_ms.saturating_add(millis_of(req.ttl));
-        let cleanup_at = expires_ms
-            .div_ceil(1000)
-            .saturating_add(CLEANUP_GRACE.as_secs());
-        let mut item = key(&req.resource, LEASE);
-        item.insert(
-            LEASE_ID.into(),
-            AttributeValue::S(req.id.expose().to_string()),
-        );
-        item.insert(PRINCIPAL.into(), AttributeValue::S(req.principal.clone()));
-        item.insert(REASON.into(), AttributeValue::S(req.reason.clone()));
-        item.insert(ACQUIRED_MS.into(), number(now_ms));
-        item.insert(EXPIRES_MS.into(), number(expires_ms));
-        item.insert(FENCE.into(), number(fence));
-        item.insert(CLEANUP_AT.into(), number(cleanup_at));
+        let item = codec::lease_item(req, now_ms, expires_ms, fence);
         let lease = self.lease_of(&item)?;
         let put = self
             .client
@@ -858,9 +491,7 @@ impl Backend for DynamodbBackend {
     async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
         let now_ms = millis(SystemTime::now());
         let expires_ms = now_ms.saturating_add(millis_of(ttl));
-        let cleanup_at = expires_ms
-            .div_ceil(1000)
-            .saturating_add(CLEANUP_GRACE.as_secs());
+        let cleanup_at = cleanup_after(expires_ms);
         let updated = self
             .client
             .update_item()
@@ -1018,37 +649,6 @@ impl Backend for DynamodbBackend {
     }
 }
 
-/// The primary key of one item of `resource`.
-fn key(resource: &str, kind: &str) -> Item {
-    HashMap::from([
-        (
-            RESOURCE.to_string(),
-            AttributeValue::S(resource.to_string()),
-        ),
-        (KIND.to_string(), AttributeValue::S(kind.to_string())),
-    ])
-}
-
-fn resource_of(item: &Item) -> String {
-    match item.get(RESOURCE) {
-        Some(AttributeValue::S(s)) => s.clone(),
-        _ => "?".to_string(),
-    }
-}
-
-fn number(n: u64) -> AttributeValue {
-    AttributeValue::N(n.to_string())
-}
-
-/// Milliseconds since the Unix epoch (0 for times before it).
-fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, millis_of)
-}
-
-fn millis_of(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// A short pause between attempts that lost a race, so that competitors
 /// spread out.
 fn backoff(attempt: u32) -> Duration {
@@ -1062,53 +662,4 @@ fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> 
 
 fn is_condition_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     error_code(err) == Some("ConditionalCheckFailedException")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(toml: &str) -> std::result::Result<DynamodbConfig, toml::de::Error> {
-        toml::from_str(toml)
-    }
-
-    #[test]
-    fn defaults() {
-        let c = config("").expect("empty config");
-        assert_eq!(c.table, "stormlock");
-        assert!(c.create_table);
-        assert_eq!(c.timeout, Duration::from_secs(2));
-        assert_eq!(c.connect_timeout, Duration::from_secs(2));
-        assert_eq!(c.validate(), Ok(()));
-    }
-
-    #[test]
-    fn durations_and_unknown_keys() {
-        let c = config("timeout = \"5s\"\nconnect_timeout = \"1 seconds\"").expect("durations");
-        assert_eq!(c.timeout, Duration::from_secs(5));
-        assert_eq!(c.connect_timeout, Duration::from_secs(1));
-        let err = config("tabel = \"x\"").map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("tabel"), "{err}");
-    }
-
-    #[test]
-    fn validation_names_the_key() {
-        let cases = [
-            ("table = \"ab\"", "table"),
-            ("table = \"has space\"", "table"),
-            ("region = \"EU West\"", "region"),
-            ("endpoint = \"localhost:8000\"", "endpoint"),
-            ("timeout = \"0s\"", "timeout"),
-            ("connect_timeout = \"0s\"", "connect_timeout"),
-        ];
-        for (toml, key) in cases {
-            let err = config(toml).expect(toml).validate().unwrap_err();
-            assert!(err.starts_with(key), "{toml}: {err}");
-        }
-        let ok = config(
-            "table = \"a.b-c_D9\"\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:8000\"",
-        )
-        .expect("valid");
-        assert_eq!(ok.validate(), Ok(()));
-    }
 }

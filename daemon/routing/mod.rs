@@ -7,12 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use globset::{Glob, GlobBuilder, GlobMatcher};
-
-use crate::backend::{self, Backend, BackendError, WithTimeout};
+use crate::backend::{self, Backend, BackendError};
 use crate::config::Config;
+use crate::glob::ResourcePattern;
 use crate::lease::Lease;
 use crate::metrics::Metrics;
+
+mod timeout;
+
+pub use timeout::WithTimeout;
 
 /// Where a resource lives and how long its leases may last.
 pub struct Route {
@@ -28,22 +31,9 @@ pub struct Route {
 
 /// Resource → [`Route`].
 pub struct Router {
-    rules: Vec<(GlobMatcher, Arc<Route>)>,
+    rules: Vec<(ResourcePattern, Arc<Route>)>,
     default: Arc<Route>,
     backends: BTreeMap<String, Arc<dyn Backend>>,
-}
-
-/// Compiles a routing pattern: `*` within one `/` level, `**` across levels.
-pub fn compile_pattern(pattern: &str) -> Result<GlobMatcher, String> {
-    if pattern.is_empty() {
-        return Err("pattern is empty".to_string());
-    }
-    let glob: Glob = GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-        .map_err(|e| e.kind().to_string())?;
-    Ok(glob.compile_matcher())
 }
 
 impl Router {
@@ -94,8 +84,7 @@ impl Router {
         });
         let mut rules = Vec::new();
         for rule in &config.resources {
-            let matcher =
-                compile_pattern(&rule.pattern).map_err(|e| BackendError::config(&d.backend, e))?;
+            let matcher = rule.pattern.clone();
             let name = rule.backend.clone().unwrap_or_else(|| d.backend.clone());
             let ttl = rule.ttl.unwrap_or(d.ttl);
             rules.push((

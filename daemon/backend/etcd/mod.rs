@@ -55,9 +55,16 @@
 //!
 //! With etcd authentication, the user needs read and write on the prefix
 //! (`etcdctl role grant-permission ROLE --prefix=true readwrite /stormlock/`).
+//!
+//! # Layout
+//!
+//! This file holds the client and the operations; `config.rs` the table above
+//! and its checks; `codec.rs` the stored values and key arithmetic.
 
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod codec;
+mod config;
+
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -65,66 +72,11 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 
 use super::{Backend, BackendError, ChangeStream, Result};
-use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
-
-/// `[backends.NAME]` with `type = "etcd"`.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdConfig {
-    /// Client URLs of the cluster's members: `http://host:2379`, or
-    /// `https://host:2379` for TLS (then `ca_file` is required).
-    pub endpoints: Vec<String>,
-    /// User for etcd authentication; requires `password`.
-    pub username: Option<String>,
-    /// Password of `username`.
-    pub password: Option<String>,
-    /// PEM file with the certificate authorities that signed the members'
-    /// certificates.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS; requires `key_file`.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-    /// Prepended to every key this backend writes; must end with `/`.
-    /// Default `/stormlock/`.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// How long to wait for a connection (and the start-up check) before
-    /// giving up, and for an answer to a keep-alive ping before a connection
-    /// is considered dead. Default `2s`.
-    #[serde(
-        default = "default_connect_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
-    pub connect_timeout: Duration,
-}
-
-// By hand, because of the password.
-impl std::fmt::Debug for EtcdConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdConfig")
-            .field("endpoints", &self.endpoints)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("prefix", &self.prefix)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
-    }
-}
-
-fn default_prefix() -> String {
-    "/stormlock/".to_string()
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
-}
+use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+use codec::prefix_end;
+pub use config::EtcdConfig;
 
 /// How often an idle connection is pinged, so that a dead member is noticed
 /// before the next call needs it.
@@ -137,24 +89,6 @@ const MAX_ROUNDS: usize = 8;
 
 /// Leases looked up at once when listing.
 const LIST_CONCURRENCY: usize = 16;
-
-/// The stored value of a lock key.
-#[derive(Serialize, Deserialize)]
-struct LockValue {
-    id: String,
-    principal: String,
-    reason: String,
-    /// Unix milliseconds.
-    acquired_at: u64,
-}
-
-/// The stored value of an eviction record.
-#[derive(Serialize, Deserialize)]
-struct EvictionValue {
-    id: String,
-    actor: String,
-    reason: String,
-}
 
 /// A lock key as read, with what the transactions compare on.
 struct Held {
@@ -174,73 +108,17 @@ pub struct EtcdBackend {
     evicted_prefix: String,
 }
 
-fn check_prefix(name: &str, prefix: &str) -> Result<()> {
-    if !prefix.ends_with('/') || prefix.len() > 256 {
-        return Err(BackendError::config(
-            name,
-            format!(
-                "prefix {prefix:?} must end with \"/\" and be at most 256 bytes (default \"/stormlock/\")"
-            ),
-        ));
-    }
-    if prefix.chars().any(char::is_control) {
-        return Err(BackendError::config(
-            name,
-            format!("prefix {prefix:?} contains control characters"),
-        ));
-    }
-    Ok(())
-}
-
 fn read_file(name: &str, key: &str, path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         BackendError::config(name, format!("{key} {}: cannot read: {e}", path.display()))
     })
 }
 
-/// Checks `config` and turns it into the client's options.
+/// Validates `config` and turns it into the client's options, reading the
+/// TLS files it names.
 fn connect_options(name: &str, config: &EtcdConfig) -> Result<ConnectOptions> {
-    check_prefix(name, &config.prefix)?;
-    if config.connect_timeout.is_zero() {
-        return Err(BackendError::config(
-            name,
-            "connect_timeout must be at least 1 second",
-        ));
-    }
-    if config.endpoints.is_empty() {
-        return Err(BackendError::config(
-            name,
-            "endpoints must list at least one URL, e.g. [\"http://127.0.0.1:2379\"]",
-        ));
-    }
-    let mut https = None;
-    for endpoint in &config.endpoints {
-        let this = if let Some(rest) = endpoint.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = endpoint.strip_prefix("http://") {
-            (false, rest)
-        } else {
-            return Err(BackendError::config(
-                name,
-                format!("endpoints: {endpoint:?} must start with http:// or https://"),
-            ));
-        };
-        if this.1.is_empty() || this.1.contains(char::is_whitespace) {
-            return Err(BackendError::config(
-                name,
-                format!("endpoints: {endpoint:?} has no host"),
-            ));
-        }
-        if https.is_some_and(|h| h != this.0) {
-            return Err(BackendError::config(
-                name,
-                "endpoints must be all http:// or all https://",
-            ));
-        }
-        https = Some(this.0);
-    }
-    let https = https.unwrap_or(false);
-
+    let refuse = |message: String| BackendError::config(name, message);
+    config.validate().map_err(refuse)?;
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.connect_timeout)
         .with_keep_alive(KEEP_ALIVE_INTERVAL, config.connect_timeout)
@@ -248,47 +126,19 @@ fn connect_options(name: &str, config: &EtcdConfig) -> Result<ConnectOptions> {
         // waiting for a leader.
         .with_require_leader(true)
         .with_auto_token_refresh(true);
-    match (&config.username, &config.password) {
-        (Some(user), Some(password)) => options = options.with_user(user, password),
-        (None, None) => {}
-        _ => {
-            return Err(BackendError::config(
-                name,
-                "username and password must be given together",
-            ));
-        }
+    // `validate` has checked that these come in pairs, and that `ca_file`
+    // is set exactly when the endpoints are https://.
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        options = options.with_user(user, password);
     }
-    let tls_files =
-        config.ca_file.is_some() || config.cert_file.is_some() || config.key_file.is_some();
-    if tls_files && !https {
-        return Err(BackendError::config(
-            name,
-            "ca_file, cert_file and key_file need https:// endpoints",
-        ));
-    }
-    if https {
-        let ca_file = config.ca_file.as_ref().ok_or_else(|| {
-            BackendError::config(
-                name,
-                "https:// endpoints need ca_file (the CA that signed the members' certificates)",
-            )
-        })?;
+    if let Some(ca_file) = &config.ca_file {
         let mut tls = TlsOptions::new()
             .ca_certificate(Certificate::from_pem(read_file(name, "ca_file", ca_file)?));
-        match (&config.cert_file, &config.key_file) {
-            (Some(cert), Some(key)) => {
-                tls = tls.identity(Identity::from_pem(
-                    read_file(name, "cert_file", cert)?,
-                    read_file(name, "key_file", key)?,
-                ));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(BackendError::config(
-                    name,
-                    "cert_file and key_file must be given together",
-                ));
-            }
+        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+            tls = tls.identity(Identity::from_pem(
+                read_file(name, "cert_file", cert)?,
+                read_file(name, "key_file", key)?,
+            ));
         }
         options = options.with_tls(tls);
     }
@@ -301,7 +151,7 @@ impl EtcdBackend {
     pub async fn connect(name: &str, config: &EtcdConfig) -> Result<Self> {
         let options = connect_options(name, config)?;
         let timeout = config.connect_timeout;
-        let endpoints = config.endpoints.join(", ");
+        let endpoints = config.endpoints_shown().join(", ");
         let backend = async {
             let client = Client::connect(&config.endpoints, Some(options)).await?;
             let backend = Self {
@@ -377,30 +227,22 @@ impl EtcdBackend {
     /// Decodes a lock key's value and looks up its lease's remaining TTL;
     /// `None` when the lease is gone.
     async fn held(&self, resource: &str, kv: &KeyValue) -> Result<Option<Held>> {
-        let value: LockValue = serde_json::from_slice(kv.value())
-            .map_err(|e| self.corrupt(format!("lock of {resource:?}: {e}")))?;
-        let id = LeaseId::parse(&value.id)
-            .ok_or_else(|| self.corrupt(format!("lock of {resource:?}: bad id")))?;
-        if kv.lease() == 0 {
-            return Err(self.corrupt(format!("lock of {resource:?} has no etcd lease")));
-        }
-        let fence = u64::try_from(kv.create_revision())
-            .map_err(|_| self.corrupt(format!("lock of {resource:?}: bad create_revision")))?;
-        let Some(remaining) = self.remaining(kv.lease()).await? else {
+        let stored = codec::decode_lock(resource, kv).map_err(|what| self.corrupt(what))?;
+        let Some(remaining) = self.remaining(stored.etcd_lease).await? else {
             return Ok(None);
         };
         Ok(Some(Held {
             lease: Lease {
                 resource: resource.to_string(),
-                id,
-                principal: value.principal,
-                reason: value.reason,
-                acquired_at: UNIX_EPOCH + Duration::from_millis(value.acquired_at),
+                id: stored.id,
+                principal: stored.principal,
+                reason: stored.reason,
+                acquired_at: stored.acquired_at,
                 expires_at: SystemTime::now() + remaining,
-                fence,
+                fence: stored.fence,
             },
-            etcd_lease: kv.lease(),
-            mod_revision: kv.mod_revision(),
+            etcd_lease: stored.etcd_lease,
+            mod_revision: stored.mod_revision,
         }))
     }
 
@@ -415,7 +257,10 @@ impl EtcdBackend {
     }
 
     /// The lock key of `resource` and its eviction record, read together.
-    async fn read(&self, resource: &str) -> Result<(Option<KeyValue>, Option<EvictionValue>)> {
+    async fn read(
+        &self,
+        resource: &str,
+    ) -> Result<(Option<KeyValue>, Option<codec::EvictionValue>)> {
         let txn = Txn::new().and_then([
             TxnOp::get(self.lock_key(resource), None),
             TxnOp::get(self.evicted_key(resource), None),
@@ -433,8 +278,7 @@ impl EtcdBackend {
         let lock = gets.next().flatten();
         let evicted = match gets.next().flatten() {
             Some(kv) => Some(
-                serde_json::from_slice::<EvictionValue>(kv.value())
-                    .map_err(|e| self.corrupt(format!("eviction of {resource:?}: {e}")))?,
+                codec::decode_eviction(resource, kv.value()).map_err(|what| self.corrupt(what))?,
             ),
             None => None,
         };
@@ -477,19 +321,10 @@ impl EtcdBackend {
         Ok((granted.id(), Duration::from_secs(ttl)))
     }
 
-    /// The eviction record if it is about lease `id`.
-    fn eviction_of(evicted: Option<EvictionValue>, id: &LeaseId) -> Option<Eviction> {
-        evicted.filter(|e| e.id == id.expose()).map(|e| Eviction {
-            id: id.clone(),
-            actor: e.actor,
-            reason: e.reason,
-        })
-    }
-
     async fn not_current(&self, resource: &str, id: &LeaseId) -> BackendError {
         match self.read(resource).await {
             Ok((_, evicted)) => BackendError::NotCurrent {
-                evicted: Self::eviction_of(evicted, id),
+                evicted: codec::eviction_of(evicted, id),
             },
             Err(e) => e,
         }
@@ -532,25 +367,6 @@ fn is_auth_error(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// The smallest key above every key that starts with `prefix` (etcd's
-/// "prefix end"); empty means "to the end of the keyspace".
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-fn millis_since_epoch(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 #[async_trait]
 impl Backend for EtcdBackend {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
@@ -558,15 +374,9 @@ impl Backend for EtcdBackend {
         for _ in 0..MAX_ROUNDS {
             let (etcd_lease, granted_ttl) = self.grant(req.ttl).await?;
             // Stored with millisecond precision; report what later reads see.
-            let acquired_at =
-                UNIX_EPOCH + Duration::from_millis(millis_since_epoch(SystemTime::now()));
-            let value = serde_json::to_vec(&LockValue {
-                id: req.id.expose().to_string(),
-                principal: req.principal.clone(),
-                reason: req.reason.clone(),
-                acquired_at: millis_since_epoch(acquired_at),
-            })
-            .map_err(|e| BackendError::internal(&self.name, e))?;
+            let acquired_at = codec::truncate_to_millis(SystemTime::now());
+            let value = codec::encode_lock(&req.id, &req.principal, &req.reason, acquired_at)
+                .map_err(|e| BackendError::internal(&self.name, e))?;
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
@@ -655,12 +465,12 @@ impl Backend for EtcdBackend {
             };
             let (etcd_lease, granted_ttl) = self.grant(ttl).await?;
             let renewed_at = SystemTime::now();
-            let value = serde_json::to_vec(&LockValue {
-                id: id.expose().to_string(),
-                principal: held.lease.principal.clone(),
-                reason: held.lease.reason.clone(),
-                acquired_at: millis_since_epoch(held.lease.acquired_at),
-            })
+            let value = codec::encode_lock(
+                id,
+                &held.lease.principal,
+                &held.lease.reason,
+                held.lease.acquired_at,
+            )
             .map_err(|e| BackendError::internal(&self.name, e))?;
             let txn = Txn::new()
                 .when([
@@ -705,7 +515,7 @@ impl Backend for EtcdBackend {
             return Ok(LeaseStatus::Current(held.lease));
         }
         Ok(LeaseStatus::NotCurrent {
-            evicted: Self::eviction_of(evicted, id),
+            evicted: codec::eviction_of(evicted, id),
         })
     }
 
@@ -774,12 +584,8 @@ impl Backend for EtcdBackend {
             let Some(held) = self.current_held(resource).await? else {
                 return Ok(None);
             };
-            let record = serde_json::to_vec(&EvictionValue {
-                id: held.lease.id.expose().to_string(),
-                actor: actor.to_string(),
-                reason: reason.to_string(),
-            })
-            .map_err(|e| BackendError::internal(&self.name, e))?;
+            let record = codec::encode_eviction(&held.lease.id, actor, reason)
+                .map_err(|e| BackendError::internal(&self.name, e))?;
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     key.as_str(),
@@ -848,70 +654,5 @@ impl Backend for EtcdBackend {
                 })
                 .boxed(),
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(extra: &str) -> std::result::Result<EtcdConfig, toml::de::Error> {
-        toml::from_str(&format!("endpoints = [\"http://127.0.0.1:2379\"]\n{extra}"))
-    }
-
-    fn refused(extra: &str) -> String {
-        let config = config(extra).expect("parse");
-        connect_options("t", &config)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn defaults_and_unknown_keys() {
-        let c = config("").expect("parse");
-        assert_eq!(c.prefix, "/stormlock/");
-        assert_eq!(c.connect_timeout, Duration::from_secs(2));
-        assert!(config("endpoint = \"x\"").is_err());
-        assert!(connect_options("t", &c).is_ok());
-    }
-
-    #[test]
-    fn bad_settings_name_their_key() {
-        assert!(refused("prefix = \"/no-slash\"").contains("prefix"));
-        assert!(refused("prefix = \"/a\\n/\"").contains("prefix"));
-        assert!(refused("username = \"u\"").contains("password"));
-        assert!(refused("ca_file = \"/ca.pem\"").contains("https://"));
-        let c: EtcdConfig = toml::from_str("endpoints = []").expect("parse");
-        assert!(
-            connect_options("t", &c)
-                .err()
-                .is_some_and(|e| e.to_string().contains("endpoints"))
-        );
-        let c: EtcdConfig = toml::from_str("endpoints = [\"127.0.0.1:2379\"]").expect("parse");
-        assert!(
-            connect_options("t", &c)
-                .err()
-                .is_some_and(|e| e.to_string().contains("http://"))
-        );
-        let c: EtcdConfig = toml::from_str("endpoints = [\"https://h:2379\"]").expect("parse");
-        assert!(
-            connect_options("t", &c)
-                .err()
-                .is_some_and(|e| e.to_string().contains("ca_file"))
-        );
-    }
-
-    #[test]
-    fn password_never_shows() {
-        let c = config("username = \"u\"\npassword = \"hunter2\"").expect("parse");
-        assert!(!format!("{c:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
     }
 }

@@ -54,234 +54,30 @@
 //! prefix = "stormlock:"
 //! connect_timeout = "2s"
 //! ```
+//!
+//! # Layout
+//!
+//! This file holds the connection and the operations; `config.rs` the table
+//! above and its checks; `scripts.rs` the Lua scripts (the `*.lua` files
+//! beside it); `codec.rs` the reading of their replies.
 
-use std::path::PathBuf;
+mod codec;
+mod config;
+mod scripts;
+
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, RedisError, Script, ServerErrorKind, Value};
-use serde::Deserialize;
-
-use super::{Backend, BackendError, ChangeStream, Result};
-use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
 use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ErrorKind, RedisError, ServerErrorKind, Value};
 
-/// `[backends.NAME]` with `type = "redis"`.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS.
-    pub url: String,
-    /// Prepended to every key this backend writes, so that several
-    /// deployments (or other applications) can share one Redis. Default
-    /// `stormlock:`.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// How long to wait for a connection (TCP, TLS, AUTH) and for a reply on
-    /// an open connection before giving up on it. Default `2s`.
-    #[serde(
-        default = "default_connect_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
-    pub connect_timeout: Duration,
-    /// PEM file with the certificate authorities to trust for `rediss://`,
-    /// for a server with a private CA; without it the public web roots are
-    /// trusted.
-    pub ca_file: Option<PathBuf>,
-}
-
-// By hand, because the URL may carry a password.
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &redact_url(&self.url))
-            .field("prefix", &self.prefix)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("ca_file", &self.ca_file)
-            .finish()
-    }
-}
-
-fn default_prefix() -> String {
-    "stormlock:".to_string()
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-
-/// The URL with any password replaced by `***`, for logs and errors.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<not a URL>".to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
-}
-
-/// Characters refused in a key prefix: controls and whitespace confuse
-/// operators' tools, and glob metacharacters would turn `SCAN MATCH prefix*`
-/// (the usual way to inspect a prefix) into something else.
-fn check_prefix(name: &str, prefix: &str) -> Result<()> {
-    if prefix.is_empty() || prefix.len() > 128 {
-        return Err(BackendError::config(
-            name,
-            "prefix must be 1 to 128 bytes long (default \"stormlock:\")",
-        ));
-    }
-    if let Some(bad) = prefix
-        .chars()
-        .find(|c| c.is_control() || c.is_whitespace() || "*?[]\\{}".contains(*c))
-    {
-        return Err(BackendError::config(
-            name,
-            format!(
-                "prefix {prefix:?} contains {bad:?}; control characters, whitespace and *?[]\\{{}} are not allowed"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Shared Lua: the live lease in hash `key` as `{id, principal, reason,
-/// acquired_s, acquired_us, fence, pttl}`, or `{}` when there is none. A
-/// missing field or a key without expiry comes back as such and is reported
-/// as a corrupt record by the daemon.
-const LEASE_AT: &str = r"
-local function lease_at(key)
-  local pttl = redis.call('PTTL', key)
-  if pttl == -2 then return {} end
-  local h = redis.call('HMGET', key, 'id', 'principal', 'reason', 'acquired_s', 'acquired_us', 'fence')
-  return {h[1], h[2], h[3], h[4], h[5], h[6], pttl}
-end
-";
-
-/// KEYS: lease, fence, index. ARGV: id, principal, reason, ttl_ms, resource,
-/// changes channel. Returns `{granted 0|1, TIME, lease}` where lease is the new lease or the
-/// holder's.
-const ACQUIRE: &str = r"
-local now = redis.call('TIME')
-local holder = lease_at(KEYS[1])
-if #holder > 0 then return {0, now, holder} end
-local fence = redis.call('INCR', KEYS[2])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'principal', ARGV[2], 'reason', ARGV[3],
-  'acquired_s', now[1], 'acquired_us', now[2], 'fence', fence)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[3], 0, ARGV[5])
-redis.call('PUBLISH', ARGV[6], ARGV[5])
-return {1, now, lease_at(KEYS[1])}
-";
-
-/// KEYS: lease, index. ARGV: id, resource, changes channel. Returns 1 if
-/// the lease was current (and is now gone), else 0.
-const RELEASE: &str = r"
-if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('PUBLISH', ARGV[3], ARGV[2])
-  return 1
-end
-return 0
-";
-
-/// KEYS: lease, evicted. ARGV: id, ttl_ms, resource, changes channel.
-/// Returns `{1, TIME, lease}` when renewed, else `{0, TIME, eviction}` with
-/// eviction `{id, actor, reason}`.
-const RENEW: &str = r"
-local now = redis.call('TIME')
-if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PUBLISH', ARGV[4], ARGV[3])
-  return {1, now, lease_at(KEYS[1])}
-end
-return {0, now, redis.call('HMGET', KEYS[2], 'id', 'actor', 'reason')}
-";
-
-/// KEYS: lease, evicted. Returns `{TIME, lease, eviction}` as one snapshot.
-const READ: &str = r"
-return {redis.call('TIME'), lease_at(KEYS[1]), redis.call('HMGET', KEYS[2], 'id', 'actor', 'reason')}
-";
-
-/// KEYS: lease, index, evicted. ARGV: actor, reason, resource, changes
-/// channel. Returns
-/// `{TIME, lease}` with the broken lease, or `{}` when the resource was free.
-const FORCE_RELEASE: &str = r"
-local now = redis.call('TIME')
-local lease = lease_at(KEYS[1])
-if #lease > 0 then
-  redis.call('HSET', KEYS[3], 'id', lease[1], 'actor', ARGV[1], 'reason', ARGV[2])
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('PUBLISH', ARGV[4], ARGV[3])
-end
-return {now, lease}
-";
-
-/// KEYS: index. ARGV: lease key prefix, min and max (ZRANGEBYLEX syntax),
-/// batch size, limit. Scans up to `batch` names, drops those whose lease has
-/// expired from the index, and returns `{TIME, {{name, lease}...}, last
-/// scanned name or false, 1 if the range is exhausted}`. The caller loops,
-/// so one script never scans more than a batch.
-const LIST: &str = r"
-local now = redis.call('TIME')
-local batch = tonumber(ARGV[4])
-local limit = tonumber(ARGV[5])
-local names = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], ARGV[3], 'LIMIT', 0, batch)
-local found = {}
-local last = false
-local stopped = false
-for _, name in ipairs(names) do
-  last = name
-  local lease = lease_at(ARGV[1] .. name)
-  if #lease == 0 then
-    redis.call('ZREM', KEYS[1], name)
-  else
-    found[#found + 1] = {name, lease}
-    if #found >= limit then
-      stopped = true
-      break
-    end
-  end
-end
-local exhausted = 0
-if not stopped and #names < batch then exhausted = 1 end
-return {now, found, last, exhausted}
-";
-
-/// The scripts, compiled (hashed) once; `invoke_async` runs them by SHA and
-/// loads them again after a Redis restart (`NOSCRIPT`).
-struct Scripts {
-    acquire: Script,
-    release: Script,
-    renew: Script,
-    read: Script,
-    force_release: Script,
-    list: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let with_lease_at = |body: &str| Script::new(&format!("{LEASE_AT}{body}"));
-        Self {
-            acquire: with_lease_at(ACQUIRE),
-            release: Script::new(RELEASE),
-            renew: with_lease_at(RENEW),
-            read: with_lease_at(READ),
-            force_release: with_lease_at(FORCE_RELEASE),
-            list: with_lease_at(LIST),
-        }
-    }
-}
+use super::{Backend, BackendError, ChangeStream, Result, redact_url};
+use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
+use codec::{array, int, text, ttl_millis};
+pub use config::RedisConfig;
+use scripts::Scripts;
 
 /// The current connection and a generation number, so that concurrent
 /// callers that saw the same connection time out replace it only once.
@@ -307,30 +103,17 @@ impl RedisBackend {
     /// Validates `config`, checks that the engine answers within
     /// `connect_timeout` and returns the backend named `name`.
     pub async fn connect(name: &str, config: &RedisConfig) -> Result<Self> {
-        check_prefix(name, &config.prefix)?;
-        if config.connect_timeout.is_zero() {
-            return Err(BackendError::config(
-                name,
-                "connect_timeout must be at least 1 second",
-            ));
-        }
-        let tls = config.url.starts_with("rediss://");
-        if !tls && !config.url.starts_with("redis://") {
-            return Err(BackendError::config(
-                name,
-                format!(
-                    "url {} must start with redis:// or rediss:// (TLS)",
-                    redact_url(&config.url)
-                ),
-            ));
-        }
+        let refuse = |message: String| BackendError::config(name, message);
+        config.validate().map_err(refuse)?;
+        let tls = config.tls().map_err(refuse)?;
         if tls && rustls::crypto::CryptoProvider::get_default().is_none() {
             // The redis crate builds its TLS configuration on rustls'
             // process-wide default provider.
             crate::tls::install_crypto_provider();
         }
+        // `validate` allows a `ca_file` only with a rediss:// URL.
         let client = match &config.ca_file {
-            Some(path) if tls => {
+            Some(path) => {
                 let root_cert = std::fs::read(path).map_err(|e| {
                     BackendError::config(
                         name,
@@ -342,12 +125,6 @@ impl RedisBackend {
                     root_cert: Some(root_cert),
                 };
                 Client::build_with_tls(config.url.as_str(), certs)
-            }
-            Some(_) => {
-                return Err(BackendError::config(
-                    name,
-                    "ca_file is only used with a rediss:// url",
-                ));
             }
             None => Client::open(config.url.as_str()),
         }
@@ -519,80 +296,19 @@ impl RedisBackend {
         )
     }
 
-    /// Reads `{id, principal, reason, acquired_s, acquired_us, fence, pttl}`
-    /// of `resource` as a lease, `None` for `{}`.
+    /// [`codec::lease`], a bad reply reported as this engine's.
     fn lease(&self, resource: &str, now: SystemTime, value: &Value) -> Result<Option<Lease>> {
-        let fields = array(value).ok_or_else(|| self.corrupt("lease is not an array"))?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        let [id, principal, reason, acquired_s, acquired_us, fence, pttl] = fields else {
-            return Err(self.corrupt("lease has the wrong number of fields"));
-        };
-        let corrupt =
-            |field: &str| self.corrupt(&format!("lease of {resource:?} has a bad {field}"));
-        let id = text(id)
-            .and_then(|t| LeaseId::parse(&t))
-            .ok_or_else(|| corrupt("id"))?;
-        let acquired_s = int(acquired_s).and_then(|s| u64::try_from(s).ok());
-        let acquired_us = int(acquired_us).and_then(|us| u64::try_from(us).ok());
-        let (Some(acquired_s), Some(acquired_us)) = (acquired_s, acquired_us) else {
-            return Err(corrupt("acquired_s/acquired_us"));
-        };
-        let pttl = int(pttl)
-            .and_then(|ms| u64::try_from(ms).ok())
-            .ok_or_else(|| corrupt("expiry (the key does not expire)"))?;
-        Ok(Some(Lease {
-            resource: resource.to_string(),
-            id,
-            principal: text(principal).ok_or_else(|| corrupt("principal"))?,
-            reason: text(reason).ok_or_else(|| corrupt("reason"))?,
-            acquired_at: UNIX_EPOCH
-                + Duration::from_secs(acquired_s)
-                + Duration::from_micros(acquired_us),
-            expires_at: now + Duration::from_millis(pttl),
-            fence: int(fence)
-                .and_then(|f| u64::try_from(f).ok())
-                .ok_or_else(|| corrupt("fence"))?,
-        }))
+        codec::lease(resource, now, value).map_err(|what| self.corrupt(&what))
     }
 
-    /// Reads a `TIME` reply.
+    /// [`codec::time`], a bad reply reported as this engine's.
     fn time(&self, value: &Value) -> Result<SystemTime> {
-        match array(value) {
-            Some([secs, micros]) => {
-                let secs = int(secs).and_then(|s| u64::try_from(s).ok());
-                let micros = int(micros).and_then(|us| u64::try_from(us).ok());
-                match (secs, micros) {
-                    (Some(s), Some(us)) => {
-                        Ok(UNIX_EPOCH + Duration::from_secs(s) + Duration::from_micros(us))
-                    }
-                    _ => Err(self.corrupt("TIME is not two numbers")),
-                }
-            }
-            _ => Err(self.corrupt("TIME is not two numbers")),
-        }
+        codec::time(value).map_err(|what| self.corrupt(&what))
     }
 
-    /// Reads an `{id, actor, reason}` eviction record, keeping it only if it
-    /// is about lease `id`.
+    /// [`codec::eviction_of`], a bad reply reported as this engine's.
     fn eviction_of(&self, value: &Value, id: &LeaseId) -> Result<Option<Eviction>> {
-        match array(value) {
-            Some([evicted, actor, reason]) => {
-                if text(evicted).as_deref() != Some(id.expose()) {
-                    return Ok(None);
-                }
-                let (Some(actor), Some(reason)) = (text(actor), text(reason)) else {
-                    return Err(self.corrupt("eviction record lacks actor or reason"));
-                };
-                Ok(Some(Eviction {
-                    id: id.clone(),
-                    actor,
-                    reason,
-                }))
-            }
-            _ => Err(self.corrupt("eviction record is not three fields")),
-        }
+        codec::eviction_of(value, id).map_err(|what| self.corrupt(&what))
     }
 
     /// `{TIME, lease, eviction}` of `resource`.
@@ -612,33 +328,6 @@ impl RedisBackend {
             }
             _ => Err(self.corrupt("read reply is not three fields")),
         }
-    }
-}
-
-fn ttl_millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn array(value: &Value) -> Option<&[Value]> {
-    match value {
-        Value::Array(items) => Some(items),
-        _ => None,
-    }
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn int(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
-        _ => None,
     }
 }
 
@@ -855,49 +544,5 @@ impl Backend for RedisBackend {
                 Err(self.engine_error(e))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(
-            redact_url("redis://user:secret@host:6379/0"),
-            "redis://user:***@host:6379/0"
-        );
-        assert_eq!(redact_url("rediss://:secret@host/"), "rediss://:***@host/");
-        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
-        assert_eq!(redact_url("nonsense"), "<not a URL>");
-        let config = RedisConfig {
-            url: "redis://u:hunter2@h/".to_string(),
-            prefix: default_prefix(),
-            connect_timeout: default_connect_timeout(),
-            ca_file: None,
-        };
-        assert!(!format!("{config:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn prefixes_are_checked() {
-        assert!(check_prefix("t", "stormlock:").is_ok());
-        assert!(check_prefix("t", "team-a/locks:").is_ok());
-        for bad in ["", "a*", "a?", "a[b]", "a\\", "a b", "a\nb", "{tag}"] {
-            let err = check_prefix("t", bad).err().map(|e| e.to_string());
-            assert!(err.is_some_and(|e| e.contains("prefix")), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn config_defaults_and_unknown_keys() {
-        let config: RedisConfig = toml::from_str(r#"url = "redis://h/""#).expect("parse");
-        assert_eq!(config.prefix, "stormlock:");
-        assert_eq!(config.connect_timeout, Duration::from_secs(2));
-        let config: RedisConfig =
-            toml::from_str("url = \"redis://h/\"\nconnect_timeout = \"5s\"").expect("parse");
-        assert_eq!(config.connect_timeout, Duration::from_secs(5));
-        assert!(toml::from_str::<RedisConfig>("url = \"redis://h/\"\npool = 3").is_err());
     }
 }

@@ -1,0 +1,48 @@
+"""Typed details of the daemon's error answers.
+
+The daemon puts them in the standard ``google.rpc.Status`` of an error (the
+``grpc-status-details-bin`` trailer), read here with ``grpcio-status``, so
+that callers never parse the message text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import any_pb2
+from grpc_status import rpc_status
+
+from stormlock_client.v1 import lock_pb2
+
+
+def lease_evicted(error: grpc.RpcError) -> lock_pb2.LeaseEvicted | None:
+    """Who broke a lease and why, from the ``FAILED_PRECONDITION`` error of
+    ``Renew`` or ``IsHeld`` for a lease that an administrator force-released.
+
+    None when the error carries no such detail: the lease expired or was
+    released by its holder, the error is of another kind, or its status
+    trailer does not match its code and message.
+
+    >>> try:                                                  # doctest: +SKIP
+    ...     locks.Renew(lock_pb2.RenewRequest(resource=r, lease_id=lease_id))
+    ... except grpc.RpcError as error:
+    ...     if evicted := lease_evicted(error):
+    ...         print(f"{evicted.actor} broke the lease: {evicted.reason}")
+    """
+    # The errors that synchronous stubs raise are also the finished call
+    # (typeshed does not know it, hence the widening to object).
+    call: object = error
+    if not isinstance(call, grpc.Call):
+        return None
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:
+        # A trailer that contradicts the call's status is not the daemon's.
+        return None
+    details: Iterable[any_pb2.Any] = status.details if status is not None else ()
+    for detail in details:
+        evicted = lock_pb2.LeaseEvicted()
+        if detail.Unpack(evicted):  # False for a detail of another type
+            return evicted
+    return None

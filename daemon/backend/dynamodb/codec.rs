@@ -1,0 +1,213 @@
+//! The items of the table layout (see the module documentation): attribute
+//! names, the lease item as written, and the lease and eviction as read back.
+//! Decoders say what is wrong with an item ([`Corrupt`]); the backend
+//! reports it as an internal error naming the table.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::lease::{AcquireRequest, Eviction, Lease, LeaseId};
+
+/// One item, as the SDK reads and writes it.
+pub(super) type Item = HashMap<String, AttributeValue>;
+
+// Attribute names and key values of the table layout (module docs).
+pub(super) const RESOURCE: &str = "resource";
+pub(super) const KIND: &str = "kind";
+pub(super) const LEASE: &str = "lease";
+pub(super) const RECORD: &str = "record";
+pub(super) const LEASE_ID: &str = "lease_id";
+pub(super) const PRINCIPAL: &str = "principal";
+pub(super) const REASON: &str = "reason";
+pub(super) const ACQUIRED_MS: &str = "acquired_ms";
+pub(super) const EXPIRES_MS: &str = "expires_ms";
+pub(super) const FENCE: &str = "fence";
+pub(super) const CLEANUP_AT: &str = "cleanup_at";
+pub(super) const EVICTED_ID: &str = "evicted_id";
+pub(super) const EVICTED_BY: &str = "evicted_by";
+pub(super) const EVICTED_REASON: &str = "evicted_reason";
+
+/// How long after expiry DynamoDB may delete a lease item. Expired leases are
+/// ignored anyway; the delay keeps the cleanup far behind any in-flight
+/// acquisition (see "Fences" in the module docs).
+const CLEANUP_GRACE: Duration = Duration::from_secs(3600);
+
+/// `expires_ms` of a released or force-released lease item: free on every
+/// daemon's clock, while the item keeps its fence.
+pub(super) const RELEASED_MS: u64 = 0;
+
+/// When DynamoDB may delete a lease item that lapses or was freed at `ms`.
+pub(super) fn cleanup_after(ms: u64) -> u64 {
+    ms.div_ceil(1000).saturating_add(CLEANUP_GRACE.as_secs())
+}
+
+/// What is wrong with an item read from the table.
+#[derive(Debug)]
+pub(super) struct Corrupt {
+    /// The resource the item belongs to (`?` when even that is missing).
+    pub resource: String,
+    /// The attribute at fault and how.
+    pub what: String,
+}
+
+/// The primary key of one item of `resource`.
+pub(super) fn key(resource: &str, kind: &str) -> Item {
+    HashMap::from([
+        (
+            RESOURCE.to_string(),
+            AttributeValue::S(resource.to_string()),
+        ),
+        (KIND.to_string(), AttributeValue::S(kind.to_string())),
+    ])
+}
+
+/// The lease item granting `req` at `now_ms` until `expires_ms` with `fence`,
+/// with its TTL cleanup time.
+pub(super) fn lease_item(req: &AcquireRequest, now_ms: u64, expires_ms: u64, fence: u64) -> Item {
+    let mut item = key(&req.resource, LEASE);
+    item.insert(
+        LEASE_ID.into(),
+        AttributeValue::S(req.id.expose().to_string()),
+    );
+    item.insert(PRINCIPAL.into(), AttributeValue::S(req.principal.clone()));
+    item.insert(REASON.into(), AttributeValue::S(req.reason.clone()));
+    item.insert(ACQUIRED_MS.into(), number(now_ms));
+    item.insert(EXPIRES_MS.into(), number(expires_ms));
+    item.insert(FENCE.into(), number(fence));
+    item.insert(CLEANUP_AT.into(), number(cleanup_after(expires_ms)));
+    item
+}
+
+/// The lease stored in `item` if it is live at `now_ms`.
+pub(super) fn live(item: &Item, now_ms: u64) -> Result<Option<Lease>, Corrupt> {
+    let expires = number_of(item, EXPIRES_MS)?;
+    if expires <= now_ms {
+        return Ok(None);
+    }
+    lease_of(item).map(Some)
+}
+
+/// The lease stored in `item`, live or not.
+pub(super) fn lease_of(item: &Item) -> Result<Lease, Corrupt> {
+    let resource = string_of(item, RESOURCE)?;
+    let corrupt = |what: String| Corrupt {
+        resource: resource.clone(),
+        what,
+    };
+    let id = string_of(item, LEASE_ID)?;
+    let id = LeaseId::parse(&id).ok_or_else(|| corrupt("malformed lease_id".to_string()))?;
+    let time = |attr: &str| -> Result<SystemTime, Corrupt> {
+        let ms = number_of(item, attr)?;
+        UNIX_EPOCH
+            .checked_add(Duration::from_millis(ms))
+            .ok_or_else(|| corrupt(format!("{attr} out of range")))
+    };
+    Ok(Lease {
+        id,
+        principal: string_of(item, PRINCIPAL)?,
+        reason: string_of(item, REASON)?,
+        acquired_at: time(ACQUIRED_MS)?,
+        expires_at: time(EXPIRES_MS)?,
+        fence: number_of(item, FENCE)?,
+        resource,
+    })
+}
+
+/// The eviction of `id` recorded in the record item, if any.
+pub(super) fn eviction_of(
+    record: Option<&Item>,
+    id: &LeaseId,
+) -> Result<Option<Eviction>, Corrupt> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    match record.get(EVICTED_ID) {
+        Some(AttributeValue::S(evicted)) if evicted == id.expose() => Ok(Some(Eviction {
+            id: id.clone(),
+            actor: string_of(record, EVICTED_BY)?,
+            reason: string_of(record, EVICTED_REASON)?,
+        })),
+        _ => Ok(None),
+    }
+}
+
+fn string_of(item: &Item, attr: &str) -> Result<String, Corrupt> {
+    match item.get(attr) {
+        Some(AttributeValue::S(s)) => Ok(s.clone()),
+        _ => Err(Corrupt {
+            resource: resource_of(item),
+            what: format!("{attr} missing or not a string"),
+        }),
+    }
+}
+
+/// The count stored in attribute `attr` of `item`.
+pub(super) fn number_of(item: &Item, attr: &str) -> Result<u64, Corrupt> {
+    let what = match item.get(attr) {
+        Some(AttributeValue::N(n)) => match n.parse() {
+            Ok(n) => return Ok(n),
+            Err(_) => format!("{attr} = {n:?} is not a count"),
+        },
+        _ => format!("{attr} missing or not a number"),
+    };
+    Err(Corrupt {
+        resource: resource_of(item),
+        what,
+    })
+}
+
+fn resource_of(item: &Item) -> String {
+    match item.get(RESOURCE) {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => "?".to_string(),
+    }
+}
+
+/// A count as DynamoDB stores numbers.
+pub(super) fn number(n: u64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub(super) fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, millis_of)
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(super) fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_items_round_trip() {
+        let req = AcquireRequest {
+            resource: "db/main".to_string(),
+            id: LeaseId::generate(),
+            principal: "alice".to_string(),
+            reason: "migration".to_string(),
+            ttl: Duration::from_secs(30),
+        };
+        let item = lease_item(&req, 1_000, 31_000, 9);
+        assert_eq!(item.get(CLEANUP_AT), Some(&number(31 + 3600)));
+        let lease = live(&item, 30_999).ok().flatten();
+        assert_eq!(lease.as_ref().map(|l| l.fence), Some(9));
+        assert_eq!(lease.map(|l| l.id), Some(req.id.clone()));
+        assert!(matches!(live(&item, 31_000), Ok(None)), "lapsed");
+        let mut broken = item;
+        broken.insert(FENCE.into(), AttributeValue::S("nine".into()));
+        let err = lease_of(&broken).err();
+        assert_eq!(
+            err.map(|c| (c.resource, c.what)),
+            Some((
+                "db/main".to_string(),
+                "fence missing or not a number".to_string()
+            ))
+        );
+    }
+}

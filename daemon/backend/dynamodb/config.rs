@@ -1,0 +1,180 @@
+//! The `[backends.NAME]` table of `type = "dynamodb"` and its checks, which
+//! run when the configuration is parsed and again when connecting.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backend::{DEFAULT_CONNECT_TIMEOUT, check_timeout, redact_url, url::split_scheme};
+
+/// `[backends.NAME]` with `type = "dynamodb"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamodbConfig {
+    /// Name of the table holding the leases (3–255 characters of
+    /// `A-Z a-z 0-9 _ - .`). Default: `stormlock`.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// AWS region, such as `eu-west-1`. Default: the AWS chain (`AWS_REGION`,
+    /// the profile, instance metadata).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint URL replacing AWS's, for local emulators such as moto or
+    /// DynamoDB Local (`http://127.0.0.1:8000`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Create the table (on-demand billing) when it is missing, wait until it
+    /// is usable, and enable TTL cleanup on `cleanup_at`. Default: true.
+    /// Without it the table must exist with the layout described in the
+    /// module documentation.
+    #[serde(default = "default_create_table")]
+    pub create_table: bool,
+    /// How long to wait for a TCP/TLS connection to DynamoDB. Default: `2s`.
+    #[serde(
+        default = "crate::backend::default_connect_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+    /// How long one DynamoDB request may take, retries included, before the
+    /// backend reports itself unavailable. A lock operation makes one to
+    /// three requests (more when it loses a race). Default: `2s`.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub timeout: Duration,
+}
+
+// By hand, because an endpoint URL may carry credentials.
+impl std::fmt::Debug for DynamodbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamodbConfig")
+            .field("table", &self.table)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("create_table", &self.create_table)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn default_table() -> String {
+    "stormlock".to_string()
+}
+
+fn default_create_table() -> bool {
+    true
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for DynamodbConfig {
+    fn default() -> Self {
+        Self {
+            table: default_table(),
+            region: None,
+            endpoint: None,
+            create_table: default_create_table(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: default_timeout(),
+        }
+    }
+}
+
+impl DynamodbConfig {
+    /// Checks every key without connecting; the message starts with the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let table_ok = (3..=255).contains(&self.table.len())
+            && self
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !table_ok {
+            return Err(format!(
+                "table: {:?} is not a valid DynamoDB table name: use 3 to 255 characters from A-Z, a-z, 0-9, '_', '-' and '.'",
+                self.table
+            ));
+        }
+        if let Some(region) = &self.region {
+            let region_ok = !region.is_empty()
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !region_ok {
+                return Err(format!(
+                    "region: {region:?} is not an AWS region name (like \"eu-west-1\")"
+                ));
+            }
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let (_, host) = split_scheme("endpoint", endpoint, &["http", "https"])?;
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                return Err(format!("endpoint: {:?} has no host", redact_url(endpoint)));
+            }
+        }
+        check_timeout("connect_timeout", self.connect_timeout)?;
+        check_timeout("timeout", self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str) -> std::result::Result<DynamodbConfig, toml::de::Error> {
+        toml::from_str(toml)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config("").expect("empty config");
+        assert_eq!(c.table, "stormlock");
+        assert!(c.create_table);
+        assert_eq!(c.timeout, Duration::from_secs(2));
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn durations_and_unknown_keys() {
+        let c = config("timeout = \"5s\"\nconnect_timeout = \"1 seconds\"").expect("durations");
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.connect_timeout, Duration::from_secs(1));
+        let err = config("tabel = \"x\"")
+            .map(|_| ())
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("tabel"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cases = [
+            ("table = \"ab\"", "table"),
+            ("table = \"has space\"", "table"),
+            ("region = \"EU West\"", "region"),
+            ("endpoint = \"localhost:8000\"", "endpoint"),
+            ("endpoint = \"http://\"", "endpoint"),
+            ("timeout = \"0s\"", "timeout"),
+            ("connect_timeout = \"0s\"", "connect_timeout"),
+        ];
+        for (toml, key) in cases {
+            let err = config(toml).expect(toml).validate().expect_err(toml);
+            assert!(err.starts_with(&format!("{key}: ")), "{toml}: {err}");
+        }
+        let ok = config(
+            "table = \"a.b-c_D9\"\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:8000\"",
+        )
+        .expect("valid");
+        assert_eq!(ok.validate(), Ok(()));
+    }
+
+    #[test]
+    fn endpoint_credentials_never_show() {
+        let c = config("endpoint = \"http://u:hunter2@h:8000\"").expect("parse");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,170 @@
+//! Reading the scripts' replies into the lease model. Every reader returns
+//! what was wrong as text, which the backend turns into an
+//! [`Internal`](crate::backend::BackendError::Internal) error naming the
+//! engine: a reply that does not fit is never the caller's fault.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::Value;
+
+use crate::lease::{Eviction, Lease, LeaseId};
+
+/// Reads `{id, principal, reason, acquired_s, acquired_us, fence, pttl}` of
+/// `resource` (see `lease_at.lua`) as a lease, `None` for `{}`.
+pub(super) fn lease(
+    resource: &str,
+    now: SystemTime,
+    value: &Value,
+) -> Result<Option<Lease>, String> {
+    let fields = array(value).ok_or("lease is not an array")?;
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let [id, principal, reason, acquired_s, acquired_us, fence, pttl] = fields else {
+        return Err("lease has the wrong number of fields".to_string());
+    };
+    let corrupt = |field: &str| format!("lease of {resource:?} has a bad {field}");
+    let id = text(id)
+        .and_then(|t| LeaseId::parse(&t))
+        .ok_or_else(|| corrupt("id"))?;
+    let acquired_s = int(acquired_s).and_then(|s| u64::try_from(s).ok());
+    let acquired_us = int(acquired_us).and_then(|us| u64::try_from(us).ok());
+    let (Some(acquired_s), Some(acquired_us)) = (acquired_s, acquired_us) else {
+        return Err(corrupt("acquired_s/acquired_us"));
+    };
+    let pttl = int(pttl)
+        .and_then(|ms| u64::try_from(ms).ok())
+        .ok_or_else(|| corrupt("expiry (the key does not expire)"))?;
+    Ok(Some(Lease {
+        resource: resource.to_string(),
+        id,
+        principal: text(principal).ok_or_else(|| corrupt("principal"))?,
+        reason: text(reason).ok_or_else(|| corrupt("reason"))?,
+        acquired_at: UNIX_EPOCH
+            + Duration::from_secs(acquired_s)
+            + Duration::from_micros(acquired_us),
+        expires_at: now + Duration::from_millis(pttl),
+        fence: int(fence)
+            .and_then(|f| u64::try_from(f).ok())
+            .ok_or_else(|| corrupt("fence"))?,
+    }))
+}
+
+/// Reads a `TIME` reply.
+pub(super) fn time(value: &Value) -> Result<SystemTime, String> {
+    let not_time = || "TIME is not two numbers".to_string();
+    let Some([secs, micros]) = array(value) else {
+        return Err(not_time());
+    };
+    let secs = int(secs).and_then(|s| u64::try_from(s).ok());
+    let micros = int(micros).and_then(|us| u64::try_from(us).ok());
+    match (secs, micros) {
+        (Some(s), Some(us)) => Ok(UNIX_EPOCH + Duration::from_secs(s) + Duration::from_micros(us)),
+        _ => Err(not_time()),
+    }
+}
+
+/// Reads an `{id, actor, reason}` eviction record, keeping it only if it is
+/// about lease `id`.
+pub(super) fn eviction_of(value: &Value, id: &LeaseId) -> Result<Option<Eviction>, String> {
+    let Some([evicted, actor, reason]) = array(value) else {
+        return Err("eviction record is not three fields".to_string());
+    };
+    if text(evicted).as_deref() != Some(id.expose()) {
+        return Ok(None);
+    }
+    let (Some(actor), Some(reason)) = (text(actor), text(reason)) else {
+        return Err("eviction record lacks actor or reason".to_string());
+    };
+    Ok(Some(Eviction {
+        id: id.clone(),
+        actor,
+        reason,
+    }))
+}
+
+/// A TTL as `PEXPIRE` takes it.
+pub(super) fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(super) fn array(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Array(items) => Some(items),
+        _ => None,
+    }
+}
+
+pub(super) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+pub(super) fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn leases_are_read() {
+        let id = LeaseId::generate();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let reply = Value::Array(vec![
+            bulk(id.expose()),
+            bulk("alice"),
+            bulk("deploy"),
+            bulk("990"),
+            bulk("250000"),
+            bulk("7"),
+            Value::Int(4_000),
+        ]);
+        let read = lease("r", now, &reply).ok().flatten();
+        assert_eq!(read.as_ref().map(|l| l.fence), Some(7));
+        assert_eq!(
+            read.as_ref().map(|l| l.acquired_at),
+            Some(UNIX_EPOCH + Duration::from_micros(990_250_000))
+        );
+        assert_eq!(
+            read.map(|l| l.expires_at),
+            Some(now + Duration::from_secs(4))
+        );
+        assert_eq!(lease("r", now, &Value::Array(Vec::new())), Ok(None));
+        // A key without expiry (PTTL -1) is a corrupt record, not a lease.
+        let mut fields = match reply {
+            Value::Array(fields) => fields,
+            _ => Vec::new(),
+        };
+        fields[6] = Value::Int(-1);
+        let err = lease("r", now, &Value::Array(fields))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("expiry"), "{err}");
+    }
+
+    #[test]
+    fn times_and_evictions_are_read() {
+        let t = time(&Value::Array(vec![bulk("12"), bulk("5")]));
+        assert_eq!(t, Ok(UNIX_EPOCH + Duration::from_micros(12_000_005)));
+        assert!(time(&Value::Array(vec![bulk("x"), bulk("5")])).is_err());
+        let id = LeaseId::generate();
+        let record = Value::Array(vec![bulk(id.expose()), bulk("ops"), bulk("stuck")]);
+        let eviction = eviction_of(&record, &id).ok().flatten();
+        assert_eq!(eviction.map(|e| e.actor), Some("ops".to_string()));
+        let other = LeaseId::generate();
+        assert!(matches!(eviction_of(&record, &other), Ok(None)));
+    }
+}

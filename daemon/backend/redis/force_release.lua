@@ -1,0 +1,12 @@
+-- KEYS: lease, index, evicted. ARGV: actor, reason, resource, changes
+-- channel. Returns {TIME, lease} with the broken lease, or {TIME, {}} when
+-- the resource was free.
+local now = redis.call('TIME')
+local lease = lease_at(KEYS[1])
+if #lease > 0 then
+  redis.call('HSET', KEYS[3], 'id', lease[1], 'actor', ARGV[1], 'reason', ARGV[2])
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('PUBLISH', ARGV[4], ARGV[3])
+end
+return {now, lease}

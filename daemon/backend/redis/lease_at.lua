@@ -1,0 +1,11 @@
+-- Shared by every script but release.lua, which the daemon prepends to
+-- them: lease_at(key) is the live lease in hash `key` as {id, principal,
+-- reason, acquired_s, acquired_us, fence, pttl}, or {} when there is none. A
+-- missing field or a key without expiry comes back as such and is reported
+-- as a corrupt record by the daemon.
+local function lease_at(key)
+  local pttl = redis.call('PTTL', key)
+  if pttl == -2 then return {} end
+  local h = redis.call('HMGET', key, 'id', 'principal', 'reason', 'acquired_s', 'acquired_us', 'fence')
+  return {h[1], h[2], h[3], h[4], h[5], h[6], pttl}
+end
