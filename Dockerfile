@@ -40,7 +40,8 @@ COPY --from=build /out/bin/stormlockd /out/bin/stormlock /usr/local/bin/
 # The data dir (embedded backend) must be writable by the non-root user when
 # no volume is mounted there.
 COPY --from=build --chown=65532:65532 /out/data /var/lib/stormlock
-ENV STORMLOCK_DATA_DIR=/var/lib/stormlock
+# The daemon's state dir; the CLI inside the image finds it through its own variable.
+ENV STORMLOCKD_DATA_DIR=/var/lib/stormlock STORMLOCK_DATA_DIR=/var/lib/stormlock
 USER 65532:65532
 EXPOSE 7466 7467 7468
 ENTRYPOINT ["/usr/local/bin/stormlockd"]

@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused_with_the_pattern() {
-        let err = ResourcePattern::new("a/[").err().expect("unclosed class");
+        let err = ResourcePattern::new("a/[").expect_err("unclosed class");
         assert!(err.contains("a/["), "{err}");
         assert!(ResourcePattern::new("").is_err());
         assert!(PatternSet::resources(Vec::new()).is_err());

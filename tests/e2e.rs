@@ -33,10 +33,16 @@ fn spawn_daemon(dir: &Path, port: u16, extra: &[String]) -> Child {
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(extra)
-        .env_remove("STORMLOCK_DATA_DIR")
-        .env_remove("STORMLOCK_CONFIG")
-        .env_remove("STORMLOCK_LISTEN")
-        .env_remove("STORMLOCK_INSECURE")
+        .env_remove("STORMLOCKD_DATA_DIR")
+        .env_remove("STORMLOCKD_CONFIG")
+        .env_remove("STORMLOCKD_LISTEN")
+        .env_remove("STORMLOCKD_INSECURE")
+        // The CLI's variables, exported in the same shell, must not reach
+        // the daemon: were they read, it would fail (no such config file) or
+        // keep its state elsewhere.
+        .env("STORMLOCK_CONFIG", dir.join("cli-only.toml"))
+        .env("STORMLOCK_DATA_DIR", dir.join("cli-data"))
+        .env("STORMLOCK_LISTEN", "127.0.0.1:1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -659,4 +665,27 @@ fn bearer_token_from_a_file() {
         .exit(5);
     assert!(refused.stderr.contains("token"), "{}", refused.stderr);
     daemon.cli(&["--ca", &ca, "current", "ci/deploy"]).exit(5);
+}
+
+#[test]
+fn the_cli_variables_never_reconfigure_a_daemon() {
+    // Every daemon of these tests starts with the CLI's STORMLOCK_CONFIG,
+    // STORMLOCK_DATA_DIR and STORMLOCK_LISTEN set to somewhere else.
+    let daemon = Daemon::start();
+    let out = daemon.command(&["current", "env/x"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(daemon.data_dir().join("tls/ca.crt").is_file());
+    assert!(!daemon.dir.path().join("cli-data").exists());
+    let log = daemon.log();
+    for (old, new) in [
+        ("STORMLOCK_CONFIG", "STORMLOCKD_CONFIG"),
+        ("STORMLOCK_DATA_DIR", "STORMLOCKD_DATA_DIR"),
+        ("STORMLOCK_LISTEN", "STORMLOCKD_LISTEN"),
+    ] {
+        let said = log
+            .lines()
+            .filter(|l| l.contains(&format!("ignoring {old}:")) && l.contains(new))
+            .count();
+        assert_eq!(said, 1, "{old} should be noted once:\n{log}");
+    }
 }
