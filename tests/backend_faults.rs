@@ -181,6 +181,49 @@ mod redis {
         .await;
         engine.thaw();
     }
+
+    /// Sets the engine's `maxmemory-policy`.
+    async fn set_policy(engine: &PrivateEngine, policy: &str) {
+        let client = ::redis::Client::open(engine.url.as_str()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("CONFIG SET");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_policy_that_may_evict_leases_is_refused() {
+        let Some(engine) = PrivateEngine::start("redis") else {
+            return;
+        };
+        // The default is noeviction: the backend starts.
+        RedisBackend::connect("test", &config(&engine.url))
+            .await
+            .expect("noeviction is accepted");
+        for (policy, what) in [
+            ("volatile-lru", "live leases"),
+            ("volatile-ttl", "live leases"),
+            ("allkeys-lru", "fence counters"),
+        ] {
+            set_policy(&engine, policy).await;
+            match RedisBackend::connect("test", &config(&engine.url)).await {
+                Err(BackendError::Config { message, .. }) => {
+                    assert!(message.contains(policy), "{message}");
+                    assert!(message.contains(what), "{message}");
+                    assert!(message.contains("noeviction"), "{message}");
+                }
+                Err(other) => panic!("{policy}: wrong error: {other}"),
+                Ok(_) => panic!("{policy}: the backend started"),
+            }
+        }
+    }
 }
 
 #[cfg(feature = "etcd")]

@@ -1,15 +1,21 @@
 //! PostgreSQL and MySQL/MariaDB backends beyond the conformance suite:
 //! configuration checks, the documented schema, fences that survive deleted
 //! rows, and behaviour while the engine is down, frozen or unreachable.
+//!
+//! Each case is written once, generic over an [`Engine`], and [`sql_cases!`]
+//! instantiates every case for each engine; what only one engine has (the
+//! PostgreSQL TLS modes, MySQL's session time zone) lives in its module.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stormlockd::backend::sql::SqlConfig;
 use stormlockd::backend::{Backend, BackendError};
 use stormlockd::lease::{Acquisition, Lease, LeaseId};
 use stormlockd::routing::WithTimeout;
 
 use crate::conformance::request;
+use crate::support::{PrivateEngine, engine_url};
 
 /// The bound the failure tests put on each call, as the daemon would.
 const CALL_TIMEOUT: Duration = Duration::from_millis(1_500);
@@ -19,6 +25,111 @@ const SLACK: Duration = Duration::from_millis(1_500);
 
 /// How long an engine that is back may take before calls succeed again.
 const RECOVERY: Duration = Duration::from_secs(5);
+
+/// Table names that every engine must refuse before anything reaches it.
+const BAD_TABLES: &[&str] = &[
+    "",
+    "locks; DROP TABLE x",
+    "locks;--",
+    "1locks",
+    "lo\"cks",
+    "lo`cks",
+    "lo'cks",
+    "a-b",
+    "löcks",
+    "a b",
+    "a.b.c",
+    "x234567890123456789012345678901234567890123456789012345678",
+];
+
+/// What the shared cases need to know of one SQL engine: how to reach it,
+/// how an operator's plain connection does things behind the backend's
+/// back, and where its rules differ.
+trait Engine {
+    /// The backend under test.
+    type Backend: Backend;
+    /// A plain connection, as an operator's client would have.
+    type Admin;
+    /// The URL scheme.
+    const SCHEME: &'static str;
+    /// The variable `tests/engines.sh run` sets to the shared engine's URL.
+    const URL_VAR: &'static str;
+    /// The [`PrivateEngine`] to start for tests that stop or freeze it.
+    const PRIVATE: &'static str;
+    /// The backend's name in messages.
+    const NAME: &'static str;
+    /// Table names refused by this engine only, beside [`BAD_TABLES`].
+    const BAD_TABLES: &'static [&'static str];
+
+    async fn connect(config: &SqlConfig) -> Result<Self::Backend, BackendError>;
+
+    async fn admin(url: &str) -> Self::Admin;
+
+    /// Settings only this engine refuses, given a valid URL of its own:
+    /// (URL, extra TOML, words the configuration error must name).
+    fn refused_settings(url: &str) -> Vec<(String, &'static str, &'static [&'static str])>;
+
+    /// Creates the schema or database `name`, makes it the admin's current
+    /// one and runs the documented DDL there. Returns the URL and the extra
+    /// TOML under which a backend finds that table.
+    async fn install_documented_schema(
+        admin: &mut Self::Admin,
+        url: &str,
+        name: &str,
+    ) -> (String, String);
+
+    /// The fences stored for `resource` in the admin's current
+    /// `stormlock_locks`, one per row.
+    async fn stored_fences(admin: &mut Self::Admin, resource: &str) -> Vec<u64>;
+
+    /// Breaks the fence counter of the documented schema, as an operator
+    /// could, in a way the backend must refuse at start. Returns words its
+    /// configuration error names.
+    async fn break_fence_counter(admin: &mut Self::Admin) -> &'static [&'static str];
+
+    /// Deletes `resource`'s row from `table` (a cleanup job); returns the
+    /// number of rows deleted.
+    async fn delete_row(admin: &mut Self::Admin, table: &str, resource: &str) -> u64;
+}
+
+/// Defines one test per shared case for `$engine`, each named after its
+/// case. Use it inside the engine's module.
+macro_rules! sql_cases {
+    ($engine:ty) => {
+        sql_cases!(@cases $engine, tokio::test;
+            refuses_invalid_table_names, refuses_invalid_settings,
+            debug_output_hides_the_password, unreachable_at_start_fails_fast,
+            missing_table_without_create_is_a_clear_error,
+            documented_schema_works_without_create, unicode_text_round_trips,
+            fence_survives_row_deletion);
+        sql_cases!(@cases $engine, tokio::test(flavor = "multi_thread", worker_threads = 4);
+            fences_increase_under_contention);
+        sql_cases!(@cases $engine, tokio::test(flavor = "multi_thread", worker_threads = 2);
+            freeze_then_thaw, stop_then_restart);
+    };
+    (@cases $engine:ty, $test:meta; $($case:ident),*) => {
+        $(
+            #[$test]
+            async fn $case() {
+                $crate::sql_backends::$case::<$engine>().await
+            }
+        )*
+    };
+}
+
+fn config(url: &str, extra: &str) -> SqlConfig {
+    toml::from_str(&format!("url = {url:?}\n{extra}")).expect("config")
+}
+
+async fn connect<E: Engine>(url: &str, extra: &str) -> Result<E::Backend, BackendError> {
+    E::connect(&config(url, extra)).await
+}
+
+/// A URL of the engine's scheme on a port nothing listens on.
+fn unreachable_url<E: Engine>() -> String {
+    let (scheme, port) = (E::SCHEME, closed_port());
+    format!("{scheme}://stormlock@127.0.0.1:{port}/stormlock")
+}
 
 /// A name unique to this test run, usable as a table, schema or database.
 fn unique_name(what: &str) -> String {
@@ -87,47 +198,123 @@ fn assert_config_error<T: std::fmt::Debug>(result: Result<T, BackendError>, word
     }
 }
 
-/// Principals and reasons outside ASCII (4-byte UTF-8 included) are stored
-/// and returned exactly, to the holder and to whoever is refused.
-async fn unicode_round_trip(backend: &dyn Backend) {
-    let resource = format!("unicode/{}", LeaseId::generate().expose());
-    let mut req = request(&resource, "Zoë 🦀 運用", 60);
-    req.reason = "déploiement 🚀 — 锁 \"quoted\" 'single' \\ %_".to_string();
-    let lease = match backend.acquire(&req).await {
-        Ok(Acquisition::Granted(lease)) => lease,
-        other => panic!("expected a grant, got {other:?}"),
-    };
-    assert_eq!(
-        (lease.principal.as_str(), lease.reason.as_str()),
-        (req.principal.as_str(), req.reason.as_str())
-    );
-    match backend.acquire(&request(&resource, "bob", 60)).await {
-        Ok(Acquisition::Held(holder)) => {
-            assert_eq!(holder.principal, req.principal);
-            assert_eq!(holder.reason, req.reason);
-        }
-        other => panic!("expected the resource to be held, got {other:?}"),
+/// Thaws the engine when dropped, so that a failing assertion does not
+/// leave it stopped.
+struct Thaw<'a>(&'a PrivateEngine);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        self.0.thaw();
     }
-    let broken = backend
-        .force_release(&resource, "ops 🛠", "rotation ✓")
+}
+
+/// An engine of the test's own behind the daemon's call bound, or `None`
+/// when engines are not available.
+async fn private<E: Engine>() -> Option<(PrivateEngine, WithTimeout)> {
+    let engine = PrivateEngine::start(E::PRIVATE)?;
+    let backend = connect::<E>(&engine.url, "connect_timeout = \"1s\"")
         .await
-        .expect("force");
-    assert_eq!(broken.map(|l| l.reason), Some(req.reason.clone()));
-    match backend.status(&resource, &req.id).await {
-        Ok(stormlockd::lease::LeaseStatus::NotCurrent { evicted: Some(e) }) => {
-            assert_eq!(
-                (e.actor.as_str(), e.reason.as_str()),
-                ("ops 🛠", "rotation ✓")
-            );
-        }
-        other => panic!("expected an eviction record, got {other:?}"),
+        .expect("connect");
+    let bounded = WithTimeout::new(E::NAME, Arc::new(backend), CALL_TIMEOUT);
+    Some((engine, bounded))
+}
+
+async fn refuses_invalid_table_names<E: Engine>() {
+    let url = unreachable_url::<E>();
+    for table in BAD_TABLES.iter().chain(E::BAD_TABLES) {
+        let result = connect::<E>(&url, &format!("table = {table:?}")).await;
+        assert_config_error(result.map(drop), &["table"]);
     }
+}
+
+async fn refuses_invalid_settings<E: Engine>() {
+    let url = unreachable_url::<E>();
+    for (url, extra, words) in E::refused_settings(&url) {
+        assert_config_error(connect::<E>(&url, extra).await.map(drop), words);
+    }
+    assert_config_error(
+        connect::<E>(&url, "pool_size = 0").await.map(drop),
+        &["pool_size"],
+    );
+    assert_config_error(
+        connect::<E>(&url, "ca_file = \"/ca.pem\"").await.map(drop),
+        &["ca_file"],
+    );
+    for key in ["tabel", "create"] {
+        let unknown = toml::from_str::<SqlConfig>(&format!("url = {url:?}\n{key} = \"x\""));
+        let message = unknown.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains(key),
+            "unknown keys are refused: {message:?}"
+        );
+    }
+    let bad_tls = toml::from_str::<SqlConfig>(&format!("url = {url:?}\ntls = \"maybe\""));
+    assert!(bad_tls.is_err(), "unknown TLS modes are refused");
+}
+
+async fn debug_output_hides_the_password<E: Engine>() {
+    let url = format!("{}://app:hunter2@db/locks", E::SCHEME);
+    let shown = format!("{:?}", config(&url, ""));
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("app"), "{shown}");
+}
+
+async fn unreachable_at_start_fails_fast<E: Engine>() {
+    let started = Instant::now();
+    let result = connect::<E>(&unreachable_url::<E>(), "connect_timeout = \"1s\"").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1) + SLACK,
+        "{:?}",
+        started.elapsed()
+    );
+    match result {
+        Err(e @ BackendError::Unavailable { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("connect"), "says why: {message}");
+        }
+        other => panic!("expected Unavailable, got {:?}", other.map(drop)),
+    }
+}
+
+async fn missing_table_without_create_is_a_clear_error<E: Engine>() {
+    let Some(url) = engine_url(E::URL_VAR) else {
+        return;
+    };
+    let table = unique_name("missing");
+    let result = connect::<E>(&url, &format!("table = {table:?}\ncreate_table = false")).await;
+    assert_config_error(result.map(drop), &[&table, "create_table"]);
+}
+
+/// The documented DDL, run by an operator, is what the backend expects, and
+/// a fence counter broken afterwards is refused at start.
+async fn documented_schema_works_without_create<E: Engine>() {
+    let Some(url) = engine_url(E::URL_VAR) else {
+        return;
+    };
+    let mut admin = E::admin(&url).await;
+    let (url, extra) = E::install_documented_schema(&mut admin, &url, &unique_name("ops")).await;
+    let extra = format!("{extra}\ncreate_table = false");
+    let backend = connect::<E>(&url, &extra)
+        .await
+        .expect("connect to existing schema");
+    let lease = granted(&backend, "ddl/x").await;
+    assert_eq!(E::stored_fences(&mut admin, "ddl/x").await, [lease.fence]);
+    let words = E::break_fence_counter(&mut admin).await;
+    assert_config_error(connect::<E>(&url, &extra).await.map(drop), words);
 }
 
 /// Workers take turns on one resource: every grant's fence exceeds every
 /// fence granted before it, even when the counter is shared by concurrent
 /// grants and drawn by many connections.
-async fn fences_increase_under_contention(backend: Arc<dyn Backend>) {
+async fn fences_increase_under_contention<E: Engine>() {
+    let Some(url) = engine_url(E::URL_VAR) else {
+        return;
+    };
+    let backend: Arc<dyn Backend> = Arc::new(
+        connect::<E>(&url, "table = \"contention_locks\"")
+            .await
+            .expect("connect"),
+    );
     let resource = format!("contention/{}", LeaseId::generate().expose());
     let highest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -165,228 +352,234 @@ async fn fences_increase_under_contention(backend: Arc<dyn Backend>) {
     assert!(total >= 8, "the resource changed hands {total} times");
 }
 
-/// Thaws the engine when dropped, so that a failing assertion does not
-/// leave it stopped.
-struct Thaw<'a>(&'a crate::support::PrivateEngine);
-
-impl Drop for Thaw<'_> {
-    fn drop(&mut self) {
-        self.0.thaw();
+/// Principals and reasons outside ASCII (4-byte UTF-8 included) are stored
+/// and returned exactly, to the holder and to whoever is refused.
+async fn unicode_text_round_trips<E: Engine>() {
+    let Some(url) = engine_url(E::URL_VAR) else {
+        return;
+    };
+    let backend = connect::<E>(&url, "table = \"unicode_locks\"")
+        .await
+        .expect("connect");
+    let resource = format!("unicode/{}", LeaseId::generate().expose());
+    let mut req = request(&resource, "Zoë 🦀 運用", 60);
+    req.reason = "déploiement 🚀 — 锁 \"quoted\" 'single' \\ %_".to_string();
+    let lease = match backend.acquire(&req).await {
+        Ok(Acquisition::Granted(lease)) => lease,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    assert_eq!(
+        (lease.principal.as_str(), lease.reason.as_str()),
+        (req.principal.as_str(), req.reason.as_str())
+    );
+    match backend.acquire(&request(&resource, "bob", 60)).await {
+        Ok(Acquisition::Held(holder)) => {
+            assert_eq!(holder.principal, req.principal);
+            assert_eq!(holder.reason, req.reason);
+        }
+        other => panic!("expected the resource to be held, got {other:?}"),
+    }
+    let broken = backend
+        .force_release(&resource, "ops 🛠", "rotation ✓")
+        .await
+        .expect("force");
+    assert_eq!(broken.map(|l| l.reason), Some(req.reason.clone()));
+    match backend.status(&resource, &req.id).await {
+        Ok(stormlockd::lease::LeaseStatus::NotCurrent { evicted: Some(e) }) => {
+            assert_eq!(
+                (e.actor.as_str(), e.reason.as_str()),
+                ("ops 🛠", "rotation ✓")
+            );
+        }
+        other => panic!("expected an eviction record, got {other:?}"),
     }
 }
 
-/// Table names that must be refused before anything reaches the engine.
-const BAD_TABLES: &[&str] = &[
-    "",
-    "locks; DROP TABLE x",
-    "locks;--",
-    "1locks",
-    "lo\"cks",
-    "lo`cks",
-    "lo'cks",
-    "a-b",
-    "löcks",
-    "a b",
-    "a.b.c",
-    "x234567890123456789012345678901234567890123456789012345678",
-];
+/// Deleting a resource's row (a cleanup job) does not reset its fence.
+async fn fence_survives_row_deletion<E: Engine>() {
+    let Some(url) = engine_url(E::URL_VAR) else {
+        return;
+    };
+    let table = unique_name("cleanup");
+    let backend = connect::<E>(&url, &format!("table = {table:?}"))
+        .await
+        .expect("connect");
+    let resource = "cleanup/x";
+    let first = granted(&backend, resource).await;
+    assert!(backend.release(resource, &first.id).await.expect("release"));
+    let mut admin = E::admin(&url).await;
+    let deleted = E::delete_row(&mut admin, &table, resource).await;
+    assert_eq!(deleted, 1, "the row was kept after release");
+    let second = granted(&backend, resource).await;
+    assert!(
+        second.fence > first.fence,
+        "{} after {}",
+        second.fence,
+        first.fence
+    );
+}
+
+/// While the engine hangs, every call and a fresh start give up within
+/// their bound; once it answers again, the lease is still there.
+async fn freeze_then_thaw<E: Engine>() {
+    let Some((engine, backend)) = private::<E>().await else {
+        return;
+    };
+    let before = granted(&backend, "freeze/x").await;
+    engine.freeze();
+    let thaw_on_exit = Thaw(&engine);
+    assert_unavailable("health", backend.health()).await;
+    assert_unavailable("acquire", backend.acquire(&request("freeze/y", "bob", 60))).await;
+    assert_unavailable("current", backend.current("freeze/x")).await;
+    assert_unavailable(
+        "renew",
+        backend.renew("freeze/x", &before.id, Duration::from_secs(60)),
+    )
+    .await;
+    // A daemon starting while the engine hangs gives up within its bound.
+    let started = Instant::now();
+    let fresh = connect::<E>(&engine.url, "connect_timeout = \"1s\"").await;
+    assert!(
+        matches!(fresh, Err(BackendError::Unavailable { .. })),
+        "{:?}",
+        fresh.map(drop)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1) + SLACK,
+        "{:?}",
+        started.elapsed()
+    );
+    drop(thaw_on_exit);
+    assert_recovers(&backend).await;
+    let current = backend.current("freeze/x").await.expect("current");
+    assert_eq!(current.map(|l| l.id), Some(before.id));
+}
+
+/// While the engine is down every call fails fast; after a restart the
+/// lease and the fence counter are still there.
+async fn stop_then_restart<E: Engine>() {
+    let Some((engine, backend)) = private::<E>().await else {
+        return;
+    };
+    let before = granted(&backend, "restart/x").await;
+    engine.stop();
+    assert_unavailable("health", backend.health()).await;
+    assert_unavailable("acquire", backend.acquire(&request("restart/y", "bob", 60))).await;
+    assert_unavailable("current", backend.current("restart/x")).await;
+    engine.restart();
+    assert_recovers(&backend).await;
+    let current = backend.current("restart/x").await.expect("current");
+    assert_eq!(
+        current.map(|l| l.id),
+        Some(before.id.clone()),
+        "the lease survived"
+    );
+    assert!(
+        backend
+            .release("restart/x", &before.id)
+            .await
+            .expect("release")
+    );
+    let after = granted(&backend, "restart/x").await;
+    assert!(after.fence > before.fence, "fence survives a restart");
+}
 
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use stormlockd::backend::postgres::{DDL, PostgresBackend, PostgresConfig};
+    use stormlockd::backend::postgres::{DDL, PostgresBackend};
 
-    fn config(url: &str, extra: &str) -> PostgresConfig {
-        toml::from_str(&format!("url = {url:?}\n{extra}")).expect("config")
-    }
+    struct Postgres;
 
-    async fn connect(url: &str, extra: &str) -> Result<PostgresBackend, BackendError> {
-        PostgresBackend::connect("pg", &config(url, extra)).await
-    }
+    impl Engine for Postgres {
+        type Backend = PostgresBackend;
+        type Admin = tokio_postgres::Client;
+        const SCHEME: &'static str = "postgres";
+        const URL_VAR: &'static str = "STORMLOCK_TEST_POSTGRES_URL";
+        const PRIVATE: &'static str = "postgres";
+        const NAME: &'static str = "pg";
+        const BAD_TABLES: &'static [&'static str] = &[];
 
-    /// A plain connection for setting up and inspecting tables.
-    async fn admin(url: &str) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-        client
-    }
-
-    #[tokio::test]
-    async fn refuses_invalid_table_names() {
-        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port());
-        for table in BAD_TABLES {
-            let result = connect(&url, &format!("table = {table:?}")).await;
-            assert_config_error(result.map(drop), &["table"]);
+        async fn connect(config: &SqlConfig) -> Result<PostgresBackend, BackendError> {
+            PostgresBackend::connect(Self::NAME, config).await
         }
-    }
 
-    #[tokio::test]
-    async fn refuses_invalid_settings() {
-        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port());
-        assert_config_error(connect("mysql://root@x/db", "").await.map(drop), &["url"]);
-        assert_config_error(
-            connect(&format!("{url}?sslmode=sometimes"), "")
+        async fn admin(url: &str) -> tokio_postgres::Client {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
                 .await
-                .map(drop),
-            &["url"],
-        );
-        assert_config_error(
-            connect(&url, "pool_size = 0").await.map(drop),
-            &["pool_size"],
-        );
-        assert_config_error(
-            connect(&url, "ca_file = \"/ca.pem\"").await.map(drop),
-            &["ca_file"],
-        );
-        assert_config_error(
-            connect(
-                &url,
-                "tls = \"verify-full\"\nca_file = \"/nonexistent/ca.pem\"",
-            )
-            .await
-            .map(drop),
-            &["ca_file", "/nonexistent/ca.pem"],
-        );
-        let unknown = toml::from_str::<PostgresConfig>(&format!("url = {url:?}\ntabel = \"x\""));
-        let message = unknown.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(
-            message.contains("tabel"),
-            "unknown keys are refused: {message:?}"
-        );
-        let bad_tls = toml::from_str::<PostgresConfig>(&format!("url = {url:?}\ntls = \"maybe\""));
-        assert!(bad_tls.is_err(), "unknown TLS modes are refused");
-    }
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+        }
 
-    #[tokio::test]
-    async fn debug_output_hides_the_password() {
-        let shown = format!("{:?}", config("postgres://app:hunter2@db/locks", ""));
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("app"), "{shown}");
-    }
+        fn refused_settings(url: &str) -> Vec<(String, &'static str, &'static [&'static str])> {
+            vec![
+                ("mysql://root@x/db".to_string(), "", &["url"]),
+                (format!("{url}?sslmode=sometimes"), "", &["url"]),
+                (
+                    url.to_string(),
+                    "tls = \"verify-full\"\nca_file = \"/nonexistent/ca.pem\"",
+                    &["ca_file", "/nonexistent/ca.pem"],
+                ),
+            ]
+        }
 
-    #[tokio::test]
-    async fn unreachable_at_start_fails_fast() {
-        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port());
-        let started = Instant::now();
-        let result = connect(&url, "connect_timeout = \"1s\"").await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1) + SLACK,
-            "{:?}",
-            started.elapsed()
-        );
-        match result {
-            Err(e @ BackendError::Unavailable { .. }) => {
-                let message = e.to_string();
-                assert!(message.contains("connect"), "says why: {message}");
-            }
-            other => panic!("expected Unavailable, got {:?}", other.map(drop)),
+        async fn install_documented_schema(
+            admin: &mut tokio_postgres::Client,
+            url: &str,
+            schema: &str,
+        ) -> (String, String) {
+            admin
+                .batch_execute(&format!(
+                    "CREATE SCHEMA {schema}; SET search_path TO {schema};"
+                ))
+                .await
+                .expect("schema");
+            admin.batch_execute(DDL).await.expect("documented DDL");
+            let extra = format!("table = \"{schema}.stormlock_locks\"");
+            (url.to_string(), extra)
+        }
+
+        async fn stored_fences(admin: &mut tokio_postgres::Client, resource: &str) -> Vec<u64> {
+            let rows = admin
+                .query(
+                    "SELECT fence FROM stormlock_locks WHERE resource = $1",
+                    &[&resource],
+                )
+                .await
+                .expect("read back");
+            rows.iter()
+                .map(|row| u64::try_from(row.get::<_, i64>(0)).expect("a fence is positive"))
+                .collect()
+        }
+
+        /// A cached sequence would hand out fences out of order.
+        async fn break_fence_counter(
+            admin: &mut tokio_postgres::Client,
+        ) -> &'static [&'static str] {
+            admin
+                .batch_execute("ALTER SEQUENCE stormlock_locks_fence CACHE 20")
+                .await
+                .expect("alter");
+            &["CACHE 1"]
+        }
+
+        async fn delete_row(
+            admin: &mut tokio_postgres::Client,
+            table: &str,
+            resource: &str,
+        ) -> u64 {
+            admin
+                .execute(
+                    &format!("DELETE FROM \"{table}\" WHERE resource = $1"),
+                    &[&resource],
+                )
+                .await
+                .expect("delete")
         }
     }
 
-    #[tokio::test]
-    async fn missing_table_without_create_is_a_clear_error() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
-            return;
-        };
-        let table = unique_name("missing");
-        let result = connect(&url, &format!("table = {table:?}\ncreate_table = false")).await;
-        assert_config_error(result.map(drop), &[&table, "create_table"]);
-    }
-
-    /// The documented DDL, run by an operator, is what the backend expects.
-    #[tokio::test]
-    async fn documented_schema_works_without_create() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
-            return;
-        };
-        let schema = unique_name("ops");
-        let client = admin(&url).await;
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA {schema}; SET search_path TO {schema};"
-            ))
-            .await
-            .expect("schema");
-        client.batch_execute(DDL).await.expect("documented DDL");
-        let extra = format!("table = \"{schema}.stormlock_locks\"\ncreate_table = false");
-        let backend = connect(&url, &extra)
-            .await
-            .expect("connect to existing schema");
-        let lease = granted(&backend, "ddl/x").await;
-        let rows = client
-            .query(
-                "SELECT fence FROM stormlock_locks WHERE resource = 'ddl/x'",
-                &[],
-            )
-            .await
-            .expect("read back");
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].get::<_, i64>(0), lease.fence as i64);
-        // A cached sequence would hand out fences out of order.
-        client
-            .batch_execute("ALTER SEQUENCE stormlock_locks_fence CACHE 20")
-            .await
-            .expect("alter");
-        assert_config_error(connect(&url, &extra).await.map(drop), &["CACHE 1"]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn fences_increase_under_contention() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
-            return;
-        };
-        let backend = connect(&url, "table = \"contention_locks\"")
-            .await
-            .expect("connect");
-        super::fences_increase_under_contention(Arc::new(backend)).await;
-    }
-
-    #[tokio::test]
-    async fn unicode_text_round_trips() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
-            return;
-        };
-        let backend = connect(&url, "table = \"unicode_locks\"")
-            .await
-            .expect("connect");
-        unicode_round_trip(&backend).await;
-    }
-
-    /// Deleting a resource's row (a cleanup job) does not reset its fence.
-    #[tokio::test]
-    async fn fence_survives_row_deletion() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
-            return;
-        };
-        let table = unique_name("cleanup");
-        let backend = connect(&url, &format!("table = {table:?}"))
-            .await
-            .expect("connect");
-        let resource = "cleanup/x";
-        let first = granted(&backend, resource).await;
-        let second_req = request(resource, "bob", 60);
-        assert!(backend.release(resource, &first.id).await.expect("release"));
-        let client = admin(&url).await;
-        let deleted = client
-            .execute(
-                &format!("DELETE FROM \"{table}\" WHERE resource = $1"),
-                &[&resource],
-            )
-            .await
-            .expect("delete");
-        assert_eq!(deleted, 1, "the row was kept after release");
-        let Ok(Acquisition::Granted(second)) = backend.acquire(&second_req).await else {
-            panic!("reacquire after cleanup")
-        };
-        assert!(
-            second.fence > first.fence,
-            "{} after {}",
-            second.fence,
-            first.fence
-        );
-    }
+    sql_cases!(Postgres);
 
     /// A test CA and a server certificate for `localhost` signed by it, as
     /// PEM files in `dir`: (CA certificate, server certificate, server key).
@@ -416,7 +609,7 @@ mod postgres {
         use std::os::unix::fs::PermissionsExt;
         use std::process::Command;
 
-        let Some(engine) = crate::support::PrivateEngine::start("postgres") else {
+        let Some(engine) = PrivateEngine::start(Postgres::PRIVATE) else {
             return;
         };
         let dir = tempfile::tempdir().expect("tempdir");
@@ -431,7 +624,7 @@ mod postgres {
             chown.is_ok_and(|s| s.success()),
             "chown the key to postgres"
         );
-        let client = admin(&engine.url).await;
+        let client = Postgres::admin(&engine.url).await;
         for setting in [
             format!("ssl_cert_file = '{}'", cert.display()),
             format!("ssl_key_file = '{}'", key.display()),
@@ -448,7 +641,7 @@ mod postgres {
             .expect("reload");
         let started = Instant::now();
         loop {
-            let ssl: String = admin(&engine.url)
+            let ssl: String = Postgres::admin(&engine.url)
                 .await
                 .query_one("SHOW ssl", &[])
                 .await
@@ -461,7 +654,7 @@ mod postgres {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
-        let require = connect(&engine.url, "tls = \"require\"")
+        let require = connect::<Postgres>(&engine.url, "tls = \"require\"")
             .await
             .expect("require");
         granted(&require, "tls/require").await;
@@ -481,19 +674,21 @@ mod postgres {
             "tls = \"verify-full\"\nca_file = {:?}",
             ca.display().to_string()
         );
-        let full = connect(&by_name, &verified)
+        let full = connect::<Postgres>(&by_name, &verified)
             .await
             .expect("verify-full by name");
         granted(&full, "tls/verify-full").await;
 
-        let wrong_name = connect(&engine.url, &verified).await.map(drop);
+        let wrong_name = connect::<Postgres>(&engine.url, &verified).await.map(drop);
         match wrong_name {
             Err(e @ BackendError::Unavailable { .. }) => {
                 assert!(e.to_string().contains("certificate"), "{e}");
             }
             other => panic!("a certificate for another name is refused: {other:?}"),
         }
-        let unknown_ca = connect(&by_name, "tls = \"verify-full\"").await.map(drop);
+        let unknown_ca = connect::<Postgres>(&by_name, "tls = \"verify-full\"")
+            .await
+            .map(drop);
         match unknown_ca {
             Err(e @ BackendError::Unavailable { .. }) => {
                 assert!(e.to_string().contains("certificate"), "{e}");
@@ -501,98 +696,91 @@ mod postgres {
             other => panic!("a certificate from an unknown CA is refused: {other:?}"),
         }
     }
-
-    async fn private() -> Option<(crate::support::PrivateEngine, WithTimeout)> {
-        let engine = crate::support::PrivateEngine::start("postgres")?;
-        let backend = connect(&engine.url, "connect_timeout = \"1s\"")
-            .await
-            .expect("connect");
-        let bounded = WithTimeout::new("pg", Arc::new(backend), CALL_TIMEOUT);
-        Some((engine, bounded))
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn stop_then_restart() {
-        let Some((engine, backend)) = private().await else {
-            return;
-        };
-        let before = granted(&backend, "restart/x").await;
-        engine.stop();
-        assert_unavailable("health", backend.health()).await;
-        assert_unavailable("acquire", backend.acquire(&request("restart/y", "bob", 60))).await;
-        assert_unavailable("current", backend.current("restart/x")).await;
-        engine.restart();
-        assert_recovers(&backend).await;
-        let current = backend.current("restart/x").await.expect("current");
-        assert_eq!(
-            current.map(|l| l.id),
-            Some(before.id.clone()),
-            "the lease survived"
-        );
-        assert!(
-            backend
-                .release("restart/x", &before.id)
-                .await
-                .expect("release")
-        );
-        let after = granted(&backend, "restart/x").await;
-        assert!(after.fence > before.fence, "fence survives a restart");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn freeze_then_thaw() {
-        let Some((engine, backend)) = private().await else {
-            return;
-        };
-        let before = granted(&backend, "freeze/x").await;
-        engine.freeze();
-        let thaw_on_exit = Thaw(&engine);
-        assert_unavailable("health", backend.health()).await;
-        assert_unavailable("acquire", backend.acquire(&request("freeze/y", "bob", 60))).await;
-        assert_unavailable(
-            "renew",
-            backend.renew("freeze/x", &before.id, Duration::from_secs(60)),
-        )
-        .await;
-        // A daemon starting while the engine hangs gives up within its bound.
-        let started = Instant::now();
-        let fresh = connect(&engine.url, "connect_timeout = \"1s\"").await;
-        assert!(
-            matches!(fresh, Err(BackendError::Unavailable { .. })),
-            "{:?}",
-            fresh.map(drop)
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(1) + SLACK,
-            "{:?}",
-            started.elapsed()
-        );
-        drop(thaw_on_exit);
-        assert_recovers(&backend).await;
-        let current = backend.current("freeze/x").await.expect("current");
-        assert_eq!(current.map(|l| l.id), Some(before.id));
-    }
 }
 
 #[cfg(feature = "mysql")]
 mod mysql {
     use super::*;
     use mysql_async::prelude::Queryable;
-    use stormlockd::backend::mysql::{DDL, MysqlBackend, MysqlConfig};
+    use stormlockd::backend::mysql::{DDL, MysqlBackend};
 
-    fn config(url: &str, extra: &str) -> MysqlConfig {
-        toml::from_str(&format!("url = {url:?}\n{extra}")).expect("config")
+    struct Mysql;
+
+    impl Engine for Mysql {
+        type Backend = MysqlBackend;
+        type Admin = mysql_async::Conn;
+        const SCHEME: &'static str = "mysql";
+        const URL_VAR: &'static str = "STORMLOCK_TEST_MYSQL_URL";
+        const PRIVATE: &'static str = "mysql";
+        const NAME: &'static str = "my";
+        /// The database comes from the URL.
+        const BAD_TABLES: &'static [&'static str] = &["stormlock.locks"];
+
+        async fn connect(config: &SqlConfig) -> Result<MysqlBackend, BackendError> {
+            MysqlBackend::connect(Self::NAME, config).await
+        }
+
+        async fn admin(url: &str) -> mysql_async::Conn {
+            let opts = mysql_async::Opts::from_url(url).expect("url");
+            mysql_async::Conn::new(opts).await.expect("connect")
+        }
+
+        fn refused_settings(url: &str) -> Vec<(String, &'static str, &'static [&'static str])> {
+            vec![
+                ("postgres://x/db".to_string(), "", &["url"]),
+                (format!("{url}?pool_max=x"), "", &["url"]),
+            ]
+        }
+
+        async fn install_documented_schema(
+            admin: &mut mysql_async::Conn,
+            url: &str,
+            database: &str,
+        ) -> (String, String) {
+            admin
+                .query_drop(format!("CREATE DATABASE {database}"))
+                .await
+                .expect("database");
+            admin
+                .query_drop(format!("USE {database}"))
+                .await
+                .expect("use");
+            admin.query_drop(DDL).await.expect("documented DDL");
+            (with_database(url, database), String::new())
+        }
+
+        async fn stored_fences(admin: &mut mysql_async::Conn, resource: &str) -> Vec<u64> {
+            admin
+                .exec(
+                    "SELECT fence FROM stormlock_locks WHERE resource = ?",
+                    (resource,),
+                )
+                .await
+                .expect("read back")
+        }
+
+        /// Without its one row the counter has nothing to count from.
+        async fn break_fence_counter(admin: &mut mysql_async::Conn) -> &'static [&'static str] {
+            admin
+                .query_drop("DELETE FROM stormlock_locks_fence")
+                .await
+                .expect("delete the counter");
+            &["stormlock_locks_fence", "id = 1"]
+        }
+
+        async fn delete_row(admin: &mut mysql_async::Conn, table: &str, resource: &str) -> u64 {
+            admin
+                .exec_drop(
+                    format!("DELETE FROM `{table}` WHERE resource = ?"),
+                    (resource,),
+                )
+                .await
+                .expect("delete");
+            admin.affected_rows()
+        }
     }
 
-    async fn connect(url: &str, extra: &str) -> Result<MysqlBackend, BackendError> {
-        MysqlBackend::connect("my", &config(url, extra)).await
-    }
-
-    /// A plain connection for setting up and inspecting tables.
-    async fn admin(url: &str) -> mysql_async::Conn {
-        let opts = mysql_async::Opts::from_url(url).expect("url");
-        mysql_async::Conn::new(opts).await.expect("connect")
-    }
+    sql_cases!(Mysql);
 
     /// `url` with its database replaced by `database`.
     fn with_database(url: &str, database: &str) -> String {
@@ -600,70 +788,16 @@ mod mysql {
         format!("{base}/{database}")
     }
 
-    #[tokio::test]
-    async fn refuses_invalid_table_names() {
-        let url = format!("mysql://root@127.0.0.1:{}/stormlock", closed_port());
-        for table in BAD_TABLES.iter().chain(&["stormlock.locks"]) {
-            let result = connect(&url, &format!("table = {table:?}")).await;
-            assert_config_error(result.map(drop), &["table"]);
-        }
-    }
-
-    #[tokio::test]
-    async fn refuses_invalid_settings() {
-        let url = format!("mysql://root@127.0.0.1:{}/stormlock", closed_port());
-        assert_config_error(connect("postgres://x/db", "").await.map(drop), &["url"]);
-        assert_config_error(
-            connect(&format!("{url}?pool_max=x"), "").await.map(drop),
-            &["url"],
-        );
-        assert_config_error(
-            connect(&url, "pool_size = 0").await.map(drop),
-            &["pool_size"],
-        );
-        assert_config_error(
-            connect(&url, "ca_file = \"/ca.pem\"").await.map(drop),
-            &["ca_file"],
-        );
-        let unknown = toml::from_str::<MysqlConfig>(&format!("url = {url:?}\ncreate = true"));
-        let message = unknown.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(
-            message.contains("create"),
-            "unknown keys are refused: {message:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn debug_output_hides_the_password() {
-        let shown = format!("{:?}", config("mysql://app:hunter2@db/locks", ""));
-        assert!(!shown.contains("hunter2"), "{shown}");
-    }
-
-    #[tokio::test]
-    async fn unreachable_at_start_fails_fast() {
-        let url = format!("mysql://root@127.0.0.1:{}/stormlock", closed_port());
-        let started = Instant::now();
-        let result = connect(&url, "connect_timeout = \"1s\"").await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1) + SLACK,
-            "{:?}",
-            started.elapsed()
-        );
-        assert!(
-            matches!(result, Err(BackendError::Unavailable { .. })),
-            "{:?}",
-            result.map(drop)
-        );
-    }
-
     /// TLS required of a server that offers none fails clearly.
     #[tokio::test]
     async fn tls_required_of_a_plain_server_is_refused() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+        let Some(url) = engine_url(Mysql::URL_VAR) else {
             return;
         };
         for mode in ["require", "verify-full"] {
-            let result = connect(&url, &format!("tls = {mode:?}")).await.map(drop);
+            let result = connect::<Mysql>(&url, &format!("tls = {mode:?}"))
+                .await
+                .map(drop);
             match result {
                 Err(e @ BackendError::Unavailable { .. }) => {
                     assert!(e.to_string().contains("SSL"), "{mode}: {e}");
@@ -671,109 +805,23 @@ mod mysql {
                 other => panic!("{mode}: expected Unavailable, got {other:?}"),
             }
         }
-        let plain = connect(&url, "tls = \"disable\"").await.expect("disable");
+        let plain = connect::<Mysql>(&url, "tls = \"disable\"")
+            .await
+            .expect("disable");
         plain.health().await.expect("health");
-    }
-
-    #[tokio::test]
-    async fn missing_table_without_create_is_a_clear_error() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
-            return;
-        };
-        let table = unique_name("missing");
-        let result = connect(&url, &format!("table = {table:?}\ncreate_table = false")).await;
-        assert_config_error(result.map(drop), &[&table, "create_table"]);
-    }
-
-    /// The documented DDL, run by an operator, is what the backend expects.
-    #[tokio::test]
-    async fn documented_schema_works_without_create() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
-            return;
-        };
-        let database = unique_name("ops");
-        let mut conn = admin(&url).await;
-        conn.query_drop(format!("CREATE DATABASE {database}"))
-            .await
-            .expect("database");
-        conn.query_drop(format!("USE {database}"))
-            .await
-            .expect("use");
-        conn.query_drop(DDL).await.expect("documented DDL");
-        let backend = connect(&with_database(&url, &database), "create_table = false")
-            .await
-            .expect("connect to existing schema");
-        let lease = granted(&backend, "ddl/x").await;
-        let fence: Option<u64> = conn
-            .query_first("SELECT fence FROM stormlock_locks WHERE resource = 'ddl/x'")
-            .await
-            .expect("read back");
-        assert_eq!(fence, Some(lease.fence));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn fences_increase_under_contention() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
-            return;
-        };
-        let backend = connect(&url, "table = \"contention_locks\"")
-            .await
-            .expect("connect");
-        super::fences_increase_under_contention(Arc::new(backend)).await;
-    }
-
-    #[tokio::test]
-    async fn unicode_text_round_trips() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
-            return;
-        };
-        let backend = connect(&url, "table = \"unicode_locks\"")
-            .await
-            .expect("connect");
-        unicode_round_trip(&backend).await;
-    }
-
-    /// Deleting a resource's row (a cleanup job) does not reset its fence.
-    #[tokio::test]
-    async fn fence_survives_row_deletion() {
-        let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
-            return;
-        };
-        let table = unique_name("cleanup");
-        let backend = connect(&url, &format!("table = {table:?}"))
-            .await
-            .expect("connect");
-        let resource = "cleanup/x";
-        let first = granted(&backend, resource).await;
-        assert!(backend.release(resource, &first.id).await.expect("release"));
-        let mut conn = admin(&url).await;
-        conn.exec_drop(
-            format!("DELETE FROM `{table}` WHERE resource = ?"),
-            (resource,),
-        )
-        .await
-        .expect("delete");
-        assert_eq!(conn.affected_rows(), 1, "the row was kept after release");
-        let second = granted(&backend, resource).await;
-        assert!(
-            second.fence > first.fence,
-            "{} after {}",
-            second.fence,
-            first.fence
-        );
     }
 
     /// Times are UTC whatever the server's own time zone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sessions_use_utc() {
-        let Some(engine) = crate::support::PrivateEngine::start("mysql") else {
+        let Some(engine) = PrivateEngine::start(Mysql::PRIVATE) else {
             return;
         };
-        let mut conn = admin(&engine.url).await;
+        let mut conn = Mysql::admin(&engine.url).await;
         conn.query_drop("SET GLOBAL time_zone = '+05:00'")
             .await
             .expect("server zone");
-        let backend = connect(&engine.url, "").await.expect("connect");
+        let backend = connect::<Mysql>(&engine.url, "").await.expect("connect");
         let lease = granted(&backend, "utc/x").await;
         let now = std::time::SystemTime::now();
         let skew = (lease.acquired_at.duration_since(now)).unwrap_or_else(|e| e.duration());
@@ -781,52 +829,5 @@ mod mysql {
             skew < Duration::from_secs(60),
             "acquired_at is off by {skew:?}"
         );
-    }
-
-    async fn private() -> Option<(crate::support::PrivateEngine, WithTimeout)> {
-        let engine = crate::support::PrivateEngine::start("mysql")?;
-        let backend = connect(&engine.url, "connect_timeout = \"1s\"")
-            .await
-            .expect("connect");
-        let bounded = WithTimeout::new("my", Arc::new(backend), CALL_TIMEOUT);
-        Some((engine, bounded))
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn freeze_then_thaw() {
-        let Some((engine, backend)) = private().await else {
-            return;
-        };
-        let before = granted(&backend, "freeze/x").await;
-        engine.freeze();
-        let thaw_on_exit = Thaw(&engine);
-        assert_unavailable("health", backend.health()).await;
-        assert_unavailable("acquire", backend.acquire(&request("freeze/y", "bob", 60))).await;
-        assert_unavailable("current", backend.current("freeze/x")).await;
-        drop(thaw_on_exit);
-        assert_recovers(&backend).await;
-        let current = backend.current("freeze/x").await.expect("current");
-        assert_eq!(current.map(|l| l.id), Some(before.id));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn stop_then_restart() {
-        let Some((engine, backend)) = private().await else {
-            return;
-        };
-        let before = granted(&backend, "restart/x").await;
-        engine.stop();
-        assert_unavailable("health", backend.health()).await;
-        assert_unavailable("acquire", backend.acquire(&request("restart/y", "bob", 60))).await;
-        engine.restart();
-        assert_recovers(&backend).await;
-        assert!(
-            backend
-                .release("restart/x", &before.id)
-                .await
-                .expect("release")
-        );
-        let after = granted(&backend, "restart/x").await;
-        assert!(after.fence > before.fence, "fence survives a restart");
     }
 }

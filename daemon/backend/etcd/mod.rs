@@ -307,6 +307,23 @@ impl EtcdBackend {
         }
     }
 
+    /// After a transaction whose outcome is unknown (the request may have
+    /// been applied and its answer lost), reads the key: the holder when it
+    /// now lives on `etcd_lease` (the transaction was applied). Otherwise the
+    /// new etcd lease holds nothing: it is revoked when the read shows that,
+    /// and left to lapse at its TTL when the read fails too — never revoked
+    /// blindly, since revoking it would delete a key it holds.
+    async fn applied(&self, resource: &str, etcd_lease: i64) -> Option<Held> {
+        match self.current_held(resource).await {
+            Ok(Some(held)) if held.etcd_lease == etcd_lease => Some(held),
+            Ok(_) => {
+                self.discard(etcd_lease).await;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     async fn grant(&self, ttl: Duration) -> Result<(i64, Duration)> {
         // etcd TTLs are whole seconds; round up so a lease never ends early.
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
@@ -388,8 +405,11 @@ impl Backend for EtcdBackend {
             let resp = match self.client.clone().txn(txn).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    self.discard(etcd_lease).await;
-                    return Err(self.engine_error(e));
+                    // Unknown outcome: the grant may have been applied.
+                    return match self.applied(&req.resource, etcd_lease).await {
+                        Some(held) => Ok(Acquisition::Granted(held.lease)),
+                        None => Err(self.engine_error(e)),
+                    };
                 }
             };
             if resp.succeeded() {
@@ -485,8 +505,15 @@ impl Backend for EtcdBackend {
             let resp = match self.client.clone().txn(txn).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    self.discard(etcd_lease).await;
-                    return Err(self.engine_error(e));
+                    // Unknown outcome: if the key moved to the new lease,
+                    // revoking that lease would delete the holder's key.
+                    return match self.applied(resource, etcd_lease).await {
+                        Some(renewed) => {
+                            self.discard(held.etcd_lease).await;
+                            Ok(renewed.lease)
+                        }
+                        None => Err(self.engine_error(e)),
+                    };
                 }
             };
             if resp.succeeded() {

@@ -29,10 +29,14 @@
 //!
 //! # Requirements on the engine
 //!
-//! Fences survive a Redis restart only with persistence (AOF or RDB), and the
-//! counters must never be evicted: use `maxmemory-policy noeviction` or a
-//! `volatile-*` policy. The backend logs a warning at start when it can see
-//! an `allkeys-*` policy. Counters and eviction records stay after their
+//! Fences survive a Redis restart only with persistence (AOF or RDB), and no
+//! key may ever be evicted: `maxmemory-policy noeviction` is the only safe
+//! policy. `volatile-*` policies evict exactly the keys that carry a TTL —
+//! the live leases, so a second holder could be granted a held lock — and
+//! `allkeys-*` policies evict the fence counters too. The backend refuses to
+//! start on any other policy it can read; where `CONFIG GET` is not permitted
+//! (managed Redis), it says at start that it cannot check and that
+//! `noeviction` is required. Counters and eviction records stay after their
 //! leases, one small key each per resource ever locked, by design.
 //!
 //! # Connections
@@ -97,6 +101,37 @@ pub struct RedisBackend {
     prefix: String,
     scripts: Scripts,
     connect_timeout: Duration,
+}
+
+/// Refuses an engine that may evict keys: only `noeviction` keeps every
+/// lease and every fence counter. `policy` is `None` when `CONFIG GET` is not
+/// permitted (managed Redis), which is said once at start.
+fn check_eviction_policy(name: &str, address: &str, policy: Option<&String>) -> Result<()> {
+    match policy.map(String::as_str) {
+        Some("noeviction") => Ok(()),
+        Some(policy) => Err(BackendError::config(
+            name,
+            format!(
+                "{address} has maxmemory-policy {policy}, which may evict {}: a lock could then \
+                 be granted twice or a fence go back. Set `maxmemory-policy noeviction` \
+                 (CONFIG SET maxmemory-policy noeviction, and in redis.conf)",
+                if policy.starts_with("volatile-") {
+                    "live leases (the keys with a TTL)"
+                } else {
+                    "leases and fence counters"
+                }
+            ),
+        )),
+        None => {
+            tracing::warn!(
+                backend = name,
+                address,
+                "cannot read maxmemory-policy (CONFIG GET is not permitted here): make sure it is \
+                 noeviction, the only policy under which Redis never evicts a lease or a fence counter"
+            );
+            Ok(())
+        }
+    }
 }
 
 impl RedisBackend {
@@ -174,17 +209,7 @@ impl RedisBackend {
                 ));
             }
         };
-        // CONFIG may be disabled (managed Redis); then there is nothing to check.
-        if let Some(policy) = policy.as_ref().and_then(|p| p.get(1))
-            && policy.starts_with("allkeys-")
-        {
-            tracing::warn!(
-                backend = name,
-                policy = policy.as_str(),
-                "Redis may evict fence counters under memory pressure (maxmemory-policy allkeys-*); \
-                 use noeviction or a volatile-* policy so fences never go back"
-            );
-        }
+        check_eviction_policy(name, &address, policy.as_ref().and_then(|p| p.get(1)))?;
 
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
