@@ -126,10 +126,10 @@ pub enum Command {
     ///
     /// Acquires RESOURCE (exit 2 and the holder on standard error if it is held
     /// and --wait is not given), runs the command with STORMLOCK_RESOURCE,
-    /// STORMLOCK_LEASE_ID and STORMLOCK_FENCE in its environment, renews the
-    /// lease in the background (every third of its TTL), and releases it when the
-    /// command ends, whichever way it ends. SIGINT, SIGTERM and SIGHUP are
-    /// passed on to the command.
+    /// STORMLOCK_LEASE_ID and STORMLOCK_FENCE in its environment (and without
+    /// STORMLOCK_TOKEN), renews the lease in the background (every third of its
+    /// TTL), and releases it when the command ends, whichever way it ends.
+    /// SIGINT, SIGTERM and SIGHUP are passed on to the command.
     ///
     /// The command runs in its own process group, which is given the terminal
     /// when exec runs in a terminal's foreground (Ctrl-Z suspends both, fg
@@ -250,8 +250,10 @@ pub enum WatchFormat {
 pub struct LeaseArgs {
     /// The resource the lease is on.
     pub resource: String,
-    /// The lease id printed by acquire.
-    pub lease_id: String,
+    /// The lease id printed by acquire; "-" reads it from standard input (one
+    /// line), and without it $STORMLOCK_LEASE_ID is used, so that the id
+    /// never shows in `ps`
+    pub lease_id: Option<String>,
 }
 
 /// `renew`.
@@ -456,6 +458,23 @@ mod tests {
         );
         assert!(parse(&["is-held", "r1", "id"]).is_ok());
         assert!(parse(&["release", "r1", "id", "--addr", "h:1"]).is_ok());
+        // The lease id may come from stdin ("-") or the environment (none).
+        for (args, id) in [
+            (&["release", "r1", "-"][..], Some("-")),
+            (&["release", "r1"], None),
+            (&["is-held", "r1"], None),
+        ] {
+            match parse(args).ok().map(|c| c.command) {
+                Some(Command::Release(l) | Command::IsHeld(l)) => {
+                    assert_eq!(l.lease_id.as_deref(), id, "{args:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let cli = parse(&["renew", "-t", "1m", "r1"]).ok();
+        assert!(
+            matches!(cli.map(|c| c.command), Some(Command::Renew(r)) if r.lease.lease_id.is_none())
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Request, Response, Status};
 
 use crate::address::{Address, Scheme};
-use crate::config::{Principal, Settings, TlsFiles};
+use crate::config::{Principal, Settings, TlsFiles, Token};
 use crate::error::{CliError, CliResult, Exit, exit_for_code};
 
 /// Longest wait for a TCP connection, and again for the TLS handshake.
@@ -109,6 +109,30 @@ pub fn plan_tls(addr: &Address, files: &TlsFiles, dev: &DevTls) -> CliResult<Opt
     }))
 }
 
+/// Refuses to send a bearer token without TLS (`plan` is `None`): anyone
+/// on the way could read it and use it until it is revoked.
+pub fn refuse_token_in_clear_text(
+    addr: &Address,
+    plan: Option<&TlsPlan>,
+    token: Option<&Token>,
+) -> CliResult<()> {
+    match (plan, token) {
+        (None, Some(token)) => {
+            let tls = Address {
+                scheme: Scheme::Tls,
+                ..addr.clone()
+            };
+            Err(CliError::usage(format!(
+                "a bearer token is set ({}), but {addr} is plain text: the token would travel \
+                 in clear text, so nothing was sent. Use TLS ({tls}, with --ca), or unset the \
+                 token to talk to a daemon run with --insecure",
+                token.source
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn read_pem(path: &Path, what: &str, plan: &TlsPlan) -> CliResult<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         // Development files vanish when the daemon's data dir goes: that is
@@ -160,6 +184,7 @@ impl Client {
     pub async fn connect(settings: &Settings) -> CliResult<Self> {
         let dev = DevTls::in_data_dir(&settings.daemon_data_dir);
         let plan = plan_tls(&settings.addr, &settings.tls, &dev)?;
+        refuse_token_in_clear_text(&settings.addr, plan.as_ref(), settings.token.as_ref())?;
         let connect_timeout = CONNECT_TIMEOUT.min(settings.timeout);
         let mut endpoint = Endpoint::from_shared(settings.addr.uri())
             .map_err(|e| CliError::usage(format!("invalid daemon address {}: {e}", settings.addr)))?
@@ -209,7 +234,7 @@ impl Client {
         };
         let authorization = match &settings.token {
             Some(token) => Some(
-                format!("Bearer {token}")
+                format!("Bearer {}", token.secret)
                     .parse::<MetadataValue<Ascii>>()
                     .map_err(|_| {
                         CliError::usage(
@@ -646,6 +671,33 @@ mod tests {
             plan_tls(&addr("http://remote:1"), &TlsFiles::default(), &dev).ok(),
             Some(None)
         );
+    }
+
+    #[test]
+    fn no_token_over_plain_text() {
+        let (_tmp, dev) = dev_with_files();
+        let token = Token {
+            secret: "s3cret".into(),
+            source: "STORMLOCK_TOKEN".into(),
+        };
+        let refused = |text: &str| {
+            let addr = addr(text);
+            let plan = plan_tls(&addr, &TlsFiles::default(), &dev).ok().flatten();
+            refuse_token_in_clear_text(&addr, plan.as_ref(), Some(&token)).err()
+        };
+        for text in ["http://127.0.0.1:7466", "http://locks.example:80"] {
+            let err = refused(text).unwrap_or_else(|| panic!("{text} accepted"));
+            assert_eq!(err.exit, Exit::Usage);
+            let message = err.to_string();
+            assert!(message.contains("clear text"), "{message}");
+            assert!(message.contains("STORMLOCK_TOKEN"), "{message}");
+            assert!(message.contains("https://"), "{message}");
+            assert!(!message.contains("s3cret"), "{message}");
+        }
+        assert!(refused("127.0.0.1:7466").is_none(), "development TLS");
+        assert!(refused("https://localhost:7466").is_none());
+        let addr = addr("http://127.0.0.1:7466");
+        assert!(refuse_token_in_clear_text(&addr, None, None).is_ok());
     }
 
     #[test]

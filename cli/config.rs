@@ -2,11 +2,18 @@
 //! file found, then defaults.
 //!
 //! The config file is TOML with the keys `addr`, `ca`, `cert`, `key`,
-//! `principal`, `ttl` and `timeout`; relative paths in it are relative to the
-//! file's directory. It is `-c FILE`, else `$STORMLOCK_CONFIG` (both must
-//! exist), else the first of `./.stormlock.toml`,
-//! `$XDG_CONFIG_HOME/stormlock/config.toml` (`~/.config` by default) and
-//! `~/.stormlock.toml` that exists.
+//! `principal`, `token_file`, `ttl`, `timeout` and `trusted_dirs`; relative
+//! paths in it are relative to the file's directory. It is `-c FILE`, else
+//! `$STORMLOCK_CONFIG` (both must exist), else the first of
+//! `./.stormlock.toml`, `$XDG_CONFIG_HOME/stormlock/config.toml` (`~/.config`
+//! by default) and `~/.stormlock.toml` that exists.
+//!
+//! A `./.stormlock.toml` comes with whatever directory one works in (a cloned
+//! repository, a shared directory), so it may not set the keys that decide
+//! where requests and credentials go ([`REDIRECTING_KEYS`]) unless the user
+//! trusts its directory: `trusted_dirs` in the user's own file (the
+//! `$XDG_CONFIG_HOME` or home one) lists such directories, and the home
+//! directory, whose `./.stormlock.toml` is `~/.stormlock.toml`, is trusted.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,6 +78,34 @@ pub struct ConfigFile {
         deserialize_with = "stormlock_api::duration::deserialize_option"
     )]
     pub timeout: Option<Duration>,
+    /// Directories whose `./.stormlock.toml` may set [`REDIRECTING_KEYS`];
+    /// read from the user's own config file only.
+    #[serde(default)]
+    pub trusted_dirs: Vec<PathBuf>,
+}
+
+/// Keys a config file found in the working directory may set only when its
+/// directory is trusted: each could send requests, the token or a file read
+/// as a token to a daemon of the file's choosing, or change who we are.
+pub const REDIRECTING_KEYS: [&str; 6] = ["addr", "ca", "cert", "key", "token_file", "trusted_dirs"];
+
+impl ConfigFile {
+    /// Which of [`REDIRECTING_KEYS`] this file sets.
+    fn redirecting_keys(&self) -> Vec<&'static str> {
+        let set = [
+            self.addr.is_some(),
+            self.ca.is_some(),
+            self.cert.is_some(),
+            self.key.is_some(),
+            self.token_file.is_some(),
+            !self.trusted_dirs.is_empty(),
+        ];
+        REDIRECTING_KEYS
+            .into_iter()
+            .zip(set)
+            .filter_map(|(key, set)| set.then_some(key))
+            .collect()
+    }
 }
 
 /// A config file and where it was found.
@@ -100,6 +135,22 @@ impl TlsFiles {
     }
 }
 
+/// A bearer token and where it came from (for messages; never the token
+/// itself).
+#[derive(Clone)]
+pub struct Token {
+    /// The token.
+    pub secret: String,
+    /// `STORMLOCK_TOKEN`, `--token-file FILE` or `token_file in FILE`.
+    pub source: String,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(from {})", self.source)
+    }
+}
+
 /// Who the client says it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -121,7 +172,7 @@ pub struct Settings {
     /// Declared principal.
     pub principal: Principal,
     /// Bearer token for daemons that authenticate tools by token.
-    pub token: Option<String>,
+    pub token: Option<Token>,
     /// TTL to send when the command has no `-t`.
     pub ttl: Option<Duration>,
     /// Per-call timeout.
@@ -131,12 +182,21 @@ pub struct Settings {
     pub daemon_data_dir: PathBuf,
 }
 
-/// The config file paths searched when neither `-c` nor `$STORMLOCK_CONFIG` is given.
+/// The config file paths searched when neither `-c` nor `$STORMLOCK_CONFIG`
+/// is given: the working directory's, then the user's own.
 pub fn search_paths(env: &dyn Env) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = env
+        .current_dir()
+        .map(|cwd| cwd.join(".stormlock.toml"))
+        .into_iter()
+        .collect();
+    paths.extend(user_paths(env));
+    paths
+}
+
+/// The user's own config files, in the order searched.
+fn user_paths(env: &dyn Env) -> Vec<PathBuf> {
     let mut paths = Vec::new();
-    if let Some(cwd) = env.current_dir() {
-        paths.push(cwd.join(".stormlock.toml"));
-    }
     let home = env.var("HOME").map(PathBuf::from);
     match env.var("XDG_CONFIG_HOME") {
         Some(xdg) => paths.push(Path::new(&xdg).join("stormlock/config.toml")),
@@ -152,23 +212,89 @@ pub fn search_paths(env: &dyn Env) -> Vec<PathBuf> {
     paths
 }
 
-/// Finds and reads the config file, if any.
+/// Finds and reads the config file, if any. A file found in the working
+/// directory that sets [`REDIRECTING_KEYS`] is refused unless its directory
+/// is trusted.
 pub fn load(explicit: Option<&Path>, env: &dyn Env) -> CliResult<Option<LoadedConfig>> {
     let named = explicit
         .map(Path::to_path_buf)
         .or_else(|| env.var("STORMLOCK_CONFIG").map(PathBuf::from));
-    let path = match named {
-        Some(path) => path,
-        None => match search_paths(env).into_iter().find(|p| p.is_file()) {
-            Some(path) => path,
-            None => return Ok(None),
-        },
+    if let Some(path) = named {
+        let file = read(&path)?;
+        return Ok(Some(LoadedConfig { path, file }));
+    }
+    let Some(path) = search_paths(env).into_iter().find(|p| p.is_file()) else {
+        return Ok(None);
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| CliError::usage(format!("cannot read config file {}: {e}", path.display())))?;
-    let file = parse(&text)
-        .map_err(|e| CliError::usage(format!("invalid config file {}: {e}", path.display())))?;
+    let file = read(&path)?;
+    let in_working_dir = env
+        .current_dir()
+        .is_some_and(|cwd| path == cwd.join(".stormlock.toml"));
+    if in_working_dir {
+        check_working_dir_file(&path, &file, env)?;
+    }
     Ok(Some(LoadedConfig { path, file }))
+}
+
+fn read(path: &Path) -> CliResult<ConfigFile> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("cannot read config file {}: {e}", path.display())))?;
+    parse(&text)
+        .map_err(|e| CliError::usage(format!("invalid config file {}: {e}", path.display())))
+}
+
+/// Refuses a working directory's config file that sets
+/// [`REDIRECTING_KEYS`], unless the directory is trusted.
+fn check_working_dir_file(path: &Path, file: &ConfigFile, env: &dyn Env) -> CliResult<()> {
+    let keys = file.redirecting_keys();
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    if keys.is_empty() || is_trusted(dir, env)? {
+        return Ok(());
+    }
+    let user_file = user_paths(env)
+        .into_iter()
+        .find(|p| p.is_file())
+        .or_else(|| user_paths(env).into_iter().next())
+        .map_or_else(
+            || "your own config file".to_string(),
+            |p| p.display().to_string(),
+        );
+    Err(CliError::usage(format!(
+        "{} sets {}, which a config file found in the working directory may set only when \
+         you trust the directory (it could send your requests and credentials elsewhere): \
+         add trusted_dirs = [{}] to {user_file}, or pass the file with -c",
+        path.display(),
+        keys.join(", "),
+        toml_string(&dir.display().to_string()),
+    )))
+}
+
+/// Whether the user trusts `dir`'s `.stormlock.toml`: `dir` is the home
+/// directory (the file is then `~/.stormlock.toml`), or the user's own config
+/// file lists it in `trusted_dirs`. Directories are compared after resolving
+/// symbolic links.
+fn is_trusted(dir: &Path, env: &dyn Env) -> CliResult<bool> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Ok(false);
+    };
+    let same = |other: &Path| other.canonicalize().is_ok_and(|other| other == dir);
+    if env.var("HOME").is_some_and(|home| same(Path::new(&home))) {
+        return Ok(true);
+    }
+    let Some(user_file) = user_paths(env).into_iter().find(|p| p.is_file()) else {
+        return Ok(false);
+    };
+    let trusted = read(&user_file)?.trusted_dirs;
+    Ok(trusted
+        .iter()
+        .any(|trusted| same(&file_path(trusted, &user_file, env))))
+}
+
+/// `value` as a TOML string, for messages that suggest a line to write.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
 }
 
 /// Parses a config file's text; errors name the key and line.
@@ -243,10 +369,18 @@ pub fn resolve(
         .token_file
         .clone()
         .or_else(|| from_file(|f| f.token_file.as_ref()));
+    let token_source = match (&args.token_file, config) {
+        (Some(path), _) => format!("--token-file {}", path.display()),
+        (None, Some(c)) => format!("token_file in {}", c.path.display()),
+        (None, None) => String::new(),
+    };
     let token = match (env.var("STORMLOCK_TOKEN"), token_file) {
-        (Some(token), _) => Some(token),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(&path)
+        (Some(secret), _) => Some(Token {
+            secret,
+            source: "STORMLOCK_TOKEN".to_string(),
+        }),
+        (None, Some(path)) => Some(Token {
+            secret: std::fs::read_to_string(&path)
                 .map_err(|e| {
                     CliError::usage(format!(
                         "cannot read the token file {}: {e}",
@@ -255,10 +389,11 @@ pub fn resolve(
                 })?
                 .trim()
                 .to_string(),
-        ),
+            source: token_source,
+        }),
         (None, None) => None,
     }
-    .filter(|t| !t.is_empty());
+    .filter(|t| !t.secret.is_empty());
 
     let timeout = match (args.timeout, env.var("STORMLOCK_TIMEOUT")) {
         (Some(timeout), _) => timeout,
@@ -431,6 +566,7 @@ mod tests {
                 token_file: Some("token".into()),
                 ttl: Some(Duration::from_secs(60)),
                 timeout: Some(Duration::from_secs(20)),
+                trusted_dirs: Vec::new(),
             },
         };
         let none = GlobalArgs::default();
@@ -457,7 +593,10 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("conf")).expect("mkdir");
         std::fs::write(tmp.path().join("conf/token"), "from-file\n").expect("token");
         let s = resolve(&none, &no_env, Some(&config)).expect("token file");
-        assert_eq!(s.token.as_deref(), Some("from-file"));
+        let token = s.token.expect("token");
+        assert_eq!(token.secret, "from-file");
+        assert!(token.source.contains("token_file in"), "{token:?}");
+        assert!(!format!("{token:?}").contains("from-file"), "never printed");
         let token_env = fake(
             tmp.path(),
             &[
@@ -467,7 +606,9 @@ mod tests {
             ],
         );
         let s = resolve(&none, &token_env, Some(&config)).expect("token env");
-        assert_eq!(s.token.as_deref(), Some("from-env"));
+        let token = s.token.expect("token");
+        assert_eq!(token.secret, "from-env");
+        assert_eq!(token.source, "STORMLOCK_TOKEN");
 
         // File over defaults; relative paths from the file's directory.
         let s = resolve(&none, &no_env, Some(&config)).expect("file");
@@ -517,6 +658,138 @@ mod tests {
         assert_eq!(s.tls.ca, Some(PathBuf::from("flag-ca.pem")));
         assert_eq!(s.principal.name, "flag-user");
         assert_eq!(s.timeout, Duration::from_secs(7));
+    }
+
+    /// A home, a user config directory and a project directory, with the
+    /// project as the working directory.
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        home: PathBuf,
+        xdg: PathBuf,
+        project: PathBuf,
+    }
+
+    impl Dirs {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dirs = Self {
+                home: tmp.path().join("home"),
+                xdg: tmp.path().join("xdg"),
+                project: tmp.path().join("cwd"),
+                _tmp: tmp,
+            };
+            for dir in [&dirs.home, &dirs.xdg, &dirs.project] {
+                std::fs::create_dir_all(dir).expect("mkdir");
+            }
+            dirs
+        }
+
+        fn env(&self) -> FakeEnv {
+            FakeEnv {
+                vars: [
+                    ("HOME", self.home.display().to_string()),
+                    ("XDG_CONFIG_HOME", self.xdg.display().to_string()),
+                ]
+                .into_iter()
+                .collect(),
+                cwd: self.project.clone(),
+            }
+        }
+    }
+
+    #[test]
+    fn working_dir_file_may_not_redirect_credentials() {
+        let dirs = Dirs::new();
+        let env = dirs.env();
+        let project_file = dirs.project.join(".stormlock.toml");
+        for (key, line) in [
+            ("addr", "addr = 'http://evil:80'"),
+            ("ca", "ca = 'evil-ca.pem'"),
+            ("cert", "cert = 'evil.pem'"),
+            ("key", "key = 'evil.key'"),
+            ("token_file", "token_file = '../home/.ssh/id_ed25519'"),
+            ("trusted_dirs", "trusted_dirs = ['/']"),
+        ] {
+            write(&project_file, &format!("principal = 'p'\n{line}\n"));
+            let err = load(None, &env).map(|_| ()).unwrap_err();
+            assert_eq!(err.exit, crate::error::Exit::Usage, "{key}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("sets {key},")), "{text}");
+            assert!(text.contains(&project_file.display().to_string()), "{text}");
+            assert!(text.contains("trusted_dirs = ["), "{text}");
+            assert!(text.contains("-c"), "{text}");
+        }
+        // Settings that redirect nothing stay allowed.
+        write(
+            &project_file,
+            "principal = 'p'\nttl = '5m'\ntimeout = '3s'\n",
+        );
+        let loaded = load(None, &env).ok().flatten().map(|c| c.file);
+        assert_eq!(loaded.and_then(|f| f.ttl), Some(Duration::from_secs(300)));
+        // Named files are the user's choice.
+        write(&project_file, "addr = 'http://evil:80'\n");
+        assert!(load(Some(&project_file), &env).is_ok());
+        let named = fake(
+            &dirs.home,
+            &[("STORMLOCK_CONFIG", &project_file.display().to_string())],
+        );
+        assert!(load(None, &named).is_ok());
+    }
+
+    #[test]
+    fn trusted_dirs_in_the_users_own_file() {
+        let dirs = Dirs::new();
+        let env = dirs.env();
+        write(
+            &dirs.project.join(".stormlock.toml"),
+            "addr = 'locks.example:7466'\nca = 'ca.pem'\n",
+        );
+        assert!(load(None, &env).is_err());
+
+        // Another directory listed trusts nothing here.
+        let user_file = dirs.xdg.join("stormlock/config.toml");
+        write(&user_file, "trusted_dirs = ['/nonexistent']\n");
+        assert!(load(None, &env).is_err());
+
+        // Listed (through a symbolic link, and as ~/…): trusted.
+        std::os::unix::fs::symlink(&dirs.project, dirs.home.join("link")).expect("symlink");
+        for listed in [
+            dirs.project.display().to_string(),
+            dirs.home.join("link").display().to_string(),
+        ] {
+            write(&user_file, &format!("trusted_dirs = [{listed:?}]\n"));
+            let loaded = load(None, &env).map_err(|e| e.to_string());
+            let addr = loaded.ok().flatten().and_then(|c| c.file.addr);
+            assert_eq!(addr.as_deref(), Some("locks.example:7466"), "{listed}");
+        }
+        write(&user_file, "trusted_dirs = ['~/link']\n");
+        assert!(load(None, &env).is_ok());
+
+        // ~/.stormlock.toml counts as the user's own file when there is no
+        // XDG one.
+        std::fs::remove_file(&user_file).expect("rm");
+        assert!(load(None, &env).is_err());
+        write(
+            &dirs.home.join(".stormlock.toml"),
+            &format!(
+                "trusted_dirs = [{:?}]\n",
+                dirs.project.display().to_string()
+            ),
+        );
+        assert!(load(None, &env).is_ok());
+    }
+
+    #[test]
+    fn the_home_directory_is_trusted() {
+        // In ~, ./.stormlock.toml is ~/.stormlock.toml: the user's own.
+        let dirs = Dirs::new();
+        let env = FakeEnv {
+            cwd: dirs.home.clone(),
+            ..dirs.env()
+        };
+        write(&dirs.home.join(".stormlock.toml"), "addr = 'locks:1'\n");
+        let addr = load(None, &env).ok().flatten().and_then(|c| c.file.addr);
+        assert_eq!(addr.as_deref(), Some("locks:1"));
     }
 
     #[test]

@@ -26,14 +26,20 @@ use crate::validate;
 pub struct Caller {
     /// The principal the request acts as.
     pub principal: String,
-    /// May do everything and see every lease id.
+    /// Whether a client certificate or a token proved the principal; else
+    /// the caller only declared it (a daemon that authenticates nobody).
+    pub authenticated: bool,
+    /// May do everything and see every lease id: an authenticated principal
+    /// listed in `[auth] admins`, never a declared one.
     pub admin: bool,
 }
 
 impl Caller {
-    /// Whether this caller may see the id of a lease held by `holder`.
+    /// Whether this caller may see the id of a lease held by `holder`: its
+    /// authenticated holder and administrators. A declared name proves
+    /// nothing, so it never sees an id (it gets its own in the grant).
     pub fn may_see_lease_of(&self, holder: &str) -> bool {
-        self.admin || self.principal == holder
+        self.admin || (self.authenticated && self.principal == holder)
     }
 }
 
@@ -103,6 +109,7 @@ impl Auth {
             ),
             None => self.token_principal(request)?,
         };
+        let proven = authenticated.is_some();
         let principal = match authenticated {
             Some(identity) => {
                 if !declared.is_empty() && declared != identity {
@@ -121,7 +128,8 @@ impl Auth {
             None => declared.to_string(),
         };
         Ok(Caller {
-            admin: self.admins.contains(&principal),
+            admin: proven && self.admins.contains(&principal),
+            authenticated: proven,
             principal,
         })
     }
@@ -226,8 +234,8 @@ mod tests {
             "default deny"
         );
         assert!(
-            acl.allows("team-a-bob", Action::ForceRelease, "team-a/dev/db"),
-            "explicitly granted by *"
+            !acl.allows("team-a-bob", Action::ForceRelease, "team-a/dev/db"),
+            "* never grants force-release: it is granted by name only"
         );
     }
 

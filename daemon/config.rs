@@ -254,22 +254,21 @@ pub struct AclRule {
     pub effect: Effect,
 }
 
-/// The actions an access rule covers.
+/// The actions an access rule covers: those named, and with `*` every
+/// action but `force-release`, which breaks other people's locks and so is
+/// only ever granted by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Actions {
-    /// `["*"]`: every action.
-    All,
+pub struct Actions {
+    /// `*` was given.
+    all: bool,
     /// The actions named.
-    Only(Vec<Action>),
+    named: Vec<Action>,
 }
 
 impl Actions {
     /// Whether `action` is covered.
     pub fn contains(&self, action: Action) -> bool {
-        match self {
-            Self::All => true,
-            Self::Only(actions) => actions.contains(&action),
-        }
+        self.named.contains(&action) || (self.all && action != Action::ForceRelease)
     }
 }
 
@@ -279,14 +278,13 @@ impl<'de> Deserialize<'de> for Actions {
         if names.is_empty() {
             return Err(serde::de::Error::custom("needs at least one action"));
         }
-        if names.iter().any(|n| n == "*") {
-            return Ok(Self::All);
-        }
-        names
+        let all = names.iter().any(|n| n == "*");
+        let named = names
             .iter()
+            .filter(|n| *n != "*")
             .map(|n| n.parse().map_err(serde::de::Error::custom))
-            .collect::<Result<_, _>>()
-            .map(Self::Only)
+            .collect::<Result<_, _>>()?;
+        Ok(Self { all, named })
     }
 }
 

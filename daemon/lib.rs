@@ -24,6 +24,8 @@
 //! - [`metrics`]: Prometheus metrics and their HTTP listener.
 //! - [`telemetry`]: per-request tracing spans and request metrics (a tower
 //!   layer around the gRPC server).
+//! - [`private`]: files only the daemon's user may read (data dir, store,
+//!   keys).
 //! - [`tls`]: certificates, the development PKI, client identities.
 //! - [`changes`]: who hears that a resource changed (waiters, watches), fed
 //!   by this daemon's own calls and the engines' notifications.
@@ -46,6 +48,7 @@ pub mod glob;
 pub mod lease;
 pub mod locks;
 pub mod metrics;
+pub mod private;
 pub mod routing;
 pub mod server;
 pub mod service;

@@ -129,7 +129,8 @@ enum Command {
         principal: String,
     },
     /// Print the SHA-256 of a token read from standard input, for
-    /// `[[auth.tokens]] sha256`.
+    /// `[[auth.tokens]] sha256`. Refuses tokens of less than 128 bits (fewer
+    /// than 32 hex digits or 22 base64 characters): make one with new-token.
     HashToken,
 }
 
@@ -221,7 +222,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .read_line(&mut token)
                 .context("cannot read the token from standard input")?;
             let token = token.trim();
-            anyhow::ensure!(!token.is_empty(), "no token on standard input");
+            if let Err(why) = check_token_strength(token) {
+                // A usage error (64), not a failure of the daemon (1).
+                eprintln!("stormlockd: {why}");
+                std::process::exit(64);
+            }
             println!("{}", stormlockd::auth::hash_token(token));
             return Ok(());
         }
@@ -233,6 +238,53 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;
     Ok(())
+}
+
+/// The least entropy, in bits, of a token `hash-token` accepts.
+const MIN_TOKEN_BITS: f64 = 128.0;
+
+/// Refuses a token that cannot have [`MIN_TOKEN_BITS`]: a short or
+/// hand-made token can be guessed by whoever can send requests.
+fn check_token_strength(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("no token on standard input".to_string());
+    }
+    let (length, alphabet, bits) = token_bits(token);
+    if bits >= MIN_TOKEN_BITS {
+        return Ok(());
+    }
+    Err(format!(
+        "this token is too weak: {length} characters from an alphabet of {alphabet} carry at \
+         most {bits:.0} bits, and tokens need {MIN_TOKEN_BITS} (32 hex digits, or 22 base64 \
+         characters); make one with `stormlockd new-token PRINCIPAL` (256 bits)"
+    ))
+}
+
+/// The most entropy a token can carry: its length times log2 of the
+/// smallest of these alphabets that holds every character in it: digits (10),
+/// hex digits of one case (16), digits and letters of one case (36), base64
+/// (64, with `+/-_=`), anything else (95, printable ASCII). An upper bound:
+/// it catches tokens too short to be safe, not ones that are predictable.
+fn token_bits(token: &str) -> (usize, u32, f64) {
+    let all = |ok: fn(&char) -> bool| token.chars().all(|c| ok(&c));
+    let alphabet = if all(char::is_ascii_digit) {
+        10
+    } else if all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+        || all(|c| matches!(c, '0'..='9' | 'A'..='F'))
+    {
+        16
+    } else if all(|c| matches!(c, '0'..='9' | 'a'..='z'))
+        || all(|c| matches!(c, '0'..='9' | 'A'..='Z'))
+    {
+        36
+    } else if all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_' | '=')) {
+        64
+    } else {
+        95
+    };
+    let length = token.chars().count();
+    let bits = f64::from(u32::try_from(length).unwrap_or(u32::MAX)) * f64::from(alphabet).log2();
+    (length, alphabet, bits)
 }
 
 fn parse_grace(text: &str) -> Result<std::time::Duration, String> {

@@ -103,6 +103,9 @@ impl Settings {
         let require_credentials = mutual_tls_configured
             || !config.auth.tokens.is_empty()
             || (config.tls.is_none() && !insecure);
+        if !require_credentials {
+            refuse_rights_nobody_can_prove(&config)?;
+        }
         let mut auth =
             Auth::from_config(&config.auth, require_credentials).map_err(ServerError::Refused)?;
         let transport = match (&config.tls, insecure) {
@@ -137,6 +140,34 @@ impl Settings {
             health_interval: Duration::from_secs(2),
         })
     }
+}
+
+/// Refuses administrators and access rules on a daemon that authenticates
+/// nobody: there every caller only declares a name, so anyone could claim an
+/// administrator's name or slip past a rule by naming someone else.
+fn refuse_rights_nobody_can_prove(config: &Config) -> Result<(), ServerError> {
+    let configured: Vec<&str> = [
+        ("[auth] admins", !config.auth.admins.is_empty()),
+        ("[[auth.rules]]", !config.auth.rules.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(what, set)| set.then_some(what))
+    .collect();
+    if configured.is_empty() {
+        return Ok(());
+    }
+    let why = if config.insecure {
+        "it serves plain text (--insecure) and has no [[auth.tokens]]"
+    } else {
+        "its TLS has no [tls] client_ca and it has no [[auth.tokens]]"
+    };
+    Err(ServerError::Refused(format!(
+        "{} configured, but this daemon authenticates nobody ({why}), so any caller could \
+         claim any name: add [tls] client_ca (mutual TLS) or [[auth.tokens]] (stormlockd \
+         new-token), or remove {}",
+        configured.join(" and "),
+        if configured.len() == 1 { "it" } else { "them" }
+    )))
 }
 
 /// Binds `addr` (for binaries; tests bind `127.0.0.1:0` themselves).
@@ -384,6 +415,13 @@ fn configure_transport(settings: &Settings, listener: &TcpListener) -> Result<Se
         Transport::Insecure => {
             warn!(addr = %local_addr(listener), "listening in PLAIN TEXT (--insecure): anyone who can reach this address can take and break locks");
         }
+    }
+    if !settings.auth.require_credentials {
+        warn!(
+            "callers are not authenticated (no [tls] client_ca, no [[auth.tokens]]): anyone who \
+             can reach this address may take and release locks under any name they declare; \
+             nobody is an administrator"
+        );
     }
     Ok(builder)
 }

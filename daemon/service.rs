@@ -93,7 +93,7 @@ impl LockService {
         Ok(match self.locks.acquire(request, wait).await? {
             Acquisition::Granted(lease) => pb::AcquireResponse {
                 acquired: true,
-                lease: Some(to_pb(&lease, caller)),
+                lease: Some(own_to_pb(&lease)),
                 holder: None,
             },
             Acquisition::Held(holder) => pb::AcquireResponse {
@@ -119,7 +119,7 @@ impl LockService {
             .renew(&caller.principal, resource, &id, ttl)
             .await?;
         Ok(pb::RenewResponse {
-            lease: Some(to_pb(&lease, caller)),
+            lease: Some(own_to_pb(&lease)),
         })
     }
 
@@ -205,9 +205,19 @@ impl LockService {
 
 /// A lease for the wire; the id only for its holder and administrators.
 fn to_pb(lease: &Lease, caller: &Caller) -> pb::Lease {
+    lease_to_pb(lease, caller.may_see_lease_of(&lease.principal))
+}
+
+/// The caller's own lease (just granted, or renewed with its id): with
+/// its id, whoever the caller is.
+fn own_to_pb(lease: &Lease) -> pb::Lease {
+    lease_to_pb(lease, true)
+}
+
+fn lease_to_pb(lease: &Lease, with_id: bool) -> pb::Lease {
     pb::Lease {
         resource: lease.resource.clone(),
-        lease_id: if caller.may_see_lease_of(&lease.principal) {
+        lease_id: if with_id {
             lease.id.expose().to_string()
         } else {
             String::new()

@@ -52,6 +52,9 @@ pub enum TlsError {
     /// Certificate generation failed.
     #[error("cannot generate development certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A private key that others may read (the message has the fix).
+    #[error("{0}")]
+    Unsafe(String),
     /// A configured file holds no usable PEM of the expected kind.
     #[error("{path}: {message}")]
     Invalid {
@@ -146,6 +149,10 @@ pub fn ensure_dev_pki(dev: &DevTls, client_identity: &str) -> Result<TlsFiles, T
         dev.client_cert(),
         dev.client_key(),
     ];
+    // The CA key mints administrator certificates; the others are keys too.
+    for key in [dev.ca_key(), dev.server_key(), dev.client_key()] {
+        crate::private::check_file(&key, "a development PKI key").map_err(TlsError::Unsafe)?;
+    }
     if all.iter().all(|p| p.exists()) {
         return Ok(files);
     }
@@ -203,7 +210,8 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
         path: dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(err)?;
+    // The data directory above it is created private too.
+    crate::private::create_dir(dir).map_err(err)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }

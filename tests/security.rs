@@ -561,3 +561,176 @@ async fn oversized_requests_are_refused_by_the_transport() {
             .acquired
     );
 }
+
+const MEMORY: &str = "[backends.main]\ntype = \"memory\"\n";
+
+#[tokio::test]
+async fn a_declared_name_never_reveals_the_holders_lease_id() {
+    // Plain text, no tokens: every caller only declares a name.
+    let daemon = TestDaemon::start(MEMORY, true).await;
+    let mut client = daemon.client().await;
+    let mut alice = acquire("db/migrate");
+    alice.principal = "alice".into();
+    let granted = client.acquire(alice).await.expect("acquire").into_inner();
+    let lease = granted.lease.expect("granted");
+    assert!(!lease.lease_id.is_empty(), "the caller gets its own new id");
+
+    // Someone else declares the holder's name: the contention answer names
+    // the holder but hides the id (which would let them release the lock).
+    let mut impostor = acquire("db/migrate");
+    impostor.principal = "alice".into();
+    let refused = client
+        .acquire(impostor)
+        .await
+        .expect("acquire")
+        .into_inner();
+    assert!(!refused.acquired);
+    let holder = refused.holder.expect("holder");
+    assert_eq!(holder.principal, "alice");
+    assert_eq!(holder.fence, lease.fence);
+    assert!(holder.lease_id.is_empty(), "a declared name proved nothing");
+    let listed = client
+        .list(pb::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.leases.len(), 1);
+    assert!(listed.leases[0].lease_id.is_empty());
+}
+
+/// Settings for `config` on a loopback address (the development PKI, unless
+/// the config says otherwise).
+fn resolve(config: &str, data_dir: &Path) -> Result<stormlockd::server::Settings, String> {
+    let config = stormlockd::config::Config::parse(config, "test")
+        .map_err(|e| e.to_string())?
+        .layer(&stormlockd::config::Overrides {
+            data_dir: Some(data_dir.to_path_buf()),
+            ..Default::default()
+        });
+    stormlockd::server::Settings::resolve(config, "127.0.0.1:0".parse().expect("addr"))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn rights_are_refused_on_a_daemon_that_authenticates_nobody() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), &[]);
+    let server = |extra: &str| {
+        format!(
+            "{MEMORY}[tls]\ncert = {:?}\nkey = {:?}\n{extra}",
+            pki.dir.join("server.crt"),
+            pki.dir.join("server.key")
+        )
+    };
+    for (config, named) in [
+        (
+            format!("insecure = true\n{MEMORY}[auth]\nadmins = [\"ops\"]\n"),
+            "[auth] admins",
+        ),
+        (
+            server(
+                "[[auth.rules]]\nprincipals = [\"*\"]\nresources = [\"**\"]\nactions = [\"read\"]\n",
+            ),
+            "[[auth.rules]]",
+        ),
+    ] {
+        let err = resolve(&config, dir.path()).expect_err(named);
+        assert!(err.contains(named), "{err}");
+        assert!(
+            err.contains("client_ca") && err.contains("[[auth.tokens]]"),
+            "{err}"
+        );
+    }
+    // Unauthenticated but with no rights to claim: allowed (and warned about).
+    resolve(&format!("insecure = true\n{MEMORY}"), dir.path()).expect("plain text");
+    resolve(&server(""), dir.path()).expect("TLS without client CA");
+    // With tokens, callers are authenticated: rights are fine.
+    resolve(
+        &format!(
+            "insecure = true\n{MEMORY}[auth]\nadmins = [\"ops\"]\n[[auth.tokens]]\nprincipal = \"ops\"\nsha256 = \"{}\"\n",
+            stormlockd::auth::hash_token(CI_TOKEN)
+        ),
+        dir.path(),
+    )
+    .expect("tokens authenticate");
+}
+
+#[test]
+fn a_star_never_grants_force_release() {
+    use stormlockd::config::Action;
+    let rules = |actions: &str| {
+        let config = stormlockd::config::Config::parse(
+            &format!(
+                "[auth]\ndefault = \"deny\"\n[[auth.rules]]\nprincipals = [\"team\"]\nresources = [\"**\"]\nactions = {actions}\n"
+            ),
+            "test",
+        )
+        .expect("config");
+        stormlockd::auth::Auth::from_config(&config.auth, true)
+            .expect("auth")
+            .acl
+    };
+    let star = rules("[\"*\"]");
+    for action in [
+        Action::Acquire,
+        Action::Release,
+        Action::Read,
+        Action::Watch,
+    ] {
+        assert!(star.allows("team", action, "x"), "{action:?}");
+    }
+    assert!(!star.allows("team", Action::ForceRelease, "x"));
+    let named = rules("[\"*\", \"force-release\"]");
+    assert!(named.allows("team", Action::ForceRelease, "x"));
+    assert!(named.allows("team", Action::Acquire, "x"));
+}
+
+#[tokio::test]
+async fn state_is_private_and_shared_keys_or_stores_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("state/stormlock");
+    let embedded = "[backends.main]\ntype = \"embedded\"\n";
+    let daemon = TestDaemon::start_in(embedded, false, &data).await;
+    let mut client = daemon.client().await;
+    client.acquire(acquire("x")).await.expect("acquire");
+    drop(client);
+    drop(daemon);
+    for dir in [tmp.path().join("state"), data.clone(), data.join("tls")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode(&data.join("locks.redb")), 0o600);
+    assert_eq!(mode(&data.join("tls/ca.key")), 0o600);
+
+    // A CA key others may read could mint administrators: refused at start.
+    let key = data.join("tls/ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = resolve(embedded, &data).expect_err("refused");
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    // So is a store others may read (it holds every lease id).
+    let store = data.join("locks.redb");
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let config = stormlockd::config::Config::parse(embedded, "test")
+        .expect("config")
+        .with_implicit_backend();
+    let err = match stormlockd::routing::Router::connect(&config, &data, None).await {
+        Ok(_) => panic!("a shared store was opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&format!("chmod 600 {}", store.display())),
+        "{err}"
+    );
+}

@@ -9,6 +9,7 @@ mod backends;
 mod bad_input;
 mod bench;
 mod checker;
+mod cli_security;
 mod conformance;
 mod daemon_faults;
 #[cfg(feature = "dynamodb")]

@@ -2,8 +2,9 @@
 //!
 //! The lease is taken first (waiting if asked); the command then runs in a
 //! process group of its own with `STORMLOCK_RESOURCE`, `STORMLOCK_LEASE_ID`
-//! and `STORMLOCK_FENCE` in its environment, while the lease is renewed every
-//! third of its TTL. SIGINT, SIGTERM and SIGHUP are passed on to the group.
+//! and `STORMLOCK_FENCE` in its environment, and without `STORMLOCK_TOKEN`,
+//! while the lease is renewed every third of its TTL. SIGINT, SIGTERM and
+//! SIGHUP are passed on to the group.
 //! When the lease is lost the whole group gets SIGTERM, then SIGKILL after the
 //! grace period, and exec exits with 75. The lease is released on every way
 //! out.
@@ -161,6 +162,10 @@ fn spawn(program: &OsString, rest: &[OsString], lease: &pb::Lease) -> std::io::R
         .env("STORMLOCK_RESOURCE", &lease.resource)
         .env("STORMLOCK_LEASE_ID", &lease.lease_id)
         .env("STORMLOCK_FENCE", lease.fence.to_string())
+        // The command gets the lease, not our credentials: nothing it runs
+        // (third-party tools, scripts that log their environment) sees the
+        // token.
+        .env_remove("STORMLOCK_TOKEN")
         // A group of its own, led by the command: killpg reaches everything
         // it starts, and the terminal can be handed to exactly that group.
         .process_group(0)

@@ -1,11 +1,11 @@
 //! One module per command. Commands that talk to the daemon get a
 //! [`Session`], which connects on first use.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::time::Duration;
 
 use crate::client::Client;
-use crate::config::Settings;
+use crate::config::{Env, ProcessEnv, Settings};
 use crate::error::{CliError, CliResult, Exit};
 
 pub mod acquire;
@@ -73,4 +73,73 @@ pub fn note(text: &str) {
 pub fn proto_duration(what: &str, duration: Duration) -> CliResult<prost_types::Duration> {
     prost_types::Duration::try_from(duration)
         .map_err(|_| CliError::usage(format!("the {what} is too large")))
+}
+
+/// The lease id a command acts on: LEASE_ID as given, one line of standard
+/// input for `-`, else `$STORMLOCK_LEASE_ID`. Read before connecting, so a
+/// missing id is a usage error that costs no call.
+pub fn lease_id(given: Option<String>) -> CliResult<String> {
+    lease_id_from(
+        given,
+        ProcessEnv.var("STORMLOCK_LEASE_ID"),
+        &mut io::stdin().lock(),
+    )
+}
+
+fn lease_id_from(
+    given: Option<String>,
+    from_env: Option<String>,
+    stdin: &mut dyn BufRead,
+) -> CliResult<String> {
+    match given.as_deref() {
+        Some("-") => {
+            let mut line = String::new();
+            stdin.read_line(&mut line).map_err(|e| {
+                CliError::usage(format!("cannot read the lease id from standard input: {e}"))
+            })?;
+            match line.trim() {
+                "" => Err(CliError::usage(
+                    "LEASE_ID is -, but standard input has no lease id",
+                )),
+                id => Ok(id.to_string()),
+            }
+        }
+        Some(id) => Ok(id.to_string()),
+        None => from_env.ok_or_else(|| {
+            CliError::usage(
+                "no lease id: give LEASE_ID, set STORMLOCK_LEASE_ID, or pass - to read it \
+                 from standard input",
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(given: Option<&str>, env: Option<&str>, stdin: &str) -> Result<String, String> {
+        lease_id_from(
+            given.map(str::to_string),
+            env.map(str::to_string),
+            &mut stdin.as_bytes(),
+        )
+        .map_err(|e| {
+            assert_eq!(e.exit, Exit::Usage);
+            e.to_string()
+        })
+    }
+
+    #[test]
+    fn lease_id_sources() {
+        assert_eq!(id(Some("abc"), Some("env"), "in\n"), Ok("abc".into()));
+        assert_eq!(id(None, Some("env"), "in\n"), Ok("env".into()));
+        assert_eq!(id(Some("-"), Some("env"), "  in \nmore\n"), Ok("in".into()));
+        let missing = id(None, None, "in\n").unwrap_err();
+        assert!(missing.contains("STORMLOCK_LEASE_ID"), "{missing}");
+        assert!(missing.contains("pass -"), "{missing}");
+        let empty = id(Some("-"), None, "").unwrap_err();
+        assert!(empty.contains("standard input"), "{empty}");
+        assert!(id(Some("-"), None, "\n").is_err());
+    }
 }

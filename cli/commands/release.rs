@@ -3,17 +3,18 @@
 
 use stormlock_api::pb;
 
-use super::{Session, note};
+use super::{Session, lease_id, note};
 use crate::args::LeaseArgs;
 use crate::error::{CliResult, Exit};
 
 /// Runs `release`.
 pub async fn run(mut session: Session, args: LeaseArgs) -> CliResult {
+    let lease_id = lease_id(args.lease_id)?;
     let client = session.client().await?;
     let response = client
         .release(pb::ReleaseRequest {
             resource: args.resource.clone(),
-            lease_id: args.lease_id,
+            lease_id,
         })
         .await?;
     if !response.released {

@@ -2,7 +2,7 @@
 
 use stormlock_api::pb;
 
-use super::{Session, note, proto_duration};
+use super::{Session, lease_id, note, proto_duration};
 use crate::args::RenewArgs;
 use crate::error::{CliResult, Exit};
 
@@ -11,7 +11,7 @@ pub async fn run(mut session: Session, args: RenewArgs) -> CliResult {
     let ttl = args.ttl.or(session.settings.ttl);
     let request = pb::RenewRequest {
         resource: args.lease.resource,
-        lease_id: args.lease.lease_id,
+        lease_id: lease_id(args.lease.lease_id)?,
         ttl: ttl.map(|t| proto_duration("TTL", t)).transpose()?,
     };
     let client = session.client().await?;

@@ -43,11 +43,17 @@ impl EmbeddedBackend {
         let path = data_dir.join(config.path.as_deref().unwrap_or(Path::new("locks.redb")));
         let owner = name.to_string();
         let db = tokio::task::spawn_blocking(move || -> Result<Database> {
+            // Every lease id is in the store: private, like its directory.
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| {
+                crate::private::create_dir(parent).map_err(|e| {
                     BackendError::config(&owner, format!("cannot create {}: {e}", parent.display()))
                 })?;
             }
+            crate::private::check_file(&path, "the embedded store")
+                .map_err(|e| BackendError::config(&owner, e))?;
+            crate::private::create_file(&path).map_err(|e| {
+                BackendError::config(&owner, format!("cannot create {}: {e}", path.display()))
+            })?;
             let db = Database::create(&path).map_err(|e| {
                 BackendError::config(&owner, format!("cannot open {}: {e}", path.display()))
             })?;
