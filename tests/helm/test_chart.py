@@ -959,4 +959,4 @@ def test_chart_metadata(chart):
     assert meta["type"] == "application"
     assert meta["kubeVersion"] == ">=1.27.0-0", "native gRPC probes are GA from 1.27"
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
-    assert meta["appVersion"] == cargo["package"]["version"], "appVersion follows the crate's version"
+    assert meta["appVersion"] == cargo["workspace"]["package"]["version"], "appVersion follows the workspace version"
