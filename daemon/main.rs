@@ -179,8 +179,11 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| "info".to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(expand_level(&directives))
         .with_context(|| format!("invalid log filter {directives:?}"))?;
+    // Colour only for a person at a terminal: escape codes in a log file or
+    // a collector's pipe are noise to every reader and parser.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),

@@ -689,3 +689,16 @@ fn the_cli_variables_never_reconfigure_a_daemon() {
         assert_eq!(said, 1, "{old} should be noted once:\n{log}");
     }
 }
+
+#[test]
+fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
+    let daemon = Daemon::start();
+    let out = daemon.command(&["current", "log/x"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let log = daemon.log();
+    assert!(log.contains("listening"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log file:\n{log:?}"
+    );
+}
