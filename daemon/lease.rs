@@ -106,6 +106,22 @@ pub enum Acquisition {
     Held(Lease),
 }
 
+impl Acquisition {
+    /// The answer to acquisition `id` when `holder` holds the resource:
+    /// granted when the holder is that very lease (an earlier attempt of the
+    /// same acquisition was applied and its answer lost, and the engine
+    /// client or the daemon tried again), held otherwise. Every backend
+    /// answers contention through this, so that a retried acquisition never
+    /// reports its own lease as someone else's.
+    pub fn contended(id: &LeaseId, holder: Lease) -> Self {
+        if &holder.id == id {
+            Self::Granted(holder)
+        } else {
+            Self::Held(holder)
+        }
+    }
+}
+
 /// A record of a lease broken by an administrator, kept so that its former
 /// holder learns who broke it and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -338,30 +338,53 @@ fn outcome_unknown(outcome: &Result<Acquisition, BackendError>) -> bool {
 }
 
 /// Releases the lease `request` may have created. `granted`: it was
-/// granted for sure (the caller left); else the grant may still land, so
-/// look again a few times before giving up.
+/// granted for sure (the caller left), so one release settles it. Otherwise
+/// the grant may still land (a statement queued behind a frozen engine, a
+/// pooled connection that sends it late): keep looking, at growing
+/// intervals up to [`ORPHAN_RECHECK`] (then [`ORPHAN_RECHECK_LATER`]), until
+/// the lease's own TTL has passed since the attempt began. A grant that
+/// lands within that time holds the resource at most one interval.
 async fn release_orphan(backend: Arc<dyn Backend>, request: Arc<AcquireRequest>, granted: bool) {
-    let mut after = Duration::ZERO;
-    for pause in [0, 1, 5, 30].map(Duration::from_secs) {
-        after += pause;
-        if after > request.ttl {
-            return;
-        }
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::ZERO;
+    loop {
         tokio::time::sleep(pause).await;
         match backend.release(&request.resource, &request.id).await {
             Ok(true) => {
                 tracing::info!(
                     resource = request.resource.as_str(),
                     lease = %request.id,
-                    "released a lease whose caller went away before it was granted"
+                    "released a lease whose caller never learnt it was granted"
                 );
                 return;
             }
             Ok(false) if granted => return,
             Ok(false) | Err(_) => {}
         }
+        if started.elapsed() >= request.ttl {
+            return;
+        }
+        // Late grants are rare and grow rarer with time: look often at
+        // first, then once a minute, which bounds the cost of the many
+        // unknown outcomes a long outage leaves behind.
+        let recheck = if started.elapsed() < Duration::from_secs(60) {
+            ORPHAN_RECHECK
+        } else {
+            ORPHAN_RECHECK_LATER
+        };
+        pause = (pause * 2)
+            .max(Duration::from_millis(500))
+            .min(recheck)
+            .min(request.ttl.saturating_sub(started.elapsed()));
     }
 }
+
+/// The longest pause between two looks for a grant that may still land, in
+/// the first minute after the attempt.
+const ORPHAN_RECHECK: Duration = Duration::from_secs(10);
+/// The same, afterwards.
+const ORPHAN_RECHECK_LATER: Duration = Duration::from_secs(60);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,12 +392,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A memory backend whose grants take a while, as over a slow network
-    /// (or which fails them at once, when `unavailable`), and which counts
-    /// grants and releases.
+    /// (or which fails them at once, when `unavailable`, and then applies
+    /// them `late` if set, as a statement queued behind a frozen engine
+    /// does), and which counts grants and releases.
     #[derive(Default)]
     struct Slow {
-        inner: MemoryBackend,
+        inner: Arc<MemoryBackend>,
         unavailable: bool,
+        late: Option<Duration>,
         grants: AtomicUsize,
         releases: AtomicUsize,
     }
@@ -383,6 +408,13 @@ mod tests {
     impl Backend for Slow {
         async fn acquire(&self, req: &AcquireRequest) -> crate::backend::Result<Acquisition> {
             if self.unavailable {
+                if let Some(delay) = self.late {
+                    let (inner, req) = (self.inner.clone(), req.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = inner.acquire(&req).await;
+                    });
+                }
                 return Err(BackendError::unavailable("slow", "connection refused"));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -503,5 +535,38 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A grant that lands long after the daemon answered UNAVAILABLE (here
+    /// 50 s, past the 36 s that clean-up used to give up after) is still
+    /// released within one re-check interval, while its 10-minute lease
+    /// would have held the resource for the full TTL.
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_that_lands_late_is_released_within_its_ttl() {
+        let inner = Arc::new(MemoryBackend::default());
+        let backend: Arc<dyn Backend> = Arc::new(Slow {
+            inner: inner.clone(),
+            unavailable: true,
+            late: Some(Duration::from_secs(50)),
+            ..Slow::default()
+        });
+        let mut req = (*request("r")).clone();
+        req.ttl = Duration::from_secs(600);
+        let outcome = attempt(&backend, &Arc::new(req)).await;
+        assert!(
+            matches!(outcome, Err(BackendError::Unavailable { .. })),
+            "{outcome:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(51)).await;
+        assert!(
+            inner.current("r").await.expect("current").is_some(),
+            "the late grant landed"
+        );
+        tokio::time::sleep(ORPHAN_RECHECK_LATER).await;
+        assert_eq!(
+            inner.current("r").await.expect("current"),
+            None,
+            "the late grant was released by the clean-up"
+        );
     }
 }

@@ -346,6 +346,23 @@ async fn check_config(file: &std::path::Path, overrides: &Overrides) -> anyhow::
         config.resources.len(),
         if config.resources.len() == 1 { "" } else { "s" },
     );
+    // Every daemon sharing these backends must route alike: a resource that
+    // two daemons send to different backends can be granted on both.
+    println!("routing (first match wins; every daemon must have the same):");
+    for rule in &config.resources {
+        println!(
+            "  {:<30} -> {}",
+            rule.pattern.as_str(),
+            rule.backend.as_deref().unwrap_or(&config.defaults.backend)
+        );
+    }
+    println!("  {:<30} -> {}", "(anything else)", config.defaults.backend);
+    if !config.resources.is_empty() || router.backends().len() > 1 {
+        println!(
+            "Moving a resource to another backend is safe only while nobody holds it and \
+             no daemon routes it the old way: see \"Routing changes\" in RELIABILITY.md."
+        );
+    }
     Ok(())
 }
 

@@ -8,6 +8,14 @@
 //! difference into events. A change that comes and goes between two reads
 //! of a polled engine is not seen; everything that changes the state a
 //! reader can observe for longer than that is.
+//!
+//! Events of one resource are ordered by fence: announcements and reads can
+//! arrive out of order (this daemon announces a grant after the engine
+//! answered, while the engine's own hint may already have led to a read of
+//! a newer lease), so an announced lease with a fence below the last one
+//! the watch has seen for that resource is stale and dropped, never
+//! reported as a change (it would end the newer, live lease in the stream).
+//! What the engine answers to a read is the truth and always applies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -104,6 +112,7 @@ pub fn start(
         changes,
         selection,
         snapshot: BTreeMap::new(),
+        fences: BTreeMap::new(),
         signals,
     };
     tokio::spawn(watch.run(tx));
@@ -115,6 +124,8 @@ struct Watch {
     changes: Arc<Changes>,
     selection: Selection,
     snapshot: BTreeMap<String, Lease>,
+    /// The highest fence seen per resource, to drop stale news.
+    fences: BTreeMap<String, u64>,
     signals: broadcast::Receiver<Signal>,
 }
 
@@ -130,6 +141,11 @@ impl Watch {
             return Err(shutting_down());
         }
         self.snapshot = self.read_all().await?;
+        self.fences = self
+            .snapshot
+            .iter()
+            .map(|(resource, lease)| (resource.clone(), lease.fence))
+            .collect();
         loop {
             let mut events = Vec::new();
             let pause = self.pause();
@@ -169,7 +185,12 @@ impl Watch {
                 self.reread(&resource, events).await?;
             }
             Signal::Acquired(lease) | Signal::Renewed(lease)
-                if self.selection.contains(&lease.resource) =>
+                if self.selection.contains(&lease.resource)
+                    // Stale: a newer lease of this resource was seen already.
+                    && self
+                        .fences
+                        .get(&lease.resource)
+                        .is_none_or(|&highest| lease.fence >= highest) =>
             {
                 let old = self.snapshot.get(&lease.resource).cloned();
                 self.transition(old, Some((*lease).clone()), events).await?;
@@ -265,6 +286,9 @@ impl Watch {
         new: Option<Lease>,
         events: &mut Vec<WatchEvent>,
     ) -> Result<(), Error> {
+        if let Some(new) = &new {
+            self.fences.insert(new.resource.clone(), new.fence);
+        }
         match (old, new) {
             (None, None) => {}
             (None, Some(new)) => {
@@ -316,4 +340,59 @@ impl Watch {
 
 fn shutting_down() -> Error {
     Error::ShuttingDown("the daemon is shutting down; watch again".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::backend::memory::MemoryBackend;
+    use crate::config::Config;
+    use crate::lease::{AcquireRequest, Acquisition, LeaseId};
+
+    /// A grant announced after a newer lease of the same resource was read
+    /// (out of order) must not end that newer, live lease in the stream.
+    #[tokio::test]
+    async fn a_stale_announcement_is_dropped() {
+        let config = Config::parse("[backends.main]\ntype = \"memory\"\n", "test").expect("config");
+        let memory = Arc::new(MemoryBackend::new());
+        let backends = [("main".to_string(), memory.clone() as Arc<dyn Backend>)].into();
+        let router = Arc::new(Router::new(&config, backends).expect("router"));
+        let changes = Arc::new(Changes::default());
+        let mut events = start(router, changes.clone(), Selection::Resource("r".into()));
+        // Let the watch read its (empty) selection before anything happens.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let grant = |ttl| AcquireRequest {
+            resource: "r".into(),
+            id: LeaseId::generate(),
+            principal: "p".into(),
+            reason: String::new(),
+            ttl,
+        };
+        let Ok(Acquisition::Granted(first)) = memory.acquire(&grant(Duration::from_secs(60))).await
+        else {
+            panic!("granted");
+        };
+        assert!(memory.release("r", &first.id).await.expect("release"));
+        let Ok(Acquisition::Granted(second)) =
+            memory.acquire(&grant(Duration::from_secs(60))).await
+        else {
+            panic!("granted");
+        };
+        // The engine's hint comes first and the watch reads the second lease;
+        // only then does the announcement of the first arrive.
+        changes.announce(Signal::Changed("r".into()));
+        let seen = events.recv().await.expect("an event").expect("no error");
+        assert_eq!(
+            (seen.kind, seen.lease.fence),
+            (EventKind::Acquired, second.fence)
+        );
+        changes.announce(Signal::Acquired(Arc::new(first.clone())));
+        let next = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+        assert!(
+            next.is_err(),
+            "the stale announcement became an event: {next:?}"
+        );
+    }
 }

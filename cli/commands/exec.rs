@@ -218,8 +218,11 @@ async fn release(client: &Client, lease: &pb::Lease) {
 }
 
 /// Resolves when the daemon reports the end of `lease`: broken, expired,
-/// released with its id, or the resource taken with a newer fence. Never
-/// resolves where the daemon cannot watch (renewals still notice then).
+/// released with its id, or the resource taken with a newer fence, and
+/// `IsHeld` confirms it. A watch event is a hint (it may be stale or
+/// reordered); stopping the command is for sure: when `IsHeld` says the
+/// lease is still current, or cannot tell, the watch goes on and renewals
+/// keep deciding. Never resolves where the daemon cannot watch.
 async fn watch_for_loss(client: &Client, lease: &pb::Lease) -> String {
     let request = pb::WatchRequest {
         resource: lease.resource.clone(),
@@ -229,7 +232,9 @@ async fn watch_for_loss(client: &Client, lease: &pb::Lease) -> String {
         match client.watch(request.clone()).await {
             Ok(mut stream) => {
                 while let Ok(Some(event)) = stream.message().await {
-                    if let Some(lost) = loss(&event, lease.fence) {
+                    if let Some(lost) = loss(&event, lease.fence)
+                        && confirm(client, lease).await == Confirmed::NotHeld
+                    {
                         return lost;
                     }
                 }
@@ -239,6 +244,30 @@ async fn watch_for_loss(client: &Client, lease: &pb::Lease) -> String {
             Err(_) => return std::future::pending().await,
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// What `IsHeld` says of a lease a watch event reported lost.
+#[derive(Debug, PartialEq, Eq)]
+enum Confirmed {
+    Held,
+    NotHeld,
+    CannotTell,
+}
+
+async fn confirm(client: &Client, lease: &pb::Lease) -> Confirmed {
+    let asked = client
+        .is_held(pb::IsHeldRequest {
+            resource: lease.resource.clone(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await;
+    match asked {
+        Ok(answer) if answer.held => Confirmed::Held,
+        Ok(_) => Confirmed::NotHeld,
+        // Force-released: the daemon says so with FAILED_PRECONDITION.
+        Err(err) if err.exit == Exit::NotCurrent => Confirmed::NotHeld,
+        Err(_) => Confirmed::CannotTell,
     }
 }
 

@@ -123,6 +123,14 @@ pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 /// that a dead one is reported before clients give up waiting.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a call may go unanswered before the connection it was sent on is
+/// given up rather than reused: far above a healthy round trip, below any
+/// sensible `backend_timeout`. A silent connection (a frozen engine, a
+/// half-open TCP connection whose peer vanished) never fails by itself, and
+/// the daemon's `backend_timeout` cancels the call before any error could
+/// come; reused, it would make every later call on it time out too.
+pub(crate) const SILENT_CONNECTION: Duration = Duration::from_millis(500);
+
 /// Serde's default for `connect_timeout` (a function, as serde wants).
 #[cfg(any(
     feature = "redis",

@@ -10,9 +10,19 @@
 //! Times are `DATETIME(6)` in UTC: every session sets `time_zone = '+00:00'`.
 //!
 //! Fences come from a one-row counter table beside the locks table, bumped
-//! with `UPDATE … SET v = LAST_INSERT_ID(v + 1)` in the granting transaction.
-//! MySQL has no sequences; the counter lives apart from the lease rows, so
-//! deleting old rows can never make a fence go back.
+//! with `UPDATE … SET v = LAST_INSERT_ID(v + 1)` in a statement of its own
+//! just before the granting transaction (MySQL has no sequences), and the
+//! grant takes the larger of that number and the row's last fence + 1. The
+//! counter row is thus locked for one statement only: a daemon frozen in the
+//! middle of an acquisition (SIGSTOP, a VM pause, a half-open connection)
+//! holds the lock of its one resource row, never the counter that every
+//! acquisition needs. On MariaDB the server ends such a session after
+//! 10 s idle inside a transaction (`idle_transaction_timeout`), which frees
+//! that row; MySQL has no such setting, and holds it until `wait_timeout`
+//! (8 h by default: lower it for the daemon's user, e.g. to 60 s, if the
+//! pool's idle connections can be re-opened). The counter lives apart from
+//! the lease rows, so deleting old rows (whose leases ended more than a
+//! minute ago) never makes a fence go back.
 //!
 //! # Calls
 //!
@@ -67,6 +77,11 @@ CREATE TABLE IF NOT EXISTS `stormlock_locks_fence` (
 ) ENGINE = InnoDB;
 INSERT IGNORE INTO `stormlock_locks_fence` (id, v) VALUES (1, 0);
 "#;
+
+/// How long MariaDB lets a session sit idle inside a transaction before it
+/// ends the session. A working daemon sends a transaction's statements back
+/// to back, well within a second.
+const IDLE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[backends.NAME]` with `type = "mysql"` (MySQL 8 or MariaDB 10.3+): the
 /// keys both SQL engines share.
@@ -193,10 +208,15 @@ impl MysqlBackend {
             .tcp_keepalive(Some(Duration::from_secs(30)))
             // UTC for NOW()/SYSDATE() and DATETIME; strict mode so that an
             // oversized value fails instead of being silently truncated.
-            .setup(vec![
+            // MariaDB (10.3+, the `/*M!` comment) also ends a session
+            // that sits idle inside a transaction: the row locks of a
+            // daemon frozen mid-acquisition are freed after that long.
+            .setup(vec![format!(
                 "SET time_zone = '+00:00', \
-                 sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-            ]);
+                 sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION' \
+                 /*M!100300 , idle_transaction_timeout = {} */",
+                IDLE_TRANSACTION_TIMEOUT.as_secs()
+            )]);
         if let Some(mode) = config.tls {
             builder = builder.ssl_opts(ssl_opts(mode, config.ca_file.as_ref()));
             if mode != TlsMode::Disable {
@@ -389,8 +409,30 @@ impl MysqlBackend {
         Ok(())
     }
 
+    /// The next number of the fence counter, in a statement of its own.
+    async fn take_fence(&self, conn: &mut Conn) -> std::result::Result<u64, Fail> {
+        let bumped = conn.exec_iter(&self.sql.bump, ()).await?;
+        let (counted, fence) = (bumped.affected_rows(), bumped.last_insert_id());
+        bumped.drop_result().await?;
+        match (counted, fence) {
+            (1, Some(fence)) => Ok(fence),
+            _ => Err(BackendError::internal(
+                &self.name,
+                "the fence counter has no row with id = 1",
+            )
+            .into()),
+        }
+    }
+
     async fn try_acquire(&self, req: &AcquireRequest) -> Attempt<Acquisition> {
         let mut conn = self.conn().await?;
+        // A number from the shared counter, taken in a statement of its own
+        // (autocommit): the counter row is locked for that one statement, so
+        // a daemon that stalls mid-transaction (SIGSTOP, a VM pause, a dead
+        // peer) blocks its own resource, never everybody's. Under the row
+        // lock below, the fence is also above the row's last fence, so it
+        // increases per resource whatever order numbers were taken in.
+        let taken = self.take_fence(&mut conn).await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
         let row: Option<Row> = tx
             .exec_first(&self.sql.lock, (req.resource.as_bytes(),))
@@ -404,21 +446,9 @@ impl MysqlBackend {
         if let Some(holder) = stored.record(&self.name)?.live(now) {
             let holder = holder.clone();
             tx.rollback().await?;
-            return Ok(Step::Done(Acquisition::Held(holder)));
+            return Ok(Step::Done(Acquisition::contended(&req.id, holder)));
         }
-        let bumped = tx.exec_iter(&self.sql.bump, ()).await?;
-        let (counted, fence) = (bumped.affected_rows(), bumped.last_insert_id());
-        bumped.drop_result().await?;
-        let fence = match (counted, fence) {
-            (1, Some(fence)) => fence,
-            _ => {
-                return Err(BackendError::internal(
-                    &self.name,
-                    "the fence counter has no row with id = 1",
-                )
-                .into());
-            }
-        };
+        let fence = taken.max(stored.fence.saturating_add(1));
         let ttl = Duration::from_micros(sql::ttl_micros(req.ttl).unsigned_abs());
         let lease = Lease {
             resource: req.resource.clone(),

@@ -310,12 +310,18 @@ impl PostgresBackend {
     async fn query(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let mut attempt = 0;
         loop {
-            let client = self.client().await?;
+            let mut in_use = InUse {
+                client: Some(self.client().await?),
+                since: std::time::Instant::now(),
+                answered: false,
+            };
             let result = async {
+                let client = in_use.get();
                 let prepared = client.prepare_cached(statement).await?;
                 client.query(&prepared, params).await
             }
             .await;
+            in_use.answered = true;
             match result {
                 Ok(rows) => return Ok(rows),
                 Err(e) if is_retryable(&e) && attempt + 1 < MAX_ATTEMPTS => {
@@ -421,7 +427,7 @@ impl Backend for PostgresBackend {
             }
             let holder = self.query(&self.sql.hold, &[&req.resource]).await?;
             if let Some(row) = holder.first() {
-                return Ok(Acquisition::Held(self.lease(row)?));
+                return Ok(Acquisition::contended(&req.id, self.lease(row)?));
             }
         }
         Err(BackendError::unavailable(
@@ -626,5 +632,34 @@ impl ServerCertVerifier for AnyServerCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A pooled connection in use. Dropped before its call was answered (the
+/// daemon's `backend_timeout` cancelled it) after
+/// [`super::SILENT_CONNECTION`], the connection is taken out of the pool and
+/// closed instead of going back to serve the next call.
+struct InUse {
+    client: Option<deadpool_postgres::Object>,
+    since: std::time::Instant,
+    answered: bool,
+}
+
+impl InUse {
+    fn get(&self) -> &deadpool_postgres::Object {
+        self.client
+            .as_ref()
+            .expect("the connection is taken only when InUse is dropped")
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if !self.answered
+            && self.since.elapsed() >= super::SILENT_CONNECTION
+            && let Some(client) = self.client.take()
+        {
+            drop(deadpool_postgres::Object::take(client));
+        }
     }
 }

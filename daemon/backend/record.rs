@@ -31,7 +31,7 @@ impl Record {
     /// Grants `req` unless a live lease holds the resource.
     pub fn acquire(&mut self, req: &AcquireRequest, now: SystemTime) -> Acquisition {
         if let Some(holder) = self.live(now) {
-            return Acquisition::Held(holder.clone());
+            return Acquisition::contended(&req.id, holder.clone());
         }
         self.fence += 1;
         let lease = Lease {

@@ -43,6 +43,14 @@ pub struct DynamodbConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub timeout: Duration,
+    /// How far this daemon's clock may be from DynamoDB's (read from the
+    /// `Date` of its responses) before the backend stops granting: expiry is
+    /// judged on the daemons' clocks. Default: `1s`.
+    #[serde(
+        default = "default_max_clock_skew",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub max_clock_skew: Duration,
 }
 
 // By hand, because an endpoint URL may carry credentials.
@@ -55,6 +63,7 @@ impl std::fmt::Debug for DynamodbConfig {
             .field("create_table", &self.create_table)
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
+            .field("max_clock_skew", &self.max_clock_skew)
             .finish()
     }
 }
@@ -71,6 +80,10 @@ fn default_timeout() -> Duration {
     Duration::from_secs(2)
 }
 
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(1)
+}
+
 impl Default for DynamodbConfig {
     fn default() -> Self {
         Self {
@@ -80,6 +93,7 @@ impl Default for DynamodbConfig {
             create_table: default_create_table(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: default_timeout(),
+            max_clock_skew: default_max_clock_skew(),
         }
     }
 }
@@ -116,7 +130,15 @@ impl DynamodbConfig {
             }
         }
         check_timeout("connect_timeout", self.connect_timeout)?;
-        check_timeout("timeout", self.timeout)
+        check_timeout("timeout", self.timeout)?;
+        // The engine's Date has a resolution of one second.
+        if self.max_clock_skew < Duration::from_secs(1) {
+            return Err(format!(
+                "max_clock_skew: {:?} is below what DynamoDB's clock can tell (its Date has whole seconds): use at least 1s",
+                self.max_clock_skew
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -135,7 +157,15 @@ mod tests {
         assert!(c.create_table);
         assert_eq!(c.timeout, Duration::from_secs(2));
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_clock_skew, Duration::from_secs(1));
         assert_eq!(c.validate(), Ok(()));
+        let tight = config("max_clock_skew = \"500ms\"").expect("parses");
+        assert!(
+            tight
+                .validate()
+                .expect_err("too tight")
+                .starts_with("max_clock_skew:")
+        );
     }
 
     #[test]

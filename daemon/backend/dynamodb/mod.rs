@@ -13,6 +13,15 @@
 //! SigV4 signature time is more than 5 minutes off its own clock, which bounds
 //! how far a working replica can drift, but seconds already matter here.)
 //!
+//! Each daemon therefore checks its clock against DynamoDB's on every
+//! response (the `Date` header, see `clock.rs`): when it is known to be off
+//! by more than `max_clock_skew` (default 1 s), the backend grants and
+//! renews nothing and reports itself unavailable, saying by how much and
+//! why, until the clock is fixed. Two daemons that pass the check are within
+//! twice the bound of each other; leases much longer than that bound keep
+//! the remaining risk small, and short TTLs on this backend deserve a
+//! tighter NTP discipline than the check can enforce.
+//!
 //! # Table layout
 //!
 //! Partition key `resource` (S), sort key `kind` (S); two items per resource:
@@ -80,6 +89,7 @@
 //! region = "eu-west-1"       # default: the AWS chain
 //! create_table = false       # default: true
 //! timeout = "2s"             # per request, default
+//! max_clock_skew = "1s"      # default; at least 1s (Date has whole seconds)
 //! ```
 //!
 //! With `create_table = false`, create the table beforehand:
@@ -96,8 +106,10 @@
 //!
 //! This file holds the client and the operations; `config.rs` the table of
 //! settings and its checks; `table.rs` checking and creating the DynamoDB
-//! table; `codec.rs` the items' attributes, written and read back.
+//! table; `codec.rs` the items' attributes, written and read back;
+//! `clock.rs` the check of this daemon's clock against DynamoDB's.
 
+mod clock;
 mod codec;
 mod config;
 mod table;
@@ -139,6 +151,8 @@ pub struct DynamodbBackend {
     name: String,
     table: String,
     client: Client,
+    /// This daemon's clock against DynamoDB's.
+    clock: std::sync::Arc<clock::ClockCheck>,
 }
 
 impl DynamodbBackend {
@@ -190,7 +204,9 @@ impl DynamodbBackend {
                 "region is not set and none was found in the AWS environment (AWS_REGION, profile): set region",
             ));
         }
-        let mut builder = aws_sdk_dynamodb::config::Builder::from(&sdk);
+        let clock = clock::ClockCheck::new(config.max_clock_skew);
+        let mut builder =
+            aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(clock.interceptor());
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
@@ -198,9 +214,19 @@ impl DynamodbBackend {
             name: name.to_string(),
             table: config.table.clone(),
             client: Client::from_conf(builder.build()),
+            clock,
         };
         backend.prepare_table(config.create_table).await?;
         Ok(backend)
+    }
+
+    /// Refuses (unavailable, with the reason) while this daemon's clock is
+    /// off DynamoDB's by more than `max_clock_skew`: its expiry judgements
+    /// would be wrong.
+    fn clock_in_sync(&self) -> Result<()> {
+        self.clock
+            .verdict()
+            .map_err(|why| BackendError::unavailable(&self.name, why))
     }
 
     /// Maps an SDK failure to our errors: a malformed request is our bug,
@@ -304,7 +330,7 @@ impl DynamodbBackend {
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Acquisition>> {
         let started = SystemTime::now();
         if let Some(holder) = self.live_lease(&req.resource, millis(started)).await? {
-            return Ok(Some(Acquisition::Held(holder)));
+            return Ok(Some(Acquisition::contended(&req.id, holder)));
         }
         let fence = self.next_fence(&req.resource).await?;
         let now = SystemTime::now();
@@ -358,7 +384,7 @@ impl DynamodbBackend {
             return Ok(None);
         };
         if let Some(holder) = self.live(&old, now_ms)? {
-            return Ok(Some(Acquisition::Held(holder)));
+            return Ok(Some(Acquisition::contended(&req.id, holder)));
         }
         self.raise_fence(&req.resource, self.number(&old, FENCE)?)
             .await?;
@@ -446,6 +472,7 @@ impl DynamodbBackend {
 #[async_trait]
 impl Backend for DynamodbBackend {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
+        self.clock_in_sync()?;
         for attempt in 0..ATTEMPTS {
             if let Some(answer) = self.try_acquire(req).await? {
                 return Ok(answer);
@@ -489,6 +516,7 @@ impl Backend for DynamodbBackend {
     }
 
     async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
+        self.clock_in_sync()?;
         let now_ms = millis(SystemTime::now());
         let expires_ms = now_ms.saturating_add(millis_of(ttl));
         let cleanup_at = cleanup_after(expires_ms);
@@ -640,7 +668,7 @@ impl Backend for DynamodbBackend {
             BackendError::unavailable(&self.name, format!("table {:?} does not exist", self.table))
         })?;
         match table.table_status() {
-            Some(TableStatus::Active | TableStatus::Updating) => Ok(()),
+            Some(TableStatus::Active | TableStatus::Updating) => self.clock_in_sync(),
             other => Err(BackendError::unavailable(
                 &self.name,
                 format!("table {:?} is not usable (status {other:?})", self.table),

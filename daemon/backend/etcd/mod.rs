@@ -211,9 +211,11 @@ impl EtcdBackend {
         BackendError::internal(&self.name, format!("corrupt record: {what}"))
     }
 
-    /// The remaining TTL of `etcd_lease`, `None` when etcd no longer has it
-    /// (expired or revoked: its keys are gone or going).
-    async fn remaining(&self, etcd_lease: i64) -> Result<Option<Duration>> {
+    /// When `etcd_lease` ends at the latest, `None` when etcd no longer has
+    /// it (expired or revoked: its keys are gone or going). Reckoned from
+    /// before the question was asked, so never late.
+    async fn expiry(&self, etcd_lease: i64) -> Result<Option<SystemTime>> {
+        let asked = SystemTime::now();
         let ttl = self
             .client
             .clone()
@@ -221,14 +223,16 @@ impl EtcdBackend {
             .await
             .map_err(|e| self.engine_error(e))?
             .ttl();
-        Ok(u64::try_from(ttl).ok().map(Duration::from_secs))
+        Ok(u64::try_from(ttl)
+            .ok()
+            .map(|secs| asked + Duration::from_secs(secs)))
     }
 
     /// Decodes a lock key's value and looks up its lease's remaining TTL;
     /// `None` when the lease is gone.
     async fn held(&self, resource: &str, kv: &KeyValue) -> Result<Option<Held>> {
         let stored = codec::decode_lock(resource, kv).map_err(|what| self.corrupt(what))?;
-        let Some(remaining) = self.remaining(stored.etcd_lease).await? else {
+        let Some(expires_at) = self.expiry(stored.etcd_lease).await? else {
             return Ok(None);
         };
         Ok(Some(Held {
@@ -238,7 +242,7 @@ impl EtcdBackend {
                 principal: stored.principal,
                 reason: stored.reason,
                 acquired_at: stored.acquired_at,
-                expires_at: SystemTime::now() + remaining,
+                expires_at,
                 fence: stored.fence,
             },
             etcd_lease: stored.etcd_lease,
@@ -389,6 +393,9 @@ impl Backend for EtcdBackend {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
         let key = self.lock_key(&req.resource);
         for _ in 0..MAX_ROUNDS {
+            // etcd counts the lease down from when it granted it, some time
+            // after this: an expiry reckoned from here is never late.
+            let granted_from = SystemTime::now();
             let (etcd_lease, granted_ttl) = self.grant(req.ttl).await?;
             // Stored with millisecond precision; report what later reads see.
             let acquired_at = codec::truncate_to_millis(SystemTime::now());
@@ -424,7 +431,7 @@ impl Backend for EtcdBackend {
                     principal: req.principal.clone(),
                     reason: req.reason.clone(),
                     acquired_at,
-                    expires_at: acquired_at + granted_ttl,
+                    expires_at: granted_from + granted_ttl,
                     // The put created the key at this revision.
                     fence: revision,
                 }));
@@ -437,7 +444,7 @@ impl Backend for EtcdBackend {
             if let Some(kv) = holder
                 && let Some(held) = self.held(&req.resource, &kv).await?
             {
-                return Ok(Acquisition::Held(held.lease));
+                return Ok(Acquisition::contended(&req.id, held.lease));
             }
             // The holder vanished between the transaction and the lease
             // lookup: the resource is free now, try again.
@@ -483,8 +490,8 @@ impl Backend for EtcdBackend {
                 Some(held) if &held.lease.id == id => held,
                 _ => return Err(self.not_current(resource, id).await),
             };
-            let (etcd_lease, granted_ttl) = self.grant(ttl).await?;
             let renewed_at = SystemTime::now();
+            let (etcd_lease, granted_ttl) = self.grant(ttl).await?;
             let value = codec::encode_lock(
                 id,
                 &held.lease.principal,

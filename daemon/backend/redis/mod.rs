@@ -277,17 +277,21 @@ impl RedisBackend {
     /// Runs a script invocation, mapping engine errors.
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
         let (generation, mut manager) = self.current_connection();
-        match invocation.invoke_async::<Value>(&mut manager).await {
-            Ok(value) => Ok(value),
-            Err(e) => {
-                if e.is_timeout() {
-                    // A silent connection is never dropped by the manager
-                    // itself; a new one finds out whether the server is back.
-                    self.replace_connection(generation);
-                }
-                Err(self.engine_error(e))
-            }
-        }
+        // A silent connection (a frozen engine, a half-open TCP connection)
+        // is never dropped by the manager itself, and the daemon's
+        // `backend_timeout` may cancel this call before the connection's
+        // own response timeout fires: either way, a call left unanswered
+        // that long gives the connection up, and a new one finds out
+        // whether the server is back.
+        let mut unanswered = Unanswered {
+            backend: self,
+            generation,
+            since: std::time::Instant::now(),
+            answered: false,
+        };
+        let outcome = invocation.invoke_async::<Value>(&mut manager).await;
+        unanswered.answered = !matches!(&outcome, Err(e) if e.is_timeout());
+        outcome.map_err(|e| self.engine_error(e))
     }
 
     fn engine_error(&self, e: RedisError) -> BackendError {
@@ -383,7 +387,7 @@ impl Backend for RedisBackend {
             .ok_or_else(|| self.corrupt("acquire returned no lease"))?;
         Ok(match int(granted) {
             Some(1) => Acquisition::Granted(lease),
-            _ => Acquisition::Held(lease),
+            _ => Acquisition::contended(&req.id, lease),
         })
     }
 
@@ -568,6 +572,24 @@ impl Backend for RedisBackend {
                 }
                 Err(self.engine_error(e))
             }
+        }
+    }
+}
+
+/// A call in flight on connection `generation`: when it ends without an
+/// answer (timed out, or dropped by the caller's own timeout) after
+/// [`super::SILENT_CONNECTION`], the connection is replaced.
+struct Unanswered<'a> {
+    backend: &'a RedisBackend,
+    generation: u64,
+    since: std::time::Instant,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered && self.since.elapsed() >= super::SILENT_CONNECTION {
+            self.backend.replace_connection(self.generation);
         }
     }
 }
