@@ -229,8 +229,10 @@ mod redis {
 #[cfg(feature = "etcd")]
 mod etcd {
     use super::*;
-    use crate::support::PrivateEngine;
+    use crate::proxy::{Fault, FaultProxy, through, upstream_of};
+    use crate::support::{PrivateEngine, engine_url};
     use stormlockd::backend::etcd::{EtcdBackend, EtcdConfig};
+    use stormlockd::lease::LeaseStatus;
 
     fn config(endpoint: &str) -> EtcdConfig {
         toml::from_str(&format!(
@@ -244,6 +246,108 @@ mod etcd {
             .await
             .expect("connect");
         bounded(Arc::new(inner))
+    }
+
+    /// A backend on the shared etcd through a fault proxy.
+    async fn proxied(url: &str, proxy: &FaultProxy) -> Arc<dyn Backend> {
+        let mut config = config(&through(url, proxy.addr));
+        config.prefix = format!("/faults-{}/", crate::support::unique());
+        let inner = EtcdBackend::connect("test", &config)
+            .await
+            .expect("connect");
+        bounded(Arc::new(inner))
+    }
+
+    /// A value no other request carries, to pick out the request under test.
+    fn marker() -> &'static str {
+        Box::leak(format!("marker-{}", crate::support::unique()).into_boxed_str())
+    }
+
+    /// Renewal moves the key to a new etcd lease in a transaction. When that
+    /// transaction is applied but its answer is lost, revoking the new lease
+    /// (as renewal once did on any error) would delete the holder's key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_whose_answer_is_lost_keeps_the_lease() {
+        let Some(url) = engine_url("STORMLOCK_TEST_ETCD_ENDPOINT") else {
+            return;
+        };
+        let proxy = FaultProxy::start(upstream_of(&url)).await;
+        let backend = proxied(&url, &proxy).await;
+        let resource = "faults/etcd/renew-lost";
+        let mut alice = request(resource, "alice", 60);
+        alice.reason = marker().to_string();
+        assert!(matches!(
+            backend.acquire(&alice).await,
+            Ok(Acquisition::Granted(_))
+        ));
+        // The renewal's transaction carries the lock's value, reason included.
+        proxy.set(Fault::ResetAfter(Box::leak(
+            alice.reason.clone().into_bytes().into_boxed_slice(),
+        )));
+        let renewed = backend
+            .renew(resource, &alice.id, Duration::from_secs(60))
+            .await;
+        proxy.set(Fault::None);
+        assert!(
+            matches!(renewed, Ok(_) | Err(BackendError::Unavailable { .. })),
+            "{renewed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            matches!(
+                backend.status(resource, &alice.id).await,
+                Ok(LeaseStatus::Current(_))
+            ),
+            "the holder's lease survives a renewal with an unknown outcome"
+        );
+        let bob = request(resource, "bob", 60);
+        assert!(matches!(
+            backend.acquire(&bob).await,
+            Ok(Acquisition::Held(_))
+        ));
+        assert!(backend.release(resource, &alice.id).await.expect("release"));
+    }
+
+    /// An acquisition whose transaction is applied but whose answer is lost
+    /// learns the outcome by reading the key: granted, not a ghost lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acquisition_whose_answer_is_lost_is_granted() {
+        let Some(url) = engine_url("STORMLOCK_TEST_ETCD_ENDPOINT") else {
+            return;
+        };
+        let proxy = FaultProxy::start(upstream_of(&url)).await;
+        let backend = proxied(&url, &proxy).await;
+        let resource = "faults/etcd/acquire-lost";
+        let mut alice = request(resource, "alice", 60);
+        alice.reason = marker().to_string();
+        proxy.set(Fault::ResetAfter(Box::leak(
+            alice.reason.clone().into_bytes().into_boxed_slice(),
+        )));
+        let outcome = backend.acquire(&alice).await;
+        proxy.set(Fault::None);
+        assert!(
+            matches!(outcome, Ok(Acquisition::Granted(_))),
+            "{outcome:?}"
+        );
+        assert!(backend.release(resource, &alice.id).await.expect("release"));
+    }
+
+    /// etcd raises a TTL below its minimum (1.5 election timeouts: 2 s on a
+    /// default etcd) without a word in LeaseGrant's answer's name; the
+    /// reported expiry must still be the engine's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ttl_below_the_minimum_reports_the_engines_expiry() {
+        let Some(engine) = PrivateEngine::start_with(
+            "etcd",
+            &[
+                ("STORMLOCK_ETCD_HEARTBEAT_MS", "100"),
+                ("STORMLOCK_ETCD_ELECTION_TIMEOUT_MS", "1000"),
+            ],
+        ) else {
+            return;
+        };
+        let backend = backend(&engine).await;
+        crate::conformance::expiry_is_what_was_reported(backend).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

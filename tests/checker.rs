@@ -46,6 +46,10 @@ pub struct Record {
     pub end: Duration,
     /// The lease's TTL.
     pub ttl: Duration,
+    /// Until when the service promised the lease (its latest `expires_at`,
+    /// on the checker's clock), when the client went by that promise; the
+    /// section then ends by it, and an overlap is the service's fault.
+    pub promised: Option<Duration>,
     /// Which client held it (shown in violation messages).
     #[allow(dead_code)]
     pub client: usize,
@@ -54,6 +58,8 @@ pub struct Record {
 /// Collects critical sections and judges them.
 pub struct Checker {
     origin: Instant,
+    /// The wall-clock time at `origin`, to place the daemons' timestamps.
+    wall_origin: std::time::SystemTime,
     records: Mutex<Vec<Record>>,
     /// Renewals or releases that found their lease gone before its time.
     lost: Mutex<Vec<String>>,
@@ -64,6 +70,7 @@ impl Checker {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             origin: Instant::now(),
+            wall_origin: std::time::SystemTime::now(),
             records: Mutex::new(Vec::new()),
             lost: Mutex::new(Vec::new()),
         })
@@ -72,6 +79,12 @@ impl Checker {
     /// The checker's clock.
     pub fn now(&self) -> Duration {
         self.origin.elapsed()
+    }
+
+    /// A wall-clock time (a lease's `expires_at`) on the checker's clock.
+    /// The daemons run on this machine and share its clock.
+    pub fn at(&self, t: std::time::SystemTime) -> Duration {
+        t.duration_since(self.wall_origin).unwrap_or_default()
     }
 
     /// Records a critical section.
@@ -90,14 +103,21 @@ impl Checker {
         let mut violations: Vec<String> = self.lost.lock().expect("checker lock").clone();
         records.sort_by(|a, b| a.resource.cmp(&b.resource).then(a.start.cmp(&b.start)));
         let mut resources = 0;
+        let mut gaps = Vec::new();
         for group in records.chunk_by(|a, b| a.resource == b.resource) {
             resources += 1;
             // The section that ends last among those seen so far.
             let mut latest: Option<&Record> = None;
             for (i, record) in group.iter().enumerate() {
-                let guaranteed = match record.sent {
-                    Some(sent) => sent + record.ttl,
-                    None => record.start + record.ttl / 2,
+                if let Some(prev) = latest
+                    && record.start > prev.end
+                {
+                    gaps.push((prev.end, record.start));
+                }
+                let guaranteed = match (record.promised, record.sent) {
+                    (Some(promised), _) => promised,
+                    (None, Some(sent)) => sent + record.ttl,
+                    (None, None) => record.start + record.ttl / 2,
                 };
                 if record.end > guaranteed {
                     violations.push(format!("outlived its lease: {record:?}"));
@@ -122,6 +142,7 @@ impl Checker {
             acquisitions: records.len(),
             resources,
             violations,
+            gaps,
         }
     }
 }
@@ -135,6 +156,9 @@ pub struct Verdict {
     pub resources: usize,
     /// Everything that broke mutual exclusion or fencing (empty to pass).
     pub violations: Vec<String>,
+    /// Intervals during which a resource was held by nobody, on the
+    /// checker's clock: (end of one section, start of the next).
+    pub gaps: Vec<(Duration, Duration)>,
 }
 
 impl Verdict {
@@ -406,6 +430,7 @@ async fn client_loop(
             start,
             end,
             ttl: workload.ttl,
+            promised: None,
             client,
         });
         if rand::random_bool(0.3) {
@@ -483,6 +508,7 @@ mod tests {
             start: Duration::from_millis(start),
             end: Duration::from_millis(end),
             ttl: Duration::from_secs(10),
+            promised: None,
             client: 0,
         }
     }

@@ -220,6 +220,60 @@ pub async fn expiry(backend: Arc<dyn Backend>) {
     ));
 }
 
+/// An acquisition tried again with the lease id that already holds the
+/// resource (its first attempt was applied and the answer lost) is granted
+/// that same lease, not told that the resource is held by itself.
+pub async fn acquire_is_idempotent(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("idempotent");
+    let alice = request(&resource, "alice", 60);
+    let first = granted(b, &alice).await;
+    let again = granted(b, &alice).await;
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.fence, first.fence, "the same lease, not a new one");
+    let bob = request(&resource, "bob", 60);
+    assert_eq!(held(b, &bob).await.id, alice.id);
+    assert!(b.release(&resource, &alice.id).await.expect("release"));
+    assert!(
+        !b.release(&resource, &alice.id).await.expect("release"),
+        "one lease, released once"
+    );
+}
+
+/// `expires_at` is the engine's truth: the lease stays current until then
+/// (never early, the promise a holder works by) and is gone soon after (not
+/// kept much longer than reported, as when an engine raises a short TTL to
+/// its minimum without saying so).
+pub async fn expiry_is_what_was_reported(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("reported-expiry");
+    let lease = granted(b, &request(&resource, "alice", 1)).await;
+    let deadline = SystemTime::now() + Duration::from_secs(10);
+    let mut last_seen = SystemTime::now();
+    loop {
+        let asked = SystemTime::now();
+        match b.current(&resource).await.expect("current") {
+            Some(current) if current.expires_at > asked => last_seen = asked,
+            _ => break,
+        }
+        assert!(asked < deadline, "a 1 s lease still current after 10 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let gone = SystemTime::now();
+    assert!(
+        gone + Duration::from_millis(50) >= lease.expires_at,
+        "the lease ended {:?} before its reported expiry",
+        lease.expires_at.duration_since(gone).unwrap_or_default()
+    );
+    let late = last_seen
+        .duration_since(lease.expires_at)
+        .unwrap_or_default();
+    assert!(
+        late <= Duration::from_millis(1_200),
+        "the lease was still current {late:?} after its reported expiry"
+    );
+}
+
 /// Fences strictly increase over many acquisitions mixing every way a lease
 /// ends.
 pub async fn fences_strictly_increase(backend: Arc<dyn Backend>) {
@@ -411,6 +465,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance::conformance_tests!(@cases $make;
             acquire_contend_release, unknown_resource, renew, expiry,
+            acquire_is_idempotent, expiry_is_what_was_reported,
             fences_strictly_increase, concurrent_acquirers, list_and_paginate,
             force_release, names_at_limits, long_reason, health);
     };

@@ -210,6 +210,129 @@ async fn sigkill_daemon_under_load_mysql() {
     kill_one_daemon_under_load("mysql", &backend).await;
 }
 
+// --- One daemon frozen mid-load ---------------------------------------------
+
+/// Two daemons on `backend`; 16 clients load daemon A with short leases on
+/// four resources, then A is frozen (SIGSTOP) in the middle of whatever it
+/// was doing, likely inside an engine transaction. Through daemon B, other
+/// resources must still be granted (at most a couple of `backend_timeout`
+/// failures each), and the loaded ones within `same_resource` (the stalled
+/// session's locks must be freed by the engine).
+async fn stall_one_daemon_under_load(backend: &str, same_resource: Duration) {
+    let config = format!(
+        "{QUIET}[defaults]\nbackend_timeout = \"{}s\"\n[backends.main]\n{backend}\n",
+        BACKEND_TIMEOUT.as_secs()
+    );
+    let a = DaemonProcess::start(&config, &[]).await;
+    let b = DaemonProcess::start(&config, &[]).await;
+    let run = unique();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let granted_under_load = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = a.client();
+            let resource = format!("stall/{run}/busy-{}", i % 4);
+            let (stop, granted) = (stop.clone(), granted_under_load.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let request = acquire_request(&resource, 3, 0);
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(2), client.acquire(request)).await;
+                    if let Ok(Ok(answer)) = answer
+                        && let Some(lease) = answer.into_inner().lease
+                    {
+                        granted.fetch_add(1, Ordering::Relaxed);
+                        let request = pb::ReleaseRequest {
+                            resource: lease.resource.clone(),
+                            lease_id: lease.lease_id.clone(),
+                        };
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), client.release(request))
+                                .await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while granted_under_load.load(Ordering::Relaxed) < 100 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the load made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.freeze();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut through_b = b.client();
+    let mut failures = 0;
+    for i in 0..10 {
+        let resource = format!("stall/{run}/other-{i}");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match acquire(&mut through_b, &resource, 60, 0).await {
+                Ok(answer) if answer.acquired => break,
+                Ok(answer) => panic!("{resource} is free, yet: {answer:?}"),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    failures += 1;
+                    assert!(
+                        attempts < 3,
+                        "{resource}: {attempts} attempts failed while another daemon is frozen: {status:?}"
+                    );
+                }
+            }
+        }
+    }
+    for i in 0..4 {
+        let resource = format!("stall/{run}/busy-{i}");
+        let asked = Instant::now();
+        loop {
+            let waited = asked.elapsed();
+            assert!(
+                waited < same_resource,
+                "{resource} not granted {waited:?} after its holder's daemon froze"
+            );
+            match acquire(&mut through_b, &resource, 60, 5).await {
+                Ok(answer) if answer.acquired => break,
+                Ok(_) | Err(_) => {}
+            }
+        }
+    }
+    eprintln!("stall: {failures} failed attempts on other resources while a daemon was frozen");
+    a.thaw();
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load task");
+    }
+}
+
+/// A daemon frozen inside a MySQL/MariaDB transaction used to hold the
+/// shared fence counter's row lock: every acquisition on every daemon
+/// waited for it (0 of 10 granted here). MariaDB ends the stalled session
+/// after 10 s idle in its transaction (`idle_transaction_timeout`).
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_daemon_stalls_nobody_else_mysql() {
+    let Some(url) = engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+        return;
+    };
+    let backend = format!("type = \"mysql\"\nurl = {url:?}\ntable = \"daemon_stall\"");
+    stall_one_daemon_under_load(&backend, Duration::from_secs(25)).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_daemon_stalls_nobody_else_postgres() {
+    let Some(url) = engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let backend = format!("type = \"postgres\"\nurl = {url:?}\ntable = \"daemon_stall\"");
+    stall_one_daemon_under_load(&backend, Duration::from_secs(25)).await;
+}
+
 // --- The backend stopped, restarted, frozen ---------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -386,6 +509,20 @@ async fn outage(engine: &'static str, backend: &str, outage: Outage, durable: bo
     assert_recovers(&through_a, &format!("outage/{run}/after-a")).await;
     assert_recovers(&through_b, &format!("outage/{run}/after-b")).await;
     assert_health(&a, tonic_health::ServingStatus::Serving).await;
+
+    // The acquisitions answered UNAVAILABLE during the outage may still have
+    // been applied once the engine came back (a frozen engine runs what was
+    // queued): the daemons' clean-up releases them, within its re-check
+    // interval, instead of leaving them held for their 60 s TTL.
+    let other = format!("{}-other", lease.resource);
+    let asked = Instant::now();
+    while current(&mut through_b, &other).await.is_some() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(15),
+            "{other}, whose acquisition failed during the outage, is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     if durable {
         let seen = current(&mut through_b, &lease.resource)

@@ -533,3 +533,85 @@ async fn frozen_or_stopped_engine_is_unavailable_quickly() {
     backend.health().await.expect("healthy again");
     granted(&backend, &resource, 60).await;
 }
+
+/// Expiry on DynamoDB is judged on the daemons' clocks: a daemon whose clock
+/// runs 30 s ahead would see a lease with 20 s left as expired and grant it
+/// again (it did). It must notice from DynamoDB's `Date` that its clock is
+/// off, grant nothing, and say so in its answer and its health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_clock_is_off_grants_nothing() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if !std::path::Path::new(faketime).exists() {
+        assert!(
+            std::env::var_os("STORMLOCK_TEST_REQUIRE_ENGINES").is_none(),
+            "{faketime} is missing (scripts/setup installs libfaketime)"
+        );
+        eprintln!("skipped: {faketime} is missing");
+        return;
+    }
+    use crate::exclusion::{DYNAMODB_ENV, dynamodb_config};
+    use crate::support::{DaemonProcess, acquire_request};
+    let config = dynamodb_config(&endpoint, &fresh_table());
+    let honest = DaemonProcess::start(&config, DYNAMODB_ENV).await;
+    let mut env = DYNAMODB_ENV.to_vec();
+    env.extend([
+        ("LD_PRELOAD", faketime),
+        ("FAKETIME", "+30s"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    let ahead = DaemonProcess::start(&config, &env).await;
+
+    let resource = unique("clock-skew");
+    let held = honest
+        .client()
+        .acquire(acquire_request(&resource, 20, 0))
+        .await
+        .expect("acquire")
+        .into_inner();
+    assert!(held.acquired, "{held:?}");
+
+    for name in [resource.clone(), unique("clock-skew-free")] {
+        let refused = ahead.client().acquire(acquire_request(&name, 20, 0)).await;
+        match refused {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("clock"), "{status:?}");
+            }
+            Ok(answer) => panic!(
+                "a daemon 30 s ahead answered {:?} for {name}",
+                answer.into_inner()
+            ),
+        }
+    }
+    // Health is checked every 2 s.
+    let asked = std::time::Instant::now();
+    while ahead.health("stormlock.v1.LockService").await
+        != tonic_health::pb::health_check_response::ServingStatus::NotServing
+    {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "a daemon whose clock is off still reports SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        ahead.log().contains("clock"),
+        "the daemon says why: {}",
+        ahead.log()
+    );
+    let still = honest
+        .client()
+        .current(stormlock_api::pb::CurrentRequest {
+            resource: resource.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("current")
+        .into_inner()
+        .lease
+        .expect("still held");
+    assert_eq!(still.fence, held.lease.expect("lease").fence);
+}

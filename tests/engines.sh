@@ -80,12 +80,14 @@ start() {
       [[ -f $dir/peer_port ]] || free_port >"$dir/peer_port"
       local peer; peer=$(cat "$dir/peer_port")
       # Short heartbeat and election timeout lower etcd's minimum lease TTL
-      # (1.5 election timeouts) below our one-second minimum.
+      # (1.5 election timeouts) below our one-second minimum; the variables
+      # give a test etcd's own defaults (100 and 1000 ms: a 2 s minimum).
       spawn "$dir" etcd --name t --data-dir "$dir/data" \
         --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
         --initial-cluster "t=http://127.0.0.1:$peer" --initial-cluster-state new \
-        --heartbeat-interval 20 --election-timeout 200 --logger zap --log-outputs stderr
+        --heartbeat-interval "${STORMLOCK_ETCD_HEARTBEAT_MS:-20}" \
+        --election-timeout "${STORMLOCK_ETCD_ELECTION_TIMEOUT_MS:-200}" --logger zap --log-outputs stderr
       wait_ready "$dir" 20 curl -sf "http://127.0.0.1:$port/health"
       ;;
     postgres)

@@ -349,4 +349,21 @@ fn check_config_catches_each_class_of_error() {
     let (code, text) = check_config(dir.path(), memory);
     assert_eq!(code, 0, "a valid config: {text}");
     assert!(text.contains("ok"), "{text}");
+
+    // The routing table, for comparing daemons before a rollout, with the
+    // warning about moving resources between backends.
+    let routed = "[backends.main]\ntype = \"memory\"\n[backends.other]\ntype = \"memory\"\n\
+                  [[resources]]\nmatch = \"prod/*\"\nbackend = \"other\"\n";
+    let (code, text) = check_config(dir.path(), routed);
+    assert_eq!(code, 0, "a valid config: {text}");
+    let rule = text
+        .lines()
+        .find(|l| l.contains("prod/*"))
+        .unwrap_or_default();
+    assert!(rule.ends_with("-> other"), "{text}");
+    assert!(
+        text.contains("(anything else)") && text.contains("-> main"),
+        "{text}"
+    );
+    assert!(text.contains("Routing changes"), "{text}");
 }

@@ -26,6 +26,7 @@ pub fn engine_url(var: &str) -> Option<String> {
 pub struct PrivateEngine {
     engine: &'static str,
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
     /// The client URL; stays the same across [`PrivateEngine::restart`].
     pub url: String,
 }
@@ -69,6 +70,12 @@ impl PrivateEngine {
     /// Starts `engine` (`redis`, `etcd`, `postgres`, `mysql`, `dynamodb`), or
     /// `None` when engines are not available (see [`engine_url`]).
     pub fn start(engine: &'static str) -> Option<Self> {
+        Self::start_with(engine, &[])
+    }
+
+    /// Like [`PrivateEngine::start`], with `env` for `tests/engines.sh`
+    /// (such as `STORMLOCK_ETCD_ELECTION_TIMEOUT_MS`), kept for restarts.
+    pub fn start_with(engine: &'static str, env: &[(&str, &str)]) -> Option<Self> {
         let available = Command::new("bash")
             .arg("-c")
             .arg(format!("command -v {}", binary(engine)))
@@ -89,6 +96,10 @@ impl PrivateEngine {
         let mut engine = Self {
             engine,
             dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             url: String::new(),
         };
         engine.url = engine.run_script("start");
@@ -103,6 +114,7 @@ impl PrivateEngine {
         }
         let out = cmd
             .arg(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run tests/engines.sh");
         assert!(
@@ -316,6 +328,7 @@ pub struct DaemonProcess {
     /// The port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
     /// Set once the process is reaped: its pid may then belong to another.
     reaped: bool,
 }
@@ -334,33 +347,57 @@ impl DaemonProcess {
             .expect("free port")
             .port();
         std::fs::write(dir.path().join("stormlockd.toml"), config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(stormlockd())
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = Self::spawn(dir.path(), port, &env);
+        let mut daemon = Self {
+            child,
+            port,
+            dir,
+            env,
+            reaped: false,
+        };
+        daemon.wait_serving().await;
+        daemon
+    }
+
+    fn spawn(dir: &Path, port: u16, env: &[(String, String)]) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .expect("log file");
+        Command::new(stormlockd())
             .arg("--config")
-            .arg(dir.path().join("stormlockd.toml"))
+            .arg(dir.join("stormlockd.toml"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .arg("--insecure")
             .env_remove("STORMLOCKD_DATA_DIR")
             .env_remove("STORMLOCKD_CONFIG")
             .env_remove("STORMLOCKD_LISTEN")
             .env_remove("STORMLOCKD_HEALTH_LISTEN")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn stormlockd");
-        let mut daemon = Self {
-            child,
-            port,
-            dir,
-            reaped: false,
-        };
-        daemon.wait_serving().await;
-        daemon
+            .expect("spawn stormlockd")
+    }
+
+    /// SIGKILL, then the same daemon again on the same port, configuration
+    /// and data directory; waits until it serves.
+    pub async fn restart(&mut self) {
+        if !self.reaped {
+            self.kill();
+        }
+        self.child = Self::spawn(self.dir.path(), self.port, &self.env);
+        self.reaped = false;
+        self.wait_serving().await;
     }
 
     /// The daemon's log so far.
@@ -398,6 +435,22 @@ impl DaemonProcess {
         tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))
             .expect("endpoint")
             .connect_timeout(std::time::Duration::from_secs(2))
+    }
+
+    /// The health status the daemon reports for `service`.
+    pub async fn health(
+        &self,
+        service: &str,
+    ) -> tonic_health::pb::health_check_response::ServingStatus {
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::new(self.endpoint().connect_lazy());
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .expect("health check");
+        answer.into_inner().status()
     }
 
     /// A client that connects lazily, so it keeps working (or failing fast)

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import os
 import pathlib
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 
 import helm_python
@@ -146,6 +151,10 @@ def render_error(chart, values: dict) -> str:
 
 REDIS = {"backends": {"main": {"type": "redis", "urlSecret": {"name": "redis-cred", "key": "url"}}}}
 CERT_MANAGER = {"tls": {"certManager": {"enabled": True, "issuerRef": {"name": "ca-issuer"}}}}
+# The SHA-256 of a token (what `stormlockd new-token` prints; the token itself never reaches the chart).
+TOKEN_SHA256 = hashlib.sha256(b"not-a-real-token-0123456789abcdef").hexdigest()
+NO_CLIENT_CERTS = {"tls": {"clientAuth": {"enabled": False}}}
+UNAUTHENTICATED = merge(NO_CLIENT_CERTS, {"auth": {"dangerouslyAllowUnauthenticated": True}})
 
 
 # --------------------------------------------------------------------------- coverage of the ci values
@@ -158,6 +167,9 @@ def test_ci_values_cover_every_required_setup():
         assert any(needed in t for n, t in types.items() if n != "default"), f"no ci values use {needed}"
     assert cert_manager, "no ci values use cert-manager"
     assert set(CASES) - cert_manager - {"default"}, "no ci values use an existing TLS Secret"
+    tokens = [t for v in CASES.values() for t in v.get("auth", {}).get("tokens", [])]
+    assert any("sha256" in t for t in tokens) and any("sha256Secret" in t for t in tokens), \
+        "no ci values use bearer tokens, inline and from a Secret"
 
 
 # --------------------------------------------------------------------------- render, lint, validate
@@ -223,6 +235,10 @@ def test_config_toml_follows_the_daemon_contract(chart, case):
     assert set(cfg) <= {"listen", "metrics_listen", "health_listen", "data_dir", "tls", "auth", "defaults", "backends", "resources"}, "only keys of the daemon's contract"
     assert set(cfg["defaults"]) == {"ttl", "max_ttl", "backend", "backend_timeout"}
     assert cfg["defaults"]["backend"] in cfg["backends"]
+    assert set(cfg["auth"]) <= {"admins", "tokens"}
+    for token in cfg["auth"].get("tokens", []):
+        assert set(token) == {"principal", "sha256"}
+        assert re.fullmatch(r"[0-9a-f]{64}|\$\{[A-Z0-9_]+\}", token["sha256"]), token
     for rule in cfg.get("resources", []):
         assert set(rule) <= {"match", "backend", "ttl", "max_ttl"}
         assert rule.get("backend", cfg["defaults"]["backend"]) in cfg["backends"]
@@ -245,7 +261,8 @@ def test_default_config_values(chart):
     cfg = render(chart).config
     assert cfg["backends"] == {"main": {"type": "embedded", "path": "locks.redb"}}
     assert cfg["defaults"] == {"ttl": "1h", "max_ttl": "30d", "backend": "main", "backend_timeout": "2s"}
-    assert cfg["tls"] == {"cert": "/etc/stormlock/tls/tls.crt", "key": "/etc/stormlock/tls/tls.key"}
+    assert cfg["tls"] == {"cert": "/etc/stormlock/tls/tls.crt", "key": "/etc/stormlock/tls/tls.key",
+                          "client_ca": "/etc/stormlock/client-ca/ca.crt"}
     assert cfg["auth"] == {"admins": []}
 
 
@@ -559,7 +576,7 @@ def test_checksum_changes_when_config_changes(chart):
     assert checksum({"config": {"defaults": {"ttl": "2h"}}}) != base
     assert checksum({"config": {"auth": {"admins": ["root-ops"]}}}) != base
     assert checksum({"backends": {"main": {"type": "embedded", "path": "b.redb"}}}) != base
-    assert checksum({"tls": {"clientAuth": {"enabled": True}}, "tests": {"enabled": False}}) != base
+    assert checksum(merge(NO_CLIENT_CERTS, {"auth": {"tokens": [{"principal": "ci", "sha256": TOKEN_SHA256}]}})) != base
     # Values that do not reach config.toml leave it alone.
     assert checksum({"resources": {"limits": {"memory": "1Gi"}}}) == base
     assert checksum({"podAnnotations": {"team": "sre"}}) == base
@@ -580,7 +597,8 @@ def test_existing_tls_secret(chart):
 
 def test_cert_manager_certificate(chart):
     rendered = render(chart, CASES["postgres"])
-    (cert,) = rendered.all("Certificate")
+    (cert,) = [c for c in rendered.all("Certificate") if "server auth" in c["spec"]["usages"]]
+    assert cert["metadata"]["name"] == f"{RELEASE}-stormlock"
     spec = cert["spec"]
     assert spec["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
     assert spec["secretName"] == rendered.volume("tls")["secret"]["secretName"]
@@ -605,7 +623,9 @@ def test_mutual_tls(chart):
     assert "-tls-client-cert=/etc/stormlock-test/client/tls.crt" in args
     volumes = {v["name"]: v for v in rendered.test_pod["spec"]["volumes"]}
     assert volumes["client"]["secret"]["secretName"] == "stormlock-test-client"
-    assert "client_ca" not in render(chart).config["tls"]
+    tokens_only = render(chart, CASES["tokens"])
+    assert "client_ca" not in tokens_only.config["tls"]
+    assert not any(v["name"] == "client-ca" for v in tokens_only.pod_spec["volumes"])
 
 
 def test_mutual_tls_with_cert_manager_issues_the_test_client_certificate(chart):
@@ -618,10 +638,17 @@ def test_mutual_tls_with_cert_manager_issues_the_test_client_certificate(chart):
     assert volumes["client"]["secret"]["secretName"] == client["secretName"]
 
 
-def test_mutual_tls_without_a_test_client_certificate_is_refused(chart):
-    message = render_error(chart, {"tls": {"clientAuth": {"enabled": True}}})
-    assert "tests.tls.clientSecretName" in message
-    assert render(chart, {"tls": {"clientAuth": {"enabled": True}}, "tests": {"enabled": False}}).all("Pod") == []
+def test_mutual_tls_test_client_certificate_defaults_to_a_secret_named_after_the_release(chart):
+    """Without cert-manager the helm test's client certificate is a Secret the
+    operator creates next to the server's; the NOTES say how."""
+    rendered = render(chart)
+    volumes = {v["name"]: v for v in rendered.test_pod["spec"]["volumes"]}
+    assert volumes["client"]["secret"]["secretName"] == f"{RELEASE}-stormlock-test-client"
+    assert rendered.all("Certificate") == []
+    assert f"create secret tls {RELEASE}-stormlock-test-client" in rendered.notes
+    assert render(chart, {"tests": {"enabled": False}}).all("Pod") == []
+    named = render(chart, {"tests": {"tls": {"clientSecretName": "my-probe"}}})
+    assert {v["name"]: v for v in named.test_pod["spec"]["volumes"]}["client"]["secret"]["secretName"] == "my-probe"
 
 
 def test_plaintext_needs_the_loud_value(chart):
@@ -634,6 +661,462 @@ def test_plaintext_needs_the_loud_value(chart):
     for case in CASES:
         if not CASES[case].get("tls", {}).get("dangerouslyDisableTLS"):
             assert "--insecure" not in render(chart, CASES[case]).container["args"], case
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def _flat(text: str) -> str:
+    """NOTES.txt with its line breaks and runs of spaces folded, to look for sentences."""
+    return " ".join(text.split())
+
+
+def test_default_install_authenticates_every_caller(chart):
+    """The default release runs mutual TLS: the client CA is the ca.crt of the
+    server's Secret, so a caller without a certificate from it is refused."""
+    rendered = render(chart)
+    cfg = rendered.config
+    assert cfg["tls"]["client_ca"] == "/etc/stormlock/client-ca/ca.crt"
+    directory, filename = cfg["tls"]["client_ca"].rsplit("/", 1)
+    assert rendered.mount("client-ca")["mountPath"] == directory
+    secret = rendered.volume("client-ca")["secret"]
+    assert secret["secretName"] == rendered.volume("tls")["secret"]["secretName"] == f"{RELEASE}-stormlock-tls"
+    assert secret["items"] == [{"key": "ca.crt", "path": filename}]
+    assert "(TLS, client certificates required)" in rendered.notes
+    assert "WARNING" not in rendered.notes
+    # The helm test presents a client certificate.
+    args = rendered.test_pod["spec"]["containers"][0]["args"]
+    assert "-tls-client-cert=/etc/stormlock-test/client/tls.crt" in args
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_render_authenticates_callers_or_warns_loudly(chart, case):
+    rendered = render(chart, CASES[case])
+    cfg = rendered.config
+    authenticated = "client_ca" in cfg.get("tls", {}) or bool(cfg["auth"].get("tokens"))
+    opted_out = CASES[case].get("auth", {}).get("dangerouslyAllowUnauthenticated", False)
+    assert authenticated != opted_out, case
+    assert ("CALLERS ARE NOT AUTHENTICATED" in rendered.notes) == opted_out, case
+
+
+@pytest.mark.parametrize("values, reason", [
+    (NO_CLIENT_CERTS, "tls.clientAuth.enabled is false and auth.tokens is empty"),
+    ({"tls": {"dangerouslyDisableTLS": True}},
+     "tls.dangerouslyDisableTLS is true, so there are no client certificates, and auth.tokens is empty"),
+    (merge(NO_CLIENT_CERTS, CERT_MANAGER), "tls.clientAuth.enabled is false and auth.tokens is empty"),
+    (merge(NO_CLIENT_CERTS, {"auth": {"tokens": []}}), "tls.clientAuth.enabled is false and auth.tokens is empty"),
+])
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_a_render_that_authenticates_nobody_is_refused(request, which, values, reason):
+    message = render_error(request.getfixturevalue(which), values)
+    assert f"Nothing would authenticate callers ({reason})" in message
+    assert "anyone who can reach the gRPC port could list, take and release any lock" in message
+    for value in ("auth.tokens", "stormlockd new-token", "auth.dangerouslyAllowUnauthenticated: true"):
+        assert value in message
+    assert "tls.clientAuth.enabled: true" in message
+
+
+def test_the_opt_out_renders_without_authentication_and_warns(chart):
+    rendered = render(chart, UNAUTHENTICATED)
+    cfg = rendered.config
+    assert "client_ca" not in cfg["tls"] and "tokens" not in cfg["auth"]
+    assert not any(v["name"] == "client-ca" for v in rendered.pod_spec["volumes"])
+    assert "-tls-client-cert=/etc/stormlock-test/client/tls.crt" not in rendered.test_pod["spec"]["containers"][0]["args"]
+    notes = _flat(rendered.notes)
+    assert "(TLS, CALLERS NOT AUTHENTICATED)" in notes
+    assert "WARNING: CALLERS ARE NOT AUTHENTICATED (auth.dangerouslyAllowUnauthenticated=true)" in notes
+    assert "Anyone who can reach the gRPC port" in notes
+    assert "can list, take and release any lock" in notes
+    plaintext = render(chart, CASES["insecure"])
+    assert "tls" not in plaintext.config and "tokens" not in plaintext.config["auth"]
+    assert "WARNING: CALLERS ARE NOT AUTHENTICATED" in plaintext.notes and "TLS IS DISABLED" in plaintext.notes
+
+
+@pytest.mark.parametrize("values, fragment", [
+    (merge(UNAUTHENTICATED, {"config": {"auth": {"admins": ["ops-admin"]}}}), "config.auth.admins is set (ops-admin)"),
+    (merge(UNAUTHENTICATED, {"config": {"extraToml": '[[auth.rules]]\nprincipals = ["ci-*"]\nactions = ["*"]\n'}}),
+     "config.extraToml has [[auth.rules]]"),
+    ({"tls": {"dangerouslyDisableTLS": True}, "auth": {"dangerouslyAllowUnauthenticated": True},
+      "config": {"auth": {"admins": ["a", "b"]}}}, "config.auth.admins is set (a, b)"),
+])
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_rights_without_authentication_are_refused_even_with_the_opt_out(request, which, values, fragment):
+    """stormlockd refuses to start with [auth] admins or [[auth.rules]] when it
+    authenticates nobody; the chart says so at render time instead."""
+    message = render_error(request.getfixturevalue(which), values)
+    assert fragment in message
+    assert "nothing authenticates callers" in message
+    assert "stormlockd refuses to start" in message
+    assert "auth.tokens" in message
+
+
+def test_cert_manager_issues_an_administrator_client_certificate(chart):
+    rendered = render(chart, CERT_MANAGER)
+    certs = {c["metadata"]["name"]: c["spec"] for c in rendered.all("Certificate")}
+    admin = certs[f"{RELEASE}-stormlock-admin-client"]
+    assert admin["commonName"] == "stormlock-admin"
+    assert "client auth" in admin["usages"] and "server auth" not in admin["usages"]
+    assert admin["secretName"] == f"{RELEASE}-stormlock-admin-client"
+    assert admin["issuerRef"] == {"name": "ca-issuer", "kind": "Issuer", "group": "cert-manager.io"}
+    # A Secret of its own, apart from the server's and the helm test's.
+    others = [spec["secretName"] for name, spec in certs.items() if name != f"{RELEASE}-stormlock-admin-client"]
+    assert admin["secretName"] not in others
+    assert rendered.config["auth"]["admins"] == ["stormlock-admin"]
+    # Signed by the issuer whose CA the daemon trusts for client certificates.
+    assert rendered.volume("client-ca")["secret"]["secretName"] == certs[f"{RELEASE}-stormlock"]["secretName"]
+    notes = rendered.notes
+    secret = admin["secretName"]
+    for key in ("tls\\.crt", "tls\\.key", "ca\\.crt"):
+        assert f"kubectl -n {NAMESPACE} get secret {secret} -o jsonpath='{{.data.{key}}}' | base64 -d" in notes
+    assert (f"stormlock --addr {RELEASE}-stormlock.{NAMESPACE}.svc.cluster.local:7466 "
+            "--ca ca.crt --cert admin.crt --key admin.key list") in notes
+    assert "stormlock-admin (in [auth] admins)" in _flat(notes)
+
+
+def test_administrator_client_certificate_settings(chart):
+    custom = render(chart, merge(CERT_MANAGER, {
+        "tls": {"certManager": {"adminClient": {"commonName": "ops-root", "secretName": "ops-root-cert"}}},
+        "config": {"auth": {"admins": ["sre-oncall", "ops-root"]}},
+    }))
+    (admin,) = [c["spec"] for c in custom.all("Certificate") if c["spec"].get("commonName") == "ops-root"]
+    assert admin["secretName"] == "ops-root-cert"
+    assert custom.config["auth"]["admins"] == ["sre-oncall", "ops-root"]
+    assert "get secret ops-root-cert" in custom.notes
+    not_admin = render(chart, merge(CERT_MANAGER, {"tls": {"certManager": {"adminClient": {"grantAdmin": False}}}}))
+    assert any(c["spec"].get("commonName") == "stormlock-admin" for c in not_admin.all("Certificate"))
+    assert not_admin.config["auth"]["admins"] == []
+    off = render(chart, merge(CERT_MANAGER, {"tls": {"certManager": {"adminClient": {"enabled": False}}}}))
+    assert not any(c["spec"].get("commonName") == "stormlock-admin" for c in off.all("Certificate"))
+    assert off.config["auth"]["admins"] == []
+    # Without mutual TLS a client certificate would authenticate nobody: none is issued.
+    tokens = {"auth": {"tokens": [{"principal": "ci", "sha256": TOKEN_SHA256}]}}
+    no_mtls = render(chart, merge(CERT_MANAGER, NO_CLIENT_CERTS, tokens))
+    assert [c["metadata"]["name"] for c in no_mtls.all("Certificate")] == [f"{RELEASE}-stormlock"]
+    assert no_mtls.config["auth"]["admins"] == []
+
+
+def test_tokens_render_auth_tokens_entries(chart):
+    rendered = render(chart, CASES["tokens"])
+    tokens = CASES["tokens"]["auth"]["tokens"]
+    assert rendered.config["auth"]["tokens"] == [
+        {"principal": "ci-deployer", "sha256": tokens[0]["sha256"]},
+        {"principal": "ops-oncall", "sha256": "${STORMLOCK_AUTH_TOKEN_1_SHA256}"},
+    ]
+    assert "[[auth.tokens]]" in rendered.config_text
+    env = rendered.env()
+    assert env["STORMLOCK_AUTH_TOKEN_1_SHA256"]["valueFrom"]["secretKeyRef"] == {"name": "stormlock-tokens",
+                                                                                  "key": "ops-oncall.sha256"}
+    assert "STORMLOCK_AUTH_TOKEN_0_SHA256" not in env
+    # Token principals may be administrators: tokens authenticate.
+    assert rendered.config["auth"]["admins"] == ["ops-oncall"]
+    notes = _flat(rendered.notes)
+    assert "(TLS, bearer token required)" in notes
+    assert "Bearer tokens for: ci-deployer, ops-oncall." in notes
+    assert "--token-file" in notes
+    # The helm test verifies the server but needs no client certificate.
+    pod = rendered.test_pod["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["ca"]
+    both = render(chart, {"auth": {"tokens": [{"principal": "ci", "sha256": TOKEN_SHA256}]}})
+    assert "client_ca" in both.config["tls"] and len(both.config["auth"]["tokens"]) == 1
+    assert "(TLS, client certificate or bearer token required)" in both.notes
+
+
+def test_tokens_over_plaintext_count_as_authentication(chart):
+    values = {"tls": {"dangerouslyDisableTLS": True},
+              "auth": {"tokens": [{"principal": "ci", "sha256Secret": {"name": "tok", "key": "sha256"}}]}}
+    rendered = render(chart, values)
+    assert rendered.config["auth"]["tokens"] == [{"principal": "ci", "sha256": "${STORMLOCK_AUTH_TOKEN_0_SHA256}"}]
+    assert "(PLAINTEXT, bearer token required)" in rendered.notes
+    assert "CALLERS ARE NOT AUTHENTICATED" not in rendered.notes
+
+
+def test_tokens_in_extra_toml_count_as_authentication(chart):
+    extra = f'[[auth.tokens]]\nprincipal = "ci"\nsha256 = "{TOKEN_SHA256}"\n'
+    rendered = render(chart, merge(NO_CLIENT_CERTS, {"config": {"extraToml": extra}}))
+    assert rendered.config["auth"]["tokens"] == [{"principal": "ci", "sha256": TOKEN_SHA256}]
+
+
+@pytest.mark.parametrize("token, fragment", [
+    ({"principal": "ci"}, "/auth/tokens/0"),
+    ({"principal": "ci", "sha256": TOKEN_SHA256, "sha256Secret": {"name": "a", "key": "b"}}, "/auth/tokens/0"),
+    ({"principal": "ci", "sha256": TOKEN_SHA256.upper()}, "/auth/tokens/0/sha256"),
+    ({"principal": "ci", "sha256": "not-the-token-but-its-hash"}, "/auth/tokens/0/sha256"),
+    ({"principal": "", "sha256": TOKEN_SHA256}, "/auth/tokens/0/principal"),
+    ({"principal": "ci", "token": "s3cret"}, "additional properties 'token' not allowed"),
+    ({"principal": "ci", "sha256Secret": {"name": "a"}}, "key"),
+])
+def test_schema_rejects_bad_tokens(chart, token, fragment):
+    message = render_error(chart, {"auth": {"tokens": [token]}})
+    assert "schema" in message and fragment in message
+
+
+@pytest.mark.parametrize("token, fragment", [
+    ({"principal": "ci"}, "auth.tokens[0] (principal \"ci\") needs sha256"),
+    ({"principal": "ci", "sha256": TOKEN_SHA256, "sha256Secret": {"name": "a", "key": "b"}}, "set sha256 or sha256Secret, not both"),
+    ({"principal": "ci", "sha256": "hunter2"}, "sha256 must be the token's SHA-256 as 64 lowercase hex digits"),
+    ({"sha256": TOKEN_SHA256}, "auth.tokens[0] needs a principal"),
+])
+def test_templates_refuse_bad_tokens(schemaless_chart, token, fragment):
+    assert fragment in render_error(schemaless_chart, {"auth": {"tokens": [token]}})
+
+
+# --------------------------------------------------------------------------- the real daemon on the default config
+
+
+def _built_binary(name: str) -> pathlib.Path:
+    if name == "stormlockd" and os.environ.get("STORMLOCKD"):
+        return pathlib.Path(os.environ["STORMLOCKD"])
+    if name == "stormlock" and os.environ.get("STORMLOCKD"):
+        return pathlib.Path(os.environ["STORMLOCKD"]).with_name("stormlock")
+    cache = pathlib.Path(os.environ.get("STORMLOCK_CACHE") or pathlib.Path.home() / ".cache" / "stormlock")
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or cache / "target")
+    return target / "debug" / name
+
+
+def _binaries() -> tuple[pathlib.Path, pathlib.Path]:
+    """The built stormlockd and stormlock, or skips the test."""
+    daemon, cli = _built_binary("stormlockd"), _built_binary("stormlock")
+    if not (daemon.is_file() and cli.is_file()):
+        pytest.skip(f"no built daemon and CLI at {daemon} and {cli} (build them with cargo build, "
+                    "or point STORMLOCKD at a stormlockd with the stormlock CLI next to it)")
+    return daemon, cli
+
+
+def _new_token(daemon: pathlib.Path, directory: pathlib.Path, principal: str) -> tuple[pathlib.Path, str]:
+    """`stormlockd new-token PRINCIPAL`: a token file for the CLI, and the sha256 for the values."""
+    out = subprocess.run([str(daemon), "new-token", principal], capture_output=True, text=True, timeout=30,
+                         check=True).stdout
+    token = re.search(r"^token: (\S+)$", out, re.M).group(1)
+    sha256 = re.search(r'^sha256 = "([0-9a-f]{64})"$', out, re.M).group(1)
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{principal}.token"
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return path, sha256
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _openssl(cwd: pathlib.Path, *args: str) -> None:
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"openssl {' '.join(args)}: {result.stderr}"
+
+
+def _make_ca(cwd: pathlib.Path, name: str) -> None:
+    _openssl(cwd, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", f"{name}.key", "-out", f"{name}.crt")
+
+
+def _issue(cwd: pathlib.Path, ca: str, name: str, usage: str, san: str = "") -> None:
+    """A certificate NAME.crt/NAME.key with CN NAME, signed by CA."""
+    _openssl(cwd, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+    ext = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature", f"extendedKeyUsage={usage}"]
+    if san:
+        ext.append(f"subjectAltName={san}")
+    (cwd / f"{name}.ext").write_text("\n".join(ext) + "\n")
+    _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+
+
+def _local_config(config_text: str, paths: dict[str, str]) -> str:
+    """The rendered config.toml with its listen addresses, data dir and TLS
+    files moved to PATHS; every other line stays as rendered."""
+    seen = set()
+
+    def swap(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in paths:
+            return match.group(0)
+        seen.add(key)
+        return f"{key} = {json.dumps(paths[key])}"
+
+    text = re.sub(r'(?m)^([a-z_]+) = "[^"\n]*"$', swap, config_text)
+    assert seen == set(paths), f"not in the rendered config: {set(paths) - seen}"
+    return text
+
+
+class _Daemon:
+    """stormlockd running on a chart's rendered config.toml, with its file
+    paths and addresses moved to a temp dir and loopback, and a throwaway
+    PKI: CA test-ca (the client CA) with a server certificate for 127.0.0.1
+    and client certificates, and CA other-ca with one client certificate."""
+
+    def __init__(self, rendered: Rendered, tmp_path: pathlib.Path, clients: list[str], env: dict | None = None):
+        self.daemon, self.cli = _binaries()
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed: it makes the test's certificates")
+        self.pki = pki = tmp_path / "pki"
+        pki.mkdir()
+        _make_ca(pki, "test-ca")
+        _issue(pki, "test-ca", "localhost", "serverAuth", "DNS:localhost,IP:127.0.0.1")
+        for name in clients:
+            _issue(pki, "test-ca", name, "clientAuth")
+        _make_ca(pki, "other-ca")
+        _issue(pki, "other-ca", "intruder", "clientAuth")
+
+        self.port, metrics, health = _free_ports(3)
+        paths = {
+            "listen": f"127.0.0.1:{self.port}",
+            "metrics_listen": f"127.0.0.1:{metrics}",
+            "health_listen": f"127.0.0.1:{health}",
+            "data_dir": str(tmp_path / "data"),
+            "cert": str(pki / "localhost.crt"),
+            "key": str(pki / "localhost.key"),
+        }
+        if "client_ca" in rendered.config["tls"]:
+            paths["client_ca"] = str(pki / "test-ca.crt")
+        text = _local_config(rendered.config_text, paths)
+        assert "/etc/stormlock" not in text and "/var/lib/stormlock" not in text
+        # Only the paths and addresses moved: everything else is the chart's.
+        moved = ("listen", "metrics_listen", "health_listen", "data_dir", "tls")
+        cfg, rendered_cfg = tomllib.loads(text), rendered.config
+        assert {k: v for k, v in cfg.items() if k not in moved} == {k: v for k, v in rendered_cfg.items() if k not in moved}
+        assert set(cfg["tls"]) == set(rendered_cfg["tls"])
+        self.config = tmp_path / "config.toml"
+        self.config.write_text(text)
+
+        # Neither the daemon nor the CLI may pick up this machine's settings.
+        self.home = tmp_path / "home"
+        self.home.mkdir()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("STORMLOCK", "RUST_LOG", "XDG_"))}
+        self.env.update(HOME=str(self.home), STORMLOCKD_LOG="info", STORMLOCKD_LOG_FORMAT="text")
+        self.daemon_env = {**self.env, **(env or {})}
+        self.log = tmp_path / "stormlockd.log"
+        self.proc: subprocess.Popen | None = None
+
+    def identity(self, name: str) -> tuple[str, ...]:
+        return ("--cert", str(self.pki / f"{name}.crt"), "--key", str(self.pki / f"{name}.key"))
+
+    def call(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.cli), "--addr", f"127.0.0.1:{self.port}", "--ca", str(self.pki / "test-ca.crt"),
+                               "--timeout", "5s", *args], cwd=self.home, env=self.env, capture_output=True,
+                              text=True, timeout=30)
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def __enter__(self) -> "_Daemon":
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(self.daemon), "--config", str(self.config)], cwd=self.home, env=self.daemon_env,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, *identity: str) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            ready = self.call(*identity, "list")
+            if ready.returncode == 0:
+                return
+            assert self.proc.poll() is None, f"stormlockd exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"stormlockd never answered: {ready.stderr}\n{self.log_text()[-4000:]}"
+            time.sleep(0.2)
+
+    def __exit__(self, *exc) -> None:
+        # Stops exactly the process this test started.
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def test_the_daemon_refuses_callers_without_a_client_certificate_on_the_default_config(chart, tmp_path):
+    """Runs the real stormlockd on the config.toml of the default release and
+    checks that a call without a client certificate, or with one from another
+    CA, is refused, while one with a certificate from the client CA succeeds."""
+    daemon = _Daemon(render(chart), tmp_path, clients=["e2e-operator"])
+    operator = daemon.identity("e2e-operator")
+    with daemon:
+        daemon.wait_ready(*operator)
+
+        anonymous = daemon.call("list")
+        assert anonymous.returncode != 0 and anonymous.stdout == "", anonymous
+        assert "client certificate" in anonymous.stderr, anonymous.stderr
+        declared = daemon.call("--principal", "e2e-operator", "acquire", "e2e/anonymous")
+        assert declared.returncode != 0 and declared.stdout == "", declared
+        intruder = daemon.call(*daemon.identity("intruder"), "list")
+        assert intruder.returncode != 0 and intruder.stdout == "", intruder
+
+        acquired = daemon.call(*operator, "acquire", "e2e/with-a-certificate")
+        assert acquired.returncode == 0, acquired.stderr
+        listed = daemon.call(*operator, "list")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = [line.split() for line in listed.stdout.splitlines()[1:]]
+        assert row[:2] == ["e2e/with-a-certificate", "e2e-operator"], "the principal is the certificate's CN"
+        assert daemon.proc.poll() is None, "the daemon must survive the refused calls"
+        log = daemon.log_text()
+        assert 'mode="mutual TLS"' in log
+        assert "callers are not authenticated" not in log
+
+
+def test_the_daemon_makes_the_cert_manager_admin_identity_an_administrator(chart, tmp_path):
+    """With cert-manager the chart puts the admin client certificate's CN in
+    [auth] admins: the real daemon accepts that config, and a certificate with
+    that CN may force-release another principal's lock; an ordinary one may not."""
+    rendered = render(chart, CERT_MANAGER)
+    (admin,) = [c["spec"]["commonName"] for c in rendered.all("Certificate")
+                if c["metadata"]["name"] == f"{RELEASE}-stormlock-admin-client"]
+    assert rendered.config["auth"]["admins"] == [admin]
+    daemon = _Daemon(rendered, tmp_path, clients=[admin, "e2e-operator"])
+    operator = daemon.identity("e2e-operator")
+    with daemon:
+        daemon.wait_ready(*operator)
+        assert daemon.call(*operator, "acquire", "e2e/held").returncode == 0
+        denied = daemon.call(*operator, "force-release", "--reason", "e2e", "e2e/held")
+        assert denied.returncode == 5, denied
+        broken = daemon.call(*daemon.identity(admin), "force-release", "--reason", "e2e", "e2e/held")
+        assert broken.returncode == 0, broken
+        listed = daemon.call(*operator, "list")
+        assert listed.returncode == 0 and "e2e/held" not in listed.stdout, listed
+
+
+def test_the_daemon_authenticates_chart_tokens_inline_and_from_a_secret(chart, tmp_path):
+    """Tokens made with `stormlockd new-token`, one hash inline in the values and
+    one from a Secret (the pod's env var, simulated here): the real daemon on
+    the rendered config takes both, and refuses a call without a token."""
+    secret_env = "STORMLOCK_AUTH_TOKEN_1_SHA256"
+    binary, _ = _binaries()
+    ci_file, ci_sha = _new_token(binary, tmp_path / "tokens", "ci-deployer")
+    ops_file, ops_sha = _new_token(binary, tmp_path / "tokens", "ops-oncall")
+    values = merge(CASES["tokens"], {"auth": {"tokens": [
+        {"principal": "ci-deployer", "sha256": ci_sha},
+        {"principal": "ops-oncall", "sha256Secret": {"name": "stormlock-tokens", "key": "ops-oncall.sha256"}},
+    ]}})
+    rendered = render(chart, values)
+    assert rendered.env()[secret_env]["valueFrom"]["secretKeyRef"]["name"] == "stormlock-tokens"
+    assert "client_ca" not in rendered.config["tls"]
+    daemon = _Daemon(rendered, tmp_path, clients=[], env={secret_env: ops_sha})
+    ci, ops = ("--token-file", str(ci_file)), ("--token-file", str(ops_file))
+    with daemon:
+        daemon.wait_ready(*ci)
+        anonymous = daemon.call("acquire", "e2e/anonymous")
+        assert anonymous.returncode == 5 and anonymous.stdout == "", anonymous
+        forged = tmp_path / "tokens" / "forged.token"
+        forged.touch(mode=0o600)
+        forged.write_text("0" * 64 + "\n")
+        assert daemon.call("--token-file", str(forged), "list").returncode == 5
+        assert daemon.call(*ci, "acquire", "e2e/deploy").returncode == 0
+        listed = daemon.call(*ops, "list")
+        assert listed.returncode == 0, listed
+        (row,) = [line.split() for line in listed.stdout.splitlines()[1:]]
+        assert row[:2] == ["e2e/deploy", "ci-deployer"], "the principal is the token's"
+        # ops-oncall (config.auth.admins) comes from the Secret's hash: an administrator.
+        assert daemon.call(*ci, "force-release", "--reason", "e2e", "e2e/deploy").returncode == 5
+        assert daemon.call(*ops, "force-release", "--reason", "e2e", "e2e/deploy").returncode == 0
+        assert "callers are not authenticated" not in daemon.log_text()
 
 
 # --------------------------------------------------------------------------- helm test pod
@@ -878,7 +1361,7 @@ def test_schema_and_values_describe_the_same_keys(chart):
 
 def test_notes(chart):
     notes = render(chart).notes
-    assert f"{RELEASE}-stormlock.{NAMESPACE}.svc.cluster.local:7466 (TLS)" in notes
+    assert f"{RELEASE}-stormlock.{NAMESPACE}.svc.cluster.local:7466 (TLS, client certificates required)" in notes
     assert f"helm test {RELEASE}" in notes
     assert "create secret generic" in notes
     assert "Replicas:  1" in notes
