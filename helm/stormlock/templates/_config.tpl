@@ -1,7 +1,8 @@
 {{/*
 stormlockd's config.toml, rendered from .Values.config, .Values.backends and
-.Values.tls. Keys are the daemon's (snake_case); secrets appear only as
-${ENV_VAR} references that the daemon expands from the pod's environment.
+.Values.tls and .Values.auth. Keys are the daemon's (snake_case); secrets
+appear only as ${ENV_VAR} references that the daemon expands from the pod's
+environment.
 */}}
 {{- define "stormlock.config" -}}
 {{- $ports := .Values.containerPorts -}}
@@ -16,13 +17,23 @@ data_dir = "/var/lib/stormlock"
 [tls]
 cert = "/etc/stormlock/tls/tls.crt"
 key = "/etc/stormlock/tls/tls.key"
-{{- if .Values.tls.clientAuth.enabled }}
+{{- if include "stormlock.mutualTLS" . }}
 client_ca = {{ printf "/etc/stormlock/client-ca/%s" .Values.tls.clientAuth.caKey | include "stormlock.tomlString" }}
 {{- end }}
 {{- end }}
 
 [auth]
-admins = {{ .Values.config.auth.admins | default list | toJson }}
+admins = {{ include "stormlock.admins" . }}
+{{- range $i, $t := .Values.auth.tokens }}
+
+[[auth.tokens]]
+principal = {{ include "stormlock.tomlString" $t.principal }}
+{{- if $t.sha256Secret }}
+sha256 = {{ printf "${%s}" (include "stormlock.tokenEnv" $i) | include "stormlock.tomlString" }}
+{{- else }}
+sha256 = {{ include "stormlock.tomlString" $t.sha256 }}
+{{- end }}
+{{- end }}
 
 [defaults]
 {{- with .Values.config.defaults }}

@@ -110,22 +110,94 @@ Name of the Secret with the client CA (mutual TLS).
 {{- end }}
 
 {{/*
-Name of the Secret with the helm test's client certificate (mutual TLS), or ""
-when the test has none.
+"true" when callers must present a client certificate (mutual TLS):
+tls.clientAuth on a TLS listener. Client certificates need TLS, so
+tls.clientAuth is ignored with tls.dangerouslyDisableTLS.
+*/}}
+{{- define "stormlock.mutualTLS" -}}
+{{- if and .Values.tls.clientAuth.enabled (not .Values.tls.dangerouslyDisableTLS) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when bearer tokens are configured: auth.tokens, or [[auth.tokens]]
+tables in config.extraToml.
+*/}}
+{{- define "stormlock.tokens" -}}
+{{- if or .Values.auth.tokens (regexMatch "(?m)^[ \t]*\\[\\[[ \t]*auth\\.tokens[ \t]*\\]\\]" (.Values.config.extraToml | default "")) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the daemon authenticates its callers (client certificates or
+bearer tokens); otherwise every caller only declares a name.
+*/}}
+{{- define "stormlock.authenticates" -}}
+{{- if or (include "stormlock.mutualTLS" .) (include "stormlock.tokens" .) }}true{{ end }}
+{{- end }}
+
+{{/*
+Why nothing authenticates callers, for messages.
+*/}}
+{{- define "stormlock.unauthenticatedReason" -}}
+{{- if .Values.tls.dangerouslyDisableTLS -}}
+tls.dangerouslyDisableTLS is true, so there are no client certificates, and auth.tokens is empty
+{{- else -}}
+tls.clientAuth.enabled is false and auth.tokens is empty
+{{- end }}
+{{- end }}
+
+{{/*
+What to set so that callers are authenticated, for messages.
+*/}}
+{{- define "stormlock.authenticationRemedy" -}}
+{{- if .Values.tls.dangerouslyDisableTLS -}}
+add bearer tokens to auth.tokens ({principal, sha256} as printed by `stormlockd new-token NAME`, or {principal, sha256Secret: {name, key}}), or serve TLS (tls.dangerouslyDisableTLS: false) with tls.clientAuth.enabled: true
+{{- else -}}
+set tls.clientAuth.enabled: true (mutual TLS: client certificates signed by the CA in tls.clientAuth.caSecretName, default the ca.crt of the server's Secret), or add bearer tokens to auth.tokens ({principal, sha256} as printed by `stormlockd new-token NAME`, or {principal, sha256Secret: {name, key}})
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret with the helm test's client certificate (mutual TLS):
+tests.tls.clientSecretName, else <fullname>-test-client, which the chart's
+Certificate fills with cert-manager and the operator creates otherwise.
 */}}
 {{- define "stormlock.testClientSecretName" -}}
-{{- if .Values.tests.tls.clientSecretName }}
-{{- .Values.tests.tls.clientSecretName }}
-{{- else if .Values.tls.certManager.enabled }}
-{{- include "stormlock.suffixedName" (list . "test-client") }}
-{{- end }}
+{{- .Values.tests.tls.clientSecretName | default (include "stormlock.suffixedName" (list . "test-client")) }}
 {{- end }}
 
 {{/*
 Whether the chart's Certificate issues the test's client certificate.
 */}}
 {{- define "stormlock.issuesTestClientCert" -}}
-{{- if and .Values.tests.enabled .Values.tls.clientAuth.enabled (not .Values.tls.dangerouslyDisableTLS) .Values.tls.certManager.enabled (not .Values.tests.tls.clientSecretName) }}true{{ end }}
+{{- if and .Values.tests.enabled (include "stormlock.mutualTLS" .) .Values.tls.certManager.enabled (not .Values.tests.tls.clientSecretName) }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether cert-manager issues the administrator's client certificate
+(tls.certManager.adminClient; mutual TLS only).
+*/}}
+{{- define "stormlock.issuesAdminClientCert" -}}
+{{- if and (include "stormlock.mutualTLS" .) .Values.tls.certManager.enabled .Values.tls.certManager.adminClient.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the Secret with the administrator's client certificate.
+*/}}
+{{- define "stormlock.adminClientSecretName" -}}
+{{- .Values.tls.certManager.adminClient.secretName | default (include "stormlock.suffixedName" (list . "admin-client")) }}
+{{- end }}
+
+{{/*
+[auth] admins as a JSON (= TOML) array: config.auth.admins, plus the
+administrator certificate's common name when the chart issues it with
+grantAdmin.
+*/}}
+{{- define "stormlock.admins" -}}
+{{- $admins := .Values.config.auth.admins | default list }}
+{{- if and (include "stormlock.issuesAdminClientCert" .) .Values.tls.certManager.adminClient.grantAdmin }}
+{{- $admins = append $admins .Values.tls.certManager.adminClient.commonName }}
+{{- end }}
+{{- $admins | uniq | toJson }}
 {{- end }}
 
 {{/*
@@ -173,6 +245,14 @@ STORMLOCK_BACKEND_<NAME>_<WHAT>. Call with (list $name "URL").
 */}}
 {{- define "stormlock.backendEnv" -}}
 {{- printf "STORMLOCK_BACKEND_%s_%s" (index . 0 | upper) (index . 1) }}
+{{- end }}
+
+{{/*
+Environment variable that carries the SHA-256 of auth.tokens[i] when it comes
+from a Secret (sha256Secret): STORMLOCK_AUTH_TOKEN_<i>_SHA256. Call with i.
+*/}}
+{{- define "stormlock.tokenEnv" -}}
+{{- printf "STORMLOCK_AUTH_TOKEN_%d_SHA256" (int .) }}
 {{- end }}
 
 {{/*
@@ -234,10 +314,30 @@ hold when schema validation is skipped.
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) (not .Values.tls.dangerouslyDisableTLS) }}
 {{- fail "tls.certManager.enabled is true but tls.certManager.issuerRef.name is empty: name the cert-manager Issuer or ClusterIssuer that signs the server certificate." }}
 {{- end }}
-{{- if and .Values.tests.enabled .Values.tls.clientAuth.enabled (not .Values.tls.dangerouslyDisableTLS) (not (include "stormlock.testClientSecretName" .)) }}
-{{- fail "tls.clientAuth.enabled requires a client certificate for the helm test: set tests.tls.clientSecretName to a Secret with tls.crt/tls.key, enable tls.certManager so the chart issues one, or set tests.enabled: false." }}
+{{- range $i, $t := .Values.auth.tokens }}
+{{- if not $t.principal }}
+{{- fail (printf "auth.tokens[%d] needs a principal: the name the token authenticates as." $i) }}
 {{- end }}
-{{- if and .Values.tls.dangerouslyDisableTLS .Values.tls.clientAuth.enabled }}
-{{- fail "tls.clientAuth.enabled needs TLS, but tls.dangerouslyDisableTLS is true." }}
+{{- if and $t.sha256 $t.sha256Secret }}
+{{- fail (printf "auth.tokens[%d] (principal %q): set sha256 or sha256Secret, not both." $i $t.principal) }}
+{{- end }}
+{{- if not (or $t.sha256 $t.sha256Secret) }}
+{{- fail (printf "auth.tokens[%d] (principal %q) needs sha256 (64 hex digits, from `stormlockd new-token NAME`), or sha256Secret {name, key} naming a Secret that holds it." $i $t.principal) }}
+{{- end }}
+{{- if and $t.sha256 (not (regexMatch "^[0-9a-f]{64}$" (toString $t.sha256))) }}
+{{- fail (printf "auth.tokens[%d] (principal %q): sha256 must be the token's SHA-256 as 64 lowercase hex digits (`stormlockd new-token NAME` prints it; `stormlockd hash-token` hashes an existing token), never the token itself." $i $t.principal) }}
+{{- end }}
+{{- end }}
+{{- if not (include "stormlock.authenticates" .) }}
+{{- $admins := .Values.config.auth.admins | default list }}
+{{- if $admins }}
+{{- fail (printf "config.auth.admins is set (%s), but nothing authenticates callers (%s): any caller could claim an administrator's name, so stormlockd refuses to start this way (auth.dangerouslyAllowUnauthenticated does not change that). To have administrators, %s; otherwise remove config.auth.admins." (join ", " $admins) (include "stormlock.unauthenticatedReason" .) (include "stormlock.authenticationRemedy" .)) }}
+{{- end }}
+{{- if regexMatch "(?m)^[ \t]*\\[\\[[ \t]*auth\\.rules[ \t]*\\]\\]" (.Values.config.extraToml | default "") }}
+{{- fail (printf "config.extraToml has [[auth.rules]], but nothing authenticates callers (%s): any caller could pass a rule by declaring another name, so stormlockd refuses to start this way (auth.dangerouslyAllowUnauthenticated does not change that). To use access rules, %s." (include "stormlock.unauthenticatedReason" .) (include "stormlock.authenticationRemedy" .)) }}
+{{- end }}
+{{- if not .Values.auth.dangerouslyAllowUnauthenticated }}
+{{- fail (printf "Nothing would authenticate callers (%s): anyone who can reach the gRPC port could list, take and release any lock under any name. To authenticate them, %s. Only for a throwaway test cluster, set auth.dangerouslyAllowUnauthenticated: true to run without authentication." (include "stormlock.unauthenticatedReason" .) (include "stormlock.authenticationRemedy" .)) }}
+{{- end }}
 {{- end }}
 {{- end }}
