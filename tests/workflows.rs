@@ -683,3 +683,155 @@ fn ctrl_z_suspends_exec_and_fg_resumes_it() {
     assert!(out.contains("status=0"), "{out}");
     d.cli(&["current", "z/r"]).exit(1);
 }
+
+/// A daemon that grants everything and whose watch reports, at once, that
+/// the lease just granted has expired, while `IsHeld` says it is current:
+/// a false alarm, like a stale or reordered watch event.
+mod false_alarm {
+    use std::pin::Pin;
+
+    use futures::{Stream, StreamExt as _};
+    use stormlock_api::pb::{self, lock_service_server::LockService};
+    use tonic::{Request, Response, Status};
+
+    pub struct FalseAlarm;
+
+    fn lease(resource: &str) -> pb::Lease {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        let at = |secs: u64| prost_types::Timestamp {
+            seconds: i64::try_from(now.as_secs() + secs).expect("seconds"),
+            nanos: 0,
+        };
+        pb::Lease {
+            resource: resource.to_string(),
+            lease_id: "0".repeat(32),
+            principal: "alice".to_string(),
+            reason: String::new(),
+            acquired_at: Some(at(0)),
+            expires_at: Some(at(3600)),
+            fence: 7,
+        }
+    }
+
+    type Events = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl LockService for FalseAlarm {
+        async fn acquire(
+            &self,
+            request: Request<pb::AcquireRequest>,
+        ) -> Result<Response<pb::AcquireResponse>, Status> {
+            Ok(Response::new(pb::AcquireResponse {
+                acquired: true,
+                lease: Some(lease(&request.into_inner().resource)),
+                holder: None,
+            }))
+        }
+        async fn release(
+            &self,
+            _: Request<pb::ReleaseRequest>,
+        ) -> Result<Response<pb::ReleaseResponse>, Status> {
+            Ok(Response::new(pb::ReleaseResponse { released: true }))
+        }
+        async fn renew(
+            &self,
+            request: Request<pb::RenewRequest>,
+        ) -> Result<Response<pb::RenewResponse>, Status> {
+            Ok(Response::new(pb::RenewResponse {
+                lease: Some(lease(&request.into_inner().resource)),
+            }))
+        }
+        async fn current(
+            &self,
+            _: Request<pb::CurrentRequest>,
+        ) -> Result<Response<pb::CurrentResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn is_held(
+            &self,
+            _: Request<pb::IsHeldRequest>,
+        ) -> Result<Response<pb::IsHeldResponse>, Status> {
+            Ok(Response::new(pb::IsHeldResponse { held: true }))
+        }
+        async fn list(
+            &self,
+            _: Request<pb::ListRequest>,
+        ) -> Result<Response<pb::ListResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn force_release(
+            &self,
+            _: Request<pb::ForceReleaseRequest>,
+        ) -> Result<Response<pb::ForceReleaseResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        type WatchStream = Events;
+        async fn watch(
+            &self,
+            request: Request<pb::WatchRequest>,
+        ) -> Result<Response<Events>, Status> {
+            let event = pb::WatchResponse {
+                r#type: pb::EventType::Expired as i32,
+                lease: Some(lease(&request.into_inner().resource)),
+                ..Default::default()
+            };
+            let events = futures::stream::iter([Ok(event)]).chain(futures::stream::pending());
+            Ok(Response::new(Box::pin(events)))
+        }
+    }
+}
+
+/// `exec` stops its command on a watch event only once `IsHeld` confirms
+/// that the lease is gone: here the watch says "expired" at once and IsHeld
+/// says "held", and the command runs to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_does_not_stop_its_command_on_a_false_alarm() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                stormlock_api::pb::lock_service_server::LockServiceServer::new(
+                    false_alarm::FalseAlarm,
+                ),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut command = crate::e2e::cli_command(
+        &[
+            "--addr",
+            &format!("http://127.0.0.1:{port}"),
+            "exec",
+            "-t",
+            "1h",
+            "x/alarm",
+            "--",
+            "sh",
+            "-c",
+            "sleep 2; echo finished",
+        ],
+        home.path(),
+        &home.path().join("data"),
+        None,
+    );
+    let out = tokio::task::spawn_blocking(move || command.output().expect("run stormlock"))
+        .await
+        .expect("join");
+    server.abort();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.contains("finished"), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("lost the lock"), "{stderr}");
+}
