@@ -25,7 +25,12 @@ export function transportFor(settings: Settings): StormlockTransport {
   const { host, port, tls } = settings.target;
   const authority = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
   const baseUrl = `${tls ? "https" : "http"}://${authority}`;
-  const nodeOptions: http2.SecureClientSessionOptions = {};
+  // Try every address a name resolves to (happy eyeballs), as the Rust CLI
+  // does: Node 18 otherwise connects to the first one only, and `localhost`
+  // resolves to ::1 first while a daemon may listen on 127.0.0.1 alone.
+  const nodeOptions: http2.SecureClientSessionOptions & { autoSelectFamily?: boolean } = {
+    autoSelectFamily: true,
+  };
   if (settings.ca !== undefined) nodeOptions.ca = readFileSync(settings.ca);
   if (settings.cert !== undefined) nodeOptions.cert = readFileSync(settings.cert);
   if (settings.key !== undefined) nodeOptions.key = readFileSync(settings.key);
