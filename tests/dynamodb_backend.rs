@@ -284,6 +284,72 @@ async fn table_with_another_key_schema_is_refused() {
     assert_config_error(connect(&endpoint, &table).await, &[&table, "key schema"]);
 }
 
+/// The SDK retries a write whose answer was lost. A release whose first
+/// attempt had applied must still answer "released" to its holder, and a
+/// release of a lease someone else had already freed must not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_answer_is_lost_is_reported_as_done() {
+    use crate::proxy::{Fault, FaultProxy, through, upstream_of};
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let proxy = FaultProxy::start(upstream_of(&endpoint)).await;
+    let backend = connect(&through(&endpoint, proxy.addr), &fresh_table())
+        .await
+        .expect("connect");
+    let resource = unique("dynamodb/release-lost");
+    let lease = granted(&backend, &resource, 60).await;
+    // Only a release (or force-release) writes `:released`; the first
+    // connection that carries it is reset after moto applied the write.
+    proxy.set(Fault::ResetOnceAfter(b":released"));
+    let released = backend.release(&resource, &lease.id).await;
+    assert_eq!(proxy.fault(), Fault::None, "the release met the fault");
+    assert!(
+        matches!(released, Ok(true)),
+        "the holder's own release: {released:?}"
+    );
+    assert!(matches!(
+        backend.status(&resource, &lease.id).await,
+        Ok(LeaseStatus::NotCurrent { evicted: None })
+    ));
+    // A second release of the same lease is not its holder's release.
+    assert!(matches!(
+        backend.release(&resource, &lease.id).await,
+        Ok(false)
+    ));
+}
+
+/// Likewise a force-release, a transaction the SDK retries: the
+/// administrator learns whom they evicted, not that nothing was held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_release_whose_answer_is_lost_reports_the_eviction() {
+    use crate::proxy::{Fault, FaultProxy, through, upstream_of};
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let proxy = FaultProxy::start(upstream_of(&endpoint)).await;
+    let backend = connect(&through(&endpoint, proxy.addr), &fresh_table())
+        .await
+        .expect("connect");
+    let resource = unique("dynamodb/force-lost");
+    let lease = granted(&backend, &resource, 60).await;
+    proxy.set(Fault::ResetOnceAfter(b":released"));
+    let broken = backend.force_release(&resource, "ops", "stuck").await;
+    assert_eq!(
+        proxy.fault(),
+        Fault::None,
+        "the force-release met the fault"
+    );
+    assert!(
+        matches!(&broken, Ok(Some(evicted)) if evicted.id == lease.id),
+        "the eviction: {broken:?}"
+    );
+    assert!(matches!(
+        backend.status(&resource, &lease.id).await,
+        Ok(LeaseStatus::NotCurrent { evicted: Some(_) })
+    ));
+}
+
 /// DynamoDB's TTL cleanup deletes lease items some time after they expire;
 /// deleting them by hand must not let a fence go back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

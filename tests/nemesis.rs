@@ -55,11 +55,6 @@ struct Pace {
     per_acquisition: Duration,
     /// Added to the longest stretch a resource may stay free.
     slack: Duration,
-    /// The engine's client retries writes by itself (the AWS SDK): a
-    /// release applied whose answer was lost is retried and then found not
-    /// current. Such answers are counted as ambiguous, not as lost leases
-    /// (known issue, see RELIABILITY.md).
-    retries_writes: bool,
 }
 
 impl Pace {
@@ -67,7 +62,6 @@ impl Pace {
         clients: 16,
         per_acquisition: Duration::from_millis(200),
         slack: Duration::ZERO,
-        retries_writes: false,
     };
 }
 
@@ -168,7 +162,6 @@ async fn run(
                     &checker,
                     &counts,
                     deadline,
-                    pace.retries_writes,
                 )
                 .await;
             })
@@ -414,7 +407,6 @@ async fn client_loop(
     checker: &Checker,
     counts: &Counts,
     deadline: Instant,
-    retries_writes: bool,
 ) {
     let mut node = n % nodes.len();
     while counts.claimed.fetch_add(1, Ordering::Relaxed) < acquisitions {
@@ -564,10 +556,6 @@ async fn client_loop(
                 Ok(Ok(answer)) => {
                     let answered = checker.now();
                     if !answer.into_inner().released && answered < promised {
-                        if retries_writes {
-                            counts.unknown.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
                         checker.lost(format!(
                             "release of {resource} fence {} found it not current {:?} before its expiry",
                             lease.fence,
@@ -699,7 +687,6 @@ async fn nemesis_dynamodb() {
             clients: 8,
             per_acquisition: Duration::from_millis(300),
             slack: Duration::from_secs(8),
-            retries_writes: true,
         },
     )
     .await;

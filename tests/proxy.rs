@@ -24,6 +24,8 @@
 //!   request reaches the engine, which applies it, and the connection is
 //!   reset before the answer can come back: an error whose outcome is
 //!   unknown, at exactly the request the test is after.
+//!   [`Fault::ResetOnceAfter`] does it to the first such connection only and
+//!   then heals, so that a client's retry of the same request goes through.
 //!
 //! Dropping the proxy stops it and closes every connection it holds.
 
@@ -53,13 +55,16 @@ pub enum Fault {
     /// The connection that carries a request containing these bytes is
     /// reset once the engine had time to apply it.
     ResetAfter(&'static [u8]),
+    /// Like `ResetAfter`, for the first matching connection only; the fault
+    /// then clears by itself.
+    ResetOnceAfter(&'static [u8]),
 }
 
 /// A running proxy; see the module docs.
 pub struct FaultProxy {
     /// Where the daemon connects.
     pub addr: SocketAddr,
-    fault: watch::Sender<Fault>,
+    fault: Arc<watch::Sender<Fault>>,
     task: tokio::task::JoinHandle<()>,
     /// Client ends of half-open connections, kept open until the proxy stops.
     graveyard: Arc<Mutex<Vec<TcpStream>>>,
@@ -72,9 +77,14 @@ impl FaultProxy {
             .await
             .expect("bind the fault proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let (fault, faults) = watch::channel(Fault::None);
+        let fault = Arc::new(watch::Sender::new(Fault::None));
         let graveyard = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(accept_loop(listener, upstream, faults, graveyard.clone()));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            upstream,
+            fault.clone(),
+            graveyard.clone(),
+        ));
         Self {
             addr,
             fault,
@@ -86,6 +96,11 @@ impl FaultProxy {
     /// Switches to `fault` (`Fault::None` heals).
     pub fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);
+    }
+
+    /// The fault in force (a `ResetOnceAfter` that fired reads `None`).
+    pub fn fault(&self) -> Fault {
+        *self.fault.borrow()
     }
 }
 
@@ -126,7 +141,7 @@ pub fn upstream_of(url: &str) -> SocketAddr {
 async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
-    faults: watch::Receiver<Fault>,
+    fault: Arc<watch::Sender<Fault>>,
     graveyard: Arc<Mutex<Vec<TcpStream>>>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -135,7 +150,7 @@ async fn accept_loop(
             accepted = listener.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 let _ = client.set_nodelay(true);
-                connections.spawn(connection(client, upstream, faults.clone(), graveyard.clone()));
+                connections.spawn(connection(client, upstream, fault.clone(), graveyard.clone()));
             }
             Some(_) = connections.join_next() => {}
         }
@@ -171,9 +186,10 @@ async fn admitted(faults: &mut watch::Receiver<Fault>) -> bool {
 async fn connection(
     client: TcpStream,
     upstream: SocketAddr,
-    mut faults: watch::Receiver<Fault>,
+    fault: Arc<watch::Sender<Fault>>,
     graveyard: Arc<Mutex<Vec<TcpStream>>>,
 ) {
+    let mut faults = fault.subscribe();
     if !admitted(&mut faults).await {
         return reset(client);
     }
@@ -196,10 +212,22 @@ async fn connection(
                 if !pass(&mut faults, &to_server[..n], &mut server_write, false).await {
                     break;
                 }
-                let fault = *faults.borrow();
-                if let Fault::ResetAfter(pattern) = fault
-                    && to_server[..n].windows(pattern.len()).any(|w| w == pattern)
-                {
+                let matches = |pattern: &[u8]| to_server[..n].windows(pattern.len()).any(|w| w == pattern);
+                let current = *faults.borrow();
+                let hit = match current {
+                    Fault::ResetAfter(pattern) => matches(pattern),
+                    // Only the first connection to match: the check and the
+                    // clearing are one step.
+                    Fault::ResetOnceAfter(pattern) => fault.send_if_modified(|now| {
+                        let first = *now == current && matches(pattern);
+                        if first {
+                            *now = Fault::None;
+                        }
+                        first
+                    }),
+                    _ => false,
+                };
+                if hit {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
                 }
@@ -253,7 +281,7 @@ async fn pass(
     loop {
         let fault = *faults.borrow();
         match fault {
-            Fault::None | Fault::ResetAfter(_) => break,
+            Fault::None | Fault::ResetAfter(_) | Fault::ResetOnceAfter(_) => break,
             Fault::DropReplies if !reply => break,
             Fault::DropReplies => return true,
             Fault::Latency(delay) => {
@@ -382,6 +410,20 @@ mod tests {
         let after = tokio::time::timeout(Duration::from_secs(5), g.read_to_end(&mut got)).await;
         assert!(after.is_ok(), "the connection ends");
         assert!(received.lock().expect("seen").ends_with(b"-xyz-"));
+
+        // Reset once after a pattern: the first carrier ends, a retry passes.
+        proxy.set(Fault::ResetOnceAfter(b"xyz"));
+        let mut h = TcpStream::connect(proxy.addr).await.expect("connect");
+        h.write_all(b"-xyz-").await.expect("write");
+        let mut got = Vec::new();
+        let after = tokio::time::timeout(Duration::from_secs(5), h.read_to_end(&mut got)).await;
+        assert!(after.is_ok(), "the first carrier ends");
+        let mut i = TcpStream::connect(proxy.addr).await.expect("connect");
+        i.write_all(b"-xyz-").await.expect("write");
+        i.read_exact(&mut buf[..5])
+            .await
+            .expect("the retry is echoed");
+        assert_eq!(&buf[..5], b"-xyz-");
 
         // Latency: late, but there.
         let mut f = TcpStream::connect(proxy.addr).await.expect("connect");

@@ -28,6 +28,9 @@ pub(super) const CLEANUP_AT: &str = "cleanup_at";
 pub(super) const EVICTED_ID: &str = "evicted_id";
 pub(super) const EVICTED_BY: &str = "evicted_by";
 pub(super) const EVICTED_REASON: &str = "evicted_reason";
+/// The token a release (on the lease item) or a force-release (on the record
+/// item) writes with it, to recognise its own write when the SDK retried it.
+pub(super) const RELEASE_TOKEN: &str = "release_token";
 
 /// How long after expiry DynamoDB may delete a lease item. Expired leases are
 /// ignored anyway; the delay keeps the cleanup far behind any in-flight
@@ -41,6 +44,20 @@ pub(super) const RELEASED_MS: u64 = 0;
 /// When DynamoDB may delete a lease item that lapses or was freed at `ms`.
 pub(super) fn cleanup_after(ms: u64) -> u64 {
     ms.div_ceil(1000).saturating_add(CLEANUP_GRACE.as_secs())
+}
+
+/// Whether lease item `item` was freed by the release of `id` that wrote
+/// `token`: a retried release whose first attempt had applied.
+pub(super) fn released_by(item: &Item, id: &LeaseId, token: &str) -> bool {
+    let is = |attr: &str, value: &str| matches!(item.get(attr), Some(AttributeValue::S(s)) if s == value);
+    is(LEASE_ID, id.expose()) && is(RELEASE_TOKEN, token)
+}
+
+/// Whether record item `item` tells that the force-release that wrote
+/// `token` broke lease `id`.
+pub(super) fn evicted_by(item: &Item, id: &LeaseId, token: &str) -> bool {
+    let is = |attr: &str, value: &str| matches!(item.get(attr), Some(AttributeValue::S(s)) if s == value);
+    is(EVICTED_ID, id.expose()) && is(RELEASE_TOKEN, token)
 }
 
 /// What is wrong with an item read from the table.

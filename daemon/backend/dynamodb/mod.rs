@@ -124,6 +124,7 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TableStatus,
     TransactWriteItem, Update,
@@ -133,7 +134,8 @@ use super::{Backend, BackendError, Result};
 use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
 use codec::{
     CLEANUP_AT, EVICTED_BY, EVICTED_ID, EVICTED_REASON, EXPIRES_MS, FENCE, Item, KIND, LEASE,
-    LEASE_ID, RECORD, RELEASED_MS, RESOURCE, cleanup_after, key, millis, millis_of, number,
+    LEASE_ID, RECORD, RELEASE_TOKEN, RELEASED_MS, RESOURCE, cleanup_after, key, millis, millis_of,
+    number,
 };
 pub use config::DynamodbConfig;
 
@@ -440,16 +442,21 @@ impl DynamodbBackend {
             .expression_attribute_values(":cleanup", number(cleanup_after(now_ms)))
             .build()
             .map_err(internal)?;
+        // As for a release: the token recognises this call's own
+        // transaction when the SDK retried it after a lost answer.
+        let token = format!("{:016x}", rand::random::<u64>());
         let record = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(resource, RECORD)))
-            .update_expression("SET #ei = :id, #eb = :actor, #er = :reason")
+            .update_expression("SET #ei = :id, #eb = :actor, #er = :reason, #t = :token")
             .expression_attribute_names("#ei", EVICTED_ID)
             .expression_attribute_names("#eb", EVICTED_BY)
             .expression_attribute_names("#er", EVICTED_REASON)
+            .expression_attribute_names("#t", RELEASE_TOKEN)
             .expression_attribute_values(":id", AttributeValue::S(lease.id.expose().to_string()))
             .expression_attribute_values(":actor", AttributeValue::S(actor.to_string()))
             .expression_attribute_values(":reason", AttributeValue::S(reason.to_string()))
+            .expression_attribute_values(":token", AttributeValue::S(token.clone()))
             .build()
             .map_err(internal)?;
         let result = self
@@ -463,7 +470,14 @@ impl DynamodbBackend {
             Ok(_) => Ok(Some(Some(lease))),
             // The lease was renewed, released or lapsed meanwhile, or another
             // write touched one of the items: look again.
-            Err(e) if error_code(&e) == Some("TransactionCanceledException") => Ok(None),
+            Err(e) if error_code(&e) == Some("TransactionCanceledException") => {
+                let record = self.get(resource, RECORD).await?;
+                if record.is_some_and(|item| codec::evicted_by(&item, &lease.id, &token)) {
+                    Ok(Some(Some(lease)))
+                } else {
+                    Ok(None)
+                }
+            }
             Err(e) => Err(self.sdk_error("TransactWriteItems", e)),
         }
     }
@@ -490,6 +504,11 @@ impl Backend for DynamodbBackend {
 
     async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
         let now_ms = millis(SystemTime::now());
+        // The SDK retries a write whose answer was lost; when the first
+        // attempt had applied, the retry fails its condition. The token this
+        // call writes with the release tells that case (our own release)
+        // from a lease released or broken by someone else.
+        let token = format!("{:016x}", rand::random::<u64>());
         // The item stays, marked free, so that its fence keeps stale numbers
         // out (see "Fences").
         let released = self
@@ -497,22 +516,37 @@ impl Backend for DynamodbBackend {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(resource, LEASE)))
-            .update_expression("SET #e = :released, #c = :cleanup")
+            .update_expression("SET #e = :released, #c = :cleanup, #t = :token")
             .condition_expression("#id = :id AND #e > :now")
             .expression_attribute_names("#id", LEASE_ID)
             .expression_attribute_names("#e", EXPIRES_MS)
             .expression_attribute_names("#c", CLEANUP_AT)
+            .expression_attribute_names("#t", RELEASE_TOKEN)
             .expression_attribute_values(":id", AttributeValue::S(id.expose().to_string()))
             .expression_attribute_values(":now", number(now_ms))
             .expression_attribute_values(":released", number(RELEASED_MS))
             .expression_attribute_values(":cleanup", number(cleanup_after(now_ms)))
+            .expression_attribute_values(":token", AttributeValue::S(token.clone()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match released {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(self.sdk_error("UpdateItem", e)),
-        }
+        let old = match released {
+            Ok(_) => return Ok(true),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
+                    failed.item().cloned()
+                }
+                _ => return Err(self.sdk_error("UpdateItem", e)),
+            },
+        };
+        // Emulators that ignore ReturnValuesOnConditionCheckFailure send no
+        // item; read it instead (a newer lease there reads as "not ours",
+        // which is what the item says by then).
+        let old = match old {
+            Some(item) => Some(item),
+            None => self.get(resource, LEASE).await?,
+        };
+        Ok(old.is_some_and(|item| codec::released_by(&item, id, &token)))
     }
 
     async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
