@@ -46,7 +46,8 @@ fn lease_id(id: &str) -> OpResult<LeaseId> {
 fn op_error(err: Error) -> OpError {
     OpError::new(match &err {
         Error::Backend(err) => err.kind(),
-        Error::ShuttingDown(_) => "unavailable",
+        Error::ShuttingDown(_) | Error::FellBehind(_) => "unavailable",
+        Error::ResourceExhausted(_) => "resource_exhausted",
         Error::InvalidArgument(_) => "invalid_argument",
         Error::Unauthenticated(_) => "unauthenticated",
         Error::PermissionDenied(_) => "permission_denied",

@@ -5,7 +5,9 @@
 //! The package's other binary, `bench-baseline`, is the opposite reference:
 //! a bare tonic server on the daemon's transport (mutual TLS, HTTP/2) that
 //! answers every LockService call with a constant, so `stormlock bench`
-//! against it measures the gRPC stack alone.
+//! against it measures the gRPC stack alone. `bench-watch` opens `Watch`
+//! streams on a daemon and reads its backend-call counts: what watches cost
+//! the engine.
 //!
 //! A [`Target`] is what the load is driven against; `direct::BackendTarget`
 //! (feature `direct`) is the in-process one. [`run`] starts one task per

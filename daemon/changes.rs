@@ -5,7 +5,8 @@
 //! ([`Signal::Acquired`] …). Changes made elsewhere arrive as hints from the
 //! engine's own notifications ([`follow`], [`Signal::Changed`]): look again.
 //! What no engine reports (expiry on most engines, engines without
-//! notifications) is found by polling, in the waiters and in each watch.
+//! notifications) is found by polling, in the waiters and in the watches'
+//! pollers (one per backend).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +18,10 @@ use tracing::{info, warn};
 use crate::backend::Backend;
 use crate::events::LockEvent;
 use crate::lease::{Lease, LeaseId};
+use crate::limits::Limits;
 use crate::waiters::Waiters;
 
-/// How many signals a slow watch may fall behind before it re-reads
+/// How many signals a watches' poller may fall behind before it re-reads
 /// everything instead.
 const SIGNAL_BUFFER: usize = 4096;
 
@@ -56,18 +58,30 @@ pub enum Signal {
 pub struct Changes {
     waiters: Waiters,
     signals: broadcast::Sender<Signal>,
+    limits: Limits,
 }
 
 impl Default for Changes {
     fn default() -> Self {
-        Self {
-            waiters: Waiters::default(),
-            signals: broadcast::channel(SIGNAL_BUFFER).0,
-        }
+        Self::new(Limits::default())
     }
 }
 
 impl Changes {
+    /// A hub whose waiters and watches are bounded by `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            waiters: Waiters::new(limits),
+            signals: broadcast::channel(SIGNAL_BUFFER).0,
+            limits,
+        }
+    }
+
+    /// The limits on waiters and watches.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The lines of waiting callers.
     pub fn waiters(&self) -> &Waiters {
         &self.waiters

@@ -86,6 +86,12 @@ pub struct Config {
     /// Defaults for every resource.
     #[serde(default)]
     pub defaults: Defaults,
+    /// Limits on every connection to the gRPC and health ports.
+    #[serde(default)]
+    pub connections: crate::connections::ConnectionLimits,
+    /// Limits on what one caller can hold: waiters and watches.
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
     /// Named backends.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,

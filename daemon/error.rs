@@ -20,6 +20,15 @@ pub enum Error {
     /// The daemon is shutting down.
     #[error("{0}")]
     ShuttingDown(String),
+    /// A per-caller limit (`[limits]`) was reached; the message names the
+    /// limit, its value and its key.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A watch fell too far behind its events and was ended, so that it
+    /// holds up nobody; its client should read the state again and watch
+    /// again.
+    #[error("{0}")]
+    FellBehind(String),
     /// The backend refused or failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -33,16 +42,17 @@ impl Error {
 }
 
 /// The mapping of errors to gRPC codes. A user's input can only ever lead to
-/// `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED` or
-/// `FAILED_PRECONDITION`; `INTERNAL` means an engine returned data this daemon
-/// cannot use.
+/// `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED`,
+/// `FAILED_PRECONDITION` or (a configured limit) `RESOURCE_EXHAUSTED`;
+/// `INTERNAL` means an engine returned data this daemon cannot use.
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let code = match &err {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::ShuttingDown(_) => Code::Unavailable,
+            Error::ShuttingDown(_) | Error::FellBehind(_) => Code::Unavailable,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Backend(BackendError::NotCurrent { .. }) => Code::FailedPrecondition,
             Error::Backend(BackendError::Unavailable { .. } | BackendError::Config { .. }) => {
                 Code::Unavailable

@@ -118,6 +118,12 @@ impl Events {
         &self.changes
     }
 
+    /// The metrics, when the daemon keeps them (for what is not a lock
+    /// event: open watches, refusals by a limit).
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     /// Fans `event` out to every consumer.
     pub fn emit(&self, event: LockEvent) {
         self.audit.record(&event);

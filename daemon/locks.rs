@@ -9,6 +9,8 @@
 //! - contention is an answer ([`Acquisition::Held`]), not an error;
 //! - waiters are served first come, first served per resource on this
 //!   daemon, and only the head of the line tries the engine;
+//! - what one caller can hold is bounded (`[limits]`): waiters per resource
+//!   and per principal, watches per principal;
 //! - a grant whose caller went away, or whose outcome is unknown, is
 //!   released in the background ([`attempt`]);
 //! - an evicted lease's holder learns who broke it and why.
@@ -17,15 +19,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
-
 use crate::backend::{Backend, BackendError};
 use crate::error::Error;
 use crate::events::{Events, LockEvent};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use crate::routing::{Route, Router};
 use crate::waiters::Wake;
-use crate::watch::{self, Selection};
+use crate::watch::{self, Selection, Subscription};
 
 /// How often a waiter re-checks a resource that changes elsewhere (another
 /// daemon, expiry between polls).
@@ -60,12 +60,26 @@ pub struct Current {
 pub struct Locks {
     router: Arc<Router>,
     events: Events,
+    /// The open watches and the pollers they share.
+    watches: watch::Hub,
 }
 
 impl Locks {
-    /// A core over `router`'s backends, emitting to `events`.
+    /// A core over `router`'s backends, emitting to `events`; its waiters
+    /// and watches are bounded by the change hub's limits.
     pub fn new(router: Arc<Router>, events: Events) -> Self {
-        Self { router, events }
+        let changes = events.changes();
+        let watches = watch::Hub::new(
+            router.clone(),
+            changes.clone(),
+            changes.limits().max_watches_per_principal,
+            events.metrics().cloned(),
+        );
+        Self {
+            router,
+            events,
+            watches,
+        }
     }
 
     /// Where `resource` lives, and its default and maximum TTL.
@@ -98,11 +112,22 @@ impl Locks {
         }
         // First come, first served: only the head of the line tries the
         // backend; a caller that goes away leaves the line with its ticket.
+        // A full line, or a principal with its most calls waiting, is
+        // refused before anything is tried.
         let ticket = self
             .events
             .changes()
             .waiters()
-            .enqueue(&request.resource, wait.wait_id.as_deref());
+            .enqueue(
+                &request.resource,
+                &request.principal,
+                wait.wait_id.as_deref(),
+            )
+            .inspect_err(|exceeded| {
+                if let Some(metrics) = self.events.metrics() {
+                    metrics.limit_refused(exceeded.limit);
+                }
+            })?;
         // The holder seen by the previous attempt, to notice its expiry.
         let mut last_holder: Option<Lease> = None;
         loop {
@@ -277,13 +302,22 @@ impl Locks {
         Ok(broken)
     }
 
-    /// Starts a watch of `selection` (see [`crate::watch`]).
-    pub fn watch(&self, selection: Selection) -> mpsc::Receiver<Result<watch::WatchEvent, Error>> {
-        watch::start(
-            self.router.clone(),
-            self.events.changes().clone(),
-            selection,
-        )
+    /// Starts a watch of `selection` for `principal` (see [`crate::watch`]);
+    /// refused when the principal has its most watches open.
+    pub fn watch(&self, principal: &str, selection: Selection) -> Result<Subscription, Error> {
+        self.watches.subscribe(principal, selection, None)
+    }
+
+    /// Like [`Locks::watch`], for a watch that sees only the events
+    /// `filter` lets through (applied as events are handed out, so what it
+    /// filters out takes no place in the watch's queue).
+    pub fn watch_filtered(
+        &self,
+        principal: &str,
+        selection: Selection,
+        filter: watch::Filter,
+    ) -> Result<Subscription, Error> {
+        self.watches.subscribe(principal, selection, Some(filter))
     }
 }
 

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::events::LockEvent;
+use crate::limits::Limit;
 
 /// Content type of the OpenMetrics text format served at `/metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -65,6 +66,11 @@ struct BackendNameLabels {
     backend: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The daemon's metrics.
@@ -77,6 +83,8 @@ pub struct Metrics {
     renewals: Counter,
     force_releases: Counter,
     waiters: Gauge,
+    watches: Gauge,
+    limit_refusals: Family<LimitLabels, Counter>,
     backend_duration: HistogramFamily<BackendLabels>,
     backend_errors: Family<BackendErrorLabels, Counter>,
     backend_up: Family<BackendNameLabels, Gauge>,
@@ -137,8 +145,22 @@ impl Metrics {
             "Acquire calls currently waiting for a lock",
             waiters.clone(),
         );
+        let watches = Gauge::default();
+        registry.register(
+            "stormlock_watches",
+            "Watch streams open now",
+            watches.clone(),
+        );
+        let limit_refusals = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "stormlock_limit_refusals",
+            "Calls refused with RESOURCE_EXHAUSTED by a [limits] limit, by limit",
+            limit_refusals.clone(),
+        );
         let backend_duration: HistogramFamily<BackendLabels> =
             Family::new_with_constructor(|| Histogram::new(BACKEND_BUCKETS));
+        // Its count per operation is also the number of engine calls (the
+        // engine reads of `list`, `current` and `status` among them).
         registry.register(
             "stormlock_backend_request_duration_seconds",
             "Backend call latency, by backend and operation",
@@ -170,6 +192,8 @@ impl Metrics {
             renewals,
             force_releases,
             waiters,
+            watches,
+            limit_refusals,
             backend_duration,
             backend_errors,
             backend_up,
@@ -263,6 +287,23 @@ impl Metrics {
     /// Sets the number of Acquire calls waiting for a lock.
     pub fn set_waiters(&self, waiting: usize) {
         self.waiters.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a Watch stream opened.
+    pub fn watch_opened(&self) {
+        self.watches.inc();
+    }
+
+    /// Counts a Watch stream closed.
+    pub fn watch_closed(&self) {
+        self.watches.dec();
+    }
+
+    /// Counts a call refused by `limit`.
+    pub fn limit_refused(&self, limit: Limit) {
+        self.limit_refusals
+            .get_or_create(&LimitLabels { limit: limit.key() })
+            .inc();
     }
 
     /// The registry in the OpenMetrics text format.
@@ -366,6 +407,10 @@ mod tests {
         metrics.backend_timeout("main", "health", Duration::from_secs(2));
         metrics.set_backend_up("main", true);
         metrics.set_waiters(2);
+        metrics.watch_opened();
+        metrics.watch_opened();
+        metrics.watch_closed();
+        metrics.limit_refused(Limit::WaitersPerPrincipal);
         let text = metrics.encode();
         for line in [
             "stormlock_requests_total{rpc=\"Acquire\",code=\"OK\"} 1",
@@ -373,6 +418,8 @@ mod tests {
             "stormlock_acquisitions_total 1",
             "stormlock_contentions_total 0",
             "stormlock_waiters 2",
+            "stormlock_watches 1",
+            "stormlock_limit_refusals_total{limit=\"max_waiters_per_principal\"} 1",
             "stormlock_backend_errors_total{backend=\"main\",operation=\"acquire\",kind=\"unavailable\"} 1",
             "stormlock_backend_errors_total{backend=\"main\",operation=\"health\",kind=\"timeout\"} 1",
             "stormlock_backend_up{backend=\"main\"} 1",

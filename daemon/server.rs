@@ -1,6 +1,6 @@
 //! Running the daemon: transport security, the gRPC server with health and
 //! reflection, backend health checks, the metrics listener, and graceful
-//! shutdown.
+//! shutdown. Connections are accepted and bounded by [`crate::connections`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
@@ -20,6 +19,9 @@ use crate::auth::Auth;
 use crate::backend::BackendError;
 use crate::changes::Changes;
 use crate::config::Config;
+use crate::connections::{
+    self, ConnectionLimits, HEALTH_MAX_CONNECTIONS, PlainHandshake, TlsHandshake,
+};
 use crate::events::Events;
 use crate::locks::Locks;
 use crate::metrics::Metrics;
@@ -30,8 +32,9 @@ use crate::service::LockService;
 use crate::telemetry::RequestLayer;
 use crate::tls::{self, TlsError, TlsFiles};
 
-/// Largest request message: the biggest valid request is a few KiB, so
-/// anything larger is refused by the transport before it is buffered.
+/// Largest request message of every service (the API, health, reflection):
+/// the biggest valid request is a few KiB, so anything larger is refused by
+/// the transport (OUT_OF_RANGE) before it is buffered.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest response message (a full List page of maximal leases fits).
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -191,8 +194,10 @@ pub async fn run(
     let stop = Stop::new();
     let health = start_health(&core, &metrics, settings.health_interval, &stop).await;
     let metrics_server = start_metrics_listener(&settings.config, &metrics, &core, &stop).await?;
-    let health_server = start_health_listener(&settings.config, &health, &stop).await?;
-    let grpc = configure_transport(&settings, &listener)?;
+    let budgets = ConnectionBudgets::fit(&settings.config);
+    let health_server =
+        start_health_listener(&settings.config, &health, budgets.health, &stop).await?;
+    let grpc = configure_transport(&settings, &listener, budgets.api)?;
     let service = LockService::new(
         core.locks.clone(),
         settings.auth.clone(),
@@ -296,7 +301,7 @@ async fn start_core(
     for name in router.backends().keys() {
         metrics.set_backend_up(name, true);
     }
-    let changes = Arc::new(Changes::default());
+    let changes = Arc::new(Changes::new(settings.config.limits));
     let events = Events::new(audit, Some(metrics.clone()), changes.clone());
     let locks = Arc::new(Locks::new(router.clone(), events));
     let followers = router
@@ -333,7 +338,8 @@ async fn start_health(core: &Core, metrics: &Arc<Metrics>, every: Duration, stop
     let reporter = HealthReporter::new();
     let service = HealthServer::new(tonic_health::server::HealthService::from_health_reporter(
         reporter.clone(),
-    ));
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
     reporter
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
@@ -376,46 +382,119 @@ async fn start_metrics_listener(
     ))))
 }
 
-/// Step 5: the plain-text health listener for probes, when configured.
+/// How many connections each listener may have open: the configured
+/// `max_connections` for the API, a few for the health port, both within
+/// the open-file limit.
+struct ConnectionBudgets {
+    api: usize,
+    health: usize,
+}
+
+impl ConnectionBudgets {
+    fn fit(config: &Config) -> Self {
+        let wanted = config.connections.max_connections;
+        let health = if config.health_listen.is_some() {
+            HEALTH_MAX_CONNECTIONS.min(wanted)
+        } else {
+            0
+        };
+        let fit = connections::fit_open_files(wanted.saturating_add(health));
+        Self {
+            api: wanted.min(fit.saturating_sub(health)).max(1),
+            health,
+        }
+    }
+}
+
+/// The HTTP/2 limits of `[connections]` on `builder`.
+fn http2_limits(builder: Server, limits: &ConnectionLimits) -> Server {
+    let mut builder = builder
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout));
+    if let Some(age) = limits.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(grace) = limits.max_connection_age_grace {
+        builder = builder.max_connection_age_grace(grace);
+    }
+    builder
+}
+
+/// Step 5: the plain-text health listener for probes, when configured, with
+/// the limits of `[connections]` and `max_connections` of its own.
 async fn start_health_listener(
     config: &Config,
     health: &Health,
+    max_connections: usize,
     stop: &Stop,
 ) -> Result<Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>, ServerError> {
     let Some(addr) = config.health_listen else {
         return Ok(None);
     };
     let listener = bind(addr).await?;
-    info!(addr = %local_addr(&listener), "serving plaintext gRPC health checks");
+    info!(addr = %local_addr(&listener), max_connections, "serving plaintext gRPC health checks");
+    let limits = &config.connections;
+    let incoming = connections::incoming(
+        listener,
+        PlainHandshake,
+        limits.handshake_timeout,
+        max_connections,
+    );
     Ok(Some(tokio::spawn(
-        Server::builder()
+        http2_limits(Server::builder(), limits)
             .add_service(health.service.clone())
-            .serve_with_incoming_shutdown(incoming(listener), stop.stopped()),
+            .serve_with_incoming_shutdown(incoming, stop.stopped()),
     )))
 }
 
-/// Step 6: transport security of the gRPC listener.
-fn configure_transport(settings: &Settings, listener: &TcpListener) -> Result<Server, ServerError> {
-    let mut builder = Server::builder();
-    match &settings.transport {
+/// How the gRPC listener's connections begin.
+enum ListenerHandshake {
+    Tls(TlsHandshake),
+    Plain,
+}
+
+/// The gRPC server and how its listener takes connections.
+struct Grpc {
+    builder: Server,
+    handshake: ListenerHandshake,
+    handshake_timeout: Duration,
+    max_connections: usize,
+}
+
+/// Step 6: transport security and connection limits of the gRPC listener.
+fn configure_transport(
+    settings: &Settings,
+    listener: &TcpListener,
+    max_connections: usize,
+) -> Result<Grpc, ServerError> {
+    let limits = &settings.config.connections;
+    let handshake = match &settings.transport {
         Transport::Tls(files) => {
             // With bearer tokens configured, a client certificate becomes
             // optional at the handshake; requests without either are then
             // refused per call.
             let optional = !settings.auth.tokens.is_empty();
-            builder =
-                builder.tls_config(tls::server_config(files)?.client_auth_optional(optional))?;
+            let config = tls::server_config(files, optional)?;
             let mode = if files.client_ca.is_some() {
                 "mutual TLS"
             } else {
                 "TLS"
             };
-            info!(addr = %local_addr(listener), mode, "listening");
+            info!(
+                addr = %local_addr(listener),
+                mode,
+                max_connections,
+                handshake_timeout = ?limits.handshake_timeout,
+                "listening"
+            );
+            ListenerHandshake::Tls(TlsHandshake(tokio_rustls::TlsAcceptor::from(config)))
         }
         Transport::Insecure => {
-            warn!(addr = %local_addr(listener), "listening in PLAIN TEXT (--insecure): anyone who can reach this address can take and break locks");
+            warn!(addr = %local_addr(listener), max_connections, "listening in PLAIN TEXT (--insecure): anyone who can reach this address can take and break locks");
+            ListenerHandshake::Plain
         }
-    }
+    };
     if !settings.auth.require_credentials {
         warn!(
             "callers are not authenticated (no [tls] client_ca, no [[auth.tokens]]): anyone who \
@@ -423,8 +502,16 @@ fn configure_transport(settings: &Settings, listener: &TcpListener) -> Result<Se
              nobody is an administrator"
         );
     }
-    Ok(builder)
+    Ok(Grpc {
+        builder: http2_limits(Server::builder(), limits),
+        handshake,
+        handshake_timeout: limits.handshake_timeout,
+        max_connections,
+    })
 }
+
+/// The gRPC server running, whichever its connections' type.
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 /// What the gRPC listener serves.
 struct Services {
@@ -448,7 +535,7 @@ struct Draining<F> {
 /// drains: NOT_SERVING, no new calls, waiters and watches answered,
 /// in-flight calls given `grace` to finish.
 async fn serve<F>(
-    builder: Server,
+    transport: Grpc,
     listener: TcpListener,
     services: Services,
     draining: Draining<F>,
@@ -460,12 +547,14 @@ where
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?;
+        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?;
+        .map_err(|e| ServerError::Refused(format!("reflection: {e}")))?
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let Draining {
         shutdown,
         grace,
@@ -474,7 +563,8 @@ where
         stop,
     } = draining;
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = builder
+    let router = transport
+        .builder
         .layer(RequestLayer::new(services.metrics))
         .add_service(
             LockServiceServer::new(services.locks)
@@ -483,17 +573,28 @@ where
         )
         .add_service(services.health)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            shutdown.await;
-            info!(grace = ?grace, "shutting down: no new calls, finishing in-flight ones");
-            set_health(&reporter, ServingStatus::NotServing).await;
-            // Waiters get UNAVAILABLE (so they retry elsewhere) and watches
-            // end, rather than holding the shutdown up.
-            changes.close();
-            stop.signal();
-            let _ = grace_tx.send(());
-        });
+        .add_service(reflection_v1alpha);
+    let signal = async move {
+        shutdown.await;
+        info!(grace = ?grace, "shutting down: no new calls, finishing in-flight ones");
+        set_health(&reporter, ServingStatus::NotServing).await;
+        // Waiters get UNAVAILABLE (so they retry elsewhere) and watches
+        // end, rather than holding the shutdown up.
+        changes.close();
+        stop.signal();
+        let _ = grace_tx.send(());
+    };
+    let (timeout, max) = (transport.handshake_timeout, transport.max_connections);
+    let server: Serving = match transport.handshake {
+        ListenerHandshake::Tls(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            connections::incoming(listener, tls, timeout, max),
+            signal,
+        )),
+        ListenerHandshake::Plain => Box::pin(router.serve_with_incoming_shutdown(
+            connections::incoming(listener, PlainHandshake, timeout, max),
+            signal,
+        )),
+    };
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => Ok(result?),
@@ -508,12 +609,6 @@ where
             Ok(())
         }
     }
-}
-
-/// Accepted connections with Nagle's algorithm off: requests and answers
-/// are small, and waiting to coalesce them cost ~40 ms per call.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn local_addr(listener: &TcpListener) -> String {

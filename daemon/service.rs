@@ -361,8 +361,8 @@ impl pb::lock_service_server::LockService for LockService {
             Selection::Resource(r) | Selection::Prefix(r) => r.as_str(),
         };
         self.permit(&caller, Action::Watch, scope)?;
-        let events = self.locks.watch(selection);
-        let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(move |item| {
+        let events = self.locks.watch(&caller.principal, selection)?;
+        let stream = events.map(move |item| {
             item.map(|event| event_to_pb(&event, &caller))
                 .map_err(Status::from)
         });

@@ -12,20 +12,48 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::paths::DevTls;
 
-/// Makes ring rustls' process-wide crypto provider, as tonic uses. Clients
-/// that build their TLS on the process default (the redis and MySQL
-/// drivers) cannot choose by themselves when more than one provider is
-/// linked (the AWS SDK brings aws-lc-rs) and would panic. Called by the
-/// daemon at start and by every backend that needs it; a second call (or
-/// another thread's first) is harmless.
+/// The one rustls crypto provider the daemon links (ring; see the workspace
+/// `Cargo.toml`). Every TLS configuration the daemon builds names it.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes ring rustls' process-wide crypto provider. Clients that build their
+/// TLS on the process default (the redis and MySQL drivers) find no default
+/// otherwise and would panic. Called by the daemon at start and by every
+/// backend that needs it; a second call (or another thread's first) is
+/// harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The AWS SDK's HTTPS client, on ring: the SDK's own default client is
+/// rustls on aws-lc-rs, a second crypto library. Otherwise the same as
+/// that default (system roots, proxy settings from the environment).
+#[cfg(feature = "dynamodb")]
+pub fn aws_https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    Builder::new().build_with_connector_fn(|settings, runtime_components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = runtime_components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// Why TLS could not be set up.
@@ -96,39 +124,90 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Checks that `files` read and hold what they should: certificates in the
-/// chain and the CA, a private key in the key file (`check-config`).
-pub fn check_files(files: &TlsFiles) -> Result<(), TlsError> {
-    let invalid = |path: &Path, message: &str| TlsError::Invalid {
+fn invalid(path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError::Invalid {
         path: path.display().to_string(),
-        message: message.to_string(),
-    };
-    for path in std::iter::once(&files.cert).chain(&files.client_ca) {
-        let pem = read(path)?;
-        let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
-        match certs {
-            Ok(certs) if !certs.is_empty() => {}
-            Ok(_) => return Err(invalid(path, "no PEM certificate in the file")),
-            Err(e) => return Err(invalid(path, &format!("unreadable PEM: {e}"))),
-        }
-    }
-    let pem = read(&files.key)?;
-    match rustls_pemfile::private_key(&mut pem.as_slice()) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(invalid(&files.key, "no PEM private key in the file")),
-        Err(e) => Err(invalid(&files.key, &format!("unreadable PEM: {e}"))),
+        message: message.into(),
     }
 }
 
-/// Builds tonic's server TLS settings from `files`. With a client CA, clients
-/// without a certificate signed by it are refused during the handshake.
-pub fn server_config(files: &TlsFiles) -> Result<ServerTlsConfig, TlsError> {
-    let identity = Identity::from_pem(read(&files.cert)?, read(&files.key)?);
-    let mut config = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &files.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+/// The PEM certificates in `path`; an error when there is none.
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(path, format!("unreadable PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(path, "no PEM certificate in the file"));
     }
-    Ok(config)
+    Ok(certs)
+}
+
+/// The first PEM private key in `path`.
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            invalid(path, "no PEM private key in the file")
+        }
+        e => invalid(path, format!("unreadable PEM: {e}")),
+    })
+}
+
+/// Checks that `files` read and hold what they should (certificates in the
+/// chain and the CA, a private key in the key file) and that they make a
+/// server configuration: the key matches the certificate (`check-config`).
+pub fn check_files(files: &TlsFiles) -> Result<(), TlsError> {
+    server_config(files, false).map(drop)
+}
+
+/// Builds the gRPC listener's rustls configuration from `files`, for HTTP/2
+/// (ALPN `h2`). With a client CA, clients must present a certificate signed
+/// by it during the handshake, unless `client_auth_optional` (bearer tokens
+/// configured): then a client may also present none, and its calls are
+/// judged per call.
+pub fn server_config(
+    files: &TlsFiles,
+    client_auth_optional: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let provider = crypto_provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&files.cert, format!("TLS setup: {e}")))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in load_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(ca, format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
+            let verifier = if client_auth_optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| invalid(ca, format!("cannot verify clients with it: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        invalid(
+            &files.key,
+            format!(
+                "cannot serve the certificate {} with this key: {e}",
+                files.cert.display()
+            ),
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Creates the development PKI in `dev` unless it exists: a CA, a server
@@ -201,7 +280,7 @@ pub fn ensure_dev_pki(dev: &DevTls, client_identity: &str) -> Result<TlsFiles, T
 /// The identity in the development client certificate of `dev`, if readable.
 pub fn dev_client_identity(dev: &DevTls) -> Option<String> {
     let pem = std::fs::read(dev.client_cert()).ok()?;
-    let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
+    let der = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
     identity_from_der(der.as_ref(), IdentitySource::Cn)
 }
 
@@ -336,6 +415,41 @@ mod tests {
             let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", file.display());
         }
+    }
+
+    #[test]
+    fn server_config_from_files_and_their_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = DevTls::in_data_dir(dir.path());
+        let files = ensure_dev_pki(&dev, "alice").expect("create");
+        for optional in [false, true] {
+            let config = server_config(&files, optional).expect("server config");
+            assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+        }
+        check_files(&files).expect("valid files");
+
+        let mismatched = TlsFiles {
+            key: dev.client_key(),
+            ..files.clone()
+        };
+        let err = check_files(&mismatched).expect_err("key of another certificate");
+        assert!(
+            err.to_string()
+                .contains(&dev.client_key().display().to_string()),
+            "{err}"
+        );
+        let no_key = TlsFiles {
+            key: dev.server_cert(),
+            ..files.clone()
+        };
+        let err = check_files(&no_key).expect_err("no key");
+        assert!(err.to_string().contains("no PEM private key"), "{err}");
+        let no_ca = TlsFiles {
+            client_ca: Some(dev.client_key()),
+            ..files
+        };
+        let err = check_files(&no_ca).expect_err("no CA certificate");
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
     }
 
     #[test]

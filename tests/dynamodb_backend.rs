@@ -28,13 +28,15 @@ pub fn fresh_table() -> String {
 /// The AWS configuration for the emulator: dummy static credentials, set
 /// here rather than in the process environment.
 fn loader() -> aws_config::ConfigLoader {
-    aws_config::defaults(BehaviorVersion::latest()).credentials_provider(Credentials::new(
-        "test",
-        "test",
-        None,
-        None,
-        "stormlock-tests",
-    ))
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(stormlockd::tls::aws_https_client())
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "stormlock-tests",
+        ))
 }
 
 /// Settings for `table` on the emulator. The call timeout is generous: moto

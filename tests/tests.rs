@@ -11,11 +11,13 @@ mod bench;
 mod checker;
 mod cli_security;
 mod conformance;
+mod connections;
 mod daemon_faults;
 #[cfg(feature = "dynamodb")]
 mod dynamodb_backend;
 mod e2e;
 mod exclusion;
+mod limits;
 mod nemesis;
 mod operations;
 mod proxy;

@@ -168,6 +168,52 @@ async fn a_resource_watch_sees_only_its_resource() {
     assert_eq!(event.lease.map(|l| l.lease_id), Some(lease.lease_id));
 }
 
+/// Changes elsewhere keep coming (here every few milliseconds, through the
+/// same daemon): the watch still reads its selection on time and reports
+/// the expiry nobody announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiry_is_reported_while_other_resources_keep_changing() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut client = daemon.client().await;
+    let run = unique();
+    let resource = format!("lapse/{run}/watched");
+    let mut events = watch(
+        &mut client,
+        pb::WatchRequest {
+            resource: resource.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let short = acquire(&mut client, &resource, 2, 0).await;
+    assert_eq!(
+        kind(&next(&mut events, "acquire").await),
+        EventType::Acquired
+    );
+    // Busy neighbours: acquire and release another resource until the
+    // expiry is reported.
+    let busy = {
+        let mut client = client.clone();
+        let other = format!("lapse/{run}/busy");
+        tokio::spawn(async move {
+            loop {
+                let lease = acquire(&mut client, &other, 60, 0).await;
+                client
+                    .release(pb::ReleaseRequest {
+                        resource: other.clone(),
+                        lease_id: lease.lease_id,
+                    })
+                    .await
+                    .expect("release");
+            }
+        })
+    };
+    let event = next(&mut events, "expiry").await;
+    busy.abort();
+    assert_eq!(kind(&event), EventType::Expired);
+    assert_eq!(event.lease.map(|l| l.fence), Some(short.fence));
+}
+
 #[tokio::test]
 async fn bad_selections_are_refused() {
     let daemon = TestDaemon::start(MEMORY, false).await;

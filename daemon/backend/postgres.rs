@@ -574,8 +574,9 @@ fn roots(name: &str, ca_file: Option<&std::path::Path>) -> Result<RootCertStore>
     };
     let refuse =
         |why: String| BackendError::config(name, format!("ca_file {}: {why}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| refuse(e.to_string()))?;
-    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| refuse(e.to_string()))?;
+    for cert in certs {
         let cert = cert.map_err(|e| refuse(e.to_string()))?;
         roots.add(cert).map_err(|e| refuse(e.to_string()))?;
     }

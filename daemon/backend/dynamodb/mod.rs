@@ -182,6 +182,7 @@ impl DynamodbBackend {
             .validate()
             .map_err(|message| BackendError::config(name, message))?;
         let mut loader = loader
+            .http_client(crate::tls::aws_https_client())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(config.connect_timeout)
