@@ -96,17 +96,20 @@ impl Auth {
     pub fn caller<T>(&self, request: &Request<T>, declared: &str) -> Result<Caller, Error> {
         let declared = validate::principal(declared)?;
         let authenticated = match request.peer_certs() {
-            Some(certs) => Some(
-                certs
+            Some(certs) => {
+                let identity = certs
                     .first()
+                    .ok_or_else(|| "no client certificate in the chain".to_string())
                     .and_then(|c| self.certificates.identity(c.as_ref(), self.identity))
-                    .ok_or_else(|| {
-                        Error::Unauthenticated(format!(
-                            "the client certificate has no {:?} identity",
-                            self.identity
-                        ))
-                    })?,
-            ),
+                    .map_err(Error::Unauthenticated)?;
+                // Held to the rules of a declared name: a CA that signs
+                // anything must not slip control or bidirectional
+                // characters into logs and audit lines.
+                validate::principal(&identity).map_err(|e| {
+                    Error::Unauthenticated(format!("the client certificate's identity: {e}"))
+                })?;
+                Some(identity)
+            }
             None => self.token_principal(request)?,
         };
         let proven = authenticated.is_some();

@@ -23,11 +23,15 @@ use tonic::{Request, Response, Status};
 /// Default and largest List page sizes.
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
+/// Leases one List call looks at, at most, for a caller who may not see
+/// them all; past it, an empty page is an error asking for a narrower prefix.
+const MAX_EXAMINED: usize = 10 * MAX_PAGE_SIZE;
 
 /// The lock service.
 pub struct LockService {
     locks: Arc<Locks>,
-    auth: Auth,
+    /// Shared with the watch streams, which filter what they send.
+    auth: Arc<Auth>,
     max_wait: Duration,
 }
 
@@ -37,7 +41,7 @@ impl LockService {
     pub fn new(locks: Arc<Locks>, auth: Auth, max_wait: Duration) -> Self {
         Self {
             locks,
-            auth,
+            auth: Arc::new(auth),
             max_wait,
         }
     }
@@ -165,21 +169,66 @@ impl LockService {
 
     async fn list(&self, caller: &Caller, req: pb::ListRequest) -> Result<pb::ListResponse, Error> {
         let prefix = validate::prefix(&req.prefix)?;
-        self.permit(caller, Action::List, prefix)?;
-        let after = validate::page_token(&req.page_token, prefix)?;
+        let mut after = validate::page_token(&req.page_token, prefix)?;
         let limit = match req.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let (leases, more) = self.locks.list(prefix, after.as_deref(), limit).await?;
+        tracing::Span::current()
+            .record("principal", caller.principal.as_str())
+            .record("resource", prefix);
+        // Filtered per resource, not judged on the prefix: a caller sees
+        // exactly the leases it may list, whatever prefix it asks for. A
+        // page token only ever names a lease the caller saw, so it leaks no
+        // hidden name; the pages go on past hidden leases, up to a bound.
+        let mut visible = Vec::new();
+        let mut examined = 0;
+        loop {
+            let (batch, more) = self.locks.list(prefix, after.as_deref(), limit).await?;
+            examined += batch.len();
+            let last_of_batch = batch.len();
+            for (n, lease) in batch.into_iter().enumerate() {
+                after = Some(lease.resource.clone());
+                if !self.may_see(caller, Action::List, &lease.resource) {
+                    continue;
+                }
+                visible.push(lease);
+                if visible.len() == limit {
+                    return Ok(self.page(&visible, caller, more || n + 1 < last_of_batch));
+                }
+            }
+            if !more {
+                return Ok(self.page(&visible, caller, false));
+            }
+            if examined >= MAX_EXAMINED {
+                if visible.is_empty() {
+                    return Err(Error::PermissionDenied(format!(
+                        "more than {MAX_EXAMINED} leases under {prefix:?} are not visible to {}; \
+                         list a narrower prefix",
+                        caller.principal
+                    )));
+                }
+                return Ok(self.page(&visible, caller, true));
+            }
+        }
+    }
+
+    /// Whether `caller` may see `resource` in a List or Watch (`action`).
+    /// Not audited as a denial: hiding is the answer, not a refusal.
+    fn may_see(&self, caller: &Caller, action: Action, resource: &str) -> bool {
+        self.auth.authorize(caller, action, resource).is_ok()
+    }
+
+    /// A List answer of `leases`, with a token after the last when `more`.
+    fn page(&self, leases: &[Lease], caller: &Caller, more: bool) -> pb::ListResponse {
         let next_page_token = match leases.last() {
             Some(last) if more => validate::make_page_token(&last.resource),
             _ => String::new(),
         };
-        Ok(pb::ListResponse {
+        pb::ListResponse {
             leases: leases.iter().map(|l| to_pb(l, caller)).collect(),
             next_page_token,
-        })
+        }
     }
 
     async fn force_release(
@@ -357,11 +406,25 @@ impl pb::lock_service_server::LockService for LockService {
             (false, true) => Selection::Resource(validate::resource(&req.resource)?.to_string()),
             (true, _) => Selection::Prefix(validate::prefix(&req.prefix)?.to_string()),
         };
-        let scope = match &selection {
-            Selection::Resource(r) | Selection::Prefix(r) => r.as_str(),
+        // One resource is judged as asked; a prefix is filtered per
+        // resource, like List: a watch shows exactly what its caller may
+        // watch. The filter runs as events are handed out, so hidden events
+        // take no place in the watch's queue.
+        let events = match &selection {
+            Selection::Resource(resource) => {
+                self.permit(&caller, Action::Watch, resource)?;
+                self.locks.watch(&caller.principal, selection)?
+            }
+            Selection::Prefix(_) => {
+                let (auth, watcher) = (self.auth.clone(), caller.clone());
+                let filter: crate::watch::Filter = Arc::new(move |event: &WatchEvent| {
+                    auth.authorize(&watcher, Action::Watch, &event.lease.resource)
+                        .is_ok()
+                });
+                self.locks
+                    .watch_filtered(&caller.principal, selection, filter)?
+            }
         };
-        self.permit(&caller, Action::Watch, scope)?;
-        let events = self.locks.watch(&caller.principal, selection)?;
         let stream = events.map(move |item| {
             item.map(|event| event_to_pb(&event, &caller))
                 .map_err(Status::from)

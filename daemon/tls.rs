@@ -100,10 +100,21 @@ pub enum IdentitySource {
     /// The subject's common name (default).
     #[default]
     Cn,
-    /// The first DNS subject alternative name.
+    /// The DNS subject alternative name.
     DnsSan,
-    /// The first URI subject alternative name (e.g. a SPIFFE id).
+    /// The URI subject alternative name (e.g. a SPIFFE id).
     UriSan,
+}
+
+impl IdentitySource {
+    /// The name used in the configuration (`[auth] identity`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cn => "cn",
+            Self::DnsSan => "dns_san",
+            Self::UriSan => "uri_san",
+        }
+    }
 }
 
 /// Paths of the server's certificate, key and (for mutual TLS) client CA.
@@ -281,7 +292,7 @@ pub fn ensure_dev_pki(dev: &DevTls, client_identity: &str) -> Result<TlsFiles, T
 pub fn dev_client_identity(dev: &DevTls) -> Option<String> {
     let pem = std::fs::read(dev.client_cert()).ok()?;
     let der = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
-    identity_from_der(der.as_ref(), IdentitySource::Cn)
+    identity_from_der(der.as_ref(), IdentitySource::Cn).ok()
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
@@ -327,8 +338,8 @@ pub struct IdentityCache {
 /// A certificate's length and last [`TAIL`] bytes.
 type CertificateTail = (usize, [u8; TAIL]);
 
-/// A certificate and its identity.
-type Remembered = (Box<[u8]>, Option<String>);
+/// A certificate and its identity (or why it has none).
+type Remembered = (Box<[u8]>, Result<String, String>);
 
 /// Bytes of the certificate's end that key the cache.
 const TAIL: usize = 64;
@@ -338,7 +349,7 @@ const IDENTITY_CACHE_SIZE: usize = 4096;
 
 impl IdentityCache {
     /// [`identity_from_der`], remembered.
-    pub fn identity(&self, der: &[u8], source: IdentitySource) -> Option<String> {
+    pub fn identity(&self, der: &[u8], source: IdentitySource) -> Result<String, String> {
         let mut tail = [0; TAIL];
         let end = &der[der.len().saturating_sub(TAIL)..];
         tail[..end.len()].copy_from_slice(end);
@@ -367,29 +378,56 @@ impl IdentityCache {
     }
 }
 
-/// The principal named by a DER client certificate, per `source`.
-pub fn identity_from_der(der: &[u8], source: IdentitySource) -> Option<String> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    match source {
+/// The principal named by a DER client certificate, per `source`, or why
+/// there is none. A certificate that names several candidates (two CNs, two
+/// DNS or URI SANs) is refused as ambiguous: which one a verifier picks is a
+/// choice an attacker with a permissive issuer could steer.
+pub fn identity_from_der(der: &[u8], source: IdentitySource) -> Result<String, String> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|_| "the client certificate cannot be parsed")?;
+    let candidates: Vec<String> = match source {
         IdentitySource::Cn => cert
             .subject()
             .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map(str::to_string),
+            .map(|cn| {
+                cn.as_str()
+                    .map(str::to_string)
+                    .map_err(|_| "the client certificate's CN is not a string")
+            })
+            .collect::<Result<_, _>>()?,
         IdentitySource::DnsSan | IdentitySource::UriSan => {
-            let san = cert.subject_alternative_name().ok().flatten()?;
-            san.value
-                .general_names
-                .iter()
-                .find_map(|name| match (name, source) {
-                    (GeneralName::DNSName(dns), IdentitySource::DnsSan) => Some(dns.to_string()),
-                    (GeneralName::URI(uri), IdentitySource::UriSan) => Some(uri.to_string()),
-                    _ => None,
-                })
+            let san = cert
+                .subject_alternative_name()
+                .map_err(|_| "the client certificate's subject alternative names are malformed")?;
+            san.map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match (name, source) {
+                        (GeneralName::DNSName(dns), IdentitySource::DnsSan) => {
+                            Some(dns.to_string())
+                        }
+                        (GeneralName::URI(uri), IdentitySource::UriSan) => Some(uri.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
         }
+    };
+    match candidates.as_slice() {
+        [one] if !one.is_empty() => Ok(one.clone()),
+        [] | [_] => Err(format!(
+            "the client certificate has no {} identity",
+            source.as_str()
+        )),
+        several => Err(format!(
+            "the client certificate names {} {} identities ({}): ambiguous, refused",
+            several.len(),
+            source.as_str(),
+            several.join(", ")
+        )),
     }
-    .filter(|id| !id.is_empty())
 }
 
 #[cfg(test)]
@@ -467,20 +505,41 @@ mod tests {
         let der = cert.der().as_ref();
         assert_eq!(
             identity_from_der(der, IdentitySource::Cn).as_deref(),
-            Some("team-a")
+            Ok("team-a")
         );
         assert_eq!(
             identity_from_der(der, IdentitySource::DnsSan).as_deref(),
-            Some("svc.example.com")
+            Ok("svc.example.com")
         );
         assert_eq!(
             identity_from_der(der, IdentitySource::UriSan).as_deref(),
-            Some("spiffe://example.org/ns/ci/sa/deployer")
+            Ok("spiffe://example.org/ns/ci/sa/deployer")
         );
-        assert_eq!(
-            identity_from_der(b"not a certificate", IdentitySource::Cn),
-            None
-        );
+        assert!(identity_from_der(b"not a certificate", IdentitySource::Cn).is_err());
+    }
+
+    #[test]
+    fn several_candidate_identities_are_ambiguous() {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec![
+            "alice.example.com".to_string(),
+            "admin.example.com".to_string(),
+        ])
+        .expect("params");
+        // rcgen keeps one value per attribute type; the CN's OID as a
+        // custom type adds a second CN.
+        params.distinguished_name.push(DnType::CommonName, "alice");
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 3]), "admin");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = cert.der().as_ref();
+        for source in [IdentitySource::Cn, IdentitySource::DnsSan] {
+            let refused = identity_from_der(der, source).expect_err("ambiguous");
+            assert!(refused.contains("ambiguous"), "{refused}");
+        }
+        let refused = identity_from_der(der, IdentitySource::UriSan).expect_err("none");
+        assert!(refused.contains("no uri_san identity"), "{refused}");
     }
 
     fn certificate(cn: &str) -> Vec<u8> {
@@ -498,12 +557,12 @@ mod tests {
             for (cert, name) in certs.iter().zip(["alice", "bob", "carol"]) {
                 assert_eq!(
                     cache.identity(cert, IdentitySource::Cn).as_deref(),
-                    Some(name)
+                    Ok(name)
                 );
             }
         }
-        assert_eq!(cache.identity(b"junk", IdentitySource::Cn), None);
-        assert_eq!(cache.identity(b"junk", IdentitySource::Cn), None);
+        assert!(cache.identity(b"junk", IdentitySource::Cn).is_err());
+        assert!(cache.identity(b"junk", IdentitySource::Cn).is_err());
     }
 
     #[test]
@@ -512,17 +571,17 @@ mod tests {
         let real = certificate("alice");
         assert_eq!(
             cache.identity(&real, IdentitySource::Cn).as_deref(),
-            Some("alice")
+            Ok("alice")
         );
         // Same length and same last bytes (the cache's bucket), different
         // certificate: it must not borrow alice's identity.
         let mut forged = vec![0; real.len()];
         let tail = real.len() - TAIL;
         forged[tail..].copy_from_slice(&real[tail..]);
-        assert_eq!(cache.identity(&forged, IdentitySource::Cn), None);
+        assert!(cache.identity(&forged, IdentitySource::Cn).is_err());
         assert_eq!(
             cache.identity(&real, IdentitySource::Cn).as_deref(),
-            Some("alice")
+            Ok("alice")
         );
     }
 
@@ -531,7 +590,7 @@ mod tests {
         let cache = IdentityCache::default();
         for n in 0..(IDENTITY_CACHE_SIZE + 10) {
             let der = format!("not a certificate {n}");
-            assert_eq!(cache.identity(der.as_bytes(), IdentitySource::Cn), None);
+            assert!(cache.identity(der.as_bytes(), IdentitySource::Cn).is_err());
         }
         let seen = cache.seen.lock().expect("lock");
         assert!(seen.len() <= IDENTITY_CACHE_SIZE, "{}", seen.len());

@@ -25,7 +25,21 @@ fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
             "{field} contains the control character {c:?}"
         )));
     }
+    if let Some(c) = value.chars().find(|&c| is_bidi_control(c)) {
+        return Err(Error::invalid(format!(
+            "{field} contains the bidirectional control U+{:04X}, which can make text display \
+             differently from what it is",
+            u32::from(c)
+        )));
+    }
     Ok(())
+}
+
+/// Unicode's explicit bidirectional formatting characters (UAX #9): marks,
+/// embeddings, overrides and isolates. In a name they can make `prod/db`
+/// and another resource look alike in a terminal or an audit log.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Longest wait id, in bytes.
@@ -54,7 +68,7 @@ pub fn wait_id(id: &str) -> Result<Option<&str>, Error> {
 }
 
 /// A resource name: UTF-8 (guaranteed by protobuf), 1–512 bytes, no control
-/// characters.
+/// characters and no bidirectional controls (as for every text field).
 pub fn resource(name: &str) -> Result<&str, Error> {
     if name.is_empty() {
         return Err(Error::invalid("resource is empty"));
@@ -195,6 +209,9 @@ mod tests {
             ("", "empty"),
             ("a\nb", "control"),
             ("a\u{7f}", "control"),
+            ("prod/\u{202E}bd", "bidirectional"),
+            ("a\u{2066}b", "bidirectional"),
+            ("a\u{200F}", "bidirectional"),
             ("a\tb", "control"),
         ] {
             let msg = resource(bad).expect_err(bad).to_string();

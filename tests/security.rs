@@ -33,6 +33,7 @@ impl Pki {
         let ca_cert = ca.self_signed(&ca_key).expect("ca");
         let issuer = Issuer::new(ca, &ca_key);
         write(&dir.join("ca.crt"), &ca_cert.pem());
+        write(&dir.join("ca.key"), &ca_key.serialize_pem());
         let server_key = KeyPair::generate().expect("key");
         let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("params")
@@ -51,6 +52,34 @@ impl Pki {
         Self {
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// Issues `file`.crt/.key with the common names `cns` (in order) and
+    /// the DNS names `dns`, signed by this CA.
+    fn issue(&self, file: &str, cns: &[&str], dns: &[&str]) {
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("ca.key")).expect("ca key"))
+                .expect("ca key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let issuer = Issuer::new(ca, &ca_key);
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        // rcgen keeps one value per attribute type: further CNs go in
+        // under the CN's OID as a custom type.
+        for (n, cn) in cns.iter().enumerate() {
+            let kind = match n {
+                0 => DnType::CommonName,
+                _ => DnType::CustomDnType(vec![2, 5, 4, 3]),
+            };
+            params.distinguished_name.push(kind, *cn);
+        }
+        let cert = params.signed_by(&key, &issuer).expect("client cert");
+        write(&self.dir.join(format!("{file}.crt")), &cert.pem());
+        write(&self.dir.join(format!("{file}.key")), &key.serialize_pem());
     }
 
     fn identity(&self, name: &str) -> Identity {
@@ -732,5 +761,275 @@ async fn state_is_private_and_shared_keys_or_stores_are_refused() {
     assert!(
         err.contains(&format!("chmod 600 {}", store.display())),
         "{err}"
+    );
+}
+
+/// A daemon whose rules hide things: everyone is denied `secret/**`; carol
+/// may see `team-a/*` only (one level); ops is an administrator.
+async fn hiding_daemon(dir: &Path) -> (TestDaemon, Pki) {
+    let pki = Pki::new(dir, &["alice", "carol", "ops"]);
+    let d = dir.display();
+    let config = format!(
+        r#"
+        [tls]
+        cert = "{d}/server.crt"
+        key = "{d}/server.key"
+        client_ca = "{d}/ca.crt"
+        [audit]
+        path = "{d}/audit.log"
+        [auth]
+        admins = ["ops"]
+        default = "allow"
+        [[auth.rules]]
+        principals = ["*"]
+        resources = ["secret/**"]
+        actions = ["*"]
+        effect = "deny"
+        [[auth.rules]]
+        principals = ["carol"]
+        resources = ["team-a/*"]
+        actions = ["read", "list", "watch"]
+        [[auth.rules]]
+        principals = ["carol"]
+        resources = ["**"]
+        actions = ["*"]
+        effect = "deny"
+        [backends.main]
+        type = "memory"
+        "#
+    );
+    (TestDaemon::start_in(&config, false, dir).await, pki)
+}
+
+async fn mtls_client(daemon: &TestDaemon, pki: &Pki, name: &str) -> LockServiceClient<Channel> {
+    let ca = std::fs::read(pki.dir.join("ca.crt")).expect("ca");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost")
+        .identity(pki.identity(name));
+    let channel = Endpoint::from_shared(format!("https://{}", daemon.addr))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    LockServiceClient::new(channel)
+}
+
+/// Every page of `prefix` as `client` sees it, `page_size` at a time; the
+/// resources, and the names the page tokens carry.
+async fn list_all(
+    client: &mut LockServiceClient<Channel>,
+    prefix: &str,
+    page_size: u32,
+) -> (Vec<String>, Vec<String>) {
+    let (mut seen, mut tokens) = (Vec::new(), Vec::new());
+    let mut page_token = String::new();
+    for _ in 0..100 {
+        let page = client
+            .list(pb::ListRequest {
+                prefix: prefix.to_string(),
+                page_size,
+                page_token: page_token.clone(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        seen.extend(page.leases.into_iter().map(|l| l.resource));
+        if page.next_page_token.is_empty() {
+            return (seen, tokens);
+        }
+        let named = hex::decode(&page.next_page_token).expect("hex token");
+        tokens.push(String::from_utf8(named).expect("utf-8 token"));
+        page_token = page.next_page_token;
+    }
+    panic!("list of {prefix:?} never ended");
+}
+
+#[tokio::test]
+async fn list_and_watch_show_only_what_the_caller_may_see() {
+    use tokio_stream::StreamExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, pki) = hiding_daemon(dir.path()).await;
+    let mut ops = mtls_client(&daemon, &pki, "ops").await;
+    let held = [
+        "public/a",
+        "secret/x",
+        "secret/y",
+        "secret/z/deep",
+        "team-a/x",
+        "team-a/x/y",
+    ];
+    for resource in held {
+        let granted = ops.acquire(acquire(resource)).await.expect("acquire");
+        assert!(granted.into_inner().acquired, "{resource}");
+    }
+    let all = list_all(&mut ops, "", 100).await.0;
+    assert_eq!(all, held, "an administrator sees everything");
+
+    let mut alice = mtls_client(&daemon, &pki, "alice").await;
+    let visible = ["public/a", "team-a/x", "team-a/x/y"];
+    for page_size in [1, 2, 100] {
+        let (seen, tokens) = list_all(&mut alice, "", page_size).await;
+        assert_eq!(seen, visible, "page size {page_size}");
+        for token in tokens {
+            assert!(
+                visible.contains(&token.as_str()),
+                "a page token names a hidden lease: {token:?}"
+            );
+        }
+    }
+    for prefix in ["secret", "secret/", "secret/z/"] {
+        assert_eq!(
+            list_all(&mut alice, prefix, 100).await.0,
+            Vec::<String>::new()
+        );
+    }
+
+    let mut carol = mtls_client(&daemon, &pki, "carol").await;
+    assert_eq!(
+        list_all(&mut carol, "", 1).await.0,
+        ["team-a/x"],
+        "team-a/* does not reveal team-a/x/y"
+    );
+    assert_eq!(list_all(&mut carol, "team-a/", 100).await.0, ["team-a/x"]);
+
+    // One resource the caller may not watch is refused; a prefix is filtered.
+    let refused = alice
+        .watch(pb::WatchRequest {
+            resource: "secret/x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("watch of a hidden resource");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let mut events = alice
+        .watch(pb::WatchRequest::default())
+        .await
+        .expect("watch everything")
+        .into_inner();
+    // Wait until the watch reports something, then change a hidden and a
+    // visible resource, then a marker after both: everything up to the
+    // marker must be visible.
+    let mut round = 0;
+    loop {
+        round += 1;
+        assert!(round < 50, "the watch never reported anything");
+        let resource = format!("public/ping-{round}");
+        let lease = ops
+            .acquire(acquire(&resource))
+            .await
+            .expect("ping")
+            .into_inner()
+            .lease
+            .expect("granted");
+        ops.release(pb::ReleaseRequest {
+            resource,
+            lease_id: lease.lease_id,
+        })
+        .await
+        .expect("release ping");
+        if let Ok(first) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+            let resource = first
+                .expect("stream open")
+                .expect("event")
+                .lease
+                .expect("lease")
+                .resource;
+            assert!(
+                !resource.starts_with("secret/"),
+                "the watch reported a hidden resource: {resource}"
+            );
+            break;
+        }
+    }
+    for resource in ["secret/new", "public/b", "zzz/marker"] {
+        ops.acquire(acquire(resource)).await.expect("acquire");
+    }
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("the marker's event in time")
+            .expect("stream open")
+            .expect("event");
+        let resource = event.lease.expect("lease").resource;
+        assert!(
+            !resource.starts_with("secret/"),
+            "the watch reported a hidden resource: {resource}"
+        );
+        if resource == "zzz/marker" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_or_unprintable_certificate_identities_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, pki) = hiding_daemon(dir.path()).await;
+    // Two CNs: which one is "the" name is the verifier's guess; an issuer
+    // that lets a requester add one would let alice act as ops.
+    pki.issue("two-cns", &["alice", "ops"], &[]);
+    pki.issue("bidi", &["ops\u{202E}x"], &[]);
+    pki.issue("control", &["ops\nx"], &[]);
+    for (file, words) in [
+        ("two-cns", "ambiguous"),
+        ("bidi", "bidirectional"),
+        ("control", "control character"),
+    ] {
+        let mut client = mtls_client(&daemon, &pki, file).await;
+        let refused = client
+            .acquire(acquire("public/cert"))
+            .await
+            .expect_err(file);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{file}: {refused:?}");
+        assert!(
+            refused.message().contains(words),
+            "{file}: {}",
+            refused.message()
+        );
+    }
+    let mut alice = mtls_client(&daemon, &pki, "alice").await;
+    assert!(
+        alice
+            .acquire(acquire("public/cert"))
+            .await
+            .expect("one CN")
+            .into_inner()
+            .acquired
+    );
+}
+
+#[tokio::test]
+async fn bidirectional_controls_are_refused_in_names_reasons_and_principals() {
+    let daemon = TestDaemon::start(MEMORY, true).await;
+    let mut client = daemon.client().await;
+    let lookalike = |field: &str| {
+        let mut req = acquire("prod/db");
+        match field {
+            "resource" => req.resource = "prod/\u{202E}bd".into(),
+            "reason" => req.reason = "deploy \u{2066}v2\u{2069}".into(),
+            _ => req.principal = "ali\u{200F}ce".into(),
+        }
+        req
+    };
+    for field in ["resource", "reason", "principal"] {
+        let refused = client.acquire(lookalike(field)).await.expect_err(field);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            refused.message().contains(field) && refused.message().contains("bidirectional"),
+            "{field}: {}",
+            refused.message()
+        );
+    }
+    // Right-to-left text itself is a name like any other.
+    assert!(
+        client
+            .acquire(acquire("deploy/\u{05E9}\u{05DC}\u{05D5}\u{05DD}"))
+            .await
+            .expect("Hebrew letters")
+            .into_inner()
+            .acquired
     );
 }
