@@ -1,11 +1,20 @@
 //! The audit log: one JSON line per acquire, contention, renew, release,
 //! force-release, expiry noticed and denial. Lease ids appear only as a short
-//! hash, never in full.
+//! hash, never in full. On a daemon that authenticates nobody, every line
+//! says that its principals were only declared (`"principal_declared":
+//! true`), as does a refused caller's declared name everywhere.
+//!
+//! Requests never wait for the sink: lines go through a bounded queue, and
+//! when a stalled sink has let it fill, further lines are dropped, counted
+//! (`stormlock_audit_lines_dropped`) and reported in the log.
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -45,6 +54,10 @@ struct Record<'a> {
     /// Free detail (TTL, whether a release found its lease…).
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    /// The principals of this line were declared by the caller, not proven
+    /// by a certificate or a token.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    principal_declared: bool,
 }
 
 impl<'a> Record<'a> {
@@ -179,6 +192,7 @@ impl<'a> Record<'a> {
                     event: "unauthenticated",
                     principal: declared,
                     detail: Some(detail.clone()),
+                    principal_declared: true,
                     ..Record::default()
                 },
                 None,
@@ -195,10 +209,13 @@ struct Line<'a> {
     record: &'a Record<'a>,
 }
 
-/// How many encoded lines may wait for the writer before `record` waits for
-/// it in turn (a stalled disk then slows requests rather than losing lines or
-/// growing without bound).
+/// How many encoded lines may wait for the writer; past it, lines are
+/// dropped and counted rather than making requests wait for a stalled sink.
 const QUEUE_LINES: usize = 8192;
+
+/// How long [`Audit::flush`] waits for a stalled sink before giving up (at
+/// shutdown, a sink that never drains must not hold the daemon forever).
+const FLUSH_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How long the writer waits, once a line has arrived, for others to join
 /// it before writing. While it waits, requests hand over their lines without
@@ -216,10 +233,16 @@ enum Message {
 /// Requests encode their line and hand it to a writer thread, which gives
 /// others [`LINGER`] to join the first, writes whatever has queued and then
 /// flushes once: one `write` (and one thread wake-up) per batch rather than
-/// per line, and never a file write on a request's path.
+/// per line, and never a file write (nor a wait for one) on a request's path.
 pub struct Audit {
     /// `None`: discard.
     queue: Option<mpsc::SyncSender<Message>>,
+    /// Every principal is only declared (a daemon that authenticates nobody).
+    declared: bool,
+    /// Lines dropped because the queue was full.
+    dropped: Counter,
+    /// Dropping now (reported once per burst).
+    dropping: AtomicBool,
 }
 
 impl Audit {
@@ -244,20 +267,46 @@ impl Audit {
 
     /// Writes to `sink` from a writer thread.
     pub fn to_sink(sink: Box<dyn Write + Send>) -> std::io::Result<Self> {
-        let (queue, lines) = mpsc::sync_channel(QUEUE_LINES);
+        Self::to_sink_queued(sink, QUEUE_LINES)
+    }
+
+    fn to_sink_queued(sink: Box<dyn Write + Send>, lines: usize) -> std::io::Result<Self> {
+        let (queue, received) = mpsc::sync_channel(lines);
         std::thread::Builder::new()
             .name("stormlock-audit".into())
-            .spawn(move || write_lines(sink, lines))?;
-        Ok(Self { queue: Some(queue) })
+            .spawn(move || write_lines(sink, received))?;
+        Ok(Self {
+            queue: Some(queue),
+            ..Self::discard()
+        })
     }
 
     /// An audit log that discards everything (benchmarks, unit tests).
     pub fn discard() -> Self {
-        Self { queue: None }
+        Self {
+            queue: None,
+            declared: false,
+            dropped: Counter::default(),
+            dropping: AtomicBool::new(false),
+        }
     }
 
-    /// Queues one line for the writer. A failing sink is reported through
-    /// the log and does not fail the request.
+    /// Marks every line's principals as declared: for a daemon that
+    /// authenticates nobody.
+    pub fn principals_declared(mut self, declared: bool) -> Self {
+        self.declared = declared;
+        self
+    }
+
+    /// Counts dropped lines in `counter` (the metrics' own).
+    pub fn count_dropped_in(mut self, counter: Counter) -> Self {
+        self.dropped = counter;
+        self
+    }
+
+    /// Queues one line for the writer, never waiting for it: when the queue
+    /// is full (a stalled sink), the line is dropped and counted. A failing
+    /// sink is reported through the log and does not fail the request.
     pub fn record(&self, event: &LockEvent) {
         let Some(queue) = &self.queue else {
             return;
@@ -265,7 +314,8 @@ impl Audit {
         let time = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default();
-        for record in Record::of(event) {
+        for mut record in Record::of(event) {
+            record.principal_declared |= self.declared;
             let mut line = match serde_json::to_vec(&Line {
                 time: &time,
                 record: &record,
@@ -277,21 +327,64 @@ impl Audit {
                 }
             };
             line.push(b'\n');
-            if queue.send(Message::Line(line)).is_err() {
-                tracing::error!("the audit writer has stopped; an audit line was lost");
+            match queue.try_send(Message::Line(line)) {
+                Ok(()) => {
+                    if self.dropping.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            dropped_so_far = self.dropped.get(),
+                            "the audit log keeps up again"
+                        );
+                    }
+                }
+                Err(mpsc::TrySendError::Full(_)) => {
+                    self.dropped.inc();
+                    if !self.dropping.swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            queued = QUEUE_LINES,
+                            "the audit log's sink is not keeping up: dropping audit lines \
+                             (counted in stormlock_audit_lines_dropped) until it does"
+                        );
+                    }
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    self.dropped.inc();
+                    tracing::error!("the audit writer has stopped; an audit line was lost");
+                }
             }
         }
     }
 
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
     /// Blocks until every line recorded before the call is written and
-    /// flushed to the sink (at shutdown; tests).
+    /// flushed to the sink (at shutdown; tests), or [`FLUSH_PATIENCE`] has
+    /// passed with the sink stalled.
     pub fn flush(&self) {
         let Some(queue) = &self.queue else {
             return;
         };
         let (done, wait) = mpsc::sync_channel(1);
-        if queue.send(Message::Flush(done)).is_ok() {
-            let _ = wait.recv();
+        let deadline = Instant::now() + FLUSH_PATIENCE;
+        let mut flush = Message::Flush(done);
+        loop {
+            match queue.try_send(flush) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(back)) if Instant::now() < deadline => {
+                    flush = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    tracing::error!("the audit log's sink is stalled; not all lines were written");
+                    return;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if wait.recv_timeout(left).is_err() {
+            tracing::error!("the audit log's sink is stalled; not all lines were written");
         }
     }
 }
@@ -530,6 +623,66 @@ mod tests {
         go.send(()).expect("writer waiting");
         audit.flush();
         assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A sink that says when a write starts, then blocks until told to go on.
+    struct Stalled {
+        entered: mpsc::Sender<()>,
+        go: mpsc::Receiver<()>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            let _ = self.go.recv();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_sink_drops_and_counts_lines_instead_of_blocking() {
+        let (entered, writing) = mpsc::channel();
+        let (go, wait) = mpsc::channel();
+        let audit = Audit::to_sink_queued(Box::new(Stalled { entered, go: wait }), 4)
+            .expect("writer thread");
+        audit.record(&event(0));
+        writing.recv().expect("the writer is in the sink");
+        // The writer is stuck: four lines fit in the queue, the rest are
+        // dropped, and `record` never waits.
+        for n in 1..=100 {
+            audit.record(&event(n));
+        }
+        assert_eq!(audit.dropped(), 96);
+        drop(go);
+        audit.flush();
+        audit.record(&event(101));
+        assert_eq!(audit.dropped(), 96, "nothing dropped once it keeps up");
+    }
+
+    #[test]
+    fn declared_principals_are_marked() {
+        let sink = Shared::default();
+        let audit = Audit::to_sink(Box::new(sink.clone()))
+            .expect("writer thread")
+            .principals_declared(true);
+        audit.record(&event(1));
+        audit.flush();
+        let authenticating = Audit::to_sink(Box::new(sink.clone())).expect("writer thread");
+        authenticating.record(&event(2));
+        authenticating.record(&LockEvent::Unauthenticated {
+            declared: "ops".to_string(),
+            detail: "no client certificate or bearer token".to_string(),
+        });
+        authenticating.flush();
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["principal_declared"], true);
+        assert!(lines[1].get("principal_declared").is_none(), "{}", lines[1]);
+        assert_eq!(lines[2]["event"], "unauthenticated");
+        assert_eq!(lines[2]["principal_declared"], true);
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub struct Metrics {
     waiters: Gauge,
     watches: Gauge,
     limit_refusals: Family<LimitLabels, Counter>,
+    audit_dropped: Counter,
     backend_duration: HistogramFamily<BackendLabels>,
     backend_errors: Family<BackendErrorLabels, Counter>,
     backend_up: Family<BackendNameLabels, Gauge>,
@@ -157,6 +158,12 @@ impl Metrics {
             "Calls refused with RESOURCE_EXHAUSTED by a [limits] limit, by limit",
             limit_refusals.clone(),
         );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "stormlock_audit_lines_dropped",
+            "Audit lines dropped because the audit log's sink did not keep up",
+            audit_dropped.clone(),
+        );
         let backend_duration: HistogramFamily<BackendLabels> =
             Family::new_with_constructor(|| Histogram::new(BACKEND_BUCKETS));
         // Its count per operation is also the number of engine calls (the
@@ -194,6 +201,7 @@ impl Metrics {
             waiters,
             watches,
             limit_refusals,
+            audit_dropped,
             backend_duration,
             backend_errors,
             backend_up,
@@ -304,6 +312,11 @@ impl Metrics {
         self.limit_refusals
             .get_or_create(&LimitLabels { limit: limit.key() })
             .inc();
+    }
+
+    /// The counter of dropped audit lines, for the audit writer.
+    pub fn audit_lines_dropped(&self) -> Counter {
+        self.audit_dropped.clone()
     }
 
     /// The registry in the OpenMetrics text format.

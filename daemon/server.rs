@@ -106,6 +106,15 @@ impl Settings {
         let require_credentials = mutual_tls_configured
             || !config.auth.tokens.is_empty()
             || (config.tls.is_none() && !insecure);
+        if insecure && config.tls.is_none() && !config.auth.tokens.is_empty() {
+            return Err(ServerError::Refused(
+                "[[auth.tokens]] configured on a plain-text listener (--insecure): bearer tokens \
+                 would cross the network readable by anyone on the path; serve TLS ([tls] cert \
+                 and key, or drop --insecure on a loopback address for the development \
+                 certificates), or remove the tokens"
+                    .to_string(),
+            ));
+        }
         if !require_credentials {
             refuse_rights_nobody_can_prove(&config)?;
         }
@@ -159,15 +168,20 @@ fn refuse_rights_nobody_can_prove(config: &Config) -> Result<(), ServerError> {
     if configured.is_empty() {
         return Ok(());
     }
-    let why = if config.insecure {
-        "it serves plain text (--insecure) and has no [[auth.tokens]]"
+    let (why, remedy) = if config.insecure {
+        (
+            "it serves plain text (--insecure), where neither certificates nor tokens can work",
+            "serve TLS with [tls] client_ca (mutual TLS) or [[auth.tokens]] (stormlockd new-token)",
+        )
     } else {
-        "its TLS has no [tls] client_ca and it has no [[auth.tokens]]"
+        (
+            "its TLS has no [tls] client_ca and it has no [[auth.tokens]]",
+            "add [tls] client_ca (mutual TLS) or [[auth.tokens]] (stormlockd new-token)",
+        )
     };
     Err(ServerError::Refused(format!(
         "{} configured, but this daemon authenticates nobody ({why}), so any caller could \
-         claim any name: add [tls] client_ca (mutual TLS) or [[auth.tokens]] (stormlockd \
-         new-token), or remove {}",
+         claim any name: {remedy}, or remove {}",
         configured.join(" and "),
         if configured.len() == 1 { "it" } else { "them" }
     )))
@@ -189,7 +203,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
-    let audit = open_audit(&settings.config)?;
+    let audit = open_audit(&settings, &metrics)?;
     let core = start_core(&settings, &metrics, audit.clone()).await?;
     let stop = Stop::new();
     let health = start_health(&core, &metrics, settings.health_interval, &stop).await;
@@ -269,13 +283,19 @@ impl Stop {
     }
 }
 
-/// Step 1: the audit sink.
-fn open_audit(config: &Config) -> Result<Arc<Audit>, ServerError> {
+/// Step 1: the audit sink; its lines mark declared principals on a daemon
+/// that authenticates nobody, and lines it must drop are counted.
+fn open_audit(settings: &Settings, metrics: &Metrics) -> Result<Arc<Audit>, ServerError> {
+    let config = &settings.config;
     let audit = Audit::open(&config.audit).map_err(|e| {
         let path = config.audit.path.as_deref().unwrap_or(Path::new("-"));
         ServerError::Refused(format!("cannot open the audit log {}: {e}", path.display()))
     })?;
-    Ok(Arc::new(audit))
+    Ok(Arc::new(
+        audit
+            .principals_declared(!settings.auth.require_credentials)
+            .count_dropped_in(metrics.audit_lines_dropped()),
+    ))
 }
 
 /// The lock core and what feeds it.

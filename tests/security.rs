@@ -533,6 +533,15 @@ async fn audit_lines_record_every_event_without_lease_ids() {
         .find(|e| e["event"] == "acquire")
         .expect("acquire event");
     assert_eq!(acquire["principal"], "team-a");
+    assert!(
+        acquire.get("principal_declared").is_none(),
+        "a certificate proved it: {acquire}"
+    );
+    let refused = events
+        .iter()
+        .find(|e| e["event"] == "unauthenticated")
+        .expect("refused token");
+    assert_eq!(refused["principal_declared"], true, "{refused}");
     assert_eq!(acquire["resource"], "team-a/audit");
     assert_eq!(acquire["fence"], lease.fence);
     assert!(acquire["time"].as_str().is_some_and(|t| t.ends_with('Z')));
@@ -673,15 +682,27 @@ fn rights_are_refused_on_a_daemon_that_authenticates_nobody() {
     // Unauthenticated but with no rights to claim: allowed (and warned about).
     resolve(&format!("insecure = true\n{MEMORY}"), dir.path()).expect("plain text");
     resolve(&server(""), dir.path()).expect("TLS without client CA");
-    // With tokens, callers are authenticated: rights are fine.
-    resolve(
-        &format!(
-            "insecure = true\n{MEMORY}[auth]\nadmins = [\"ops\"]\n[[auth.tokens]]\nprincipal = \"ops\"\nsha256 = \"{}\"\n",
+    // With tokens over TLS, callers are authenticated: rights are fine.
+    let tokens = format!(
+        "[auth]\nadmins = [\"ops\"]\n[[auth.tokens]]\nprincipal = \"ops\"\nsha256 = \"{}\"\n",
+        stormlockd::auth::hash_token(CI_TOKEN)
+    );
+    resolve(&server(&tokens), dir.path()).expect("tokens authenticate");
+    // Over plain text a token would cross the network readable: refused,
+    // rights or not.
+    for config in [
+        format!("insecure = true\n{MEMORY}{tokens}"),
+        format!(
+            "insecure = true\n{MEMORY}[[auth.tokens]]\nprincipal = \"ci\"\nsha256 = \"{}\"\n",
             stormlockd::auth::hash_token(CI_TOKEN)
         ),
-        dir.path(),
-    )
-    .expect("tokens authenticate");
+    ] {
+        let err = resolve(&config, dir.path()).expect_err("tokens over plain text");
+        assert!(
+            err.contains("[[auth.tokens]]") && err.contains("plain-text"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -1031,5 +1052,44 @@ async fn bidirectional_controls_are_refused_in_names_reasons_and_principals() {
             .expect("Hebrew letters")
             .into_inner()
             .acquired
+    );
+}
+
+#[tokio::test]
+async fn audit_lines_mark_names_that_were_only_declared() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.log");
+    let config = format!(
+        "{MEMORY}[audit]\npath = {:?}\n",
+        audit.display().to_string()
+    );
+    // Plain text, no tokens: the daemon authenticates nobody.
+    let daemon = TestDaemon::start_in(&config, true, dir.path()).await;
+    let mut client = daemon.client().await;
+    let mut request = acquire("db/declared");
+    request.principal = "ops".into();
+    assert!(
+        client
+            .acquire(request)
+            .await
+            .expect("acquire")
+            .into_inner()
+            .acquired
+    );
+    let mut round = 0;
+    let line: serde_json::Value = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("db/declared")) {
+            break serde_json::from_str(line).expect("JSON");
+        }
+        round += 1;
+        assert!(round < 500, "no audit line for the acquisition");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["event"], "acquire");
+    assert_eq!(line["principal"], "ops");
+    assert_eq!(
+        line["principal_declared"], true,
+        "\"ops\" was claimed, not proven: {line}"
     );
 }

@@ -702,7 +702,7 @@ def test_every_render_authenticates_callers_or_warns_loudly(chart, case):
 @pytest.mark.parametrize("values, reason", [
     (NO_CLIENT_CERTS, "tls.clientAuth.enabled is false and auth.tokens is empty"),
     ({"tls": {"dangerouslyDisableTLS": True}},
-     "tls.dangerouslyDisableTLS is true, so there are no client certificates, and auth.tokens is empty"),
+     "tls.dangerouslyDisableTLS is true, so there are no client certificates, and bearer tokens are refused over plaintext"),
     (merge(NO_CLIENT_CERTS, CERT_MANAGER), "tls.clientAuth.enabled is false and auth.tokens is empty"),
     (merge(NO_CLIENT_CERTS, {"auth": {"tokens": []}}), "tls.clientAuth.enabled is false and auth.tokens is empty"),
 ])
@@ -821,13 +821,21 @@ def test_tokens_render_auth_tokens_entries(chart):
     assert "(TLS, client certificate or bearer token required)" in both.notes
 
 
-def test_tokens_over_plaintext_count_as_authentication(chart):
-    values = {"tls": {"dangerouslyDisableTLS": True},
-              "auth": {"tokens": [{"principal": "ci", "sha256Secret": {"name": "tok", "key": "sha256"}}]}}
-    rendered = render(chart, values)
-    assert rendered.config["auth"]["tokens"] == [{"principal": "ci", "sha256": "${STORMLOCK_AUTH_TOKEN_0_SHA256}"}]
-    assert "(PLAINTEXT, bearer token required)" in rendered.notes
-    assert "CALLERS ARE NOT AUTHENTICATED" not in rendered.notes
+@pytest.mark.parametrize("tokens", [
+    {"auth": {"tokens": [{"principal": "ci", "sha256Secret": {"name": "tok", "key": "sha256"}}]}},
+    {"config": {"extraToml": '[[auth.tokens]]\nprincipal = "ci"\nsha256 = "%s"\n' % ("ab" * 32)}},
+])
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_tokens_over_plaintext_are_refused(request, which, tokens):
+    """stormlockd refuses [[auth.tokens]] on a plaintext listener (a token would
+    cross the network readable); the chart says so at render time."""
+    values = merge({"tls": {"dangerouslyDisableTLS": True}}, tokens)
+    message = render_error(request.getfixturevalue(which), values)
+    assert "tls.dangerouslyDisableTLS" in message and "auth.tokens" in message
+    assert "stormlockd refuses to start" in message
+    # The opt-out does not make tokens over plaintext acceptable either.
+    optout = merge(values, {"auth": {"dangerouslyAllowUnauthenticated": True}})
+    assert "stormlockd refuses to start" in render_error(request.getfixturevalue(which), optout)
 
 
 def test_tokens_in_extra_toml_count_as_authentication(chart):

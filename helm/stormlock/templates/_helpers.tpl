@@ -131,7 +131,7 @@ tables in config.extraToml.
 bearer tokens); otherwise every caller only declares a name.
 */}}
 {{- define "stormlock.authenticates" -}}
-{{- if or (include "stormlock.mutualTLS" .) (include "stormlock.tokens" .) }}true{{ end }}
+{{- if and (not .Values.tls.dangerouslyDisableTLS) (or (include "stormlock.mutualTLS" .) (include "stormlock.tokens" .)) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -139,7 +139,7 @@ Why nothing authenticates callers, for messages.
 */}}
 {{- define "stormlock.unauthenticatedReason" -}}
 {{- if .Values.tls.dangerouslyDisableTLS -}}
-tls.dangerouslyDisableTLS is true, so there are no client certificates, and auth.tokens is empty
+tls.dangerouslyDisableTLS is true, so there are no client certificates, and bearer tokens are refused over plaintext
 {{- else -}}
 tls.clientAuth.enabled is false and auth.tokens is empty
 {{- end }}
@@ -150,7 +150,7 @@ What to set so that callers are authenticated, for messages.
 */}}
 {{- define "stormlock.authenticationRemedy" -}}
 {{- if .Values.tls.dangerouslyDisableTLS -}}
-add bearer tokens to auth.tokens ({principal, sha256} as printed by `stormlockd new-token NAME`, or {principal, sha256Secret: {name, key}}), or serve TLS (tls.dangerouslyDisableTLS: false) with tls.clientAuth.enabled: true
+serve TLS (tls.dangerouslyDisableTLS: false) with tls.clientAuth.enabled: true, or with bearer tokens in auth.tokens ({principal, sha256} as printed by `stormlockd new-token NAME`, or {principal, sha256Secret: {name, key}})
 {{- else -}}
 set tls.clientAuth.enabled: true (mutual TLS: client certificates signed by the CA in tls.clientAuth.caSecretName, default the ca.crt of the server's Secret), or add bearer tokens to auth.tokens ({principal, sha256} as printed by `stormlockd new-token NAME`, or {principal, sha256Secret: {name, key}})
 {{- end }}
@@ -327,6 +327,9 @@ hold when schema validation is skipped.
 {{- if and $t.sha256 (not (regexMatch "^[0-9a-f]{64}$" (toString $t.sha256))) }}
 {{- fail (printf "auth.tokens[%d] (principal %q): sha256 must be the token's SHA-256 as 64 lowercase hex digits (`stormlockd new-token NAME` prints it; `stormlockd hash-token` hashes an existing token), never the token itself." $i $t.principal) }}
 {{- end }}
+{{- end }}
+{{- if and .Values.tls.dangerouslyDisableTLS (include "stormlock.tokens" .) }}
+{{- fail "auth.tokens (or [[auth.tokens]] in config.extraToml) is set with tls.dangerouslyDisableTLS: bearer tokens would cross the network readable by anyone on the path, so stormlockd refuses to start this way. Serve TLS (tls.dangerouslyDisableTLS: false), or remove the tokens." }}
 {{- end }}
 {{- if not (include "stormlock.authenticates" .) }}
 {{- $admins := .Values.config.auth.admins | default list }}
