@@ -69,12 +69,34 @@ pub fn wait_id(id: &str) -> Result<Option<&str>, Error> {
 
 /// A resource name: UTF-8 (guaranteed by protobuf), 1–512 bytes, no control
 /// characters and no bidirectional controls (as for every text field).
+///
+/// Names are paths of `/`-separated parts, and each spelling is a lock of its
+/// own, so spellings that look like the same path are refused rather than
+/// letting `/deploy/prod`, `deploy//prod` and `deploy/prod/` be three locks:
+/// no leading or trailing `/`, no empty part, not only whitespace.
 pub fn resource(name: &str) -> Result<&str, Error> {
     if name.is_empty() {
         return Err(Error::invalid("resource is empty"));
     }
     text("resource", name, MAX_RESOURCE_LEN)?;
-    Ok(name)
+    if name.trim().is_empty() {
+        return Err(Error::invalid("resource is only whitespace"));
+    }
+    let shape = if name.starts_with('/') {
+        Some("starts with '/'")
+    } else if name.ends_with('/') {
+        Some("ends with '/'")
+    } else if name.contains("//") {
+        Some("has an empty part ('//')")
+    } else {
+        None
+    };
+    match shape {
+        Some(why) => Err(Error::invalid(format!(
+            "resource {name:?} {why}: names are '/'-separated paths like \"deploy/prod\""
+        ))),
+        None => Ok(name),
+    }
 }
 
 /// A prefix for List/Watch: like a resource name but may be empty.
@@ -178,7 +200,12 @@ pub fn page_token(token: &str, prefix: &str) -> Result<Option<String>, Error> {
     }
     let bytes = hex::decode(token).map_err(|_| forged())?;
     let last = String::from_utf8(bytes).map_err(|_| forged())?;
-    if !last.starts_with(prefix) || resource(&last).is_err() {
+    // Checked as text, not as a resource name: a name stored before the
+    // path rules (e.g. "/old") must not break the paging through it.
+    if last.is_empty()
+        || !last.starts_with(prefix)
+        || text("resource", &last, MAX_RESOURCE_LEN).is_err()
+    {
         return Err(forged());
     }
     Ok(Some(last))
@@ -213,6 +240,11 @@ mod tests {
             ("a\u{2066}b", "bidirectional"),
             ("a\u{200F}", "bidirectional"),
             ("a\tb", "control"),
+            ("/deploy/prod", "starts with '/'"),
+            ("deploy/prod/", "ends with '/'"),
+            ("deploy//prod", "empty part"),
+            ("/", "starts with '/'"),
+            ("   ", "only whitespace"),
         ] {
             let msg = resource(bad).expect_err(bad).to_string();
             assert!(msg.contains(why), "{bad:?}: {msg}");
