@@ -247,17 +247,20 @@ pub(crate) trait Handshake: Clone + Send + Sync + 'static {
     fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
-/// The TLS handshake. The resulting stream's connect info is tonic's
-/// `TlsConnectInfo`, so `Request::peer_certs` sees client certificates as
-/// it did when tonic did the handshake.
+/// The TLS handshake, with the configuration current at the time (its
+/// files are reloaded when they change). The resulting stream's connect
+/// info is tonic's `TlsConnectInfo`, so `Request::peer_certs` sees client
+/// certificates as it did when tonic did the handshake.
 #[derive(Clone)]
-pub(crate) struct TlsHandshake(pub(crate) tokio_rustls::TlsAcceptor);
+pub(crate) struct TlsHandshake(pub(crate) Arc<crate::tls::ReloadingTls>);
 
 impl Handshake for TlsHandshake {
     type Io = tokio_rustls::server::TlsStream<TcpStream>;
 
     async fn handshake(&self, tcp: TcpStream) -> io::Result<Self::Io> {
-        self.0.accept(tcp).await
+        tokio_rustls::TlsAcceptor::from(self.0.config())
+            .accept(tcp)
+            .await
     }
 }
 

@@ -91,6 +91,8 @@ pub struct Settings {
     pub auth: Auth,
     /// How often backends are health-checked.
     pub health_interval: Duration,
+    /// How often the TLS files are read to see whether they changed.
+    pub tls_reload_check: Duration,
 }
 
 impl Settings {
@@ -150,6 +152,7 @@ impl Settings {
             transport,
             auth,
             health_interval: Duration::from_secs(2),
+            tls_reload_check: tls::RELOAD_CHECK,
         })
     }
 }
@@ -212,6 +215,13 @@ pub async fn run(
     let health_server =
         start_health_listener(&settings.config, &health, budgets.health, &stop).await?;
     let grpc = configure_transport(&settings, &listener, budgets.api)?;
+    if let ListenerHandshake::Tls(TlsHandshake(files)) = &grpc.handshake {
+        tokio::spawn(
+            files
+                .clone()
+                .follow(settings.tls_reload_check, stop.stopped()),
+        );
+    }
     let service = LockService::new(
         core.locks.clone(),
         settings.auth.clone(),
@@ -495,7 +505,7 @@ fn configure_transport(
             // optional at the handshake; requests without either are then
             // refused per call.
             let optional = !settings.auth.tokens.is_empty();
-            let config = tls::server_config(files, optional)?;
+            let config = Arc::new(tls::ReloadingTls::load(files, optional)?);
             let mode = if files.client_ca.is_some() {
                 "mutual TLS"
             } else {
@@ -508,7 +518,7 @@ fn configure_transport(
                 handshake_timeout = ?limits.handshake_timeout,
                 "listening"
             );
-            ListenerHandshake::Tls(TlsHandshake(tokio_rustls::TlsAcceptor::from(config)))
+            ListenerHandshake::Tls(TlsHandshake(config))
         }
         Transport::Insecure => {
             warn!(addr = %local_addr(listener), max_connections, "listening in PLAIN TEXT (--insecure): anyone who can reach this address can take and break locks");

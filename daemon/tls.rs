@@ -1,12 +1,14 @@
-//! TLS for the daemon: loading configured certificates, creating the
-//! development PKI used when nothing is configured, and reading the client's
-//! identity from its certificate.
+//! TLS for the daemon: loading configured certificates (and loading them
+//! again when their files change, so a renewed certificate is served without
+//! a restart), creating the development PKI used when nothing is configured,
+//! and reading the client's identity from its certificate.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -219,6 +221,135 @@ pub fn server_config(
     })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// How often the files of a [`ReloadingTls`] are read to see whether they
+/// changed (three small files: negligible).
+pub const RELOAD_CHECK: Duration = Duration::from_secs(5);
+
+/// The gRPC listener's TLS configuration, built again from its files when
+/// their contents change: cert-manager (or any renewal) replaces the
+/// certificate, key or client CA in place, and new connections get the new
+/// ones while established connections carry on. A change that does not make
+/// a valid configuration (say the certificate was replaced but not yet its
+/// key) is logged and the previous configuration kept, until it does.
+pub struct ReloadingTls {
+    files: TlsFiles,
+    client_auth_optional: bool,
+    current: RwLock<Loaded>,
+}
+
+/// A configuration and the digest of the file contents it was built from.
+struct Loaded {
+    config: Arc<rustls::ServerConfig>,
+    digest: [u8; 32],
+}
+
+impl ReloadingTls {
+    /// Builds the configuration of `files` (see [`server_config`]).
+    pub fn load(files: &TlsFiles, client_auth_optional: bool) -> Result<Self, TlsError> {
+        let digest = files_digest(files)?;
+        let config = server_config(files, client_auth_optional)?;
+        Ok(Self {
+            files: files.clone(),
+            client_auth_optional,
+            current: RwLock::new(Loaded { config, digest }),
+        })
+    }
+
+    /// The configuration to use for the next handshake.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .clone()
+    }
+
+    /// Reads the files again: `Ok(true)` when their contents changed and
+    /// now serve; `Ok(false)` when unchanged; an error (the previous
+    /// configuration stays) when they cannot be read or do not fit together.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let digest = files_digest(&self.files)?;
+        if digest
+            == self
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .digest
+        {
+            return Ok(false);
+        }
+        let config = server_config(&self.files, self.client_auth_optional)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Loaded { config, digest };
+        Ok(true)
+    }
+
+    /// Reloads every `every` until `stop` completes, logging what changed
+    /// (with the new certificate's expiry) and what could not be loaded
+    /// (once per distinct error, so a half-replaced set is not a flood).
+    pub async fn follow(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut last_error = None;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let this = self.clone();
+            let outcome = tokio::task::spawn_blocking(move || this.reload()).await;
+            match outcome {
+                Ok(Ok(true)) => {
+                    last_error = None;
+                    tracing::info!(
+                        cert = %self.files.cert.display(),
+                        not_after = %not_after(&self.files.cert).unwrap_or_else(|| "?".into()),
+                        "TLS files changed: new connections use the new certificate"
+                    );
+                }
+                Ok(Ok(false)) => last_error = None,
+                Ok(Err(e)) => {
+                    let message = e.to_string();
+                    if last_error.as_ref() != Some(&message) {
+                        tracing::error!(error = %message, "TLS files changed but cannot be used; still serving the previous certificate");
+                        last_error = Some(message);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+            }
+        }
+    }
+}
+
+/// SHA-256 over the contents of the certificate, key and client CA files.
+fn files_digest(files: &TlsFiles) -> Result<[u8; 32], TlsError> {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for path in [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let contents = read(path)?;
+        hash.update((contents.len() as u64).to_be_bytes());
+        hash.update(&contents);
+    }
+    Ok(hash.finalize().into())
+}
+
+/// When the first certificate in `path` expires, for the log.
+fn not_after(path: &Path) -> Option<String> {
+    let pem = std::fs::read(path).ok()?;
+    let der = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.to_string())
 }
 
 /// Creates the development PKI in `dev` unless it exists: a CA, a server

@@ -1093,3 +1093,117 @@ async fn audit_lines_mark_names_that_were_only_declared() {
         "\"ops\" was claimed, not proven: {line}"
     );
 }
+
+/// Replaces `name` in `dir` with `contents` the way a Secret volume update
+/// does: written aside, then renamed over the old file.
+fn replace_file(dir: &Path, name: &str, contents: &[u8]) {
+    let aside = dir.join(format!(".{name}.new"));
+    std::fs::write(&aside, contents).expect("write");
+    std::fs::rename(&aside, dir.join(name)).expect("rename");
+}
+
+async fn mtls_channel(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    name: &str,
+) -> Result<Channel, String> {
+    let ca = std::fs::read(pki.dir.join("ca.crt")).expect("ca");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost")
+        .identity(pki.identity(name));
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(5));
+    endpoint.connect().await.map_err(|e| format!("{e:?}"))
+}
+
+/// A renewed certificate (here: a whole new CA, server certificate and
+/// client CA, as after a CA rotation) is served without a restart; the
+/// connections made before carry on.
+#[tokio::test]
+async fn renewed_tls_files_are_served_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_dir, new_dir, live) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("live"),
+    );
+    for d in [&old_dir, &new_dir, &live] {
+        std::fs::create_dir(d).expect("dir");
+    }
+    let old = Pki::new(&old_dir, &["alice"]);
+    let new = Pki::new(&new_dir, &["bob"]);
+    let files = ["ca.crt", "server.crt", "server.key"];
+    for name in files {
+        replace_file(
+            &live,
+            name,
+            &std::fs::read(old.dir.join(name)).expect("read"),
+        );
+    }
+    let l = live.display();
+    let config = format!(
+        "{MEMORY}[tls]\ncert = \"{l}/server.crt\"\nkey = \"{l}/server.key\"\nclient_ca = \"{l}/ca.crt\"\n[audit]\npath = \"/dev/null\"\n"
+    );
+    let daemon = TestDaemon::start_in(&config, false, dir.path()).await;
+    let mut before = LockServiceClient::new(
+        mtls_channel(daemon.addr, &old, "alice")
+            .await
+            .expect("the first certificate is served"),
+    );
+    assert!(
+        before
+            .acquire(acquire("tls/one"))
+            .await
+            .expect("acquire")
+            .into_inner()
+            .acquired
+    );
+    assert!(
+        mtls_channel(daemon.addr, &new, "bob").await.is_err(),
+        "the new CA is not trusted yet"
+    );
+
+    // The key first, then the rest: in between the set does not fit
+    // together, and the daemon keeps serving the old one.
+    for name in ["server.key", "server.crt", "ca.crt"] {
+        replace_file(
+            &live,
+            name,
+            &std::fs::read(new.dir.join(name)).expect("read"),
+        );
+    }
+    let mut round = 0;
+    let channel = loop {
+        if let Ok(channel) = mtls_channel(daemon.addr, &new, "bob").await {
+            break channel;
+        }
+        round += 1;
+        assert!(round < 150, "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut after = LockServiceClient::new(channel);
+    let lease = after
+        .acquire(acquire("tls/two"))
+        .await
+        .expect("a client of the new CA")
+        .into_inner()
+        .lease
+        .expect("granted");
+    assert_eq!(lease.principal, "bob");
+    assert!(
+        mtls_channel(daemon.addr, &old, "alice").await.is_err(),
+        "a new connection with the old CA's certificate is refused"
+    );
+    assert!(
+        before
+            .acquire(acquire("tls/three"))
+            .await
+            .expect("the connection made before the renewal carries on")
+            .into_inner()
+            .acquired
+    );
+}

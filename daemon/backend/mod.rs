@@ -129,6 +129,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// half-open TCP connection whose peer vanished) never fails by itself, and
 /// the daemon's `backend_timeout` cancels the call before any error could
 /// come; reused, it would make every later call on it time out too.
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) const SILENT_CONNECTION: Duration = Duration::from_millis(500);
 
 /// Serde's default for `connect_timeout` (a function, as serde wants).
