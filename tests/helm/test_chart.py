@@ -85,6 +85,17 @@ class Rendered:
         return c
 
     @property
+    def service(self) -> dict:
+        """The clients' Service (the API only)."""
+        (s,) = [s for s in self.all("Service") if not s["metadata"]["name"].endswith("-metrics")]
+        return s
+
+    @property
+    def metrics_service(self) -> dict:
+        (s,) = [s for s in self.all("Service") if s["metadata"]["name"].endswith("-metrics")]
+        return s
+
+    @property
     def config_text(self) -> str:
         return self.one("ConfigMap")["data"]["config.toml"]
 
@@ -330,15 +341,51 @@ def test_probes_can_be_disabled(chart):
     assert "livenessProbe" not in c and "startupProbe" not in c and "readinessProbe" in c
 
 
-def test_service_exposes_grpc_and_metrics_but_not_health(chart):
+def test_the_client_service_exposes_only_the_api(chart):
     rendered = render(chart, {"service": {"port": 443, "metricsPort": 9100}})
-    ports = {p["name"]: p for p in rendered.one("Service")["spec"]["ports"]}
-    assert set(ports) == {"grpc", "http-metrics"}
-    assert (ports["grpc"]["port"], ports["grpc"]["targetPort"], ports["grpc"]["appProtocol"]) == (443, "grpc", "grpc")
-    assert (ports["http-metrics"]["port"], ports["http-metrics"]["targetPort"]) == (9100, "metrics")
+    ports = {p["name"]: p for p in rendered.service["spec"]["ports"]}
+    assert set(ports) == {"grpc"}, "metrics and health stay off the clients' Service"
+    # gRPC inside TLS: a mesh must treat it as TLS, not parse it as HTTP/2.
+    assert (ports["grpc"]["port"], ports["grpc"]["targetPort"], ports["grpc"]["appProtocol"]) == (443, "grpc", "tls")
+    metrics = rendered.metrics_service
+    assert metrics["spec"]["type"] == "ClusterIP"
+    (port,) = metrics["spec"]["ports"]
+    assert (port["name"], port["port"], port["targetPort"]) == ("http-metrics", 9100, "metrics")
     container_ports = {p["name"] for p in rendered.container["ports"]}
-    assert {ports["grpc"]["targetPort"], ports["http-metrics"]["targetPort"]} <= container_ports
-    assert rendered.one("Service")["spec"]["selector"] == rendered.deployment["spec"]["selector"]["matchLabels"]
+    assert {ports["grpc"]["targetPort"], port["targetPort"]} <= container_ports
+    for service in rendered.all("Service"):
+        assert service["spec"]["selector"] == rendered.deployment["spec"]["selector"]["matchLabels"]
+    plaintext = render(chart, CASES["insecure"]).service["spec"]["ports"][0]
+    assert plaintext["appProtocol"] == "grpc"
+    # Even a LoadBalancer keeps metrics inside the cluster.
+    exposed = render(chart, {"service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"]}})
+    assert {p["name"] for p in exposed.service["spec"]["ports"]} == {"grpc"}
+    assert exposed.service["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    assert exposed.metrics_service["spec"]["type"] == "ClusterIP"
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"service": {"type": "LoadBalancer"}}, "service.loadBalancerSourceRanges"),
+    ({"service": {"type": "NodePort"}}, "NodePort cannot be limited by source"),
+])
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_an_exposed_service_needs_source_ranges_or_the_loud_value(request, which, values, words):
+    message = render_error(request.getfixturevalue(which), values)
+    assert words in message and "service.dangerouslyAllowAnySource: true" in message
+    opted_out = render(request.getfixturevalue(which), merge(values, {"service": {"dangerouslyAllowAnySource": True}}))
+    assert opted_out.service["spec"]["type"] == values["service"]["type"]
+
+
+def test_pods_keep_serving_while_endpoints_drain(chart):
+    rendered = render(chart)
+    assert rendered.container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert rendered.pod_spec["terminationGracePeriodSeconds"] > 5 + 10
+    assert "lifecycle" not in render(chart, {"lifecycle": {"preStopDelaySeconds": 0}}).container
+    message = render_error(chart, {"lifecycle": {"preStopDelaySeconds": 25}})
+    assert "terminationGracePeriodSeconds (30) must exceed lifecycle.preStopDelaySeconds (25)" in message
+    assert "at least 40" in message
+    longer = render(chart, {"lifecycle": {"preStopDelaySeconds": 25}, "terminationGracePeriodSeconds": 40})
+    assert longer.container["lifecycle"]["preStop"]["sleep"]["seconds"] == 25
 
 
 # --------------------------------------------------------------------------- security context
@@ -602,7 +649,7 @@ def test_cert_manager_certificate(chart):
     spec = cert["spec"]
     assert spec["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
     assert spec["secretName"] == rendered.volume("tls")["secret"]["secretName"]
-    fullname = rendered.one("Service")["metadata"]["name"]
+    fullname = rendered.service["metadata"]["name"]
     assert {fullname, f"{fullname}.{NAMESPACE}", f"{fullname}.{NAMESPACE}.svc",
             f"{fullname}.{NAMESPACE}.svc.cluster.local", "locks.example.internal"} == set(spec["dnsNames"])
     assert "server auth" in spec["usages"]
@@ -1134,7 +1181,7 @@ def test_the_daemon_authenticates_chart_tokens_inline_and_from_a_secret(chart, t
 def test_helm_test_pod_probes_the_service_over_tls(chart, case):
     rendered = render(chart, CASES[case])
     pod = rendered.test_pod
-    service = rendered.one("Service")
+    service = rendered.service
     (container,) = pod["spec"]["containers"]
     args = container["args"]
     fqdn = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
@@ -1172,19 +1219,23 @@ def test_optional_resources_are_off_by_default(chart):
     rendered = render(chart)
     for kind in ("ServiceMonitor", "NetworkPolicy", "HorizontalPodAutoscaler", "Certificate"):
         assert rendered.all(kind) == [], kind
+    # One replica (the embedded backend): no PodDisruptionBudget, which could
+    # only block drains.
     assert {d["kind"] for d in rendered.docs} == {
-        "ConfigMap", "Deployment", "PersistentVolumeClaim", "PodDisruptionBudget", "Pod", "Service", "ServiceAccount"}
+        "ConfigMap", "Deployment", "PersistentVolumeClaim", "Pod", "Service", "ServiceAccount"}
 
 
 def test_service_monitor_scrapes_the_metrics_port(chart):
     rendered = render(chart, CASES["embedded"])
     monitor = rendered.one("ServiceMonitor")
-    service = rendered.one("Service")
+    service = rendered.metrics_service
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "30s")
     assert all(service["metadata"]["labels"][k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    client = rendered.service
+    assert not all(client["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
 
 
 def test_network_policy(chart):
@@ -1205,11 +1256,16 @@ def test_network_policy(chart):
 
 
 def test_pod_disruption_budget(chart):
-    pdb = render(chart).one("PodDisruptionBudget")["spec"]
-    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+    assert render(chart).all("PodDisruptionBudget") == [], "one pod: nothing to keep available"
     pdb = render(chart, CASES["postgres"]).one("PodDisruptionBudget")["spec"]
     assert pdb["minAvailable"] == 1 and "maxUnavailable" not in pdb
-    assert render(chart, {"podDisruptionBudget": {"enabled": False}}).all("PodDisruptionBudget") == []
+    # Unready pods (a backend outage) can be evicted: a drain never hangs on them.
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    shared = merge(REDIS, {"replicaCount": 3})
+    pdb = render(chart, shared).one("PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+    assert render(chart, merge(REDIS, {"replicaCount": 1})).all("PodDisruptionBudget") == []
+    assert render(chart, merge(shared, {"podDisruptionBudget": {"enabled": False}})).all("PodDisruptionBudget") == []
 
 
 def test_dynamodb_uses_the_pod_identity(chart):

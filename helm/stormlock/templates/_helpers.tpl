@@ -211,6 +211,14 @@ Fully qualified DNS name of the Service.
 "true" when a backend is single-writer (embedded: one file under an exclusive
 lock; memory: one process's memory), which pins the daemon to one replica.
 */}}
+{{/*
+Pods the release runs in normal operation: 1 with a single-writer backend,
+else autoscaling's minimum or replicaCount.
+*/}}
+{{- define "stormlock.replicas" -}}
+{{- if include "stormlock.singleWriter" . }}1{{ else if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
+
 {{- define "stormlock.singleWriter" -}}
 {{- range $name, $b := .Values.backends }}
 {{- if and $b (has $b.type (list "embedded" "memory")) }}true{{ end }}
@@ -270,6 +278,18 @@ hold when schema validation is skipped.
 */}}
 {{- define "stormlock.validate" -}}
 {{- $single := include "stormlock.singleWriter" . }}
+{{- with .Values.service }}
+{{- if and (eq .type "LoadBalancer") (not .loadBalancerSourceRanges) (not .dangerouslyAllowAnySource) }}
+{{- fail "service.type is LoadBalancer with no service.loadBalancerSourceRanges: the gRPC port would face every address that reaches the load balancer. List the client networks in service.loadBalancerSourceRanges (CIDRs), or set service.dangerouslyAllowAnySource: true if something else in front restricts them." }}
+{{- end }}
+{{- if and (eq .type "NodePort") (not .dangerouslyAllowAnySource) }}
+{{- fail "service.type is NodePort: the gRPC port would be open on every node's address to whatever reaches the nodes, and a NodePort cannot be limited by source. Use ClusterIP (with an Ingress or a mesh), or LoadBalancer with service.loadBalancerSourceRanges, or set service.dangerouslyAllowAnySource: true if a firewall in front restricts the nodes' ports." }}
+{{- end }}
+{{- end }}
+{{- $drain := add (int .Values.lifecycle.preStopDelaySeconds) 10 }}
+{{- if le (int .Values.terminationGracePeriodSeconds) $drain }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopDelaySeconds (%d) plus stormlockd's shutdown grace (10 s): Kubernetes would kill the daemon before in-flight calls finish. Set terminationGracePeriodSeconds to at least %d." (int .Values.terminationGracePeriodSeconds) (int .Values.lifecycle.preStopDelaySeconds) (add $drain 5)) }}
+{{- end }}
 {{- if and $single (gt (int .Values.replicaCount) 1) (not .Values.autoscaling.enabled) }}
 {{- fail (printf "replicaCount is %d, but backend %s is single-writer: stormlockd must run exactly one replica with it. Set replicaCount: 1, or move every backend to a shared one (redis, postgres, mysql, etcd, dynamodb) to scale out." (int .Values.replicaCount) (include "stormlock.singleWriterBackends" .)) }}
 {{- end }}
