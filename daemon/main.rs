@@ -121,6 +121,11 @@ enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Parse and validate only, as the daemon would at start, without
+        /// reading certificates or connecting to backends (for rendered
+        /// configurations whose files and engines are not there yet).
+        #[arg(long)]
+        offline: bool,
     },
     /// Create a bearer token for PRINCIPAL: prints the token (give it to the
     /// tool) and the `[[auth.tokens]]` entry for the daemon's config.
@@ -205,8 +210,8 @@ fn expand_level(directives: &str) -> String {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
-        Some(Command::CheckConfig { file }) => {
-            return check_config(file, &args.overrides()).await;
+        Some(Command::CheckConfig { file, offline }) => {
+            return check_config(file, &args.overrides(), *offline).await;
         }
         Some(Command::NewToken { principal }) => {
             let mut bytes = [0u8; 32];
@@ -317,8 +322,20 @@ async fn shutdown_signal() {
 
 /// Validates `file` as `run` would read it (with the same flags and
 /// variables on top), then connects to every backend it names.
-async fn check_config(file: &std::path::Path, overrides: &Overrides) -> anyhow::Result<()> {
+async fn check_config(
+    file: &std::path::Path,
+    overrides: &Overrides,
+    offline: bool,
+) -> anyhow::Result<()> {
     let config = Config::layered(Some(file), overrides)?;
+    stormlockd::server::check_policy(&config, config.listen())?;
+    if offline {
+        println!(
+            "{}: ok (offline: parsed and validated; certificates and backends not checked)",
+            file.display()
+        );
+        return Ok(());
+    }
     let data_dir = config.data_dir();
     if let Some(tls) = &config.tls {
         stormlockd::tls::check_files(&stormlockd::tls::TlsFiles {

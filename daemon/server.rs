@@ -108,18 +108,7 @@ impl Settings {
         let require_credentials = mutual_tls_configured
             || !config.auth.tokens.is_empty()
             || (config.tls.is_none() && !insecure);
-        if insecure && config.tls.is_none() && !config.auth.tokens.is_empty() {
-            return Err(ServerError::Refused(
-                "[[auth.tokens]] configured on a plain-text listener (--insecure): bearer tokens \
-                 would cross the network readable by anyone on the path; serve TLS ([tls] cert \
-                 and key, or drop --insecure on a loopback address for the development \
-                 certificates), or remove the tokens"
-                    .to_string(),
-            ));
-        }
-        if !require_credentials {
-            refuse_rights_nobody_can_prove(&config)?;
-        }
+        check_policy(&config, listen)?;
         let mut auth =
             Auth::from_config(&config.auth, require_credentials).map_err(ServerError::Refused)?;
         let transport = match (&config.tls, insecure) {
@@ -139,10 +128,10 @@ impl Settings {
                 }
                 Transport::Tls(files)
             }
+            // Refused by `check_policy` above.
             (None, false) => {
                 return Err(ServerError::Refused(format!(
-                    "refusing to listen on {listen} without TLS: configure [tls] cert and key, \
-                     bind a loopback address, or pass --insecure to serve plain text on purpose"
+                    "refusing to listen on {listen} without TLS"
                 )));
             }
         };
@@ -155,6 +144,36 @@ impl Settings {
             tls_reload_check: tls::RELOAD_CHECK,
         })
     }
+}
+
+/// The start-up refusals that depend on the configuration alone (no file,
+/// no engine): what `stormlockd check-config --offline` checks beyond
+/// parsing, and what the daemon checks first at start.
+pub fn check_policy(config: &Config, listen: SocketAddr) -> Result<(), ServerError> {
+    let insecure = config.insecure && config.tls.is_none();
+    if config.tls.is_none() && !config.insecure && !listen.ip().is_loopback() {
+        return Err(ServerError::Refused(format!(
+            "refusing to listen on {listen} without TLS: configure [tls] cert and key, \
+             bind a loopback address, or pass --insecure to serve plain text on purpose"
+        )));
+    }
+    if insecure && !config.auth.tokens.is_empty() {
+        return Err(ServerError::Refused(
+            "[[auth.tokens]] configured on a plain-text listener (--insecure): bearer tokens \
+             would cross the network readable by anyone on the path; serve TLS ([tls] cert \
+             and key, or drop --insecure on a loopback address for the development \
+             certificates), or remove the tokens"
+                .to_string(),
+        ));
+    }
+    let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    // Without [tls] (and not --insecure) the daemon serves the development
+    // PKI, which is mutual TLS.
+    let development = config.tls.is_none() && !config.insecure;
+    if !(mutual_tls || development || !config.auth.tokens.is_empty()) {
+        refuse_rights_nobody_can_prove(config)?;
+    }
+    Ok(())
 }
 
 /// Refuses administrators and access rules on a daemon that authenticates

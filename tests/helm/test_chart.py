@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 
@@ -128,7 +129,44 @@ def chart():
 
 
 def render(chart, values: dict | None = None, name: str = RELEASE) -> Rendered:
-    return Rendered(chart.render(values or {}, name=name, namespace=NAMESPACE, is_install=True))
+    """Renders the chart, and has stormlockd check the rendered config.toml
+    (`check-config --offline`): every rendering the chart accepts, the daemon
+    must accept too."""
+    rendered = Rendered(chart.render(values or {}, name=name, namespace=NAMESPACE, is_install=True))
+    if rendered.all("ConfigMap"):
+        daemon_accepts(rendered)
+    return rendered
+
+
+# Stand-ins for the secrets a pod's environment fills in, by backend type.
+SECRET_URLS = {"redis": "redis://redis.example:6379", "postgres": "postgres://u:p@db.example/locks",
+               "mysql": "mysql://u:p@db.example/locks"}
+
+
+def daemon_accepts(rendered: Rendered) -> None:
+    """Runs `stormlockd check-config --offline` on the rendered config, with
+    the container's flags and a stand-in for every ${VAR} it references."""
+    daemon = _built_binary("stormlockd")
+    assert daemon.is_file(), f"no stormlockd at {daemon}: build it first (cargo build --workspace), " \
+                             "or point STORMLOCKD at one"
+    text = rendered.config_text
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    backends = tomllib.loads(text).get("backends", {})
+    for var in set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", text)):
+        if var.endswith("_SHA256"):
+            env[var] = "ab" * 32
+        elif var.endswith("_URL"):
+            (kind,) = [b["type"] for b in backends.values() if b.get("url") == "${%s}" % var]
+            env[var] = SECRET_URLS[kind]
+        else:
+            env[var] = "stand-in-secret"
+    args = [a for a in rendered.container["args"] if a == "--insecure"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "config.toml"
+        path.write_text(text)
+        result = subprocess.run([str(daemon), *args, "check-config", "--offline", str(path)],
+                                capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, f"stormlockd refuses the rendered config:\n{result.stderr}\n{text}"
 
 
 def merge(*layers: dict) -> dict:
@@ -278,9 +316,9 @@ def test_default_config_values(chart):
 
 
 def test_extra_toml_is_appended(chart):
-    extra = '[[acl]]\nprincipals = ["ci-*"]\nresources = ["ci/*"]\nactions = ["acquire", "release"]\n'
+    extra = '[[resources]]\nmatch = "ci/**"\nttl = "10m"\n'
     rendered = render(chart, {"config": {"extraToml": extra}})
-    assert rendered.config["acl"] == [{"principals": ["ci-*"], "resources": ["ci/*"], "actions": ["acquire", "release"]}]
+    assert rendered.config["resources"] == [{"match": "ci/**", "ttl": "10m"}]
     assert rendered.config["backends"] == render(chart).config["backends"]
 
 
@@ -288,7 +326,7 @@ def test_config_values_reach_the_toml(chart):
     values = {
         "config": {
             "auth": {"admins": ["ops-admin", 'odd "quoted" \\ <name> &co']},
-            "defaults": {"ttl": "30m", "maxTtl": "7d", "backend": "main", "backendTimeout": "500ms"},
+            "defaults": {"ttl": "30m", "maxTtl": "7d", "backend": "main", "backendTimeout": "3s"},
             "resources": [{"match": "prod/*", "ttl": "4h", "maxTtl": "1d"}],
         },
         "backends": {"main": {"type": "embedded", "path": "other.redb"}},
@@ -296,7 +334,7 @@ def test_config_values_reach_the_toml(chart):
     }
     cfg = render(chart, values).config
     assert cfg["auth"]["admins"] == ["ops-admin", 'odd "quoted" \\ <name> &co']
-    assert cfg["defaults"] == {"ttl": "30m", "max_ttl": "7d", "backend": "main", "backend_timeout": "500ms"}
+    assert cfg["defaults"] == {"ttl": "30m", "max_ttl": "7d", "backend": "main", "backend_timeout": "3s"}
     assert cfg["resources"] == [{"match": "prod/*", "ttl": "4h", "max_ttl": "1d"}]
     assert cfg["backends"]["main"]["path"] == "other.redb"
     assert cfg["listen"] == "[::]:7466"
@@ -451,7 +489,7 @@ def test_shared_backends_scale_out_with_rolling_updates(chart, backend_type):
         "redis": {"type": "redis", "url": "rediss://redis.db:6379/0"},
         "postgres": {"type": "postgres", "url": "postgres://stormlock@pg.db/stormlock"},
         "mysql": {"type": "mysql", "url": "mysql://stormlock@mysql.db/stormlock"},
-        "etcd": {"type": "etcd", "endpoints": ["https://etcd:2379"]},
+        "etcd": {"type": "etcd", "endpoints": ["https://etcd:2379"], "tls": {"secretName": "etcd-client"}},
         "dynamodb": {"type": "dynamodb", "table": "locks"},
     }[backend_type]
     rendered = render(chart, {"replicaCount": 4, "backends": {"main": backend}})
@@ -1359,8 +1397,30 @@ def test_defaults_backend_must_exist(chart):
     assert 'config.resources[0] (match "prod/*") routes to backend "nope"' in message
 
 
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_https_etcd_needs_its_ca(request, which):
+    """stormlockd refuses https:// etcd endpoints without ca_file; the chart
+    says so at render time, in the daemon's words."""
+    mixed = {"type": "etcd", "endpoints": ["http://etcd-0:2379", "https://etcd-1:2379"], "tls": {"secretName": "c"}}
+    message = render_error(request.getfixturevalue(which), {"replicaCount": 2, "backends": {"main": mixed}})
+    assert "must be all http:// or all https://" in message
+    etcd = {"type": "etcd", "endpoints": ["https://etcd-0:2379", "https://etcd-1:2379"]}
+    message = render_error(request.getfixturevalue(which), {"replicaCount": 2, "backends": {"main": etcd}})
+    assert "ca_file: required with https:// endpoints" in message and "backends.main.tls.secretName" in message
+    without_ca = merge(etcd, {"tls": {"secretName": "etcd-client", "ca": False}})
+    assert "ca_file" in render_error(request.getfixturevalue(which), {"replicaCount": 2, "backends": {"main": without_ca}})
+    with_ca = render(request.getfixturevalue(which), {"replicaCount": 2, "backends": {"main": merge(etcd, {"tls": {"secretName": "etcd-client"}})}})
+    assert with_ca.config["backends"]["main"]["ca_file"] == "/etc/stormlock/backends/main/ca.crt"
+
+
+@pytest.mark.parametrize("duration", ["500ms", "2w", "1 fortnight"])
+def test_durations_the_daemon_refuses_are_refused(chart, duration):
+    message = render_error(chart, {"config": {"defaults": {"backendTimeout": duration}}})
+    assert "backendTimeout" in message
+
+
 def test_default_backend_can_be_replaced(chart):
-    values = {"backends": {"main": None, "shared": {"type": "etcd", "endpoints": ["https://etcd:2379"]}},
+    values = {"backends": {"main": None, "shared": {"type": "etcd", "endpoints": ["http://etcd:2379"]}},
               "config": {"defaults": {"backend": "shared"}}, "replicaCount": 2}
     rendered = render(chart, values)
     assert set(rendered.config["backends"]) == {"shared"}

@@ -327,6 +327,19 @@ hold when schema validation is skipped.
 {{- if and (eq $b.type "etcd") (not $b.endpoints) }}
 {{- fail (printf "backends.%s (etcd) needs endpoints." $name) }}
 {{- end }}
+{{- if eq $b.type "etcd" }}
+{{- $secure := 0 }}
+{{- range $b.endpoints }}{{ if hasPrefix "https://" . }}{{ $secure = add1 $secure }}{{ end }}{{ end }}
+{{- if and (gt $secure 0) (lt $secure (len $b.endpoints)) }}
+{{- fail (printf "backends.%s (etcd): endpoints must be all http:// or all https:// (stormlockd talks to every member the same way): %s." $name (join ", " $b.endpoints)) }}
+{{- end }}
+{{- $ca := and $b.tls (hasKey $b.tls "ca" | ternary $b.tls.ca true) }}
+{{- range $b.endpoints }}
+{{- if and (hasPrefix "https://" .) (not $ca) }}
+{{- fail (printf "backends.%s (etcd): endpoint %s is https://, so stormlockd needs the CA that signed the members' certificates (ca_file: required with https:// endpoints): set backends.%s.tls.secretName to a Secret with ca.crt (and tls.crt/tls.key with tls.clientCert: true)." $name . $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and (eq $b.type "dynamodb") (not $b.table) }}
 {{- fail (printf "backends.%s (dynamodb) needs table." $name) }}
 {{- end }}
