@@ -281,10 +281,11 @@ def test_config_toml_follows_the_daemon_contract(chart, case):
     assert cfg["health_listen"] == f"0.0.0.0:{port['health']}"
     assert cfg["data_dir"] == "/var/lib/stormlock"
     assert rendered.mount("data")["mountPath"] == cfg["data_dir"]
-    assert set(cfg) <= {"listen", "metrics_listen", "health_listen", "data_dir", "tls", "auth", "defaults", "backends", "resources"}, "only keys of the daemon's contract"
+    assert set(cfg) <= {"listen", "metrics_listen", "health_listen", "data_dir", "shutdown_grace", "tls", "auth",
+                        "defaults", "backends", "resources"}, "only keys of the daemon's contract"
     assert set(cfg["defaults"]) == {"ttl", "max_ttl", "backend", "backend_timeout"}
     assert cfg["defaults"]["backend"] in cfg["backends"]
-    assert set(cfg["auth"]) <= {"admins", "tokens"}
+    assert set(cfg["auth"]) <= {"admins", "tokens", "default", "identity", "rules"}
     for token in cfg["auth"].get("tokens", []):
         assert set(token) == {"principal", "sha256"}
         assert re.fullmatch(r"[0-9a-f]{64}|\$\{[A-Z0-9_]+\}", token["sha256"]), token
@@ -312,7 +313,35 @@ def test_default_config_values(chart):
     assert cfg["defaults"] == {"ttl": "1h", "max_ttl": "30d", "backend": "main", "backend_timeout": "2s"}
     assert cfg["tls"] == {"cert": "/etc/stormlock/tls/tls.crt", "key": "/etc/stormlock/tls/tls.key",
                           "client_ca": "/etc/stormlock/client-ca/ca.crt"}
-    assert cfg["auth"] == {"admins": []}
+    assert cfg["auth"] == {"admins": [], "default": "allow", "identity": "cn"}
+    assert cfg["shutdown_grace"] == "10s"
+
+
+def test_auth_settings_and_shutdown_grace_have_values_of_their_own(chart):
+    rule = {"principals": ["team-a"], "resources": ["team-a/**"], "actions": ["acquire", "release", "renew"]}
+    deny = {"principals": ["*"], "resources": ["secret/**"], "actions": ["*"], "effect": "deny"}
+    rendered = render(chart, {"config": {"auth": {"default": "deny", "identity": "uri_san", "rules": [rule, deny]},
+                                         "shutdownGraceSeconds": 20},
+                              "terminationGracePeriodSeconds": 40})
+    auth = rendered.config["auth"]
+    assert (auth["default"], auth["identity"]) == ("deny", "uri_san")
+    assert auth["rules"] == [rule, deny]
+    assert rendered.config["shutdown_grace"] == "20s"
+    message = render_error(chart, {"config": {"shutdownGraceSeconds": 30}})
+    assert "plus config.shutdownGraceSeconds (30)" in message
+
+
+@pytest.mark.parametrize("extra", ["[auth]\ndefault = \"deny\"\n", "shutdown_grace = \"30s\"\n"])
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_extra_toml_cannot_set_auth_or_top_level_keys(request, which, extra):
+    message = render_error(request.getfixturevalue(which), {"config": {"extraToml": extra}})
+    assert "config.extraToml cannot set [auth] or shutdown_grace" in message
+
+
+def test_rules_need_authentication(chart):
+    rule = {"principals": ["*"], "resources": ["**"], "actions": ["read"]}
+    message = render_error(chart, merge(UNAUTHENTICATED, {"config": {"auth": {"rules": [rule]}}}))
+    assert "config.auth.rules is set, but nothing authenticates callers" in message
 
 
 def test_extra_toml_is_appended(chart):

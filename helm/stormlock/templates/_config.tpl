@@ -12,6 +12,7 @@ listen = {{ printf "%s:%d" $bind (int $ports.grpc) | include "stormlock.tomlStri
 metrics_listen = {{ printf "%s:%d" $bind (int $ports.metrics) | include "stormlock.tomlString" }}
 health_listen = {{ printf "%s:%d" $bind (int $ports.health) | include "stormlock.tomlString" }}
 data_dir = "/var/lib/stormlock"
+shutdown_grace = "{{ int .Values.config.shutdownGraceSeconds }}s"
 {{- if not .Values.tls.dangerouslyDisableTLS }}
 
 [tls]
@@ -24,6 +25,24 @@ client_ca = {{ printf "/etc/stormlock/client-ca/%s" .Values.tls.clientAuth.caKey
 
 [auth]
 admins = {{ include "stormlock.admins" . }}
+{{- with .Values.config.auth }}
+{{- if .default }}
+default = {{ include "stormlock.tomlString" .default }}
+{{- end }}
+{{- if .identity }}
+identity = {{ include "stormlock.tomlString" .identity }}
+{{- end }}
+{{- range .rules }}
+
+[[auth.rules]]
+principals = {{ toJson .principals }}
+resources = {{ toJson .resources }}
+actions = {{ toJson .actions }}
+{{- if .effect }}
+effect = {{ include "stormlock.tomlString" .effect }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range $i, $t := .Values.auth.tokens }}
 
 [[auth.tokens]]

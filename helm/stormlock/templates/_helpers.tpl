@@ -286,9 +286,12 @@ hold when schema validation is skipped.
 {{- fail "service.type is NodePort: the gRPC port would be open on every node's address to whatever reaches the nodes, and a NodePort cannot be limited by source. Use ClusterIP (with an Ingress or a mesh), or LoadBalancer with service.loadBalancerSourceRanges, or set service.dangerouslyAllowAnySource: true if a firewall in front restricts the nodes' ports." }}
 {{- end }}
 {{- end }}
-{{- $drain := add (int .Values.lifecycle.preStopDelaySeconds) 10 }}
+{{- $drain := add (int .Values.lifecycle.preStopDelaySeconds) (int .Values.config.shutdownGraceSeconds) }}
 {{- if le (int .Values.terminationGracePeriodSeconds) $drain }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopDelaySeconds (%d) plus stormlockd's shutdown grace (10 s): Kubernetes would kill the daemon before in-flight calls finish. Set terminationGracePeriodSeconds to at least %d." (int .Values.terminationGracePeriodSeconds) (int .Values.lifecycle.preStopDelaySeconds) (add $drain 5)) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopDelaySeconds (%d) plus config.shutdownGraceSeconds (%d): Kubernetes would kill the daemon before in-flight calls finish. Set terminationGracePeriodSeconds to at least %d." (int .Values.terminationGracePeriodSeconds) (int .Values.lifecycle.preStopDelaySeconds) (int .Values.config.shutdownGraceSeconds) (add $drain 5)) }}
+{{- end }}
+{{- if regexMatch "(?m)^[ \t]*(\\[[ \t]*auth[ \t]*\\]|shutdown_grace[ \t]*=)" (.Values.config.extraToml | default "") }}
+{{- fail "config.extraToml cannot set [auth] or shutdown_grace: it is appended after the last table, where they would be a duplicate table or land in the wrong one. Use config.auth (admins, default, identity, rules) and config.shutdownGraceSeconds." }}
 {{- end }}
 {{- if and $single (gt (int .Values.replicaCount) 1) (not .Values.autoscaling.enabled) }}
 {{- fail (printf "replicaCount is %d, but backend %s is single-writer: stormlockd must run exactly one replica with it. Set replicaCount: 1, or move every backend to a shared one (redis, postgres, mysql, etcd, dynamodb) to scale out." (int .Values.replicaCount) (include "stormlock.singleWriterBackends" .)) }}
@@ -368,6 +371,9 @@ hold when schema validation is skipped.
 {{- $admins := .Values.config.auth.admins | default list }}
 {{- if $admins }}
 {{- fail (printf "config.auth.admins is set (%s), but nothing authenticates callers (%s): any caller could claim an administrator's name, so stormlockd refuses to start this way (auth.dangerouslyAllowUnauthenticated does not change that). To have administrators, %s; otherwise remove config.auth.admins." (join ", " $admins) (include "stormlock.unauthenticatedReason" .) (include "stormlock.authenticationRemedy" .)) }}
+{{- end }}
+{{- if .Values.config.auth.rules }}
+{{- fail (printf "config.auth.rules is set, but nothing authenticates callers (%s): any caller could pass a rule by declaring another name, so stormlockd refuses to start this way (auth.dangerouslyAllowUnauthenticated does not change that). To use access rules, %s." (include "stormlock.unauthenticatedReason" .) (include "stormlock.authenticationRemedy" .)) }}
 {{- end }}
 {{- if regexMatch "(?m)^[ \t]*\\[\\[[ \t]*auth\\.rules[ \t]*\\]\\]" (.Values.config.extraToml | default "") }}
 {{- fail (printf "config.extraToml has [[auth.rules]], but nothing authenticates callers (%s): any caller could pass a rule by declaring another name, so stormlockd refuses to start this way (auth.dangerouslyAllowUnauthenticated does not change that). To use access rules, %s." (include "stormlock.unauthenticatedReason" .) (include "stormlock.authenticationRemedy" .)) }}
