@@ -563,7 +563,7 @@ def test_pvc_for_embedded_only(chart):
     rendered = render(chart)
     pvc = rendered.one("PersistentVolumeClaim")
     assert rendered.volume("data")["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOncePod"], "one writer by construction"
     assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert "storageClassName" not in pvc["spec"]
@@ -575,11 +575,11 @@ def test_pvc_for_embedded_only(chart):
 
 def test_pvc_settings(chart):
     rendered = render(chart, {"persistence": {"storageClass": "fast", "size": "5Gi", "keepOnUninstall": False,
-                                              "accessModes": ["ReadWriteOncePod"]}})
+                                              "accessModes": ["ReadWriteOnce"]}})
     pvc = rendered.one("PersistentVolumeClaim")
     assert pvc["spec"]["storageClassName"] == "fast"
     assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
-    assert pvc["spec"]["accessModes"] == ["ReadWriteOncePod"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert "helm.sh/resource-policy" not in (pvc["metadata"].get("annotations") or {})
     assert render(chart, {"persistence": {"storageClass": "-"}}).one("PersistentVolumeClaim")["spec"]["storageClassName"] == ""
 
@@ -588,10 +588,25 @@ def test_existing_claim_and_disabled_persistence(chart):
     rendered = render(chart, {"persistence": {"existingClaim": "my-locks"}})
     assert rendered.all("PersistentVolumeClaim") == []
     assert rendered.volume("data")["persistentVolumeClaim"]["claimName"] == "my-locks"
-    rendered = render(chart, {"persistence": {"enabled": False}})
+    message = render_error(chart, {"persistence": {"enabled": False}})
+    assert "persistence.acceptLocksLostOnRestart: true" in message
+    rendered = render(chart, {"persistence": {"enabled": False, "acceptLocksLostOnRestart": True}})
     assert rendered.all("PersistentVolumeClaim") == []
     assert rendered.volume("data") == {"name": "data", "emptyDir": {}}
     assert "lost whenever the pod is replaced" in rendered.notes
+
+
+@pytest.mark.parametrize("mode", ["ReadWriteMany", "ReadOnlyMany"])
+def test_a_shared_lock_file_is_refused(request, mode):
+    message = render_error(request.getfixturevalue("schemaless_chart"), {"persistence": {"accessModes": [mode]}})
+    assert f"persistence.accessModes has {mode}" in message
+    assert "/persistence/accessModes" in render_error(request.getfixturevalue("chart"),
+                                                      {"persistence": {"accessModes": [mode]}})
+
+
+def test_memory_backend_warns(chart):
+    rendered = render(chart, {"backends": {"main": {"type": "memory"}}})
+    assert 'backend main is "memory"' in rendered.notes
 
 
 # --------------------------------------------------------------------------- credentials

@@ -278,6 +278,16 @@ hold when schema validation is skipped.
 */}}
 {{- define "stormlock.validate" -}}
 {{- $single := include "stormlock.singleWriter" . }}
+{{- if include "stormlock.embedded" . }}
+{{- range .Values.persistence.accessModes }}
+{{- if not (has . (list "ReadWriteOnce" "ReadWriteOncePod")) }}
+{{- fail (printf "persistence.accessModes has %s: the embedded backend's file must have one writer (two daemons on one lock file would each grant the same lock). Use ReadWriteOncePod (or ReadWriteOnce)." .) }}
+{{- end }}
+{{- end }}
+{{- if and (not .Values.persistence.enabled) (not .Values.persistence.acceptLocksLostOnRestart) }}
+{{- fail "persistence.enabled is false with the embedded backend: every lock and fence counter would be lost whenever the pod is replaced (fences go back to 1, so a client holding an old token is no longer fenced off). Keep persistence.enabled: true, or set persistence.acceptLocksLostOnRestart: true to run it that way on purpose." }}
+{{- end }}
+{{- end }}
 {{- with .Values.service }}
 {{- if and (eq .type "LoadBalancer") (not .loadBalancerSourceRanges) (not .dangerouslyAllowAnySource) }}
 {{- fail "service.type is LoadBalancer with no service.loadBalancerSourceRanges: the gRPC port would face every address that reaches the load balancer. List the client networks in service.loadBalancerSourceRanges (CIDRs), or set service.dangerouslyAllowAnySource: true if something else in front restricts them." }}
