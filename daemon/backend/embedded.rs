@@ -22,6 +22,11 @@ use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 /// resource name → JSON-encoded [`Record`].
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
+/// redb's page cache. Its default (1 GiB) would let a long-lived daemon grow
+/// past a container's memory limit (the Helm chart's is 256 MiB); a lock
+/// table of a few thousand records fits many times over in this.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// `[backends.NAME]` with `type = "embedded"`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,9 +59,12 @@ impl EmbeddedBackend {
             crate::private::create_file(&path).map_err(|e| {
                 BackendError::config(&owner, format!("cannot create {}: {e}", path.display()))
             })?;
-            let db = Database::create(&path).map_err(|e| {
-                BackendError::config(&owner, format!("cannot open {}: {e}", path.display()))
-            })?;
+            let db = redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+                .map_err(|e| {
+                    BackendError::config(&owner, format!("cannot open {}: {e}", path.display()))
+                })?;
             let txn = db
                 .begin_write()
                 .map_err(|e| BackendError::internal(&owner, e))?;

@@ -519,7 +519,7 @@ def test_shared_backends_scale_out_with_rolling_updates(chart, backend_type):
         "postgres": {"type": "postgres", "url": "postgres://stormlock@pg.db/stormlock"},
         "mysql": {"type": "mysql", "url": "mysql://stormlock@mysql.db/stormlock"},
         "etcd": {"type": "etcd", "endpoints": ["https://etcd:2379"], "tls": {"secretName": "etcd-client"}},
-        "dynamodb": {"type": "dynamodb", "table": "locks"},
+        "dynamodb": {"type": "dynamodb", "table": "locks", "region": "eu-west-1"},
     }[backend_type]
     rendered = render(chart, {"replicaCount": 4, "backends": {"main": backend}})
     spec = rendered.deployment["spec"]
@@ -602,6 +602,28 @@ def test_a_shared_lock_file_is_refused(request, mode):
     assert f"persistence.accessModes has {mode}" in message
     assert "/persistence/accessModes" in render_error(request.getfixturevalue("chart"),
                                                       {"persistence": {"accessModes": [mode]}})
+
+
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_dynamodb_needs_a_region(request, which):
+    chart = request.getfixturevalue(which)
+    dynamo = {"backends": {"main": {"type": "dynamodb", "table": "locks"}}, "replicaCount": 2}
+    assert "backends.main (dynamodb) needs region" in render_error(chart, dynamo)
+    from_env = merge(dynamo, {"extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}]})
+    assert render(chart, from_env).config["backends"]["main"]["table"] == "locks"
+    assert render(chart, merge(dynamo, {"backends": {"main": {"region": "eu-west-1"}}})).config["backends"]["main"]["region"] == "eu-west-1"
+
+
+def test_cpu_autoscaling_needs_a_real_cpu_request(chart):
+    scaled = merge(REDIS, {"autoscaling": {"enabled": True}})
+    assert render(chart, scaled).one("HorizontalPodAutoscaler")
+    for request in ("50m", "0.05"):
+        message = render_error(chart, merge(scaled, {"resources": {"requests": {"cpu": request}}}))
+        assert f"resources.requests.cpu is {request}" in message
+    memory_only = merge(scaled, {"resources": {"requests": {"cpu": "50m"}},
+                                 "autoscaling": {"targetCPUUtilizationPercentage": None,
+                                                 "targetMemoryUtilizationPercentage": 80}})
+    assert render(chart, memory_only).one("HorizontalPodAutoscaler")
 
 
 def test_memory_backend_warns(chart):

@@ -309,6 +309,14 @@ hold when schema validation is skipped.
 {{- if and $single .Values.autoscaling.enabled }}
 {{- fail (printf "autoscaling.enabled is true, but backend %s is single-writer: stormlockd must run exactly one replica with it. Set autoscaling.enabled: false, or move every backend to a shared one (redis, postgres, mysql, etcd, dynamodb) to scale out." (include "stormlock.singleWriterBackends" .)) }}
 {{- end }}
+{{- if and .Values.autoscaling.enabled .Values.autoscaling.targetCPUUtilizationPercentage }}
+{{- $cpu := toString (dig "requests" "cpu" "" .Values.resources) }}
+{{- $millicores := 0 }}
+{{- if hasSuffix "m" $cpu }}{{ $millicores = trimSuffix "m" $cpu | int }}{{ else if $cpu }}{{ $millicores = mulf (float64 $cpu) 1000 | int }}{{ end }}
+{{- if lt $millicores 100 }}
+{{- fail (printf "autoscaling.targetCPUUtilizationPercentage is set, but resources.requests.cpu is %s: the target is a share of the request, so a request under 100m scales out on idle noise. Set resources.requests.cpu to what one daemon uses under its normal load (at least 100m), or scale on memory only." (default "unset" $cpu)) }}
+{{- end }}
+{{- end }}
 {{- with .Values.autoscaling }}
 {{- if and .enabled (lt (int .maxReplicas) (int .minReplicas)) }}
 {{- fail (printf "autoscaling.maxReplicas (%d) is below autoscaling.minReplicas (%d)." (int .maxReplicas) (int .minReplicas)) }}
@@ -355,6 +363,13 @@ hold when schema validation is skipped.
 {{- end }}
 {{- if and (eq $b.type "dynamodb") (not $b.table) }}
 {{- fail (printf "backends.%s (dynamodb) needs table." $name) }}
+{{- end }}
+{{- if and (eq $b.type "dynamodb") (not $b.region) }}
+{{- $envRegion := false }}
+{{- range $.Values.extraEnv }}{{ if has .name (list "AWS_REGION" "AWS_DEFAULT_REGION") }}{{ $envRegion = true }}{{ end }}{{ end }}
+{{- if and (not $envRegion) (not $.Values.extraEnvFrom) }}
+{{- fail (printf "backends.%s (dynamodb) needs region (or AWS_REGION in extraEnv): stormlockd refuses to start without one." $name) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) (not .Values.tls.dangerouslyDisableTLS) }}
