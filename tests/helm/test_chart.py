@@ -40,7 +40,9 @@ RELEASE = "locks"
 NAMESPACE = "platform"
 
 CI_FILES = sorted(CHART.glob("ci/*-values.yaml"))
-CASES = {"default": {}} | {p.name.removesuffix("-values.yaml"): yaml.safe_load(p.read_text()) for p in CI_FILES}
+# Values every install must give (the chart has no default image).
+BASE = {"image": {"repository": "registry.example.com/stormlock"}}
+CASES = {"default": BASE} | {p.name.removesuffix("-values.yaml"): yaml.safe_load(p.read_text()) for p in CI_FILES}
 
 HEALTH_SERVICE = "stormlock.v1.LockService"
 # The health name stormlockd keeps SERVING whatever its backends.
@@ -132,7 +134,7 @@ def render(chart, values: dict | None = None, name: str = RELEASE) -> Rendered:
     """Renders the chart, and has stormlockd check the rendered config.toml
     (`check-config --offline`): every rendering the chart accepts, the daemon
     must accept too."""
-    rendered = Rendered(chart.render(values or {}, name=name, namespace=NAMESPACE, is_install=True))
+    rendered = Rendered(chart.render(merge(BASE, values or {}), name=name, namespace=NAMESPACE, is_install=True))
     if rendered.all("ConfigMap"):
         daemon_accepts(rendered)
     return rendered
@@ -194,7 +196,7 @@ def schemaless_chart(tmp_path_factory):
 
 def render_error(chart, values: dict) -> str:
     with pytest.raises(helm_python.HelmError) as raised:
-        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        chart.render(merge(BASE, values), name=RELEASE, namespace=NAMESPACE, is_install=True)
     return str(raised.value)
 
 
@@ -624,6 +626,21 @@ def test_cpu_autoscaling_needs_a_real_cpu_request(chart):
                                  "autoscaling": {"targetCPUUtilizationPercentage": None,
                                                  "targetMemoryUtilizationPercentage": 80}})
     assert render(chart, memory_only).one("HorizontalPodAutoscaler")
+
+
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_the_image_must_be_named(request, which):
+    """No public image is published: a default name could be someone else's."""
+    chart = request.getfixturevalue(which)
+    with pytest.raises(helm_python.HelmError) as raised:
+        chart.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    message = str(raised.value)
+    if which == "chart":
+        assert "/image/repository" in message, message
+    else:
+        assert "image.repository is empty" in message and "Dockerfile" in message
+    pinned = render(chart, {"image": {"repository": "r.example/s", "digest": "sha256:" + "a" * 64}})
+    assert pinned.container["image"] == "r.example/s@sha256:" + "a" * 64
 
 
 def test_memory_backend_warns(chart):
@@ -1421,10 +1438,10 @@ def test_standard_labels(chart):
 
 
 def test_image_reference(chart):
-    assert render(chart).container["image"] == "ghcr.io/stormlock/stormlock:0.1.0"
-    assert render(chart, {"image": {"tag": "1.2.3"}}).container["image"] == "ghcr.io/stormlock/stormlock:1.2.3"
+    assert render(chart).container["image"] == "registry.example.com/stormlock:0.1.0"
+    assert render(chart, {"image": {"tag": "1.2.3"}}).container["image"] == "registry.example.com/stormlock:1.2.3"
     digest = "sha256:" + "ab" * 32
-    assert render(chart, {"image": {"digest": digest}}).container["image"] == f"ghcr.io/stormlock/stormlock@{digest}"
+    assert render(chart, {"image": {"digest": digest}}).container["image"] == f"registry.example.com/stormlock@{digest}"
 
 
 # --------------------------------------------------------------------------- schema

@@ -88,6 +88,9 @@ Name of the ServiceAccount to use.
 Container image reference: digest wins over tag; the tag defaults to appVersion.
 */}}
 {{- define "stormlock.image" -}}
+{{- if not .Values.image.repository }}
+{{- fail "image.repository is empty: set it to where you pushed the image built from the repository's Dockerfile (docker build -t REGISTRY/stormlock:TAG . && docker push REGISTRY/stormlock:TAG), e.g. --set image.repository=registry.example.com/stormlock. No public image is published." }}
+{{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
