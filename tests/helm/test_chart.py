@@ -1647,6 +1647,6 @@ def test_chart_metadata(chart):
     meta = chart.metadata
     assert meta["apiVersion"] == "v2"
     assert meta["type"] == "application"
-    assert meta["kubeVersion"] == ">=1.27.0-0", "native gRPC probes are GA from 1.27"
+    assert meta["kubeVersion"] == ">=1.30.0-0", "native gRPC probes, the preStop sleep action, ReadWriteOncePod"
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
     assert meta["appVersion"] == cargo["workspace"]["package"]["version"], "appVersion follows the workspace version"
