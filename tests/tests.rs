@@ -21,6 +21,7 @@ mod limits;
 mod nemesis;
 mod operations;
 mod proxy;
+mod python_compat;
 mod security;
 mod service;
 mod shared_backend;

@@ -132,6 +132,38 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) const SILENT_CONNECTION: Duration = Duration::from_millis(500);
 
+/// The reason given for a lock held in Python stormlock's format, by every
+/// adapter that honours `python_stormlock = true` (see MIGRATING.md): its
+/// holder is reported with the principal Python stored, fence 0 (Python
+/// stormlock has no fences) and the Python lease id.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub const PYTHON_STORMLOCK_REASON: &str = "held by Python stormlock";
+
+/// The holder of `resource` when Python stormlock holds it: its 16-byte
+/// lease id (Redis's random bytes, PostgreSQL's UUID) as a lease id, or
+/// `None` when the id is not 16 bytes (not written by Python stormlock).
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn python_stormlock_holder(
+    resource: &str,
+    id: &[u8],
+    principal: String,
+    acquired_at: std::time::SystemTime,
+    expires_at: std::time::SystemTime,
+) -> Option<Lease> {
+    if id.len() != crate::lease::LEASE_ID_LEN / 2 {
+        return None;
+    }
+    Some(Lease {
+        resource: resource.to_string(),
+        id: LeaseId::parse(&hex::encode(id))?,
+        principal,
+        reason: PYTHON_STORMLOCK_REASON.to_string(),
+        acquired_at,
+        expires_at,
+        fence: 0,
+    })
+}
+
 /// Serde's default for `connect_timeout` (a function, as serde wants).
 #[cfg(any(
     feature = "redis",
@@ -422,6 +454,11 @@ mod tests {
                 "url",
             ),
             (format!("{ok}table = \"a-b\""), "table"),
+            (format!("{ok}python_table = \"py\""), "python_table"),
+            (
+                format!("{ok}python_stormlock = true\npython_table = \"Py\""),
+                "python_table",
+            ),
             (format!("{ok}table = \"a.b.c\""), "table"),
             (format!("{ok}pool_size = 0"), "pool_size"),
             (format!("{ok}connect_timeout = \"0s\""), "connect_timeout"),
@@ -448,6 +485,7 @@ mod tests {
                 "url",
             ),
             (format!("{ok}table = \"ops.locks\""), "table"),
+            (format!("{ok}python_stormlock = true"), "python_stormlock"),
             (format!("{ok}pool_size = 0"), "pool_size"),
             (format!("{ok}connect_timeout = \"0s\""), "connect_timeout"),
             (format!("{ok}ca_file = \"ca.pem\""), "ca_file"),

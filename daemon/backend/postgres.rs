@@ -26,6 +26,20 @@
 //!   rules as every other backend; list: a range scan in byte order
 //!   (`COLLATE "C"`) with a literal prefix test (`starts_with`, no `LIKE`).
 //!
+//! # Python stormlock
+//!
+//! With `python_stormlock = true`, Python stormlock 0.4.1's table
+//! (`python_table`, [`PYTHON_DDL`]) is consulted and written too: acquire
+//! first claims the resource's Python row in a transaction (an upsert that
+//! succeeds only when the row is missing, expired or already this lease's,
+//! and then holds the row lock), grants in the same transaction, and rolls
+//! both back when either is held; so a Python client and the daemon can
+//! never both win. The claimed row is the lease's mirror: its `lease` is the
+//! lease id as a UUID, `principal` the holder, `expires` the lease's
+//! expiry. Renew extends it right after the lease (so it never lapses
+//! first); release and force-release delete it when it is the lease's. `current` reports a live
+//! Python row as held; `list` shows Stormlock's leases only.
+//!
 //! # Notifications
 //!
 //! Every acquire, renew, release and force-release also calls `pg_notify` in
@@ -83,6 +97,19 @@ CREATE TABLE IF NOT EXISTS "stormlock_locks" (
 );
 "#;
 
+/// Python stormlock 0.4.1's table (named by `python_table`, default
+/// `stormlock`), which Python stormlock does not create. Its timestamps have
+/// no time zone: both tools write and compare them in their session's
+/// `TimeZone`, which must therefore be the same for every client.
+pub const PYTHON_DDL: &str = r#"CREATE TABLE stormlock (
+  resource text PRIMARY KEY,
+  lease uuid NOT NULL,
+  principal text NOT NULL,
+  created timestamp without time zone NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  expires timestamp without time zone NOT NULL
+);
+"#;
+
 /// `[backends.NAME]` with `type = "postgres"`: the keys both SQL engines
 /// share.
 pub type PostgresConfig = SqlConfig;
@@ -110,10 +137,55 @@ struct Statements {
     read: String,
     list: String,
     force: String,
+    /// With `python_stormlock = true`.
+    python: Option<PythonStatements>,
+}
+
+/// The statements on Python stormlock's table. A lease id travels as text
+/// and is cast to `uuid`, which takes 32 hex digits as they are.
+struct PythonStatements {
+    /// The table, for messages.
+    table: String,
+    /// Claims the row for lease $2 (principal $3, TTL $4 µs): inserts it, or
+    /// overwrites it when it has expired or is already this lease's
+    /// (keeping its creation time then). Returns a row when claimed.
+    claim: String,
+    /// The live row as (id bytes, principal, created, expires, now).
+    holder: String,
+    /// Deletes the row of lease $2.
+    release: String,
+    /// Every column, to check the table at start.
+    probe: String,
+}
+
+impl PythonStatements {
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted('"');
+        let ttl = "$4::bigint * interval '1 microsecond'";
+        Self {
+            table: table.display(),
+            claim: format!(
+                "INSERT INTO {t} AS t (resource, lease, principal, created, expires) \
+                 VALUES ($1, $2::text::uuid, $3, current_timestamp, current_timestamp + {ttl}) \
+                 ON CONFLICT (resource) DO UPDATE SET lease = excluded.lease, \
+                   principal = excluded.principal, expires = excluded.expires, \
+                   created = CASE WHEN t.lease = excluded.lease THEN t.created \
+                     ELSE excluded.created END \
+                 WHERE t.lease = excluded.lease OR t.expires <= current_timestamp \
+                 RETURNING 1"
+            ),
+            holder: format!(
+                "SELECT uuid_send(lease), principal, created::timestamptz, expires::timestamptz, \
+                   current_timestamp FROM {t} WHERE resource = $1 AND expires > current_timestamp"
+            ),
+            release: format!("DELETE FROM {t} WHERE resource = $1 AND lease = $2::text::uuid"),
+            probe: format!("SELECT resource, lease, principal, created, expires FROM {t} LIMIT 0"),
+        }
+    }
 }
 
 impl Statements {
-    fn new(table: &TableName) -> Self {
+    fn new(table: &TableName, python: Option<&TableName>) -> Self {
         let t = table.quoted('"');
         // The sequence's name travels as a regclass literal; it is validated
         // and quoted, so it cannot contain a single quote.
@@ -164,6 +236,7 @@ impl Statements {
                    fence, evicted_id, evicted_by, evicted_reason, {notify}"
             ),
             channel,
+            python: python.map(PythonStatements::new),
         }
     }
 }
@@ -188,6 +261,9 @@ impl PostgresBackend {
         let refuse = |message: String| BackendError::config(name, message);
         config.validate(SqlEngine::Postgres).map_err(refuse)?;
         let table = config.table_name(SqlEngine::Postgres).map_err(refuse)?;
+        let python_table = config
+            .python_table_name(SqlEngine::Postgres)
+            .map_err(refuse)?;
         let mut pg = parse_url(&config.url).map_err(refuse)?;
         pg.connect_timeout(config.connect_timeout);
         // Notices a peer that vanished without closing the connection.
@@ -214,12 +290,13 @@ impl PostgresBackend {
         let backend = Self {
             name: name.to_string(),
             pool,
-            sql: Statements::new(&table),
+            sql: Statements::new(&table, python_table.as_ref()),
             pg,
             tls,
             connect_timeout: config.connect_timeout,
         };
         backend.prepare_schema(&table, config.create_table).await?;
+        backend.check_python_table().await?;
         Ok(backend)
     }
 
@@ -298,6 +375,130 @@ impl PostgresBackend {
             )),
             Some(_) => Ok(()),
         }
+    }
+
+    /// With `python_stormlock = true`, checks that Python stormlock's table
+    /// exists with its columns: the setting asks for exclusion with it, which
+    /// a missing table would silently lose.
+    async fn check_python_table(&self) -> Result<()> {
+        let Some(python) = &self.sql.python else {
+            return Ok(());
+        };
+        let client = self.client().await?;
+        client.query(&python.probe, &[]).await.map_err(|e| match e.code() {
+            Some(code) if code.code().starts_with("42") => BackendError::config(
+                &self.name,
+                format!(
+                    "python_stormlock = true, but Python stormlock's table {:?} cannot be read: \
+                     {}; create it (see MIGRATING.md) or set python_table to the table Python \
+                     stormlock uses",
+                    python.table,
+                    sql::describe(&e)
+                ),
+            ),
+            _ => self.error(e),
+        })?;
+        Ok(())
+    }
+
+    /// The live Python stormlock lock on `resource`, if any.
+    async fn python_holder(&self, resource: &str) -> Result<Option<Lease>> {
+        let Some(python) = &self.sql.python else {
+            return Ok(None);
+        };
+        let rows = self.query(&python.holder, &[&resource]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let unexpected = |e: tokio_postgres::Error| {
+            BackendError::internal(
+                &self.name,
+                format!(
+                    "unexpected row in {:?}: {}",
+                    python.table,
+                    sql::describe(&e)
+                ),
+            )
+        };
+        let id: Vec<u8> = row.try_get(0).map_err(unexpected)?;
+        let principal: String = row.try_get(1).map_err(unexpected)?;
+        let created: SystemTime = row.try_get(2).map_err(unexpected)?;
+        let expires: SystemTime = row.try_get(3).map_err(unexpected)?;
+        super::python_stormlock_holder(resource, &id, principal, created, expires)
+            .map(Some)
+            .ok_or_else(|| {
+                BackendError::internal(
+                    &self.name,
+                    format!("{:?}: lease is not a UUID", python.table),
+                )
+            })
+    }
+
+    /// Acquire with `python_stormlock = true`: claim Python's row and grant in
+    /// one transaction, or report whichever holder is there.
+    async fn acquire_with_python(
+        &self,
+        req: &AcquireRequest,
+        python: &PythonStatements,
+    ) -> Result<Acquisition> {
+        let ttl = sql::ttl_micros(req.ttl);
+        let mut attempt = 0;
+        while attempt < MAX_ATTEMPTS {
+            attempt += 1;
+            let mut in_use = InUse {
+                client: Some(self.client().await?),
+                since: std::time::Instant::now(),
+                answered: false,
+            };
+            let outcome = async {
+                let tx = in_use.get_mut().transaction().await?;
+                let claim = tx.prepare_cached(&python.claim).await?;
+                let id = req.id.expose();
+                let claimed = tx
+                    .query(&claim, &[&req.resource, &id, &req.principal, &ttl])
+                    .await?;
+                if claimed.is_empty() {
+                    return Ok(None);
+                }
+                let grant = tx.prepare_cached(&self.sql.grant).await?;
+                let params: [&(dyn ToSql + Sync); 5] =
+                    [&req.resource, &id, &req.principal, &req.reason, &ttl];
+                let granted = tx.query(&grant, &params).await?;
+                if granted.is_empty() {
+                    // Dropped without commit: the claim is rolled back.
+                    return Ok(None);
+                }
+                tx.commit().await?;
+                Ok::<_, tokio_postgres::Error>(granted.into_iter().next())
+            }
+            .await;
+            in_use.answered = true;
+            drop(in_use);
+            match outcome {
+                Ok(Some(row)) => return Ok(Acquisition::Granted(self.lease(&row)?)),
+                Ok(None) => {}
+                Err(e) if is_retryable(&e) && attempt < MAX_ATTEMPTS => {
+                    sql::pause_before_retry(attempt).await;
+                    continue;
+                }
+                Err(e) => return Err(self.error(e)),
+            }
+            // Stormlock's holder first: its mirror is the Python row.
+            let holder = self.query(&self.sql.hold, &[&req.resource]).await?;
+            if let Some(row) = holder.first() {
+                return Ok(Acquisition::contended(&req.id, self.lease(row)?));
+            }
+            if let Some(holder) = self.python_holder(&req.resource).await? {
+                return Ok(Acquisition::contended(&req.id, holder));
+            }
+        }
+        Err(BackendError::unavailable(
+            &self.name,
+            format!(
+                "{:?} changed hands too often to settle within {MAX_ATTEMPTS} attempts",
+                req.resource
+            ),
+        ))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -408,6 +609,9 @@ fn is_unavailable(code: &SqlState) -> bool {
 #[async_trait]
 impl Backend for PostgresBackend {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
+        if let Some(python) = &self.sql.python {
+            return self.acquire_with_python(req, python).await;
+        }
         let ttl = sql::ttl_micros(req.ttl);
         for _ in 0..MAX_ATTEMPTS {
             let granted = self
@@ -440,6 +644,10 @@ impl Backend for PostgresBackend {
     }
 
     async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
+        if let Some(python) = &self.sql.python {
+            self.query(&python.release, &[&resource, &id.expose()])
+                .await?;
+        }
         let rows = self
             .query(&self.sql.release, &[&resource, &id.expose()])
             .await?;
@@ -452,7 +660,18 @@ impl Backend for PostgresBackend {
             .query(&self.sql.renew, &[&resource, &id.expose(), &ttl])
             .await?;
         if let Some(row) = rows.first() {
-            return self.lease(row);
+            let lease = self.lease(row)?;
+            if let Some(python) = &self.sql.python {
+                // Extends the mirror (a moment after the lease, never
+                // before), or writes it again if it went missing, unless a
+                // Python client holds the row now.
+                self.query(
+                    &python.claim,
+                    &[&resource, &id.expose(), &lease.principal, &ttl],
+                )
+                .await?;
+            }
+            return Ok(lease);
         }
         let evicted = match self.read(resource).await? {
             Some((row, _)) => row.record(&self.name)?.evicted.filter(|e| &e.id == id),
@@ -462,10 +681,14 @@ impl Backend for PostgresBackend {
     }
 
     async fn current(&self, resource: &str) -> Result<Option<Lease>> {
-        Ok(match self.read(resource).await? {
+        let lease = match self.read(resource).await? {
             Some((row, now)) => row.record(&self.name)?.live(now).cloned(),
             None => None,
-        })
+        };
+        match lease {
+            Some(lease) => Ok(Some(lease)),
+            None => self.python_holder(resource).await,
+        }
     }
 
     async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {
@@ -491,7 +714,12 @@ impl Backend for PostgresBackend {
         let rows = self
             .query(&self.sql.force, &[&resource, &actor, &reason])
             .await?;
-        rows.first().map(|row| self.lease(row)).transpose()
+        let broken = rows.first().map(|row| self.lease(row)).transpose()?;
+        if let (Some(python), Some(lease)) = (&self.sql.python, &broken) {
+            self.query(&python.release, &[&resource, &lease.id.expose()])
+                .await?;
+        }
+        Ok(broken)
     }
 
     async fn health(&self) -> Result<()> {
@@ -650,6 +878,12 @@ impl InUse {
     fn get(&self) -> &deadpool_postgres::Object {
         self.client
             .as_ref()
+            .expect("the connection is taken only when InUse is dropped")
+    }
+
+    fn get_mut(&mut self) -> &mut deadpool_postgres::Object {
+        self.client
+            .as_mut()
             .expect("the connection is taken only when InUse is dropped")
     }
 }

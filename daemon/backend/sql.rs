@@ -22,6 +22,9 @@ use crate::lease::{Eviction, Lease, LeaseId};
 /// The table used when the configuration names none.
 pub const DEFAULT_TABLE: &str = "stormlock_locks";
 
+/// Python stormlock's table when `python_table` is not set (its own default).
+pub const DEFAULT_PYTHON_TABLE: &str = "stormlock";
+
 /// Suffix of the fence counter's name (a sequence in PostgreSQL, a table in
 /// MySQL) next to the locks table.
 pub(super) const FENCE_SUFFIX: &str = "_fence";
@@ -81,6 +84,16 @@ pub struct SqlConfig {
     /// PEM file of the certificate authorities that sign the server's
     /// certificate, for `tls = "verify-full"`; unset: the public web roots.
     pub ca_file: Option<PathBuf>,
+    /// Migration mode (default false; PostgreSQL only so far): a lock Python
+    /// stormlock 0.4.1 holds in `python_table` counts as held, and every
+    /// lease this backend grants is also written there, so that both tools
+    /// exclude each other. See MIGRATING.md.
+    #[serde(default)]
+    pub python_stormlock: bool,
+    /// Python stormlock's table (its `table` setting), with
+    /// `python_stormlock = true`: lower-case letters, digits and underscores,
+    /// optionally `schema.table`. Default `stormlock`.
+    pub python_table: Option<String>,
 }
 
 impl fmt::Debug for SqlConfig {
@@ -94,6 +107,8 @@ impl fmt::Debug for SqlConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls)
             .field("ca_file", &self.ca_file)
+            .field("python_stormlock", &self.python_stormlock)
+            .field("python_table", &self.python_table)
             .finish()
     }
 }
@@ -122,6 +137,16 @@ pub enum SqlEngine {
 }
 
 impl SqlEngine {
+    /// Whether the adapter supports `python_stormlock = true`.
+    fn python_stormlock(self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => true,
+            #[cfg(feature = "mysql")]
+            Self::Mysql => false,
+        }
+    }
+
     /// Whether `table` may name a schema (`schema.table`).
     fn schema_tables(self) -> bool {
         match self {
@@ -156,7 +181,39 @@ impl SqlConfig {
             return Err("ca_file: only used with tls = \"verify-full\"".to_string());
         }
         self.table_name(engine)?;
+        self.python_table_name(engine)?;
         engine.check_url(&self.url)
+    }
+
+    /// Python stormlock's table when `python_stormlock = true`, validated;
+    /// `None` when the mode is off.
+    pub(super) fn python_table_name(
+        &self,
+        engine: SqlEngine,
+    ) -> std::result::Result<Option<TableName>, String> {
+        if !self.python_stormlock {
+            if self.python_table.is_some() {
+                return Err("python_table: only used with python_stormlock = true".to_string());
+            }
+            return Ok(None);
+        }
+        if !engine.python_stormlock() {
+            return Err(format!(
+                "python_stormlock: not supported by this engine yet ({engine:?})"
+            ));
+        }
+        let text = self.python_table.as_deref().unwrap_or(DEFAULT_PYTHON_TABLE);
+        // Python stormlock puts its name into statements unquoted, which
+        // the engine folds to lower case; quoted here, it must be written so.
+        if text.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(format!(
+                "python_table: {text:?}: write it in lower case, as PostgreSQL reads Python \
+                 stormlock's unquoted table name"
+            ));
+        }
+        TableName::parse(text, engine.schema_tables())
+            .map(Some)
+            .map_err(|e| format!("python_{e}"))
     }
 
     /// The validated `table` setting.
@@ -471,6 +528,8 @@ mod tests {
         assert_eq!((c.tls, c.ca_file.as_ref()), (None, None));
         assert!(!format!("{c:?}").contains("hunter2"), "password in {c:?}");
         assert!(toml::from_str::<SqlConfig>("url = \"mysql://db/x\"\npool = 3").is_err());
+        assert!(!c.python_stormlock);
+        assert_eq!(c.python_table, None);
     }
 
     #[cfg(feature = "postgres")]
@@ -485,6 +544,26 @@ mod tests {
         );
         let url = config("url = \"postgresql://db/ops\"").validate(SqlEngine::Postgres);
         assert_eq!(url, Ok(()));
+        let python = |extra: &str| {
+            config(&format!(
+                "url = \"postgres://db/ops\"\npython_stormlock = true\n{extra}"
+            ))
+            .python_table_name(SqlEngine::Postgres)
+            .map(|t| t.map(|t| t.quoted('"')))
+        };
+        assert_eq!(python(""), Ok(Some("\"stormlock\"".to_string())));
+        assert_eq!(
+            python("python_table = \"ops.py_locks\""),
+            Ok(Some("\"ops\".\"py_locks\"".to_string()))
+        );
+        for bad in ["Locks", "a-b", "a.b.c"] {
+            let err = python(&format!("python_table = \"{bad}\""))
+                .err()
+                .unwrap_or_default();
+            assert!(err.starts_with("python_table: "), "{bad}: {err}");
+        }
+        let err = check("python_table = \"locks\"").err().unwrap_or_default();
+        assert!(err.starts_with("python_table: "), "{err}");
         let err = config("url = \"mysql://db/ops\"")
             .validate(SqlEngine::Postgres)
             .err()
@@ -499,6 +578,10 @@ mod tests {
         assert_eq!(check("url = \"mysql://u:p@db:3306/ops\""), Ok(()));
         for (toml, key) in [
             ("url = \"mysql://db/ops\"\ntable = \"ops.locks\"", "table"),
+            (
+                "url = \"mysql://db/ops\"\npython_stormlock = true",
+                "python_stormlock",
+            ),
             ("url = \"postgres://db/ops\"", "url"),
             ("url = \"mysql://db/ops?pool_max=x\"", "url"),
         ] {

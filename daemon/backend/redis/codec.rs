@@ -50,6 +50,55 @@ pub(super) fn lease(
     }))
 }
 
+/// Reads `{id, p, c, pttl}` of a Python stormlock lock on `resource` (see
+/// `python.lua`) as its holder's lease, `None` for `{}`. Python's own record
+/// is read leniently where it does not matter: a principal that is not UTF-8
+/// is shown lossily, an unreadable creation time as `now`, and a lock
+/// without expiry (which Python never writes) as expiring in
+/// [`NO_EXPIRY`]; only an id that is not Python's 16 bytes is refused.
+pub(super) fn python_lock(
+    resource: &str,
+    now: SystemTime,
+    value: &Value,
+) -> Result<Option<Lease>, String> {
+    let fields = array(value).ok_or("Python stormlock lock is not an array")?;
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let [id, principal, created, pttl] = fields else {
+        return Err("Python stormlock lock has the wrong number of fields".to_string());
+    };
+    let bytes = |value: &Value| match value {
+        Value::BulkString(bytes) => Some(bytes.clone()),
+        _ => None,
+    };
+    let principal = bytes(principal)
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .unwrap_or_default();
+    let acquired_at = bytes(created)
+        .and_then(|c| String::from_utf8(c).ok())
+        .and_then(|c| c.trim().parse::<f64>().ok())
+        .and_then(|c| Duration::try_from_secs_f64(c).ok())
+        .map_or(now, |c| UNIX_EPOCH + c);
+    let expires_at = match int(pttl) {
+        Some(ms) if ms >= 0 => now + Duration::from_millis(ms.unsigned_abs()),
+        _ => now + NO_EXPIRY,
+    };
+    let id = bytes(id).unwrap_or_default();
+    crate::backend::python_stormlock_holder(resource, &id, principal, acquired_at, expires_at)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "Python stormlock lock of {resource:?} has an id of {} bytes, not 16",
+                id.len()
+            )
+        })
+}
+
+/// How far ahead a Python stormlock lock without expiry is reported to
+/// expire: it is held until someone releases it.
+pub(super) const NO_EXPIRY: Duration = Duration::from_secs(365 * 86_400);
+
 /// Reads a `TIME` reply.
 pub(super) fn time(value: &Value) -> Result<SystemTime, String> {
     let not_time = || "TIME is not two numbers".to_string();
@@ -153,6 +202,42 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(err.contains("expiry"), "{err}");
+    }
+
+    #[test]
+    fn python_locks_are_read() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let id = [0xab_u8; 16];
+        let reply = |created: &str, pttl: i64| {
+            Value::Array(vec![
+                Value::BulkString(id.to_vec()),
+                bulk("py-alice"),
+                bulk(created),
+                Value::Int(pttl),
+            ])
+        };
+        let read = python_lock("r", now, &reply("990.5", 3_000)).ok().flatten();
+        let Some(lease) = read else {
+            panic!("no lease read")
+        };
+        assert_eq!(lease.id.expose(), "ab".repeat(16));
+        assert_eq!(lease.principal, "py-alice");
+        assert_eq!(lease.reason, crate::backend::PYTHON_STORMLOCK_REASON);
+        assert_eq!(lease.fence, 0);
+        assert_eq!(
+            lease.acquired_at,
+            UNIX_EPOCH + Duration::from_millis(990_500)
+        );
+        assert_eq!(lease.expires_at, now + Duration::from_secs(3));
+        // Lenient where Python's record does not matter to exclusion.
+        let odd = python_lock("r", now, &reply("yesterday", -1))
+            .ok()
+            .flatten();
+        assert_eq!(odd.as_ref().map(|l| l.acquired_at), Some(now));
+        assert_eq!(odd.map(|l| l.expires_at), Some(now + NO_EXPIRY));
+        assert_eq!(python_lock("r", now, &Value::Array(Vec::new())), Ok(None));
+        let short = Value::Array(vec![bulk("abc"), bulk("p"), bulk("1"), Value::Int(5)]);
+        assert!(python_lock("r", now, &short).is_err());
     }
 
     #[test]

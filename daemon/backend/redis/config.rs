@@ -31,6 +31,12 @@ pub struct RedisConfig {
     /// for a server with a private CA; without it the public web roots are
     /// trusted.
     pub ca_file: Option<PathBuf>,
+    /// Migration mode (default false): a lock Python stormlock 0.4.1 holds
+    /// on the same Redis (a hash at the bare resource name) counts as held,
+    /// and every lease this backend grants is also written in that format,
+    /// so that both tools exclude each other. See MIGRATING.md.
+    #[serde(default)]
+    pub python_stormlock: bool,
 }
 
 // By hand, because the URL may carry a password.
@@ -41,6 +47,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("ca_file", &self.ca_file)
+            .field("python_stormlock", &self.python_stormlock)
             .finish()
     }
 }
@@ -121,7 +128,13 @@ mod tests {
         let c = config(r#"url = "redis://h/""#);
         assert_eq!(c.prefix, "stormlock:");
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert!(!c.python_stormlock);
         assert_eq!(c.validate(), Ok(()));
+        let c = config("url = \"redis://h/\"\npython_stormlock = true");
+        assert!(c.python_stormlock);
+        assert!(
+            toml::from_str::<RedisConfig>("url = \"redis://h/\"\npython_stormlock = 1").is_err()
+        );
         let c = config("url = \"redis://h/\"\nconnect_timeout = \"5s\"");
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert!(toml::from_str::<RedisConfig>("url = \"redis://h/\"\npool = 3").is_err());

@@ -1,5 +1,4 @@
--- Shared by every script but release.lua, which the daemon prepends to
--- them: lease_at(key) is the live lease in hash `key` as {id, principal,
+-- Shared by every script, which the daemon prepends to them: lease_at(key) is the live lease in hash `key` as {id, principal,
 -- reason, acquired_s, acquired_us, fence, pttl}, or {} when there is none. A
 -- missing field or a key without expiry comes back as such and is reported
 -- as a corrupt record by the daemon.

@@ -27,6 +27,19 @@
 //! Every operation is one Lua script, so each is atomic on the engine, and
 //! times come from Redis `TIME` inside the script, never from the daemon.
 //!
+//! # Python stormlock
+//!
+//! With `python_stormlock = true` the scripts also get key `R` itself, where
+//! Python stormlock 0.4.1 keeps its lock on `R` (a hash `id`, `p`, `c` with
+//! the lock's expiry; see `python.lua`), in the same atomic step: acquire
+//! refuses while a Python lock is there and reports its holder, and every
+//! granted lease is mirrored into that hash (its id as 16 bytes, its
+//! principal, the grant time, the same expiry, and a field `stormlockd` with
+//! the prefix, marking it as this deployment's), which renew extends and
+//! release and force-release delete. `current` reports a Python lock as
+//! held; `list` walks the index and shows Stormlock's leases only. A resource
+//! whose name is one of this backend's own keys is refused in this mode.
+//!
 //! # Requirements on the engine
 //!
 //! Fences survive a Redis restart only with persistence (AOF or RDB), and no
@@ -57,6 +70,7 @@
 //! ca_file = "/etc/stormlock/redis-ca.pem"   # private CA, optional
 //! prefix = "stormlock:"
 //! connect_timeout = "2s"
+//! python_stormlock = false   # true while migrating from Python stormlock
 //! ```
 //!
 //! # Layout
@@ -101,6 +115,8 @@ pub struct RedisBackend {
     prefix: String,
     scripts: Scripts,
     connect_timeout: Duration,
+    /// `python_stormlock`: honour and write Python stormlock's locks.
+    python: bool,
 }
 
 /// Refuses an engine that may evict keys: only `noeviction` keeps every
@@ -234,11 +250,29 @@ impl RedisBackend {
             prefix: config.prefix.clone(),
             scripts: Scripts::new(),
             connect_timeout: timeout,
+            python: config.python_stormlock,
         })
     }
 
     fn key(&self, kind: &str, resource: &str) -> String {
         format!("{}{kind}:{resource}", self.prefix)
+    }
+
+    /// Whether `name` is, or could be, one of this backend's own keys.
+    fn is_own_key(&self, name: &str) -> bool {
+        name.strip_prefix(self.prefix.as_str()).is_some_and(|rest| {
+            rest == "index"
+                || ["lease:", "fence:", "evicted:"]
+                    .iter()
+                    .any(|kind| rest.starts_with(kind))
+        })
+    }
+
+    /// Python stormlock's key for `resource` (the name itself) when
+    /// `python_stormlock` is on, unless that is one of this backend's own
+    /// keys (such a resource is never granted in this mode).
+    fn python_key<'a>(&self, resource: &'a str) -> Option<&'a str> {
+        (self.python && !self.is_own_key(resource)).then_some(resource)
     }
 
     /// The pub/sub channel on which every change publishes its resource.
@@ -340,22 +374,37 @@ impl RedisBackend {
         codec::eviction_of(value, id).map_err(|what| self.corrupt(&what))
     }
 
-    /// `{TIME, lease, eviction}` of `resource`.
-    async fn read(&self, resource: &str) -> Result<(SystemTime, Option<Lease>, Value)> {
-        let reply = self
-            .run(
-                self.scripts
-                    .read
-                    .key(self.key("lease", resource))
-                    .key(self.key("evicted", resource)),
-            )
-            .await?;
+    /// [`codec::python_lock`], a bad reply reported as this engine's.
+    fn python_lock(&self, resource: &str, now: SystemTime, value: &Value) -> Result<Option<Lease>> {
+        codec::python_lock(resource, now, value).map_err(|what| self.corrupt(&what))
+    }
+
+    /// `{TIME, lease, eviction, Python lock}` of `resource`; the Python lock
+    /// only when `python` and the mode is on.
+    async fn read(
+        &self,
+        resource: &str,
+        python: bool,
+    ) -> Result<(SystemTime, Option<Lease>, Value, Option<Lease>)> {
+        let mut invocation = self.scripts.read.prepare_invoke();
+        invocation
+            .key(self.key("lease", resource))
+            .key(self.key("evicted", resource));
+        if let Some(key) = self.python_key(resource).filter(|_| python) {
+            invocation.key(key).arg(&self.prefix);
+        }
+        let reply = self.run(&invocation).await?;
         match array(&reply) {
-            Some([now, lease, eviction]) => {
+            Some([now, lease, eviction, python]) => {
                 let now = self.time(now)?;
-                Ok((now, self.lease(resource, now, lease)?, eviction.clone()))
+                Ok((
+                    now,
+                    self.lease(resource, now, lease)?,
+                    eviction.clone(),
+                    self.python_lock(resource, now, python)?,
+                ))
             }
-            _ => Err(self.corrupt("read reply is not three fields")),
+            _ => Err(self.corrupt("read reply is not four fields")),
         }
     }
 }
@@ -363,62 +412,76 @@ impl RedisBackend {
 #[async_trait]
 impl Backend for RedisBackend {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
-        let reply = self
-            .run(
-                self.scripts
-                    .acquire
-                    .key(self.key("lease", &req.resource))
-                    .key(self.key("fence", &req.resource))
-                    .key(format!("{}index", self.prefix))
-                    .arg(req.id.expose())
-                    .arg(&req.principal)
-                    .arg(&req.reason)
-                    .arg(ttl_millis(req.ttl))
-                    .arg(&req.resource)
-                    .arg(self.channel()),
-            )
-            .await?;
+        if self.python && self.is_own_key(&req.resource) {
+            return Err(BackendError::config(
+                &self.name,
+                format!(
+                    "resource {:?} cannot be locked with python_stormlock = true: Python \
+                     stormlock's key for it is one of this backend's own keys (prefix {:?})",
+                    req.resource, self.prefix
+                ),
+            ));
+        }
+        let mut invocation = self.scripts.acquire.prepare_invoke();
+        invocation
+            .key(self.key("lease", &req.resource))
+            .key(self.key("fence", &req.resource))
+            .key(format!("{}index", self.prefix))
+            .arg(req.id.expose())
+            .arg(&req.principal)
+            .arg(&req.reason)
+            .arg(ttl_millis(req.ttl))
+            .arg(&req.resource)
+            .arg(self.channel());
+        if let Some(key) = self.python_key(&req.resource) {
+            invocation.key(key).arg(&self.prefix);
+        }
+        let reply = self.run(&invocation).await?;
         let Some([granted, now, lease]) = array(&reply) else {
             return Err(self.corrupt("acquire reply is not three fields"));
         };
         let now = self.time(now)?;
-        let lease = self
-            .lease(&req.resource, now, lease)?
-            .ok_or_else(|| self.corrupt("acquire returned no lease"))?;
-        Ok(match int(granted) {
+        let granted = int(granted);
+        let lease = if granted == Some(2) {
+            self.python_lock(&req.resource, now, lease)?
+        } else {
+            self.lease(&req.resource, now, lease)?
+        }
+        .ok_or_else(|| self.corrupt("acquire returned no lease"))?;
+        Ok(match granted {
             Some(1) => Acquisition::Granted(lease),
             _ => Acquisition::contended(&req.id, lease),
         })
     }
 
     async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
-        let reply = self
-            .run(
-                self.scripts
-                    .release
-                    .key(self.key("lease", resource))
-                    .key(format!("{}index", self.prefix))
-                    .arg(id.expose())
-                    .arg(resource)
-                    .arg(self.channel()),
-            )
-            .await?;
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation
+            .key(self.key("lease", resource))
+            .key(format!("{}index", self.prefix))
+            .arg(id.expose())
+            .arg(resource)
+            .arg(self.channel());
+        if let Some(key) = self.python_key(resource) {
+            invocation.key(key);
+        }
+        let reply = self.run(&invocation).await?;
         Ok(int(&reply) == Some(1))
     }
 
     async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
-        let reply = self
-            .run(
-                self.scripts
-                    .renew
-                    .key(self.key("lease", resource))
-                    .key(self.key("evicted", resource))
-                    .arg(id.expose())
-                    .arg(ttl_millis(ttl))
-                    .arg(resource)
-                    .arg(self.channel()),
-            )
-            .await?;
+        let mut invocation = self.scripts.renew.prepare_invoke();
+        invocation
+            .key(self.key("lease", resource))
+            .key(self.key("evicted", resource))
+            .arg(id.expose())
+            .arg(ttl_millis(ttl))
+            .arg(resource)
+            .arg(self.channel());
+        if let Some(key) = self.python_key(resource) {
+            invocation.key(key).arg(&self.prefix);
+        }
+        let reply = self.run(&invocation).await?;
         let Some([renewed, now, detail]) = array(&reply) else {
             return Err(self.corrupt("renew reply is not three fields"));
         };
@@ -434,11 +497,12 @@ impl Backend for RedisBackend {
     }
 
     async fn current(&self, resource: &str) -> Result<Option<Lease>> {
-        Ok(self.read(resource).await?.1)
+        let (_, lease, _, python) = self.read(resource, true).await?;
+        Ok(lease.or(python))
     }
 
     async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {
-        let (_, lease, eviction) = self.read(resource).await?;
+        let (_, lease, eviction, _) = self.read(resource, false).await?;
         Ok(match lease {
             Some(lease) if &lease.id == id => LeaseStatus::Current(lease),
             _ => LeaseStatus::NotCurrent {
@@ -514,19 +578,19 @@ impl Backend for RedisBackend {
         actor: &str,
         reason: &str,
     ) -> Result<Option<Lease>> {
-        let reply = self
-            .run(
-                self.scripts
-                    .force_release
-                    .key(self.key("lease", resource))
-                    .key(format!("{}index", self.prefix))
-                    .key(self.key("evicted", resource))
-                    .arg(actor)
-                    .arg(reason)
-                    .arg(resource)
-                    .arg(self.channel()),
-            )
-            .await?;
+        let mut invocation = self.scripts.force_release.prepare_invoke();
+        invocation
+            .key(self.key("lease", resource))
+            .key(format!("{}index", self.prefix))
+            .key(self.key("evicted", resource))
+            .arg(actor)
+            .arg(reason)
+            .arg(resource)
+            .arg(self.channel());
+        if let Some(key) = self.python_key(resource) {
+            invocation.key(key);
+        }
+        let reply = self.run(&invocation).await?;
         let Some([now, lease]) = array(&reply) else {
             return Err(self.corrupt("force-release reply is not two fields"));
         };

@@ -4,20 +4,24 @@
 
 use redis::Script;
 
-/// `lease_at(key)`, the reader of a lease hash that every script but
-/// `release.lua` calls; prepended to them.
+/// `lease_at(key)`, the reader of a lease hash; prepended to every script.
 const LEASE_AT: &str = include_str!("lease_at.lua");
+
+/// The readers and writers of Python stormlock's locks
+/// (`python_stormlock = true`); prepended to every script.
+const PYTHON: &str = include_str!("python.lua");
 
 /// The scripts, compiled (hashed) once; `invoke_async` runs them by SHA and
 /// loads them again after a Redis restart (`NOSCRIPT`).
 pub(super) struct Scripts {
-    /// `acquire.lua`: grant, or report the holder.
+    /// `acquire.lua`: grant, or report the holder (or Python stormlock's).
     pub acquire: Script,
     /// `release.lua`: end the lease if it is current.
     pub release: Script,
     /// `renew.lua`: extend the lease if it is current, else its eviction.
     pub renew: Script,
-    /// `read.lua`: the lease and eviction record, one snapshot.
+    /// `read.lua`: the lease, eviction record and Python stormlock lock, one
+    /// snapshot.
     pub read: Script,
     /// `force_release.lua`: break the lease and record who and why.
     pub force_release: Script,
@@ -27,14 +31,14 @@ pub(super) struct Scripts {
 
 impl Scripts {
     pub(super) fn new() -> Self {
-        let with_lease_at = |body: &str| Script::new(&format!("{LEASE_AT}{body}"));
+        let with_helpers = |body: &str| Script::new(&format!("{LEASE_AT}{PYTHON}{body}"));
         Self {
-            acquire: with_lease_at(include_str!("acquire.lua")),
-            release: Script::new(include_str!("release.lua")),
-            renew: with_lease_at(include_str!("renew.lua")),
-            read: with_lease_at(include_str!("read.lua")),
-            force_release: with_lease_at(include_str!("force_release.lua")),
-            list: with_lease_at(include_str!("list.lua")),
+            acquire: with_helpers(include_str!("acquire.lua")),
+            release: with_helpers(include_str!("release.lua")),
+            renew: with_helpers(include_str!("renew.lua")),
+            read: with_helpers(include_str!("read.lua")),
+            force_release: with_helpers(include_str!("force_release.lua")),
+            list: with_helpers(include_str!("list.lua")),
         }
     }
 }
