@@ -189,6 +189,46 @@ mod tests {
     }
 
     #[test]
+    fn the_process_exits_with_the_code() {
+        for exit in [
+            Exit::Success,
+            Exit::Held,
+            Exit::LeaseLost,
+            Exit::Status(126),
+        ] {
+            assert_eq!(
+                ExitCode::from(exit),
+                ExitCode::from(exit.code()),
+                "{exit:?}"
+            );
+        }
+        assert_ne!(ExitCode::from(Exit::Held), ExitCode::SUCCESS);
+        assert_eq!(Exit::signalled(1).code(), 129, "SIGHUP");
+        assert_eq!(Exit::signalled(200).code(), 255, "clamped, never wrapped");
+    }
+
+    #[test]
+    fn an_eviction_says_who_and_why() {
+        let plain = CliError::new(Exit::NotCurrent, anyhow::anyhow!("lease is not current"));
+        assert_eq!(plain.eviction(), None, "not broken by anyone");
+        let broken = CliError {
+            evicted: Some(stormlock_api::pb::LeaseEvicted {
+                actor: "oncall".to_string(),
+                reason: "incident 7".to_string(),
+            }),
+            ..plain
+        };
+        assert_eq!(
+            broken.eviction().as_deref(),
+            Some("force-released by oncall (incident 7)")
+        );
+        let kept = broken.context("renewing");
+        assert_eq!(kept.exit, Exit::NotCurrent);
+        assert!(kept.eviction().is_some(), "context keeps the eviction");
+        assert_eq!(kept.to_string(), "renewing: lease is not current");
+    }
+
+    #[test]
     fn messages_chain_once() {
         let err = CliError::usage("bad value").context("reading config");
         assert_eq!(err.to_string(), "reading config: bad value");

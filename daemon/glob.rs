@@ -160,9 +160,60 @@ mod tests {
     fn bad_patterns_are_refused_with_the_pattern() {
         let err = ResourcePattern::new("a/[").expect_err("unclosed class");
         assert!(err.contains("a/["), "{err}");
-        assert!(ResourcePattern::new("").is_err());
-        assert!(PatternSet::resources(Vec::new()).is_err());
-        assert!(PatternSet::principals(vec!["[".into()]).is_err());
+        let err = ResourcePattern::new("").expect_err("empty");
+        assert!(err.contains("may not be empty"), "{err}");
+        let err = PatternSet::resources(Vec::new()).expect_err("no pattern");
+        assert!(err.contains("at least one pattern"), "{err}");
+        let err = PatternSet::principals(vec!["ok".into(), "[".into()]).expect_err("bad");
+        assert!(err.contains("\"[\""), "{err}");
+    }
+
+    #[test]
+    fn levels_hold_for_every_wildcard_of_a_resource_pattern() {
+        let set = PatternSet::resources(vec!["team-*/deploy/*".into()]).expect("valid");
+        assert!(set.is_match("team-a/deploy/web"));
+        assert!(!set.is_match("team-a/b/deploy/web"), "* crosses no '/'");
+        assert!(!set.is_match("team-a/deploy/web/1"));
+        let p = ResourcePattern::new("a?b").expect("valid");
+        assert!(p.is_match("axb"));
+        assert!(!p.is_match("a/b"), "? is no '/' either");
+        let p = ResourcePattern::new("**").expect("valid");
+        assert!(p.is_match("a") && p.is_match("a/b/c"));
+        let p = ResourcePattern::new("prod/**/db").expect("valid");
+        assert!(p.is_match("prod/db") && p.is_match("prod/eu/west/db"));
+        assert!(!p.is_match("prod/db/x"));
+        // A principal has no levels.
+        let set = PatternSet::principals(vec!["ops".into(), "ci-?".into()]).expect("valid");
+        assert!(set.is_match("ops") && set.is_match("ci-/"));
+        assert!(!set.is_match("ops2") && !set.is_match("ci-ab"));
+        assert_eq!(set.patterns(), ["ops", "ci-?"]);
+        assert_eq!(p.as_str(), "prod/**/db");
+    }
+
+    #[test]
+    fn patterns_show_as_written() {
+        let p = ResourcePattern::new("prod/*").expect("valid");
+        assert_eq!(format!("{p:?}"), "\"prod/*\"");
+        let set = PatternSet::resources(vec!["a/**".into(), "b".into()]).expect("valid");
+        assert_eq!(format!("{set:?}"), "[\"a/**\", \"b\"]");
+        #[derive(Deserialize)]
+        struct Rule {
+            #[serde(rename = "match")]
+            pattern: ResourcePattern,
+            #[serde(deserialize_with = "deserialize_resources")]
+            resources: PatternSet,
+            #[serde(deserialize_with = "deserialize_principals")]
+            principals: PatternSet,
+        }
+        let rule: Rule =
+            toml::from_str("match = \"prod/*\"\nresources = [\"team/*\"]\nprincipals = [\"ci-*\"]")
+                .expect("rule");
+        assert!(rule.pattern.is_match("prod/db") && !rule.pattern.is_match("prod/db/x"));
+        assert!(rule.resources.is_match("team/a") && !rule.resources.is_match("team/a/b"));
+        assert!(rule.principals.is_match("ci-a/b"));
+        let bad =
+            toml::from_str::<Rule>("match = \"prod/[\"\nresources = [\"x\"]\nprincipals = [\"y\"]");
+        assert!(bad.err().is_some_and(|e| e.to_string().contains("prod/[")));
     }
 
     #[test]

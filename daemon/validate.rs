@@ -253,13 +253,89 @@ mod tests {
         assert!(msg.contains("513") && msg.contains("512"), "{msg}");
     }
 
+    /// The message of the refusal of `result`, which must be one.
+    fn refusal<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
+        let err = result.expect_err("refused");
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        err.to_string()
+    }
+
     #[test]
-    fn reasons_and_principals() {
-        assert!(reason("").is_ok());
+    fn reasons_principals_and_prefixes() {
+        assert_eq!(reason("").ok(), Some(""));
         assert!(reason(&"r".repeat(1024)).is_ok());
-        assert!(reason(&"r".repeat(1025)).is_err());
-        assert!(reason("line\nbreak").is_err());
-        assert!(principal(&"p".repeat(257)).is_err());
+        let msg = refusal(reason(&"r".repeat(1025)));
+        assert!(
+            msg.contains("reason is 1025 bytes long; the limit is 1024"),
+            "{msg}"
+        );
+        let msg = refusal(reason("line\nbreak"));
+        assert!(
+            msg.contains("reason contains the control character"),
+            "{msg}"
+        );
+        assert!(principal(&"p".repeat(256)).is_ok());
+        let msg = refusal(principal(&"p".repeat(257)));
+        assert!(
+            msg.contains("principal is 257 bytes long; the limit is 256"),
+            "{msg}"
+        );
+        // A prefix may be empty and end with '/', unlike a resource.
+        assert_eq!(prefix("").ok(), Some(""));
+        assert_eq!(prefix("team/").ok(), Some("team/"));
+        assert!(prefix(&"x".repeat(512)).is_ok());
+        let msg = refusal(prefix(&"x".repeat(513)));
+        assert!(
+            msg.contains("prefix is 513 bytes long; the limit is 512"),
+            "{msg}"
+        );
+        let msg = refusal(prefix("a\u{1b}"));
+        assert!(
+            msg.contains("prefix contains the control character"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn every_bidirectional_control_and_nothing_else_is_refused() {
+        for c in [
+            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202C}', '\u{202E}', '\u{2066}',
+            '\u{2068}', '\u{2069}',
+        ] {
+            let msg = refusal(reason(&format!("a{c}b")));
+            let code = format!("U+{:04X}", u32::from(c));
+            assert!(
+                msg.contains("bidirectional") && msg.contains(&code),
+                "{code}: {msg}"
+            );
+        }
+        // Neighbours that are not bidirectional controls (joiners, spaces,
+        // deprecated format characters) are text like any other.
+        for c in [
+            '\u{061B}', '\u{200D}', '\u{2029}', '\u{202F}', '\u{2065}', '\u{206A}',
+        ] {
+            let text = format!("a{c}b");
+            assert!(reason(&text).is_ok(), "U+{:04X}", u32::from(c));
+        }
+    }
+
+    #[test]
+    fn wait_ids() {
+        assert_eq!(wait_id("").ok(), Some(None));
+        assert_eq!(wait_id("a.B_9-z").ok(), Some(Some("a.B_9-z")));
+        assert!(wait_id(&"w".repeat(64)).is_ok());
+        let msg = refusal(wait_id(&"w".repeat(65)));
+        assert!(
+            msg.contains("wait_id is 65 bytes long; the limit is 64"),
+            "{msg}"
+        );
+        for (bad, shown) in [("a b", "' '"), ("a/b", "'/'"), ("é", "'é'")] {
+            let msg = refusal(wait_id(bad));
+            assert!(
+                msg.contains(&format!("wait_id contains {shown}")),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]
@@ -271,14 +347,15 @@ mod tests {
             Some(Duration::from_secs(1))
         );
         assert_eq!(ttl(Some(&secs(3600)), d, max).ok(), Some(max));
-        for bad in [
-            secs(0),
-            secs(-1),
-            secs(3601),
-            secs(i64::MAX),
-            secs(i64::MIN),
+        for (bad, why) in [
+            (secs(0), "at least 1s"),
+            (secs(-1), "ttl is negative"),
+            (secs(3601), "exceeds the maximum of 1h"),
+            (secs(i64::MAX), "exceeds the maximum of 1h"),
+            (secs(i64::MIN), "ttl is negative"),
         ] {
-            assert!(ttl(Some(&bad), d, max).is_err(), "{bad:?}");
+            let msg = refusal(ttl(Some(&bad), d, max));
+            assert!(msg.contains(why), "{bad:?}: {msg}");
         }
         // i64::MIN seconds once overflowed in the conversion (a panic in
         // debug builds): refused like any negative value.
@@ -286,31 +363,29 @@ mod tests {
             seconds: i64::MIN,
             nanos: i32::MIN,
         };
-        let message = ttl(Some(&min), d, max).expect_err("i64::MIN").to_string();
+        let message = refusal(ttl(Some(&min), d, max));
         assert!(message.contains("negative"), "{message}");
         let too_many_nanos = prost_types::Duration {
             seconds: 1,
             nanos: 1_000_000_000,
         };
-        let message = ttl(Some(&too_many_nanos), d, max)
-            .expect_err("nanos")
-            .to_string();
+        let message = refusal(ttl(Some(&too_many_nanos), d, max));
         assert!(message.contains("malformed"), "{message}");
+        let almost = prost_types::Duration {
+            seconds: 1,
+            nanos: 999_999_999,
+        };
+        assert!(refusal(ttl(Some(&almost), d, max)).contains("whole"));
         let half = prost_types::Duration {
             seconds: 1,
             nanos: 500_000_000,
         };
-        assert!(
-            ttl(Some(&half), d, max)
-                .expect_err("fraction")
-                .to_string()
-                .contains("whole")
-        );
+        assert!(refusal(ttl(Some(&half), d, max)).contains("whole"));
         let bad_nanos = prost_types::Duration {
             seconds: 1,
             nanos: -5,
         };
-        assert!(ttl(Some(&bad_nanos), d, max).is_err());
+        assert!(refusal(ttl(Some(&bad_nanos), d, max)).contains("negative"));
     }
 
     #[test]
@@ -318,22 +393,45 @@ mod tests {
         let max = Duration::from_secs(10);
         assert_eq!(wait(None, max).ok(), Some(Duration::ZERO));
         assert_eq!(wait(Some(&secs(0)), max).ok(), Some(Duration::ZERO));
-        assert!(wait(Some(&secs(-3)), max).is_err());
-        assert!(wait(Some(&secs(i64::MIN)), max).is_err());
-        assert!(wait(Some(&secs(11)), max).is_err());
+        assert_eq!(
+            wait(Some(&secs(10)), max).ok(),
+            Some(max),
+            "up to the maximum"
+        );
+        let fraction = prost_types::Duration {
+            seconds: 2,
+            nanos: 500_000_000,
+        };
+        assert_eq!(
+            wait(Some(&fraction), max).ok(),
+            Some(Duration::from_millis(2_500)),
+            "a wait need not be whole seconds"
+        );
+        assert!(refusal(wait(Some(&secs(-3)), max)).contains("wait is negative"));
+        assert!(refusal(wait(Some(&secs(i64::MIN)), max)).contains("wait is negative"));
+        let msg = refusal(wait(Some(&secs(11)), max));
+        assert!(msg.contains("wait 11s exceeds the maximum of 10s"), "{msg}");
     }
 
     #[test]
     fn lease_ids() {
-        assert!(lease_id(&"a".repeat(32)).is_ok());
-        assert!(
-            lease_id("")
-                .expect_err("empty")
-                .to_string()
-                .contains("empty")
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            lease_id(id).ok().map(|l| l.expose().to_string()),
+            Some(id.to_string())
         );
-        assert!(lease_id("nope").is_err());
-        assert!(lease_id(&"a".repeat(10_000)).is_err());
+        assert!(refusal(lease_id("")).contains("lease_id is empty"));
+        for bad in [
+            "nope",
+            &id[..31],
+            &format!("{id}0"),
+            &id.to_uppercase(),
+            &"g".repeat(32),
+            &"a".repeat(10_000),
+        ] {
+            let msg = refusal(lease_id(bad));
+            assert!(msg.contains("32 lowercase hex digits"), "{bad}: {msg}");
+        }
     }
 
     #[test]
@@ -344,13 +442,27 @@ mod tests {
             Some("team/a")
         );
         assert_eq!(page_token("", "x").ok(), Some(None));
-        assert!(
-            page_token(&token, "other/").is_err(),
-            "token outside the prefix"
+        // The longest name a token can carry (512 bytes, 1024 hex digits).
+        let longest = "x".repeat(512);
+        assert_eq!(
+            page_token(&make_page_token(&longest), "").ok().flatten(),
+            Some(longest.clone())
         );
-        assert!(page_token("zz", "").is_err());
-        assert!(page_token(&hex::encode([0xff, 0xfe]), "").is_err());
-        assert!(page_token(&make_page_token("a\nb"), "").is_err());
-        assert!(page_token(&"ab".repeat(2000), "").is_err());
+        for (forged, prefix) in [
+            (token.clone(), "other/"),
+            (token.clone(), "team/a/"),
+            ("zz".to_string(), ""),
+            (hex::encode([0xff, 0xfe]), ""),
+            (make_page_token("a\nb"), ""),
+            (make_page_token("a\u{202E}b"), ""),
+            (make_page_token(&format!("{longest}x")), ""),
+            ("ab".repeat(2000), ""),
+        ] {
+            let msg = refusal(page_token(&forged, prefix));
+            assert!(
+                msg.contains("not a token returned by List"),
+                "{forged}: {msg}"
+            );
+        }
     }
 }

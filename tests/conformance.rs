@@ -220,6 +220,86 @@ pub async fn expiry(backend: Arc<dyn Backend>) {
     ));
 }
 
+/// An expired lease that nobody took over is still gone: releasing it
+/// releases nothing, force-releasing it breaks nothing and records no
+/// eviction, and the next lease gets a higher fence.
+pub async fn expired_release_and_force_release(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("expired-state");
+    let first = request(&resource, "alice", 1);
+    let lease = granted(b, &first).await;
+    past_expiry().await;
+    assert!(
+        !b.release(&resource, &first.id).await.expect("release"),
+        "an expired lease releases nothing"
+    );
+    assert_eq!(
+        b.force_release(&resource, "admin", "too late")
+            .await
+            .expect("force"),
+        None,
+        "an expired lease is not broken"
+    );
+    assert!(matches!(
+        b.status(&resource, &first.id).await,
+        Ok(LeaseStatus::NotCurrent { evicted: None })
+    ));
+    assert!(matches!(
+        b.renew(&resource, &first.id, Duration::from_secs(5)).await,
+        Err(BackendError::NotCurrent { evicted: None })
+    ));
+    // Released twice over and broken once: the resource is simply free.
+    let second = request(&resource, "bob", 60);
+    let next = granted(b, &second).await;
+    assert!(next.fence > lease.fence, "fence increases across expiry");
+    assert!(matches!(
+        b.status(&resource, &second.id).await,
+        Ok(LeaseStatus::Current(_))
+    ));
+    assert!(b.release(&resource, &second.id).await.expect("release"));
+}
+
+/// After a force-release, only the evicted lease's id is told who broke it:
+/// any other id (a stranger's, or the next holder's) is simply not current.
+pub async fn eviction_is_reported_only_to_the_evicted(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("evicted-stranger");
+    let alice = request(&resource, "alice", 600);
+    granted(b, &alice).await;
+    b.force_release(&resource, "oncall", "stuck")
+        .await
+        .expect("force")
+        .expect("a lease was broken");
+    let stranger = LeaseId::generate();
+    assert!(matches!(
+        b.status(&resource, &stranger).await,
+        Ok(LeaseStatus::NotCurrent { evicted: None })
+    ));
+    assert!(matches!(
+        b.renew(&resource, &stranger, Duration::from_secs(5)).await,
+        Err(BackendError::NotCurrent { evicted: None })
+    ));
+    assert!(!b.release(&resource, &stranger).await.expect("release"));
+    // The evicted holder still learns who and why.
+    match b.status(&resource, &alice.id).await {
+        Ok(LeaseStatus::NotCurrent { evicted: Some(e) }) => assert_eq!(e.actor, "oncall"),
+        other => panic!("evicted lease status: {other:?}"),
+    }
+    // The next holder is current, not evicted, and cannot be mistaken for
+    // the lease that was broken.
+    let bob = request(&resource, "bob", 60);
+    granted(b, &bob).await;
+    assert!(matches!(
+        b.status(&resource, &bob.id).await,
+        Ok(LeaseStatus::Current(_))
+    ));
+    assert!(b.release(&resource, &bob.id).await.expect("release"));
+    assert!(matches!(
+        b.status(&resource, &bob.id).await,
+        Ok(LeaseStatus::NotCurrent { evicted: None })
+    ));
+}
+
 /// An acquisition tried again with the lease id that already holds the
 /// resource (its first attempt was applied and the answer lost) is granted
 /// that same lease, not told that the resource is held by itself.
@@ -465,6 +545,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance::conformance_tests!(@cases $make;
             acquire_contend_release, unknown_resource, renew, expiry,
+            expired_release_and_force_release, eviction_is_reported_only_to_the_evicted,
             acquire_is_idempotent, expiry_is_what_was_reported,
             fences_strictly_increase, concurrent_acquirers, list_and_paginate,
             force_release, names_at_limits, long_reason, health);

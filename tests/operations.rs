@@ -29,12 +29,9 @@ async fn scrape(addr: SocketAddr) -> String {
     loop {
         match try_scrape(addr).await {
             Ok(text) => return text,
-            Err(e) if Instant::now() < until => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot scrape {addr}: {e}"),
+            Err(e) => assert!(Instant::now() < until, "cannot scrape {addr}: {e}"),
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -60,12 +57,13 @@ async fn try_scrape(addr: SocketAddr) -> std::io::Result<String> {
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed);
-/// 0 when the series does not exist yet.
+/// a series that is not exposed fails the test, so that a renamed metric
+/// never reads as 0.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map(|value| value.trim().parse().expect("numeric sample"))
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("{series} is not exposed:\n{text}"))
 }
 
 fn acquire(resource: &str, principal: &str) -> pb::AcquireRequest {
@@ -366,4 +364,166 @@ fn check_config_catches_each_class_of_error() {
         "{text}"
     );
     assert!(text.contains("Routing changes"), "{text}");
+}
+
+/// The plain-text `health_listen` serves `grpc.health.v1.Health` and
+/// nothing else: no LockService, no reflection, even in plain text to a
+/// daemon whose API port takes only mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_port_serves_only_health() {
+    let health_addr = free_addr();
+    let config = format!("health_listen = \"{health_addr}\"\n[backends.main]\ntype = \"memory\"\n");
+    let daemon = TestDaemon::start(&config, false).await;
+    let until = Instant::now() + PATIENCE;
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(format!("http://{health_addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            Ok(channel) => break channel,
+            Err(e) => assert!(Instant::now() < until, "health port: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut health = HealthClient::new(channel.clone());
+    wait_for_health(&mut health, ServingStatus::Serving).await;
+    assert_eq!(
+        status(&mut health, "liveness").await,
+        ServingStatus::Serving
+    );
+
+    let mut locks = pb::lock_service_client::LockServiceClient::new(channel.clone());
+    let refused = locks
+        .acquire(acquire("health/port", "alice"))
+        .await
+        .expect_err("LockService on the health port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    let refused = locks
+        .list(pb::ListRequest::default())
+        .await
+        .expect_err("LockService on the health port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let refused = reflection
+        .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .expect_err("reflection on the health port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+
+    // Nothing was acquired through it.
+    let current = daemon
+        .client()
+        .await
+        .current(pb::CurrentRequest {
+            resource: "health/port".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("current")
+        .into_inner();
+    assert_eq!(current.lease, None);
+    daemon.shutdown().await.expect("clean shutdown");
+}
+
+/// The JSON lines of a log; every line must be one.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Whether `line` is the debug line that ends a `Current` call.
+fn finished_current(line: &serde_json::Value) -> bool {
+    line["level"] == "DEBUG"
+        && line["message"] == "finished"
+        && line["span"]["rpc"] == "Current"
+        && line["code"].is_string()
+        && line["elapsed_ms"].is_number()
+}
+
+/// Whether `line` is an HTTP/2 library's debug line.
+fn h2_debug(line: &serde_json::Value) -> bool {
+    line["level"] == "DEBUG" && line["target"].as_str().is_some_and(|t| t.starts_with("h2"))
+}
+
+/// `--log-format` and `--log-level` (and their variables): text by default
+/// at `info`; JSON lines on request; a bare level for the daemon alone, a
+/// full filter as given.
+#[test]
+fn log_format_and_level_switches() {
+    use crate::e2e::Daemon;
+    // Runs one call, stops the daemon (every line written) and returns its log.
+    let logged = |args: &[&str]| {
+        let mut daemon = Daemon::start_with(args);
+        daemon.cli(&["current", "log/x"]).exit(1);
+        daemon.terminate();
+        daemon.log()
+    };
+
+    let log = logged(&[]);
+    assert!(log.contains("listening"), "{log}");
+    assert!(!log.contains("finished"), "no debug lines at info: {log}");
+    assert!(
+        log.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "text, not JSON: {log}"
+    );
+
+    let log = logged(&["--log-format", "json", "--log-level", "debug"]);
+    let lines = json_lines(&log);
+    assert!(lines.iter().any(finished_current), "{log}");
+    assert!(
+        !lines.iter().any(h2_debug),
+        "a bare level leaves the libraries at info: {log}"
+    );
+
+    let log = logged(&["--log-format", "json", "--log-level", "h2=debug,info"]);
+    let lines = json_lines(&log);
+    assert!(lines.iter().any(h2_debug), "a full filter as given: {log}");
+    assert!(!lines.iter().any(finished_current), "{log}");
+
+    let log = logged(&["--log-level", "warn"]);
+    assert!(!log.contains("listening"), "nothing below warn: {log}");
+}
+
+/// The same switches from `STORMLOCKD_LOG` and `STORMLOCKD_LOG_FORMAT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_switches_from_the_environment() {
+    let daemon = crate::support::DaemonProcess::start(
+        "[backends.main]\ntype = \"memory\"\n",
+        &[
+            ("STORMLOCKD_LOG", "debug"),
+            ("STORMLOCKD_LOG_FORMAT", "json"),
+        ],
+    )
+    .await;
+    let mut client = daemon.client();
+    client
+        .current(pb::CurrentRequest {
+            resource: "log/env".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("current");
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let log = daemon.log();
+        // The line being written may be incomplete.
+        let mut lines = log.lines().filter_map(|l| serde_json::from_str(l).ok());
+        if lines.any(|l: serde_json::Value| finished_current(&l)) {
+            return;
+        }
+        assert!(Instant::now() < until, "no finished line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

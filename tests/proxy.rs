@@ -102,6 +102,11 @@ impl FaultProxy {
     pub fn fault(&self) -> Fault {
         *self.fault.borrow()
     }
+
+    /// How many connections a `HalfOpen` fault has silenced so far.
+    pub fn half_open(&self) -> usize {
+        self.graveyard.lock().expect("graveyard").len()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -391,7 +396,14 @@ mod tests {
         e.write_all(b"e").await.expect("write");
         e.read_exact(&mut buf[..1]).await.expect("echo");
         proxy.set(Fault::HalfOpen);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while proxy.half_open() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection never went half-open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         proxy.set(Fault::None);
         e.write_all(b"f")
             .await
@@ -425,13 +437,16 @@ mod tests {
             .expect("the retry is echoed");
         assert_eq!(&buf[..5], b"-xyz-");
 
-        // Latency: late, but there.
+        // Latency: late (a delay each way is the fault itself, so this lower
+        // bound is its behaviour, and no slowness can make it fail), but
+        // there.
         let mut f = TcpStream::connect(proxy.addr).await.expect("connect");
         proxy.set(Fault::Latency(Duration::from_millis(100)));
         let sent = std::time::Instant::now();
         f.write_all(b"g").await.expect("write");
         f.read_exact(&mut buf[..1]).await.expect("echo");
-        assert!(sent.elapsed() >= Duration::from_millis(200));
+        let delay = sent.elapsed();
+        assert!(delay >= Duration::from_millis(200), "{delay:?}");
         assert_eq!(&buf[..1], b"g");
     }
 }

@@ -195,6 +195,26 @@ async fn list_pages_across_routed_backends() {
     assert!(all.next_page_token.is_empty());
 }
 
+/// Polls `Current` until a caller waits for `resource` (bounded).
+async fn in_line(client: &mut LockServiceClient<Channel>, resource: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let current = client
+            .current(pb::CurrentRequest {
+                resource: resource.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("current")
+            .into_inner();
+        if current.waiting > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nobody joined the line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_waiter_is_woken_by_release_and_by_expiry() {
     let daemon = TestDaemon::start(MEMORY, false).await;
@@ -208,9 +228,8 @@ async fn a_waiter_is_woken_by_release_and_by_expiry() {
     let mut req = acquire("queue");
     req.wait = secs(20);
     let waiting = tokio::spawn(async move { waiter.acquire(req).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    in_line(&mut client, "queue").await;
     assert!(!waiting.is_finished(), "waits while held");
-    let released_at = Instant::now();
     client
         .release(pb::ReleaseRequest {
             resource: "queue".into(),
@@ -221,7 +240,6 @@ async fn a_waiter_is_woken_by_release_and_by_expiry() {
     let got = waiting.await.expect("task").expect("acquire").into_inner();
     assert!(got.acquired, "the waiter got the lock");
     assert!(got.lease.expect("lease").fence > lease.fence);
-    eprintln!("woken {:?} after the release", released_at.elapsed());
 
     // Expiry: the holder never releases.
     let mut short = acquire("expiring");
@@ -240,20 +258,35 @@ async fn a_waiter_is_woken_by_release_and_by_expiry() {
     assert!(got.holder.is_some());
 }
 
+/// Tries to take `resource` through a channel presenting `identity`; the
+/// daemon must refuse the connection or the call (a transport-level refusal
+/// of the TLS handshake, or UNAUTHENTICATED), and nothing may be acquired.
+async fn assert_refused(
+    daemon: &TestDaemon,
+    identity: Option<tonic::transport::Identity>,
+    resource: &str,
+    who: &str,
+) {
+    let Ok(channel) = daemon.channel_with(identity).await else {
+        return;
+    };
+    let status = LockServiceClient::new(channel)
+        .acquire(acquire(resource))
+        .await
+        .expect_err(who);
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Unauthenticated
+        ),
+        "{who}: {status:?}"
+    );
+}
+
 #[tokio::test]
 async fn clients_without_a_certificate_from_the_ca_are_refused() {
     let daemon = TestDaemon::start(MEMORY, false).await;
-    let refused = match daemon.channel_with(None).await {
-        Err(_) => true,
-        Ok(channel) => LockServiceClient::new(channel)
-            .current(pb::CurrentRequest {
-                resource: "x".into(),
-                ..Default::default()
-            })
-            .await
-            .is_err(),
-    };
-    assert!(refused, "no client certificate");
+    assert_refused(&daemon, None, "x", "no client certificate").await;
 
     let other = tempfile::tempdir().expect("tempdir");
     let dev = stormlock_api::paths::DevTls::in_data_dir(other.path());
@@ -262,21 +295,17 @@ async fn clients_without_a_certificate_from_the_ca_are_refused() {
         std::fs::read(dev.client_cert()).expect("cert"),
         std::fs::read(dev.client_key()).expect("key"),
     );
-    let refused = match daemon.channel_with(Some(identity)).await {
-        Err(_) => true,
-        Ok(channel) => LockServiceClient::new(channel)
-            .current(pb::CurrentRequest {
-                resource: "x".into(),
-                ..Default::default()
-            })
-            .await
-            .is_err(),
-    };
-    assert!(refused, "certificate from another CA");
+    assert_refused(&daemon, Some(identity), "x", "certificate from another CA").await;
 
-    // The real client still works.
+    // Nothing was acquired by either, and the real client still works.
     let mut client = daemon.client().await;
-    assert!(take(&mut client, acquire("x")).await.acquired);
+    let answer = take(&mut client, acquire("x")).await;
+    assert!(answer.acquired, "{answer:?}");
+    assert_eq!(
+        answer.lease.map(|l| l.fence),
+        Some(1),
+        "the first lease on x"
+    );
 }
 
 #[tokio::test]
@@ -431,4 +460,210 @@ async fn embedded_default_keeps_locks_and_fences_across_restarts() {
         .lease
         .expect("lease");
     assert!(next.fence > lease.fence, "fence survives restarts");
+}
+
+/// Lifetime of a lease in whole seconds, as granted or renewed.
+fn lifetime(lease: &pb::Lease) -> i64 {
+    let acquired = lease.acquired_at.expect("acquired_at").seconds;
+    lease.expires_at.expect("expires_at").seconds - acquired
+}
+
+/// The default and maximum TTL of the first matching `[[resources]]` rule
+/// apply through the service, for Acquire and Renew, up to and including
+/// the maximum; resources no rule matches keep `[defaults]`.
+#[tokio::test]
+async fn per_resource_ttl_and_max_ttl_apply_through_the_service() {
+    let daemon = TestDaemon::start(
+        r#"
+        [defaults]
+        ttl = "1h"
+        max_ttl = "2h"
+        [backends.main]
+        type = "memory"
+        [[resources]]
+        match = "prod/**"
+        ttl = "4h"
+        max_ttl = "1d"
+        [[resources]]
+        match = "long/*"
+        ttl = "3h"
+        "#,
+        false,
+    )
+    .await;
+    let mut client = daemon.client().await;
+    const HOUR: i64 = 3600;
+    const DAY: i64 = 24 * HOUR;
+    let with_ttl = |resource: &str, ttl: Option<i64>| pb::AcquireRequest {
+        ttl: ttl.and_then(secs),
+        ..acquire(resource)
+    };
+    for (resource, ttl, want) in [
+        ("prod/a", None, 4 * HOUR),
+        ("prod/deep/b", Some(DAY), DAY),
+        ("other/a", None, HOUR),
+        ("other/b", Some(2 * HOUR), 2 * HOUR),
+        // No max_ttl in the rule: its TTL is the most it allows.
+        ("long/a", None, 3 * HOUR),
+        ("long/b", Some(3 * HOUR), 3 * HOUR),
+        // `*` stays within one level: the default route.
+        ("long/x/y", None, HOUR),
+    ] {
+        let answer = take(&mut client, with_ttl(resource, ttl)).await;
+        assert!(answer.acquired, "{resource}");
+        let lease = answer.lease.expect("lease");
+        assert_eq!(lifetime(&lease), want, "{resource} with ttl {ttl:?}");
+    }
+    for (resource, ttl, max) in [
+        ("prod/c", DAY + 1, "1d"),
+        ("other/c", 2 * HOUR + 1, "2h"),
+        ("other/d", 3 * HOUR, "2h"),
+        ("long/c", 3 * HOUR + 1, "3h"),
+        ("long/x/z", 3 * HOUR, "2h"),
+    ] {
+        let err = client
+            .acquire(with_ttl(resource, Some(ttl)))
+            .await
+            .expect_err(resource);
+        assert_eq!(err.code(), Code::InvalidArgument, "{resource}: {err:?}");
+        assert!(
+            err.message().contains(&format!("maximum of {max}")),
+            "{resource}: {err:?}"
+        );
+    }
+
+    // Renew: the rule's maximum, and its default TTL when none is asked.
+    let lease = take(&mut client, acquire("prod/renewed"))
+        .await
+        .lease
+        .expect("lease");
+    let renew = |ttl: Option<i64>| pb::RenewRequest {
+        resource: lease.resource.clone(),
+        lease_id: lease.lease_id.clone(),
+        ttl: ttl.and_then(secs),
+    };
+    let renewed = client
+        .renew(renew(Some(DAY)))
+        .await
+        .expect("renew to the maximum")
+        .into_inner()
+        .lease
+        .expect("lease");
+    assert!(lifetime(&renewed) >= DAY, "{renewed:?}");
+    let err = client
+        .renew(renew(Some(DAY + 1)))
+        .await
+        .expect_err("renew past the maximum");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("maximum of 1d"), "{err:?}");
+    let renewed = client
+        .renew(renew(None))
+        .await
+        .expect("renew")
+        .into_inner()
+        .lease
+        .expect("lease");
+    assert!(
+        (4 * HOUR..DAY).contains(&lifetime(&renewed)),
+        "renewed for the rule's 4h: {renewed:?}"
+    );
+}
+
+/// An expired lease that nobody took over can be neither released nor
+/// force-released through the service; its id is not held.
+#[tokio::test]
+async fn an_expired_lease_is_neither_released_nor_force_released() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut client = daemon.client().await;
+    let mut short = acquire("expired/one");
+    short.ttl = secs(1);
+    let lease = take(&mut client, short).await.lease.expect("lease");
+    // The scenario: the lease lapses.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let released = client
+        .release(pb::ReleaseRequest {
+            resource: lease.resource.clone(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect("release")
+        .into_inner();
+    assert!(!released.released, "an expired lease releases nothing");
+    let broken = client
+        .force_release(pb::ForceReleaseRequest {
+            resource: lease.resource.clone(),
+            reason: "too late".into(),
+        })
+        .await
+        .expect("force-release")
+        .into_inner();
+    assert_eq!(broken.released, None, "an expired lease is not broken");
+    let held = client
+        .is_held(pb::IsHeldRequest {
+            resource: lease.resource.clone(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect("is_held: expired, not evicted")
+        .into_inner();
+    assert!(!held.held);
+    let next = take(&mut client, acquire("expired/one"))
+        .await
+        .lease
+        .expect("free again");
+    assert_eq!(next.fence, lease.fence + 1, "nothing granted in between");
+}
+
+/// `page_size` is capped at 1000 leases a page; 0 means 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_page_size_is_capped() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let client = daemon.client().await;
+    let total = 1001;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            for i in (worker..total).step_by(8) {
+                let answer = take(&mut client, acquire(&format!("many/{i:04}"))).await;
+                assert!(answer.acquired, "many/{i:04}");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("acquirer");
+    }
+    let mut client = client;
+    let list = |page_size: u32, page_token: String| pb::ListRequest {
+        prefix: "many/".into(),
+        page_size,
+        page_token,
+    };
+    let default = client
+        .list(list(0, String::new()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(default.leases.len(), 100, "page size 0: the default");
+    assert!(!default.next_page_token.is_empty());
+
+    let first = client
+        .list(list(u32::MAX, String::new()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(first.leases.len(), 1000, "capped at 1000");
+    assert_eq!(
+        first.leases.last().map(|l| l.resource.as_str()),
+        Some("many/0999")
+    );
+    assert!(!first.next_page_token.is_empty(), "more follow");
+    let second = client
+        .list(list(u32::MAX, first.next_page_token))
+        .await
+        .expect("list")
+        .into_inner();
+    let rest: Vec<_> = second.leases.iter().map(|l| l.resource.as_str()).collect();
+    assert_eq!(rest, ["many/1000"]);
+    assert!(second.next_page_token.is_empty(), "the last page");
 }

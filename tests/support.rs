@@ -11,14 +11,22 @@ pub fn engine_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            assert!(
-                std::env::var_os("STORMLOCK_TEST_REQUIRE_ENGINES").is_none(),
-                "{var} is not set although engines are required"
-            );
-            eprintln!("skipped: {var} is not set (run the tests under tests/engines.sh run)");
+            skip_for_want_of(&format!("{var} (run the tests under tests/engines.sh run)"));
             None
         }
     }
+}
+
+/// Says that the running test is skipped for want of `what` (a tool, an
+/// engine), which the caller then returns for; under `tests/engines.sh run`
+/// (`STORMLOCK_TEST_REQUIRE_ENGINES`, as scripts/test and CI run the tests)
+/// it fails the test instead, so that nothing is skipped as a pass there.
+pub fn skip_for_want_of(what: &str) {
+    assert!(
+        std::env::var_os("STORMLOCK_TEST_REQUIRE_ENGINES").is_none(),
+        "{what} is missing although everything is required (STORMLOCK_TEST_REQUIRE_ENGINES)"
+    );
+    eprintln!("skipped: {what} is missing");
 }
 
 /// An engine of this test's own, for tests that stop, restart or freeze it.
@@ -82,11 +90,7 @@ impl PrivateEngine {
             .output()
             .is_ok_and(|o| o.status.success());
         if !available {
-            assert!(
-                std::env::var_os("STORMLOCK_TEST_REQUIRE_ENGINES").is_none(),
-                "{engine} is not installed although engines are required"
-            );
-            eprintln!("skipped: {engine} is not installed");
+            skip_for_want_of(&format!("{engine} (not installed)"));
             return None;
         }
         let dir = tempfile::Builder::new()
@@ -300,6 +304,32 @@ impl TestDaemon {
         stormlock_api::pb::lock_service_client::LockServiceClient::new(self.channel().await)
     }
 
+    /// A LockService client presenting a certificate for `name` issued by
+    /// this daemon's development CA: an authenticated principal that is not
+    /// an administrator (only the development client certificate is).
+    pub async fn client_as(
+        &self,
+        name: &str,
+    ) -> stormlock_api::pb::lock_service_client::LockServiceClient<tonic::transport::Channel> {
+        let dev = self.dev_tls();
+        let ca_key = rcgen::KeyPair::from_pem(
+            &std::fs::read_to_string(dev.ca_key()).expect("development CA key"),
+        )
+        .expect("CA key");
+        let ca_pem = std::fs::read_to_string(dev.ca_cert()).expect("development CA");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &issuer).expect("client certificate");
+        let identity = tonic::transport::Identity::from_pem(cert.pem(), key.serialize_pem());
+        stormlock_api::pb::lock_service_client::LockServiceClient::new(
+            self.channel_with(Some(identity)).await.expect("connect"),
+        )
+    }
+
     /// Stops the daemon gracefully and returns how `run` ended.
     pub async fn shutdown(mut self) -> Result<(), stormlockd::server::ServerError> {
         if let Some(stop) = self.stop.take() {
@@ -506,7 +536,7 @@ impl Drop for DaemonProcess {
 }
 
 /// The `[backends.NAME]` body (TOML) for the shared test engine `engine`
-/// (`redis`, `postgres`, `etcd`, `mysql`), with keys under a prefix or in
+/// (`redis`, `postgres`, `etcd`, `mysql`, `dynamodb`), with keys under a prefix or in
 /// a table named after `name` so tests do not see each other's locks;
 /// `None` when the engine is not available (see [`engine_url`]).
 pub fn shared_backend(engine: &str, name: &str) -> Option<String> {
@@ -528,19 +558,92 @@ pub fn shared_backend(engine: &str, name: &str) -> Option<String> {
             let url = engine_url("STORMLOCK_TEST_MYSQL_URL")?;
             format!("type = \"mysql\"\nurl = {url:?}\ntable = \"{name}\"")
         }
+        // A table of its own; the emulator answers one request at a time,
+        // slowly at first, hence the longer budgets (the `[defaults]` table
+        // after the backend's keys is part of the body on purpose).
+        "dynamodb" => {
+            let url = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT")?;
+            format!(
+                "type = \"dynamodb\"\nendpoint = {url:?}\ntable = \"{name}-{unique}\"\n\
+                 region = \"us-east-1\"\ntimeout = \"15s\"\n[defaults]\nbackend_timeout = \"15s\""
+            )
+        }
         other => panic!("no shared test engine {other:?}"),
     })
 }
 
+/// Marks the copy of a test that [`in_aws_environment`] runs.
+const AWS_CHILD: &str = "STORMLOCK_TEST_AWS_CHILD";
+
+/// Runs `run` in a process whose environment has the DynamoDB emulator's
+/// dummy AWS credentials, which an in-process daemon reads from its
+/// environment (the AWS SDK's default chain). The test process cannot set
+/// its own environment (no `unsafe`), so it runs the test `test` (its full
+/// path, `module_path!()` of the test and its name) again in a copy of the
+/// test binary with those variables, and fails when that copy fails or did
+/// not run exactly that test. Skipped like [`engine_url`] when there is no
+/// emulator.
+pub fn in_aws_environment(module: &str, test: &str, run: impl FnOnce()) {
+    if std::env::var_os(AWS_CHILD).is_some() {
+        return run();
+    }
+    if engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT").is_none() {
+        return;
+    }
+    // `tests::watch::x` → `watch::x::dynamodb`, as the harness names it.
+    let path = module.split_once("::").map_or(module, |(_, rest)| rest);
+    let name = format!("{path}::{test}");
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = Command::new(exe)
+        .args([
+            name.as_str(),
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .envs(crate::exclusion::DYNAMODB_ENV.iter().copied())
+        .env(AWS_CHILD, "1")
+        .output()
+        .expect("run the test binary again");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{name} with the emulator's credentials:\n{stdout}\n{stderr}");
+    assert!(out.status.success(), "{name} failed ({})", out.status);
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "{name} did not run exactly once"
+    );
+}
+
 /// Defines one test per shared engine, each behind its cargo feature, that
 /// runs `$run(&backend_toml)` on a backend from [`shared_backend`] named
-/// `$name`. Use it inside a module named after what is tested.
+/// `$name`. Use it inside a module named after what is tested. DynamoDB's
+/// runs in [`in_aws_environment`].
 macro_rules! on_shared_engines {
     ($name:expr, $run:path) => {
         on_shared_engines!(@one "redis", redis, $name, $run);
         on_shared_engines!(@one "postgres", postgres, $name, $run);
         on_shared_engines!(@one "etcd", etcd, $name, $run);
         on_shared_engines!(@one "mysql", mysql, $name, $run);
+        #[cfg(feature = "dynamodb")]
+        #[test]
+        fn dynamodb() {
+            $crate::support::in_aws_environment(module_path!(), "dynamodb", || {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(4)
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(async {
+                        if let Some(backend) = $crate::support::shared_backend("dynamodb", &$name) {
+                            $run(&backend).await;
+                        }
+                    })
+            });
+        }
     };
     (@one $feature:literal, $engine:ident, $name:expr, $run:path) => {
         #[cfg(feature = $feature)]

@@ -20,6 +20,7 @@ mod exclusion;
 mod limits;
 mod nemesis;
 mod operations;
+mod promises;
 mod proxy;
 mod python_compat;
 mod security;

@@ -159,18 +159,61 @@ async fn a_waiter_that_goes_away_leaves_no_lease() {
     })
     .await;
 
-    // Once the holder releases, nobody may hold the lock.
+    // Once the holder releases, the next caller gets the very next fence:
+    // nothing was granted to the caller that left, neither before this
+    // acquisition (it would hold the lock or have used a fence) nor after it
+    // (the lock is held).
     assert!(release(&mut client, &holder).await);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let after = current(&mut client, &resource, "").await;
+    let lease = take(&mut client, &resource).await;
     assert_eq!(
-        after.lease, None,
+        lease.fence,
+        holder.fence + 1,
         "a lease was granted to a caller that left"
     );
+}
 
-    // A later waiter still gets it normally.
-    let lease = take(&mut client, &resource).await;
-    assert!(lease.fence > holder.fence);
+/// A call deadline shorter than the wait ends the wait: the caller is
+/// answered before its deadline with the holder (the daemon keeps a margin
+/// so that the answer is not lost to DEADLINE_EXCEEDED) and leaves the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_deadline_ends_a_wait() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut client = daemon.client().await;
+    let resource = format!("deadline/{}", unique());
+    let holder = take(&mut client, &resource).await;
+    let mut request = tonic::Request::new(pb::AcquireRequest {
+        resource: resource.clone(),
+        wait: secs(600),
+        wait_id: "hurried".to_string(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(2));
+    let mut waiter = client.clone();
+    let call = tokio::spawn(async move { waiter.acquire(request).await });
+    until(&mut client, &resource, "hurried", "joining the line", |a| {
+        a.queue_position == 1
+    })
+    .await;
+    // The hang guard is far below the 600 s wait: only the deadline can end
+    // the call in time.
+    let answer = tokio::time::timeout(BOUND, call)
+        .await
+        .expect("the deadline ended the wait")
+        .expect("task");
+    let answer = answer.expect("answered within the deadline").into_inner();
+    assert!(!answer.acquired, "{answer:?}");
+    assert_eq!(answer.holder.map(|h| h.fence), Some(holder.fence));
+    let after = until(&mut client, &resource, "hurried", "leaving the line", |a| {
+        a.waiting == 0
+    })
+    .await;
+    assert_eq!(after.queue_position, 0);
+    assert!(release(&mut client, &holder).await);
+    assert_eq!(
+        take(&mut client, &resource).await.fence,
+        holder.fence + 1,
+        "nothing was granted to the caller whose deadline passed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -271,7 +314,8 @@ mod release_elsewhere_wakes_a_waiter {
 }
 
 /// Engines with notifications report a change made through another
-/// connection (another daemon) on the subscription; MySQL has none.
+/// connection (another daemon) on the subscription; MySQL and DynamoDB have
+/// none.
 async fn notifications_arrive(config: &str) {
     use futures::StreamExt;
     use stormlockd::backend::{self, BackendConfig};
@@ -289,8 +333,8 @@ async fn notifications_arrive(config: &str) {
         .await
         .expect("connect b");
     let subscription = listener.subscribe().await.expect("subscribe");
-    if parsed.b.kind() == "mysql" {
-        // No notifications in MySQL: waiters and watches poll.
+    if matches!(parsed.b.kind(), "mysql" | "dynamodb") {
+        // No notifications: waiters and watches poll.
         assert!(subscription.is_none());
         return;
     }

@@ -13,15 +13,71 @@ use crate::support::{TestDaemon, acquire_request, secs, unique};
 const MEMORY: &str = "[backends.main]\ntype = \"memory\"\n";
 const BOUND: Duration = Duration::from_secs(20);
 
-async fn watch(
-    client: &mut LockServiceClient<Channel>,
+/// Opens a watch through `watcher` and returns once it reports changes.
+/// A new watch reads its selection before it reports anything, and nothing
+/// says when that is done; so `probe`, a resource in the selection, is taken
+/// through `actor` and held until the watch reports it (a watch that polls
+/// sees a held lease within a poll), then released, and the watch's events
+/// are consumed up to that release. Events of one resource come in fence
+/// order, so none of the probe's is left behind.
+async fn watching(
+    watcher: &mut LockServiceClient<Channel>,
+    actor: &mut LockServiceClient<Channel>,
     request: pb::WatchRequest,
+    probe: &str,
 ) -> Streaming<pb::WatchResponse> {
-    let stream = client.watch(request).await.expect("watch").into_inner();
-    // The watch reads its selection before it reports changes; give it a
-    // moment so that the first change is not part of the initial state.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stream
+    let mut events = watcher.watch(request).await.expect("watch").into_inner();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let lease = acquire(actor, probe, 60, 0).await;
+        let seen = tokio::time::timeout(
+            Duration::from_millis(1_500),
+            until_fence(&mut events, lease.fence, |_| true),
+        )
+        .await
+        .is_ok();
+        release(actor, &lease).await;
+        if seen {
+            until_fence(&mut events, lease.fence, |event| {
+                matches!(kind(event), EventType::Released | EventType::Expired)
+            })
+            .await;
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watch never reported {probe}"
+        );
+    }
+}
+
+/// Reads events until one about the lease with `fence` that `check`
+/// accepts; the events before it must be about older leases.
+async fn until_fence(
+    events: &mut Streaming<pb::WatchResponse>,
+    fence: u64,
+    check: impl Fn(&pb::WatchResponse) -> bool,
+) {
+    loop {
+        let event = next(events, "the probe").await;
+        let seen = event.lease.as_ref().map_or(0, |l| l.fence);
+        assert!(seen <= fence, "an event after the probe's: {event:?}");
+        if seen == fence && check(&event) {
+            return;
+        }
+    }
+}
+
+async fn release(client: &mut LockServiceClient<Channel>, lease: &pb::Lease) {
+    let released = client
+        .release(pb::ReleaseRequest {
+            resource: lease.resource.clone(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .expect("release")
+        .into_inner();
+    assert!(released.released, "{lease:?}");
 }
 
 async fn next(events: &mut Streaming<pb::WatchResponse>, what: &str) -> pb::WatchResponse {
@@ -58,14 +114,15 @@ async fn acquire(
 /// `watcher` (the same daemon or another one on the same backend).
 async fn every_event(watcher: &TestDaemon, actor: &TestDaemon) {
     let prefix = format!("watch/{}/", unique());
-    let mut watching = watcher.client().await;
     let mut client = actor.client().await;
-    let mut events = watch(
-        &mut watching,
+    let mut events = watching(
+        &mut watcher.client().await,
+        &mut client,
         pb::WatchRequest {
             prefix: prefix.clone(),
             ..Default::default()
         },
+        &format!("{prefix}probe"),
     )
     .await;
 
@@ -153,12 +210,14 @@ async fn a_resource_watch_sees_only_its_resource() {
     let daemon = TestDaemon::start(MEMORY, false).await;
     let mut client = daemon.client().await;
     let resource = format!("one/{}", unique());
-    let mut events = watch(
+    let mut events = watching(
+        &mut client.clone(),
         &mut client,
         pb::WatchRequest {
             resource: resource.clone(),
             ..Default::default()
         },
+        &resource,
     )
     .await;
     // A longer name with the same beginning is another resource.
@@ -177,12 +236,14 @@ async fn expiry_is_reported_while_other_resources_keep_changing() {
     let mut client = daemon.client().await;
     let run = unique();
     let resource = format!("lapse/{run}/watched");
-    let mut events = watch(
+    let mut events = watching(
+        &mut client.clone(),
         &mut client,
         pb::WatchRequest {
             resource: resource.clone(),
             ..Default::default()
         },
+        &resource,
     )
     .await;
     let short = acquire(&mut client, &resource, 2, 0).await;
@@ -198,13 +259,7 @@ async fn expiry_is_reported_while_other_resources_keep_changing() {
         tokio::spawn(async move {
             loop {
                 let lease = acquire(&mut client, &other, 60, 0).await;
-                client
-                    .release(pb::ReleaseRequest {
-                        resource: other.clone(),
-                        lease_id: lease.lease_id,
-                    })
-                    .await
-                    .expect("release");
+                release(&mut client, &lease).await;
             }
         })
     };
@@ -251,7 +306,14 @@ async fn bad_selections_are_refused() {
 async fn shutdown_ends_the_stream_with_unavailable() {
     let daemon = TestDaemon::start(MEMORY, false).await;
     let mut client = daemon.client().await;
-    let mut events = watch(&mut client, pb::WatchRequest::default()).await;
+    let probe = format!("probe/{}", unique());
+    let mut events = watching(
+        &mut client.clone(),
+        &mut client,
+        pb::WatchRequest::default(),
+        &probe,
+    )
+    .await;
     let stopped = tokio::time::timeout(BOUND, daemon.shutdown())
         .await
         .expect("shutdown within the bound");
@@ -261,6 +323,98 @@ async fn shutdown_ends_the_stream_with_unavailable() {
         .expect("bounded");
     let status = end.expect_err("the stream ends with an error");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+/// Every event of `resource` that `events` reports up to the acquisition
+/// of `marker` (a resource in the same selection), in order.
+async fn events_until(
+    events: &mut Streaming<pb::WatchResponse>,
+    resource: &str,
+    marker: &str,
+) -> Vec<pb::WatchResponse> {
+    let mut seen = Vec::new();
+    loop {
+        let event = next(events, marker).await;
+        let about = event.lease.as_ref().map(|l| l.resource.clone());
+        if about.as_deref() == Some(marker) {
+            return seen;
+        }
+        if about.as_deref() == Some(resource) {
+            seen.push(event);
+        }
+    }
+}
+
+/// A watch shows a lease's id only to its holder and to administrators:
+/// another caller watching the same resource sees every event with the id
+/// left empty, as in Current and List.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_shows_lease_ids_only_to_holders_and_administrators() {
+    let daemon = TestDaemon::start(MEMORY, false).await;
+    let mut admin = daemon.client().await;
+    let mut alice = daemon.client_as("alice").await;
+    let bob = daemon.client_as("bob").await;
+    let prefix = format!("ids/{}/", unique());
+    let request = pb::WatchRequest {
+        prefix: prefix.clone(),
+        ..Default::default()
+    };
+    let probe = format!("{prefix}probe");
+    let mut by_admin = watching(&mut admin.clone(), &mut admin, request.clone(), &probe).await;
+    let mut by_alice = watching(&mut alice.clone(), &mut admin, request.clone(), &probe).await;
+    let mut by_bob = watching(&mut bob.clone(), &mut admin, request, &probe).await;
+
+    let resource = format!("{prefix}deploy");
+    let lease = acquire(&mut alice, &resource, 60, 0).await;
+    alice
+        .renew(pb::RenewRequest {
+            resource: resource.clone(),
+            lease_id: lease.lease_id.clone(),
+            ttl: secs(600),
+        })
+        .await
+        .expect("renew");
+    release(&mut alice, &lease).await;
+    let broken = acquire(&mut alice, &resource, 60, 0).await;
+    admin
+        .force_release(pb::ForceReleaseRequest {
+            resource: resource.clone(),
+            reason: "ids test".to_string(),
+        })
+        .await
+        .expect("force-release");
+    let marker = format!("{prefix}marker");
+    acquire(&mut admin, &marker, 60, 0).await;
+
+    let expected = [
+        (EventType::Acquired, &lease.lease_id),
+        (EventType::Renewed, &lease.lease_id),
+        (EventType::Released, &lease.lease_id),
+        (EventType::Acquired, &broken.lease_id),
+        (EventType::ForceReleased, &broken.lease_id),
+    ];
+    for (who, events, shown) in [
+        ("an administrator", &mut by_admin, true),
+        ("the holder", &mut by_alice, true),
+        ("another caller", &mut by_bob, false),
+    ] {
+        let seen = events_until(events, &resource, &marker).await;
+        let got: Vec<(EventType, String, String)> = seen
+            .iter()
+            .map(|e| {
+                let l = e.lease.clone().unwrap_or_default();
+                (kind(e), l.lease_id, l.principal)
+            })
+            .collect();
+        let want: Vec<(EventType, String, String)> = expected
+            .iter()
+            .map(|(k, id)| {
+                let id = if shown { id.to_string() } else { String::new() };
+                (*k, id, "alice".to_string())
+            })
+            .collect();
+        assert_eq!(got, want, "what {who} sees");
+    }
 }
 
 async fn across_daemons(backend: &str) {

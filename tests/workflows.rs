@@ -153,23 +153,109 @@ fn exec_runs_the_command_under_the_lease_and_passes_its_status_on() {
     d.cli(&["exec", "x/two"]).exit(64);
 }
 
+/// SIGINT, SIGTERM and SIGHUP sent to exec reach the command, which handles
+/// each its own way (its exit status says which one it got); the lease is
+/// released after.
 #[test]
-fn exec_passes_sigterm_on_and_releases() {
+fn exec_passes_signals_on_and_releases() {
     let d = Daemon::start();
-    let mut exec = Background::spawn({
-        let mut c = d.command(&["exec", "-t", "1h", "x/term", "--", "sleep", "60"]);
+    for (signal, handled) in [
+        (Signal::SIGINT, 3),
+        (Signal::SIGTERM, 4),
+        (Signal::SIGHUP, 5),
+    ] {
+        let ready = d.dir.path().join(format!("ready-{signal}"));
+        let script = format!(
+            "trap 'echo INT; exit 3' INT; trap 'echo TERM; exit 4' TERM; \
+             trap 'echo HUP; exit 5' HUP; touch {}; while :; do sleep 0.1; done",
+            ready.display()
+        );
+        let mut exec = Background::spawn({
+            let mut c = d.command(&["exec", "-t", "1h", "x/sig", "--", "sh", "-c", &script]);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            c
+        });
+        eventually(
+            "the command has set its traps",
+            Duration::from_secs(10),
+            || ready.exists(),
+        );
+        exec.signal(signal);
+        let status = exec.wait(Duration::from_secs(20));
+        let mut out = String::new();
+        if let Some(mut stdout) = exec.child.stdout.take() {
+            std::io::Read::read_to_string(&mut stdout, &mut out).expect("stdout");
+        }
+        assert_eq!(status.code(), Some(handled), "{signal}: {status}, {out:?}");
+        assert_eq!(out.trim(), &signal.as_str()[3..], "{signal}");
+        d.cli(&["current", "x/sig"]).exit(1);
+    }
+}
+
+/// A command that runs longer than the TTL keeps its lease: exec renews it
+/// (the command checks, after its TTL has passed twice over, that its lease
+/// is still the current one).
+#[test]
+fn exec_renews_the_lease_while_the_command_runs_past_its_ttl() {
+    let d = Daemon::start();
+    let script = r#"sleep 5 && "$0" is-held "$STORMLOCK_RESOURCE""#;
+    let run = d
+        .cli(&[
+            "exec",
+            "-t",
+            "2s",
+            "x/long",
+            "--",
+            "sh",
+            "-c",
+            script,
+            stormlock(),
+        ])
+        .ok();
+    assert!(!run.stderr.contains("lost the lock"), "{run:?}");
+    d.cli(&["current", "x/long"]).exit(1);
+}
+
+/// A command that exists but cannot be run: 126, as a shell says, and the
+/// lease is released.
+#[test]
+fn exec_of_a_command_that_cannot_run_is_126() {
+    let d = Daemon::start();
+    let script = d.dir.path().join("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").expect("script");
+    let script = script.display().to_string();
+    let run = d.cli(&["exec", "x/cannot", "--", &script]).exit(126);
+    assert_eq!(run.stdout, "", "{run:?}");
+    assert!(run.stderr.contains("cannot run the command"), "{run:?}");
+    d.cli(&["current", "x/cannot"]).exit(1);
+}
+
+/// The daemon refuses the wait for a reason no other status describes (its
+/// line is full): exec exits 70 and never runs the command.
+#[test]
+fn exec_refused_by_a_waiter_limit_is_70() {
+    let setup = tempfile::tempdir().expect("tempdir");
+    let config = setup.path().join("stormlockd.toml");
+    std::fs::write(&config, "[limits]\nmax_waiters_per_resource = 1\n").expect("config");
+    let d = Daemon::start_with(&["--config", &config.display().to_string()]);
+    d.cli(&["acquire", "-t", "1h", "x/full"]).ok();
+    let _waiter = Background::spawn({
+        let mut c = d.command(&["acquire", "--wait", "60s", "x/full"]);
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         c
     });
-    eventually("the lease is taken", Duration::from_secs(10), || {
-        d.cli(&["current", "x/term"]).code == 0
-    });
-    exec.signal(Signal::SIGTERM);
-    let status = exec.wait(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(143), "sleep died of SIGTERM: {status}");
-    d.cli(&["current", "x/term"]).exit(1);
+    d.until_waiting("x/full", 1);
+    let run = d
+        .cli(&[
+            "exec", "--wait", "60s", "x/full", "--", "sh", "-c", "echo ran",
+        ])
+        .exit(70);
+    assert_eq!(run.stdout, "", "the command never ran: {run:?}");
+    assert!(run.stderr.contains("max_waiters_per_resource"), "{run:?}");
 }
 
 /// Starts `exec` with a command whose shell writes its pid and its
@@ -295,44 +381,51 @@ fn exec_stops_the_command_when_renewals_cannot_get_through() {
     );
 }
 
-/// Ctrl-C while waiting ends the wait at once with 130 and leaves no lease:
-/// once the holder lets go, the resource is free, not held by the waiter
-/// that gave up.
+/// Ctrl-C, SIGTERM or SIGHUP while waiting ends the wait with 128+N and
+/// leaves no lease: once the holder lets go, the next caller gets the very
+/// next fence, so nothing was granted to a waiter that gave up.
 #[test]
 fn interrupted_waits_leave_no_lease() {
     let d = Daemon::start();
     let holder = d.cli(&["acquire", "-t", "1h", "x/wait"]).ok().line();
-    for command in [
-        &["acquire", "-t", "1h", "--wait", "60s", "x/wait"][..],
-        &[
-            "exec", "-t", "1h", "--wait", "60s", "x/wait", "--", "sh", "-c", "echo ran",
-        ],
-    ] {
-        let mut waiter = Background::spawn({
-            let mut c = d.command(command);
-            c.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null());
-            c
-        });
-        // Give the waiter time to get in line (nothing to poll for yet).
-        sleep(Duration::from_millis(700));
-        waiter.signal(Signal::SIGINT);
-        let status = waiter.wait(Duration::from_secs(5));
-        assert_eq!(status.code(), Some(130), "{command:?}: {status}");
-        let mut out = String::new();
-        if let Some(mut stdout) = waiter.child.stdout.take() {
-            std::io::Read::read_to_string(&mut stdout, &mut out).expect("stdout");
+    let fence = d.fence("x/wait").expect("held");
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        for command in [
+            &["acquire", "-t", "1h", "--wait", "60s", "x/wait"][..],
+            &[
+                "exec", "-t", "1h", "--wait", "60s", "x/wait", "--", "sh", "-c", "echo ran",
+            ],
+        ] {
+            let mut waiter = Background::spawn({
+                let mut c = d.command(command);
+                c.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null());
+                c
+            });
+            d.until_waiting("x/wait", 1);
+            waiter.signal(signal);
+            let status = waiter.wait(Duration::from_secs(20));
+            assert_eq!(
+                status.code(),
+                Some(128 + signal as i32),
+                "{signal} {command:?}: {status}"
+            );
+            let mut out = String::new();
+            if let Some(mut stdout) = waiter.child.stdout.take() {
+                std::io::Read::read_to_string(&mut stdout, &mut out).expect("stdout");
+            }
+            assert_eq!(out, "", "{command:?}: nothing acquired, nothing ran");
+            d.until_waiting("x/wait", 0);
         }
-        assert_eq!(out, "", "{command:?}: nothing acquired, nothing ran");
     }
     d.cli(&["release", "x/wait", &holder]).ok();
-    // Anything granted to a caller that is gone is released at once.
-    eventually("the resource is free", Duration::from_secs(5), || {
-        d.cli(&["current", "x/wait"]).code == 1
-    });
-    sleep(Duration::from_millis(500));
-    d.cli(&["current", "x/wait"]).exit(1);
+    d.cli(&["acquire", "-t", "1h", "x/wait"]).ok();
+    assert_eq!(
+        d.fence("x/wait"),
+        Some(fence + 1),
+        "a lease was granted to a waiter that gave up"
+    );
 }
 
 /// A `watch` in the background, its output lines on a channel.
@@ -559,7 +652,7 @@ fn on_a_terminal() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_script {
-        eprintln!("skipped: no script(1) to make a pseudo-terminal");
+        crate::support::skip_for_want_of("script(1), to make a pseudo-terminal,");
         return;
     }
     let d = Daemon::start();
@@ -586,8 +679,8 @@ fn on_a_terminal() {
 
     d.cli(&["acquire", "-t", "2s", "--reason", "db migration", "tty/r"])
         .ok();
-    // Someone else waits too, most likely ahead of us (nothing tells when it
-    // is in line), so that the spinner has a line to show.
+    // Someone else waits too, ahead of us, so that the spinner has a line
+    // to show.
     let other = Background::spawn({
         let mut c = d.command(&["acquire", "-t", "1s", "--wait", "20s", "tty/r"]);
         c.stdin(Stdio::null())
@@ -595,6 +688,7 @@ fn on_a_terminal() {
             .stderr(Stdio::null());
         c
     });
+    d.until_waiting("tty/r", 1);
     let (status, out) = in_terminal(
         format!(
             "stty rows 50 cols 250; {} acquire --wait 20s -t 1h tty/r; echo exit=$?",
@@ -609,7 +703,6 @@ fn on_a_terminal() {
     // "2nd of 2 in line" while the other waiter is ahead, then "next in line".
     assert!(out.contains(" in line"), "{out}");
     assert!(out.contains("exit=0"), "{out}");
-    // Out of line (it may be behind us) before the lock is released.
     drop(other);
     let id = d.cli(&["current", "-f", "id", "tty/r"]).ok().line();
     assert!(out.contains(&id), "the new lease id is printed: {out}");
@@ -640,7 +733,9 @@ fn ctrl_z_suspends_exec_and_fg_resumes_it() {
             .is_ok_and(|o| o.status.success())
     });
     if !tools {
-        eprintln!("skipped: needs script(1) and bash for a shell with job control");
+        crate::support::skip_for_want_of(
+            "script(1) or bash, for a shell with job control on a pseudo-terminal,",
+        );
         return;
     }
     let d = Daemon::start();
@@ -652,35 +747,50 @@ fn ctrl_z_suspends_exec_and_fg_resumes_it() {
         .stderr(Stdio::null());
     let mut shell = Background::spawn(c);
     let mut stdin = shell.child.stdin.take().expect("stdin");
-    let stdout = shell.child.stdout.take().expect("stdout");
+    let mut stdout = shell.child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut out);
-        let _ = tx.send(out);
+        let mut chunk = [0; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut chunk) {
+            if tx
+                .send(String::from_utf8_lossy(&chunk[..n]).into_owned())
+                .is_err()
+            {
+                return;
+            }
+        }
     });
-    // Typed at a person's pace; wherever a keystroke lands, the command ends
-    // up reading "yes".
-    let typed = [
-        format!("{} exec z/r -- sh -c 'read x; echo got $x'\n", stormlock()),
-        "\x1a".to_string(),
-        "jobs\n".to_string(),
-        "fg\n".to_string(),
-        "yes\n".to_string(),
-        "echo status=$?\n".to_string(),
-        "exit\n".to_string(),
-    ];
-    for keys in typed {
-        sleep(Duration::from_millis(800));
+    // What the terminal showed so far; each step waits for what the one
+    // before it makes the terminal show.
+    let mut out = String::new();
+    let mut type_then_see = |keys: &str, wanted: &str| {
         std::io::Write::write_all(&mut stdin, keys.as_bytes()).expect("type");
-    }
+        let from = out.len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !out[from..].contains(wanted) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => out.push_str(&chunk),
+                Err(_) => panic!("{wanted:?} never showed after {keys:?}: {out}"),
+            }
+        }
+    };
+    type_then_see(
+        &format!(
+            "{} exec z/r -- sh -c 'echo reading; read x; echo got $x'\n",
+            stormlock()
+        ),
+        "reading\r\n",
+    );
+    type_then_see("\x1a", "Stopped");
+    type_then_see("jobs\n", "Stopped");
+    type_then_see("fg\n", "exec z/r");
+    type_then_see("yes\n", "got yes");
+    type_then_see("echo status=$?\n", "status=0");
+    type_then_see("exit\n", "exit");
     let status = shell.wait(Duration::from_secs(30));
     drop(stdin);
-    let out = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
     assert!(status.success(), "{status}: {out}");
-    assert!(out.contains("Stopped"), "the shell saw the job stop: {out}");
-    assert!(out.contains("got yes"), "{out}");
-    assert!(out.contains("status=0"), "{out}");
     d.cli(&["current", "z/r"]).exit(1);
 }
 

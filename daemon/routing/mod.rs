@@ -197,5 +197,144 @@ mod tests {
         let other = router.route("staging/db");
         assert_eq!(other.backend_name, "main");
         assert_eq!(other.ttl, Duration::from_secs(3600));
+        assert_eq!(other.max_ttl, config.defaults.max_ttl);
+    }
+
+    fn routed(text: &str) -> (Router, BTreeMap<String, Arc<dyn Backend>>) {
+        let config = Config::parse(text, "test").expect("config");
+        let backends: BTreeMap<String, Arc<dyn Backend>> = config
+            .backends
+            .keys()
+            .map(|k| {
+                (
+                    k.clone(),
+                    Arc::new(MemoryBackend::new()) as Arc<dyn Backend>,
+                )
+            })
+            .collect();
+        (
+            Router::new(&config, backends.clone()).expect("router"),
+            backends,
+        )
+    }
+
+    /// A rule without `max_ttl` allows at least its own TTL: the default
+    /// maximum, or the rule's TTL when that is longer.
+    #[test]
+    fn a_rule_allows_at_least_its_own_ttl() {
+        let (router, _) = routed(
+            r#"
+            [defaults]
+            ttl = "1h"
+            max_ttl = "2h"
+            [backends.main]
+            type = "memory"
+            [[resources]]
+            match = "long/*"
+            ttl = "3h"
+            [[resources]]
+            match = "short/*"
+            ttl = "30m"
+            "#,
+        );
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        let long = router.route("long/x");
+        assert_eq!((long.ttl, long.max_ttl), (hours(3), hours(3)));
+        let short = router.route("short/x");
+        assert_eq!((short.ttl, short.max_ttl), (hours(1) / 2, hours(2)));
+        let other = router.route("other");
+        assert_eq!((other.ttl, other.max_ttl), (hours(1), hours(2)));
+    }
+
+    async fn hold(backend: &Arc<dyn Backend>, resource: &str) {
+        let request = crate::lease::AcquireRequest {
+            resource: resource.to_string(),
+            id: crate::lease::LeaseId::generate(),
+            principal: "p".to_string(),
+            reason: String::new(),
+            ttl: Duration::from_secs(60),
+        };
+        assert!(matches!(
+            backend.acquire(&request).await,
+            Ok(crate::lease::Acquisition::Granted(_))
+        ));
+    }
+
+    /// List merges the backends' pages in name order, cut to the limit,
+    /// says when more may follow, and shows each lease only from the
+    /// backend its resource routes to (a lease left on another backend by
+    /// a routing change is not the lock any more).
+    #[tokio::test]
+    async fn list_merges_backends_and_keeps_each_lease_to_its_route() {
+        let (router, backends) = routed(
+            r#"
+            [backends.main]
+            type = "memory"
+            [backends.other]
+            type = "memory"
+            [[resources]]
+            match = "b/**"
+            backend = "other"
+            "#,
+        );
+        let (main, other) = (&backends["main"], &backends["other"]);
+        for name in ["a/1", "c/1"] {
+            hold(main, name).await;
+        }
+        for name in ["b/1", "b/2"] {
+            hold(other, name).await;
+        }
+        // Stale: held where their resources no longer route.
+        hold(main, "b/0").await;
+        hold(other, "a/0").await;
+
+        let names = |leases: &[Lease]| -> Vec<String> {
+            leases.iter().map(|l| l.resource.clone()).collect()
+        };
+        let (all, more) = router.list("", None, 10).await.expect("list");
+        assert_eq!(names(&all), ["a/1", "b/1", "b/2", "c/1"]);
+        assert!(!more, "everything fits");
+        let (page, more) = router.list("", None, 2).await.expect("list");
+        assert_eq!(names(&page), ["a/1", "b/1"]);
+        assert!(more, "more follow");
+        let (page, more) = router.list("", Some("b/1"), 2).await.expect("list");
+        assert_eq!(names(&page), ["b/2", "c/1"]);
+        assert!(more, "a full page may have more behind it");
+        let (page, more) = router.list("", Some("c/1"), 2).await.expect("list");
+        assert!(page.is_empty() && !more, "{page:?}");
+        let (page, _) = router.list("b/", None, 10).await.expect("list");
+        assert_eq!(names(&page), ["b/1", "b/2"]);
+        // One backend with more than a page: more follow.
+        let (single, backends) = routed("[backends.main]\ntype = \"memory\"\n");
+        for name in ["x/1", "x/2", "x/3"] {
+            hold(&backends["main"], name).await;
+        }
+        let (page, more) = single.list("x/", None, 2).await.expect("list");
+        assert_eq!(names(&page), ["x/1", "x/2"]);
+        assert!(more);
+    }
+
+    /// A page whose leases all turn out stale on every backend is empty,
+    /// but the listing is not over: leases after it must still be found.
+    #[tokio::test]
+    #[ignore = "bug: Router::list says no more follow when every lease a backend returned was                 filtered out as stale, so List ends early after a routing change"]
+    async fn a_page_of_stale_leases_does_not_end_the_listing() {
+        let (router, backends) = routed(
+            r#"
+            [backends.main]
+            type = "memory"
+            [backends.other]
+            type = "memory"
+            [[resources]]
+            match = "b/**"
+            backend = "other"
+            "#,
+        );
+        hold(&backends["main"], "b/0").await;
+        hold(&backends["other"], "a/5").await;
+        hold(&backends["other"], "b/1").await;
+        let (page, more) = router.list("", None, 1).await.expect("list");
+        assert!(page.is_empty(), "{page:?}");
+        assert!(more, "b/1 is still to come");
     }
 }
