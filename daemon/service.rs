@@ -185,6 +185,8 @@ impl LockService {
         let mut examined = 0;
         loop {
             let (batch, more) = self.locks.list(prefix, after.as_deref(), limit).await?;
+            // A page that moves nothing forward cannot be followed.
+            let more = more && !batch.is_empty();
             examined += batch.len();
             let last_of_batch = batch.len();
             for (n, lease) in batch.into_iter().enumerate() {
