@@ -213,7 +213,9 @@ type AcquireRequest struct {
 	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// How long to wait for the resource if it is held. Unset or zero: try once.
 	// Waiters on one daemon are served first come, first served; the wait also
-	// ends at the call's deadline or when the caller goes away.
+	// ends when the caller goes away, and 200 ms before the call's deadline,
+	// answered like the end of the wait (acquired false, with the holder)
+	// rather than DEADLINE_EXCEEDED, so that the caller learns who holds it.
 	Wait *durationpb.Duration `protobuf:"bytes,3,opt,name=wait,proto3" json:"wait,omitempty"`
 	// Why the lock is taken (at most 1 KiB, no control characters); shown to
 	// anyone who is refused.

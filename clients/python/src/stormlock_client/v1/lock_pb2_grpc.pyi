@@ -40,8 +40,9 @@ class LockServiceStub:
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
     not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
     when the backend cannot be reached within the daemon's backend timeout,
-    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
-    error: see AcquireResponse.
+    DEADLINE_EXCEEDED when the call's deadline passes (except a wait in
+    Acquire, which ends just before it: see AcquireRequest.wait). Contention is
+    not an error: see AcquireResponse.
 
     Typed details travel in the standard `google.rpc.Status` of an error
     answer (the `grpc-status-details-bin` trailer that every gRPC library can
@@ -82,8 +83,9 @@ class LockServiceAsyncStub(LockServiceStub):
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
     not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
     when the backend cannot be reached within the daemon's backend timeout,
-    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
-    error: see AcquireResponse.
+    DEADLINE_EXCEEDED when the call's deadline passes (except a wait in
+    Acquire, which ends just before it: see AcquireRequest.wait). Contention is
+    not an error: see AcquireResponse.
 
     Typed details travel in the standard `google.rpc.Status` of an error
     answer (the `grpc-status-details-bin` trailer that every gRPC library can
@@ -120,8 +122,9 @@ class LockServiceServicer(metaclass=_abc_1.ABCMeta):
     UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
     not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
     when the backend cannot be reached within the daemon's backend timeout,
-    DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
-    error: see AcquireResponse.
+    DEADLINE_EXCEEDED when the call's deadline passes (except a wait in
+    Acquire, which ends just before it: see AcquireRequest.wait). Contention is
+    not an error: see AcquireResponse.
 
     Typed details travel in the standard `google.rpc.Status` of an error
     answer (the `grpc-status-details-bin` trailer that every gRPC library can

@@ -111,7 +111,9 @@ export type AcquireRequest = Message<"stormlock.v1.AcquireRequest"> & {
   /**
    * How long to wait for the resource if it is held. Unset or zero: try once.
    * Waiters on one daemon are served first come, first served; the wait also
-   * ends at the call's deadline or when the caller goes away.
+   * ends when the caller goes away, and 200 ms before the call's deadline,
+   * answered like the end of the wait (acquired false, with the holder)
+   * rather than DEADLINE_EXCEEDED, so that the caller learns who holds it.
    *
    * @generated from field: google.protobuf.Duration wait = 3;
    */
@@ -698,8 +700,9 @@ export const EventTypeSchema: GenEnum<EventType> = /*@__PURE__*/
  * UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION for a lease that is
  * not current (Renew; IsHeld for a lease an administrator broke), UNAVAILABLE
  * when the backend cannot be reached within the daemon's backend timeout,
- * DEADLINE_EXCEEDED when the call's deadline passes. Contention is not an
- * error: see AcquireResponse.
+ * DEADLINE_EXCEEDED when the call's deadline passes (except a wait in
+ * Acquire, which ends just before it: see AcquireRequest.wait). Contention is
+ * not an error: see AcquireResponse.
  *
  * Typed details travel in the standard `google.rpc.Status` of an error
  * answer (the `grpc-status-details-bin` trailer that every gRPC library can
