@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use stormlockd::config::{Config, Overrides};
-use stormlockd::routing::Router;
+use stormlockd::routing::{Router, Unreachable};
 use stormlockd::server::{self, Settings};
 
 /// Stormlock daemon: lease-based locks for operators and their scripts, over gRPC.
@@ -217,12 +217,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut bytes = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
             let token = hex::encode(bytes);
-            println!("token: {token}");
-            println!();
-            println!("[[auth.tokens]]");
-            println!("principal = {}", toml_string(principal));
-            println!("sha256 = \"{}\"", stormlockd::auth::hash_token(&token));
-            return Ok(());
+            return print_stdout(&format!(
+                "token: {token}\n\n[[auth.tokens]]\nprincipal = {}\nsha256 = \"{}\"\n",
+                toml_string(principal),
+                stormlockd::auth::hash_token(&token)
+            ));
         }
         Some(Command::HashToken) => {
             let mut token = String::new();
@@ -246,6 +245,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Writes `text` to standard output. A reader that is gone (`new-token |
+/// head -c1`) ends it quietly with success, as the CLI's output does: the
+/// reader chose to stop reading, nothing was changed, and `println!` would
+/// panic instead.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to standard output"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The least entropy, in bits, of a token `hash-token` accepts.
@@ -344,7 +361,7 @@ async fn check_config(
             client_ca: tls.client_ca.as_ref().map(|p| data_dir.join(p)),
         })?;
     }
-    let router = Router::connect(&config, &data_dir, None).await?;
+    let router = Router::connect(&config, &data_dir, None, Unreachable::Fail).await?;
     for (name, backend) in router.backends() {
         backend
             .health()

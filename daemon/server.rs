@@ -2,6 +2,7 @@
 //! reflection, backend health checks, the metrics listener, and graceful
 //! shutdown. Connections are accepted and bounded by [`crate::connections`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::paths::DevTls;
 use crate::pb::lock_service_server::LockServiceServer;
-use crate::routing::Router;
+use crate::routing::{Router, Unreachable};
 use crate::service::LockService;
 use crate::telemetry::RequestLayer;
 use crate::tls::{self, TlsError, TlsFiles};
@@ -345,8 +346,15 @@ async fn start_core(
     metrics: &Arc<Metrics>,
     audit: Arc<Audit>,
 ) -> Result<Core, ServerError> {
-    let router =
-        Arc::new(Router::connect(&settings.config, &settings.data_dir, Some(metrics)).await?);
+    let router = Arc::new(
+        Router::connect(
+            &settings.config,
+            &settings.data_dir,
+            Some(metrics),
+            Unreachable::ConnectLater,
+        )
+        .await?,
+    );
     for name in router.backends().keys() {
         metrics.set_backend_up(name, true);
     }
@@ -381,6 +389,11 @@ struct Health {
 
 type HealthServer =
     tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+
+/// The health service name of backend `name`.
+pub fn backend_service(name: &str) -> String {
+    format!("stormlock.backend.{name}")
+}
 
 /// Step 3: the health service, SERVING, and the backend checks that flip it.
 async fn start_health(core: &Core, metrics: &Arc<Metrics>, every: Duration, stop: &Stop) -> Health {
@@ -680,9 +693,13 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status(SERVICE_NAME, status).await;
 }
 
-/// Checks every backend each `every` until `stop` completes: the overall
-/// status and `stormlock.v1.LockService` are NOT_SERVING while any backend
-/// fails its check, SERVING again once all pass.
+/// Checks every backend at once and then each `every`, until `stop`
+/// completes. Each backend has its own status, `stormlock.backend.NAME`
+/// (NOT_SERVING while it fails its check, or is not connected yet); the
+/// overall status and `stormlock.v1.LockService` are NOT_SERVING only while
+/// every backend fails: a daemon with one engine down still serves the
+/// resources of the others, and readiness must not take it out of rotation
+/// for them.
 async fn watch_backends(
     router: Arc<Router>,
     reporter: HealthReporter,
@@ -692,31 +709,54 @@ async fn watch_backends(
 ) {
     let check = async {
         let mut healthy = true;
+        // What each backend's status was last set to.
+        let mut reported: BTreeMap<&String, bool> = BTreeMap::new();
         loop {
-            tokio::time::sleep(every).await;
             let checks = router.backends().iter().map(|(name, backend)| async move {
                 let result = backend.health().await;
                 (name, result)
             });
             let mut failures = Vec::new();
             for (name, result) in futures::future::join_all(checks).await {
-                metrics.set_backend_up(name, result.is_ok());
-                if let Err(e) = result {
-                    failures.push(format!("{name}: {e}"));
+                let ok = result.is_ok();
+                metrics.set_backend_up(name, ok);
+                let before = reported.insert(name, ok);
+                if before == Some(ok) {
+                    if let Err(e) = result {
+                        failures.push(format!("{name}: {e}"));
+                    }
+                    continue;
                 }
+                let status = match result {
+                    Ok(()) => {
+                        if before.is_some() {
+                            info!(backend = name.as_str(), "backend reachable again: SERVING");
+                        }
+                        ServingStatus::Serving
+                    }
+                    Err(e) => {
+                        warn!(backend = name.as_str(), error = %e, "backend unreachable: NOT_SERVING");
+                        failures.push(format!("{name}: {e}"));
+                        ServingStatus::NotServing
+                    }
+                };
+                reporter
+                    .set_service_status(&backend_service(name), status)
+                    .await;
             }
-            let now_healthy = failures.is_empty();
+            let now_healthy = failures.len() < router.backends().len();
             if now_healthy != healthy {
                 healthy = now_healthy;
                 let status = if healthy {
-                    info!("backends reachable again: SERVING");
+                    info!("a backend is reachable again: SERVING");
                     ServingStatus::Serving
                 } else {
-                    warn!(failures = ?failures, "backend unreachable: NOT_SERVING");
+                    warn!(failures = ?failures, "every backend is unreachable: NOT_SERVING");
                     ServingStatus::NotServing
                 };
                 set_health(&reporter, status).await;
             }
+            tokio::time::sleep(every).await;
         }
     };
     // Once shutdown begins the status stays NOT_SERVING.

@@ -28,9 +28,14 @@ const CLIENTS: usize = 8;
 async fn direct_workloads_complete_without_errors() {
     let config = Config::parse(MEMORY, "test").expect("config");
     let dir = tempfile::tempdir().expect("tempdir");
-    let router = Router::connect(&config, dir.path(), None)
-        .await
-        .expect("router");
+    let router = Router::connect(
+        &config,
+        dir.path(),
+        None,
+        stormlockd::routing::Unreachable::Fail,
+    )
+    .await
+    .expect("router");
     let target = Arc::new(BackendTarget::new(Arc::new(router), "tester"));
     for workload in Workload::ALL {
         let options = Options::new(workload, CLIENTS, Limit::Ops(OPS));

@@ -527,3 +527,112 @@ async fn log_switches_from_the_environment() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A daemon that starts while an engine is unreachable starts anyway: it
+/// serves its other backends, answers UNAVAILABLE for that engine's
+/// resources, reports it NOT_SERVING under its own health name (the overall
+/// status stays SERVING: another backend answers), and connects by itself
+/// once the engine is reachable. It used to exit at start, so every pod
+/// started during an outage crash-looped.
+mod start_with_an_engine_down {
+    use super::*;
+    use crate::proxy::{Fault, FaultProxy, upstream_of};
+
+    async fn starts_and_connects_later(backend: &str) {
+        // The engine's address in the backend's settings, and a proxy that
+        // resets every connection in front of it.
+        let url = backend
+            .lines()
+            .find_map(|l| {
+                let (key, value) = l.split_once(" = ")?;
+                let value = value.trim_matches(['[', ']', '"']);
+                matches!(key, "url" | "endpoint" | "endpoints").then(|| value.to_string())
+            })
+            .expect("the engine's address");
+        let upstream = upstream_of(&url);
+        let proxy = FaultProxy::start(upstream).await;
+        proxy.set(Fault::Reset);
+        let authority = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .split(['/', '?'])
+            .next()
+            .expect("authority");
+        let host_port = authority.rsplit('@').next().expect("host and port");
+        let proxied = backend.replace(host_port, &proxy.addr.to_string());
+        assert_ne!(proxied, backend, "{host_port} not found in {backend}");
+        let config = format!(
+            "[backends.main]\ntype = \"memory\"\n\
+             [[resources]]\nmatch = \"remote/**\"\nbackend = \"remote\"\n\
+             [backends.remote]\n{proxied}\n"
+        );
+        let daemon = TestDaemon::start(&config, false).await;
+        let mut client = daemon.client().await;
+        let mut health = HealthClient::new(daemon.channel().await);
+
+        let local = client
+            .acquire(pb::AcquireRequest {
+                resource: format!("local/{}", crate::support::unique()),
+                ..Default::default()
+            })
+            .await
+            .expect("the other backend is served")
+            .into_inner();
+        assert!(local.acquired, "{local:?}");
+        let remote = format!("remote/{}", crate::support::unique());
+        let refused = client
+            .acquire(pb::AcquireRequest {
+                resource: remote.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("the engine is unreachable");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(
+            refused.message().contains("remote"),
+            "names the backend: {refused:?}"
+        );
+        let until = Instant::now() + PATIENCE;
+        while status(&mut health, "stormlock.backend.remote").await != ServingStatus::NotServing {
+            assert!(
+                Instant::now() < until,
+                "the unreachable backend is not reported"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            status(&mut health, "stormlock.backend.main").await,
+            ServingStatus::Serving
+        );
+        wait_for_health(&mut health, ServingStatus::Serving).await;
+
+        // The engine becomes reachable: the daemon connects by itself.
+        proxy.set(Fault::None);
+        let until = Instant::now() + 3 * PATIENCE;
+        let granted = loop {
+            match client
+                .acquire(pb::AcquireRequest {
+                    resource: remote.clone(),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(answer) => break answer.into_inner(),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    assert!(Instant::now() < until, "never connected: {status:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        assert!(granted.acquired, "{granted:?}");
+        let until = Instant::now() + PATIENCE;
+        while status(&mut health, "stormlock.backend.remote").await != ServingStatus::Serving {
+            assert!(Instant::now() < until, "the backend stays NOT_SERVING");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        daemon.shutdown().await.expect("clean shutdown");
+    }
+
+    on_shared_engines!("down_at_start", starts_and_connects_later);
+}

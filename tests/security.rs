@@ -775,7 +775,14 @@ async fn state_is_private_and_shared_keys_or_stores_are_refused() {
     let config = stormlockd::config::Config::parse(embedded, "test")
         .expect("config")
         .with_implicit_backend();
-    let err = match stormlockd::routing::Router::connect(&config, &data, None).await {
+    let err = match stormlockd::routing::Router::connect(
+        &config,
+        &data,
+        None,
+        stormlockd::routing::Unreachable::Fail,
+    )
+    .await
+    {
         Ok(_) => panic!("a shared store was opened"),
         Err(e) => e.to_string(),
     };

@@ -97,9 +97,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     let config = Config::layered(args.config.as_deref(), &overrides)?;
     let data_dir = config.data_dir();
-    let router = Router::connect(&config, &data_dir, None)
-        .await
-        .context("cannot open the backend")?;
+    let router = Router::connect(
+        &config,
+        &data_dir,
+        None,
+        stormlockd::routing::Unreachable::Fail,
+    )
+    .await
+    .context("cannot open the backend")?;
     let kind = config
         .backends
         .get(&config.defaults.backend)

@@ -13,8 +13,10 @@ use crate::glob::ResourcePattern;
 use crate::lease::Lease;
 use crate::metrics::Metrics;
 
+mod deferred;
 mod timeout;
 
+pub use deferred::Deferred;
 pub use timeout::WithTimeout;
 
 /// Where a resource lives and how long its leases may last.
@@ -29,6 +31,16 @@ pub struct Route {
     pub max_ttl: Duration,
 }
 
+/// What [`Router::connect`] does with a backend whose engine cannot be
+/// reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Fail: `check-config`, which must say whether every engine answers.
+    Fail,
+    /// Start without it and keep connecting: the daemon.
+    ConnectLater,
+}
+
 /// Resource → [`Route`].
 pub struct Router {
     rules: Vec<(ResourcePattern, Arc<Route>)>,
@@ -38,19 +50,36 @@ pub struct Router {
 
 impl Router {
     /// Connects every configured backend (in parallel) and compiles the rules.
-    /// `config` must have been validated. Backend calls are recorded in
+    /// A backend whose engine cannot be reached yet fails the call or is
+    /// connected in the background ([`Deferred`]), as `unreachable` says; any
+    /// other failure is returned. `config` must have been validated. Backend calls are recorded in
     /// `metrics` when given.
     pub async fn connect(
         config: &Config,
         data_dir: &Path,
         metrics: Option<&Arc<Metrics>>,
+        unreachable: Unreachable,
     ) -> Result<Self, BackendError> {
         let timeout = config.defaults.backend_timeout;
         let connects = config
             .backends
             .iter()
             .map(|(name, backend_config)| async move {
-                let inner = backend::connect(name, backend_config, data_dir).await?;
+                let inner = match backend::connect(name, backend_config, data_dir).await {
+                    Ok(inner) => inner,
+                    // Not there yet: start anyway and keep connecting.
+                    Err(e @ BackendError::Unavailable { .. })
+                        if unreachable == Unreachable::ConnectLater =>
+                    {
+                        Arc::new(Deferred::start(
+                            name,
+                            backend_config.clone(),
+                            data_dir.to_path_buf(),
+                            &e,
+                        ))
+                    }
+                    Err(e) => return Err(e),
+                };
                 let mut bounded = WithTimeout::new(name, inner, timeout);
                 if let Some(metrics) = metrics {
                     bounded = bounded.with_metrics(metrics.clone());
