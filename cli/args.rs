@@ -1,6 +1,7 @@
 //! The command line: one clap definition from which parsing, `--help`, shell
 //! completions and the man page all come.
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,11 +23,17 @@ Exit status:
   5   not authenticated, or not allowed
   64  usage error: bad arguments, bad configuration, or a request the daemon refused as invalid
   70  the daemon failed in an unexpected way
-  75  exec: the lease was lost while the command ran; the command was stopped
   128+N  interrupted by signal N while waiting (130 for Ctrl-C)
 
-exec exits with its command's status (128+N if signal N killed it, 126 if it
-cannot be run, 127 if it is not found); 2, 4, 5 and 64 come before it runs.
+exec passes its command's status on unchanged (128+N if signal N killed it),
+and has statuses of its own, apart from the above and from those most commands
+use (as timeout and env do):
+  123  the lease was lost while the command ran; the command was stopped
+  124  the lock is held (with or without --wait); the command did not run
+  125  stormlock failed before the command ran (unreachable, refused, usage or
+       configuration error, daemon failure); standard error says what
+  126  the command cannot be run
+  127  the command was not found
 
 Durations are written like \"4 seconds\", \"30 min\", \"1 days\", \"4h\", \"30m\" or \"1d2h\".";
 
@@ -50,7 +57,8 @@ pub struct Cli {
 /// Settings every command shares.
 #[derive(Debug, Default, Args)]
 pub struct GlobalArgs {
-    /// Client config file (TOML) [env: STORMLOCK_CONFIG]
+    /// Client config file: TOML, or Python stormlock's INI, read for its
+    /// principal and ttl only [env: STORMLOCK_CONFIG]
     #[arg(short = 'c', long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Daemon address: HOST:PORT, https://HOST:PORT, or http://HOST:PORT for a
@@ -124,8 +132,7 @@ pub enum Command {
     List(ListArgs),
     /// Run a command while holding a lock.
     ///
-    /// Acquires RESOURCE (exit 2 and the holder on standard error if it is held
-    /// and --wait is not given), runs the command with STORMLOCK_RESOURCE,
+    /// Acquires RESOURCE, runs the command with STORMLOCK_RESOURCE,
     /// STORMLOCK_LEASE_ID and STORMLOCK_FENCE in its environment (and without
     /// STORMLOCK_TOKEN), renews the lease in the background (every third of its
     /// TTL), and releases it when the command ends, whichever way it ends.
@@ -135,12 +142,21 @@ pub enum Command {
     /// when exec runs in a terminal's foreground (Ctrl-Z suspends both, fg
     /// resumes them; renewals pause meanwhile). If the lease is lost (renewal
     /// refused, force-released, or expired because renewals could not get
-    /// through), the whole group gets SIGTERM, then SIGKILL after --grace, and
-    /// exec exits with 75 after saying why. Otherwise exec exits with the
-    /// command's own status: 128+N if it died of signal N, 127 if it was not
-    /// found, 126 if it could not be run.
+    /// through), the whole group gets SIGTERM, then SIGKILL after --grace.
     ///
-    /// Example:
+    /// Exit status: the command's own, unchanged (128+N if it died of signal
+    /// N), so that `terraform plan -detailed-exitcode` still exits 2 for
+    /// "changes present". exec's own outcomes keep apart from it:
+    ///   123  the lease was lost while the command ran; the command was stopped
+    ///   124  the lock is held (with or without --wait): the holder and reason
+    ///        are on standard error, and the command did not run
+    ///   125  stormlock failed before the command ran: daemon or backend
+    ///        unreachable, refused, usage or configuration error, daemon failure
+    ///   126  the command cannot be run
+    ///   127  the command was not found
+    ///   128+N  signal N ended the wait before the command ran
+    ///
+    /// Example (put `--` before the command):
     ///
     ///     stormlock exec -t 5m --wait 20m --reason "migrate" db/migrate -- ./migrate.sh up
     #[command(verbatim_doc_comment, about = "Run a command while holding a lock")]
@@ -172,6 +188,24 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff).
     Man,
+}
+
+impl Command {
+    /// The one resource the command acts on, if it names one: a Python
+    /// stormlock config file has settings per resource.
+    pub fn resource(&self) -> Option<&str> {
+        match self {
+            Self::Acquire(a) => Some(&a.resource),
+            Self::Release(l) | Self::IsHeld(l) => Some(&l.resource),
+            Self::Renew(r) => Some(&r.lease.resource),
+            Self::Current(c) => Some(&c.resource),
+            Self::Exec(e) => Some(&e.resource),
+            Self::ForceRelease(f) => Some(&f.resource),
+            Self::List(_) | Self::Watch(_) | Self::Bench(_) | Self::Completions(_) | Self::Man => {
+                None
+            }
+        }
+    }
 }
 
 /// `acquire`.
@@ -305,9 +339,13 @@ pub enum LeaseFormat {
 
 /// `list`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("under").args(["prefix", "prefix_option"])))]
 pub struct ListArgs {
     /// Only resources whose name starts with this.
     pub prefix: Option<String>,
+    /// The same as PREFIX, spelled as `watch --prefix` spells it.
+    #[arg(long = "prefix", id = "prefix_option", value_name = "PREFIX")]
+    pub prefix_option: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
     pub format: ListFormat,
@@ -403,8 +441,175 @@ pub fn clap_exit(err: &clap::Error) -> Exit {
     }
 }
 
+/// The command line as clap leaves it when it refuses it: which command it
+/// was for, and what to add for a mistake clap's own message does not
+/// explain.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// The command was `exec`: its usage errors exit with 125, apart from
+    /// its command's statuses.
+    pub exec: bool,
+    /// A line to print after clap's message.
+    pub hint: Option<String>,
+}
+
+/// Reads a command line clap refused (`args` without the program name):
+/// whether the command is `exec`, and, when `exec` was given no `--` (clap
+/// then takes the command for arguments of exec, or finds none), where to
+/// put it.
+pub fn refused(args: &[OsString]) -> Refused {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let Some((name, at)) = command_in(&cli, args, 0) else {
+        return Refused::default();
+    };
+    if name != "exec" {
+        return Refused::default();
+    }
+    let rest = &args[at + 1..];
+    if rest.iter().any(|a| a == "--") {
+        return Refused {
+            exec: true,
+            hint: None,
+        };
+    }
+    let example = cli
+        .find_subcommand("exec")
+        .and_then(|exec| {
+            // Exec's options and the global ones, then RESOURCE, then what
+            // was meant as the command.
+            let (resource, at) = positional_in(&cli, exec, rest, 0)?;
+            let (command, next) = positional_in(&cli, exec, rest, at + 1)?;
+            let more = if next + 1 < rest.len() { " …" } else { "" };
+            Some(format!(
+                "stormlock exec {} -- {}{more}",
+                resource.to_string_lossy(),
+                command.to_string_lossy()
+            ))
+        })
+        .unwrap_or_else(|| "stormlock exec [OPTIONS] RESOURCE -- COMMAND [ARGS…]".to_string());
+    Refused {
+        exec: true,
+        hint: Some(format!("stormlock: put `--` before the command: {example}")),
+    }
+}
+
+/// The first argument from `from` on that is not an option of `cli` (nor
+/// an option's value): the subcommand's name and where it is.
+fn command_in(cli: &clap::Command, args: &[OsString], from: usize) -> Option<(String, usize)> {
+    let (arg, at) = positional_in(cli, cli, args, from)?;
+    Some((arg.to_string_lossy().into_owned(), at))
+}
+
+/// The first argument of `args` from `from` on that is none of the options
+/// of `command` or of `top`'s global ones, nor the value of one of them.
+fn positional_in<'a>(
+    top: &clap::Command,
+    command: &clap::Command,
+    args: &'a [OsString],
+    from: usize,
+) -> Option<(&'a OsStr, usize)> {
+    let mut at = from;
+    while let Some(arg) = args.get(at) {
+        let text = arg.to_string_lossy();
+        if text == "--" {
+            return None;
+        }
+        if !text.starts_with('-') || text == "-" {
+            return Some((arg.as_os_str(), at));
+        }
+        // `--ttl 1m` and `-t 1m` take the next argument; `--ttl=1m`, `-t1m`
+        // and flags do not.
+        at += if value_option(top, command, &text).is_some() {
+            2
+        } else {
+            1
+        };
+    }
+    None
+}
+
+/// The option `text` names exactly (`--ttl`, `-t`, not `--ttl=1m`) among
+/// `command`'s and `top`'s global ones, if it takes a value.
+fn value_option<'a>(
+    top: &'a clap::Command,
+    command: &'a clap::Command,
+    text: &str,
+) -> Option<&'a clap::Arg> {
+    top.get_arguments()
+        .filter(|a| a.is_global_set())
+        .chain(command.get_arguments())
+        .filter(|a| a.get_action().takes_values() && !a.is_positional())
+        .find(|a| {
+            text.strip_prefix("--")
+                .is_some_and(|long| a.get_long() == Some(long))
+                || text
+                    .strip_prefix('-')
+                    .and_then(|short| short.parse::<char>().ok())
+                    .is_some_and(|short| a.get_short() == Some(short))
+        })
+}
+
+/// The command line with every option that takes a value and is followed
+/// by a negative number (`-t -1`, `--wait -5m`) joined to it
+/// (`--ttl=-1`): clap would take `-1` for an unknown flag and suggest
+/// `-- -1`; joined, the value reaches its parser, which says what is wrong
+/// with it. No option of ours is a digit, so nothing else is read
+/// differently. Arguments after `--` are left alone.
+pub fn join_negative_values(args: Vec<OsString>) -> Vec<OsString> {
+    let top = <Cli as clap::CommandFactory>::command();
+    let mut command: Option<clap::Command> = None;
+    let mut joined = Vec::with_capacity(args.len());
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy().into_owned();
+        if text == "--" {
+            joined.push(arg);
+            joined.extend(args);
+            break;
+        }
+        let Some(option) = value_option(&top, command.as_ref().unwrap_or(&top), &text) else {
+            if command.is_none() && !text.starts_with('-') {
+                command = top.find_subcommand(&text).cloned();
+            }
+            joined.push(arg);
+            continue;
+        };
+        let negative = |value: &OsString| {
+            value
+                .to_string_lossy()
+                .strip_prefix('-')
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        };
+        match (args.next_if(negative), option.get_long()) {
+            (Some(value), Some(long)) => {
+                let mut option = OsString::from(format!("--{long}="));
+                option.push(value);
+                joined.push(option);
+            }
+            (Some(value), None) => {
+                let mut option = arg;
+                option.push(value);
+                joined.push(option);
+            }
+            // Its value, whatever it is, is not a command's name.
+            (None, _) => {
+                joined.push(arg);
+                joined.extend(args.next());
+            }
+        }
+    }
+    joined
+}
+
 /// Parses a TTL or wait duration with the project's one duration syntax.
+/// A negative one (`-t -1`, joined by [`join_negative_values`]) is refused
+/// as such.
 fn parse_ttl(text: &str) -> Result<Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err(format!(
+            "a duration cannot be negative: {text:?} (write it like \"30s\", \"10m\" or \"1h\")"
+        ));
+    }
     parse_duration(text).map_err(|e| e.to_string())
 }
 
@@ -500,6 +705,134 @@ mod tests {
             let err = parse(args).map(|_| ()).unwrap_err();
             assert_eq!(clap_exit(&err), Exit::Usage, "{args:?}");
         }
+    }
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn exec_without_the_separator_says_where_it_goes() {
+        for (args, hint) in [
+            (
+                &["exec", "db", "ls"][..],
+                "put `--` before the command: stormlock exec db -- ls",
+            ),
+            (
+                &[
+                    "--addr",
+                    "h:1",
+                    "exec",
+                    "-t",
+                    "5m",
+                    "--reason",
+                    "plan",
+                    "tf/prod",
+                    "terraform",
+                    "plan",
+                    "-detailed-exitcode",
+                ],
+                "put `--` before the command: stormlock exec tf/prod -- terraform …",
+            ),
+            (
+                &["exec", "db"],
+                "put `--` before the command: stormlock exec [OPTIONS] RESOURCE -- COMMAND",
+            ),
+        ] {
+            assert!(parse(args).is_err(), "{args:?} parses");
+            let refused = refused(&os(args));
+            assert!(refused.exec, "{args:?}");
+            let said = refused.hint.unwrap_or_default();
+            assert!(said.starts_with("stormlock: "), "{said}");
+            assert!(said.contains(hint), "{args:?}: {said}");
+        }
+        // With the separator, a usage error of exec has no such hint; other
+        // commands are not exec.
+        let with = refused(&os(&["exec", "-t", "4 weeks", "db", "--", "ls"]));
+        assert_eq!(
+            with,
+            Refused {
+                exec: true,
+                hint: None
+            }
+        );
+        assert_eq!(refused(&os(&["-c", "exec", "acquire"])), Refused::default());
+        assert_eq!(refused(&os(&["acquire", "exec", "ls"])), Refused::default());
+    }
+
+    #[test]
+    fn negative_durations_reach_the_duration_parser() {
+        let joined = |args: &[&str]| -> Vec<String> {
+            join_negative_values(os(args))
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            joined(&["acquire", "-t", "-1", "r"]),
+            ["acquire", "--ttl=-1", "r"]
+        );
+        assert_eq!(
+            joined(&[
+                "--timeout",
+                "-3",
+                "exec",
+                "r",
+                "--wait",
+                "-5m",
+                "--",
+                "x",
+                "-t",
+                "-1"
+            ]),
+            [
+                "--timeout=-3",
+                "exec",
+                "r",
+                "--wait=-5m",
+                "--",
+                "x",
+                "-t",
+                "-1"
+            ]
+        );
+        // Values that are not negative numbers, flags, and an option's
+        // value that happens to be a command's name stay as they are.
+        let same = ["-c", "list", "acquire", "-t", "-x", "--reason", "-", "r"];
+        assert_eq!(joined(&same), same);
+        for args in [
+            &["acquire", "-t", "-1", "r"][..],
+            &["acquire", "r", "-t", "-5m"],
+            &["acquire", "r", "--wait", "-1 minutes"],
+            &["--timeout", "-3", "current", "r"],
+            &["renew", "r", "id", "-t", "-1"],
+        ] {
+            let joined = join_negative_values(os(args));
+            let err =
+                Cli::try_parse_from(std::iter::once(OsString::from("stormlock")).chain(joined))
+                    .map(|_| ())
+                    .unwrap_err();
+            assert_eq!(clap_exit(&err), Exit::Usage, "{args:?}");
+            let text = err.to_string();
+            assert!(text.contains("cannot be negative"), "{args:?}: {text}");
+            assert!(!text.contains("-- -"), "no tip to pass it after --: {text}");
+        }
+    }
+
+    #[test]
+    fn list_takes_a_prefix_either_way() {
+        for args in [&["list", "team/"][..], &["list", "--prefix", "team/"]] {
+            match parse(args).ok().map(|c| c.command) {
+                Some(Command::List(l)) => {
+                    assert_eq!(l.prefix.or(l.prefix_option).as_deref(), Some("team/"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let err = parse(&["list", "a", "--prefix", "b"])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(clap_exit(&err), Exit::Usage);
     }
 
     #[test]

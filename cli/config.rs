@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::address::Address;
 use crate::args::GlobalArgs;
 use crate::error::{CliError, CliResult};
+use crate::python_config::PythonConfig;
 
 /// Default per-call timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,6 +116,42 @@ pub struct LoadedConfig {
     pub path: PathBuf,
     /// What it says.
     pub file: ConfigFile,
+    /// Set when the file is Python stormlock's: the principal it names,
+    /// which is declared only where Python stormlock's was, by a client
+    /// without a certificate or token ([`Principal::explicit`] false). Its
+    /// TTL is in `file`.
+    pub python: Option<PythonPrincipal>,
+}
+
+/// What a Python stormlock config file gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PythonPrincipal {
+    /// Its `principal`, if set.
+    pub principal: Option<String>,
+}
+
+impl LoadedConfig {
+    /// The note to print when the file is Python stormlock's: one line,
+    /// saying what is used and what to do.
+    pub fn python_note(&self) -> Option<String> {
+        self.python.as_ref().map(|_| {
+            format!(
+                "stormlock: {} is a Python stormlock config file: using only its principal and \
+                 ttl, and ignoring its backend settings (the daemon has its own); give this CLI \
+                 a TOML config file (-c FILE, or $STORMLOCK_CONFIG once Python stormlock is \
+                 gone): see MIGRATING.md, \"The CLI's config file\"",
+                self.path.display()
+            )
+        })
+    }
+}
+
+/// A config file's contents, in either format.
+enum Parsed {
+    /// This CLI's TOML.
+    Toml(ConfigFile),
+    /// Python stormlock's INI.
+    Python(PythonConfig),
 }
 
 /// The TLS files to use; each one set independently by flag, env or file.
@@ -212,35 +249,71 @@ fn user_paths(env: &dyn Env) -> Vec<PathBuf> {
     paths
 }
 
-/// Finds and reads the config file, if any. A file found in the working
-/// directory that sets [`REDIRECTING_KEYS`] is refused unless its directory
-/// is trusted.
-pub fn load(explicit: Option<&Path>, env: &dyn Env) -> CliResult<Option<LoadedConfig>> {
+/// Finds and reads the config file, if any, for a command on `resource`
+/// (a Python stormlock file has settings per resource). A file found in the
+/// working directory that sets [`REDIRECTING_KEYS`] is refused unless its
+/// directory is trusted.
+pub fn load(
+    explicit: Option<&Path>,
+    env: &dyn Env,
+    resource: Option<&str>,
+) -> CliResult<Option<LoadedConfig>> {
     let named = explicit
         .map(Path::to_path_buf)
         .or_else(|| env.var("STORMLOCK_CONFIG").map(PathBuf::from));
     if let Some(path) = named {
-        let file = read(&path)?;
-        return Ok(Some(LoadedConfig { path, file }));
+        return loaded(path, resource).map(Some);
     }
     let Some(path) = search_paths(env).into_iter().find(|p| p.is_file()) else {
         return Ok(None);
     };
-    let file = read(&path)?;
+    let config = loaded(path, resource)?;
     let in_working_dir = env
         .current_dir()
-        .is_some_and(|cwd| path == cwd.join(".stormlock.toml"));
+        .is_some_and(|cwd| config.path == cwd.join(".stormlock.toml"));
     if in_working_dir {
-        check_working_dir_file(&path, &file, env)?;
+        check_working_dir_file(&config.path, &config.file, env)?;
     }
-    Ok(Some(LoadedConfig { path, file }))
+    Ok(Some(config))
 }
 
-fn read(path: &Path) -> CliResult<ConfigFile> {
+/// Reads the config file at `path`, in either format.
+fn loaded(path: PathBuf, resource: Option<&str>) -> CliResult<LoadedConfig> {
+    match read(&path)? {
+        Parsed::Toml(file) => Ok(LoadedConfig {
+            path,
+            file,
+            python: None,
+        }),
+        Parsed::Python(python) => {
+            let settings = python.settings(resource, &path).map_err(CliError::usage)?;
+            Ok(LoadedConfig {
+                path,
+                file: ConfigFile {
+                    ttl: settings.ttl,
+                    ..ConfigFile::default()
+                },
+                python: Some(PythonPrincipal {
+                    principal: settings.principal,
+                }),
+            })
+        }
+    }
+}
+
+fn read(path: &Path) -> CliResult<Parsed> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::usage(format!("cannot read config file {}: {e}", path.display())))?;
-    parse(&text)
-        .map_err(|e| CliError::usage(format!("invalid config file {}: {e}", path.display())))
+    match parse(&text) {
+        Ok(file) => Ok(Parsed::Toml(file)),
+        Err(e) => match PythonConfig::recognise(&text) {
+            Some(python) => Ok(Parsed::Python(python)),
+            None => Err(CliError::usage(format!(
+                "invalid config file {}: {e}",
+                path.display()
+            ))),
+        },
+    }
 }
 
 /// Refuses a working directory's config file that sets
@@ -286,7 +359,10 @@ fn is_trusted(dir: &Path, env: &dyn Env) -> CliResult<bool> {
     let Some(user_file) = user_paths(env).into_iter().find(|p| p.is_file()) else {
         return Ok(false);
     };
-    let trusted = read(&user_file)?.trusted_dirs;
+    let Parsed::Toml(ConfigFile { trusted_dirs, .. }) = read(&user_file)? else {
+        return Ok(false);
+    };
+    let trusted = trusted_dirs;
     Ok(trusted
         .iter()
         .any(|trusted| same(&file_path(trusted, &user_file, env))))
@@ -358,8 +434,14 @@ pub fn resolve(
             name,
             explicit: true,
         },
+        // Python stormlock's principal was a name nothing checked: it is
+        // declared where such a name still counts, by a client that
+        // presents no certificate or token, as the default one is.
         None => Principal {
-            name: default_principal(env),
+            name: config
+                .and_then(|c| c.python.as_ref())
+                .and_then(|p| p.principal.clone())
+                .unwrap_or_else(|| default_principal(env)),
             explicit: false,
         },
     };
@@ -478,7 +560,7 @@ mod tests {
     }
 
     fn found(explicit: Option<&Path>, env: &dyn Env) -> Option<String> {
-        load(explicit, env)
+        load(explicit, env, None)
             .ok()
             .flatten()
             .and_then(|c| c.file.principal)
@@ -529,7 +611,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let missing = tmp.path().join("missing.toml");
         let env = fake(tmp.path(), &[]);
-        let err = load(Some(&missing), &env).map(|_| ()).unwrap_err();
+        let err = load(Some(&missing), &env, None).map(|_| ()).unwrap_err();
         assert_eq!(err.exit, crate::error::Exit::Usage);
         assert!(err.to_string().contains("missing.toml"), "{err}");
     }
@@ -540,7 +622,10 @@ mod tests {
         let path = tmp.path().join("c.toml");
         write(&path, "addr = 'h:1'\nprincipl = 'typo'\n");
         let env = fake(tmp.path(), &[]);
-        let err = load(Some(&path), &env).map(|_| ()).unwrap_err().to_string();
+        let err = load(Some(&path), &env, None)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("c.toml"), "{err}");
         assert!(err.contains("principl"), "{err}");
         assert!(err.contains("line 2"), "{err}");
@@ -568,6 +653,7 @@ mod tests {
                 timeout: Some(Duration::from_secs(20)),
                 trusted_dirs: Vec::new(),
             },
+            python: None,
         };
         let none = GlobalArgs::default();
         let no_env = fake(tmp.path(), &[("USER", "alice"), ("HOME", "/home/alice")]);
@@ -711,7 +797,7 @@ mod tests {
             ("trusted_dirs", "trusted_dirs = ['/']"),
         ] {
             write(&project_file, &format!("principal = 'p'\n{line}\n"));
-            let err = load(None, &env).map(|_| ()).unwrap_err();
+            let err = load(None, &env, None).map(|_| ()).unwrap_err();
             assert_eq!(err.exit, crate::error::Exit::Usage, "{key}");
             let text = err.to_string();
             assert!(text.contains(&format!("sets {key},")), "{text}");
@@ -724,16 +810,16 @@ mod tests {
             &project_file,
             "principal = 'p'\nttl = '5m'\ntimeout = '3s'\n",
         );
-        let loaded = load(None, &env).ok().flatten().map(|c| c.file);
+        let loaded = load(None, &env, None).ok().flatten().map(|c| c.file);
         assert_eq!(loaded.and_then(|f| f.ttl), Some(Duration::from_secs(300)));
         // Named files are the user's choice.
         write(&project_file, "addr = 'http://evil:80'\n");
-        assert!(load(Some(&project_file), &env).is_ok());
+        assert!(load(Some(&project_file), &env, None).is_ok());
         let named = fake(
             &dirs.home,
             &[("STORMLOCK_CONFIG", &project_file.display().to_string())],
         );
-        assert!(load(None, &named).is_ok());
+        assert!(load(None, &named, None).is_ok());
     }
 
     #[test]
@@ -744,12 +830,12 @@ mod tests {
             &dirs.project.join(".stormlock.toml"),
             "addr = 'locks.example:7466'\nca = 'ca.pem'\n",
         );
-        assert!(load(None, &env).is_err());
+        assert!(load(None, &env, None).is_err());
 
         // Another directory listed trusts nothing here.
         let user_file = dirs.xdg.join("stormlock/config.toml");
         write(&user_file, "trusted_dirs = ['/nonexistent']\n");
-        assert!(load(None, &env).is_err());
+        assert!(load(None, &env, None).is_err());
 
         // Listed (through a symbolic link, and as ~/…): trusted.
         std::os::unix::fs::symlink(&dirs.project, dirs.home.join("link")).expect("symlink");
@@ -758,17 +844,17 @@ mod tests {
             dirs.home.join("link").display().to_string(),
         ] {
             write(&user_file, &format!("trusted_dirs = [{listed:?}]\n"));
-            let loaded = load(None, &env).map_err(|e| e.to_string());
+            let loaded = load(None, &env, None).map_err(|e| e.to_string());
             let addr = loaded.ok().flatten().and_then(|c| c.file.addr);
             assert_eq!(addr.as_deref(), Some("locks.example:7466"), "{listed}");
         }
         write(&user_file, "trusted_dirs = ['~/link']\n");
-        assert!(load(None, &env).is_ok());
+        assert!(load(None, &env, None).is_ok());
 
         // ~/.stormlock.toml counts as the user's own file when there is no
         // XDG one.
         std::fs::remove_file(&user_file).expect("rm");
-        assert!(load(None, &env).is_err());
+        assert!(load(None, &env, None).is_err());
         write(
             &dirs.home.join(".stormlock.toml"),
             &format!(
@@ -776,7 +862,7 @@ mod tests {
                 dirs.project.display().to_string()
             ),
         );
-        assert!(load(None, &env).is_ok());
+        assert!(load(None, &env, None).is_ok());
     }
 
     #[test]
@@ -788,8 +874,75 @@ mod tests {
             ..dirs.env()
         };
         write(&dirs.home.join(".stormlock.toml"), "addr = 'locks:1'\n");
-        let addr = load(None, &env).ok().flatten().and_then(|c| c.file.addr);
+        let addr = load(None, &env, None)
+            .ok()
+            .flatten()
+            .and_then(|c| c.file.addr);
         assert_eq!(addr.as_deref(), Some("locks:1"));
+    }
+
+    #[test]
+    fn a_python_stormlock_file_gives_its_principal_and_ttl() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(".stormlock.cfg");
+        write(
+            &path,
+            "[default]\nbackend = redis\nprincipal = py-alice\nttl = 30 min\n\
+             [deploy/prod]\nttl = 2 hours\n[backend.redis]\nurl = redis://x:6379/0\n",
+        );
+        let env = fake(
+            tmp.path(),
+            &[
+                ("STORMLOCK_CONFIG", &path.display().to_string()),
+                ("USER", "me"),
+            ],
+        );
+        let config = load(None, &env, Some("deploy/prod"))
+            .ok()
+            .flatten()
+            .expect("read as Python stormlock's");
+        let note = config.python_note().expect("a note");
+        assert!(note.contains(&path.display().to_string()), "{note}");
+        assert!(note.contains("MIGRATING.md"), "{note}");
+        assert!(note.contains("TOML"), "{note}");
+        assert!(!note.contains('\n'), "one line: {note}");
+        let s = resolve(&GlobalArgs::default(), &env, Some(&config)).expect("settings");
+        assert_eq!(s.ttl, Some(Duration::from_secs(7200)), "the resource's own");
+        assert_eq!(s.principal.name, "py-alice");
+        assert!(!s.principal.explicit, "a certificate's identity wins");
+        // Nothing else: the default address, no TLS files.
+        assert_eq!(s.addr.uri(), "https://127.0.0.1:7466");
+        assert!(s.tls.is_empty());
+
+        let config = load(Some(&path), &env, Some("other")).ok().flatten();
+        let s = config.map(|c| resolve(&GlobalArgs::default(), &env, Some(&c)));
+        assert_eq!(
+            s.and_then(Result::ok).and_then(|s| s.ttl),
+            Some(Duration::from_secs(1800)),
+            "[default]'s"
+        );
+        // Flags and variables still come first.
+        let env_principal = fake(tmp.path(), &[("STORMLOCK_PRINCIPAL", "env-user")]);
+        let config = load(Some(&path), &env_principal, None).ok().flatten();
+        let s = config.map(|c| resolve(&GlobalArgs::default(), &env_principal, Some(&c)));
+        let principal = s.and_then(Result::ok).map(|s| s.principal);
+        assert_eq!(
+            principal,
+            Some(Principal {
+                name: "env-user".into(),
+                explicit: true
+            })
+        );
+
+        // A TOML file is never taken for one, and a broken one still says
+        // what is wrong with it as TOML.
+        write(&path, "addr = locks:7466\n");
+        let err = load(Some(&path), &env, None).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        write(&path, "[default]\nbackend = redis\nttl = 4 weeks\n");
+        let err = load(Some(&path), &env, None).map(|_| ()).unwrap_err();
+        assert_eq!(err.exit, crate::error::Exit::Usage);
+        assert!(err.to_string().contains("invalid ttl"), "{err}");
     }
 
     #[test]

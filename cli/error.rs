@@ -10,11 +10,22 @@
 //! | 5    | not authenticated or not allowed          | `UNAUTHENTICATED`, `PERMISSION_DENIED`, refused TLS identity |
 //! | 64   | usage error                               | bad flags or config, `INVALID_ARGUMENT`, `OUT_OF_RANGE` |
 //! | 70   | the daemon failed in an unexpected way    | `INTERNAL`, `UNKNOWN`, `UNIMPLEMENTED`, …    |
-//! | 75   | `exec`: the lease was lost while the command ran, and the command was stopped | renew refused, force-released, expired |
 //!
-//! `exec` otherwise exits with its command's own status (128+N for a command
-//! killed by signal N, 126/127 when it cannot be started), and any command
-//! interrupted by signal N while it waits exits with 128+N.
+//! `exec` passes its command's status on unchanged (128+N for a command
+//! killed by signal N), so its own outcomes must not look like one: like
+//! timeout(1) and env(1), it uses statuses commands rarely use, and none of
+//! the ones above.
+//!
+//! | exit | `exec` only                               | instead of                                   |
+//! |------|-------------------------------------------|----------------------------------------------|
+//! | 123  | the lease was lost while the command ran, and the command was stopped | renew refused, force-released, expired |
+//! | 124  | the lock is held (with or without `--wait`); the command did not run | 2                  |
+//! | 125  | Stormlock failed before the command ran   | 1, 3, 4, 5, 64, 70, and bad flags or config  |
+//! | 126  | the command was found but cannot be run   | as a shell                                   |
+//! | 127  | the command was not found                 | as a shell                                   |
+//!
+//! Any command interrupted by signal N while it waits exits with 128+N, as
+//! in a shell; `exec` then never ran its command.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -41,9 +52,18 @@ pub enum Exit {
     /// The daemon answered with an error no other status describes
     /// (sysexits' `EX_SOFTWARE`); never 1, which scripts read as "not held".
     Failure,
-    /// `exec` lost its lease and stopped its command (sysexits'
-    /// `EX_TEMPFAIL`: trying again later may work).
+    /// `exec` lost its lease and stopped its command.
     LeaseLost,
+    /// `exec` found the resource held and did not run its command.
+    ExecHeld,
+    /// `exec` failed before its command ran (daemon or backend unreachable,
+    /// refused, a usage or config error, a failure of the daemon): the status
+    /// every other outcome of [`Exit`] becomes under `exec`.
+    ExecFailed,
+    /// `exec`'s command exists but cannot be run (as a shell says).
+    CannotRun,
+    /// `exec`'s command was not found (as a shell says).
+    CommandNotFound,
     /// Any other status: `exec` passes its command's on, and a signal N that
     /// interrupts a wait gives 128+N, as in a shell.
     Status(u8),
@@ -61,7 +81,11 @@ impl Exit {
             Self::Denied => 5,
             Self::Usage => 64,
             Self::Failure => 70,
-            Self::LeaseLost => 75,
+            Self::LeaseLost => 123,
+            Self::ExecHeld => 124,
+            Self::ExecFailed => 125,
+            Self::CannotRun => 126,
+            Self::CommandNotFound => 127,
             Self::Status(code) => code,
         }
     }
@@ -116,6 +140,15 @@ impl CliError {
             exit,
             error: error.into(),
             evicted: None,
+        }
+    }
+
+    /// The same failure as `exec` reports it: Stormlock failed before the
+    /// command ran (125), whatever the status of the failure elsewhere.
+    pub fn in_exec(self) -> Self {
+        Self {
+            exit: Exit::ExecFailed,
+            ..self
         }
     }
 
@@ -185,7 +218,34 @@ mod tests {
         assert_eq!(Exit::signalled(2).code(), 130);
         assert_eq!(Exit::signalled(15).code(), 143);
         assert_eq!(Exit::Status(7).code(), 7);
-        assert_eq!(Exit::LeaseLost.code(), 75);
+    }
+
+    #[test]
+    fn exec_statuses_are_apart_from_the_others() {
+        assert_eq!(Exit::LeaseLost.code(), 123);
+        assert_eq!(Exit::ExecHeld.code(), 124);
+        assert_eq!(Exit::ExecFailed.code(), 125);
+        assert_eq!(Exit::CannotRun.code(), 126);
+        assert_eq!(Exit::CommandNotFound.code(), 127);
+        let elsewhere = [
+            Exit::Success,
+            Exit::NotHeld,
+            Exit::Held,
+            Exit::NotCurrent,
+            Exit::Unreachable,
+            Exit::Denied,
+            Exit::Usage,
+            Exit::Failure,
+        ];
+        for exit in elsewhere {
+            assert!(!(123..=127).contains(&exit.code()), "{exit:?}");
+        }
+        // Every failure reads as 125 under exec, keeping its message.
+        for exit in elsewhere {
+            let err = CliError::new(exit, anyhow::anyhow!("cannot connect")).in_exec();
+            assert_eq!(err.exit.code(), 125, "{exit:?}");
+            assert_eq!(err.to_string(), "cannot connect");
+        }
     }
 
     #[test]

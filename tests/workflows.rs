@@ -140,17 +140,17 @@ fn exec_runs_the_command_under_the_lease_and_passes_its_status_on() {
         "{next:?}"
     );
 
-    // Held: exit 2 with the holder, and the command never runs.
+    // Held: exit 124 with the holder, and the command never runs.
     d.cli(&["acquire", "x/one", "--reason", "someone else"])
         .ok();
     let held = d
         .cli(&["exec", "x/one", "--", "sh", "-c", "echo ran"])
-        .exit(2);
+        .exit(124);
     assert_eq!(held.stdout, "", "{held:?}");
     assert!(held.stderr.starts_with("Lock held\n"), "{held:?}");
     assert!(held.stderr.contains("someone else"), "{held:?}");
 
-    d.cli(&["exec", "x/two"]).exit(64);
+    d.cli(&["exec", "x/two"]).exit(125);
 }
 
 /// SIGINT, SIGTERM and SIGHUP sent to exec reach the command, which handles
@@ -233,9 +233,9 @@ fn exec_of_a_command_that_cannot_run_is_126() {
 }
 
 /// The daemon refuses the wait for a reason no other status describes (its
-/// line is full): exec exits 70 and never runs the command.
+/// line is full): exec exits 125 (70 elsewhere) and never runs the command.
 #[test]
-fn exec_refused_by_a_waiter_limit_is_70() {
+fn exec_refused_by_a_waiter_limit_is_125() {
     let setup = tempfile::tempdir().expect("tempdir");
     let config = setup.path().join("stormlockd.toml");
     std::fs::write(&config, "[limits]\nmax_waiters_per_resource = 1\n").expect("config");
@@ -253,7 +253,7 @@ fn exec_refused_by_a_waiter_limit_is_70() {
         .cli(&[
             "exec", "--wait", "60s", "x/full", "--", "sh", "-c", "echo ran",
         ])
-        .exit(70);
+        .exit(125);
     assert_eq!(run.stdout, "", "the command never ran: {run:?}");
     assert!(run.stderr.contains("max_waiters_per_resource"), "{run:?}");
 }
@@ -281,14 +281,14 @@ fn exec_with_grandchild(d: &Daemon, args: &[&str], script: &str) -> (Background,
 }
 
 /// Force-releases the lease of an `exec` started with `args` and checks that
-/// exec stops the command's whole group, says who and why, and exits 75.
+/// exec stops the command's whole group, says who and why, and exits 123.
 fn force_release_stops_exec(d: &Daemon, args: &[&str]) {
     let (mut exec, pids) = exec_with_grandchild(d, args, "true");
     d.cli(&["force-release", "x/forced", "--reason", "incident 7"])
         .ok();
     let status = exec.wait(Duration::from_secs(20));
     let stderr = std::fs::read_to_string(d.dir.path().join("exec.err")).unwrap_or_default();
-    assert_eq!(status.code(), Some(75), "{status}: {stderr}");
+    assert_eq!(status.code(), Some(123), "{status}: {stderr}");
     assert!(stderr.contains("lost the lock on x/forced"), "{stderr}");
     assert!(stderr.contains("force-released by"), "who: {stderr}");
     assert!(stderr.contains("incident 7"), "why: {stderr}");
@@ -371,7 +371,7 @@ fn exec_stops_the_command_when_renewals_cannot_get_through() {
     let status = exec.wait(Duration::from_secs(20));
     kill(daemon, Signal::SIGCONT).expect("thaw the daemon");
     let stderr = std::fs::read_to_string(d.dir.path().join("exec.err")).unwrap_or_default();
-    assert_eq!(status.code(), Some(75), "{status}: {stderr}");
+    assert_eq!(status.code(), Some(123), "{status}: {stderr}");
     assert!(stderr.contains("lost the lock on x/frozen"), "{stderr}");
     assert!(stderr.contains("expired"), "{stderr}");
     eventually(
@@ -632,11 +632,23 @@ fn new_commands_are_documented() {
         assert!(script.contains("grace"), "{shell} lacks exec --grace");
     }
     let man = d.cli(&["man"]).ok().stdout;
-    for text in ["exec", "Run a command while holding a lock", "watch", "75"] {
+    for text in [
+        "exec",
+        "Run a command while holding a lock",
+        "watch",
+        "123",
+        "124",
+    ] {
         assert!(man.contains(text), "the man page lacks {text}");
     }
     let help = d.cli(&["exec", "--help"]).ok().stdout;
-    for text in ["STORMLOCK_LEASE_ID", "STORMLOCK_FENCE", "--grace", "75"] {
+    for text in [
+        "STORMLOCK_LEASE_ID",
+        "STORMLOCK_FENCE",
+        "--grace",
+        "123",
+        "125",
+    ] {
         assert!(help.contains(text), "exec --help lacks {text}: {help}");
     }
 }

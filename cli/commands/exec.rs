@@ -6,8 +6,13 @@
 //! while the lease is renewed every third of its TTL. SIGINT, SIGTERM and
 //! SIGHUP are passed on to the group.
 //! When the lease is lost the whole group gets SIGTERM, then SIGKILL after the
-//! grace period, and exec exits with 75. The lease is released on every way
+//! grace period, and exec exits with 123. The lease is released on every way
 //! out.
+//!
+//! Its own outcomes use the statuses 123 to 127 (`crate::error`), so that a
+//! command's own status, passed on unchanged, never reads as one of them:
+//! `terraform plan -detailed-exitcode` exits 2 for "changes present", which
+//! must not look like "lock held".
 //!
 //! Its own process group lets exec stop everything the command started. In a
 //! terminal, that group must also become the terminal's foreground group,
@@ -51,7 +56,7 @@ pub async fn run(mut session: Session, args: ExecArgs) -> CliResult {
         Taken::Granted { lease, sent } => (lease, sent),
         Taken::Held(holder) => {
             report_held(holder.as_ref());
-            return Ok(Exit::Held);
+            return Ok(Exit::ExecHeld);
         }
         Taken::Interrupted(signal) => return Ok(Exit::signalled(signal as i32)),
     };
@@ -80,8 +85,8 @@ async fn supervise(
         Err(err) => {
             // As a shell: 127 when there is no such command, 126 otherwise.
             let (exit, what) = match err.kind() {
-                std::io::ErrorKind::NotFound => (Exit::Status(127), "command not found"),
-                _ => (Exit::Status(126), "cannot run the command"),
+                std::io::ErrorKind::NotFound => (Exit::CommandNotFound, "command not found"),
+                _ => (Exit::CannotRun, "cannot run the command"),
             };
             note(&format!(
                 "stormlock: {}: {what}: {err}",
@@ -178,7 +183,9 @@ fn exit_of(status: ExitStatus) -> Exit {
     match (status.code(), status.signal()) {
         (Some(code), _) => Exit::Status(u8::try_from(code & 0xff).unwrap_or(u8::MAX)),
         (None, Some(signal)) => Exit::signalled(signal),
-        (None, None) => Exit::Failure,
+        // Neither exited nor killed: `wait` reports neither stopped nor
+        // continued children, so this cannot be; say it is ours, not theirs.
+        (None, None) => Exit::ExecFailed,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::output::{LeaseRecord, python_json, since, system_time};
 /// Runs `list`.
 pub async fn run(mut session: Session, args: ListArgs) -> CliResult {
     let client = session.client().await?;
-    let prefix = args.prefix.unwrap_or_default();
+    let prefix = args.prefix.or(args.prefix_option).unwrap_or_default();
     let mut leases = Vec::new();
     let mut page_token = String::new();
     loop {
