@@ -1,7 +1,7 @@
-"""JSON schemas for the two custom resources the chart can render.
+"""JSON schemas for the custom resources the chart can render.
 
 kubernetes-validate bundles schemas for built-in kinds only. These are
-subsets of the upstream CRDs (cert-manager.io/v1 Certificate,
+subsets of the upstream CRDs (cert-manager.io/v1 Certificate and Issuer,
 monitoring.coreos.com/v1 ServiceMonitor): every field listed exists upstream
 with the type and enum given here, and `additionalProperties: false` makes a
 misspelt or invented field fail. A field the chart starts emitting must be
@@ -86,6 +86,42 @@ CERTIFICATE = {
     },
 }
 
+ISSUER = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Issuer"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            # Exactly one issuer type (upstream has acme, vault and venafi too).
+            "minProperties": 1,
+            "maxProperties": 1,
+            "properties": {
+                "selfSigned": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"crlDistributionPoints": _STRING_LIST},
+                },
+                "ca": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["secretName"],
+                    "properties": {
+                        "secretName": {"type": "string", "minLength": 1},
+                        "crlDistributionPoints": _STRING_LIST,
+                        "issuingCertificateURLs": _STRING_LIST,
+                        "ocspServers": _STRING_LIST,
+                    },
+                },
+            },
+        },
+    },
+}
+
 _RELABELING = {
     "type": "object",
     "additionalProperties": False,
@@ -151,5 +187,6 @@ SERVICE_MONITOR = {
 
 BY_KIND = {
     ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
+    ("cert-manager.io/v1", "Issuer"): ISSUER,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
 }

@@ -148,6 +148,12 @@ SECRET_URLS = {"redis": "redis://redis.example:6379", "postgres": "postgres://u:
 def daemon_accepts(rendered: Rendered) -> None:
     """Runs `stormlockd check-config --offline` on the rendered config, with
     the container's flags and a stand-in for every ${VAR} it references."""
+    result = daemon_check(rendered)
+    assert result.returncode == 0, f"stormlockd refuses the rendered config:\n{result.stderr}\n{rendered.config_text}"
+
+
+def daemon_check(rendered: Rendered) -> subprocess.CompletedProcess:
+    """`stormlockd check-config --offline` on the rendered config.toml."""
     daemon = _built_binary("stormlockd")
     assert daemon.is_file(), f"no stormlockd at {daemon}: build it first (cargo build --workspace), " \
                              "or point STORMLOCKD at one"
@@ -158,17 +164,19 @@ def daemon_accepts(rendered: Rendered) -> None:
         if var.endswith("_SHA256"):
             env[var] = "ab" * 32
         elif var.endswith("_URL"):
-            (kind,) = [b["type"] for b in backends.values() if b.get("url") == "${%s}" % var]
-            env[var] = SECRET_URLS[kind]
+            (backend,) = [b for b in backends.values() if b.get("url") == "${%s}" % var]
+            env[var] = SECRET_URLS[backend["type"]]
+            if backend["type"] == "redis" and "ca_file" in backend:
+                # A private CA is for TLS: the Secret's URL must be rediss://.
+                env[var] = env[var].replace("redis://", "rediss://", 1)
         else:
             env[var] = "stand-in-secret"
     args = [a for a in rendered.container["args"] if a == "--insecure"]
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "config.toml"
         path.write_text(text)
-        result = subprocess.run([str(daemon), *args, "check-config", "--offline", str(path)],
-                                capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 0, f"stormlockd refuses the rendered config:\n{result.stderr}\n{text}"
+        return subprocess.run([str(daemon), *args, "check-config", "--offline", str(path)],
+                              capture_output=True, text=True, timeout=60, env=env)
 
 
 def merge(*layers: dict) -> dict:
@@ -190,6 +198,22 @@ def schemaless_chart(tmp_path_factory):
     dest = tmp_path_factory.mktemp("chart") / "stormlock"
     shutil.copytree(CHART, dest)
     (dest / "values.schema.json").unlink()
+    with helm_python.Chart.load(dest) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="session")
+def unchecked_chart(tmp_path_factory):
+    """A copy of the chart with neither the schema nor the templates' checks
+    (stormlock.validate): it renders what the chart refuses, so that a test
+    can show that the daemon refuses it too."""
+    dest = tmp_path_factory.mktemp("unchecked") / "stormlock"
+    shutil.copytree(CHART, dest)
+    (dest / "values.schema.json").unlink()
+    configmap = dest / "templates" / "configmap.yaml"
+    text = configmap.read_text()
+    assert text.startswith('{{- include "stormlock.validate" . }}\n')
+    configmap.write_text(text.split("\n", 1)[1])
     with helm_python.Chart.load(dest) as loaded:
         yield loaded
 
@@ -221,6 +245,16 @@ def test_ci_values_cover_every_required_setup():
     tokens = [t for v in CASES.values() for t in v.get("auth", {}).get("tokens", [])]
     assert any("sha256" in t for t in tokens) and any("sha256Secret" in t for t in tokens), \
         "no ci values use bearer tokens, inline and from a Secret"
+    backends = [b for v in CASES.values() for b in (v.get("backends") or {}).values() if b]
+    for engine in ("redis", "postgres", "mysql", "etcd"):
+        assert any(b["type"] == engine and b.get("tls", {}).get("secretName") for b in backends), \
+            f"no ci values verify {engine} with a CA from a Secret"
+    # The examples show verified TLS for every SQL backend.
+    assert all("tls" in b for b in backends if b["type"] in ("postgres", "mysql"))
+    assert any(v.get("openshift") for v in CASES.values()), "no ci values run with OpenShift-assigned ids"
+    client_cas = [v["tls"]["certManager"].get("clientCA", {}) for n, v in CASES.items() if n in cert_manager]
+    assert any(not ca for ca in client_cas) and any(ca.get("create") is False for ca in client_cas), \
+        "no ci values use the dedicated client CA, created and from an existing key pair"
 
 
 # --------------------------------------------------------------------------- render, lint, validate
@@ -295,11 +329,11 @@ def test_config_toml_follows_the_daemon_contract(chart, case):
         assert set(rule) <= {"match", "backend", "ttl", "max_ttl"}
         assert rule.get("backend", cfg["defaults"]["backend"]) in cfg["backends"]
     allowed = {
-        "embedded": {"path"}, "memory": set(), "redis": {"url", "prefix"},
-        "postgres": {"url", "table", "create_table", "pool_size"},
-        "mysql": {"url", "table", "create_table", "pool_size"},
-        "etcd": {"endpoints", "username", "password", "ca_file", "cert_file", "key_file", "prefix"},
-        "dynamodb": {"table", "region", "endpoint", "create_table"},
+        "embedded": {"path"}, "memory": set(), "redis": {"url", "prefix", "connect_timeout", "ca_file"},
+        "postgres": {"url", "table", "create_table", "pool_size", "connect_timeout", "tls", "ca_file"},
+        "mysql": {"url", "table", "create_table", "pool_size", "connect_timeout", "tls", "ca_file"},
+        "etcd": {"endpoints", "username", "password", "ca_file", "cert_file", "key_file", "prefix", "connect_timeout"},
+        "dynamodb": {"table", "region", "endpoint", "create_table", "connect_timeout"},
     }
     for name, backend in cfg["backends"].items():
         assert set(backend) - {"type"} <= allowed[backend["type"]], name
@@ -465,7 +499,7 @@ def test_restricted_security_context(chart, case):
     rendered = render(chart, CASES[case])
     pod = rendered.pod_spec
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"].get("runAsUser", "assigned") != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     for c in pod["containers"] + [rendered.test_pod["spec"]["containers"][0]]:
@@ -481,6 +515,93 @@ def test_restricted_security_context(chart, case):
     assert rendered.mount("tmp")["mountPath"] == "/tmp"
     assert "emptyDir" in rendered.volume("tmp")
     assert "resources" in rendered.container and rendered.container["resources"]["limits"]["memory"]
+
+
+def _restricted_violations(spec: dict) -> list[str]:
+    """What the Kubernetes 1.30 `restricted` Pod Security Standard (baseline
+    included) refuses in a pod spec, check by check as the admission
+    controller applies them; [] when it passes."""
+    out = []
+    pod = spec.get("securityContext", {})
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(key)
+    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= allowed_volumes:
+            out.append(f"volume {volume['name']}: {kinds - allowed_volumes}")
+    if pod.get("runAsUser") == 0:
+        out.append("pod runAsUser 0")
+    for c in containers:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            out.append(f"{name}: capabilities must drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: capabilities added")
+        if not sc.get("runAsNonRoot", pod.get("runAsNonRoot")):
+            out.append(f"{name}: runAsNonRoot")
+        if sc.get("runAsUser") == 0:
+            out.append(f"{name}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile {seccomp}")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{name}: hostPort")
+        if sc.get("procMount", "Default") != "Default":
+            out.append(f"{name}: procMount")
+    return out
+
+
+def test_restricted_pod_security_check_is_not_vacuous():
+    base = {"containers": [{"name": "c", "securityContext": {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"}}}]}
+    assert _restricted_violations(base) == []
+    for broken in ({"hostNetwork": True}, {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]},
+                   {"containers": [{"name": "c", "securityContext": {"runAsNonRoot": True}}]}):
+        assert _restricted_violations(merge(base, broken)), broken
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_pod_passes_restricted_pod_security(chart, case):
+    rendered = render(chart, CASES[case])
+    for spec in (rendered.pod_spec, rendered.test_pod["spec"]):
+        assert _restricted_violations(spec) == []
+
+
+ID_KEYS = {"runAsUser", "runAsGroup", "fsGroup"}
+
+
+@pytest.mark.parametrize("case", ["default", "etcd", "redis", "tokens"])
+def test_openshift_leaves_the_ids_to_the_platform(chart, case):
+    """OpenShift's restricted-v2 SCC assigns the user, group and fsGroup from
+    the namespace's range and refuses pods that pin others; everything else of
+    the restricted standard stays."""
+    pinned = render(chart, CASES[case])
+    assert pinned.pod_spec["securityContext"]["runAsUser"] == 65532
+    assert pinned.test_pod["spec"]["securityContext"]["fsGroup"] == 65532
+    rendered = render(chart, merge(CASES[case], {"openshift": True}))
+    for spec in (rendered.pod_spec, rendered.test_pod["spec"]):
+        assert not ID_KEYS & set(spec["securityContext"]), spec["securityContext"]
+        for c in spec["containers"]:
+            assert not ID_KEYS & set(c["securityContext"]), c["securityContext"]
+        assert _restricted_violations(spec) == []
+        assert spec["securityContext"]["runAsNonRoot"] is True
+    # Only the ids go: the rest of both contexts is as with pinned ids.
+    for key in ("podSecurityContext", "securityContext"):
+        want = {k: v for k, v in chart.values[key].items() if k not in ID_KEYS}
+        got = rendered.pod_spec["securityContext"] if key == "podSecurityContext" else rendered.container["securityContext"]
+        assert got == want
+    assert rendered.pod_spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
 
 
 # --------------------------------------------------------------------------- single writer vs scale-out
@@ -648,6 +769,185 @@ def test_memory_backend_warns(chart):
     assert 'backend main is "memory"' in rendered.notes
 
 
+# --------------------------------------------------------------------------- upgrades that move the embedded store
+
+
+class _FakeCluster:
+    """A Kubernetes API server on loopback that knows a few objects, for
+    rendering with `lookup` (helm_python.Config.render, as `helm upgrade`
+    renders): discovery for v1 and apps/v1, GET and LIST of Deployments and
+    ConfigMaps in one namespace, 404 for anything else."""
+
+    RESOURCES = {"v1": [("configmaps", "ConfigMap")], "apps/v1": [("deployments", "Deployment")]}
+
+    def __init__(self, objects: list[dict]):
+        self.objects = objects
+        self.requests: list[str] = []
+
+    def _answer(self, path: str) -> tuple[int, dict]:
+        for group_version, resources in self.RESOURCES.items():
+            prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+            if path == prefix:
+                return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                             "resources": [{"name": plural, "singularName": kind.lower(), "namespaced": True,
+                                            "kind": kind, "verbs": ["get", "list"]} for plural, kind in resources]}
+            for plural, kind in resources:
+                base = f"{prefix}/namespaces/{NAMESPACE}/{plural}"
+                matching = [o for o in self.objects if o["kind"] == kind]
+                if path == base:
+                    return 200, {"kind": f"{kind}List", "apiVersion": group_version,
+                                 "metadata": {"resourceVersion": "1"}, "items": matching}
+                for o in matching:
+                    if path == f"{base}/{o['metadata']['name']}":
+                        return 200, o
+        return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+
+    def __enter__(self) -> "_FakeCluster":
+        import http.server
+        import threading
+
+        cluster = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                cluster.requests.append(path)
+                code, body = cluster._answer(path)
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        kubeconfig = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{self.server.server_address[1]}"}}],
+            "users": [{"name": "fake", "user": {"token": "fake"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+        }
+        self.config = helm_python.Config(kubeconfig_content=yaml.safe_dump(kubeconfig), namespace=NAMESPACE)
+        return self
+
+    def upgrade(self, chart, values: dict, name: str = RELEASE) -> Rendered:
+        """Renders an upgrade of release NAME as `helm upgrade` does, with
+        lookup answered by this cluster; checks the config with the daemon."""
+        rendered = Rendered(self.config.render(chart, merge(BASE, values), name=name, namespace=NAMESPACE,
+                                               is_upgrade=True))
+        daemon_accepts(rendered)
+        return rendered
+
+    def upgrade_error(self, chart, values: dict, name: str = RELEASE) -> str:
+        with pytest.raises(helm_python.HelmError) as raised:
+            self.config.render(chart, merge(BASE, values), name=name, namespace=NAMESPACE, is_upgrade=True)
+        return str(raised.value)
+
+    def __exit__(self, *exc) -> None:
+        self.config.close()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _installed(chart, values: dict, name: str = RELEASE) -> list[dict]:
+    """The Deployment and ConfigMap of a release installed with VALUES, as
+    the cluster holds them (Helm adds its release annotations)."""
+    rendered = render(chart, values, name=name)
+    objects = []
+    for doc in (rendered.deployment, rendered.one("ConfigMap")):
+        doc = copy.deepcopy(doc)
+        doc["metadata"].setdefault("annotations", {}).update(
+            {"meta.helm.sh/release-name": name, "meta.helm.sh/release-namespace": NAMESPACE})
+        objects.append(doc)
+    return objects
+
+
+# What an upgrade changes, and the sentence the refusal names it with.
+STORE_MOVES = {
+    "claim": ({"persistence": {"existingClaim": "new-locks"}},
+              f"the data dir moves from claim {RELEASE}-stormlock-data to claim new-locks"),
+    "path": ({"backends": {"main": {"type": "embedded", "path": "other.redb"}}},
+             "backend main's file moves from locks.redb to other.redb"),
+    "fullname": ({"fullnameOverride": "locksvc"},
+                 f"the data dir moves from claim {RELEASE}-stormlock-data to claim locksvc-data"),
+    "no persistence": ({"persistence": {"enabled": False, "acceptLocksLostOnRestart": True}},
+                       f"the data dir moves from claim {RELEASE}-stormlock-data to an emptyDir"),
+    "shared backend": ({"backends": {"main": {"type": "redis", "url": "rediss://redis.db:6379/0"}}},
+                       f"no backend is embedded any more, so claim {RELEASE}-stormlock-data is no longer mounted"),
+}
+
+
+@pytest.mark.parametrize("move", STORE_MOVES)
+def test_an_upgrade_that_moves_the_embedded_store_is_refused(chart, move):
+    """`helm upgrade` renders with lookup: the chart reads the running
+    Deployment's data claim and its ConfigMap's embedded files, and refuses
+    an upgrade that would start the store empty, unless told to."""
+    values, sentence = STORE_MOVES[move]
+    with _FakeCluster(_installed(chart, {})) as cluster:
+        message = cluster.upgrade_error(chart, values)
+        assert "This upgrade would move the embedded backend's store" in message
+        assert sentence in message
+        assert "fence tokens would restart from 1" in message
+        assert "persistence.acceptLocksLostOnChange: true" in message
+        assert f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments" in cluster.requests
+        accepted = cluster.upgrade(chart, merge(values, {"persistence": {"acceptLocksLostOnChange": True}}))
+        notes = _flat(accepted.notes)
+        assert "WARNING: THIS UPGRADE MOVED THE EMBEDDED STORE (persistence.acceptLocksLostOnChange=true): - " + sentence in notes
+        assert "Remove persistence.acceptLocksLostOnChange from the values now." in notes
+
+
+def test_an_upgrade_that_keeps_the_store_passes(chart):
+    installed = _installed(chart, CASES["embedded"])
+    with _FakeCluster(installed) as cluster:
+        same = cluster.upgrade(chart, merge(CASES["embedded"], {"config": {"defaults": {"ttl": "2h"}}}))
+        assert same.config["defaults"]["ttl"] == "2h"
+        assert "EMBEDDED STORE" not in same.notes
+        # A second embedded backend with a file of its own moves nothing.
+        more = cluster.upgrade(chart, merge(CASES["embedded"], {"backends": {"extra": {"type": "embedded", "path": "extra.redb"}}}))
+        assert set(more.config["backends"]) == {"main", "extra"}
+        # The ConfigMap was read through the Deployment's config volume.
+        assert f"/api/v1/namespaces/{NAMESPACE}/configmaps/{RELEASE}-stormlock" in cluster.requests
+
+
+def test_a_moved_path_is_found_in_the_running_config(chart):
+    """Each backend keeps its file: swapping two backends' files would give
+    their resources the other's fence counters; renaming a backend that keeps
+    its file moves nothing."""
+    two = {"main": {"type": "embedded", "path": "a.redb"}, "other": {"type": "embedded", "path": "b.redb"}}
+    with _FakeCluster(_installed(chart, {"backends": two})) as cluster:
+        swapped = {"backends": {"main": {"type": "embedded", "path": "b.redb"}, "other": {"type": "embedded", "path": "a.redb"}}}
+        message = cluster.upgrade_error(chart, swapped)
+        assert "backend main's file moves from a.redb to b.redb; backend other's file moves from b.redb to a.redb" in message
+        dropped = cluster.upgrade_error(chart, {"backends": {"main": {"type": "embedded", "path": "a.redb"}}})
+        assert "file b.redb (backend other) is no longer used: the embedded backends now use a.redb" in dropped
+    with _FakeCluster(_installed(chart, {"backends": {"main": {"type": "embedded", "path": "a.redb"}}})) as cluster:
+        renamed = {"backends": {"main": None, "store": {"type": "embedded", "path": "a.redb"}},
+                   "config": {"defaults": {"backend": "store"}}}
+        assert set(cluster.upgrade(chart, renamed).config["backends"]) == {"store"}
+
+
+def test_other_releases_and_shared_backends_are_not_compared(chart):
+    """Only this release's Deployment counts (Helm's release annotations);
+    a release that kept no store on a claim has nothing to lose."""
+    with _FakeCluster(_installed(chart, {}, name="other")) as cluster:
+        assert cluster.upgrade(chart, {"persistence": {"existingClaim": "new-locks"}}).all("Deployment")
+    with _FakeCluster(_installed(chart, merge(REDIS, {"replicaCount": 2}))) as cluster:
+        assert cluster.upgrade(chart, {"persistence": {"existingClaim": "new-locks"}}).all("Deployment")
+
+
+def test_helm_template_cannot_see_the_cluster(chart):
+    """Offline (helm template, client-side dry runs) lookup finds nothing:
+    no refusal is possible, and the flag left on is pointed out."""
+    assert render(chart, {"persistence": {"existingClaim": "new-locks"}}).all("Deployment")
+    notes = _flat(render(chart, {"persistence": {"acceptLocksLostOnChange": True}}).notes)
+    assert "persistence.acceptLocksLostOnChange is true: a later upgrade may move the embedded store" in notes
+
+
 # --------------------------------------------------------------------------- credentials
 
 
@@ -684,18 +984,38 @@ def test_backend_credentials_come_from_secret_key_refs(chart, case, variables):
             assert "://" not in value["value"] and "@" not in value["value"], name
 
 
+def _backend_files(rendered: Rendered, name: str) -> dict[str, tuple[str, str]]:
+    """Backend NAME's TLS files as the daemon reads them: {path in config.toml's
+    key: (Secret, key)}, following the config to the mount and the volume."""
+    backend = rendered.config["backends"][name]
+    volume = f"backend-{name.replace('_', '-')}-tls"
+    mount = rendered.mount(volume)
+    assert mount["readOnly"] is True
+    projected = rendered.volume(volume)["projected"]
+    assert projected["defaultMode"] == 0o440
+    files = {item["path"]: (source["secret"]["name"], item["key"])
+             for source in projected["sources"] for item in source["secret"]["items"]}
+    out = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        if key in backend:
+            directory, filename = backend[key].rsplit("/", 1)
+            assert directory == mount["mountPath"] == f"/etc/stormlock/backends/{name}", key
+            out[key] = files.pop(filename)
+    assert files == {}, f"mounted but not in config.toml: {files}"
+    return out
+
+
 def test_etcd_tls_files_are_mounted_where_the_config_points(chart):
     rendered = render(chart, CASES["etcd"])
-    backend = rendered.config["backends"]["main"]
-    mount = rendered.mount("backend-main-tls")["mountPath"]
-    items = {i["path"] for i in rendered.volume("backend-main-tls")["secret"]["items"]}
-    for key in ("ca_file", "cert_file", "key_file"):
-        directory, filename = backend[key].rsplit("/", 1)
-        assert directory == mount and filename in items
-    assert rendered.volume("backend-main-tls")["secret"]["secretName"] == "stormlock-etcd-client"
+    assert _backend_files(rendered, "main") == {
+        "ca_file": ("stormlock-etcd-client", "ca.crt"),
+        "cert_file": ("stormlock-etcd-client", "tls.crt"),
+        "key_file": ("stormlock-etcd-client", "tls.key"),
+    }
     only_ca = render(chart, {"backends": {"main": {"type": "etcd", "endpoints": ["https://e:2379"],
                                                    "tls": {"secretName": "etcd-ca"}}}})
     assert set(only_ca.config["backends"]["main"]) == {"type", "endpoints", "ca_file"}
+    assert _backend_files(only_ca, "main") == {"ca_file": ("etcd-ca", "ca.crt")}
 
 
 @pytest.mark.parametrize("url", [
@@ -724,6 +1044,203 @@ def test_backend_needs_a_url(chart):
     assert "needs url, or urlSecret" in render_error(chart, {"backends": {"main": {"type": "redis"}}})
     both = {"backends": {"main": {"type": "redis", "url": "redis://r", "urlSecret": {"name": "a", "key": "b"}}}}
     assert "set url or urlSecret, not both" in render_error(chart, both)
+
+
+LITERAL_PASSWORDS = [
+    "postgres://stormlock:pa$$word@pg/locks",
+    "postgres://stormlock:${NOT_A_VAR@pg/locks",
+    "postgres://stormlock:$${PGPASS}@pg/locks",       # $${ is a literal ${: the password is "${PGPASS}"
+    "postgres://stormlock:${PGPASS}tail@pg/locks",
+    "postgres://stormlock:$@pg/locks",
+    "postgres://stormlock:${}@pg/locks",
+    "postgres://stormlock:${PGPASS}@x@pg/locks",       # the user information ends at the last @
+    "postgres://a@b:hunter2@pg/locks",
+    "postgres://pg/locks?password=pa$$word",
+    "postgres://pg/locks?sslmode=require&password=${NOT_A_VAR",
+    "postgres://pg/locks?PassWord=${PGPASS}$",
+    "postgres://pg/locks?sslpassword=hunter2",
+]
+
+
+@pytest.mark.parametrize("url", LITERAL_PASSWORDS)
+def test_a_dollar_does_not_get_a_literal_password_past_the_guard(chart, schemaless_chart, url):
+    """Only ${NAME} references make a password in a URL acceptable: a `$`
+    anywhere else leaves it literal, and the daemon would use it as written."""
+    values = {"backends": {"main": {"type": "postgres", "url": url}}, "replicaCount": 2}
+    assert "/backends/main/url" in render_error(chart, values)
+    message = render_error(schemaless_chart, values)
+    assert "backends.main.url carries a literal password" in message and "urlSecret" in message
+    redis = {"backends": {"main": {"type": "redis", "url": url.replace("postgres://", "rediss://", 1)}}}
+    assert "/backends/main/url" in render_error(chart, redis)
+
+
+@pytest.mark.parametrize("url", [
+    "postgres://stormlock:${PGPASS}@pg:5432/locks?sslmode=require",
+    "postgres://stormlock:${PG_A}${PG_B}@pg:5432/locks",
+    "postgres://stormlock@pg/locks?password=${PGPASS}&application_name=stormlock",
+    "postgres://pg:5432/locks",
+])
+def test_urls_whose_password_is_only_env_references_are_accepted(chart, schemaless_chart, url):
+    env = [{"name": n, "valueFrom": {"secretKeyRef": {"name": "pg", "key": n.lower()}}}
+           for n in re.findall(r"\$\{([A-Z_]+)\}", url)]
+    for which in (chart, schemaless_chart):
+        rendered = render(which, {"backends": {"main": {"type": "postgres", "url": url}}, "extraEnv": env})
+        assert rendered.config["backends"]["main"]["url"] == url
+
+
+def test_the_daemon_takes_the_literal_passwords_the_guard_refuses_literally(unchecked_chart):
+    """Why the guard must hold: `pa$$word` reaches the engine as written
+    (check-config accepts it; nothing expands it), and an unterminated ${ is
+    refused by the daemon itself."""
+    literal = Rendered(unchecked_chart.render(merge(BASE, {"backends": {"main": {
+        "type": "postgres", "url": "postgres://stormlock:pa$$word@pg/locks"}}}), name=RELEASE, namespace=NAMESPACE))
+    assert literal.config["backends"]["main"]["url"] == "postgres://stormlock:pa$$word@pg/locks"
+    assert daemon_check(literal).returncode == 0
+
+
+def test_the_guard_is_the_same_in_the_schema_and_the_templates(chart):
+    """The schema (what `helm install` checks first) and the templates (what
+    holds with --skip-schema-validation) use the same two patterns."""
+    patterns = [x["pattern"] for x in chart.schema["definitions"]["backendUrl"]["not"]["anyOf"]]
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    (guard,) = re.findall(r'define "stormlock.literalPassword" -\}\}\n(.*?)\n\{\{- end \}\}', helpers, re.S)
+    assert re.findall(r"regexMatch `([^`]*)`", guard) == patterns
+
+
+def test_connect_timeout_reaches_every_network_backend(chart):
+    backends = {
+        "r": {"type": "redis", "url": "rediss://r:6379", "connectTimeout": "1m"},
+        "p": {"type": "postgres", "url": "postgres://pg/locks", "tls": {}, "connectTimeout": "10s"},
+        "m": {"type": "mysql", "url": "mysql://my/locks", "tls": {}, "connectTimeout": "3s"},
+        "e": {"type": "etcd", "endpoints": ["http://etcd:2379"], "connectTimeout": "4s"},
+        "d": {"type": "dynamodb", "table": "locks", "region": "eu-west-1", "connectTimeout": "5s"},
+    }
+    cfg = render(chart, {"backends": {"main": None, **backends}, "config": {"defaults": {"backend": "r"}}}).config
+    assert {n: b["connect_timeout"] for n, b in cfg["backends"].items()} == \
+        {n: b["connectTimeout"] for n, b in backends.items()}
+    assert "connect_timeout" not in render(chart, REDIS).config["backends"]["main"], "the daemon's default"
+
+
+def test_dynamodb_endpoint_is_guarded_too(chart):
+    values = {"backends": {"main": {"type": "dynamodb", "table": "locks", "region": "eu-west-1",
+                                    "endpoint": "https://user:pa$$word@dynamo.internal"}}, "replicaCount": 2}
+    assert "/backends/main/endpoint" in render_error(chart, values)
+
+
+# --------------------------------------------------------------------------- backend TLS
+
+
+# Each engine with TLS on, as the chart's values put it.
+TLS_BACKENDS = {
+    "redis": {"type": "redis", "urlSecret": {"name": "redis-cred", "key": "url"},
+              "tls": {"secretName": "redis-ca"}, "connectTimeout": "5s"},
+    "postgres": {"type": "postgres", "urlSecret": {"name": "pg-cred", "key": "url"},
+                 "tls": {"secretName": "pg-ca", "caKey": "root.pem"}, "connectTimeout": "3s"},
+    "mysql": {"type": "mysql", "url": "mysql://stormlock@mariadb.db:3306/locks",
+              "tls": {"secretName": "mysql-ca"}, "connectTimeout": "4s"},
+    "etcd": {"type": "etcd", "endpoints": ["https://etcd-0.etcd:2379"],
+             "tls": {"secretName": "etcd-ca", "clientCert": True, "clientCertSecretName": "etcd-client"},
+             "connectTimeout": "6s"},
+}
+# What config.toml says for each (besides the files) and which files it names.
+TLS_EXPECTED = {
+    "redis": ({"connect_timeout": "5s"}, {"ca_file": ("redis-ca", "ca.crt")}),
+    "postgres": ({"tls": "verify-full", "connect_timeout": "3s"}, {"ca_file": ("pg-ca", "root.pem")}),
+    "mysql": ({"tls": "verify-full", "connect_timeout": "4s"}, {"ca_file": ("mysql-ca", "ca.crt")}),
+    "etcd": ({"connect_timeout": "6s"}, {"ca_file": ("etcd-ca", "ca.crt"), "cert_file": ("etcd-client", "tls.crt"),
+                                          "key_file": ("etcd-client", "tls.key")}),
+}
+
+
+@pytest.mark.parametrize("engine", TLS_BACKENDS)
+def test_backend_tls_renders_the_files_the_daemon_reads(chart, engine):
+    """The CA (and etcd's client certificate) come from Secrets, mounted
+    read-only where config.toml points; the SQL engines default to
+    verify-full; the daemon's check-config accepts the result (render())."""
+    rendered = render(chart, {"replicaCount": 2, "backends": {"main": TLS_BACKENDS[engine]}})
+    backend = rendered.config["backends"]["main"]
+    settings, files = TLS_EXPECTED[engine]
+    assert {k: backend[k] for k in settings} == settings
+    assert _backend_files(rendered, "main") == files
+    # Nothing else gets the files: no other mount of those Secrets.
+    secrets = {s for s, _ in files.values()}
+    for volume in rendered.pod_spec["volumes"]:
+        if volume["name"] != "backend-main-tls":
+            assert volume.get("secret", {}).get("secretName") not in secrets
+    # A change of the CA's place rolls the pods (the config's checksum).
+    checksum = rendered.deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert checksum == hashlib.sha256(rendered.config_text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("engine", ["postgres", "mysql"])
+def test_sql_tls_modes(chart, engine):
+    url = {"postgres": "postgres://stormlock@pg.db/locks", "mysql": "mysql://stormlock@mysql.db/locks"}[engine]
+    def backend(tls=None):
+        b = {"type": engine, "url": url}
+        if tls is not None:
+            b["tls"] = tls
+        return render(chart, {"replicaCount": 2, "backends": {"main": b}})
+    public_roots = backend({})
+    assert public_roots.config["backends"]["main"]["tls"] == "verify-full"
+    assert "ca_file" not in public_roots.config["backends"]["main"]
+    assert not any(v["name"] == "backend-main-tls" for v in public_roots.pod_spec["volumes"])
+    assert "WARNING: backend main" not in public_roots.notes
+    require = backend({"mode": "require"})
+    assert require.config["backends"]["main"]["tls"] == "require"
+    assert "tls.mode require: encrypted, but the server is not\nverified" in require.notes
+    assert backend({"mode": "disable"}).config["backends"]["main"]["tls"] == "disable"
+    unset = backend()
+    assert "tls" not in unset.config["backends"]["main"]
+    assert f"WARNING: backend main ({engine}) has no tls" in unset.notes
+
+
+@pytest.mark.parametrize("backend, words", [
+    ({"type": "redis", "url": "redis://redis.db:6379/0", "tls": {"secretName": "redis-ca"}},
+     "backends.main (redis): ca_file: only used with a rediss:// url"),
+    ({"type": "postgres", "url": "postgres://pg/locks", "tls": {"mode": "require", "secretName": "pg-ca"}},
+     'backends.main (postgres): ca_file: only used with tls = "verify-full"'),
+    ({"type": "mysql", "url": "mysql://my/locks", "tls": {"mode": "disable", "secretName": "my-ca"}},
+     'backends.main (mysql): ca_file: only used with tls = "verify-full"'),
+    ({"type": "etcd", "endpoints": ["http://etcd:2379"], "tls": {"secretName": "etcd-ca"}},
+     "backends.main (etcd): ca_file: only used with https:// endpoints"),
+    ({"type": "etcd", "endpoints": ["http://etcd:2379"], "tls": {"secretName": "etcd-client", "ca": False, "clientCert": True}},
+     "backends.main (etcd): cert_file: only used with https:// endpoints"),
+    ({"type": "etcd", "endpoints": ["http://etcd:2379"], "username": "stormlock"},
+     "backends.main (etcd): password: must be set with username"),
+    ({"type": "etcd", "endpoints": ["http://etcd:2379"], "passwordSecret": {"name": "e", "key": "p"}},
+     "backends.main (etcd): username: must be set with password"),
+])
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_backend_tls_contradictions_are_refused_in_the_daemons_words(request, unchecked_chart, which, backend, words):
+    values = {"replicaCount": 2, "backends": {"main": backend}}
+    assert words in render_error(request.getfixturevalue(which), values)
+    # The daemon refuses the same configuration, for the same key.
+    rendered = Rendered(unchecked_chart.render(merge(BASE, values), name=RELEASE, namespace=NAMESPACE))
+    result = daemon_check(rendered)
+    assert result.returncode != 0, rendered.config_text
+    key = words.split(": ")[1]
+    assert f"backends.main.{key}" in result.stderr or f"{key}:" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("backend, schema_path, words", [
+    ({"type": "redis", "url": "rediss://r:6379", "connectTimeout": "0s"}, "/backends/main/connectTimeout",
+     "connect_timeout: must be at least 1s"),
+    ({"type": "postgres", "url": "postgres://pg/locks", "tls": {"mode": "sometimes"}}, "/backends/main/tls/mode",
+     'tls.mode is "sometimes"'),
+    ({"type": "redis", "url": "rediss://r:6379", "tls": {"caKey": "ca.crt"}}, "secretName",
+     "backends.main (redis): tls.secretName is empty"),
+    ({"type": "dynamodb", "table": "locks", "region": "eu-west-1", "tls": {"secretName": "x"}}, "'tls' not allowed", None),
+    ({"type": "redis", "url": "rediss://r:6379", "tls": {"secretName": "x", "clientCert": True}}, "'clientCert' not allowed", None),
+    ({"type": "postgres", "url": "postgres://pg/locks", "tls": {"clientCert": True}}, "'clientCert' not allowed", None),
+])
+def test_backend_tls_values_the_schema_refuses(chart, schemaless_chart, backend, schema_path, words):
+    """Client certificates exist for etcd only (the daemon reads none for the
+    other engines), and DynamoDB takes no CA."""
+    values = {"replicaCount": 2, "backends": {"main": backend}}
+    message = render_error(chart, values)
+    assert "schema" in message and schema_path in message
+    if words:
+        assert words in render_error(schemaless_chart, values)
 
 
 # --------------------------------------------------------------------------- checksum
@@ -801,7 +1318,8 @@ def test_mutual_tls_with_cert_manager_issues_the_test_client_certificate(chart):
     certs = {c["metadata"]["name"]: c["spec"] for c in rendered.all("Certificate")}
     client = certs[f"{RELEASE}-stormlock-test-client"]
     assert client["usages"] == ["client auth", "digital signature"]
-    assert client["issuerRef"]["name"] == "stormlock-ca"
+    # From the release's own client CA, not the server's issuer (stormlock-ca).
+    assert client["issuerRef"] == {"name": f"{RELEASE}-stormlock-client-ca", "kind": "Issuer", "group": "cert-manager.io"}
     volumes = {v["name"]: v for v in rendered.test_pod["spec"]["volumes"]}
     assert volumes["client"]["secret"]["secretName"] == client["secretName"]
 
@@ -925,20 +1443,135 @@ def test_cert_manager_issues_an_administrator_client_certificate(chart):
     assert admin["commonName"] == "stormlock-admin"
     assert "client auth" in admin["usages"] and "server auth" not in admin["usages"]
     assert admin["secretName"] == f"{RELEASE}-stormlock-admin-client"
-    assert admin["issuerRef"] == {"name": "ca-issuer", "kind": "Issuer", "group": "cert-manager.io"}
-    # A Secret of its own, apart from the server's and the helm test's.
+    assert admin["issuerRef"] == {"name": f"{RELEASE}-stormlock-client-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    # A Secret of its own, apart from the server's, the client CA's and the helm test's.
     others = [spec["secretName"] for name, spec in certs.items() if name != f"{RELEASE}-stormlock-admin-client"]
     assert admin["secretName"] not in others
     assert rendered.config["auth"]["admins"] == ["stormlock-admin"]
-    # Signed by the issuer whose CA the daemon trusts for client certificates.
-    assert rendered.volume("client-ca")["secret"]["secretName"] == certs[f"{RELEASE}-stormlock"]["secretName"]
+    # Signed by the Issuer whose CA the daemon trusts for client certificates.
+    (issuer,) = [i for i in rendered.all("Issuer") if i["metadata"]["name"] == admin["issuerRef"]["name"]]
+    client_ca = rendered.volume("client-ca")["secret"]
+    assert client_ca["secretName"] == issuer["spec"]["ca"]["secretName"]
+    assert client_ca["items"] == [{"key": "tls.crt", "path": "ca.crt"}]
     notes = rendered.notes
     secret = admin["secretName"]
-    for key in ("tls\\.crt", "tls\\.key", "ca\\.crt"):
+    for key in ("tls\\.crt", "tls\\.key"):
         assert f"kubectl -n {NAMESPACE} get secret {secret} -o jsonpath='{{.data.{key}}}' | base64 -d" in notes
+    # The server CA comes from the server certificate's Secret: the admin
+    # Secret's ca.crt is the client CA, which would not verify the server.
+    server_secret = certs[f"{RELEASE}-stormlock"]["secretName"]
+    assert (f"kubectl -n {NAMESPACE} get secret {server_secret} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > ca.crt"
+            in notes)
+    assert f"get secret {secret} -o jsonpath='{{.data.ca\\.crt}}'" not in notes
     assert (f"stormlock --addr {RELEASE}-stormlock.{NAMESPACE}.svc.cluster.local:7466 "
             "--ca ca.crt --cert admin.crt --key admin.key list") in notes
     assert "stormlock-admin (in [auth] admins)" in _flat(notes)
+
+
+def _client_ca_resources(rendered: Rendered) -> dict[str, dict]:
+    """The client CA's cert-manager resources by kind and role."""
+    issuers = {i["metadata"]["name"]: i["spec"] for i in rendered.all("Issuer")}
+    certs = {c["metadata"]["name"]: c["spec"] for c in rendered.all("Certificate")}
+    return {"issuers": issuers, "certs": certs}
+
+
+def test_cert_manager_gives_the_release_a_client_ca_of_its_own(chart):
+    """cert-manager's CA Issuer pattern: a self-signed Issuer signs the client
+    CA, a CA Issuer signs client certificates with it, and the daemon trusts
+    that CA only, not the server issuer's, which may sign anything."""
+    rendered = render(chart, CERT_MANAGER)
+    found = _client_ca_resources(rendered)
+    issuers, certs = found["issuers"], found["certs"]
+    root, client_issuer = f"{RELEASE}-stormlock-client-ca-root", f"{RELEASE}-stormlock-client-ca"
+    assert issuers == {root: {"selfSigned": {}}, client_issuer: {"ca": {"secretName": f"{RELEASE}-stormlock-client-ca"}}}
+    ca = certs[f"{RELEASE}-stormlock-client-ca"]
+    assert ca["isCA"] is True
+    assert ca["issuerRef"] == {"name": root, "kind": "Issuer", "group": "cert-manager.io"}
+    assert ca["secretName"] == issuers[client_issuer]["ca"]["secretName"]
+    # The key survives renewal: client certificates signed before stay valid.
+    assert ca["privateKey"]["rotationPolicy"] == "Never"
+    assert "cert sign" in ca["usages"]
+    assert (ca["duration"], ca["renewBefore"]) == ("87600h", "2160h")
+    # The server certificate still comes from the server's issuer.
+    assert certs[f"{RELEASE}-stormlock"]["issuerRef"]["name"] == "ca-issuer"
+    # Every client certificate the chart issues comes from the client Issuer.
+    clients = [spec for spec in certs.values() if "client auth" in spec.get("usages", [])]
+    assert len(clients) == 2
+    for spec in clients:
+        assert spec["issuerRef"] == {"name": client_issuer, "kind": "Issuer", "group": "cert-manager.io"}
+    # The daemon trusts the CA certificate itself (tls.crt of the key pair).
+    assert rendered.volume("client-ca")["secret"] == {"secretName": ca["secretName"], "defaultMode": 0o440,
+                                                      "items": [{"key": "tls.crt", "path": "ca.crt"}]}
+    assert rendered.config["tls"]["client_ca"] == "/etc/stormlock/client-ca/ca.crt"
+    # The helm test still verifies the server with the server's CA.
+    ca_volume = {v["name"]: v for v in rendered.test_pod["spec"]["volumes"]}["ca"]
+    assert ca_volume["secret"]["secretName"] == certs[f"{RELEASE}-stormlock"]["secretName"]
+
+
+def test_notes_tell_where_the_server_ca_and_client_certificates_come_from(chart):
+    rendered = render(chart, CERT_MANAGER)
+    notes = rendered.notes
+    server_secret = f"{RELEASE}-stormlock-tls"
+    assert (f"kubectl -n {NAMESPACE} get secret {server_secret} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > ca.crt"
+            in notes)
+    assert f"client CA (Secret {RELEASE}-stormlock-client-ca, key tls.crt), which Issuer {RELEASE}-stormlock-client-ca issues" in _flat(notes)
+    # The Certificate the NOTES show is valid and names the client Issuer.
+    block = notes.split("<<EOF\n", 1)[1].split("\n  EOF", 1)[0]
+    cert = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))
+    jsonschema.validate(cert, helm_crd_schemas.CERTIFICATE)
+    (issuer,) = [i for i in rendered.all("Issuer") if i["metadata"]["name"] == cert["spec"]["issuerRef"]["name"]]
+    assert "ca" in issuer["spec"] and cert["spec"]["issuerRef"]["kind"] == "Issuer"
+    assert cert["spec"]["usages"] == ["client auth", "digital signature"]
+    assert "THE CLIENT CA IS THE SERVER ISSUER'S CA" not in notes
+
+
+def test_an_existing_client_ca_key_pair(chart):
+    rendered = render(chart, merge(CERT_MANAGER, {"tls": {"certManager": {"clientCA": {
+        "create": False, "secretName": "corp-client-ca"}}}}))
+    found = _client_ca_resources(rendered)
+    # No root and no CA Certificate: the Issuer signs with the key pair you keep.
+    assert found["issuers"] == {f"{RELEASE}-stormlock-client-ca": {"ca": {"secretName": "corp-client-ca"}}}
+    assert not any(spec.get("isCA") for spec in found["certs"].values())
+    assert rendered.volume("client-ca")["secret"]["secretName"] == "corp-client-ca"
+    assert rendered.volume("client-ca")["secret"]["items"] == [{"key": "tls.crt", "path": "ca.crt"}]
+    admin = found["certs"][f"{RELEASE}-stormlock-admin-client"]
+    assert admin["issuerRef"]["name"] == f"{RELEASE}-stormlock-client-ca"
+
+
+def test_a_client_ca_certificate_of_yours_means_the_chart_issues_no_client_certificates(chart):
+    rendered = render(chart, merge(CERT_MANAGER, {"tls": {"clientAuth": {"caSecretName": "corp-ca", "caKey": "bundle.pem"}}}))
+    assert rendered.all("Issuer") == []
+    assert [c["metadata"]["name"] for c in rendered.all("Certificate")] == [f"{RELEASE}-stormlock"]
+    assert rendered.volume("client-ca")["secret"]["secretName"] == "corp-ca"
+    assert rendered.volume("client-ca")["secret"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]
+    assert rendered.config["auth"]["admins"] == []
+    assert f"create secret tls {RELEASE}-stormlock-test-client" in rendered.notes
+    assert "Administrator credential" not in rendered.notes
+
+
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_the_server_issuers_ca_as_client_ca_is_a_visible_choice(request, which):
+    chart = request.getfixturevalue(which)
+    dangerous = {"tls": {"certManager": {"clientCA": {"dangerouslyUseServerIssuer": True}}}}
+    rendered = render(chart, merge(CERT_MANAGER, dangerous))
+    assert rendered.all("Issuer") == []
+    certs = {c["metadata"]["name"]: c["spec"] for c in rendered.all("Certificate")}
+    for name in (f"{RELEASE}-stormlock-admin-client", f"{RELEASE}-stormlock-test-client"):
+        assert certs[name]["issuerRef"] == {"name": "ca-issuer", "kind": "Issuer", "group": "cert-manager.io"}
+    assert rendered.volume("client-ca")["secret"]["secretName"] == certs[f"{RELEASE}-stormlock"]["secretName"]
+    assert rendered.volume("client-ca")["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    notes = _flat(rendered.notes)
+    assert "WARNING: THE CLIENT CA IS THE SERVER ISSUER'S CA (tls.certManager.clientCA.dangerouslyUseServerIssuer=true)" in notes
+    assert "Every certificate Issuer ca-issuer has ever signed, for any service, authenticates as a client" in notes
+    both = merge(CERT_MANAGER, dangerous, {"tls": {"clientAuth": {"caSecretName": "corp-ca"}}})
+    assert "tls.clientAuth.caSecretName and tls.certManager.clientCA.dangerouslyUseServerIssuer are both set" \
+        in render_error(chart, both)
+
+
+def test_without_cert_manager_the_client_ca_stays_the_secrets_ca(chart):
+    rendered = render(chart)
+    assert rendered.all("Issuer") == [] and rendered.all("Certificate") == []
+    assert rendered.volume("client-ca")["secret"]["secretName"] == f"{RELEASE}-stormlock-tls"
 
 
 def test_administrator_client_certificate_settings(chart):

@@ -19,7 +19,7 @@ shutdown_grace = "{{ int .Values.config.shutdownGraceSeconds }}s"
 cert = "/etc/stormlock/tls/tls.crt"
 key = "/etc/stormlock/tls/tls.key"
 {{- if include "stormlock.mutualTLS" . }}
-client_ca = {{ printf "/etc/stormlock/client-ca/%s" .Values.tls.clientAuth.caKey | include "stormlock.tomlString" }}
+client_ca = "/etc/stormlock/client-ca/ca.crt"
 {{- end }}
 {{- end }}
 
@@ -87,6 +87,9 @@ create_table = {{ $b.createTable }}
 {{- if $b.poolSize }}
 pool_size = {{ int $b.poolSize }}
 {{- end }}
+{{- with include "stormlock.sqlTLSMode" $b }}
+tls = {{ include "stormlock.tomlString" . }}
+{{- end }}
 {{- end }}
 {{- else if eq $b.type "etcd" }}
 endpoints = {{ toJson $b.endpoints }}
@@ -96,14 +99,9 @@ username = {{ include "stormlock.tomlString" $b.username }}
 {{- if $b.passwordSecret }}
 password = {{ printf "${%s}" (include "stormlock.backendEnv" (list $name "PASSWORD")) | include "stormlock.tomlString" }}
 {{- end }}
-{{- with $b.tls }}
-{{- if (hasKey . "ca" | ternary .ca true) }}
-ca_file = "/etc/stormlock/backends/{{ $name }}/ca.crt"
-{{- end }}
-{{- if .clientCert }}
+{{- if include "stormlock.backendClientCert" $b }}
 cert_file = "/etc/stormlock/backends/{{ $name }}/tls.crt"
 key_file = "/etc/stormlock/backends/{{ $name }}/tls.key"
-{{- end }}
 {{- end }}
 {{- if hasKey $b "prefix" }}
 prefix = {{ include "stormlock.tomlString" $b.prefix }}
@@ -119,6 +117,12 @@ endpoint = {{ include "stormlock.tomlString" $b.endpoint }}
 {{- if hasKey $b "createTable" }}
 create_table = {{ $b.createTable }}
 {{- end }}
+{{- end }}
+{{- if include "stormlock.backendCA" $b }}
+ca_file = "/etc/stormlock/backends/{{ $name }}/ca.crt"
+{{- end }}
+{{- with $b.connectTimeout }}
+connect_timeout = {{ include "stormlock.tomlString" . }}
 {{- end }}
 {{- end }}
 {{- range .Values.config.resources }}

@@ -106,10 +106,65 @@ Name of the Secret with the server certificate.
 {{- end }}
 
 {{/*
+Where the client CA (mutual TLS) comes from, "" without mutual TLS:
+  secret     tls.clientAuth.caSecretName: a CA certificate you manage; the
+             chart issues no client certificates.
+  dedicated  cert-manager: the release's own client CA, in
+             tls.certManager.clientCA.secretName (created by the chart unless
+             clientCA.create is false), with a CA Issuer for client certificates.
+  server     the ca.crt of the server's Secret: without cert-manager (a Secret
+             you create), or with tls.certManager.clientCA.dangerouslyUseServerIssuer.
+*/}}
+{{- define "stormlock.clientCAMode" -}}
+{{- if include "stormlock.mutualTLS" . }}
+{{- if .Values.tls.clientAuth.caSecretName }}secret
+{{- else if and .Values.tls.certManager.enabled (not .Values.tls.certManager.clientCA.dangerouslyUseServerIssuer) }}dedicated
+{{- else }}server
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Name of the Secret with the client CA (mutual TLS).
 */}}
 {{- define "stormlock.clientCASecretName" -}}
-{{- .Values.tls.clientAuth.caSecretName | default (include "stormlock.tlsSecretName" .) }}
+{{- $mode := include "stormlock.clientCAMode" . }}
+{{- if eq $mode "secret" }}{{ .Values.tls.clientAuth.caSecretName }}
+{{- else if eq $mode "dedicated" }}{{ include "stormlock.clientCAKeyPairSecretName" . }}
+{{- else }}{{ include "stormlock.tlsSecretName" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Key of the client CA certificate in that Secret: the CA's own tls.crt for the
+dedicated client CA (a CA key pair), else tls.clientAuth.caKey.
+*/}}
+{{- define "stormlock.clientCAKey" -}}
+{{- if eq (include "stormlock.clientCAMode" .) "dedicated" }}tls.crt{{ else }}{{ .Values.tls.clientAuth.caKey }}{{ end }}
+{{- end }}
+
+{{/*
+Secret with the dedicated client CA's key pair (tls.crt, tls.key).
+*/}}
+{{- define "stormlock.clientCAKeyPairSecretName" -}}
+{{- .Values.tls.certManager.clientCA.secretName | default (include "stormlock.suffixedName" (list . "client-ca")) }}
+{{- end }}
+
+{{/*
+The cert-manager issuer of client certificates, as an issuerRef (YAML), or
+"" when the chart issues none (tls.clientAuth.caSecretName: your own CA).
+*/}}
+{{- define "stormlock.clientIssuerRef" -}}
+{{- $mode := include "stormlock.clientCAMode" . }}
+{{- if and .Values.tls.certManager.enabled (eq $mode "dedicated") -}}
+name: {{ include "stormlock.suffixedName" (list . "client-ca") }}
+kind: Issuer
+group: cert-manager.io
+{{- else if and .Values.tls.certManager.enabled (eq $mode "server") -}}
+name: {{ .Values.tls.certManager.issuerRef.name }}
+kind: {{ .Values.tls.certManager.issuerRef.kind }}
+group: {{ .Values.tls.certManager.issuerRef.group }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -155,7 +210,7 @@ What to set so that callers are authenticated, for messages.
 {{- if .Values.tls.dangerouslyDisableTLS -}}
 serve TLS (tls.dangerouslyDisableTLS: false) with tls.clientAuth.enabled: true, or with bearer tokens in auth.tokens ({principal, sha256} as printed by `stormlockd new-token NAME`, or {principal, sha256Secret: {name, key}})
 {{- else -}}
-set tls.clientAuth.enabled: true (mutual TLS: client certificates signed by the CA in tls.clientAuth.caSecretName, default the ca.crt of the server's Secret), or add bearer tokens to auth.tokens ({principal, sha256} as printed by `stormlockd new-token NAME`, or {principal, sha256Secret: {name, key}})
+set tls.clientAuth.enabled: true (mutual TLS: client certificates signed by the client CA: with cert-manager the release's own, tls.certManager.clientCA; otherwise tls.clientAuth.caSecretName, default the ca.crt of the server's Secret), or add bearer tokens to auth.tokens ({principal, sha256} as printed by `stormlockd new-token NAME`, or {principal, sha256Secret: {name, key}})
 {{- end }}
 {{- end }}
 
@@ -172,7 +227,7 @@ Certificate fills with cert-manager and the operator creates otherwise.
 Whether the chart's Certificate issues the test's client certificate.
 */}}
 {{- define "stormlock.issuesTestClientCert" -}}
-{{- if and .Values.tests.enabled (include "stormlock.mutualTLS" .) .Values.tls.certManager.enabled (not .Values.tests.tls.clientSecretName) }}true{{ end }}
+{{- if and .Values.tests.enabled (include "stormlock.clientIssuerRef" .) (not .Values.tests.tls.clientSecretName) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -180,7 +235,7 @@ Whether cert-manager issues the administrator's client certificate
 (tls.certManager.adminClient; mutual TLS only).
 */}}
 {{- define "stormlock.issuesAdminClientCert" -}}
-{{- if and (include "stormlock.mutualTLS" .) .Values.tls.certManager.enabled .Values.tls.certManager.adminClient.enabled }}true{{ end }}
+{{- if and (include "stormlock.clientIssuerRef" .) .Values.tls.certManager.adminClient.enabled }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -275,6 +330,137 @@ TOML escapes, so toJson quotes any value safely.
 {{- end }}
 
 {{/*
+"true" when a backend's URL carries a literal password: in its user
+information, or in a password/secret/token query parameter, anything but
+${VAR} references (which stormlockd expands from the environment, set from a
+Secret). A `$` is no way around it: `pa$$word`, `$${X}` (a literal ${X}) and
+an unterminated `${X` are literal. The same patterns as values.schema.json's
+backendUrl. Call with the URL.
+*/}}
+{{- define "stormlock.literalPassword" -}}
+{{- if or (regexMatch `^[A-Za-z][A-Za-z0-9+.-]*://[^/?#:]*:(\$\{[A-Za-z0-9_]+\})*(\$(\{([A-Za-z0-9_]+([^A-Za-z0-9_}/?#][^/?#]*)?|[^A-Za-z0-9_/?#][^/?#]*)?|[^{/?#][^/?#]*)?|[^$/?#][^/?#]*)@[^/?#@]*([/?#]|$)` .) (regexMatch `[?&][^=&#]*(?i:pass|pwd|secret|token)[^=&#]*=(\$\{[A-Za-z0-9_]+\})*(\$(\{([A-Za-z0-9_]+([^A-Za-z0-9_}&#][^&#]*)?|[^A-Za-z0-9_&#][^&#]*)?|[^{&#][^&#]*)?|[^$&#][^&#]*)(&|#|$)` .) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when backend $b gets its engine's CA from a Secret (tls.secretName;
+for etcd unless tls.ca is false). Call with the backend's values.
+*/}}
+{{- define "stormlock.backendCA" -}}
+{{- if and . (kindIs "map" .tls) .tls.secretName (hasKey .tls "ca" | ternary .tls.ca true) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when backend $b gets a client certificate from a Secret (etcd's
+tls.clientCert; the daemon reads client certificates for etcd only).
+*/}}
+{{- define "stormlock.backendClientCert" -}}
+{{- if and . (eq .type "etcd") (kindIs "map" .tls) .tls.clientCert }}true{{ end }}
+{{- end }}
+
+{{/*
+The TLS mode rendered for a postgres/mysql backend: tls.mode, verify-full
+when `tls` is set without one, "" without `tls` (the URL decides).
+*/}}
+{{- define "stormlock.sqlTLSMode" -}}
+{{- if and . (has .type (list "postgres" "mysql")) (hasKey . "tls") }}
+{{- (.tls | default dict).mode | default "verify-full" }}
+{{- end }}
+{{- end }}
+
+{{/*
+A security context (pod or container) with the user and group ids left out
+when the platform assigns them (openshift: true). Call with (list $ context).
+*/}}
+{{- define "stormlock.securityContext" -}}
+{{- $ctx := index . 1 | default dict }}
+{{- if (index . 0).Values.openshift }}
+{{- $ctx = omit $ctx "runAsUser" "runAsGroup" "fsGroup" }}
+{{- end }}
+{{- toYaml $ctx }}
+{{- end }}
+
+{{/*
+The claim the embedded backend's data dir uses in this rendering, "" when the
+data dir is not persistent (no embedded backend, or persistence off).
+*/}}
+{{- define "stormlock.dataClaim" -}}
+{{- if and (include "stormlock.embedded" .) .Values.persistence.enabled }}
+{{- .Values.persistence.existingClaim | default (include "stormlock.suffixedName" (list . "data")) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The embedded store of the release as it runs now, read from the cluster with
+`lookup` (empty under `helm template` and client-side dry runs, which see no
+cluster): JSON {"deployment", "claim", "paths": {backend: file}} of this
+release's Deployment (found by Helm's release annotations, so a changed
+fullname is found too), its data claim, and the embedded backends' files in
+the config.toml of its ConfigMap; {} when there is none.
+*/}}
+{{- define "stormlock.runningStore" -}}
+{{- $found := dict }}
+{{- $deployments := lookup "apps/v1" "Deployment" .Release.Namespace "" }}
+{{- range (get $deployments "items" | default list) }}
+{{- $annotations := .metadata.annotations | default dict }}
+{{- if and (eq (get $annotations "meta.helm.sh/release-name") $.Release.Name) (eq (get $annotations "meta.helm.sh/release-namespace") $.Release.Namespace) }}
+{{- $claim := "" }}
+{{- $configMap := "" }}
+{{- range (dig "spec" "template" "spec" "volumes" list .) }}
+{{- if and (eq .name "data") .persistentVolumeClaim }}{{ $claim = .persistentVolumeClaim.claimName }}{{ end }}
+{{- if and (eq .name "config") .configMap }}{{ $configMap = .configMap.name }}{{ end }}
+{{- end }}
+{{- $paths := dict }}
+{{- if $configMap }}
+{{- $text := dig "data" "config.toml" "" (lookup "v1" "ConfigMap" $.Release.Namespace $configMap) }}
+{{- $table := `(?m)^\[backends\.([a-z0-9_]+)\]\ntype = "embedded"\npath = "([^"\n]*)"` }}
+{{- range regexFindAll $table $text -1 }}
+{{- $_ := set $paths (regexReplaceAll $table . "${1}") (regexReplaceAll $table . "${2}") }}
+{{- end }}
+{{- end }}
+{{- $found = dict "deployment" .metadata.name "claim" $claim "paths" $paths }}
+{{- end }}
+{{- end }}
+{{- toJson $found }}
+{{- end }}
+
+{{/*
+How this rendering moves the embedded store away from where the running
+release keeps it (stormlock.runningStore), as a JSON list of sentences; []
+when nothing moves or nothing is known.
+*/}}
+{{- define "stormlock.storeChanges" -}}
+{{- $running := include "stormlock.runningStore" . | fromJson }}
+{{- $changes := list }}
+{{- if $running.claim }}
+{{- $paths := list }}
+{{- range $name, $b := .Values.backends }}
+{{- if and $b (eq $b.type "embedded") }}{{ $paths = append $paths ($b.path | default "locks.redb") }}{{ end }}
+{{- end }}
+{{- $claim := include "stormlock.dataClaim" . }}
+{{- if not (include "stormlock.embedded" .) }}
+{{- $changes = append $changes (printf "no backend is embedded any more, so claim %s is no longer mounted" $running.claim) }}
+{{- else if not $claim }}
+{{- $changes = append $changes (printf "the data dir moves from claim %s to an emptyDir (persistence.enabled: false)" $running.claim) }}
+{{- else if ne $claim $running.claim }}
+{{- $changes = append $changes (printf "the data dir moves from claim %s to claim %s" $running.claim $claim) }}
+{{- end }}
+{{- if $paths }}
+{{- range $name, $path := $running.paths }}
+{{- $now := get $.Values.backends $name }}
+{{- if and $now (eq $now.type "embedded") }}
+{{- if ne ($now.path | default "locks.redb") $path }}
+{{- $changes = append $changes (printf "backend %s's file moves from %s to %s" $name $path ($now.path | default "locks.redb")) }}
+{{- end }}
+{{- else if not (has $path $paths) }}
+{{- $changes = append $changes (printf "file %s (backend %s) is no longer used: the embedded backends now use %s" $path $name (join ", " (uniq $paths))) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $changes }}
+{{- end }}
+
+{{/*
 Refuse values the daemon cannot run with, each with a message that says what
 to change. values.schema.json rejects most of these too; these checks also
 hold when schema validation is skipped.
@@ -347,6 +533,29 @@ hold when schema validation is skipped.
 {{- if not (or $b.url $b.urlSecret) }}
 {{- fail (printf "backends.%s (%s) needs url, or urlSecret {name, key} when the URL carries credentials." $name $b.type) }}
 {{- end }}
+{{- if and $b.url (include "stormlock.literalPassword" (toString $b.url)) }}
+{{- fail (printf "backends.%s.url carries a literal password: a password in a URL given in the values ends up in the ConfigMap, readable by whoever may read it. Put the whole URL in a Secret (backends.%s.urlSecret {name, key}), or write the password as ${VAR} with VAR set from a Secret in extraEnv (a `$` in the password does not make it a reference: only ${NAME} does)." $name $name) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $b.type "dynamodb") $b.endpoint (include "stormlock.literalPassword" (toString $b.endpoint)) }}
+{{- fail (printf "backends.%s.endpoint carries a literal password: use ${VAR} with VAR set from a Secret in extraEnv." $name) }}
+{{- end }}
+{{- if and $b.connectTimeout (regexMatch "^(0+ ?[a-z]+ ?)+$" (toString $b.connectTimeout)) }}
+{{- fail (printf "backends.%s (%s): connect_timeout: must be at least 1s (backends.%s.connectTimeout is %s)." $name $b.type $name (toString $b.connectTimeout)) }}
+{{- end }}
+{{- $ca := include "stormlock.backendCA" $b }}
+{{- if and (eq $b.type "redis") (hasKey $b "tls") (not $ca) }}
+{{- fail (printf "backends.%s (redis): tls.secretName is empty: name the Secret holding the CA that signed Redis's certificate (key tls.caKey, default ca.crt). A rediss:// url without a private CA needs no tls: the public web roots verify it." $name) }}
+{{- end }}
+{{- if and (eq $b.type "redis") $ca $b.url (not (hasPrefix "rediss://" (toString $b.url))) }}
+{{- fail (printf "backends.%s (redis): ca_file: only used with a rediss:// url: backends.%s.url is redis:// (plaintext), so the CA in tls.secretName would verify nothing. Use rediss:// (TLS), or remove backends.%s.tls." $name $name $name) }}
+{{- end }}
+{{- $mode := include "stormlock.sqlTLSMode" $b }}
+{{- if and $mode (not (has $mode (list "disable" "require" "verify-full"))) }}
+{{- fail (printf "backends.%s (%s): tls.mode is %q: use verify-full, require or disable." $name $b.type $mode) }}
+{{- end }}
+{{- if and $mode $ca (ne $mode "verify-full") }}
+{{- fail (printf "backends.%s (%s): ca_file: only used with tls = \"verify-full\": backends.%s.tls.mode is %s, so the CA in tls.secretName would verify nothing. Set tls.mode: verify-full (the default), or remove tls.secretName." $name $b.type $name $mode) }}
 {{- end }}
 {{- if and (eq $b.type "etcd") (not $b.endpoints) }}
 {{- fail (printf "backends.%s (etcd) needs endpoints." $name) }}
@@ -357,7 +566,15 @@ hold when schema validation is skipped.
 {{- if and (gt $secure 0) (lt $secure (len $b.endpoints)) }}
 {{- fail (printf "backends.%s (etcd): endpoints must be all http:// or all https:// (stormlockd talks to every member the same way): %s." $name (join ", " $b.endpoints)) }}
 {{- end }}
-{{- $ca := and $b.tls (hasKey $b.tls "ca" | ternary $b.tls.ca true) }}
+{{- if and (eq $secure 0) (or $ca (include "stormlock.backendClientCert" $b)) }}
+{{- fail (printf "backends.%s (etcd): %s: only used with https:// endpoints: the endpoints are http:// (plaintext). Use https:// endpoints, or remove backends.%s.tls." $name (ternary "ca_file" "cert_file" (not (empty $ca))) $name) }}
+{{- end }}
+{{- if and $b.username (not $b.passwordSecret) }}
+{{- fail (printf "backends.%s (etcd): password: must be set with username: set backends.%s.passwordSecret {name, key}." $name $name) }}
+{{- end }}
+{{- if and $b.passwordSecret (not $b.username) }}
+{{- fail (printf "backends.%s (etcd): username: must be set with password: set backends.%s.username." $name $name) }}
+{{- end }}
 {{- range $b.endpoints }}
 {{- if and (hasPrefix "https://" .) (not $ca) }}
 {{- fail (printf "backends.%s (etcd): endpoint %s is https://, so stormlockd needs the CA that signed the members' certificates (ca_file: required with https:// endpoints): set backends.%s.tls.secretName to a Secret with ca.crt (and tls.crt/tls.key with tls.clientCert: true)." $name . $name) }}
@@ -377,6 +594,13 @@ hold when schema validation is skipped.
 {{- end }}
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) (not .Values.tls.dangerouslyDisableTLS) }}
 {{- fail "tls.certManager.enabled is true but tls.certManager.issuerRef.name is empty: name the cert-manager Issuer or ClusterIssuer that signs the server certificate." }}
+{{- end }}
+{{- if and .Values.tls.clientAuth.caSecretName .Values.tls.certManager.clientCA.dangerouslyUseServerIssuer }}
+{{- fail "tls.clientAuth.caSecretName and tls.certManager.clientCA.dangerouslyUseServerIssuer are both set: the first names a client CA of yours, the second trusts the server issuer's CA instead. Keep one (better: neither, and let the chart create a client CA of the release's own)." }}
+{{- end }}
+{{- $storeChanges := include "stormlock.storeChanges" . | fromJsonArray }}
+{{- if and $storeChanges (not .Values.persistence.acceptLocksLostOnChange) }}
+{{- fail (printf "This upgrade would move the embedded backend's store: %s. It would start empty there: every lock would be lost and fence tokens would restart from 1, so a client holding an old token would no longer be fenced off. Keep persistence.existingClaim and the backends' path as they are, or set persistence.acceptLocksLostOnChange: true for this one upgrade (to keep the locks and fences, first scale the Deployment to 0 and copy the file to the new place)." (join "; " $storeChanges)) }}
 {{- end }}
 {{- range $i, $t := .Values.auth.tokens }}
 {{- if not $t.principal }}
