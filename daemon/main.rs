@@ -234,8 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("stormlockd: {why}");
                 std::process::exit(64);
             }
-            println!("{}", stormlockd::auth::hash_token(token));
-            return Ok(());
+            return print_stdout(&format!("{}\n", stormlockd::auth::hash_token(token)));
         }
         None => {}
     }
@@ -347,11 +346,11 @@ async fn check_config(
     let config = Config::layered(Some(file), overrides)?;
     stormlockd::server::check_policy(&config, config.listen())?;
     if offline {
-        println!(
-            "{}: ok (offline: parsed and validated; certificates and backends not checked)",
-            file.display()
-        );
-        return Ok(());
+        return print_stdout(&format!(
+            "{}: ok (offline: parsed and validated; certificates and backends not checked)\n{}",
+            file.display(),
+            bounds(&config)
+        ));
     }
     let data_dir = config.data_dir();
     if let Some(tls) = &config.tls {
@@ -368,36 +367,60 @@ async fn check_config(
             .await
             .with_context(|| format!("backend {name:?} does not answer"))?;
     }
-    println!(
-        "{}: ok ({} backend{}, {} routing rule{})",
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let backends = router.backends().len();
+    let rules = config.resources.len();
+    let mut out = format!(
+        "{}: ok ({backends} backend{}, {rules} routing rule{})\n",
         file.display(),
-        router.backends().len(),
-        if router.backends().len() == 1 {
-            ""
-        } else {
-            "s"
-        },
-        config.resources.len(),
-        if config.resources.len() == 1 { "" } else { "s" },
+        plural(backends),
+        plural(rules),
     );
     // Every daemon sharing these backends must route alike: a resource that
     // two daemons send to different backends can be granted on both.
-    println!("routing (first match wins; every daemon must have the same):");
+    out.push_str("routing (first match wins; every daemon must have the same):\n");
     for rule in &config.resources {
-        println!(
-            "  {:<30} -> {}",
+        out.push_str(&format!(
+            "  {:<30} -> {}\n",
             rule.pattern.as_str(),
             rule.backend.as_deref().unwrap_or(&config.defaults.backend)
-        );
+        ));
     }
-    println!("  {:<30} -> {}", "(anything else)", config.defaults.backend);
-    if !config.resources.is_empty() || router.backends().len() > 1 {
-        println!(
+    out.push_str(&format!(
+        "  {:<30} -> {}\n",
+        "(anything else)", config.defaults.backend
+    ));
+    if rules > 0 || backends > 1 {
+        out.push_str(
             "Moving a resource to another backend is safe only while nobody holds it and \
-             no daemon routes it the old way: see \"Routing changes\" in RELIABILITY.md."
+             no daemon routes it the old way: see \"Routing changes\" in RELIABILITY.md.\n",
         );
     }
-    Ok(())
+    out.push_str(&bounds(&config));
+    print_stdout(&out)
+}
+
+/// The costs a caller can impose, as `[connections]` and `[limits]` bound
+/// them (defaults included), so that an operator sees what is in force.
+fn bounds(config: &Config) -> String {
+    let c = &config.connections;
+    let l = &config.limits;
+    let age = c
+        .max_connection_age
+        .map_or_else(|| "unlimited".to_string(), |age| format!("{age:?}"));
+    format!(
+        "connections: at most {} open, TLS handshake within {:?}, {} streams each, \
+         keepalive every {:?} (timeout {:?}), age {age}\n\
+         limits: {} waiters per resource, {} per principal, {} watches per principal\n",
+        c.max_connections,
+        c.handshake_timeout,
+        c.max_streams_per_connection,
+        c.keepalive_interval,
+        c.keepalive_timeout,
+        l.max_waiters_per_resource,
+        l.max_waiters_per_principal,
+        l.max_watches_per_principal,
+    )
 }
 
 #[cfg(test)]

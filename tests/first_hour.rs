@@ -14,11 +14,13 @@ use crate::e2e::{Daemon, Run, run_cli, stormlockd};
 use crate::support::{acquire_request, free_port};
 
 /// Runs `command` to the end, its standard input empty.
-fn run(mut command: Command) -> Run {
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the binary");
+fn run(command: Command) -> Run {
+    run_reading(command, Stdio::null())
+}
+
+/// Runs `command` with `stdin` as its standard input.
+fn run_reading(mut command: Command, stdin: Stdio) -> Run {
+    let out = command.stdin(stdin).output().expect("run the binary");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -303,11 +305,23 @@ fn list_takes_prefix_as_watch_does() {
 
 /// `command` with its standard output already closed by its reader, as
 /// `| head -1` leaves it: every write fails with EPIPE.
-fn to_a_closed_pipe(mut command: Command) -> Run {
+fn to_a_closed_pipe(command: Command) -> Run {
+    to_a_closed_pipe_reading(command, Stdio::null())
+}
+
+/// Like [`to_a_closed_pipe`], with `stdin` as the standard input.
+fn to_a_closed_pipe_reading(mut command: Command, stdin: Stdio) -> Run {
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
     command.stdout(writer);
-    run(command)
+    run_reading(command, stdin)
+}
+
+/// A 256-bit token in a file, for `hash-token` to read.
+fn write_token(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{}\n", "ab".repeat(32))).expect("token");
+    path
 }
 
 /// The printing commands of both binaries end quietly with 0 when their
@@ -320,6 +334,24 @@ fn a_closed_pipe_ends_output_quietly() {
         .env_remove("STORMLOCKD_CONFIG");
     let run = to_a_closed_pipe(new_token).exit(0);
     assert_eq!(run.stderr, "", "{run:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stormlockd.toml");
+    std::fs::write(&config, "[backends.main]\ntype = \"memory\"\n").expect("config");
+    for offline in [false, true] {
+        let mut check = Command::new(stormlockd());
+        check.arg("check-config");
+        if offline {
+            check.arg("--offline");
+        }
+        check.arg(&config).env_remove("STORMLOCKD_CONFIG");
+        let run = to_a_closed_pipe(check).exit(0);
+        assert_eq!(run.stderr, "", "check-config (offline {offline}): {run:?}");
+    }
+    let mut hash = Command::new(stormlockd());
+    hash.arg("hash-token").env_remove("STORMLOCKD_CONFIG");
+    let token = std::fs::File::open(write_token(dir.path())).expect("token");
+    let run = to_a_closed_pipe_reading(hash, token.into()).exit(0);
+    assert_eq!(run.stderr, "", "hash-token: {run:?}");
 
     let d = Daemon::start();
     d.grpc(|mut client| async move {
