@@ -205,6 +205,10 @@ impl<'a> Record<'a> {
 #[derive(Serialize)]
 struct Line<'a> {
     time: &'a str,
+    /// Always `audit`: tells these lines from the daemon's JSON logs when
+    /// both go to one stream (stderr by default).
+    #[serde(rename = "type")]
+    kind: &'static str,
     #[serde(flatten)]
     record: &'a Record<'a>,
 }
@@ -318,6 +322,7 @@ impl Audit {
             record.principal_declared |= self.declared;
             let mut line = match serde_json::to_vec(&Line {
                 time: &time,
+                kind: "audit",
                 record: &record,
             }) {
                 Ok(line) => line,
@@ -532,6 +537,7 @@ mod tests {
             assert_eq!(line["event"], "acquire");
             assert_eq!(line["resource"], "db/main");
             assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+            assert_eq!(line["type"], "audit", "told apart from log lines");
             assert!(line.get("holder").is_none(), "absent fields are left out");
         }
     }
