@@ -240,6 +240,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let config = Config::layered(args.config.as_deref(), &args.overrides())?;
     let listen = config.listen();
+    // What this daemon runs on, in one line: the first thing to check when
+    // it does not behave as expected.
+    let backends: Vec<String> = config
+        .backends
+        .iter()
+        .map(|(name, backend)| format!("{name} ({})", backend.kind()))
+        .collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %args
+            .config
+            .as_deref()
+            .map_or_else(|| "none: the embedded default".to_string(), |p| p.display().to_string()),
+        data_dir = %config.data_dir().display(),
+        backends = %backends.join(", "),
+        "starting stormlockd"
+    );
     let settings = Settings::resolve(config, listen)?;
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;

@@ -121,7 +121,11 @@ impl Settings {
             (None, true) => Transport::Insecure,
             (None, false) if listen.ip().is_loopback() => {
                 let dev = DevTls::in_data_dir(&data_dir);
+                let first = !dev.ca_cert().exists();
                 let files = tls::ensure_dev_pki(&dev, &crate::paths::local_principal())?;
+                if first {
+                    info!(dir = %dev.dir.display(), "created a development CA with server and client certificates");
+                }
                 // The development CA issues one client certificate: the local
                 // operator's, who administers this private daemon.
                 if let Some(identity) = tls::dev_client_identity(&dev) {
@@ -136,6 +140,14 @@ impl Settings {
                 )));
             }
         };
+        if let Transport::Tls(files) = &transport {
+            info!(
+                cert = %files.cert.display(),
+                key = %files.key.display(),
+                client_ca = %files.client_ca.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string()),
+                "TLS files"
+            );
+        }
         Ok(Self {
             config,
             data_dir,

@@ -372,3 +372,36 @@ fn a_closed_pipe_ends_output_quietly() {
         assert_eq!(run.stderr, "", "{args:?}: {run:?}");
     }
 }
+
+/// The daemon's first lines say what it runs on: version, config file (or
+/// the embedded default), data directory, backends, the TLS files, and, on
+/// the first start only, that it created a development CA.
+#[test]
+fn the_start_up_lines_say_what_the_daemon_runs_on() {
+    let mut d = Daemon::start();
+    let log = d.log();
+    let data = d.dir.path().join("data");
+    for want in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        "config=none: the embedded default".to_string(),
+        format!("data_dir={}", data.display()),
+        "backends=main (embedded)".to_string(),
+        "created a development CA".to_string(),
+        format!("cert={}", data.join("tls").join("server.crt").display()),
+        format!("client_ca={}", data.join("tls").join("ca.crt").display()),
+    ] {
+        assert!(log.contains(&want), "{want:?} not in:\n{log}");
+    }
+    d.restart();
+    let log = d.log();
+    assert_eq!(
+        log.matches("starting stormlockd").count(),
+        2,
+        "one start-up line per start:\n{log}"
+    );
+    assert_eq!(
+        log.matches("created a development CA").count(),
+        1,
+        "the CA is created once, and said so once:\n{log}"
+    );
+}
