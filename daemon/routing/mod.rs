@@ -208,6 +208,50 @@ mod tests {
     use super::*;
     use crate::backend::memory::MemoryBackend;
 
+    /// An engine that is not there (a closed port) fails `check-config`'s
+    /// connect and is connected later by the daemon's, whose other backends
+    /// serve meanwhile.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn an_unreachable_engine_fails_or_is_connected_later_as_asked() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let config = Config::parse(
+            &format!(
+                "[backends.main]\ntype = \"memory\"\n\
+                 [backends.gone]\ntype = \"redis\"\nurl = \"redis://{closed}/\"\n\
+                 [[resources]]\nmatch = \"gone/**\"\nbackend = \"gone\"\n"
+            ),
+            "test",
+        )
+        .expect("config");
+        let dir = std::env::temp_dir();
+        let failed = Router::connect(&config, &dir, None, Unreachable::Fail).await;
+        assert!(
+            matches!(failed, Err(BackendError::Unavailable { ref backend, .. }) if backend == "gone"),
+            "{:?}",
+            failed.err()
+        );
+        let router = Router::connect(&config, &dir, None, Unreachable::ConnectLater)
+            .await
+            .expect("starts without the engine");
+        let waiting = router.route("gone/x").backend.current("gone/x").await;
+        assert!(
+            matches!(&waiting, Err(BackendError::Unavailable { message, .. }) if message.contains("not connected yet")),
+            "{waiting:?}"
+        );
+        assert_eq!(
+            router
+                .route("x")
+                .backend
+                .current("x")
+                .await
+                .expect("served"),
+            None
+        );
+    }
+
     #[test]
     fn first_matching_rule_wins_and_star_stays_in_one_level() {
         let config = Config::parse(
