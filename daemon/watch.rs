@@ -56,9 +56,18 @@ use crate::routing::Router;
 
 /// How often the selections are read even without hints.
 pub const POLL: Duration = Duration::from_secs(1);
-/// Expiry moves smaller than this are read noise (engines report expiry
-/// with up to a second of rounding), not renewals.
+/// Expiry moves smaller than this, read from the engine, are read noise
+/// (engines report expiry with up to a second of rounding), not renewals.
 const RENEWAL_THRESHOLD: Duration = Duration::from_millis(1500);
+
+/// Where a lease's state came from, for [`Poller::transition`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Announced by this daemon as it granted or renewed: exact.
+    Exact,
+    /// Read from the engine: its expiry may carry rounding noise.
+    Engine,
+}
 /// Leases per page when reading a prefix.
 const PAGE: usize = 1000;
 /// Events a watch may have undelivered before it is ended for falling
@@ -629,7 +638,8 @@ impl Poller {
                         .is_none_or(|&highest| lease.fence >= highest) =>
             {
                 let old = self.snapshot.get(&lease.resource).cloned();
-                self.transition(old, Some((*lease).clone()), events)
+                // Announced by this daemon: exact, so every renewal counts.
+                self.transition(old, Some((*lease).clone()), events, Reading::Exact)
                     .await
                     .map_err(|e| vec![(Selection::Resource(lease.resource.clone()), e)])?;
             }
@@ -671,7 +681,9 @@ impl Poller {
         let failed = |e| vec![(Selection::Resource(resource.to_string()), e)];
         let now = self.backend.current(resource).await.map_err(failed)?;
         let old = self.snapshot.get(resource).cloned();
-        self.transition(old, now, events).await.map_err(failed)
+        self.transition(old, now, events, Reading::Engine)
+            .await
+            .map_err(failed)
     }
 
     /// Reads every selection again.
@@ -728,7 +740,7 @@ impl Poller {
             for resource in resources {
                 let old = self.snapshot.get(&resource).cloned();
                 let new = fresh.remove(&resource);
-                if let Err(e) = self.transition(old, new, events).await {
+                if let Err(e) = self.transition(old, new, events, Reading::Engine).await {
                     failures.push((Selection::Resource(resource), e));
                 }
             }
@@ -744,6 +756,7 @@ impl Poller {
         old: Option<Lease>,
         new: Option<Lease>,
         events: &mut Vec<WatchEvent>,
+        reading: Reading,
     ) -> Result<(), BackendError> {
         match (old, new) {
             (None, None) => {}
@@ -758,9 +771,13 @@ impl Poller {
                     Ok(later) => later,
                     Err(earlier) => earlier.duration(),
                 };
-                if moved >= RENEWAL_THRESHOLD {
+                if reading == Reading::Exact || moved >= RENEWAL_THRESHOLD {
                     self.snapshot.insert(new.resource.clone(), new.clone());
                     events.push(WatchEvent::new(EventKind::Renewed, new));
+                } else if new.expires_at < old.expires_at {
+                    // Read noise, or a renewal to a shorter TTL too small to
+                    // report: keep the earlier expiry, which judges the end.
+                    self.snapshot.insert(new.resource.clone(), new);
                 }
             }
             (Some(old), new) => {
@@ -788,7 +805,9 @@ impl Poller {
                 ..WatchEvent::new(EventKind::ForceReleased, lease.clone())
             });
         }
-        let kind = if lease.expires_at <= SystemTime::now() {
+        // Gone within read noise of its last known expiry: it lapsed (a
+        // release through this daemon is announced exactly, not judged).
+        let kind = if lease.expires_at <= SystemTime::now() + RENEWAL_THRESHOLD {
             EventKind::Expired
         } else {
             EventKind::Released
@@ -1157,6 +1176,104 @@ mod tests {
             (after.kind, after.lease.fence),
             (EventKind::Released, second.fence),
             "the stale announcement became an event"
+        );
+    }
+
+    /// A renewal announced by this daemon is an event however little it
+    /// moves the expiry (read from the engine, such a move is noise).
+    #[tokio::test]
+    async fn every_renewal_through_this_daemon_is_reported() {
+        let Fixture {
+            backend,
+            changes,
+            hub,
+            ..
+        } = fixture(10);
+        let mut events = hub
+            .subscribe("p", Selection::Resource("r".into()), None)
+            .expect("watch");
+        started(&hub).await;
+        let memory = &backend.inner;
+        let request = AcquireRequest {
+            resource: "r".into(),
+            id: LeaseId::generate(),
+            principal: "p".into(),
+            reason: String::new(),
+            ttl: Duration::from_secs(60),
+        };
+        let Ok(Acquisition::Granted(lease)) = memory.acquire(&request).await else {
+            panic!("granted");
+        };
+        changes.announce(Signal::Acquired(Arc::new(lease.clone())));
+        let seen = next(&mut events)
+            .await
+            .expect("an event")
+            .expect("no error");
+        assert_eq!(seen.kind, EventKind::Acquired);
+        // Renewed at once for the same TTL: the expiry moves by far less
+        // than the engine's read noise.
+        let renewed = memory
+            .renew("r", &lease.id, Duration::from_secs(60))
+            .await
+            .expect("renew");
+        changes.announce(Signal::Renewed(Arc::new(renewed.clone())));
+        let seen = next(&mut events)
+            .await
+            .expect("an event")
+            .expect("no error");
+        assert_eq!(
+            (seen.kind, seen.lease.expires_at),
+            (EventKind::Renewed, renewed.expires_at)
+        );
+    }
+
+    /// A lease renewed to a shorter TTL by less than the read noise, read
+    /// from the engine, is judged by its new expiry when it goes: it lapsed,
+    /// and is not called released.
+    #[tokio::test]
+    async fn an_expiry_is_not_called_a_release() {
+        let Fixture {
+            backend,
+            changes,
+            hub,
+            ..
+        } = fixture(10);
+        let mut events = hub
+            .subscribe("p", Selection::Resource("r".into()), None)
+            .expect("watch");
+        started(&hub).await;
+        let memory = &backend.inner;
+        let request = AcquireRequest {
+            resource: "r".into(),
+            id: LeaseId::generate(),
+            principal: "p".into(),
+            reason: String::new(),
+            ttl: Duration::from_secs(2),
+        };
+        let Ok(Acquisition::Granted(lease)) = memory.acquire(&request).await else {
+            panic!("granted");
+        };
+        changes.announce(Signal::Changed("r".into()));
+        let seen = next(&mut events)
+            .await
+            .expect("an event")
+            .expect("no error");
+        assert_eq!(seen.kind, EventKind::Acquired);
+        // Elsewhere, renewed to 1 s: 1 s earlier, under the noise threshold.
+        memory
+            .renew("r", &lease.id, Duration::from_secs(1))
+            .await
+            .expect("renew");
+        changes.announce(Signal::Changed("r".into()));
+        // It lapses; the watch notices on a later read.
+        let seen = next(&mut events)
+            .await
+            .expect("an event")
+            .expect("no error");
+        assert_eq!(
+            (seen.kind, seen.lease.fence),
+            (EventKind::Expired, lease.fence),
+            "{seen:?}"
         );
     }
 
