@@ -536,31 +536,14 @@ async fn log_switches_from_the_environment() {
 /// started during an outage crash-looped.
 mod start_with_an_engine_down {
     use super::*;
-    use crate::proxy::{Fault, FaultProxy, upstream_of};
+    use crate::proxy::{Fault, FaultProxy, address_in, proxied, upstream_of};
 
     async fn starts_and_connects_later(backend: &str) {
-        // The engine's address in the backend's settings, and a proxy that
-        // resets every connection in front of it.
-        let url = backend
-            .lines()
-            .find_map(|l| {
-                let (key, value) = l.split_once(" = ")?;
-                let value = value.trim_matches(['[', ']', '"']);
-                matches!(key, "url" | "endpoint" | "endpoints").then(|| value.to_string())
-            })
-            .expect("the engine's address");
-        let upstream = upstream_of(&url);
-        let proxy = FaultProxy::start(upstream).await;
+        // A proxy that resets every connection in front of the engine.
+        let proxy = FaultProxy::start(upstream_of(&address_in(backend))).await;
         proxy.set(Fault::Reset);
-        let authority = url
-            .split_once("://")
-            .map_or(url.as_str(), |(_, rest)| rest)
-            .split(['/', '?'])
-            .next()
-            .expect("authority");
-        let host_port = authority.rsplit('@').next().expect("host and port");
-        let proxied = backend.replace(host_port, &proxy.addr.to_string());
-        assert_ne!(proxied, backend, "{host_port} not found in {backend}");
+        let proxied = proxied(backend, &proxy);
+        assert_ne!(proxied, backend, "the address was not rewritten");
         let config = format!(
             "[backends.main]\ntype = \"memory\"\n\
              [[resources]]\nmatch = \"remote/**\"\nbackend = \"remote\"\n\

@@ -130,6 +130,25 @@ pub fn through(url: &str, addr: SocketAddr) -> String {
     format!("{scheme}{userinfo}{addr}{tail}")
 }
 
+/// The engine's address in a backend's TOML settings (from
+/// `support::shared_backend`): its `url`, `endpoint` or first `endpoints`.
+pub fn address_in(backend_toml: &str) -> String {
+    backend_toml
+        .lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(" = ")?;
+            let value = value.trim_matches(['[', ']', '"']);
+            matches!(key, "url" | "endpoint" | "endpoints").then(|| value.to_string())
+        })
+        .expect("the engine's address")
+}
+
+/// `backend_toml` with the engine's address pointing at `proxy`.
+pub fn proxied(backend_toml: &str, proxy: &FaultProxy) -> String {
+    let url = address_in(backend_toml);
+    backend_toml.replace(&url, &through(&url, proxy.addr))
+}
+
 /// The socket address in `url` (see [`through`]), resolved.
 pub fn upstream_of(url: &str) -> SocketAddr {
     use std::net::ToSocketAddrs;

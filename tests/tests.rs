@@ -17,6 +17,7 @@ mod daemon_faults;
 mod dynamodb_backend;
 mod e2e;
 mod exclusion;
+mod fault_timings;
 mod first_hour;
 mod limits;
 mod nemesis;
