@@ -1,7 +1,14 @@
-//! Backends over TLS with a private CA, and with credentials: engines of the
-//! test's own, started with certificates generated here.
+//! Backends over TLS with a private CA, with client certificates, and with
+//! credentials: engines of the test's own, started with certificates
+//! generated here.
 
-#![cfg(any(feature = "redis", feature = "etcd"))]
+#![cfg(any(
+    feature = "redis",
+    feature = "etcd",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "dynamodb"
+))]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -105,6 +112,58 @@ async fn acquires(backend: &dyn Backend) {
     ));
 }
 
+/// Acquires a resource and releases it again.
+async fn acquires_and_releases(backend: &dyn Backend) {
+    let req = crate::conformance::request(&crate::conformance::unique("mtls"), "alice", 60);
+    let granted = backend.acquire(&req).await;
+    assert!(
+        matches!(granted, Ok(Acquisition::Granted(_))),
+        "acquire: {granted:?}"
+    );
+    assert_eq!(
+        backend.release(&req.resource, &req.id).await.ok(),
+        Some(true),
+        "release"
+    );
+}
+
+/// The TOML lines naming `pki`'s client certificate and key.
+fn client_cert_toml(pki: &Pki) -> String {
+    format!(
+        "cert_file = {:?}\nkey_file = {:?}\n",
+        pki.path("client.pem").display().to_string(),
+        pki.path("client.key").display().to_string()
+    )
+}
+
+/// What `stormlockd`'s configuration parser says of a file whose only
+/// backend is `body`: `None` when it accepts it.
+fn parse_error(body: &str) -> Option<String> {
+    stormlockd::config::Config::parse(&format!("[backends.main]\n{body}\n"), "test.toml")
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// Each `(body, key)` is refused when the configuration is parsed, naming
+/// `key` within `[backends.main]`.
+fn refused_when_parsed(cases: &[(String, &str)]) {
+    for (body, key) in cases {
+        let message = parse_error(body).unwrap_or_default();
+        assert!(
+            message.contains(&format!("backends.main: {key}: ")),
+            "{body}\nrefused with {message:?}, not naming {key}"
+        );
+    }
+}
+
+/// The error of a connection attempt, as text; panics when it succeeded.
+fn refusal<T>(result: Result<T, BackendError>, what: &str) -> String {
+    match result {
+        Ok(_) => panic!("{what}: connected"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
@@ -184,6 +243,111 @@ mod redis {
             !message.contains("wrong"),
             "the password never shows: {message}"
         );
+    }
+    /// Starts a Redis that serves TLS only, with `pki`'s server
+    /// certificate, and requires a client certificate signed by its CA.
+    fn redis_requiring_client_certificates(pki: &Pki) -> (Engine, u16) {
+        let port = free_port();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--tls-port", &port.to_string()])
+            .args(["--tls-auth-clients", "yes"])
+            .arg("--tls-cert-file")
+            .arg(pki.path("server.pem"))
+            .arg("--tls-key-file")
+            .arg(pki.path("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(pki.path("ca.pem"))
+            .arg("--dir")
+            .arg(pki.dir.path());
+        (spawn(command, port, &pki.path("redis.log")), port)
+    }
+
+    /// `tls-auth-clients yes`: the client certificate of `cert_file` and
+    /// `key_file` gets in (acquire and release work); without it the
+    /// connection is refused at start, saying so.
+    #[tokio::test]
+    async fn rediss_with_a_client_certificate() {
+        if !installed("redis-server") {
+            return;
+        }
+        let pki = Pki::new();
+        let (_engine, port) = redis_requiring_client_certificates(&pki);
+        let url = format!("rediss://127.0.0.1:{port}/");
+        let ca = format!("ca_file = {:?}\n", pki.path("ca.pem").display().to_string());
+        let config = |extra: &str| -> RedisConfig {
+            toml::from_str(&format!("url = {url:?}\nconnect_timeout = \"2s\"\n{extra}"))
+                .expect("config")
+        };
+
+        let backend =
+            RedisBackend::connect("test", &config(&format!("{ca}{}", client_cert_toml(&pki))))
+                .await
+                .expect("connect with a client certificate");
+        acquires_and_releases(&backend).await;
+        backend.health().await.expect("healthy");
+
+        let refused = RedisBackend::connect("test", &config(&ca)).await;
+        let message = refusal(refused, "no client certificate");
+        assert!(
+            message.contains(&format!("127.0.0.1:{port}")) && message.contains("Certificate"),
+            "names the server and says why: {message}"
+        );
+        eprintln!("without a client certificate: {message}");
+
+        // Without a private CA the public roots verify the server, which a
+        // private CA's certificate fails, client certificate or not.
+        let untrusted = RedisBackend::connect("test", &config(&client_cert_toml(&pki))).await;
+        refusal(untrusted, "server signed by an unknown CA");
+    }
+
+    /// A client certificate whose key is another's, or a file without a
+    /// certificate, is refused before anything is sent, naming the key.
+    #[tokio::test]
+    async fn unusable_client_certificate_files_are_refused_when_connecting() {
+        let pki = Pki::new();
+        let file = |name: &str| format!("{:?}", pki.path(name).display().to_string());
+        for (cert, key, words) in [
+            ("client.pem", "server.key", "key_file"),
+            ("client.key", "client.key", "cert_file"),
+            ("client.pem", "client.pem", "key_file"),
+            ("missing.pem", "client.key", "cert_file"),
+        ] {
+            let config: RedisConfig = toml::from_str(&format!(
+                "url = \"rediss://127.0.0.1:1/\"\ncert_file = {}\nkey_file = {}",
+                file(cert),
+                file(key)
+            ))
+            .expect("config");
+            let refused = RedisBackend::connect("test", &config).await.err();
+            let message = refused
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                matches!(refused, Some(BackendError::Config { .. }))
+                    && message.contains(&format!("{words} ")),
+                "{cert}/{key}: {message}"
+            );
+        }
+    }
+
+    /// A client certificate needs its key and TLS: refused when the
+    /// configuration is parsed (check-config), naming the key.
+    #[test]
+    fn client_certificate_settings_are_checked_when_parsed() {
+        let tls = "type = \"redis\"\nurl = \"rediss://h:6380/0\"\n";
+        let plain = "type = \"redis\"\nurl = \"redis://h:6379/0\"\n";
+        let pair = "cert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        assert_eq!(parse_error(&format!("{tls}{pair}")), None);
+        refused_when_parsed(&[
+            (format!("{tls}cert_file = \"c.pem\""), "key_file"),
+            (format!("{tls}key_file = \"k.pem\""), "cert_file"),
+            (format!("{plain}{pair}"), "cert_file"),
+        ]);
+        let message = parse_error(&format!("{plain}{pair}")).unwrap_or_default();
+        assert!(message.contains("rediss://"), "{message}");
     }
 }
 
@@ -319,5 +483,415 @@ mod etcd {
             !message.contains("hunter2"),
             "the password never shows: {message}"
         );
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use crate::support::PrivateEngine;
+    use stormlockd::backend::postgres::PostgresBackend;
+    use stormlockd::backend::sql::SqlConfig;
+
+    async fn admin(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect as admin");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A PostgreSQL with TLS on (`pki`'s server certificate) whose role
+    /// `client` may only log in over TLS with a client certificate signed by
+    /// `pki`'s CA and naming it (`hostssl … cert`); `client` owns the
+    /// database `tls`. Returns the URL of `client` on `tls`.
+    async fn configure(engine: &PrivateEngine, pki: &Pki) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        // The server runs as postgres and insists on a private key file.
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        mode(pki.dir.path(), 0o755);
+        mode(&pki.path("server.pem"), 0o644);
+        mode(&pki.path("ca.pem"), 0o644);
+        mode(&pki.path("server.key"), 0o600);
+        let chown = Command::new("chown")
+            .arg("postgres")
+            .arg(pki.path("server.key"))
+            .status();
+        assert!(chown.is_ok_and(|s| s.success()), "chown the key");
+
+        let client = admin(&engine.url).await;
+        for (setting, file) in [
+            ("ssl_cert_file", "server.pem"),
+            ("ssl_key_file", "server.key"),
+            ("ssl_ca_file", "ca.pem"),
+        ] {
+            client
+                .batch_execute(&format!(
+                    "ALTER SYSTEM SET {setting} = '{}'",
+                    pki.path(file).display()
+                ))
+                .await
+                .expect("ALTER SYSTEM");
+        }
+        client
+            .batch_execute("ALTER SYSTEM SET ssl = on")
+            .await
+            .expect("ssl on");
+        client
+            .batch_execute("CREATE ROLE client LOGIN")
+            .await
+            .expect("role");
+        client
+            .batch_execute("CREATE DATABASE tls OWNER client")
+            .await
+            .expect("database");
+        let hba: String = client
+            .query_one("SHOW hba_file", &[])
+            .await
+            .expect("hba_file")
+            .get(0);
+        let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!(
+                "hostssl all client 127.0.0.1/32 cert\nhost all client 127.0.0.1/32 reject\n{rules}"
+            ),
+        )
+        .expect("write pg_hba.conf");
+        client
+            .execute("SELECT pg_reload_conf()", &[])
+            .await
+            .expect("reload");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ssl: String = admin(&engine.url)
+                .await
+                .query_one("SHOW ssl", &[])
+                .await
+                .expect("SHOW ssl")
+                .get(0);
+            if ssl == "on" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssl not on after reload"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, port) = engine.url.rsplit_once(':').expect("port");
+        let port = port.split('/').next().expect("port");
+        format!("postgres://client@127.0.0.1:{port}/tls")
+    }
+
+    /// `hostssl … cert`: the client certificate of `cert_file`/`key_file`
+    /// logs in (acquire and release work), in both TLS modes that take one;
+    /// without it the server refuses the login and the error says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_certificate_authentication() {
+        let Some(engine) = PrivateEngine::start("postgres") else {
+            return;
+        };
+        let pki = Pki::new();
+        let url = configure(&engine, &pki).await;
+        let ca = format!("ca_file = {:?}\n", pki.path("ca.pem").display().to_string());
+        let connect = |extra: String| {
+            let url = url.clone();
+            async move {
+                let config: SqlConfig = toml::from_str(&format!(
+                    "url = {url:?}\nconnect_timeout = \"5s\"\npool_size = 2\n{extra}"
+                ))
+                .expect("config");
+                PostgresBackend::connect("pg", &config).await
+            }
+        };
+
+        let verified = connect(format!(
+            "tls = \"verify-full\"\n{ca}{}",
+            client_cert_toml(&pki)
+        ))
+        .await
+        .expect("verify-full with a client certificate");
+        acquires_and_releases(&verified).await;
+        let encrypted_only = connect(format!("tls = \"require\"\n{}", client_cert_toml(&pki)))
+            .await
+            .expect("require with a client certificate");
+        acquires_and_releases(&encrypted_only).await;
+
+        let message = refusal(
+            connect(format!("tls = \"verify-full\"\n{ca}")).await,
+            "no client certificate",
+        );
+        assert!(message.contains("certificate"), "says why: {message}");
+        eprintln!("without a client certificate: {message}");
+    }
+
+    /// A client certificate needs its key and `tls` set to `require` or
+    /// `verify-full`: refused when the configuration is parsed.
+    #[test]
+    fn client_certificate_settings_are_checked_when_parsed() {
+        let url = "type = \"postgres\"\nurl = \"postgres://client@db/ops\"\n";
+        let pair = "cert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        for tls in ["require", "verify-full"] {
+            assert_eq!(parse_error(&format!("{url}tls = {tls:?}\n{pair}")), None);
+        }
+        refused_when_parsed(&[
+            (
+                format!("{url}tls = \"verify-full\"\ncert_file = \"c.pem\""),
+                "key_file",
+            ),
+            (
+                format!("{url}tls = \"require\"\nkey_file = \"k.pem\""),
+                "cert_file",
+            ),
+            (format!("{url}tls = \"disable\"\n{pair}"), "cert_file"),
+            (format!("{url}{pair}"), "cert_file"),
+        ]);
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use stormlockd::backend::mysql::MysqlBackend;
+    use stormlockd::backend::sql::SqlConfig;
+
+    /// Starts a MariaDB of this test's own with TLS (`pki`'s server
+    /// certificate, client certificates checked against its CA) and a user
+    /// `client` that must present one (`REQUIRE X509`), with rights on the
+    /// database `stormlock`. Returns the engine and that user's URL.
+    fn mariadb_requiring_x509(pki: &Pki) -> (Engine, String) {
+        let data = pki.path("mariadb");
+        let socket = pki.path("mariadb.sock");
+        let installed = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(installed.is_ok_and(|s| s.success()), "mariadb-install-db");
+        let port = free_port();
+        let mut command = Command::new("mariadbd");
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-name-resolve",
+            ])
+            .arg(format!("--ssl-cert={}", pki.path("server.pem").display()))
+            .arg(format!("--ssl-key={}", pki.path("server.key").display()))
+            .arg(format!("--ssl-ca={}", pki.path("ca.pem").display()));
+        let engine = spawn(command, port, &pki.path("mariadb.log"));
+        let created = Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", socket.display()))
+            .args(["-uroot", "-e"])
+            .arg(
+                "CREATE DATABASE stormlock; \
+                 CREATE USER 'client'@'127.0.0.1' REQUIRE X509; \
+                 GRANT ALL ON stormlock.* TO 'client'@'127.0.0.1';",
+            )
+            .output()
+            .expect("run mariadb");
+        assert!(
+            created.status.success(),
+            "create the user: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        (engine, format!("mysql://client@127.0.0.1:{port}/stormlock"))
+    }
+
+    /// `REQUIRE X509`: the client certificate of `cert_file`/`key_file` logs
+    /// in (acquire and release work), in both TLS modes that take one;
+    /// without it the server refuses the login.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_certificate_required_by_the_user() {
+        if !installed("mariadbd") {
+            return;
+        }
+        let pki = Pki::new();
+        let (_engine, url) = mariadb_requiring_x509(&pki);
+        let ca = format!("ca_file = {:?}\n", pki.path("ca.pem").display().to_string());
+        let connect = |extra: String| {
+            let url = url.clone();
+            async move {
+                let config: SqlConfig = toml::from_str(&format!(
+                    "url = {url:?}\nconnect_timeout = \"5s\"\npool_size = 2\n{extra}"
+                ))
+                .expect("config");
+                MysqlBackend::connect("my", &config).await
+            }
+        };
+
+        let verified = connect(format!(
+            "tls = \"verify-full\"\n{ca}{}",
+            client_cert_toml(&pki)
+        ))
+        .await
+        .expect("verify-full with a client certificate");
+        acquires_and_releases(&verified).await;
+        let encrypted_only = connect(format!("tls = \"require\"\n{}", client_cert_toml(&pki)))
+            .await
+            .expect("require with a client certificate");
+        acquires_and_releases(&encrypted_only).await;
+
+        let message = refusal(
+            connect(format!("tls = \"verify-full\"\n{ca}")).await,
+            "no client certificate",
+        );
+        assert!(
+            message.contains("Access denied") && message.contains("cert_file"),
+            "says why: {message}"
+        );
+        eprintln!("without a client certificate: {message}");
+    }
+
+    /// A client certificate needs its key and `tls` set to `require` or
+    /// `verify-full`: refused when the configuration is parsed.
+    #[test]
+    fn client_certificate_settings_are_checked_when_parsed() {
+        let url = "type = \"mysql\"\nurl = \"mysql://client@db:3306/ops\"\n";
+        let pair = "cert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        assert_eq!(
+            parse_error(&format!("{url}tls = \"require\"\n{pair}")),
+            None
+        );
+        refused_when_parsed(&[
+            (
+                format!("{url}tls = \"require\"\ncert_file = \"c.pem\""),
+                "key_file",
+            ),
+            (format!("{url}tls = \"disable\"\n{pair}"), "cert_file"),
+            (format!("{url}{pair}"), "cert_file"),
+        ]);
+    }
+}
+
+#[cfg(feature = "dynamodb")]
+mod dynamodb {
+    use super::*;
+    use aws_config::BehaviorVersion;
+    use aws_sdk_dynamodb::config::Credentials;
+    use stormlockd::backend::dynamodb::{DynamodbBackend, DynamodbConfig};
+
+    /// The Python that has moto: the tests' venv (as `tests/engines.sh`
+    /// finds it), else the system's; `None` (skipped) without moto.
+    fn python_with_moto() -> Option<String> {
+        let venv = std::env::var("STORMLOCK_VENV").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/stormlock/venv",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let found = [format!("{venv}/bin/python3"), "python3".to_string()]
+            .into_iter()
+            .find(|python| {
+                Command::new(python)
+                    .args(["-c", "import moto.server"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            });
+        if found.is_none() {
+            crate::support::skip_for_want_of("moto (run scripts/setup)");
+        }
+        found
+    }
+
+    /// moto serving HTTPS with `pki`'s server certificate.
+    fn moto_over_tls(pki: &Pki, python: &str) -> (Engine, String) {
+        let port = free_port();
+        let mut command = Command::new(python);
+        command
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .arg("--ssl-cert")
+            .arg(pki.path("server.pem"))
+            .arg("--ssl-key")
+            .arg(pki.path("server.key"));
+        let engine = spawn(command, port, &pki.path("moto.log"));
+        (engine, format!("https://127.0.0.1:{port}"))
+    }
+
+    async fn connect(config: &DynamodbConfig) -> Result<DynamodbBackend, BackendError> {
+        let loader = aws_config::defaults(BehaviorVersion::latest()).credentials_provider(
+            Credentials::new("test", "test", None, None, "stormlock-tests"),
+        );
+        DynamodbBackend::connect_with("test", config, loader).await
+    }
+
+    /// An https:// endpoint behind a private CA: trusted with `ca_file`
+    /// (the table is created, acquire and release work), refused without.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn https_endpoint_with_a_private_ca() {
+        let Some(python) = python_with_moto() else {
+            return;
+        };
+        let pki = Pki::new();
+        let (_engine, endpoint) = moto_over_tls(&pki, &python);
+        let config = |ca_file: Option<PathBuf>| DynamodbConfig {
+            table: "stormlock-tls".to_string(),
+            region: Some("us-east-1".to_string()),
+            endpoint: Some(endpoint.clone()),
+            ca_file,
+            // moto loads its DynamoDB module on the first request.
+            timeout: Duration::from_secs(15),
+            ..DynamodbConfig::default()
+        };
+
+        let backend = connect(&config(Some(pki.path("ca.pem"))))
+            .await
+            .expect("connect to the https endpoint with its CA");
+        acquires_and_releases(&backend).await;
+
+        let message = refusal(connect(&config(None)).await, "unknown CA");
+        eprintln!("without the CA: {message}");
+        assert!(
+            message.to_lowercase().contains("certificate") || message.contains("UnknownIssuer"),
+            "says why: {message}"
+        );
+
+        // A file without a certificate is refused before any request.
+        let refused = connect(&config(Some(pki.path("client.key")))).await.err();
+        assert!(
+            matches!(&refused, Some(BackendError::Config { message, .. }) if message.starts_with("ca_file ")),
+            "{refused:?}"
+        );
+    }
+
+    /// `ca_file` is for an https:// endpoint: refused when parsed without
+    /// one.
+    #[test]
+    fn ca_file_needs_an_https_endpoint() {
+        let base = "type = \"dynamodb\"\ntable = \"locks\"\nregion = \"eu-west-1\"\n";
+        assert_eq!(
+            parse_error(&format!(
+                "{base}endpoint = \"https://dynamo.internal\"\nca_file = \"ca.pem\""
+            )),
+            None
+        );
+        refused_when_parsed(&[
+            (format!("{base}ca_file = \"ca.pem\""), "ca_file"),
+            (
+                format!("{base}endpoint = \"http://127.0.0.1:8000\"\nca_file = \"ca.pem\""),
+                "ca_file",
+            ),
+        ]);
     }
 }

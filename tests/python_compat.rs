@@ -210,7 +210,10 @@ async fn exclude_each_other(backend: &str, py: &Python) {
 
     // Python releases: the daemon grants.
     py.release(&resource, &py_lease);
-    let granted = try_acquire(&mut client, &resource, 3).await;
+    // TTLs long enough for the Python processes that check them: each one
+    // takes a second or more on a loaded machine (a 3 s lease once lapsed
+    // between two of them).
+    let granted = try_acquire(&mut client, &resource, 10).await;
     assert!(granted.acquired, "refused after Python stormlock released");
     let lease = granted.lease.expect("lease");
 
@@ -271,7 +274,7 @@ async fn exclude_each_other(backend: &str, py: &Python) {
     py.release(&resource, &py_lease);
 
     // Expired: Python acquires.
-    let lease = try_acquire(&mut client, &resource, 1).await;
+    let lease = try_acquire(&mut client, &resource, 5).await;
     assert!(lease.acquired);
     py.assert_refused(&resource, "before expiry");
     let expiry: SystemTime = lease

@@ -324,6 +324,81 @@ impl BackendConfig {
     }
 }
 
+/// A client certificate and its key, read from a backend's `cert_file` and
+/// `key_file`: as PEM (what the Redis and MySQL drivers take) and parsed
+/// (what rustls takes, for PostgreSQL).
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
+pub(crate) struct ClientIdentity {
+    /// `cert_file`'s contents.
+    pub cert_pem: Vec<u8>,
+    /// `key_file`'s contents.
+    pub key_pem: Vec<u8>,
+    /// The certificate chain of `cert_file`.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The private key of `key_file`.
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+/// Reads backend `name`'s client certificate `cert` and key `key`, and
+/// checks at start what the drivers would only find at the first
+/// handshake: that the files read, hold a certificate and a private key
+/// (PEM), and that the two belong together. Errors name the setting.
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
+pub(crate) fn client_identity(
+    name: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<ClientIdentity> {
+    use rustls::pki_types::pem::{Error as PemError, PemObject};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let refuse = |setting: &str, path: &std::path::Path, why: String| {
+        BackendError::config(name, format!("{setting} {}: {why}", path.display()))
+    };
+    let read = |setting: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| refuse(setting, path, format!("cannot read: {e}")))
+    };
+    let cert_pem = read("cert_file", cert)?;
+    let key_pem = read("key_file", key)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| refuse("cert_file", cert, format!("unreadable PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(refuse(
+            "cert_file",
+            cert,
+            "no PEM certificate in the file".into(),
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        PemError::NoItemsFound => refuse("key_file", key, "no PEM private key in the file".into()),
+        e => refuse("key_file", key, format!("unreadable PEM: {e}")),
+    })?;
+    rustls::sign::CertifiedKey::from_der(
+        chain.clone(),
+        private.clone_key(),
+        &crate::tls::crypto_provider(),
+    )
+    .map_err(|e| {
+        refuse(
+            "key_file",
+            key,
+            format!("not the key of cert_file {}: {e}", cert.display()),
+        )
+    })?;
+    Ok(ClientIdentity {
+        cert_pem,
+        key_pem,
+        chain,
+        key: private,
+    })
+}
+
 /// Connects to the backend `name` described by `config`. `data_dir` anchors
 /// relative paths of file-based backends.
 pub async fn connect(

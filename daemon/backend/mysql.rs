@@ -42,7 +42,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{
-    Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, SslOpts, TxOpts, Value,
+    ClientIdentity, Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, SslOpts, TxOpts,
+    Value,
 };
 
 use super::sql::{self, MAX_ATTEMPTS, SqlConfig, SqlEngine, StoredRow, TableName, TlsMode};
@@ -218,7 +219,12 @@ impl MysqlBackend {
                 IDLE_TRANSACTION_TIMEOUT.as_secs()
             )]);
         if let Some(mode) = config.tls {
-            builder = builder.ssl_opts(ssl_opts(mode, config.ca_file.as_ref()));
+            // `validate` allows a client certificate only with `tls` set
+            // to `require` or `verify-full`.
+            let identity = config.client_identity(name)?.map(|identity| {
+                ClientIdentity::new(identity.cert_pem.into(), identity.key_pem.into())
+            });
+            builder = builder.ssl_opts(ssl_opts(mode, config.ca_file.as_ref(), identity));
             if mode != TlsMode::Disable {
                 // mysql_async builds its rustls configuration on the
                 // process-wide default provider.
@@ -297,7 +303,19 @@ impl MysqlBackend {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(BackendError::unavailable(
                 &self.name,
-                format!("no connection: {}", sql::describe(&e)),
+                format!(
+                    "no connection: {}{}",
+                    sql::describe(&e),
+                    // The server says the same when the password is wrong
+                    // and when the account requires a certificate (`REQUIRE
+                    // X509`, `SUBJECT`, `ISSUER`) that was not presented.
+                    if matches!(&e, mysql_async::Error::Server(s) if s.code == 1045) {
+                        " (wrong user or password, or the account requires a client \
+                         certificate: cert_file and key_file)"
+                    } else {
+                        ""
+                    }
+                ),
             )),
             Err(_) => Err(BackendError::unavailable(
                 &self.name,
@@ -557,21 +575,26 @@ fn is_unavailable(code: u16) -> bool {
     )
 }
 
-fn ssl_opts(mode: TlsMode, ca_file: Option<&PathBuf>) -> Option<SslOpts> {
-    match mode {
-        TlsMode::Disable => None,
-        TlsMode::Require => Some(
-            SslOpts::default()
-                .with_danger_accept_invalid_certs(true)
-                .with_danger_skip_domain_validation(true),
-        ),
-        TlsMode::VerifyFull => Some(match ca_file {
+/// The driver's TLS options for `mode`, with the private CA of `ca_file`
+/// (`verify-full` only) and a client certificate (`identity`).
+fn ssl_opts(
+    mode: TlsMode,
+    ca_file: Option<&PathBuf>,
+    identity: Option<ClientIdentity>,
+) -> Option<SslOpts> {
+    let opts = match mode {
+        TlsMode::Disable => return None,
+        TlsMode::Require => SslOpts::default()
+            .with_danger_accept_invalid_certs(true)
+            .with_danger_skip_domain_validation(true),
+        TlsMode::VerifyFull => match ca_file {
             Some(path) => SslOpts::default()
                 .with_root_certs(vec![path.clone().into()])
                 .with_disable_built_in_roots(true),
             None => SslOpts::default(),
-        }),
-    }
+        },
+    };
+    Some(opts.with_client_identity(identity))
 }
 
 /// A `DATETIME(6)` value (UTC) as a point in time.

@@ -780,16 +780,23 @@ fn tls_connector(name: &str, config: &PostgresConfig) -> Result<MakeRustlsConnec
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| BackendError::internal(name, format!("TLS setup: {e}")))?;
-    let client = match config.tls {
-        Some(TlsMode::VerifyFull) => builder
-            .with_root_certificates(roots(name, config.ca_file.as_deref())?)
-            .with_no_client_auth(),
+    let builder = match config.tls {
+        Some(TlsMode::VerifyFull) => {
+            builder.with_root_certificates(roots(name, config.ca_file.as_deref())?)
+        }
         // `require`, or `sslmode=prefer|require` in the URL: encrypted but
         // unauthenticated, as libpq does without a root certificate.
         _ => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider))),
+    };
+    // `validate` allows a client certificate only with `tls` set to
+    // `require` or `verify-full`.
+    let client = match config.client_identity(name)? {
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain, identity.key)
+            .map_err(|e| BackendError::config(name, format!("cert_file: {e}")))?,
+        None => builder.with_no_client_auth(),
     };
     Ok(MakeRustlsConnect::new(client))
 }

@@ -84,6 +84,13 @@ pub struct SqlConfig {
     /// PEM file of the certificate authorities that sign the server's
     /// certificate, for `tls = "verify-full"`; unset: the public web roots.
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for a server that requires one
+    /// (PostgreSQL `cert` authentication or `clientcert=verify-full`, MySQL
+    /// `REQUIRE X509`), with `tls = "require"` or `"verify-full"`; requires
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
     /// Migration mode (default false; PostgreSQL only so far): a lock Python
     /// stormlock 0.4.1 holds in `python_table` counts as held, and every
     /// lease this backend grants is also written there, so that both tools
@@ -107,6 +114,8 @@ impl fmt::Debug for SqlConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls)
             .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
             .field("python_stormlock", &self.python_stormlock)
             .field("python_table", &self.python_table)
             .finish()
@@ -180,6 +189,23 @@ impl SqlConfig {
         if self.ca_file.is_some() && self.tls != Some(TlsMode::VerifyFull) {
             return Err("ca_file: only used with tls = \"verify-full\"".to_string());
         }
+        // With `tls` unset the URL decides, and may fall back to plaintext
+        // (PostgreSQL's `prefer`) or leave TLS off (MySQL): a client
+        // certificate asks for TLS to be named.
+        if !matches!(self.tls, Some(TlsMode::Require | TlsMode::VerifyFull))
+            && let Some(key) = [("cert_file", &self.cert_file), ("key_file", &self.key_file)]
+                .into_iter()
+                .find_map(|(key, file)| file.as_ref().map(|_| key))
+        {
+            return Err(format!(
+                "{key}: only used with tls = \"require\" or \"verify-full\""
+            ));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return Err("key_file: must be set with cert_file".to_string()),
+            (None, Some(_)) => return Err("cert_file: must be set with key_file".to_string()),
+            _ => {}
+        }
         self.table_name(engine)?;
         self.python_table_name(engine)?;
         engine.check_url(&self.url)
@@ -234,6 +260,18 @@ pub enum TlsMode {
     /// TLS with the server's certificate checked against `ca_file` (or the
     /// public web roots when unset) and its name against the URL's host.
     VerifyFull,
+}
+
+impl SqlConfig {
+    /// The client certificate of `cert_file`/`key_file`, `None` without one
+    /// (see [`super::client_identity`]).
+    pub(super) fn client_identity(&self, name: &str) -> Result<Option<super::ClientIdentity>> {
+        // `validate` has checked that they come in pairs.
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => super::client_identity(name, cert, key).map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// A validated table name, optionally schema-qualified. Only names of ASCII
@@ -530,6 +568,107 @@ mod tests {
         assert!(toml::from_str::<SqlConfig>("url = \"mysql://db/x\"\npool = 3").is_err());
         assert!(!c.python_stormlock);
         assert_eq!(c.python_table, None);
+    }
+
+    /// Each engine with a valid URL of its own.
+    fn engines() -> Vec<(SqlEngine, &'static str)> {
+        vec![
+            #[cfg(feature = "postgres")]
+            (SqlEngine::Postgres, "postgres://u@db/ops"),
+            #[cfg(feature = "mysql")]
+            (SqlEngine::Mysql, "mysql://u@db:3306/ops"),
+        ]
+    }
+
+    #[test]
+    fn client_certificates_need_tls_and_come_in_pairs() {
+        let pair = "cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
+        for (engine, url) in engines() {
+            let check = |extra: &str| config(&format!("url = {url:?}\n{extra}")).validate(engine);
+            for tls in ["require", "verify-full"] {
+                assert_eq!(check(&format!("tls = {tls:?}\n{pair}")), Ok(()), "{tls}");
+            }
+            assert_eq!(
+                check(&format!(
+                    "tls = \"verify-full\"\nca_file = \"/ca.pem\"\n{pair}"
+                )),
+                Ok(())
+            );
+            for (extra, key) in [
+                (pair.to_string(), "cert_file"),
+                (format!("tls = \"disable\"\n{pair}"), "cert_file"),
+                (
+                    "tls = \"disable\"\nkey_file = \"/k.pem\"".into(),
+                    "key_file",
+                ),
+                (
+                    "tls = \"require\"\ncert_file = \"/c.pem\"".into(),
+                    "key_file",
+                ),
+                (
+                    "tls = \"verify-full\"\nkey_file = \"/k.pem\"".into(),
+                    "cert_file",
+                ),
+            ] {
+                let err = check(&extra).err().unwrap_or_default();
+                assert!(
+                    err.starts_with(&format!("{key}: ")),
+                    "{engine:?} {extra}: {err}"
+                );
+            }
+            let err = check(pair).err().unwrap_or_default();
+            assert!(
+                err.contains("tls = \"require\" or \"verify-full\""),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_identity_files_are_checked_when_connecting() {
+        use rcgen::{CertificateParams, KeyPair};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["client".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let other = KeyPair::generate().expect("key");
+        for (name, text) in [
+            ("c.pem", cert.pem()),
+            ("k.pem", key.serialize_pem()),
+            ("other.pem", other.serialize_pem()),
+        ] {
+            std::fs::write(path(name), text).expect("write");
+        }
+        let identity = |cert: &str, key: &str| {
+            config(&format!(
+                "url = \"x://db\"\ntls = \"require\"\ncert_file = {:?}\nkey_file = {:?}",
+                path(cert),
+                path(key)
+            ))
+            .client_identity("db")
+        };
+        let loaded = identity("c.pem", "k.pem").expect("valid").expect("some");
+        assert_eq!(loaded.chain.len(), 1);
+        assert_eq!(loaded.cert_pem, cert.pem().into_bytes());
+        for (cert, key, words) in [
+            ("missing.pem", "k.pem", "cert_file"),
+            ("k.pem", "k.pem", "no PEM certificate"),
+            ("c.pem", "c.pem", "no PEM private key"),
+            ("c.pem", "other.pem", "not the key of cert_file"),
+        ] {
+            let err = identity(cert, key)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(words), "{cert} {key}: {err}");
+        }
+        let none = config("url = \"x://db\"")
+            .client_identity("db")
+            .expect("none");
+        assert!(none.is_none());
     }
 
     #[cfg(feature = "postgres")]

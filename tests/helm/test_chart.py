@@ -166,8 +166,9 @@ def daemon_check(rendered: Rendered) -> subprocess.CompletedProcess:
         elif var.endswith("_URL"):
             (backend,) = [b for b in backends.values() if b.get("url") == "${%s}" % var]
             env[var] = SECRET_URLS[backend["type"]]
-            if backend["type"] == "redis" and "ca_file" in backend:
-                # A private CA is for TLS: the Secret's URL must be rediss://.
+            if backend["type"] == "redis" and ("ca_file" in backend or "cert_file" in backend):
+                # A private CA or a client certificate is for TLS: the
+                # Secret's URL must be rediss://.
                 env[var] = env[var].replace("redis://", "rediss://", 1)
         else:
             env[var] = "stand-in-secret"
@@ -1141,6 +1142,19 @@ TLS_BACKENDS = {
     "etcd": {"type": "etcd", "endpoints": ["https://etcd-0.etcd:2379"],
              "tls": {"secretName": "etcd-ca", "clientCert": True, "clientCertSecretName": "etcd-client"},
              "connectTimeout": "6s"},
+    # Client certificates: with the CA from another Secret, from the same
+    # Secret as the CA, or alone (the public roots verify the server).
+    "redis-client-cert": {"type": "redis", "urlSecret": {"name": "redis-cred", "key": "url"},
+                          "tls": {"secretName": "redis-ca", "clientCert": True,
+                                  "clientCertSecretName": "redis-client"}},
+    "redis-client-cert-only": {"type": "redis", "url": "rediss://redis.db:6380/0",
+                               "tls": {"secretName": "redis-client", "ca": False, "clientCert": True}},
+    "postgres-client-cert": {"type": "postgres", "urlSecret": {"name": "pg-cred", "key": "url"},
+                             "tls": {"secretName": "pg-tls", "caKey": "root.pem", "clientCert": True}},
+    "mysql-client-cert": {"type": "mysql", "url": "mysql://stormlock@mariadb.db:3306/locks",
+                          "tls": {"mode": "require", "clientCert": True, "clientCertSecretName": "mysql-client"}},
+    "dynamodb": {"type": "dynamodb", "table": "locks", "region": "eu-west-1",
+                 "endpoint": "https://dynamo.internal:8443", "tls": {"secretName": "dynamo-ca"}},
 }
 # What config.toml says for each (besides the files) and which files it names.
 TLS_EXPECTED = {
@@ -1149,12 +1163,21 @@ TLS_EXPECTED = {
     "mysql": ({"tls": "verify-full", "connect_timeout": "4s"}, {"ca_file": ("mysql-ca", "ca.crt")}),
     "etcd": ({"connect_timeout": "6s"}, {"ca_file": ("etcd-ca", "ca.crt"), "cert_file": ("etcd-client", "tls.crt"),
                                           "key_file": ("etcd-client", "tls.key")}),
+    "redis-client-cert": ({}, {"ca_file": ("redis-ca", "ca.crt"), "cert_file": ("redis-client", "tls.crt"),
+                               "key_file": ("redis-client", "tls.key")}),
+    "redis-client-cert-only": ({"url": "rediss://redis.db:6380/0"},
+                               {"cert_file": ("redis-client", "tls.crt"), "key_file": ("redis-client", "tls.key")}),
+    "postgres-client-cert": ({"tls": "verify-full"}, {"ca_file": ("pg-tls", "root.pem"), "cert_file": ("pg-tls", "tls.crt"),
+                                                      "key_file": ("pg-tls", "tls.key")}),
+    "mysql-client-cert": ({"tls": "require"},
+                          {"cert_file": ("mysql-client", "tls.crt"), "key_file": ("mysql-client", "tls.key")}),
+    "dynamodb": ({"endpoint": "https://dynamo.internal:8443"}, {"ca_file": ("dynamo-ca", "ca.crt")}),
 }
 
 
 @pytest.mark.parametrize("engine", TLS_BACKENDS)
 def test_backend_tls_renders_the_files_the_daemon_reads(chart, engine):
-    """The CA (and etcd's client certificate) come from Secrets, mounted
+    """The CA and the client certificate come from Secrets, mounted
     read-only where config.toml points; the SQL engines default to
     verify-full; the daemon's check-config accepts the result (render())."""
     rendered = render(chart, {"replicaCount": 2, "backends": {"main": TLS_BACKENDS[engine]}})
@@ -1205,6 +1228,18 @@ def test_sql_tls_modes(chart, engine):
      "backends.main (etcd): ca_file: only used with https:// endpoints"),
     ({"type": "etcd", "endpoints": ["http://etcd:2379"], "tls": {"secretName": "etcd-client", "ca": False, "clientCert": True}},
      "backends.main (etcd): cert_file: only used with https:// endpoints"),
+    ({"type": "redis", "url": "redis://redis.db:6379/0", "tls": {"secretName": "redis-client", "ca": False, "clientCert": True}},
+     "backends.main (redis): cert_file: only used with a rediss:// url"),
+    ({"type": "postgres", "url": "postgres://pg/locks", "tls": {"mode": "disable", "secretName": "pg-client", "ca": False,
+                                                                "clientCert": True}},
+     'backends.main (postgres): cert_file: only used with tls = "require" or "verify-full"'),
+    ({"type": "mysql", "url": "mysql://my/locks", "tls": {"mode": "disable", "clientCert": True, "clientCertSecretName": "my-client"}},
+     'backends.main (mysql): cert_file: only used with tls = "require" or "verify-full"'),
+    ({"type": "dynamodb", "table": "locks", "region": "eu-west-1", "tls": {"secretName": "dynamo-ca"}},
+     "backends.main (dynamodb): ca_file: only used with an https:// endpoint"),
+    ({"type": "dynamodb", "table": "locks", "region": "eu-west-1", "endpoint": "http://dynamo.internal:8000",
+      "tls": {"secretName": "dynamo-ca"}},
+     "backends.main (dynamodb): ca_file: only used with an https:// endpoint"),
     ({"type": "etcd", "endpoints": ["http://etcd:2379"], "username": "stormlock"},
      "backends.main (etcd): password: must be set with username"),
     ({"type": "etcd", "endpoints": ["http://etcd:2379"], "passwordSecret": {"name": "e", "key": "p"}},
@@ -1229,18 +1264,46 @@ def test_backend_tls_contradictions_are_refused_in_the_daemons_words(request, un
      'tls.mode is "sometimes"'),
     ({"type": "redis", "url": "rediss://r:6379", "tls": {"caKey": "ca.crt"}}, "secretName",
      "backends.main (redis): tls.secretName is empty"),
-    ({"type": "dynamodb", "table": "locks", "region": "eu-west-1", "tls": {"secretName": "x"}}, "'tls' not allowed", None),
-    ({"type": "redis", "url": "rediss://r:6379", "tls": {"secretName": "x", "clientCert": True}}, "'clientCert' not allowed", None),
-    ({"type": "postgres", "url": "postgres://pg/locks", "tls": {"clientCert": True}}, "'clientCert' not allowed", None),
+    ({"type": "dynamodb", "table": "locks", "region": "eu-west-1", "endpoint": "https://d:8443", "tls": {"caKey": "ca.crt"}},
+     "secretName", None),
+    ({"type": "dynamodb", "table": "locks", "region": "eu-west-1", "endpoint": "https://d:8443",
+      "tls": {"secretName": "x", "clientCert": True}}, "'clientCert' not allowed", None),
+    ({"type": "redis", "url": "rediss://r:6379", "tls": {"secretName": "x", "clientCert": "yes"}},
+     "/backends/main/tls/clientCert", None),
+    ({"type": "postgres", "url": "postgres://pg/locks", "tls": {"clientCertSecretName": ""}},
+     "/backends/main/tls/clientCertSecretName", None),
 ])
 def test_backend_tls_values_the_schema_refuses(chart, schemaless_chart, backend, schema_path, words):
-    """Client certificates exist for etcd only (the daemon reads none for the
-    other engines), and DynamoDB takes no CA."""
+    """Malformed TLS values; DynamoDB takes a CA but no client certificate
+    (it authenticates with AWS credentials)."""
     values = {"replicaCount": 2, "backends": {"main": backend}}
     message = render_error(chart, values)
     assert "schema" in message and schema_path in message
     if words:
         assert words in render_error(schemaless_chart, values)
+
+
+@pytest.mark.parametrize("engine", ["redis", "postgres", "mysql"])
+def test_a_client_certificate_needs_a_secret(schemaless_chart, engine):
+    """tls.clientCert names no Secret of its own without secretName (the
+    schema requires secretName for redis, not for the SQL engines)."""
+    url = {"redis": "rediss://r:6380/0", "postgres": "postgres://pg/locks", "mysql": "mysql://my/locks"}[engine]
+    values = {"replicaCount": 2, "backends": {"main": {"type": engine, "url": url, "tls": {"clientCert": True}}}}
+    assert f"backends.main ({engine}): tls.clientCert is true but no Secret is named" in \
+        render_error(schemaless_chart, values)
+
+
+def test_client_certificates_without_a_ca_keep_the_public_roots(chart):
+    """tls.ca: false with a client certificate: no ca_file, so the public
+    roots verify the server; the client certificate is mounted alone."""
+    rendered = render(chart, {"replicaCount": 2, "backends": {"main": {
+        "type": "postgres", "url": "postgres://stormlock@pg.db/locks",
+        "tls": {"secretName": "pg-client", "ca": False, "clientCert": True}}}})
+    backend = rendered.config["backends"]["main"]
+    assert backend["tls"] == "verify-full" and "ca_file" not in backend
+    sources = rendered.volume("backend-main-tls")["projected"]["sources"]
+    assert sources == [{"secret": {"name": "pg-client", "items": [{"key": "tls.crt", "path": "tls.crt"},
+                                                                  {"key": "tls.key", "path": "tls.key"}]}}]
 
 
 # --------------------------------------------------------------------------- checksum

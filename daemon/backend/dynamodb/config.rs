@@ -1,6 +1,7 @@
 //! The `[backends.NAME]` table of `type = "dynamodb"` and its checks, which
 //! run when the configuration is parsed and again when connecting.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -23,6 +24,13 @@ pub struct DynamodbConfig {
     /// DynamoDB Local (`http://127.0.0.1:8000`).
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// PEM file with the certificate authorities that sign an `https://`
+    /// `endpoint`'s certificate (a DynamoDB-compatible service or a proxy
+    /// behind a private CA). It replaces the system roots for DynamoDB
+    /// requests only; credentials (STS, SSO, instance metadata) are fetched
+    /// as before. Only with an `https://` `endpoint`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Create the table (on-demand billing) when it is missing, wait until it
     /// is usable, and enable TTL cleanup on `cleanup_at`. Default: true.
     /// Without it the table must exist with the layout described in the
@@ -60,6 +68,7 @@ impl std::fmt::Debug for DynamodbConfig {
             .field("table", &self.table)
             .field("region", &self.region)
             .field("endpoint", &self.endpoint.as_deref().map(redact_url))
+            .field("ca_file", &self.ca_file)
             .field("create_table", &self.create_table)
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
@@ -90,6 +99,7 @@ impl Default for DynamodbConfig {
             table: default_table(),
             region: None,
             endpoint: None,
+            ca_file: None,
             create_table: default_create_table(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: default_timeout(),
@@ -123,11 +133,23 @@ impl DynamodbConfig {
                 ));
             }
         }
+        let mut https = false;
         if let Some(endpoint) = &self.endpoint {
-            let (_, host) = split_scheme("endpoint", endpoint, &["http", "https"])?;
+            let (scheme, host) = split_scheme("endpoint", endpoint, &["http", "https"])?;
             if host.is_empty() || host.contains(char::is_whitespace) {
                 return Err(format!("endpoint: {:?} has no host", redact_url(endpoint)));
             }
+            https = scheme == "https";
+        }
+        if self.ca_file.is_some() && !https {
+            return Err(format!(
+                "ca_file: only used with an https:// endpoint ({}): AWS's own endpoints \
+                 are verified with the system roots",
+                match &self.endpoint {
+                    Some(endpoint) => format!("endpoint is {}", redact_url(endpoint)),
+                    None => "no endpoint is set".to_string(),
+                }
+            ));
         }
         check_timeout("connect_timeout", self.connect_timeout)?;
         check_timeout("timeout", self.timeout)?;
@@ -190,6 +212,11 @@ mod tests {
             ("endpoint = \"http://\"", "endpoint"),
             ("timeout = \"0s\"", "timeout"),
             ("connect_timeout = \"0s\"", "connect_timeout"),
+            ("ca_file = \"/ca.pem\"", "ca_file"),
+            (
+                "endpoint = \"http://127.0.0.1:8000\"\nca_file = \"/ca.pem\"",
+                "ca_file",
+            ),
         ];
         for (toml, key) in cases {
             let err = config(toml).expect(toml).validate().expect_err(toml);
@@ -200,6 +227,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(ok.validate(), Ok(()));
+        let private_ca =
+            config("endpoint = \"https://dynamo.internal:8443\"\nca_file = \"/ca.pem\"")
+                .expect("valid");
+        assert_eq!(private_ca.validate(), Ok(()));
     }
 
     #[test]

@@ -87,6 +87,8 @@
 //! type = "dynamodb"
 //! table = "stormlock"        # default
 //! region = "eu-west-1"       # default: the AWS chain
+//! # endpoint = "https://dynamo.internal:8443"   # a DynamoDB-compatible service
+//! # ca_file = "/etc/stormlock/dynamo-ca.pem"    # its private CA (https:// only)
 //! create_table = false       # default: true
 //! timeout = "2s"             # per request, default
 //! max_clock_skew = "1s"      # default; at least 1s (Date has whole seconds)
@@ -157,6 +159,58 @@ pub struct DynamodbBackend {
     clock: std::sync::Arc<clock::ClockCheck>,
 }
 
+/// An HTTPS client like [`crate::tls::aws_https_client`] (rustls on ring,
+/// proxy settings from the environment) that trusts the certificate
+/// authorities in `ca_file` instead of the system roots. The file is checked
+/// here: the SDK's client would panic on a certificate it cannot parse.
+fn https_client_trusting(
+    name: &str,
+    ca_file: &std::path::Path,
+) -> Result<aws_sdk_dynamodb::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls::{
+        Provider, TlsContext, TrustStore, rustls_provider::CryptoMode,
+    };
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let refuse =
+        |why: String| BackendError::config(name, format!("ca_file {}: {why}", ca_file.display()));
+    let pem = std::fs::read(ca_file).map_err(|e| refuse(format!("cannot read: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| refuse(format!("unreadable PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(refuse("no PEM certificate in the file".to_string()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| refuse(format!("not a usable CA certificate: {e}")))?;
+    }
+    let context = TlsContext::builder()
+        .with_trust_store(
+            TrustStore::empty()
+                .with_native_roots(false)
+                .with_pem_certificate(pem),
+        )
+        .build()
+        .map_err(|e| refuse(format!("TLS setup: {e}")))?;
+    Ok(
+        Builder::new().build_with_connector_fn(move |settings, runtime_components| {
+            let mut connector = ConnectorBuilder::default()
+                .tls_provider(Provider::Rustls(CryptoMode::Ring))
+                .tls_context(context.clone());
+            connector.set_connector_settings(settings.cloned());
+            if let Some(components) = runtime_components {
+                connector.set_sleep_impl(components.sleep_impl());
+            }
+            connector.set_proxy_config(Some(ProxyConfig::from_env()));
+            connector.build()
+        }),
+    )
+}
+
 impl DynamodbBackend {
     /// Connects with credentials and region from the usual AWS chain, checks
     /// the table (creating it when allowed) and returns the backend.
@@ -212,6 +266,12 @@ impl DynamodbBackend {
             aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(clock.interceptor());
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
+        }
+        // `validate` allows a `ca_file` only with an https:// endpoint. Set
+        // on this client only: the credential providers built by `loader`
+        // keep the system roots for STS, SSO and instance metadata.
+        if let Some(ca_file) = &config.ca_file {
+            builder = builder.http_client(https_client_trusting(name, ca_file)?);
         }
         let backend = Self {
             name: name.to_string(),

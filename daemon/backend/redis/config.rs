@@ -31,6 +31,11 @@ pub struct RedisConfig {
     /// for a server with a private CA; without it the public web roots are
     /// trusted.
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for a server that requires one
+    /// (`tls-auth-clients yes`), with `rediss://`; requires `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
     /// Migration mode (default false): a lock Python stormlock 0.4.1 holds
     /// on the same Redis (a hash at the bare resource name) counts as held,
     /// and every lease this backend grants is also written in that format,
@@ -47,6 +52,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
             .field("python_stormlock", &self.python_stormlock)
             .finish()
     }
@@ -62,8 +69,18 @@ impl RedisConfig {
         check_prefix(&self.prefix)?;
         check_timeout("connect_timeout", self.connect_timeout)?;
         let tls = self.tls()?;
-        if self.ca_file.is_some() && !tls {
-            return Err("ca_file: only used with a rediss:// url".to_string());
+        let files = [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ];
+        if !tls && let Some((key, _)) = files.iter().find(|(_, file)| file.is_some()) {
+            return Err(format!("{key}: only used with a rediss:// url"));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return Err("key_file: must be set with cert_file".to_string()),
+            (None, Some(_)) => return Err("cert_file: must be set with key_file".to_string()),
+            _ => {}
         }
         // The client's own parser, which opens nothing; its messages never
         // quote the URL.
@@ -152,11 +169,25 @@ mod tests {
                 "connect_timeout",
             ),
             ("url = \"redis://h/\"\nca_file = \"ca.pem\"", "ca_file"),
+            (
+                "url = \"redis://h/\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"",
+                "cert_file",
+            ),
+            ("url = \"redis://h/\"\nkey_file = \"k.pem\"", "key_file"),
+            ("url = \"rediss://h/\"\ncert_file = \"c.pem\"", "key_file"),
+            ("url = \"rediss://h/\"\nkey_file = \"k.pem\"", "cert_file"),
         ] {
             let err = config(toml).validate().err().unwrap_or_default();
             assert!(err.starts_with(&format!("{key}: ")), "{toml}: {err}");
         }
         let tls = config("url = \"rediss://:pw@h:6380/0\"\nca_file = \"ca.pem\"");
         assert_eq!(tls.validate(), Ok(()));
+        // A client certificate, with or without a private CA.
+        for ca in ["", "ca_file = \"ca.pem\"\n"] {
+            let mutual = config(&format!(
+                "url = \"rediss://h:6380/0\"\n{ca}cert_file = \"c.pem\"\nkey_file = \"k.pem\""
+            ));
+            assert_eq!(mutual.validate(), Ok(()));
+        }
     }
 }

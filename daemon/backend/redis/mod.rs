@@ -68,6 +68,8 @@
 //! type = "redis"
 //! url = "rediss://stormlock:secret@redis.internal:6380/0"
 //! ca_file = "/etc/stormlock/redis-ca.pem"   # private CA, optional
+//! cert_file = "/etc/stormlock/redis-client.pem"   # client certificate, optional
+//! key_file = "/etc/stormlock/redis-client.key"
 //! prefix = "stormlock:"
 //! connect_timeout = "2s"
 //! python_stormlock = false   # true while migrating from Python stormlock
@@ -150,6 +152,25 @@ fn check_eviction_policy(name: &str, address: &str, policy: Option<&String>) -> 
     }
 }
 
+fn read_file(name: &str, key: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        BackendError::config(name, format!("{key} {}: cannot read: {e}", path.display()))
+    })
+}
+
+/// The client certificate for the driver (see [`super::client_identity`]).
+fn client_identity(
+    name: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<redis::ClientTlsConfig> {
+    let identity = super::client_identity(name, cert, key)?;
+    Ok(redis::ClientTlsConfig {
+        client_cert: identity.cert_pem,
+        client_key: identity.key_pem,
+    })
+}
+
 impl RedisBackend {
     /// Validates `config`, checks that the engine answers within
     /// `connect_timeout` and returns the backend named `name`.
@@ -162,22 +183,26 @@ impl RedisBackend {
             // process-wide default provider.
             crate::tls::install_crypto_provider();
         }
-        // `validate` allows a `ca_file` only with a rediss:// URL.
-        let client = match &config.ca_file {
-            Some(path) => {
-                let root_cert = std::fs::read(path).map_err(|e| {
-                    BackendError::config(
-                        name,
-                        format!("ca_file {}: cannot read: {e}", path.display()),
-                    )
-                })?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                Client::build_with_tls(config.url.as_str(), certs)
-            }
-            None => Client::open(config.url.as_str()),
+        // `validate` allows TLS files only with a rediss:// URL, and a
+        // client certificate only with its key.
+        let client_tls = match (&config.cert_file, &config.key_file) {
+            (Some(cert), Some(key)) => Some(client_identity(name, cert, key)?),
+            _ => None,
+        };
+        let client = if config.ca_file.is_some() || client_tls.is_some() {
+            let root_cert = match &config.ca_file {
+                Some(path) => Some(read_file(name, "ca_file", path)?),
+                None => None,
+            };
+            Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+        } else {
+            Client::open(config.url.as_str())
         }
         .map_err(|e| BackendError::config(name, format!("url {}: {e}", redact_url(&config.url))))?;
         let info = client.get_connection_info();

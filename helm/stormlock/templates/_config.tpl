@@ -99,10 +99,6 @@ username = {{ include "stormlock.tomlString" $b.username }}
 {{- if $b.passwordSecret }}
 password = {{ printf "${%s}" (include "stormlock.backendEnv" (list $name "PASSWORD")) | include "stormlock.tomlString" }}
 {{- end }}
-{{- if include "stormlock.backendClientCert" $b }}
-cert_file = "/etc/stormlock/backends/{{ $name }}/tls.crt"
-key_file = "/etc/stormlock/backends/{{ $name }}/tls.key"
-{{- end }}
 {{- if hasKey $b "prefix" }}
 prefix = {{ include "stormlock.tomlString" $b.prefix }}
 {{- end }}
@@ -120,6 +116,10 @@ create_table = {{ $b.createTable }}
 {{- end }}
 {{- if include "stormlock.backendCA" $b }}
 ca_file = "/etc/stormlock/backends/{{ $name }}/ca.crt"
+{{- end }}
+{{- if include "stormlock.backendClientCert" $b }}
+cert_file = "/etc/stormlock/backends/{{ $name }}/tls.crt"
+key_file = "/etc/stormlock/backends/{{ $name }}/tls.key"
 {{- end }}
 {{- with $b.connectTimeout }}
 connect_timeout = {{ include "stormlock.tomlString" . }}

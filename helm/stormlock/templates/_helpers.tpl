@@ -350,11 +350,21 @@ for etcd unless tls.ca is false). Call with the backend's values.
 {{- end }}
 
 {{/*
-"true" when backend $b gets a client certificate from a Secret (etcd's
-tls.clientCert; the daemon reads client certificates for etcd only).
+"true" when backend $b gets a client certificate from a Secret
+(tls.clientCert: tls.crt and tls.key from tls.clientCertSecretName, default
+tls.secretName), rendered as cert_file and key_file: redis, postgres, mysql
+and etcd (DynamoDB authenticates with AWS credentials instead).
 */}}
 {{- define "stormlock.backendClientCert" -}}
-{{- if and . (eq .type "etcd") (kindIs "map" .tls) .tls.clientCert }}true{{ end }}
+{{- if and . (has .type (list "redis" "postgres" "mysql" "etcd")) (kindIs "map" .tls) .tls.clientCert }}true{{ end }}
+{{- end }}
+
+{{/*
+The Secret a backend's client certificate comes from: tls.clientCertSecretName,
+default tls.secretName. Call with the backend's values.
+*/}}
+{{- define "stormlock.backendClientCertSecretName" -}}
+{{- .tls.clientCertSecretName | default .tls.secretName | default "" }}
 {{- end }}
 
 {{/*
@@ -544,11 +554,15 @@ hold when schema validation is skipped.
 {{- fail (printf "backends.%s (%s): connect_timeout: must be at least 1s (backends.%s.connectTimeout is %s)." $name $b.type $name (toString $b.connectTimeout)) }}
 {{- end }}
 {{- $ca := include "stormlock.backendCA" $b }}
-{{- if and (eq $b.type "redis") (hasKey $b "tls") (not $ca) }}
-{{- fail (printf "backends.%s (redis): tls.secretName is empty: name the Secret holding the CA that signed Redis's certificate (key tls.caKey, default ca.crt). A rediss:// url without a private CA needs no tls: the public web roots verify it." $name) }}
+{{- $clientCert := include "stormlock.backendClientCert" $b }}
+{{- if and $clientCert (not (include "stormlock.backendClientCertSecretName" $b)) }}
+{{- fail (printf "backends.%s (%s): tls.clientCert is true but no Secret is named: set tls.clientCertSecretName (or tls.secretName) to the Secret holding the client certificate (keys tls.crt and tls.key, e.g. a cert-manager Certificate's Secret)." $name $b.type) }}
 {{- end }}
-{{- if and (eq $b.type "redis") $ca $b.url (not (hasPrefix "rediss://" (toString $b.url))) }}
-{{- fail (printf "backends.%s (redis): ca_file: only used with a rediss:// url: backends.%s.url is redis:// (plaintext), so the CA in tls.secretName would verify nothing. Use rediss:// (TLS), or remove backends.%s.tls." $name $name $name) }}
+{{- if and (eq $b.type "redis") (hasKey $b "tls") (not $ca) (not $clientCert) }}
+{{- fail (printf "backends.%s (redis): tls.secretName is empty: name the Secret holding the CA that signed Redis's certificate (key tls.caKey, default ca.crt), or a client certificate (tls.clientCert: true). A rediss:// url without a private CA needs no tls: the public web roots verify it." $name) }}
+{{- end }}
+{{- if and (eq $b.type "redis") (or $ca $clientCert) $b.url (not (hasPrefix "rediss://" (toString $b.url))) }}
+{{- fail (printf "backends.%s (redis): %s: only used with a rediss:// url: backends.%s.url is redis:// (plaintext), so %s. Use rediss:// (TLS), or remove backends.%s.tls." $name (ternary "ca_file" "cert_file" (not (empty $ca))) $name (ternary "the CA in tls.secretName would verify nothing" "the client certificate would never be presented" (not (empty $ca))) $name) }}
 {{- end }}
 {{- $mode := include "stormlock.sqlTLSMode" $b }}
 {{- if and $mode (not (has $mode (list "disable" "require" "verify-full"))) }}
@@ -556,6 +570,12 @@ hold when schema validation is skipped.
 {{- end }}
 {{- if and $mode $ca (ne $mode "verify-full") }}
 {{- fail (printf "backends.%s (%s): ca_file: only used with tls = \"verify-full\": backends.%s.tls.mode is %s, so the CA in tls.secretName would verify nothing. Set tls.mode: verify-full (the default), or remove tls.secretName." $name $b.type $name $mode) }}
+{{- end }}
+{{- if and $mode $clientCert (eq $mode "disable") }}
+{{- fail (printf "backends.%s (%s): cert_file: only used with tls = \"require\" or \"verify-full\": backends.%s.tls.mode is disable, so the client certificate would never be presented. Set tls.mode: verify-full (the default), or remove tls.clientCert." $name $b.type $name) }}
+{{- end }}
+{{- if and (eq $b.type "dynamodb") $ca (not (hasPrefix "https://" (toString $b.endpoint))) }}
+{{- fail (printf "backends.%s (dynamodb): ca_file: only used with an https:// endpoint: %s, and AWS's own endpoints are verified with the system roots. Set backends.%s.endpoint to the https:// URL your private CA signed, or remove backends.%s.tls." $name (ternary (printf "backends.%s.endpoint is %s" $name (toString $b.endpoint)) (printf "backends.%s.endpoint is not set" $name) (not (empty $b.endpoint))) $name $name) }}
 {{- end }}
 {{- if and (eq $b.type "etcd") (not $b.endpoints) }}
 {{- fail (printf "backends.%s (etcd) needs endpoints." $name) }}
