@@ -2346,3 +2346,107 @@ def test_chart_metadata(chart):
     assert meta["kubeVersion"] == ">=1.30.0-0", "native gRPC probes, the preStop sleep action, ReadWriteOncePod"
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
     assert meta["appVersion"] == cargo["workspace"]["package"]["version"], "appVersion follows the workspace version"
+
+
+# --------------------------------------------------------------------------- values only the daemon used to refuse
+
+
+def _daemon_refuses(unchecked_chart, values: dict, words: str) -> None:
+    """The daemon refuses the same configuration, in the words the chart quotes."""
+    rendered = Rendered(unchecked_chart.render(merge(BASE, values), name=RELEASE, namespace=NAMESPACE))
+    result = daemon_check(rendered)
+    assert result.returncode != 0, rendered.config_text
+    assert words in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"defaults": {"ttl": "2d", "maxTtl": "1d"}}, "defaults.max_ttl: 1d is less than the ttl 2d"),
+    ({"defaults": {"ttl": "90 min", "maxTtl": "1h"}}, "defaults.max_ttl: 1h is less than the ttl 1h30m"),
+    ({"resources": [{"match": "a/*"}, {"match": "prod/*", "ttl": "4h", "maxTtl": "1h"}]},
+     "resources[1].max_ttl: 1h is less than the ttl 4h"),
+    # No ttl of its own: the rule's maxTtl is compared with config.defaults.ttl.
+    ({"defaults": {"ttl": "2h"}, "resources": [{"match": "prod/*", "maxTtl": "1h"}]},
+     "resources[0].max_ttl: 1h is less than the ttl 2h"),
+])
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_a_max_ttl_below_the_ttl_is_refused_in_the_daemons_words(request, unchecked_chart, which, config, words):
+    values = {"config": config}
+    assert words in render_error(request.getfixturevalue(which), values)
+    _daemon_refuses(unchecked_chart, values, words)
+
+
+def test_a_rule_ttl_above_the_default_max_ttl_raises_its_max(chart):
+    """Without a maxTtl of its own a rule's max is max(defaults.maxTtl, its
+    ttl) (Router::new), so the daemon takes a ttl above defaults.maxTtl."""
+    rendered = render(chart, {"config": {"defaults": {"maxTtl": "1d"},
+                                         "resources": [{"match": "batch/*", "ttl": "2d"}]}})
+    assert rendered.config["resources"] == [{"match": "batch/*", "ttl": "2d"}]
+    render(chart, {"config": {"defaults": {"ttl": "1 hours", "maxTtl": "60m"},
+                              "resources": [{"match": "x/*", "ttl": "1d", "maxTtl": "24h"}]}})
+
+
+@pytest.mark.parametrize("config, schema_path, words", [
+    ({"defaults": {"ttl": "0s"}}, "/config/defaults/ttl", "defaults.ttl: must be at least 1s"),
+    ({"defaults": {"ttl": "0 days 0m"}}, "/config/defaults/ttl", "defaults.ttl: must be at least 1s"),
+    ({"defaults": {"maxTtl": "0d"}}, "/config/defaults/maxTtl", "defaults.max_ttl: 0s is less than the ttl 1h"),
+    ({"defaults": {"backendTimeout": "0s"}}, "/config/defaults/backendTimeout",
+     "defaults.backend_timeout: must be at least 1s"),
+    ({"resources": [{"match": "a/*", "ttl": "0m"}]}, "/config/resources/0/ttl", "resources[0].ttl: must be at least 1s"),
+    ({"resources": [{"match": "a/*", "maxTtl": "0s"}]}, "/config/resources/0/maxTtl",
+     "resources[0].max_ttl: 0s is less than the ttl 1h"),
+])
+def test_zero_durations_are_refused(chart, schemaless_chart, unchecked_chart, config, schema_path, words):
+    values = {"config": config}
+    message = render_error(chart, values)
+    assert "schema" in message and schema_path in message, message
+    assert words in render_error(schemaless_chart, values)
+    _daemon_refuses(unchecked_chart, values, words)
+
+
+@pytest.mark.parametrize("ports, words", [
+    ({"health": 7466}, "containerPorts.health is 7466, the same port as containerPorts.grpc"),
+    ({"metrics": 7466}, "containerPorts.metrics is 7466, the same port as containerPorts.grpc"),
+    ({"metrics": 9000, "health": 9000}, "containerPorts.health is 9000, the same port as containerPorts.metrics"),
+])
+@pytest.mark.parametrize("which", ["chart", "schemaless_chart"])
+def test_each_listener_needs_a_port_of_its_own(request, which, ports, words):
+    message = render_error(request.getfixturevalue(which), {"containerPorts": ports})
+    assert words in message and "could not bind" in message
+
+
+def test_distinct_ports_reach_the_config(chart):
+    rendered = render(chart, {"containerPorts": {"grpc": 9000, "metrics": 9001, "health": 9002}})
+    cfg = rendered.config
+    assert (cfg["listen"], cfg["metrics_listen"], cfg["health_listen"]) == ("0.0.0.0:9000", "0.0.0.0:9001", "0.0.0.0:9002")
+
+
+@pytest.mark.parametrize("backend, schema_path, words", [
+    ({"type": "redis", "url": "redis://r:6379", "prefix": ""}, "/backends/main/prefix",
+     'backends.main (redis): prefix: must be 1 to 128 bytes long (default "stormlock:")'),
+    ({"type": "redis", "url": "redis://r:6379", "prefix": "x" * 129}, "/backends/main/prefix",
+     "backends.main (redis): prefix: must be 1 to 128 bytes long"),
+    ({"type": "redis", "url": "redis://r:6379", "prefix": "locks*"}, "/backends/main/prefix",
+     """backends.main (redis): prefix: "locks*" contains '*'; control characters, whitespace and *?[]\\{} are not allowed"""),
+    ({"type": "redis", "url": "redis://r:6379", "prefix": "my locks:"}, "/backends/main/prefix",
+     """prefix: "my locks:" contains ' '; control characters, whitespace"""),
+    ({"type": "etcd", "endpoints": ["http://etcd:2379"], "prefix": "/stormlock"}, "/backends/main/prefix",
+     'backends.main (etcd): prefix: "/stormlock" must end with "/" and be at most 256 bytes (default "/stormlock/")'),
+    ({"type": "etcd", "endpoints": ["http://etcd:2379"], "prefix": ""}, "/backends/main/prefix",
+     'backends.main (etcd): prefix: "" must end with "/"'),
+    ({"type": "etcd", "endpoints": ["http://etcd:2379"], "prefix": "/" + "x" * 256}, "/backends/main/prefix",
+     "must end with \"/\" and be at most 256 bytes"),
+])
+def test_backend_prefixes_the_daemon_refuses(chart, schemaless_chart, unchecked_chart, backend, schema_path, words):
+    values = {"replicaCount": 2, "backends": {"main": backend}}
+    message = render_error(chart, values)
+    assert "schema" in message and schema_path in message, message
+    assert words in render_error(schemaless_chart, values)
+    _daemon_refuses(unchecked_chart, values, words.split("): ", 1)[-1])
+
+
+def test_backend_prefixes_the_daemon_takes(chart):
+    rendered = render(chart, {"replicaCount": 2, "backends": {
+        "main": {"type": "redis", "url": "redis://r:6379", "prefix": "team-a/locks:"},
+        "e": {"type": "etcd", "endpoints": ["http://etcd:2379"], "prefix": "/"}}})
+    assert rendered.config["backends"]["main"]["prefix"] == "team-a/locks:"
+    assert rendered.config["backends"]["e"]["prefix"] == "/"

@@ -524,6 +524,7 @@ hold when schema validation is skipped.
 {{- fail "autoscaling.enabled needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage." }}
 {{- end }}
 {{- end }}
+{{- include "stormlock.validateConfig" . }}
 {{- if not .Values.backends }}
 {{- fail "backends is empty: define at least one backend (see values.yaml)." }}
 {{- end }}
