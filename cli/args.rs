@@ -22,7 +22,8 @@ Exit status:
   4   the daemon or its backend cannot be reached (or did not answer in time)
   5   not authenticated, or not allowed
   64  usage error: bad arguments, bad configuration, or a request the daemon refused as invalid
-  70  the daemon failed in an unexpected way
+  70  the daemon failed in an unexpected way; or acquire could not write the
+      lease id (closed pipe, full disk) and released the lease: nothing is held
   128+N  interrupted by signal N while waiting (130 for Ctrl-C)
 
 exec passes its command's status on unchanged (128+N if signal N killed it),
@@ -66,6 +67,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "ADDR")]
     pub addr: Option<String>,
     /// CA certificate (PEM) that signed the daemon's certificate [env: STORMLOCK_CA]
+    /// [default on a loopback address without --ca, --cert and --key: the
+    /// daemon's development certificates in $STORMLOCK_DATA_DIR/tls, else in
+    /// its default data dir]
     #[arg(long, global = true, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS [env: STORMLOCK_CERT]
@@ -74,9 +78,9 @@ pub struct GlobalArgs {
     /// Client private key (PEM) for mutual TLS [env: STORMLOCK_KEY]
     #[arg(long, global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Who you are, when the daemon authenticates nobody; a client
-    /// certificate's identity takes precedence [env: STORMLOCK_PRINCIPAL]
-    /// [default: $USER@hostname]
+    /// Who you are, for a daemon that authenticates nobody; with a client
+    /// certificate or token the daemon names you, and refuses a different
+    /// name given here [env: STORMLOCK_PRINCIPAL] [default: $USER@hostname]
     #[arg(long, global = true, value_name = "NAME")]
     pub principal: Option<String>,
     /// File holding a bearer token (or set STORMLOCK_TOKEN), for daemons that
@@ -108,12 +112,16 @@ pub enum Command {
     ///
     /// Exits with 1 and "no lock held" on standard error when the resource is free.
     ///
-    /// Every format prints principal, created (ISO-8601, UTC, milliseconds) and id
-    /// first, as Python stormlock does, then expires, fence and reason; json adds
-    /// resource. oneline stays at exactly those first three fields, tab-separated,
-    /// so that scripts can write
+    /// rows (the default), lines, oneline and cols print exactly Python
+    /// stormlock's fields, in its order: principal, created (ISO-8601, UTC,
+    /// milliseconds) and id, so that scripts written for it keep working:
     ///
     ///     read principal created id < <(stormlock current -f oneline RESOURCE)
+    ///
+    /// The newer fields (expires, fence, reason, resource) come after Python's
+    /// in json and in long ("Name: value" lines of every field):
+    ///
+    ///     stormlock current -f long RESOURCE
     ///
     /// A lease id you may not see (you are neither its holder nor an administrator)
     /// prints as "-", and as null in json.
@@ -127,8 +135,11 @@ pub enum Command {
     /// List the held locks, optionally only those under a prefix.
     ///
     /// The table (resource, principal, reason, held for, expires in, fence) fits
-    /// the terminal, or $COLUMNS when set, by shortening reasons first, then
-    /// principals and resource names; through a pipe it is never cut.
+    /// a terminal ($COLUMNS when set, else its width) and keeps reasons
+    /// readable: fence and held for go first, then long principals and
+    /// resource names are cut, then expires in goes, and only then is the
+    /// reason cut. Through a pipe or into a file it is never cut, whatever
+    /// $COLUMNS says.
     List(ListArgs),
     /// Run a command while holding a lock.
     ///
@@ -186,8 +197,35 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff): stormlock(1), or with COMMAND that
+    /// command's own page, with its options and exit statuses.
+    ///
+    ///     stormlock man | man -l -
+    ///     stormlock man exec | man -l -
+    #[command(
+        verbatim_doc_comment,
+        about = "Print the man page (roff), or a command's"
+    )]
+    Man(ManArgs),
+    /// Print the TOML that replaces a Python stormlock 0.4.1 config file.
+    ///
+    /// Reads Python stormlock's INI file (.stormlock.cfg) and prints two
+    /// parts: this CLI's config file (principal, ttl) and the tables for the
+    /// daemon's config file: [defaults], one [backends.NAME] per backend
+    /// found (redis and postgresql with python_stormlock = true, so that
+    /// both tools exclude each other during the migration; mysql, etcd and
+    /// dynamodb with a comment that they cannot yet) and [[resources]] for
+    /// resources with a backend or TTL of their own. What the daemon cannot
+    /// express is said in a comment. Passwords are never printed: the daemon
+    /// reads them from ${VAR} placeholders, and a comment names each
+    /// variable to set. Talks to no daemon.
+    ///
+    ///     stormlock migrate-config --only cli ~/.stormlock.cfg > ~/.stormlock.toml
+    #[command(
+        verbatim_doc_comment,
+        about = "Print the TOML that replaces a Python stormlock 0.4.1 config file"
+    )]
+    MigrateConfig(MigrateConfigArgs),
 }
 
 impl Command {
@@ -201,9 +239,12 @@ impl Command {
             Self::Current(c) => Some(&c.resource),
             Self::Exec(e) => Some(&e.resource),
             Self::ForceRelease(f) => Some(&f.resource),
-            Self::List(_) | Self::Watch(_) | Self::Bench(_) | Self::Completions(_) | Self::Man => {
-                None
-            }
+            Self::List(_)
+            | Self::Watch(_)
+            | Self::Bench(_)
+            | Self::Completions(_)
+            | Self::Man(_)
+            | Self::MigrateConfig(_) => None,
         }
     }
 }
@@ -317,24 +358,29 @@ pub struct CurrentArgs {
 
 /// How `current` prints a lease.
 ///
-/// Principal, created and id come first, as in Python stormlock 0.4.1; newer
-/// fields (expires, fence, reason) follow. A lease id you may not see (you are
-/// neither its holder nor an administrator) prints as "-", and as null in json.
+/// Python stormlock 0.4.1's formats keep exactly its fields (principal,
+/// created, id); json and long add expires, fence, reason and resource after
+/// them. A lease id you may not see (you are neither its holder nor an
+/// administrator) prints as "-", and as null in json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LeaseFormat {
     /// The lease id alone.
     Id,
-    /// One JSON object: id, created, principal, expires, fence, reason, resource.
+    /// One JSON object: id, created, principal (Python's), then expires,
+    /// fence, reason, resource.
     Json,
-    /// One field per line: principal, created, id, expires, fence, reason.
+    /// Python's fields one per line: principal, created, id.
     Lines,
-    /// Exactly three tab-separated fields, principal, created and id, so that
-    /// `read principal created id` gets each in its own variable.
+    /// Python's fields tab-separated on one line, so that `read principal
+    /// created id` gets each in its own variable.
     Oneline,
-    /// A header row and a value row in columns.
+    /// Python's fields as a header row and a value row in columns.
     Cols,
-    /// "Name: value" lines.
+    /// Python's fields as "Name: value" lines (the default).
     Rows,
+    /// Every field as "Name: value" lines: Python's, then expires, fence,
+    /// reason and resource.
+    Long,
 }
 
 /// `list`.
@@ -420,6 +466,33 @@ pub enum BenchFormat {
     Table,
     /// One JSON object on one line.
     Json,
+}
+
+/// `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (acquire, exec, …) [default: the
+    /// page of stormlock itself]
+    pub command: Option<String>,
+}
+
+/// `migrate-config`.
+#[derive(Debug, Args)]
+pub struct MigrateConfigArgs {
+    /// Python stormlock's config file (INI).
+    pub file: PathBuf,
+    /// Print one part only: this CLI's config file, or the daemon's tables.
+    #[arg(long, value_enum, value_name = "PART")]
+    pub only: Option<MigratePart>,
+}
+
+/// The parts `migrate-config` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigratePart {
+    /// This CLI's config file (~/.stormlock.toml).
+    Cli,
+    /// The tables for stormlockd's config file.
+    Daemon,
 }
 
 /// `completions`.

@@ -39,8 +39,14 @@ pub struct TlsPlan {
 /// Decides how to secure the connection to `addr`: `None` for plain text.
 ///
 /// `dev` is the development PKI to fall back on for a loopback address when
-/// no TLS setting is given at all.
-pub fn plan_tls(addr: &Address, files: &TlsFiles, dev: &DevTls) -> CliResult<Option<TlsPlan>> {
+/// no TLS setting is given at all; `dev_source` says where its data dir
+/// came from (`STORMLOCK_DATA_DIR`, or the default).
+pub fn plan_tls(
+    addr: &Address,
+    files: &TlsFiles,
+    dev: &DevTls,
+    dev_source: &str,
+) -> CliResult<Option<TlsPlan>> {
     if addr.scheme == Scheme::Plain {
         if files.is_empty() {
             return Ok(None);
@@ -63,8 +69,9 @@ pub fn plan_tls(addr: &Address, files: &TlsFiles, dev: &DevTls) -> CliResult<Opt
             return Err(CliError::new(
                 Exit::Unreachable,
                 anyhow::anyhow!(
-                    "no TLS settings and no development certificates in {} ({} is missing): \
-                     start stormlockd first or pass --ca/--cert/--key",
+                    "no TLS settings and no development certificates in {} ({} is missing; \
+                     {dev_source}): start stormlockd first, set STORMLOCK_DATA_DIR to the data \
+                     dir of the daemon you started, or pass --ca/--cert/--key",
                     dev.dir.display(),
                     missing.display()
                 ),
@@ -177,13 +184,65 @@ pub struct Client {
     has_identity: bool,
     /// `authorization: Bearer …` for daemons that take tokens.
     authorization: Option<MetadataValue<Ascii>>,
+    /// Where the address and certificates came from, for messages.
+    origins: Origins,
+}
+
+/// Where the connection's settings came from, so that a failure can say
+/// which setting to fix.
+#[derive(Debug, Clone)]
+struct Origins {
+    /// `--addr`, `STORMLOCK_ADDR`, `addr in FILE` or `default`.
+    addr_source: String,
+    /// With the development certificates found by themselves: their
+    /// directory and where its data dir came from.
+    dev: Option<(PathBuf, &'static str)>,
+}
+
+impl Origins {
+    /// Where the address came from, and how to give another.
+    fn addr(&self, addr: &Address) -> String {
+        if self.addr_source == "default" {
+            format!(
+                "{addr} is the default address: start stormlockd there (scripts/run-daemon), or \
+                 give the daemon's address with --addr, STORMLOCK_ADDR or addr in the config file"
+            )
+        } else {
+            format!("the address {addr} comes from {}", self.addr_source)
+        }
+    }
+
+    /// Where the development certificates were found, and how to use
+    /// others; `None` when the TLS files were given.
+    fn dev(&self) -> Option<String> {
+        self.dev.as_ref().map(|(dir, source)| {
+            format!(
+                "the development certificates were found in {} ({source}), and the daemon \
+                 there uses another data dir or TLS files of its own: set STORMLOCK_DATA_DIR to \
+                 its data dir, or pass --ca/--cert/--key",
+                dir.display()
+            )
+        })
+    }
 }
 
 impl Client {
     /// Connects to the daemon described by `settings`.
     pub async fn connect(settings: &Settings) -> CliResult<Self> {
         let dev = DevTls::in_data_dir(&settings.daemon_data_dir);
-        let plan = plan_tls(&settings.addr, &settings.tls, &dev)?;
+        let plan = plan_tls(
+            &settings.addr,
+            &settings.tls,
+            &dev,
+            settings.data_dir_source,
+        )?;
+        let origins = Origins {
+            addr_source: settings.addr_source.clone(),
+            dev: plan
+                .as_ref()
+                .filter(|p| p.dev)
+                .map(|_| (dev.dir.clone(), settings.data_dir_source)),
+        };
         refuse_token_in_clear_text(&settings.addr, plan.as_ref(), settings.token.as_ref())?;
         let connect_timeout = CONNECT_TIMEOUT.min(settings.timeout);
         let mut endpoint = Endpoint::from_shared(settings.addr.uri())
@@ -220,14 +279,23 @@ impl Client {
             Ok(Err(e)) => {
                 let failure = TransportFailure::new(&e);
                 let message = format!("cannot connect to stormlockd at {addr}: {}", failure.text);
-                return Err(failure.error(message, plan.is_some(), false));
+                let peer = failure.probe(&addr, connect_timeout).await;
+                let context = Context {
+                    addr: &addr,
+                    tls: plan.is_some(),
+                    no_identity: false,
+                    origins: &origins,
+                    peer,
+                };
+                return Err(failure.error(message, &context));
             }
             Err(_) => {
                 return Err(CliError::new(
                     Exit::Unreachable,
                     anyhow::anyhow!(
-                        "cannot connect to stormlockd at {addr}: no answer within {}",
-                        stormlock_api::duration::format_duration(2 * connect_timeout)
+                        "cannot connect to stormlockd at {addr}: no answer within {} ({})",
+                        stormlock_api::duration::format_duration(2 * connect_timeout),
+                        origins.addr(&addr)
                     ),
                 ));
             }
@@ -251,6 +319,7 @@ impl Client {
             tls: plan.is_some(),
             has_identity: plan.is_some_and(|p| p.identity.is_some()) || authorization.is_some(),
             authorization,
+            origins,
         })
     }
 
@@ -342,7 +411,7 @@ impl Client {
 
     /// The error for a failed read from a stream.
     pub fn stream_error(&self, status: Status) -> CliError {
-        self.status_error(status, self.timeout)
+        self.status_error(status, self.timeout, None)
     }
 
     /// Current.
@@ -386,7 +455,19 @@ impl Client {
     ) -> CliResult<T> {
         match tokio::time::timeout(budget, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.status_error(status, budget)),
+            Ok(Err(status)) => {
+                // A failure below gRPC on the first call may be a server that
+                // is no stormlockd (the connection itself was made): look.
+                let peer = match status.source() {
+                    Some(source) => {
+                        TransportFailure::new(source)
+                            .probe(&self.addr, CONNECT_TIMEOUT.min(self.timeout))
+                            .await
+                    }
+                    None => None,
+                };
+                Err(self.status_error(status, budget, peer))
+            }
             Err(_) => Err(self.timed_out(budget)),
         }
     }
@@ -402,8 +483,9 @@ impl Client {
         )
     }
 
-    /// Turns a failed call into an exit status and one clear message.
-    fn status_error(&self, status: Status, budget: Duration) -> CliError {
+    /// Turns a failed call into an exit status and one clear message;
+    /// `peer` is what answered on the daemon's port, when that was looked at.
+    fn status_error(&self, status: Status, budget: Duration, peer: Option<Peer>) -> CliError {
         // A status with a source was made on this side from a transport
         // failure; one without came from the daemon.
         let Some(source) = status.source() else {
@@ -417,7 +499,14 @@ impl Client {
             "connection to stormlockd at {} failed: {}",
             self.addr, failure.text
         );
-        failure.error(message, self.tls, self.tls && !self.has_identity)
+        let context = Context {
+            addr: &self.addr,
+            tls: self.tls,
+            no_identity: self.tls && !self.has_identity,
+            origins: &self.origins,
+            peer,
+        };
+        failure.error(message, &context)
     }
 }
 
@@ -526,36 +615,212 @@ impl TransportFailure {
             .map_or(FailureKind::Other, |(_, hint)| FailureKind::Refused(hint))
     }
 
+    /// Whether the failure came after a TCP connection was made, so that
+    /// looking at what answers on the port can tell more (not for a port
+    /// nobody listens on, an unknown host, or a refused certificate).
+    fn connected(&self) -> bool {
+        let text = self.text.to_ascii_lowercase();
+        self.kind() == FailureKind::Other
+            && !["tcp connect error", "dns error", "connection refused"]
+                .iter()
+                .any(|not| text.contains(not))
+    }
+
+    /// What answers on `addr`'s port, when this failure came after a
+    /// connection was made (see [`Peer`]).
+    async fn probe(&self, addr: &Address, budget: Duration) -> Option<Peer> {
+        if self.connected() {
+            Peer::probe(addr, budget).await
+        } else {
+            None
+        }
+    }
+
     /// The error to report, with its exit status and a hint where the raw
-    /// text is cryptic. `no_identity` says we presented no client
-    /// certificate over TLS.
-    fn error(&self, message: String, tls: bool, no_identity: bool) -> CliError {
-        let (exit, hint) = match self.kind() {
-            FailureKind::Refused(hint) => (Exit::Denied, hint),
+    /// text is cryptic.
+    fn error(&self, message: String, context: &Context<'_>) -> CliError {
+        let (exit, hint) = self.exit_and_hint(context);
+        let text = match hint {
+            None => message,
+            Some(hint) => format!("{message} ({hint})"),
+        };
+        CliError::new(exit, anyhow::anyhow!(text))
+    }
+
+    fn exit_and_hint(&self, context: &Context<'_>) -> (Exit, Option<String>) {
+        let Context {
+            addr,
+            tls,
+            no_identity,
+            origins,
+            peer,
+        } = context;
+        // What answered on the port explains a mismatch best: a server of
+        // the other kind, or no stormlockd at all.
+        if let Some(peer) = peer
+            && let Some(hint) = peer.hint(addr, *tls, origins)
+        {
+            return (Exit::Unreachable, Some(hint));
+        }
+        match self.kind() {
+            FailureKind::Refused(hint) => {
+                // With certificates found by themselves, "--ca" was never
+                // given: say where they came from instead.
+                let hint = match origins.dev() {
+                    Some(dev) if hint.contains("daemon's certificate") => format!(
+                        "the daemon's certificate does not verify against the development CA: \
+                         {dev}"
+                    ),
+                    Some(dev) => format!("{hint}: {dev}"),
+                    None => hint.to_string(),
+                };
+                (Exit::Denied, Some(hint))
+            }
             // A daemon that wants a client certificate and gets none ends the
             // connection right after the handshake; depending on timing the
             // client sees the alert, a closed connection or a broken pipe.
-            FailureKind::Other if no_identity => (
+            FailureKind::Other if *no_identity => (
                 Exit::Denied,
-                "most likely the daemon requires a client certificate: pass --cert and --key, \
-                 or set STORMLOCK_CERT and STORMLOCK_KEY",
+                Some(
+                    "most likely the daemon requires a client certificate: pass --cert and \
+                     --key, or set STORMLOCK_CERT and STORMLOCK_KEY"
+                        .to_string(),
+                ),
             ),
-            // What TLS reads from a plain-text server, and the other way round.
-            FailureKind::Other if tls && self.text.contains("corrupt message") => (
-                Exit::Unreachable,
-                "is the daemon serving plain text? then use http://",
-            ),
-            FailureKind::Other if !tls && self.text.contains("frame with invalid size") => (
-                Exit::Unreachable,
-                "is the daemon serving TLS? then drop http://",
-            ),
-            FailureKind::Other => (Exit::Unreachable, ""),
+            FailureKind::Other if !self.connected() => {
+                (Exit::Unreachable, Some(origins.addr(addr)))
+            }
+            FailureKind::Other => (Exit::Unreachable, None),
+        }
+    }
+}
+
+/// What a failing connection knew about its settings.
+struct Context<'a> {
+    /// The daemon's address.
+    addr: &'a Address,
+    /// Whether we spoke TLS.
+    tls: bool,
+    /// We presented no client certificate over TLS.
+    no_identity: bool,
+    /// Where the settings came from.
+    origins: &'a Origins,
+    /// What answers on the port, when that was looked at.
+    peer: Option<Peer>,
+}
+
+/// What answers on a port, told from its first bytes after an HTTP/2
+/// preface (what a gRPC client sends first): a TLS server answers with an
+/// alert, a plain-text HTTP/2 server (stormlockd `--insecure`) with its
+/// SETTINGS, a web server with an HTTP/1 error, Redis with `-ERR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// TLS records.
+    Tls,
+    /// Plain-text HTTP/2 frames.
+    PlainHttp2,
+    /// An HTTP/1 server; its first line.
+    Http1(String),
+    /// A Redis server (RESP); its first line.
+    Redis(String),
+    /// Something else; what it said, printable.
+    Other(String),
+}
+
+impl Peer {
+    /// The HTTP/2 connection preface and an empty SETTINGS frame.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+    /// Connects to `addr` afresh, sends [`Peer::PREFACE`] and reads the
+    /// answer, all within `budget`; `None` when nothing answered.
+    async fn probe(addr: &Address, budget: Duration) -> Option<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let look = async {
+            let mut stream = tokio::net::TcpStream::connect((addr.host.as_str(), addr.port))
+                .await
+                .ok()?;
+            stream.write_all(Self::PREFACE).await.ok()?;
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 256];
+            while answer.len() < 64 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+                if Self::read(&answer).is_some() && answer.len() >= 9 {
+                    break;
+                }
+            }
+            Some(answer)
         };
-        let text = match hint {
-            "" => message,
-            hint => format!("{message} ({hint})"),
+        // A server that waits for more (Redis over TLS waits for a line)
+        // has said what it had to say by the deadline.
+        let answer = tokio::time::timeout(budget, look).await.ok().flatten()?;
+        Self::read(&answer)
+    }
+
+    /// Tells the server from the first bytes of its answer.
+    fn read(answer: &[u8]) -> Option<Self> {
+        let first_line = || {
+            String::from_utf8_lossy(answer)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(60)
+                .collect::<String>()
         };
-        CliError::new(exit, anyhow::anyhow!(text))
+        match answer {
+            [] => None,
+            // A TLS record: alert (21) or handshake (22), version 3.x.
+            [21 | 22, 3, ..] => Some(Self::Tls),
+            // A frame header: 24-bit length, type 4 (SETTINGS).
+            [_, _, _, 4, ..] if answer.len() >= 9 => Some(Self::PlainHttp2),
+            _ if answer.starts_with(b"HTTP/") || {
+                let text = String::from_utf8_lossy(answer).to_ascii_lowercase();
+                text.contains("<html") || text.contains("<!doctype html")
+            } =>
+            {
+                Some(Self::Http1(first_line()))
+            }
+            [b'-' | b'+', ..] => Some(Self::Redis(first_line())),
+            _ => Some(Self::Other(first_line())),
+        }
+    }
+
+    /// What to tell someone whose `tls` (or plain-text) connection to
+    /// `addr` failed with this on the other end; `None` when it is what
+    /// was expected there and the failure lies elsewhere.
+    fn hint(&self, addr: &Address, tls: bool, origins: &Origins) -> Option<String> {
+        let not_stormlockd = |what: &str| {
+            format!(
+                "that port is {what}, not stormlockd; {}",
+                origins.addr(addr)
+            )
+        };
+        match self {
+            Self::Tls if tls => None,
+            Self::Tls => Some(format!(
+                "the server there speaks TLS: drop http:// ({}:{})",
+                addr.host, addr.port
+            )),
+            Self::PlainHttp2 if !tls => None,
+            Self::PlainHttp2 => Some(format!(
+                "the server there speaks plain-text HTTP/2, as stormlockd --insecure does: use \
+                 http://{}:{}",
+                addr.host, addr.port
+            )),
+            Self::Http1(line) => Some(not_stormlockd(&format!(
+                "an HTTP/1 web server (it answered {line:?})"
+            ))),
+            Self::Redis(line) => Some(not_stormlockd(&format!(
+                "a Redis server (it answered {line:?})"
+            ))),
+            Self::Other(line) => Some(not_stormlockd(&format!(
+                "some other server (it answered {line:?})"
+            ))),
+        }
     }
 }
 
@@ -587,7 +852,9 @@ mod tests {
             ("[::1]:7466", "localhost"),
             ("localhost:7466", "localhost"),
         ] {
-            let plan = plan_tls(&addr(text), &none, &dev).ok().flatten();
+            let plan = plan_tls(&addr(text), &none, &dev, "STORMLOCK_DATA_DIR")
+                .ok()
+                .flatten();
             let plan = plan.unwrap_or_else(|| panic!("{text}"));
             assert!(plan.dev);
             assert_eq!(plan.domain, domain);
@@ -600,9 +867,14 @@ mod tests {
     fn missing_dev_certificates_mean_no_daemon() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dev = DevTls::in_data_dir(tmp.path());
-        let err = plan_tls(&addr("127.0.0.1:7466"), &TlsFiles::default(), &dev)
-            .map(|_| ())
-            .unwrap_err();
+        let err = plan_tls(
+            &addr("127.0.0.1:7466"),
+            &TlsFiles::default(),
+            &dev,
+            "STORMLOCK_DATA_DIR",
+        )
+        .map(|_| ())
+        .unwrap_err();
         assert_eq!(err.exit, Exit::Unreachable);
         let text = err.to_string();
         assert!(text.contains("start stormlockd first"), "{text}");
@@ -617,9 +889,14 @@ mod tests {
             cert: Some("c.pem".into()),
             key: Some("k.pem".into()),
         };
-        let plan = plan_tls(&addr("locks.example:443"), &files, &dev)
-            .ok()
-            .flatten();
+        let plan = plan_tls(
+            &addr("locks.example:443"),
+            &files,
+            &dev,
+            "STORMLOCK_DATA_DIR",
+        )
+        .ok()
+        .flatten();
         assert_eq!(
             plan,
             Some(TlsPlan {
@@ -634,7 +911,7 @@ mod tests {
             ca: Some("ca.pem".into()),
             ..TlsFiles::default()
         };
-        let plan = plan_tls(&addr("127.0.0.1:1"), &only_ca, &dev)
+        let plan = plan_tls(&addr("127.0.0.1:1"), &only_ca, &dev, "STORMLOCK_DATA_DIR")
             .ok()
             .flatten();
         assert!(plan.is_some_and(|p| !p.dev && p.identity.is_none() && p.domain == "127.0.0.1"));
@@ -644,7 +921,7 @@ mod tests {
     fn inconsistent_settings_are_usage_errors() {
         let (_tmp, dev) = dev_with_files();
         let usage = |a: &str, files: TlsFiles| {
-            plan_tls(&addr(a), &files, &dev)
+            plan_tls(&addr(a), &files, &dev, "STORMLOCK_DATA_DIR")
                 .map(|_| ())
                 .unwrap_err()
                 .exit
@@ -668,7 +945,13 @@ mod tests {
         };
         assert_eq!(usage("http://h:1", ca), Exit::Usage);
         assert_eq!(
-            plan_tls(&addr("http://remote:1"), &TlsFiles::default(), &dev).ok(),
+            plan_tls(
+                &addr("http://remote:1"),
+                &TlsFiles::default(),
+                &dev,
+                "STORMLOCK_DATA_DIR"
+            )
+            .ok(),
             Some(None)
         );
     }
@@ -682,7 +965,9 @@ mod tests {
         };
         let refused = |text: &str| {
             let addr = addr(text);
-            let plan = plan_tls(&addr, &TlsFiles::default(), &dev).ok().flatten();
+            let plan = plan_tls(&addr, &TlsFiles::default(), &dev, "STORMLOCK_DATA_DIR")
+                .ok()
+                .flatten();
             refuse_token_in_clear_text(&addr, plan.as_ref(), Some(&token)).err()
         };
         for text in ["http://127.0.0.1:7466", "http://locks.example:80"] {
@@ -738,5 +1023,142 @@ mod tests {
             failure.text, "outer: received fatal alert: CertificateRequired",
             "no bare 'transport error', no repeats"
         );
+    }
+
+    fn origins(addr_source: &str, dev: bool) -> Origins {
+        Origins {
+            addr_source: addr_source.to_string(),
+            dev: dev.then(|| {
+                (
+                    PathBuf::from("/home/a/.local/state/stormlock/tls"),
+                    "the data dir from STORMLOCK_DATA_DIR",
+                )
+            }),
+        }
+    }
+
+    #[test]
+    fn what_answers_on_a_port() {
+        // A TLS alert, plain-text HTTP/2 SETTINGS, a web server, Redis.
+        assert_eq!(Peer::read(&[21, 3, 3, 0, 2, 2, 50]), Some(Peer::Tls));
+        assert_eq!(
+            Peer::read(&[0, 0, 24, 4, 0, 0, 0, 0, 0, 0, 3]),
+            Some(Peer::PlainHttp2)
+        );
+        assert_eq!(
+            Peer::read(b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\n"),
+            Some(Peer::Http1("HTTP/1.1 400 Bad Request".into()))
+        );
+        assert!(matches!(
+            Peer::read(b"<!DOCTYPE HTML>\n<html lang=\"en\">"),
+            Some(Peer::Http1(_))
+        ));
+        assert_eq!(
+            Peer::read(b"-ERR unknown command 'PRI'\r\n"),
+            Some(Peer::Redis("-ERR unknown command 'PRI'".into()))
+        );
+        assert_eq!(
+            Peer::read(b"SSH-2.0-OpenSSH_9.2\r\n"),
+            Some(Peer::Other("SSH-2.0-OpenSSH_9.2".into()))
+        );
+        assert_eq!(Peer::read(b""), None);
+    }
+
+    #[test]
+    fn one_hint_per_server_whichever_scheme_was_tried() {
+        let a = addr("127.0.0.1:6379");
+        let o = origins("--addr", false);
+        // Redis and web servers are named as such over TLS and plain text
+        // alike, never "use http://" one way and "drop http://" the other.
+        for tls in [true, false] {
+            let redis = Peer::Redis("-ERR x".into())
+                .hint(&a, tls, &o)
+                .unwrap_or_default();
+            assert!(redis.contains("a Redis server"), "{redis}");
+            assert!(redis.contains("not stormlockd"), "{redis}");
+            assert!(redis.contains("comes from --addr"), "{redis}");
+            assert!(!redis.contains("http://"), "{redis}");
+            let web = Peer::Http1("HTTP/1.1 400".into())
+                .hint(&a, tls, &o)
+                .unwrap_or_default();
+            assert!(web.contains("HTTP/1 web server"), "{web}");
+        }
+        // A stormlockd of the other kind gets the scheme to use.
+        let insecure = Peer::PlainHttp2.hint(&a, true, &o).unwrap_or_default();
+        assert!(insecure.contains("use http://127.0.0.1:6379"), "{insecure}");
+        let tls = Peer::Tls.hint(&a, false, &o).unwrap_or_default();
+        assert!(tls.contains("drop http://"), "{tls}");
+        assert_eq!(Peer::Tls.hint(&a, true, &o), None);
+        assert_eq!(Peer::PlainHttp2.hint(&a, false, &o), None);
+    }
+
+    #[test]
+    fn development_certificates_are_never_blamed_on_ca() {
+        let a = addr("127.0.0.1:7466");
+        let failure = TransportFailure {
+            text: "invalid peer certificate: BadSignature".into(),
+        };
+        let context = |origins| Context {
+            addr: &a,
+            tls: true,
+            no_identity: false,
+            origins,
+            peer: None,
+        };
+        let dev = origins("default", true);
+        let err = failure.error("cannot connect".into(), &context(&dev));
+        assert_eq!(err.exit, Exit::Denied);
+        let text = err.to_string();
+        assert!(!text.contains("--ca)"), "{text}");
+        assert!(text.contains("development CA"), "{text}");
+        assert!(
+            text.contains("/home/a/.local/state/stormlock/tls"),
+            "{text}"
+        );
+        assert!(text.contains("STORMLOCK_DATA_DIR"), "{text}");
+        assert!(text.contains("--ca/--cert/--key"), "{text}");
+        let given = origins("default", false);
+        let text = failure
+            .error("cannot connect".into(), &context(&given))
+            .to_string();
+        assert!(text.contains("the CA given (--ca)"), "{text}");
+        // The client side of the development pair, refused.
+        let refused = TransportFailure {
+            text: "received fatal alert: UnknownCA".into(),
+        };
+        let text = refused.error("x".into(), &context(&dev)).to_string();
+        assert!(
+            text.contains("development certificates were found in"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_says_where_the_address_came_from() {
+        let a = addr("127.0.0.1:7466");
+        let failure = TransportFailure {
+            text: "tcp connect error: Connection refused (os error 111)".into(),
+        };
+        for (source, said) in [
+            ("default", "is the default address"),
+            ("--addr", "comes from --addr"),
+            ("STORMLOCK_ADDR", "comes from STORMLOCK_ADDR"),
+            (
+                "addr in /home/a/.stormlock.toml",
+                "comes from addr in /home/a/.stormlock.toml",
+            ),
+        ] {
+            let o = origins(source, true);
+            let context = Context {
+                addr: &a,
+                tls: true,
+                no_identity: false,
+                origins: &o,
+                peer: None,
+            };
+            let err = failure.error("cannot connect".into(), &context);
+            assert_eq!(err.exit, Exit::Unreachable);
+            assert!(err.to_string().contains(said), "{source}: {err}");
+        }
     }
 }

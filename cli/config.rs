@@ -217,6 +217,12 @@ pub struct Settings {
     /// Where a daemon on this host keeps its development certificates:
     /// `$STORMLOCK_DATA_DIR`, else the daemon's default state directory.
     pub daemon_data_dir: PathBuf,
+    /// Where `daemon_data_dir` came from, for messages about the
+    /// development certificates found there.
+    pub data_dir_source: &'static str,
+    /// Where `addr` came from (`--addr`, `STORMLOCK_ADDR`, `addr in FILE`,
+    /// `default`), for messages about a daemon that cannot be reached.
+    pub addr_source: String,
 }
 
 /// The config file paths searched when neither `-c` nor `$STORMLOCK_CONFIG`
@@ -506,6 +512,12 @@ pub fn resolve(
             .var("STORMLOCK_DATA_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| stormlock_api::paths::default_data_dir_with(|name| env.var(name))),
+        data_dir_source: if env.var("STORMLOCK_DATA_DIR").is_some() {
+            "the data dir from STORMLOCK_DATA_DIR"
+        } else {
+            "the daemon's default data dir; STORMLOCK_DATA_DIR is not set"
+        },
+        addr_source,
     })
 }
 

@@ -9,7 +9,7 @@
 //! | 4    | daemon or backend unreachable             | connect/TLS-less failures, timeouts, `UNAVAILABLE`, `DEADLINE_EXCEEDED` |
 //! | 5    | not authenticated or not allowed          | `UNAUTHENTICATED`, `PERMISSION_DENIED`, refused TLS identity |
 //! | 64   | usage error                               | bad flags or config, `INVALID_ARGUMENT`, `OUT_OF_RANGE` |
-//! | 70   | the daemon failed in an unexpected way    | `INTERNAL`, `UNKNOWN`, `UNIMPLEMENTED`, …    |
+//! | 70   | the daemon failed in an unexpected way    | `INTERNAL`, `UNKNOWN`, `UNIMPLEMENTED`, …; `acquire` that could not write the lease id (and released the lease) |
 //!
 //! `exec` passes its command's status on unchanged (128+N for a command
 //! killed by signal N), so its own outcomes must not look like one: like

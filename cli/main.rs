@@ -9,6 +9,7 @@
 //! - `address`: the daemon address forms.
 //! - `client`: TLS, the connection, call deadlines, failures → exit statuses.
 //! - `error`: exit statuses and the error type commands return.
+//! - `migrate`: `migrate-config`, Python stormlock's config file as TOML.
 //! - `output`: the lease formats shared with Python stormlock 0.4.1.
 //! - `spinner`: progress on stderr while waiting.
 //! - `signals`: SIGINT, SIGTERM and SIGHUP for commands that wait or run others.
@@ -22,6 +23,7 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod migrate;
 mod output;
 mod python_config;
 mod signals;
@@ -71,7 +73,8 @@ fn run(cli: Cli) -> CliResult {
     let resource = resource.as_deref();
     match cli.command {
         Command::Completions(args) => commands::completions::run(&args),
-        Command::Man => commands::man::run(),
+        Command::Man(args) => commands::man::run(&args),
+        Command::MigrateConfig(args) => commands::migrate_config::run(&args),
         Command::Acquire(args) => remote(&global, resource, |s| commands::acquire::run(s, args)),
         Command::Release(args) => remote(&global, resource, |s| commands::release::run(s, args)),
         Command::Renew(args) => remote(&global, resource, |s| commands::renew::run(s, args)),

@@ -1,5 +1,7 @@
-//! How leases are printed: Python stormlock 0.4.1's formats, extended only
-//! after its fields.
+//! How leases are printed: Python stormlock 0.4.1's formats with exactly
+//! its fields (`rows`, `lines`, `oneline`, `cols`, `id`); the fields it did
+//! not have (expires, fence, reason, resource) only in `json`, after
+//! Python's keys, and in the `long` format of this CLI.
 //!
 //! Timestamps are ISO-8601 in UTC with milliseconds, as Python's
 //! `isoformat(timespec="milliseconds")` writes an aware datetime:
@@ -77,52 +79,65 @@ impl LeaseRecord {
         value.as_deref().unwrap_or(HIDDEN)
     }
 
-    /// The fields of the text formats, in order, with their labels.
-    fn fields(&self) -> [(&'static str, String); 6] {
+    /// Python stormlock 0.4.1's fields, in its order, with its labels: the
+    /// only ones of `rows`, `lines`, `oneline` and `cols`, so that scripts
+    /// written for Python's CLI read the same output.
+    fn python_fields(&self) -> [(&'static str, String); 3] {
         [
             ("Principal", self.principal.clone()),
             ("Created", Self::text(&self.created).to_string()),
             ("Id", Self::text(&self.id).to_string()),
+        ]
+    }
+
+    /// Every field, Python's first: the `long` format.
+    fn all_fields(&self) -> [(&'static str, String); 7] {
+        let [principal, created, id] = self.python_fields();
+        [
+            principal,
+            created,
+            id,
             ("Expires", Self::text(&self.expires).to_string()),
             ("Fence", self.fence.to_string()),
             ("Reason", self.reason.clone()),
+            ("Resource", self.resource.clone()),
         ]
     }
 
     /// Renders the lease in `format`, newline-terminated.
     pub fn render(&self, format: LeaseFormat) -> String {
-        match format {
-            LeaseFormat::Id => format!("{}\n", Self::text(&self.id)),
-            LeaseFormat::Rows => self
-                .fields()
+        let labelled = |fields: &[(&str, String)]| -> String {
+            fields
                 .iter()
                 .map(|(label, value)| format!("{label}: {value}\n"))
-                .collect(),
+                .collect()
+        };
+        match format {
+            LeaseFormat::Id => format!("{}\n", Self::text(&self.id)),
+            LeaseFormat::Rows => labelled(&self.python_fields()),
+            LeaseFormat::Long => labelled(&self.all_fields()),
             LeaseFormat::Lines => self
-                .fields()
+                .python_fields()
                 .iter()
                 .map(|(_, value)| format!("{value}\n"))
                 .collect(),
-            // Exactly Python's three fields: `read principal created id`
-            // would put any extra field into `id`.
-            LeaseFormat::Oneline => format!(
-                "{}\t{}\t{}\n",
-                self.principal,
-                Self::text(&self.created),
-                Self::text(&self.id)
-            ),
+            // `read principal created id` would put any extra field into `id`.
+            LeaseFormat::Oneline => {
+                let [(_, principal), (_, created), (_, id)] = self.python_fields();
+                format!("{principal}\t{created}\t{id}\n")
+            }
             LeaseFormat::Json => {
                 let mut out = python_json(self);
                 out.push('\n');
                 out
             }
             LeaseFormat::Cols => {
-                let fields = self.fields();
+                let fields = self.python_fields();
                 // Python pads every column, the last one too, to the longest
-                // field plus four.
+                // value plus four (`len`: characters, not display width).
                 let width = fields
                     .iter()
-                    .map(|(label, value)| label.len().max(value.chars().count()))
+                    .map(|(_, value)| value.chars().count())
                     .max()
                     .unwrap_or(0)
                     + 4;
@@ -195,6 +210,28 @@ pub fn since(earlier: Option<SystemTime>, later: Option<SystemTime>) -> String {
     }
 }
 
+/// Cuts `text` to `width` display columns, marking the cut with "…".
+pub fn truncate(text: &str, width: usize) -> String {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if text.width() <= width {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    if width > 0 {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,16 +283,14 @@ mod tests {
             r.render(LeaseFormat::Oneline),
             format!("alice@host\t{created}\t{id}\n")
         );
+        // print_lease's rows and lines: Python's three fields only.
         assert_eq!(
             r.render(LeaseFormat::Rows),
-            format!(
-                "Principal: alice@host\nCreated: {created}\nId: {id}\n\
-                 Expires: {expires}\nFence: 42\nReason: release 1.2\n"
-            )
+            format!("Principal: alice@host\nCreated: {created}\nId: {id}\n")
         );
         assert_eq!(
             r.render(LeaseFormat::Lines),
-            format!("alice@host\n{created}\n{id}\n{expires}\n42\nrelease 1.2\n")
+            format!("alice@host\n{created}\n{id}\n")
         );
         assert_eq!(
             r.render(LeaseFormat::Json),
@@ -265,31 +300,39 @@ mod tests {
                  \"resource\": \"deploy/prod\"}}\n"
             )
         );
+        assert_eq!(
+            r.render(LeaseFormat::Long),
+            format!(
+                "Principal: alice@host\nCreated: {created}\nId: {id}\n\
+                 Expires: {expires}\nFence: 42\nReason: release 1.2\nResource: deploy/prod\n"
+            )
+        );
     }
 
     #[test]
-    fn cols_pad_every_column_to_the_longest_field_plus_four() {
+    fn cols_pad_every_column_to_the_longest_value_plus_four() {
         let r = LeaseRecord::from(&lease());
         let out = r.render(LeaseFormat::Cols);
-        let w = 32 + 4; // the id is the longest field
+        let w = 32 + 4; // the id is the longest value
         let pad = |s: &str| format!("{s:w$}");
         let expected = format!(
-            "{}{}{}{}{}{}\n{}{}{}{}{}{}\n",
+            "{}{}{}\n{}{}{}\n",
             pad("PRINCIPAL"),
             pad("CREATED"),
             pad("ID"),
-            pad("EXPIRES"),
-            pad("FENCE"),
-            pad("REASON"),
             pad("alice@host"),
             pad("2026-11-26T13:28:46.123+00:00"),
             pad("0123456789abcdef0123456789abcdef"),
-            pad("2026-11-26T14:28:46.123+00:00"),
-            pad("42"),
-            pad("release 1.2"),
         );
         assert_eq!(out, expected);
-        assert!(out.starts_with(&format!("PRINCIPAL{}CREATED", " ".repeat(w - 9))));
+        // Python sizes by the values alone: a label longer than every value
+        // is not padded (`'{:{w}}'.format('PRINCIPAL', w=7)`).
+        let mut short = lease();
+        short.principal = "a".into();
+        short.lease_id = "b".into();
+        short.acquired_at = None;
+        let out = LeaseRecord::from(&short).render(LeaseFormat::Cols);
+        assert_eq!(out, "PRINCIPALCREATEDID   \na    -    b    \n");
     }
 
     #[test]
@@ -303,7 +346,8 @@ mod tests {
             r.render(LeaseFormat::Oneline),
             "alice@host\t2026-11-26T13:28:46.123+00:00\t-\n"
         );
-        assert!(r.render(LeaseFormat::Rows).contains("Id: -\nExpires: -\n"));
+        assert!(r.render(LeaseFormat::Rows).ends_with("Id: -\n"));
+        assert!(r.render(LeaseFormat::Long).contains("Id: -\nExpires: -\n"));
         let json = r.render(LeaseFormat::Json);
         assert!(json.starts_with("{\"id\": null, "), "{json}");
         assert!(json.contains("\"expires\": null"), "{json}");
@@ -325,6 +369,14 @@ mod tests {
             out,
             r#"{"a": "\u00e9\ud83d\udd12\"\\\n\u007f\u0001", "b": [1, 2]}"#
         );
+    }
+
+    #[test]
+    fn truncation_respects_display_width() {
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abc", 4), "abc");
+        assert_eq!(truncate("日本語テキスト", 5), "日本…");
+        assert_eq!(truncate("abc", 0), "");
     }
 
     #[test]

@@ -96,9 +96,33 @@ impl PythonConfig {
         Ok(PythonSettings { principal, ttl })
     }
 
+    /// The sections other than `[DEFAULT]`, sorted by name.
+    pub fn sections(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.sections.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The keys `section` sets itself (not those it inherits from
+    /// `[DEFAULT]`), sorted.
+    pub fn own_keys(&self, section: &str) -> Vec<&str> {
+        let mut keys: Vec<&str> = self
+            .sections
+            .get(section)
+            .map(|keys| keys.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Whether the file has `section`.
+    pub fn has_section(&self, section: &str) -> bool {
+        self.sections.contains_key(section)
+    }
+
     /// `ConfigParser.get(section, name, fallback=None)`: the section's own
     /// value, else `[DEFAULT]`'s; nothing when the section does not exist.
-    fn get(&self, section: &str, name: &str) -> Result<Option<String>, String> {
+    pub fn get(&self, section: &str, name: &str) -> Result<Option<String>, String> {
         let keys = if section == DEFAULTS {
             &self.defaults
         } else {

@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use unicode_width::UnicodeWidthChar;
+use crate::output::truncate;
 
 const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
@@ -35,22 +35,21 @@ impl Spinner {
         self.started.elapsed()
     }
 
-    /// Draws the next frame with `label`.
+    /// The columns a label may take: the terminal's width less the frame,
+    /// the space after it and the last column (a line that wraps could not
+    /// be redrawn in place).
+    pub fn label_width(&self) -> usize {
+        terminal_size::terminal_size_of(io::stderr())
+            .map_or(80, |(w, _)| usize::from(w.0))
+            .saturating_sub(3)
+    }
+
+    /// Draws the next frame with `label`, cut with "…" if it is wider than
+    /// [`Spinner::label_width`] (callers shorten it better first).
     pub fn draw(&mut self, label: &str) {
+        let label = truncate(label, self.label_width());
         let line = format!("{} {label}", FRAMES[self.frame % FRAMES.len()]);
         self.frame += 1;
-        // A line that wraps could not be redrawn in place.
-        let columns = terminal_size::terminal_size_of(io::stderr())
-            .map_or(80, |(w, _)| usize::from(w.0))
-            .saturating_sub(1);
-        let mut used = 0;
-        let line: String = line
-            .chars()
-            .take_while(|c| {
-                used += c.width().unwrap_or(0);
-                used <= columns
-            })
-            .collect();
         let mut err = io::stderr().lock();
         let _ = write!(err, "\r\x1b[2K{line}");
         let _ = err.flush();

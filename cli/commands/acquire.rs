@@ -10,12 +10,13 @@ use nix::sys::signal::Signal;
 use rand::Rng;
 use stormlock_api::pb;
 use tokio::sync::watch;
+use unicode_width::UnicodeWidthStr;
 
-use super::{Session, note, out, proto_duration};
+use super::{Session, note, proto_duration, write_out};
 use crate::args::AcquireArgs;
 use crate::client::Client;
 use crate::error::{CliError, CliResult, Exit};
-use crate::output::{HIDDEN, format_timestamp, since, system_time};
+use crate::output::{HIDDEN, format_timestamp, since, system_time, truncate};
 use crate::signals::Interrupts;
 use crate::spinner::Spinner;
 
@@ -30,7 +31,7 @@ pub async fn run(mut session: Session, args: AcquireArgs) -> CliResult {
     };
     match take(&mut session, attempt, &mut interrupts).await? {
         Taken::Granted { lease, .. } => {
-            out(&format!("{}\n", lease.lease_id))?;
+            deliver(&mut session, lease).await?;
             Ok(Exit::Success)
         }
         Taken::Held(holder) => {
@@ -39,6 +40,41 @@ pub async fn run(mut session: Session, args: AcquireArgs) -> CliResult {
         }
         Taken::Interrupted(signal) => Ok(Exit::signalled(signal as i32)),
     }
+}
+
+/// Prints the lease id of `lease`, or, when it cannot be written (a closed
+/// pipe, a full disk), releases the lease: a lease whose id nobody got
+/// could only be waited out, blocking everyone until its TTL ends.
+///
+/// The failure is exit 70, never 0 (the caller holds nothing) and never 1,
+/// 2 or 4, which would say something about the resource.
+async fn deliver(session: &mut Session, lease: pb::Lease) -> CliResult<()> {
+    let Err(e) = write_out(&format!("{}\n", lease.lease_id)) else {
+        return Ok(());
+    };
+    let resource = lease.resource.clone();
+    let released = match session.client().await {
+        Ok(client) => client
+            .release(pb::ReleaseRequest {
+                resource: lease.resource,
+                lease_id: lease.lease_id,
+            })
+            .await
+            .map(drop),
+        Err(err) => Err(err),
+    };
+    let outcome = match released {
+        Ok(()) => format!("released the lease on {resource}: nothing is held"),
+        Err(err) => format!(
+            "could not release the lease on {resource} ({err}): it stays held until it expires \
+             at {}",
+            format_timestamp(lease.expires_at.as_ref()).unwrap_or_else(|| HIDDEN.into())
+        ),
+    };
+    Err(CliError::new(
+        Exit::Failure,
+        anyhow::anyhow!("cannot write the lease id to standard output ({e}); {outcome}"),
+    ))
 }
 
 /// What to ask for.
@@ -211,12 +247,13 @@ async fn with_spinner<T>(
             _ = tick.tick() => {
                 if spinner.elapsed() >= DELAY {
                     let status = rx.borrow();
-                    spinner.draw(&wait_label(
+                    let label = WaitLabel::new(
                         resource,
                         spinner.elapsed(),
                         status.as_ref(),
                         SystemTime::now(),
-                    ));
+                    );
+                    spinner.draw(&label.fit(spinner.label_width()));
                 }
             }
         }
@@ -226,36 +263,172 @@ async fn with_spinner<T>(
     result
 }
 
-/// The spinner's text: the wait so far and our place in line first, so that
-/// a narrow terminal cuts the holder's reason rather than them.
-fn wait_label(
-    resource: &str,
-    waited: Duration,
-    status: Option<&pb::CurrentResponse>,
-    now: SystemTime,
-) -> String {
-    let waited = stormlock_api::duration::format_duration(Duration::from_secs(waited.as_secs()));
-    let mut label = format!("waiting for {resource} ({waited})");
-    let Some(status) = status else {
-        return label;
-    };
-    match status.queue_position {
-        0 => {}
-        1 => label.push_str(", next in line"),
-        n => label.push_str(&format!(
-            ", {} of {} in line",
-            ordinal(n),
-            status.waiting.max(n)
-        )),
-    }
-    if let Some(lease) = &status.lease {
-        let held = since(system_time(lease.acquired_at.as_ref()), Some(now));
-        label.push_str(&format!("; held by {} for {held}", lease.principal));
-        if !lease.reason.is_empty() {
-            label.push_str(&format!(": {}", lease.reason));
+/// The spinner's text, in parts, so that a narrow terminal shortens the
+/// least telling ones: `waiting for R (12s), 2nd of 3 in line; held by
+/// bob@ops for 5m: db migration`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WaitLabel {
+    /// `waiting for R`.
+    resource: String,
+    /// How long we have waited so far.
+    waited: String,
+    /// `, 2nd of 3 in line`, `, next in line`, or nothing.
+    place: String,
+    /// Who holds the lock, once known.
+    holder: Option<String>,
+    /// For how long they have held it.
+    held_for: String,
+    /// Why they hold it (may be empty).
+    reason: String,
+}
+
+impl WaitLabel {
+    fn new(
+        resource: &str,
+        waited: Duration,
+        status: Option<&pb::CurrentResponse>,
+        now: SystemTime,
+    ) -> Self {
+        let waited =
+            stormlock_api::duration::format_duration(Duration::from_secs(waited.as_secs()));
+        let place = match status.map_or(0, |s| s.queue_position) {
+            0 => String::new(),
+            1 => ", next in line".to_string(),
+            n => format!(
+                ", {} of {} in line",
+                ordinal(n),
+                status.map_or(n, |s| s.waiting.max(n))
+            ),
+        };
+        let lease = status.and_then(|s| s.lease.as_ref());
+        Self {
+            resource: resource.to_string(),
+            waited,
+            place,
+            holder: lease.map(|l| l.principal.clone()),
+            held_for: lease
+                .map(|l| since(system_time(l.acquired_at.as_ref()), Some(now)))
+                .unwrap_or_default(),
+            reason: lease.map(|l| l.reason.clone()).unwrap_or_default(),
         }
     }
-    label
+
+    /// The label in full.
+    fn text(&self) -> String {
+        self.render(&Parts {
+            resource: &self.resource,
+            waited: true,
+            place: true,
+            held_for: true,
+            reason: &self.reason,
+        })
+    }
+
+    fn render(&self, parts: &Parts<'_>) -> String {
+        let mut label = format!("waiting for {}", parts.resource);
+        if parts.waited {
+            label.push_str(&format!(" ({})", self.waited));
+        }
+        if parts.place {
+            label.push_str(&self.place);
+        }
+        if let Some(holder) = &self.holder {
+            label.push_str(&format!("; held by {holder}"));
+            if parts.held_for && !self.held_for.is_empty() {
+                label.push_str(&format!(" for {}", self.held_for));
+            }
+            if !parts.reason.is_empty() {
+                label.push_str(&format!(": {}", parts.reason));
+            }
+        }
+        label
+    }
+
+    /// The label within `width` columns: the reason is cut first (with
+    /// "…"), then goes, then how long the lock has been held and our place
+    /// in line go, then the resource's name is cut (with "…") and the time
+    /// waited goes, then "waiting for"; the holder's name stays. Only a
+    /// terminal too narrow even for that cuts the end.
+    fn fit(&self, width: usize) -> String {
+        /// The least of a reason worth showing.
+        const READABLE: usize = 10;
+        let full = self.text();
+        if full.width() <= width {
+            return full;
+        }
+        // Some of the reason, giving up how long the lock has been held and
+        // our place in line for it if need be; then none of it.
+        let shorter = [(true, true), (true, false), (false, false)];
+        let mut parts = Parts {
+            resource: &self.resource,
+            waited: true,
+            place: true,
+            held_for: true,
+            reason: "",
+        };
+        for (place, held_for) in shorter {
+            let without = Parts {
+                place,
+                held_for,
+                ..parts
+            };
+            // ": " and a readable part of the reason.
+            let room = width.saturating_sub(self.render(&without).width() + 2);
+            if !self.reason.is_empty() && room >= READABLE {
+                let reason = truncate(&self.reason, room);
+                return self.render(&Parts {
+                    reason: &reason,
+                    ..without
+                });
+            }
+        }
+        for (place, held_for) in shorter {
+            parts = Parts {
+                place,
+                held_for,
+                ..parts
+            };
+            let label = self.render(&parts);
+            if label.width() <= width {
+                return label;
+            }
+        }
+        for waited in [true, false] {
+            let bare = self.render(&Parts {
+                resource: "",
+                waited,
+                ..parts
+            });
+            let room = width.saturating_sub(bare.width());
+            if room >= 4 {
+                let resource = truncate(&self.resource, room);
+                return self.render(&Parts {
+                    resource: &resource,
+                    waited,
+                    ..parts
+                });
+            }
+        }
+        // The resource and who holds it, in as few words as that takes.
+        if let Some(holder) = &self.holder {
+            let tail = format!(": held by {holder}");
+            let room = width.saturating_sub(tail.width());
+            if room >= 4 {
+                return format!("{}{tail}", truncate(&self.resource, room));
+            }
+        }
+        truncate(&self.render(&parts), width)
+    }
+}
+
+/// Which parts of a [`WaitLabel`] to show.
+#[derive(Clone, Copy)]
+struct Parts<'a> {
+    resource: &'a str,
+    waited: bool,
+    place: bool,
+    held_for: bool,
+    reason: &'a str,
 }
 
 /// 1st, 2nd, 3rd, 4th … 11th, 12th, 13th … 21st.
@@ -320,20 +493,82 @@ mod tests {
             queue_position: position,
         };
         let waited = Duration::from_millis(12_400);
+        let label =
+            |status: Option<&pb::CurrentResponse>| WaitLabel::new("db", waited, status, now).text();
+        let (second, next, unknown) = (status(2, 3), status(1, 1), status(0, 0));
         assert_eq!(
-            wait_label("db", waited, Some(&status(2, 3)), now),
+            label(Some(&second)),
             "waiting for db (12s), 2nd of 3 in line; held by bob@ops for 5m: db migration"
         );
         assert_eq!(
-            wait_label("db", waited, Some(&status(1, 1)), now),
+            label(Some(&next)),
             "waiting for db (12s), next in line; held by bob@ops for 5m: db migration"
         );
         // A daemon that does not know our place, and no answer yet.
         assert_eq!(
-            wait_label("db", waited, Some(&status(0, 0)), now),
+            label(Some(&unknown)),
             "waiting for db (12s); held by bob@ops for 5m: db migration"
         );
-        assert_eq!(wait_label("db", waited, None, now), "waiting for db (12s)");
+        assert_eq!(label(None), "waiting for db (12s)");
+    }
+
+    #[test]
+    fn a_narrow_spinner_cuts_with_an_ellipsis_and_keeps_the_holder() {
+        let lease = pb::Lease {
+            principal: "alice@ops-laptop".into(),
+            reason: "terraform apply for the quarterly network change".into(),
+            acquired_at: Some(prost_types::Timestamp {
+                seconds: 1000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let status = pb::CurrentResponse {
+            lease: Some(lease),
+            waiting: 3,
+            queue_position: 2,
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + 300);
+        let label = WaitLabel::new(
+            "infra/network/prod",
+            Duration::from_secs(72),
+            Some(&status),
+            now,
+        );
+        let full = label.text();
+        assert_eq!(full.width(), 139, "{full}");
+        assert_eq!(label.fit(200), full);
+        for width in [90, 77, 60, 45, 40, 32, 20] {
+            let fitted = label.fit(width);
+            assert!(fitted.width() <= width, "{width}: {fitted}");
+            if width >= 32 {
+                assert!(
+                    fitted.contains("held by alice@ops-laptop"),
+                    "{width}: {fitted}"
+                );
+            }
+        }
+        // The reason is cut first, and the holder always stays.
+        for (width, fitted) in [
+            (
+                90,
+                "waiting for infra/network/prod (1m12s); held by alice@ops-laptop: terraform \
+                 apply for the…",
+            ),
+            (
+                77,
+                "waiting for infra/network/prod (1m12s); held by alice@ops-laptop: terraform …",
+            ),
+            (
+                60,
+                "waiting for infra/network… (1m12s); held by alice@ops-laptop",
+            ),
+            (45, "waiting for infra/…; held by alice@ops-laptop"),
+            (40, "infra/network…: held by alice@ops-laptop"),
+            (32, "infra…: held by alice@ops-laptop"),
+        ] {
+            assert_eq!(label.fit(width), fitted, "{width}");
+        }
     }
 
     #[test]

@@ -17,12 +17,13 @@ pub async fn run(mut session: Session, args: ForceReleaseArgs) -> CliResult {
         })
         .await?;
     match response.released {
+        // Not a command of Python stormlock's: every field of what was broken.
         Some(lease) => {
             let record = LeaseRecord::from(&lease);
             out(&format!(
                 "Force-released {}:\n{}",
                 args.resource,
-                record.render(LeaseFormat::Rows)
+                record.render(LeaseFormat::Long)
             ))?;
             Ok(Exit::Success)
         }

@@ -9,7 +9,7 @@ use unicode_width::UnicodeWidthStr;
 use super::{Session, note, out};
 use crate::args::{ListArgs, ListFormat};
 use crate::error::{CliError, CliResult, Exit};
-use crate::output::{LeaseRecord, python_json, since, system_time};
+use crate::output::{LeaseRecord, python_json, since, system_time, truncate};
 
 /// Runs `list`.
 pub async fn run(mut session: Session, args: ListArgs) -> CliResult {
@@ -46,24 +46,25 @@ pub async fn run(mut session: Session, args: ListArgs) -> CliResult {
             "" => note("no locks held"),
             prefix => note(&format!("no locks held under {prefix}")),
         },
-        ListFormat::Table => {
-            // Fit a terminal, or $COLUMNS when set; never cut what goes to
-            // a pipe or a file otherwise.
-            let width = std::env::var("COLUMNS")
-                .ok()
-                .and_then(|c| c.trim().parse::<usize>().ok())
-                .filter(|&c| c > 0)
-                .or_else(|| {
-                    std::io::stdout()
-                        .is_terminal()
-                        .then(|| terminal_size::terminal_size_of(std::io::stdout()))
-                        .flatten()
-                        .map(|(w, _)| usize::from(w.0))
-                });
-            out(&table(&leases, SystemTime::now(), width))?;
-        }
+        ListFormat::Table => out(&table(&leases, SystemTime::now(), table_width()))?,
     }
     Ok(Exit::Success)
+}
+
+/// The width to fit the table to: only at a terminal, where it is
+/// `$COLUMNS` when set (as `ls` reads it), else the terminal's own width.
+/// Through a pipe or into a file the table is never cut, whatever `$COLUMNS`
+/// says: scripts get every line whole.
+fn table_width() -> Option<usize> {
+    let stdout = std::io::stdout();
+    if !stdout.is_terminal() {
+        return None;
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&c| c > 0)
+        .or_else(|| terminal_size::terminal_size_of(stdout).map(|(w, _)| usize::from(w.0)))
 }
 
 const HEADERS: [&str; 6] = [
@@ -74,12 +75,94 @@ const HEADERS: [&str; 6] = [
     "EXPIRES IN",
     "FENCE",
 ];
+const RESOURCE: usize = 0;
+const PRINCIPAL: usize = 1;
+const REASON: usize = 2;
+const HELD_FOR: usize = 3;
+const EXPIRES_IN: usize = 4;
+const FENCE: usize = 5;
 const GAP: usize = 2;
-/// Columns that give up width when the terminal is narrow, most willing
-/// first, with the least each keeps.
-const SHRINKABLE: [(usize, usize); 3] = [(2, 6), (1, 10), (0, 12)];
+/// The width a reason keeps before it is cut: other columns give way first.
+const READABLE_REASON: usize = 40;
+/// The least a reason is cut to, whatever the terminal.
+const LEAST_REASON: usize = 8;
+/// The least a principal or resource name is cut to.
+const LEAST_NAME: usize = 6;
 
-/// Renders leases as a table, at most `width` columns wide when given.
+/// How a column gives way on a narrow terminal.
+#[derive(Clone, Copy)]
+enum Step {
+    /// The column goes.
+    Drop(usize),
+    /// The column is cut to at most this width.
+    Narrow(usize, usize),
+}
+
+/// What gives way, in order, before the reason is cut below
+/// [`READABLE_REASON`]: the fence and how long the lease has been held (the
+/// least telling for someone deciding whether to wait), then principals and
+/// resource names (cut with "…"), then when the lease expires, then
+/// principals and names further.
+const STEPS: [Step; 7] = [
+    Step::Drop(FENCE),
+    Step::Drop(HELD_FOR),
+    Step::Narrow(PRINCIPAL, 16),
+    Step::Narrow(RESOURCE, 24),
+    Step::Drop(EXPIRES_IN),
+    Step::Narrow(PRINCIPAL, 10),
+    Step::Narrow(RESOURCE, 12),
+];
+
+/// The widths of the columns shown (`None`: dropped), for cells that are
+/// `natural` wide at most, within `limit` columns when given.
+fn layout(natural: [usize; 6], limit: Option<usize>) -> [Option<usize>; 6] {
+    let mut widths = natural.map(Some);
+    let Some(limit) = limit else {
+        return widths;
+    };
+    let total = |widths: &[Option<usize>; 6], reason: usize| {
+        let shown: Vec<usize> = widths
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.map(|w| if i == REASON { reason } else { w }))
+            .collect();
+        shown.iter().sum::<usize>() + GAP * shown.len().saturating_sub(1)
+    };
+    let readable = natural[REASON].min(READABLE_REASON);
+    for step in STEPS {
+        if total(&widths, readable) <= limit {
+            break;
+        }
+        match step {
+            Step::Drop(column) => widths[column] = None,
+            Step::Narrow(column, most) => {
+                widths[column] = widths[column].map(|w| w.min(most));
+            }
+        }
+    }
+    // The reason takes whatever is left, up to its whole length.
+    let others = total(&widths, 0);
+    let room = limit.saturating_sub(others);
+    widths[REASON] = Some(
+        natural[REASON]
+            .min(room)
+            .max(LEAST_REASON.min(natural[REASON])),
+    );
+    // Narrower still than all that: names give the rest, down to a few
+    // characters.
+    let mut excess = total(&widths, widths[REASON].unwrap_or(0)).saturating_sub(limit);
+    for column in [PRINCIPAL, RESOURCE] {
+        if let Some(w) = widths[column] {
+            let give = excess.min(w.saturating_sub(LEAST_NAME));
+            widths[column] = Some(w - give);
+            excess -= give;
+        }
+    }
+    widths
+}
+
+/// Renders leases as a table, at most `width` columns wide when given (see
+/// [`layout`]).
 pub fn table(leases: &[pb::Lease], now: SystemTime, width: Option<usize>) -> String {
     let now = Some(now);
     let rows: Vec<[String; 6]> = leases
@@ -95,62 +178,42 @@ pub fn table(leases: &[pb::Lease], now: SystemTime, width: Option<usize>) -> Str
             ]
         })
         .collect();
-    let mut widths = HEADERS.map(UnicodeWidthStr::width);
+    let mut natural = HEADERS.map(UnicodeWidthStr::width);
     for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
+        for (w, cell) in natural.iter_mut().zip(row) {
             *w = (*w).max(cell.width());
         }
     }
-    if let Some(limit) = width {
-        let mut excess =
-            (widths.iter().sum::<usize>() + GAP * (widths.len() - 1)).saturating_sub(limit);
-        for (column, least) in SHRINKABLE {
-            let give = excess.min(widths[column].saturating_sub(least));
-            widths[column] -= give;
-            excess -= give;
-        }
-    }
+    let widths = layout(natural, width);
+    let shown: Vec<(usize, usize)> = widths
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.map(|w| (i, w)))
+        .collect();
     let mut text = String::new();
     let headers = HEADERS.map(str::to_string);
     for row in std::iter::once(&headers).chain(&rows) {
-        let last = row.len() - 1;
-        for (i, (cell, &w)) in row.iter().zip(&widths).enumerate() {
-            let cell = truncate(cell, w);
+        let mut line = String::new();
+        for (n, &(column, w)) in shown.iter().enumerate() {
+            if n > 0 {
+                line.push_str(&" ".repeat(GAP));
+            }
+            let cell = truncate(&row[column], w);
             let pad = " ".repeat(w - cell.width());
-            if i == last {
-                // Numbers align right; nothing trails the last column.
-                text.push_str(&pad);
-                text.push_str(&cell);
+            if column == FENCE {
+                // Numbers align right.
+                line.push_str(&pad);
+                line.push_str(&cell);
             } else {
-                text.push_str(&cell);
-                text.push_str(&pad);
-                text.push_str(&" ".repeat(GAP));
+                line.push_str(&cell);
+                line.push_str(&pad);
             }
         }
+        // Nothing trails the last column.
+        text.push_str(line.trim_end());
         text.push('\n');
     }
     text
-}
-
-/// Cuts `text` to `width` display columns, marking the cut with "…".
-fn truncate(text: &str, width: usize) -> String {
-    if text.width() <= width {
-        return text.to_string();
-    }
-    let mut out = String::new();
-    let mut used = 0;
-    for c in text.chars() {
-        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-        if used + w + 1 > width {
-            break;
-        }
-        out.push(c);
-        used += w;
-    }
-    if width > 0 {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]
@@ -196,32 +259,57 @@ mod tests {
     }
 
     #[test]
-    fn narrow_terminals_cut_reason_first() {
-        let leases = [lease(
-            "deploy/prod",
-            "alice@host",
-            "a very long reason that goes on and on",
-            12,
-        )];
-        let text = table(&leases, now(), Some(60));
-        for line in text.lines() {
-            assert!(line.width() <= 60, "{line:?} is {} wide", line.width());
-        }
-        assert!(text.contains("alice@host"), "{text}");
-        assert!(text.contains('…'), "{text}");
-        // Even narrower: principal and resource give way too, down to their minimum.
-        let text = table(&leases, now(), Some(20));
+    fn narrow_terminals_keep_the_reason_readable() {
+        let reason = "a very long reason that goes on and on, and on and on until it stops";
+        let leases = [
+            lease("deploy/prod", "alice@host", reason, 12),
+            lease("db", "bob", "", 3),
+        ];
+        let at = |width: usize| {
+            let text = table(&leases, now(), Some(width));
+            for line in text.lines() {
+                assert!(line.width() <= width, "{line:?} is {} wide", line.width());
+            }
+            text
+        };
+        // 80 columns: the fence and "held for" go; names and the time left
+        // stay whole, and the reason keeps more than READABLE_REASON.
+        let text = at(80);
+        let header = text.lines().next().unwrap_or_default();
+        assert_eq!(header.split_whitespace().next(), Some("RESOURCE"));
         assert!(
-            text.lines()
-                .all(|l| l.starts_with("RESOURCE") || l.starts_with("deploy/prod"))
+            !header.contains("FENCE") && !header.contains("HELD FOR"),
+            "{text}"
         );
+        assert!(header.contains("EXPIRES IN"), "{text}");
+        assert!(text.contains("deploy/prod  alice@host  a very long reason that goes on and on"));
+        assert!(text.contains('…'), "{text}");
+        // Wide enough: nothing goes.
+        assert_eq!(
+            at(200),
+            table(&leases, now(), None),
+            "{}",
+            table(&leases, now(), None)
+        );
+        // 60: only the resource, principal and reason are left.
+        assert!(at(60).contains("deploy/prod  alice@host  a very long reason that goes on an…\n"));
+        let narrow = at(40);
+        assert!(narrow.contains("deploy/prod"), "{narrow}");
+        assert!(narrow.contains("a very long"), "{narrow}");
+        // Too narrow for anything: the reason keeps its least.
+        let tiny = table(&leases, now(), Some(10));
+        assert!(tiny.contains("a very …"), "{tiny}");
     }
 
     #[test]
-    fn truncation_respects_display_width() {
-        assert_eq!(truncate("abcdef", 4), "abc…");
-        assert_eq!(truncate("abc", 4), "abc");
-        assert_eq!(truncate("日本語テキスト", 5), "日本…");
-        assert_eq!(truncate("abc", 0), "");
+    fn layout_gives_way_in_order() {
+        // resource 11, principal 10, reason 60, held 8, expires 10, fence 5
+        let natural = [11, 10, 60, 8, 10, 5];
+        assert_eq!(layout(natural, None), natural.map(Some));
+        let widths = layout(natural, Some(80));
+        assert_eq!(widths, [Some(11), Some(10), Some(43), None, Some(10), None]);
+        // Narrower: EXPIRES IN goes too before the reason drops below 40.
+        let widths = layout(natural, Some(64));
+        assert_eq!(widths, [Some(11), Some(10), Some(39), None, None, None]);
     }
 }

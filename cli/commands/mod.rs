@@ -17,6 +17,7 @@ pub mod force_release;
 pub mod is_held;
 pub mod list;
 pub mod man;
+pub mod migrate_config;
 pub mod release;
 pub mod renew;
 pub mod watch;
@@ -46,14 +47,19 @@ impl Session {
     }
 }
 
+/// Writes `text` to stdout and flushes it; any failure, a closed pipe
+/// included, is an error (for output that must arrive, such as a lease id).
+pub fn write_out(text: &str) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+}
+
 /// Writes command output to stdout. A closed pipe (`stormlock list | head`)
 /// is not an error: the reader has what it wanted.
 pub fn out(text: &str) -> CliResult<()> {
-    let mut stdout = io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    match write_out(text) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(CliError::new(
             Exit::Failure,
             anyhow::Error::new(e).context("cannot write to standard output"),
