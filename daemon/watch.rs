@@ -1118,6 +1118,17 @@ mod tests {
         assert!(prefix("a").covers(&Selection::Resource("a".into())));
     }
 
+    /// A request for a lease on `r` by `p` lasting `ttl`.
+    fn request_r(ttl: Duration) -> AcquireRequest {
+        AcquireRequest {
+            resource: "r".into(),
+            id: LeaseId::generate(),
+            principal: "p".into(),
+            reason: String::new(),
+            ttl,
+        }
+    }
+
     /// A grant announced after a newer lease of the same resource was read
     /// (out of order) must not end that newer, live lease in the stream.
     #[tokio::test]
@@ -1133,13 +1144,7 @@ mod tests {
         // The watch reads its (empty) selection before anything happens.
         started(&hub).await;
         let memory = &backend.inner;
-        let grant = |ttl| AcquireRequest {
-            resource: "r".into(),
-            id: LeaseId::generate(),
-            principal: "p".into(),
-            reason: String::new(),
-            ttl,
-        };
+        let grant = request_r;
         let Ok(Acquisition::Granted(first)) = memory.acquire(&grant(Duration::from_secs(60))).await
         else {
             panic!("granted");
@@ -1194,13 +1199,7 @@ mod tests {
             .expect("watch");
         started(&hub).await;
         let memory = &backend.inner;
-        let request = AcquireRequest {
-            resource: "r".into(),
-            id: LeaseId::generate(),
-            principal: "p".into(),
-            reason: String::new(),
-            ttl: Duration::from_secs(60),
-        };
+        let request = request_r(Duration::from_secs(60));
         let Ok(Acquisition::Granted(lease)) = memory.acquire(&request).await else {
             panic!("granted");
         };
@@ -1243,13 +1242,7 @@ mod tests {
             .expect("watch");
         started(&hub).await;
         let memory = &backend.inner;
-        let request = AcquireRequest {
-            resource: "r".into(),
-            id: LeaseId::generate(),
-            principal: "p".into(),
-            reason: String::new(),
-            ttl: Duration::from_secs(2),
-        };
+        let request = request_r(Duration::from_secs(2));
         let Ok(Acquisition::Granted(lease)) = memory.acquire(&request).await else {
             panic!("granted");
         };
