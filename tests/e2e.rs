@@ -86,6 +86,12 @@ impl Daemon {
     pub(crate) fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.start_again();
+    }
+
+    /// Starts the daemon again after it exited (see [`Daemon::terminate`]),
+    /// with the same address, data and arguments.
+    pub(crate) fn start_again(&mut self) {
         self.child = spawn_daemon(self.dir.path(), self.port, &self.extra);
         self.wait_ready();
     }
@@ -651,21 +657,22 @@ fn usage_errors_and_documentation() {
     assert!(man.stdout.starts_with(".TH"), "{man:?}");
 }
 
-/// SIGTERM: the daemon stops accepting, finishes what is in flight (here a
-/// waiting acquire, answered with the holder) and exits 0.
+/// SIGTERM: the daemon stops accepting, answers what is in flight (here a
+/// waiting acquire) and exits 0. The waiter is answered UNAVAILABLE, so that
+/// it is not holding the shutdown up, and waits on through the next daemon
+/// on the same address (a restart, a rolling update), within its own wait.
 #[test]
-fn sigterm_finishes_in_flight_calls_and_exits_zero() {
+fn a_wait_outlives_a_daemon_restart() {
     let mut daemon = Daemon::start();
     let id = daemon
         .cli(&["acquire", "-t", "1h", "shutdown/r"])
         .ok()
         .line();
     assert_eq!(id.len(), 32);
-    // A second client waits (up to 30 s) while the daemon is asked to stop:
-    // in line, so its answer comes from the shutdown, not from a failed
-    // connection (which exits 4 as well).
+    // In line before the daemon is asked to stop, so that the shutdown, not
+    // a failed connection, is what answers it first.
     let waiter = daemon
-        .command(&["acquire", "--wait", "30s", "shutdown/r"])
+        .command(&["acquire", "--wait", "2m", "shutdown/r"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -674,18 +681,71 @@ fn sigterm_finishes_in_flight_calls_and_exits_zero() {
     daemon.until_waiting("shutdown/r", 1);
     let exit = daemon.terminate();
     assert!(exit.success(), "exit status {exit}:\n{}", daemon.log());
+    assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
+    // The embedded store kept the lease: the waiter waits again in line of
+    // the new daemon, and gets the lock once it is released there.
+    daemon.start_again();
+    daemon.until_waiting("shutdown/r", 1);
+    daemon.cli(&["release", "shutdown/r", &id]).ok();
     let waited = waiter.wait_with_output().expect("waiter");
     let stderr = String::from_utf8_lossy(&waited.stderr);
-    // A waiter is answered UNAVAILABLE at shutdown (exit 4), so that it can
-    // retry against another replica instead of holding the shutdown up.
     assert_eq!(
         waited.status.code(),
-        Some(4),
-        "the in-flight wait was answered: daemon unavailable: {stderr}"
+        Some(0),
+        "acquired after the restart: {stderr}"
     );
-    assert!(stderr.contains("shutting down"), "{stderr}");
-    assert!(waited.stdout.is_empty(), "nothing acquired");
-    assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
+    assert!(
+        stderr.contains("shutting down") && stderr.contains("still waiting"),
+        "the outage is said once: {stderr}"
+    );
+    let new_id = String::from_utf8_lossy(&waited.stdout).trim().to_string();
+    assert_eq!(new_id.len(), 32, "{new_id:?}");
+    assert_eq!(
+        daemon.cli(&["is-held", "shutdown/r", &new_id]).code,
+        0,
+        "the waiter holds the lock"
+    );
+}
+
+/// A daemon that does not come back within the wait: the waiter gives up
+/// when its wait ends, unreachable (4; `exec`: 125, its command not run),
+/// saying that it lost the daemon. A daemon that is not there when the wait
+/// starts is reported at once (a wrong address is not waited out).
+#[test]
+fn a_wait_ends_when_the_daemon_does_not_come_back() {
+    let mut daemon = Daemon::start();
+    daemon.cli(&["acquire", "-t", "1h", "gone/r"]).ok();
+    let spawn = |args: &[&str]| {
+        daemon
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn waiter")
+    };
+    let acquire = spawn(&["acquire", "--wait", "3s", "gone/r"]);
+    let exec = spawn(&["exec", "--wait", "3s", "gone/r", "--", "true"]);
+    daemon.until_waiting("gone/r", 2);
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+    for (waiter, code) in [(acquire, 4), (exec, 125)] {
+        let waited = waiter.wait_with_output().expect("waiter");
+        let stderr = String::from_utf8_lossy(&waited.stderr);
+        assert_eq!(waited.status.code(), Some(code), "{stderr}");
+        assert!(stderr.contains("still waiting"), "{stderr}");
+        assert!(
+            stderr.contains("gave up waiting for gone/r after losing stormlockd"),
+            "{stderr}"
+        );
+        assert!(waited.stdout.is_empty(), "nothing acquired");
+    }
+    let at_start = daemon.cli(&["acquire", "--wait", "1h", "gone/r"]).exit(4);
+    assert!(
+        !at_start.stderr.contains("still waiting"),
+        "{}",
+        at_start.stderr
+    );
 }
 
 /// A tool without a client certificate authenticates with a bearer token

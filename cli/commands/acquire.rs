@@ -146,32 +146,105 @@ async fn try_take(session: &mut Session, attempt: Attempt) -> CliResult<Taken> {
     let mut request = pb::AcquireRequest {
         resource: attempt.resource.clone(),
         ttl: ttl.map(|t| proto_duration("TTL", t)).transpose()?,
-        wait: (!wait.is_zero())
-            .then(|| proto_duration("wait", wait))
-            .transpose()?,
+        wait: None,
         reason: attempt.reason.unwrap_or_default(),
         principal: String::new(),
-        wait_id: wait_id.clone(),
+        wait_id,
     };
+    // A daemon that cannot be reached at all is a wrong address or a
+    // daemon that is not running: said at once, not waited out.
+    session.client().await?;
+    let sent = Instant::now();
+    let deadline = sent + wait;
+    let mut outage = Outage::default();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        request.wait = (!left.is_zero())
+            .then(|| proto_duration("wait", left))
+            .transpose()?;
+        match acquire_once(session, request.clone(), left).await {
+            // The daemon went away while we waited (a restart, a rolling
+            // update, a replica lost): wait on through another connection,
+            // to the same address, for what is left of the wait. A call
+            // that was not waiting (no --wait) reports the failure at once.
+            Err(e) if e.exit == Exit::Unreachable && !wait.is_zero() && !left.is_zero() => {
+                session.disconnect();
+                let pause = outage.next(&e, left);
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) if outage.seen() => {
+                return Err(e.context(format!(
+                    "gave up waiting for {} after losing stormlockd",
+                    attempt.resource
+                )));
+            }
+            Err(e) => return Err(e),
+            Ok(response) if !response.acquired => return Ok(Taken::Held(response.holder)),
+            Ok(response) => {
+                return match response.lease.filter(|lease| !lease.lease_id.is_empty()) {
+                    Some(lease) => Ok(Taken::Granted { lease, sent }),
+                    None => Err(CliError::new(
+                        Exit::Failure,
+                        anyhow::anyhow!("stormlockd granted the lease but sent no lease id"),
+                    )),
+                };
+            }
+        }
+    }
+}
+
+/// One Acquire call that waits at most `wait`, with a spinner when it
+/// waits and stderr is a terminal.
+async fn acquire_once(
+    session: &mut Session,
+    mut request: pb::AcquireRequest,
+    wait: Duration,
+) -> CliResult<pb::AcquireResponse> {
     let principal = session.settings.principal.clone();
     let client = session.client().await?;
     request.principal = client.declared_principal(&principal);
-    let sent = Instant::now();
-    let response = if !wait.is_zero() && std::io::stderr().is_terminal() {
+    if !wait.is_zero() && std::io::stderr().is_terminal() {
+        let resource = request.resource.clone();
+        let wait_id = request.wait_id.clone();
         let call = client.acquire(request, wait);
-        with_spinner(client, &attempt.resource, wait_id, call).await?
+        with_spinner(client, &resource, wait_id, call).await
     } else {
-        client.acquire(request, wait).await?
-    };
-    if !response.acquired {
-        return Ok(Taken::Held(response.holder));
+        client.acquire(request, wait).await
     }
-    match response.lease.filter(|lease| !lease.lease_id.is_empty()) {
-        Some(lease) => Ok(Taken::Granted { lease, sent }),
-        None => Err(CliError::new(
-            Exit::Failure,
-            anyhow::anyhow!("stormlockd granted the lease but sent no lease id"),
-        )),
+}
+
+/// A wait that lost its daemon: says so once, then paces the reconnection
+/// attempts (a quarter of a second, doubling up to two seconds, never past
+/// the end of the wait).
+#[derive(Default)]
+struct Outage {
+    /// The pause before the next attempt; zero before the first outage.
+    pause: Duration,
+}
+
+impl Outage {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// Whether the daemon was lost at least once.
+    fn seen(&self) -> bool {
+        !self.pause.is_zero()
+    }
+
+    /// The pause before reconnecting after `error`, with `left` of the wait.
+    fn next(&mut self, error: &CliError, left: Duration) -> Duration {
+        if self.seen() {
+            self.pause = (self.pause * 2).min(Self::MAX);
+        } else {
+            note(&format!(
+                "stormlock: {error}; still waiting, reconnecting for the {} left",
+                stormlock_api::duration::format_duration(Duration::from_secs(
+                    left.as_secs().max(1)
+                ))
+            ));
+            self.pause = Self::FIRST;
+        }
+        self.pause.min(left)
     }
 }
 

@@ -45,6 +45,12 @@ impl Session {
             slot @ None => Ok(slot.insert(Client::connect(&self.settings).await?)),
         }
     }
+
+    /// Forgets the connection: the next [`Session::client`] connects anew
+    /// (after the daemon went away).
+    pub fn disconnect(&mut self) {
+        self.client = None;
+    }
 }
 
 /// Writes `text` to stdout and flushes it; any failure, a closed pipe
