@@ -230,6 +230,9 @@ const LINGER: Duration = Duration::from_millis(2);
 enum Message {
     Line(Vec<u8>),
     Flush(mpsc::SyncSender<()>),
+    /// Every line queued before goes to the old sink, every line after to
+    /// this one (log rotation).
+    Reopen(Box<dyn Write + Send>, mpsc::SyncSender<()>),
 }
 
 /// Where audit lines go.
@@ -241,6 +244,9 @@ enum Message {
 pub struct Audit {
     /// `None`: discard.
     queue: Option<mpsc::SyncSender<Message>>,
+    /// The file, reopened by [`Audit::reopen`]; `None`: standard error or
+    /// another sink.
+    path: Option<std::path::PathBuf>,
     /// Every principal is only declared (a daemon that authenticates nobody).
     declared: bool,
     /// Lines dropped because the queue was full.
@@ -253,32 +259,35 @@ impl Audit {
     /// Opens the sink of `config`: a file (appended to, created 0600) or
     /// standard error, and starts its writer thread.
     pub fn open(config: &AuditConfig) -> std::io::Result<Self> {
+        Self::open_counting(config, Counter::default())
+    }
+
+    /// [`Audit::open`], counting the lines written in `written`.
+    pub fn open_counting(config: &AuditConfig, written: Counter) -> std::io::Result<Self> {
         let sink: Box<dyn Write + Send> = match &config.path {
-            Some(path) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                Box::new(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .mode(0o600)
-                        .open(path)?,
-                )
-            }
+            Some(path) => Box::new(open_file(path)?),
             None => Box::new(std::io::stderr()),
         };
-        Self::to_sink(sink)
+        Ok(Self {
+            path: config.path.clone(),
+            ..Self::to_sink_queued(sink, QUEUE_LINES, written)?
+        })
     }
 
     /// Writes to `sink` from a writer thread.
     pub fn to_sink(sink: Box<dyn Write + Send>) -> std::io::Result<Self> {
-        Self::to_sink_queued(sink, QUEUE_LINES)
+        Self::to_sink_queued(sink, QUEUE_LINES, Counter::default())
     }
 
-    fn to_sink_queued(sink: Box<dyn Write + Send>, lines: usize) -> std::io::Result<Self> {
+    fn to_sink_queued(
+        sink: Box<dyn Write + Send>,
+        lines: usize,
+        written: Counter,
+    ) -> std::io::Result<Self> {
         let (queue, received) = mpsc::sync_channel(lines);
         std::thread::Builder::new()
             .name("stormlock-audit".into())
-            .spawn(move || write_lines(sink, received))?;
+            .spawn(move || write_lines(sink, received, &written))?;
         Ok(Self {
             queue: Some(queue),
             ..Self::discard()
@@ -289,6 +298,7 @@ impl Audit {
     pub fn discard() -> Self {
         Self {
             queue: None,
+            path: None,
             declared: false,
             dropped: Counter::default(),
             dropping: AtomicBool::new(false),
@@ -368,17 +378,38 @@ impl Audit {
     /// flushed to the sink (at shutdown; tests), or [`FLUSH_PATIENCE`] has
     /// passed with the sink stalled.
     pub fn flush(&self) {
+        self.in_turn(Message::Flush);
+    }
+
+    /// Opens the audit file again by its name and writes every line recorded
+    /// from now on there, each line to exactly one of the two files: for log
+    /// rotation (`mv audit.log audit.log.1`, then SIGHUP). Returns once the
+    /// lines recorded before are written to the old file (bounded by
+    /// [`FLUSH_PATIENCE`]); `Ok(false)` when the sink is no file. A file
+    /// that cannot be opened leaves the old one in use.
+    pub fn reopen(&self) -> std::io::Result<bool> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let file = open_file(path)?;
+        self.in_turn(|done| Message::Reopen(Box::new(file), done));
+        Ok(true)
+    }
+
+    /// Queues the message `make` builds behind every line recorded so far
+    /// and waits until the writer has acted on it.
+    fn in_turn(&self, make: impl FnOnce(mpsc::SyncSender<()>) -> Message) {
         let Some(queue) = &self.queue else {
             return;
         };
         let (done, wait) = mpsc::sync_channel(1);
         let deadline = Instant::now() + FLUSH_PATIENCE;
-        let mut flush = Message::Flush(done);
+        let mut message = make(done);
         loop {
-            match queue.try_send(flush) {
+            match queue.try_send(message) {
                 Ok(()) => break,
                 Err(mpsc::TrySendError::Full(back)) if Instant::now() < deadline => {
-                    flush = back;
+                    message = back;
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(_) => {
@@ -394,10 +425,20 @@ impl Audit {
     }
 }
 
+/// The audit file at `path`, appended to, created readable by its owner only.
+fn open_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// The writer thread: waits for a line, lingers, writes what has queued,
 /// flushes, repeats; ends when the [`Audit`] is dropped, after writing
 /// everything queued.
-fn write_lines(sink: Box<dyn Write + Send>, queue: mpsc::Receiver<Message>) {
+fn write_lines(sink: Box<dyn Write + Send>, queue: mpsc::Receiver<Message>, count: &Counter) {
     let mut out = BufWriter::with_capacity(64 * 1024, sink);
     let mut flushed = Vec::new();
     let mut failing = false;
@@ -405,18 +446,36 @@ fn write_lines(sink: Box<dyn Write + Send>, queue: mpsc::Receiver<Message>) {
         std::thread::sleep(LINGER);
         let mut message = Some(first);
         let mut written = Ok(());
+        // Lines in the buffer, counted once they reach the sink.
+        let mut lines = 0;
         while let Some(m) = message {
             match m {
                 Message::Line(line) => {
                     if written.is_ok() {
                         written = out.write_all(&line);
+                        lines += 1;
                     }
                 }
                 Message::Flush(done) => flushed.push(done),
+                Message::Reopen(sink, done) => {
+                    // The old file gets everything queued before, whole.
+                    if let Err(e) = written.and_then(|()| out.flush()) {
+                        tracing::error!(error = %e, "cannot write the audit log before reopening it");
+                    } else {
+                        count.inc_by(lines);
+                    }
+                    lines = 0;
+                    written = Ok(());
+                    out = BufWriter::with_capacity(64 * 1024, sink);
+                    flushed.push(done);
+                }
             }
             message = queue.try_recv().ok();
         }
         let written = written.and_then(|()| out.flush());
+        if written.is_ok() {
+            count.inc_by(lines);
+        }
         match written {
             // Reported once per outage, not once per line.
             Err(e) if !failing => {
@@ -488,6 +547,65 @@ mod tests {
             ttl: Duration::from_secs(60),
             expired: None,
         }
+    }
+
+    /// Rotation: the file renamed, then reopened while lines keep coming
+    /// from other threads; every line is in exactly one of the two files,
+    /// whole, and counted as written once.
+    #[test]
+    fn reopen_moves_to_a_new_file_without_losing_or_repeating_a_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let written = Counter::default();
+        let config = AuditConfig {
+            path: Some(path.clone()),
+        };
+        let audit = Arc::new(Audit::open_counting(&config, written.clone()).expect("open"));
+        let recorders: Vec<_> = (0..4)
+            .map(|t| {
+                let audit = audit.clone();
+                std::thread::spawn(move || {
+                    for n in 0..500 {
+                        audit.record(&event(t * 1000 + n));
+                    }
+                })
+            })
+            .collect();
+        let rotated = dir.path().join("audit.log.1");
+        std::fs::rename(&path, &rotated).expect("rotate");
+        assert_eq!(audit.reopen().ok(), Some(true));
+        for r in recorders {
+            r.join().expect("recorder");
+        }
+        audit.flush();
+        let fences = |file: &std::path::Path| -> Vec<u64> {
+            std::fs::read_to_string(file)
+                .expect("audit file")
+                .lines()
+                .map(|l| {
+                    let line: serde_json::Value = serde_json::from_str(l).expect("whole line");
+                    line["fence"].as_u64().expect("fence")
+                })
+                .collect()
+        };
+        let (old, new) = (fences(&rotated), fences(&path));
+        assert!(!new.is_empty(), "lines after the reopen go to the new file");
+        let mut all: Vec<u64> = old.iter().chain(&new).copied().collect();
+        all.sort_unstable();
+        let expected: Vec<u64> = (0..4)
+            .flat_map(|t| (0..500).map(move |n| t * 1000 + n))
+            .collect();
+        assert_eq!(all, expected, "each line once");
+        assert_eq!(written.get(), 2000);
+        assert_eq!(audit.dropped(), 0);
+        // Standard error has nothing to reopen.
+        assert_eq!(
+            Audit::open(&AuditConfig { path: None })
+                .expect("stderr")
+                .reopen()
+                .ok(),
+            Some(false)
+        );
     }
 
     #[test]
@@ -652,8 +770,12 @@ mod tests {
     fn a_stalled_sink_drops_and_counts_lines_instead_of_blocking() {
         let (entered, writing) = mpsc::channel();
         let (go, wait) = mpsc::channel();
-        let audit = Audit::to_sink_queued(Box::new(Stalled { entered, go: wait }), 4)
-            .expect("writer thread");
+        let audit = Audit::to_sink_queued(
+            Box::new(Stalled { entered, go: wait }),
+            4,
+            Counter::default(),
+        )
+        .expect("writer thread");
         audit.record(&event(0));
         writing.recv().expect("the writer is in the sink");
         // The writer is stuck: four lines fit in the queue, the rest are

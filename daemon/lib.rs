@@ -51,6 +51,7 @@ pub mod limits;
 pub mod locks;
 pub mod metrics;
 pub mod private;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod service;

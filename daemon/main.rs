@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use stormlockd::config::{Config, Overrides};
+use stormlockd::reload::{Snapshot, Source};
 use stormlockd::routing::{Router, Unreachable};
 use stormlockd::server::{self, Settings};
 
@@ -238,8 +239,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let config = Config::layered(args.config.as_deref(), &args.overrides())?;
+    // From here on SIGHUP reloads (once serving) and never terminates:
+    // tokio's handler stays for the life of the process.
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot take SIGHUP")?;
+    let overrides = args.overrides();
+    let snapshot = Snapshot::read(args.config.as_deref(), &overrides)?;
+    let config = snapshot.config.clone();
     let listen = config.listen();
+    let source = Source {
+        file: args.config.clone(),
+        overrides,
+        listen,
+    };
     // What this daemon runs on, in one line: the first thing to check when
     // it does not behave as expected.
     let backends: Vec<String> = config
@@ -257,7 +269,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         backends = %backends.join(", "),
         "starting stormlockd"
     );
-    let settings = Settings::resolve(config, listen)?;
+    let settings = Settings::resolve(config, listen)?.reloading_from(source, snapshot);
     let listener = server::bind(listen).await?;
     server::run(listener, settings, shutdown_signal()).await?;
     Ok(())

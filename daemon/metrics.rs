@@ -67,6 +67,11 @@ struct BackendNameLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     limit: &'static str,
 }
@@ -86,6 +91,11 @@ pub struct Metrics {
     watches: Gauge,
     limit_refusals: Family<LimitLabels, Counter>,
     audit_dropped: Counter,
+    audit_written: Counter,
+    reloads: Family<ReloadLabels, Counter>,
+    config_generation: Gauge,
+    last_reload_ok: Gauge,
+    restart_pending: Gauge,
     backend_duration: HistogramFamily<BackendLabels>,
     backend_errors: Family<BackendErrorLabels, Counter>,
     backend_up: Family<BackendNameLabels, Gauge>,
@@ -164,6 +174,37 @@ impl Metrics {
             "Audit lines dropped because the audit log's sink did not keep up",
             audit_dropped.clone(),
         );
+        let audit_written = Counter::default();
+        registry.register(
+            "stormlock_audit_lines_written",
+            "Audit lines written to the audit log's sink",
+            audit_written.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "stormlock_config_reloads",
+            "Configuration reloads (SIGHUP), by result: applied, or refused (the file is invalid; the previous configuration stays)",
+            reloads.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "stormlock_config_generation",
+            "How many reloads were applied since the daemon started (0: the configuration it started with)",
+            config_generation.clone(),
+        );
+        let last_reload_ok = Gauge::default();
+        last_reload_ok.set(1);
+        registry.register(
+            "stormlock_config_last_reload_success",
+            "1 when the last reload was applied (or none was tried), 0 when it was refused",
+            last_reload_ok.clone(),
+        );
+        let restart_pending = Gauge::default();
+        registry.register(
+            "stormlock_config_restart_pending",
+            "1 when the configuration file has changes that only a restart applies (listeners, backends, routing…)",
+            restart_pending.clone(),
+        );
         let backend_duration: HistogramFamily<BackendLabels> =
             Family::new_with_constructor(|| Histogram::new(BACKEND_BUCKETS));
         // Its count per operation is also the number of engine calls (the
@@ -202,6 +243,11 @@ impl Metrics {
             watches,
             limit_refusals,
             audit_dropped,
+            audit_written,
+            reloads,
+            config_generation,
+            last_reload_ok,
+            restart_pending,
             backend_duration,
             backend_errors,
             backend_up,
@@ -317,6 +363,23 @@ impl Metrics {
     /// The counter of dropped audit lines, for the audit writer.
     pub fn audit_lines_dropped(&self) -> Counter {
         self.audit_dropped.clone()
+    }
+
+    /// The counter of audit lines written, for the audit writer.
+    pub fn audit_lines_written(&self) -> Counter {
+        self.audit_written.clone()
+    }
+
+    /// Records a reload: applied (the generation moves on) or refused; and
+    /// whether changes that need a restart are waiting.
+    pub fn reloaded(&self, applied: bool, restart_pending: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.last_reload_ok.set(i64::from(applied));
+        if applied {
+            self.config_generation.inc();
+            self.restart_pending.set(i64::from(restart_pending));
+        }
     }
 
     /// The registry in the OpenMetrics text format.

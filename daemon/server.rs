@@ -28,8 +28,9 @@ use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::paths::DevTls;
 use crate::pb::lock_service_server::LockServiceServer;
+use crate::reload::{Reloader, Snapshot, Source, Targets};
 use crate::routing::{Router, Unreachable};
-use crate::service::LockService;
+use crate::service::{LockService, Policies, Policy};
 use crate::telemetry::RequestLayer;
 use crate::tls::{self, TlsError, TlsFiles};
 
@@ -94,6 +95,11 @@ pub struct Settings {
     pub health_interval: Duration,
     /// How often the TLS files are read to see whether they changed.
     pub tls_reload_check: Duration,
+    /// The development client identity, made an administrator.
+    pub dev_admin: Option<String>,
+    /// Where SIGHUP reloads the configuration from, and the file as read
+    /// at start for reloads to compare with; `None`: no reloads.
+    pub reload: Option<(Source, Snapshot)>,
 }
 
 impl Settings {
@@ -104,14 +110,11 @@ impl Settings {
     pub fn resolve(config: Config, listen: SocketAddr) -> Result<Self, ServerError> {
         let data_dir = config.data_dir();
         let insecure = config.insecure;
-        let mutual_tls_configured = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        // The development PKI always uses mutual TLS.
-        let require_credentials = mutual_tls_configured
-            || !config.auth.tokens.is_empty()
-            || (config.tls.is_none() && !insecure);
+        let require_credentials = requires_credentials(&config);
         check_policy(&config, listen)?;
         let mut auth =
             Auth::from_config(&config.auth, require_credentials).map_err(ServerError::Refused)?;
+        let mut dev_admin = None;
         let transport = match (&config.tls, insecure) {
             (Some(t), _) => Transport::Tls(TlsFiles {
                 cert: data_dir.join(&t.cert),
@@ -129,7 +132,8 @@ impl Settings {
                 // The development CA issues one client certificate: the local
                 // operator's, who administers this private daemon.
                 if let Some(identity) = tls::dev_client_identity(&dev) {
-                    auth.admins.insert(identity);
+                    auth.admins.insert(identity.clone());
+                    dev_admin = Some(identity);
                 }
                 Transport::Tls(files)
             }
@@ -153,10 +157,28 @@ impl Settings {
             data_dir,
             transport,
             auth,
+            dev_admin,
             health_interval: Duration::from_secs(2),
             tls_reload_check: tls::RELOAD_CHECK,
+            reload: None,
         })
     }
+
+    /// Reloads from `source` on SIGHUP, `snapshot` being what was read at
+    /// start (see [`crate::reload`]). Without it SIGHUP is left alone (an
+    /// in-process server in tests).
+    pub fn reloading_from(mut self, source: Source, snapshot: Snapshot) -> Self {
+        self.reload = Some((source, snapshot));
+        self
+    }
+}
+
+/// Whether a daemon with `config` authenticates its callers: mutual TLS,
+/// tokens, or the development PKI (always mutual TLS).
+pub fn requires_credentials(config: &Config) -> bool {
+    config.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+        || !config.auth.tokens.is_empty()
+        || (config.tls.is_none() && !config.insecure)
 }
 
 /// The start-up refusals that depend on the configuration alone (no file,
@@ -254,11 +276,36 @@ pub async fn run(
                 .follow(settings.tls_reload_check, stop.stopped()),
         );
     }
-    let service = LockService::new(
-        core.locks.clone(),
-        settings.auth.clone(),
-        settings.config.defaults.max_wait,
-    );
+    let policies = Policies::new(Policy {
+        auth: settings.auth.clone(),
+        max_wait: settings.config.defaults.max_wait,
+    });
+    let service = LockService::with_policies(core.locks.clone(), policies.clone());
+    if let Some((source, snapshot)) = &settings.reload {
+        let reloader = Reloader::new(
+            source.clone(),
+            snapshot.clone(),
+            settings.dev_admin.clone(),
+            Targets {
+                policies,
+                router: core.router.clone(),
+                audit: audit.clone(),
+                tls: match &grpc.handshake {
+                    ListenerHandshake::Tls(TlsHandshake(files)) => Some(files.clone()),
+                    ListenerHandshake::Plain => None,
+                },
+                metrics: metrics.clone(),
+            },
+        );
+        // Taken now, before serving: SIGHUP must never end the daemon.
+        let stopped = stop.stopped();
+        match reloader.listen_for_sighup() {
+            Ok(listening) => {
+                tokio::spawn(listening.run(stopped));
+            }
+            Err(e) => warn!(error = %e, "cannot take SIGHUP: reloads are off"),
+        }
+    }
     let grace = settings
         .config
         .shutdown_grace
@@ -329,10 +376,11 @@ impl Stop {
 /// that authenticates nobody, and lines it must drop are counted.
 fn open_audit(settings: &Settings, metrics: &Metrics) -> Result<Arc<Audit>, ServerError> {
     let config = &settings.config;
-    let audit = Audit::open(&config.audit).map_err(|e| {
-        let path = config.audit.path.as_deref().unwrap_or(Path::new("-"));
-        ServerError::Refused(format!("cannot open the audit log {}: {e}", path.display()))
-    })?;
+    let audit =
+        Audit::open_counting(&config.audit, metrics.audit_lines_written()).map_err(|e| {
+            let path = config.audit.path.as_deref().unwrap_or(Path::new("-"));
+            ServerError::Refused(format!("cannot open the audit log {}: {e}", path.display()))
+        })?;
     Ok(Arc::new(
         audit
             .principals_declared(!settings.auth.require_credentials)

@@ -4,7 +4,7 @@
 //! knows which engine holds a lease, or what waiting means.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Auth, Caller};
@@ -30,30 +30,71 @@ const MAX_EXAMINED: usize = 10 * MAX_PAGE_SIZE;
 /// The lock service.
 pub struct LockService {
     locks: Arc<Locks>,
-    /// Shared with the watch streams, which filter what they send.
-    auth: Arc<Auth>,
-    max_wait: Duration,
+    /// Who is who, who may do what, the longest wait: replaced whole by a
+    /// reload, read once per check.
+    policy: Policies,
+}
+
+/// What a reload may change in the service.
+#[derive(Debug)]
+pub struct Policy {
+    /// Authentication, administrators and access rules.
+    pub auth: Auth,
+    /// No acquisition waits longer.
+    pub max_wait: Duration,
+}
+
+/// The [`Policy`] in force, shared by the service, its watch streams and
+/// whoever reloads it: each call reads the policy current when it checks,
+/// so a revoked token is refused from the next call on.
+#[derive(Debug, Clone)]
+pub struct Policies(Arc<RwLock<Arc<Policy>>>);
+
+impl Policies {
+    /// Starts with `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(policy))))
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<Policy> {
+        // Replaced whole, so never seen half-written, even after a panic.
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `policy` in force for every call from now on.
+    pub fn replace(&self, policy: Policy) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+    }
 }
 
 impl LockService {
     /// The gRPC face of `locks`, identifying and authorizing with `auth`;
     /// no acquisition waits longer than `max_wait`.
     pub fn new(locks: Arc<Locks>, auth: Auth, max_wait: Duration) -> Self {
-        Self {
-            locks,
-            auth: Arc::new(auth),
-            max_wait,
-        }
+        Self::with_policies(locks, Policies::new(Policy { auth, max_wait }))
+    }
+
+    /// The gRPC face of `locks` under the policy in force in `policy`.
+    pub fn with_policies(locks: Arc<Locks>, policy: Policies) -> Self {
+        Self { locks, policy }
     }
 
     /// Identifies the caller; refusals are audited.
     fn identify<T>(&self, request: &Request<T>, declared: &str) -> Result<Caller, Error> {
-        self.auth.caller(request, declared).inspect_err(|e| {
-            self.locks.events().emit(LockEvent::Unauthenticated {
-                declared: declared.to_string(),
-                detail: e.to_string(),
-            });
-        })
+        self.policy
+            .current()
+            .auth
+            .caller(request, declared)
+            .inspect_err(|e| {
+                self.locks.events().emit(LockEvent::Unauthenticated {
+                    declared: declared.to_string(),
+                    detail: e.to_string(),
+                });
+            })
     }
 
     /// Checks that `caller` may do `action` on `resource`; denials are audited.
@@ -61,7 +102,9 @@ impl LockService {
         tracing::Span::current()
             .record("principal", caller.principal.as_str())
             .record("resource", resource);
-        self.auth
+        self.policy
+            .current()
+            .auth
             .authorize(caller, action, resource)
             .inspect_err(|_| {
                 self.locks.events().emit(LockEvent::Denied {
@@ -81,9 +124,10 @@ impl LockService {
         let resource = validate::resource(&req.resource)?;
         self.permit(caller, Action::Acquire, resource)?;
         let route = self.locks.route(resource);
-        let ttl = validate::ttl(req.ttl.as_ref(), route.ttl, route.max_ttl)?;
+        let ttls = route.ttls();
+        let ttl = validate::ttl(req.ttl.as_ref(), ttls.ttl, ttls.max_ttl)?;
         let wait = Wait {
-            up_to: validate::wait(req.wait.as_ref(), self.max_wait)?,
+            up_to: validate::wait(req.wait.as_ref(), self.policy.current().max_wait)?,
             deadline,
             wait_id: validate::wait_id(&req.wait_id)?.map(str::to_string),
         };
@@ -117,7 +161,8 @@ impl LockService {
         let id = validate::lease_id(&req.lease_id)?;
         self.permit(caller, Action::Renew, resource)?;
         let route = self.locks.route(resource);
-        let ttl = validate::ttl(req.ttl.as_ref(), route.ttl, route.max_ttl)?;
+        let ttls = route.ttls();
+        let ttl = validate::ttl(req.ttl.as_ref(), ttls.ttl, ttls.max_ttl)?;
         let lease = self
             .locks
             .renew(&caller.principal, resource, &id, ttl)
@@ -218,7 +263,11 @@ impl LockService {
     /// Whether `caller` may see `resource` in a List or Watch (`action`).
     /// Not audited as a denial: hiding is the answer, not a refusal.
     fn may_see(&self, caller: &Caller, action: Action, resource: &str) -> bool {
-        self.auth.authorize(caller, action, resource).is_ok()
+        self.policy
+            .current()
+            .auth
+            .authorize(caller, action, resource)
+            .is_ok()
     }
 
     /// A List answer of `leases`, with a token after the last when `more`.
@@ -418,9 +467,14 @@ impl pb::lock_service_server::LockService for LockService {
                 self.locks.watch(&caller.principal, selection)?
             }
             Selection::Prefix(_) => {
-                let (auth, watcher) = (self.auth.clone(), caller.clone());
+                // The rules in force when each event is handed out: a
+                // reload that takes a right away hides what follows.
+                let (policy, watcher) = (self.policy.clone(), caller.clone());
                 let filter: crate::watch::Filter = Arc::new(move |event: &WatchEvent| {
-                    auth.authorize(&watcher, Action::Watch, &event.lease.resource)
+                    policy
+                        .current()
+                        .auth
+                        .authorize(&watcher, Action::Watch, &event.lease.resource)
                         .is_ok()
                 });
                 self.locks

@@ -117,6 +117,29 @@ impl Daemon {
         }
     }
 
+    /// Sends SIGHUP (reload) and waits (bounded) until the daemon has
+    /// logged the outcome of one more reload than before.
+    pub(crate) fn reload(&self) -> String {
+        let outcomes = |log: &str| {
+            log.matches("configuration reloaded").count() + log.matches("reload refused").count()
+        };
+        let before = outcomes(&self.log());
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -HUP");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if outcomes(&log) > before {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no reload logged:\n{log}");
+            sleep(Duration::from_millis(20));
+        }
+    }
+
     pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -25,6 +25,7 @@ mod operations;
 mod promises;
 mod proxy;
 mod python_compat;
+mod reload;
 mod security;
 mod service;
 mod shared_backend;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::backend::{self, Backend, BackendError};
@@ -25,10 +25,48 @@ pub struct Route {
     pub backend_name: String,
     /// The backend, each call bounded by the configured timeout.
     pub backend: Arc<dyn Backend>,
+    /// The TTLs, which a reload may change ([`Router::retime`]); the
+    /// backend may not change while the daemon runs.
+    ttls: RwLock<Ttls>,
+}
+
+impl Route {
+    /// The TTLs in force.
+    pub fn ttls(&self) -> Ttls {
+        // A panic while holding this lock cannot leave it half-written: the
+        // value is replaced whole.
+        *self.ttls.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How long a resource's leases last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttls {
     /// TTL when the request sets none.
     pub ttl: Duration,
     /// Largest TTL a request may ask for.
     pub max_ttl: Duration,
+}
+
+impl Ttls {
+    /// The `[defaults]` of `config`.
+    fn defaults(config: &Config) -> Self {
+        Self {
+            ttl: config.defaults.ttl,
+            max_ttl: config.defaults.max_ttl,
+        }
+    }
+
+    /// A rule's: its own where set, else the defaults; a rule without
+    /// `max_ttl` allows at least its own TTL.
+    fn of_rule(config: &Config, rule: &crate::config::ResourceRule) -> Self {
+        let d = &config.defaults;
+        let ttl = rule.ttl.unwrap_or(d.ttl);
+        Self {
+            ttl,
+            max_ttl: rule.max_ttl.unwrap_or(d.max_ttl.max(ttl)),
+        }
+    }
 }
 
 /// What [`Router::connect`] does with a backend whose engine cannot be
@@ -40,6 +78,10 @@ pub enum Unreachable {
     /// Start without it and keep connecting: the daemon.
     ConnectLater,
 }
+
+/// A reload that would route resources differently ([`Router::retime`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutingChanged;
 
 /// Resource → [`Route`].
 pub struct Router {
@@ -108,21 +150,18 @@ impl Router {
         let default = Arc::new(Route {
             backend_name: d.backend.clone(),
             backend: lookup(&d.backend)?,
-            ttl: d.ttl,
-            max_ttl: d.max_ttl,
+            ttls: RwLock::new(Ttls::defaults(config)),
         });
         let mut rules = Vec::new();
         for rule in &config.resources {
             let matcher = rule.pattern.clone();
             let name = rule.backend.clone().unwrap_or_else(|| d.backend.clone());
-            let ttl = rule.ttl.unwrap_or(d.ttl);
             rules.push((
                 matcher,
                 Arc::new(Route {
                     backend: lookup(&name)?,
                     backend_name: name,
-                    ttl,
-                    max_ttl: rule.max_ttl.unwrap_or(d.max_ttl.max(ttl)),
+                    ttls: RwLock::new(Ttls::of_rule(config, rule)),
                 }),
             ));
         }
@@ -131,6 +170,46 @@ impl Router {
             default,
             backends,
         })
+    }
+
+    /// Takes the TTLs of `config`, whose routing must be this router's:
+    /// the same rules in the same order, to the same backends, and the same
+    /// default backend (a daemon routing a resource elsewhere than its peers
+    /// could grant it twice: that takes a restart, see RELIABILITY.md). Returns
+    /// whether any TTL changed; refuses, changing nothing, when the routing
+    /// differs.
+    pub fn retime(&self, config: &Config) -> Result<bool, RoutingChanged> {
+        let d = &config.defaults;
+        let same_rules = self.rules.len() == config.resources.len()
+            && self
+                .rules
+                .iter()
+                .zip(&config.resources)
+                .all(|((pattern, route), rule)| {
+                    pattern.as_str() == rule.pattern.as_str()
+                        && route.backend_name == *rule.backend.as_ref().unwrap_or(&d.backend)
+                });
+        if !same_rules || self.default.backend_name != d.backend {
+            return Err(RoutingChanged);
+        }
+        let mut changed = false;
+        let wanted = self
+            .rules
+            .iter()
+            .map(|(_, route)| route)
+            .zip(
+                config
+                    .resources
+                    .iter()
+                    .map(|rule| Ttls::of_rule(config, rule)),
+            )
+            .chain(std::iter::once((&self.default, Ttls::defaults(config))));
+        for (route, ttls) in wanted {
+            let mut current = route.ttls.write().unwrap_or_else(PoisonError::into_inner);
+            changed |= *current != ttls;
+            *current = ttls;
+        }
+        Ok(changed)
     }
 
     /// The route of `resource`.
@@ -287,15 +366,15 @@ mod tests {
         let router = Router::new(&config, backends).expect("router");
         let db = router.route("prod/db");
         assert_eq!(db.backend_name, "shared");
-        assert_eq!(db.ttl, Duration::from_secs(4 * 3600));
-        assert_eq!(db.max_ttl, Duration::from_secs(86400));
+        assert_eq!(db.ttls().ttl, Duration::from_secs(4 * 3600));
+        assert_eq!(db.ttls().max_ttl, Duration::from_secs(86400));
         let deep = router.route("prod/db/main");
         assert_eq!(deep.backend_name, "main");
-        assert_eq!(deep.ttl, Duration::from_secs(2 * 3600));
+        assert_eq!(deep.ttls().ttl, Duration::from_secs(2 * 3600));
         let other = router.route("staging/db");
         assert_eq!(other.backend_name, "main");
-        assert_eq!(other.ttl, Duration::from_secs(3600));
-        assert_eq!(other.max_ttl, config.defaults.max_ttl);
+        assert_eq!(other.ttls().ttl, Duration::from_secs(3600));
+        assert_eq!(other.ttls().max_ttl, config.defaults.max_ttl);
     }
 
     fn routed(text: &str) -> (Router, BTreeMap<String, Arc<dyn Backend>>) {
@@ -314,6 +393,58 @@ mod tests {
             Router::new(&config, backends.clone()).expect("router"),
             backends,
         )
+    }
+
+    /// A reload takes new TTLs for the same routing, and refuses, changing
+    /// nothing, a config that routes anything differently.
+    #[test]
+    fn retime_takes_ttls_and_refuses_other_routing() {
+        let base = |ttl: &str, rules: &str| {
+            format!(
+                "[defaults]\nttl = \"{ttl}\"\nmax_ttl = \"1d\"\n\
+                 [backends.main]\ntype = \"memory\"\n[backends.other]\ntype = \"memory\"\n{rules}"
+            )
+        };
+        let rule = "[[resources]]\nmatch = \"db/*\"\nttl = \"10m\"\n";
+        let (router, _) = routed(&base("1h", rule));
+        let parse = |text: &str| Config::parse(text, "test").expect("config");
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+
+        let same = parse(&base("1h", rule));
+        assert_eq!(router.retime(&same), Ok(false), "nothing changed");
+        let longer = parse(&base(
+            "2h",
+            "[[resources]]\nmatch = \"db/*\"\nttl = \"20m\"\nmax_ttl = \"30m\"\n",
+        ));
+        assert_eq!(router.retime(&longer), Ok(true));
+        assert_eq!(
+            router.route("db/x").ttls(),
+            Ttls {
+                ttl: minutes(20),
+                max_ttl: minutes(30)
+            }
+        );
+        assert_eq!(router.route("x").ttls().ttl, minutes(120));
+
+        for other_routing in [
+            base("5h", ""),
+            base("5h", "[[resources]]\nmatch = \"db/**\"\nttl = \"10m\"\n"),
+            base(
+                "5h",
+                "[[resources]]\nmatch = \"db/*\"\nbackend = \"other\"\n",
+            ),
+            base("5h", &format!("{rule}{rule}")),
+            base("5h", rule).replacen("[defaults]\n", "[defaults]\nbackend = \"other\"\n", 1),
+        ] {
+            let config = parse(&other_routing);
+            assert_eq!(
+                router.retime(&config),
+                Err(RoutingChanged),
+                "{other_routing}"
+            );
+            assert_eq!(router.route("x").ttls().ttl, minutes(120), "unchanged");
+            assert_eq!(router.route("db/x").ttls().ttl, minutes(20), "unchanged");
+        }
     }
 
     /// A rule without `max_ttl` allows at least its own TTL: the default
@@ -337,11 +468,17 @@ mod tests {
         );
         let hours = |h: u64| Duration::from_secs(h * 3600);
         let long = router.route("long/x");
-        assert_eq!((long.ttl, long.max_ttl), (hours(3), hours(3)));
+        assert_eq!((long.ttls().ttl, long.ttls().max_ttl), (hours(3), hours(3)));
         let short = router.route("short/x");
-        assert_eq!((short.ttl, short.max_ttl), (hours(1) / 2, hours(2)));
+        assert_eq!(
+            (short.ttls().ttl, short.ttls().max_ttl),
+            (hours(1) / 2, hours(2))
+        );
         let other = router.route("other");
-        assert_eq!((other.ttl, other.max_ttl), (hours(1), hours(2)));
+        assert_eq!(
+            (other.ttls().ttl, other.ttls().max_ttl),
+            (hours(1), hours(2))
+        );
     }
 
     async fn hold(backend: &Arc<dyn Backend>, resource: &str) {
