@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -354,7 +355,31 @@ impl Connected for Prefaced {
 /// dropped (closed).
 pub(crate) struct Conn<Io> {
     io: Io,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
+}
+
+/// One of a listener's slots, taken by an accepted connection (handshaking
+/// or served) and counted in the listener's open-connections gauge while
+/// it lasts.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, open: Gauge) -> Self {
+        open.inc();
+        Self {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl<Io: AsyncRead + Unpin> AsyncRead for Conn<Io> {
@@ -410,14 +435,16 @@ pub(crate) type Incoming<Io> =
     Pin<Box<dyn Stream<Item = Result<Conn<Io>, Infallible>> + Send + 'static>>;
 
 /// Serves `listener` with at most `max_connections` open and `handshake`
-/// done within `handshake_timeout`. The accept loop runs until the returned
-/// stream is dropped (the gRPC server stopped); then the listener closes and
-/// unfinished handshakes are abandoned.
+/// done within `handshake_timeout`, counting the connections open in `open`.
+/// The accept loop runs until the returned stream is dropped (the gRPC
+/// server stopped); then the listener closes and unfinished handshakes are
+/// abandoned.
 pub(crate) fn incoming<H: Handshake>(
     listener: TcpListener,
     handshake: H,
     handshake_timeout: Duration,
     max_connections: usize,
+    open: Gauge,
 ) -> Incoming<H::Io> {
     // Finished handshakes wait here for the server to take them; it takes
     // them as fast as it can spawn a task each.
@@ -429,7 +456,7 @@ pub(crate) fn incoming<H: Handshake>(
         listener,
         handshake,
         handshake_timeout,
-        slots,
+        (slots, open),
         tx,
     ));
     Box::pin(ReceiverStream::new(rx).map(Ok))
@@ -439,7 +466,7 @@ async fn accept_loop<H: Handshake>(
     listener: TcpListener,
     handshake: H,
     handshake_timeout: Duration,
-    slots: Arc<Semaphore>,
+    (slots, open): (Arc<Semaphore>, Gauge),
     tx: mpsc::Sender<Conn<H::Io>>,
 ) {
     let mut handshakes = JoinSet::new();
@@ -463,13 +490,13 @@ async fn accept_loop<H: Handshake>(
                 match accepted {
                     Ok((tcp, peer)) => {
                         failures.succeeded();
-                        if let Some(slot) = slot.take() {
+                        if let Some(permit) = slot.take() {
                             handshakes.spawn(handshake_one(
                                 handshake.clone(),
                                 tcp,
                                 peer,
                                 handshake_timeout,
-                                slot,
+                                Slot::new(permit, open.clone()),
                                 tx.clone(),
                             ));
                         }
@@ -490,7 +517,7 @@ async fn handshake_one<H: Handshake>(
     tcp: TcpStream,
     peer: SocketAddr,
     timeout: Duration,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
     tx: mpsc::Sender<Conn<H::Io>>,
 ) {
     // Requests and answers are small: waiting to coalesce them (Nagle)

@@ -67,6 +67,11 @@ struct BackendNameLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -96,6 +101,7 @@ pub struct Metrics {
     config_generation: Gauge,
     last_reload_ok: Gauge,
     restart_pending: Gauge,
+    connections: Family<ListenerLabels, Gauge>,
     backend_duration: HistogramFamily<BackendLabels>,
     backend_errors: Family<BackendErrorLabels, Counter>,
     backend_up: Family<BackendNameLabels, Gauge>,
@@ -205,6 +211,12 @@ impl Metrics {
             "1 when the configuration file has changes that only a restart applies (listeners, backends, routing…)",
             restart_pending.clone(),
         );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "stormlock_connections",
+            "Connections open now (handshaking or served), by listener: api (the gRPC port) or health (health_listen)",
+            connections.clone(),
+        );
         let backend_duration: HistogramFamily<BackendLabels> =
             Family::new_with_constructor(|| Histogram::new(BACKEND_BUCKETS));
         // Its count per operation is also the number of engine calls (the
@@ -248,6 +260,7 @@ impl Metrics {
             config_generation,
             last_reload_ok,
             restart_pending,
+            connections,
             backend_duration,
             backend_errors,
             backend_up,
@@ -363,6 +376,13 @@ impl Metrics {
     /// The counter of dropped audit lines, for the audit writer.
     pub fn audit_lines_dropped(&self) -> Counter {
         self.audit_dropped.clone()
+    }
+
+    /// The gauge of connections open on `listener` (`api` or `health`).
+    pub fn open_connections(&self, listener: &'static str) -> Gauge {
+        self.connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
     }
 
     /// The counter of audit lines written, for the audit writer.

@@ -267,7 +267,7 @@ pub async fn run(
     let metrics_server = start_metrics_listener(&settings.config, &metrics, &core, &stop).await?;
     let budgets = ConnectionBudgets::fit(&settings.config);
     let health_server =
-        start_health_listener(&settings.config, &health, budgets.health, &stop).await?;
+        start_health_listener(&settings.config, &health, (budgets.health, &metrics), &stop).await?;
     let grpc = configure_transport(&settings, &listener, budgets.api)?;
     if let ListenerHandshake::Tls(TlsHandshake(files)) = &grpc.handshake {
         tokio::spawn(
@@ -548,7 +548,7 @@ fn http2_limits(builder: Server, limits: &ConnectionLimits) -> Server {
 async fn start_health_listener(
     config: &Config,
     health: &Health,
-    max_connections: usize,
+    (max_connections, metrics): (usize, &Metrics),
     stop: &Stop,
 ) -> Result<Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>, ServerError> {
     let Some(addr) = config.health_listen else {
@@ -562,6 +562,7 @@ async fn start_health_listener(
         PlainHandshake,
         limits.handshake_timeout,
         max_connections,
+        metrics.open_connections("health"),
     );
     Ok(Some(tokio::spawn(
         http2_limits(Server::builder(), limits)
@@ -685,6 +686,7 @@ where
         stop,
     } = draining;
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+    let open = services.metrics.open_connections("api");
     let router = transport
         .builder
         .layer(RequestLayer::new(services.metrics))
@@ -709,11 +711,11 @@ where
     let (timeout, max) = (transport.handshake_timeout, transport.max_connections);
     let server: Serving = match transport.handshake {
         ListenerHandshake::Tls(tls) => Box::pin(router.serve_with_incoming_shutdown(
-            connections::incoming(listener, tls, timeout, max),
+            connections::incoming(listener, tls, timeout, max, open),
             signal,
         )),
         ListenerHandshake::Plain => Box::pin(router.serve_with_incoming_shutdown(
-            connections::incoming(listener, PlainHandshake, timeout, max),
+            connections::incoming(listener, PlainHandshake, timeout, max, open),
             signal,
         )),
     };

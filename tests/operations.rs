@@ -171,6 +171,25 @@ async fn metrics_move_with_traffic() {
     }
     // Only LockService calls are counted, under known method names.
     assert!(!after.contains("grpc.health"), "{after}");
+    // One client, one connection, counted while it is open.
+    assert_eq!(
+        sample(&after, "stormlock_connections{listener=\"api\"}"),
+        1.0,
+        "{after}"
+    );
+    drop(client);
+    let until = Instant::now() + PATIENCE;
+    while sample(
+        &scrape(metrics).await,
+        "stormlock_connections{listener=\"api\"}",
+    ) != 0.0
+    {
+        assert!(
+            Instant::now() < until,
+            "the closed connection is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     daemon.shutdown().await.expect("clean shutdown");
 }
 
