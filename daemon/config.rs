@@ -72,6 +72,9 @@ pub struct Config {
     pub shutdown_grace: Option<Duration>,
     /// State directory (embedded store, development certificates).
     pub data_dir: Option<PathBuf>,
+    /// Log level or filter, as `--log-level` takes it; the flag,
+    /// `STORMLOCKD_LOG` and `RUST_LOG` win over it. Reloaded on SIGHUP.
+    pub log_level: Option<String>,
     /// Serve plain text. Only ever set on purpose.
     #[serde(default)]
     pub insecure: bool,
@@ -461,6 +464,9 @@ impl Config {
 
     /// Checks cross-references and limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(level) = &self.log_level {
+            crate::telemetry::log_filter(level).map_err(|e| invalid("log_level", e))?;
+        }
         let d = &self.defaults;
         check_ttls("defaults", d.ttl, d.max_ttl)?;
         if d.backend_timeout.is_zero() {

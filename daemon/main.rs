@@ -10,9 +10,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use stormlockd::config::{Config, Overrides};
-use stormlockd::reload::{Snapshot, Source};
+use stormlockd::reload::{SetLogLevel, Snapshot, Source};
 use stormlockd::routing::{Router, Unreachable};
 use stormlockd::server::{self, Settings};
+use stormlockd::telemetry::log_filter;
 
 /// Stormlock daemon: lease-based locks for operators and their scripts, over gRPC.
 ///
@@ -152,10 +153,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Err(e) = init_logging(&args) {
-        eprintln!("stormlockd: {e:#}");
-        return ExitCode::from(64);
-    }
+    let set_log_level = match init_logging(&args) {
+        Ok(set) => set,
+        Err(e) => {
+            eprintln!("stormlockd: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
     note_renamed_variables();
     stormlockd::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -168,7 +172,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, set_log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stormlockd: error: {e:#}");
@@ -177,39 +181,52 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(args: &Args) -> anyhow::Result<()> {
-    let directives = args
+/// Starts logging at the level of `--log-level`/`STORMLOCKD_LOG`, else
+/// `RUST_LOG`, else `info`. When neither flag nor variable set one, the
+/// returned handle changes it: to the config file's `log_level`, at start
+/// and on every reload.
+fn init_logging(args: &Args) -> anyhow::Result<Option<SetLogLevel>> {
+    let given = args
         .log
         .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "info".to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(expand_level(&directives))
-        .with_context(|| format!("invalid log filter {directives:?}"))?;
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()));
+    let directives = given.clone().unwrap_or_else(|| "info".to_string());
+    let filter = log_filter(&directives)
+        .map_err(|e| anyhow::anyhow!("invalid log filter {directives:?}: {e}"))?;
     // Colour only for a person at a terminal: escape codes in a log file or
     // a collector's pipe are noise to every reader and parser.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(())
+    let set = match args.log_format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let set = setter(builder.reload_handle());
+            builder.init();
+            set
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let set = setter(builder.reload_handle());
+            builder.init();
+            set
+        }
+    };
+    Ok(given.is_none().then_some(set))
 }
 
-/// A bare level (`debug`, `trace`) applies to the daemon; its libraries stay
-/// at `info` or quieter, since their debug output (HTTP/2 frames, TLS) drowns
-/// the daemon's. Full filters (`h2=debug,info`) are used as given.
-fn expand_level(directives: &str) -> String {
-    use tracing_subscriber::filter::LevelFilter;
-    match directives.trim().parse::<LevelFilter>() {
-        Ok(level) => format!("{},stormlock={level}", level.min(LevelFilter::INFO)),
-        Err(_) => directives.to_string(),
-    }
+/// Sets the log filter through `handle`.
+fn setter<S: Send + Sync + 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> SetLogLevel {
+    std::sync::Arc::new(move |directives: &str| {
+        let filter = log_filter(directives)?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, set_log_level: Option<SetLogLevel>) -> anyhow::Result<()> {
     match &args.command {
         Some(Command::CheckConfig { file, offline }) => {
             return check_config(file, &args.overrides(), *offline).await;
@@ -247,10 +264,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let snapshot = Snapshot::read(args.config.as_deref(), &overrides)?;
     let config = snapshot.config.clone();
     let listen = config.listen();
+    if let (Some(set), Some(level)) = (&set_log_level, &config.log_level) {
+        set(level).map_err(|e| anyhow::anyhow!("log_level: {e}"))?;
+    }
     let source = Source {
         file: args.config.clone(),
         overrides,
         listen,
+        set_log_level,
     };
     // What this daemon runs on, in one line: the first thing to check when
     // it does not behave as expected.
@@ -450,16 +471,4 @@ fn bounds(config: &Config) -> String {
         l.max_waiters_per_principal,
         l.max_watches_per_principal,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::expand_level;
-
-    #[test]
-    fn a_bare_level_is_the_daemons() {
-        assert_eq!(expand_level("debug"), "info,stormlock=debug");
-        assert_eq!(expand_level("warn"), "warn,stormlock=warn");
-        assert_eq!(expand_level("h2=debug,info"), "h2=debug,info");
-    }
 }

@@ -23,7 +23,7 @@ use crate::service::{Policies, Policy};
 use crate::tls::ReloadingTls;
 
 /// Where the configuration comes from, to be read again.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Source {
     /// The file (`--config`); `None`: the embedded default.
     pub file: Option<PathBuf>,
@@ -31,6 +31,23 @@ pub struct Source {
     pub overrides: Overrides,
     /// The address the daemon listens on (for the policy checks).
     pub listen: SocketAddr,
+    /// Sets the log filter; `None` when a flag or variable chose it (they
+    /// win over the file's `log_level`).
+    pub set_log_level: Option<SetLogLevel>,
+}
+
+/// Puts a log level or filter in force (see `log_level`).
+pub type SetLogLevel = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("file", &self.file)
+            .field("overrides", &self.overrides)
+            .field("listen", &self.listen)
+            .field("set_log_level", &self.set_log_level.is_some())
+            .finish()
+    }
 }
 
 /// A configuration as read: validated, and the file's own tables, to tell
@@ -85,7 +102,7 @@ const RESTART_ONLY: &[&str] = &[
 ];
 
 /// The parts a reload puts in force.
-const LIVE: &[&str] = &["auth", "defaults", "resources"];
+const LIVE: &[&str] = &["auth", "defaults", "resources", "log_level"];
 
 /// What a reload found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -230,6 +247,19 @@ impl Reloader {
             auth,
             max_wait: nd.max_wait,
         });
+        if old.config.log_level != new.log_level {
+            match &self.source.set_log_level {
+                // Validated with the file: cannot fail but for a bug.
+                Some(set) => {
+                    if let Err(e) = set(new.log_level.as_deref().unwrap_or("info")) {
+                        error!(error = %e, "cannot change the log level");
+                    }
+                }
+                None => warn!(
+                    "log_level changed in the file, but --log-level, STORMLOCKD_LOG or RUST_LOG chose the level, and they win"
+                ),
+            }
+        }
         for key in LIVE {
             if old.raw.get(*key) != next.raw.get(*key) {
                 outcome.applied.insert(format!("[{key}]"));

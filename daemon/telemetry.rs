@@ -227,6 +227,22 @@ impl<B: Body> Body for RecordedBody<B> {
     }
 }
 
+/// The log filter of `directives`: a bare level (`debug`, `trace`) applies
+/// to the daemon, its libraries staying at `info` or quieter, since their
+/// debug output (HTTP/2 frames, TLS) drowns the daemon's; a full filter
+/// (`h2=debug,info`) is used as given.
+pub fn log_filter(directives: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    tracing_subscriber::EnvFilter::try_new(expand_level(directives)).map_err(|e| e.to_string())
+}
+
+fn expand_level(directives: &str) -> String {
+    use tracing_subscriber::filter::LevelFilter;
+    match directives.trim().parse::<LevelFilter>() {
+        Ok(level) => format!("{},stormlock={level}", level.min(LevelFilter::INFO)),
+        Err(_) => directives.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +276,14 @@ mod tests {
         );
         assert_eq!(service.rpc("/grpc.health.v1.Health/Check"), None);
         assert_eq!(service.rpc("/stormlock.v1.LockServiceX/Acquire"), None);
+    }
+
+    #[test]
+    fn a_bare_level_is_the_daemons() {
+        assert_eq!(expand_level("debug"), "info,stormlock=debug");
+        assert_eq!(expand_level("warn"), "warn,stormlock=warn");
+        assert_eq!(expand_level("h2=debug,info"), "h2=debug,info");
+        assert!(log_filter("stormlock=debug,h2=info").is_ok());
+        assert!(log_filter("stormlock=loud").is_err());
     }
 }

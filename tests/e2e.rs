@@ -40,6 +40,10 @@ fn spawn_daemon(dir: &Path, port: u16, extra: &[String]) -> Child {
         .env_remove("STORMLOCKD_CONFIG")
         .env_remove("STORMLOCKD_LISTEN")
         .env_remove("STORMLOCKD_INSECURE")
+        // The level comes from the test (flags, the config file's
+        // log_level), never from the shell that runs the suite.
+        .env_remove("STORMLOCKD_LOG")
+        .env_remove("RUST_LOG")
         // The CLI's variables, exported in the same shell, must not reach
         // the daemon: were they read, it would fail (no such config file) or
         // keep its state elsewhere.

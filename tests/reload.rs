@@ -305,3 +305,41 @@ fn the_audit_file_is_reopened_on_sighup_without_losing_or_repeating_a_line() {
     );
     assert!(!lines(&rotated).is_empty() && !lines(&audit).is_empty());
 }
+
+/// The file's `log_level` is in force from the start and changes on
+/// SIGHUP; an invalid one is refused with its key.
+#[test]
+fn sighup_changes_the_log_level_of_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stormlockd.toml");
+    std::fs::write(&config, "log_level = \"info\"\n").expect("config");
+    let config_arg = config.display().to_string();
+    let daemon = Daemon::start_with(&["--config", &config_arg]);
+    // Each call ends with a `finished` line at debug level only.
+    let finished = |log: &str| log.lines().filter(|l| l.contains("finished")).count();
+    daemon.cli(&["acquire", "log/a"]).ok();
+    assert_eq!(finished(&daemon.log()), 0, "{}", daemon.log());
+
+    std::fs::write(&config, "log_level = \"debug\"\n").expect("config");
+    let log = daemon.reload();
+    assert!(log.contains("[log_level]"), "{log}");
+    daemon.cli(&["acquire", "log/b"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while finished(&daemon.log()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no debug line:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    std::fs::write(&config, "log_level = \"stormlock=loud\"\n").expect("config");
+    let log = daemon.reload();
+    let refused = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("reload refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(refused.contains("log_level"), "{refused}");
+}
