@@ -9,9 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use stormlockd::backend::BackendConfig;
+use stormlockd::backend::embedded::EmbeddedBackend;
 use stormlockd::config::{Config, Overrides};
 use stormlockd::reload::{SetLogLevel, Snapshot, Source};
-use stormlockd::routing::{Router, Unreachable};
 use stormlockd::server::{self, Settings};
 use stormlockd::telemetry::log_filter;
 
@@ -410,15 +411,34 @@ async fn check_config(
             client_ca: tls.client_ca.as_ref().map(|p| data_dir.join(p)),
         })?;
     }
-    let router = Router::connect(&config, &data_dir, None, Unreachable::Fail).await?;
-    for (name, backend) in router.backends() {
-        backend
-            .health()
-            .await
-            .with_context(|| format!("backend {name:?} does not answer"))?;
+    // Every backend answers, and nothing is created: the embedded store is
+    // looked at, not opened for writing; the engines are connected to and
+    // health-checked, each bounded as the daemon bounds its calls.
+    let mut found = Vec::new();
+    for (name, backend) in &config.backends {
+        let what = match backend {
+            BackendConfig::Embedded(embedded) => {
+                EmbeddedBackend::check(name, embedded, &data_dir).await?
+            }
+            _ => {
+                let connected = stormlockd::backend::connect(name, backend, &data_dir).await?;
+                let timeout = config.defaults.backend_timeout;
+                match tokio::time::timeout(timeout, connected.health()).await {
+                    Ok(answer) => {
+                        answer.with_context(|| format!("backend {name:?} does not answer"))?
+                    }
+                    Err(_) => anyhow::bail!(
+                        "backend {name:?} does not answer its health check within {} (backend_timeout)",
+                        stormlockd::duration::format_duration(timeout)
+                    ),
+                }
+                "answers".to_string()
+            }
+        };
+        found.push(format!("  {name} ({}): {what}\n", backend.kind()));
     }
     let plural = |n: usize| if n == 1 { "" } else { "s" };
-    let backends = router.backends().len();
+    let backends = config.backends.len();
     let rules = config.resources.len();
     let mut out = format!(
         "{}: ok ({backends} backend{}, {rules} routing rule{})\n",
@@ -428,6 +448,8 @@ async fn check_config(
     );
     // Every daemon sharing these backends must route alike: a resource that
     // two daemons send to different backends can be granted on both.
+    out.push_str("backends:\n");
+    out.extend(found);
     out.push_str("routing (first match wins; every daemon must have the same):\n");
     for rule in &config.resources {
         out.push_str(&format!(

@@ -1078,3 +1078,75 @@ fn every_command_has_a_man_page_with_its_exit_statuses() {
     let unknown = cli_alone(&["man", "frobnicate"]).exit(64);
     assert!(unknown.stderr.contains("migrate-config"), "{unknown:?}");
 }
+
+/// `check-config` creates nothing: on a new machine it leaves the data
+/// directory and the embedded store uncreated and says the daemon creates
+/// them; after the daemon ran, it opens the store and leaves it unchanged.
+#[test]
+fn check_config_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let file = dir.path().join("stormlockd.toml");
+    std::fs::write(
+        &file,
+        format!("data_dir = {:?}\n", data.display().to_string()),
+    )
+    .expect("config");
+    let check = || {
+        let mut check = Command::new(stormlockd());
+        check
+            .arg("check-config")
+            .arg(&file)
+            .env_remove("STORMLOCKD_CONFIG")
+            .env_remove("STORMLOCKD_DATA_DIR");
+        run(check)
+    };
+    let fresh = check();
+    assert_eq!(fresh.code, 0, "{fresh:?}");
+    assert!(
+        fresh.stdout.contains("main (embedded): ")
+            && fresh
+                .stdout
+                .contains("does not exist yet; the daemon creates it at its first start"),
+        "{fresh:?}"
+    );
+    assert!(!data.exists(), "check-config created {}", data.display());
+
+    // A store that cannot be created is found out before the start.
+    std::fs::create_dir(&data).expect("data dir");
+    let not_a_dir = data.join("a-file");
+    std::fs::write(&not_a_dir, "").expect("file");
+    std::fs::write(
+        &file,
+        format!(
+            "[backends.main]\ntype = \"embedded\"\npath = {:?}\n",
+            not_a_dir.join("sub/locks.redb").display().to_string()
+        ),
+    )
+    .expect("config");
+    let refused = check();
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.to_lowercase().contains("not a directory"),
+        "{refused:?}"
+    );
+
+    // After the daemon ran, the store is opened and left as it was.
+    let mut d = Daemon::start();
+    d.cli(&["acquire", "-t", "1h", "check/r"]).ok();
+    assert!(d.terminate().success());
+    std::fs::write(
+        &file,
+        format!("data_dir = {:?}\n", d.data_dir().display().to_string()),
+    )
+    .expect("config");
+    let store = d.data_dir().join("locks.redb");
+    let before = std::fs::read(&store).expect("store");
+    let existing = check();
+    assert_eq!(existing.code, 0, "{existing:?}");
+    assert!(
+        existing.stdout.contains("locks.redb: opened"),
+        "{existing:?}"
+    );
+    assert_eq!(std::fs::read(&store).expect("store"), before, "unchanged");
+}

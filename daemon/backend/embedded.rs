@@ -36,6 +36,11 @@ pub struct EmbeddedConfig {
     pub path: Option<PathBuf>,
 }
 
+/// The database file of `config`: relative paths under `data_dir`.
+fn store_path(config: &EmbeddedConfig, data_dir: &Path) -> PathBuf {
+    data_dir.join(config.path.as_deref().unwrap_or(Path::new("locks.redb")))
+}
+
 /// A redb database shared by blocking tasks.
 pub struct EmbeddedBackend {
     name: String,
@@ -45,7 +50,7 @@ pub struct EmbeddedBackend {
 impl EmbeddedBackend {
     /// Opens (creating if needed) the database file of `config`.
     pub async fn open(name: &str, config: &EmbeddedConfig, data_dir: &Path) -> Result<Self> {
-        let path = data_dir.join(config.path.as_deref().unwrap_or(Path::new("locks.redb")));
+        let path = store_path(config, data_dir);
         let owner = name.to_string();
         let db = tokio::task::spawn_blocking(move || -> Result<Database> {
             // Every lease id is in the store: private, like its directory.
@@ -80,6 +85,64 @@ impl EmbeddedBackend {
             name: name.to_string(),
             db: Arc::new(db),
         })
+    }
+
+    /// What `check-config` says of the store of `config`, creating and
+    /// changing nothing: an existing file is opened (its permissions
+    /// checked, its records readable); a missing one must be creatable,
+    /// under a directory the daemon could write to.
+    pub async fn check(name: &str, config: &EmbeddedConfig, data_dir: &Path) -> Result<String> {
+        let path = store_path(config, data_dir);
+        let owner = name.to_string();
+        tokio::task::spawn_blocking(move || -> Result<String> {
+            let refuse = |e: String| BackendError::config(&owner, e);
+            crate::private::check_file(&path, "the embedded store").map_err(refuse)?;
+            if path.exists() {
+                let db = redb::Builder::new()
+                    .set_cache_size(CACHE_BYTES)
+                    .open(&path)
+                    .map_err(|e| refuse(format!("cannot open {}: {e}", path.display())))?;
+                let read = db
+                    .begin_read()
+                    .map_err(|e| BackendError::internal(&owner, e))?;
+                match read.open_table(RECORDS) {
+                    Ok(_) | Err(redb::TableError::TableDoesNotExist(_)) => {}
+                    Err(e) => return Err(refuse(format!("cannot read {}: {e}", path.display()))),
+                }
+                return Ok(format!("{}: opened", path.display()));
+            }
+            // The first directory up the path that exists is where the
+            // daemon would create the rest.
+            let existing = path
+                .ancestors()
+                .skip(1)
+                .find(|dir| dir.exists())
+                .unwrap_or(Path::new("/"));
+            if !existing.is_dir() {
+                return Err(refuse(format!(
+                    "cannot create {}: {} is not a directory",
+                    path.display(),
+                    existing.display()
+                )));
+            }
+            nix::unistd::access(
+                existing,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .map_err(|e| {
+                refuse(format!(
+                    "cannot create {}: {} is not writable: {e}",
+                    path.display(),
+                    existing.display()
+                ))
+            })?;
+            Ok(format!(
+                "{}: does not exist yet; the daemon creates it at its first start",
+                path.display()
+            ))
+        })
+        .await
+        .map_err(|e| BackendError::internal(name, e))?
     }
 
     /// Runs `f` on the record of `resource` in one write transaction and
