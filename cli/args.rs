@@ -212,9 +212,9 @@ pub enum Command {
     /// Reads Python stormlock's INI file (.stormlock.cfg) and prints two
     /// parts: this CLI's config file (principal, ttl) and the tables for the
     /// daemon's config file: [defaults], one [backends.NAME] per backend
-    /// found (redis and postgresql with python_stormlock = true, so that
-    /// both tools exclude each other during the migration; mysql, etcd and
-    /// dynamodb with a comment that they cannot yet) and [[resources]] for
+    /// found (with python_stormlock = true and Python's table or prefix, so
+    /// that both tools exclude each other during the migration) and
+    /// [[resources]] for
     /// resources with a backend or TTL of their own. What the daemon cannot
     /// express is said in a comment. Passwords are never printed: the daemon
     /// reads them from ${VAR} placeholders, and a comment names each

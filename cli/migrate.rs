@@ -364,14 +364,18 @@ impl Table {
         }
     }
 
-    /// Says that the daemon has no migration mode for this engine.
-    fn no_migration_mode(&mut self, engine: &str, python_store: &str) {
+    /// Turns the migration mode on, saying what it does with Python
+    /// stormlock's locks, kept in `python_store`; `setting` is the key and
+    /// value that names where they are, when the engine has one.
+    fn migration_mode(&mut self, python_store: &str, setting: Option<(&str, &str)>) {
         self.doc.comment(&format!(
-            "No python_stormlock on {engine} yet: the daemon neither sees Python stormlock's locks \
-             ({python_store}) nor writes its own there, so a Python client and a stormlock client \
-             could hold the same resource at once. Move every client of a resource in one step \
-             (MIGRATING.md)."
+            "Python stormlock's locks ({python_store}) count as held, and each lease is written \
+             in Python's format too, until no Python client is left (MIGRATING.md):"
         ));
+        self.doc.set("python_stormlock", "true");
+        if let Some((key, value)) = setting {
+            self.doc.set(key, &daemon_str(value));
+        }
     }
 }
 
@@ -638,11 +642,7 @@ fn redis(get: &Get<'_>) -> Result<Table, String> {
             table.doc.line("# url = \"redis://HOST:6379/0\"");
         }
     }
-    table.doc.comment(
-        "Python stormlock's locks (a hash at the resource's name) count as held, and each \
-         lease is written in Python's format too, until no Python client is left:",
-    );
-    table.doc.set("python_stormlock", "true");
+    table.migration_mode("a hash at the resource's name", None);
     Ok(table)
 }
 
@@ -723,20 +723,14 @@ fn postgres(get: &Get<'_>) -> Result<Table, String> {
         ));
         table.doc.set("table", "\"stormlockd_locks\"");
     }
-    table.doc.comment(
-        "Python stormlock's locks (rows of python_table) count as held, and each lease is \
-         written there too, until no Python client is left (the table must exist; see \
-         MIGRATING.md):",
-    );
-    table.doc.set("python_stormlock", "true");
-    if python_table.chars().any(|c| c.is_ascii_uppercase()) {
-        table.doc.comment(&format!(
-            "Python's table {python_table:?} in lower case, as PostgreSQL read it unquoted:"
-        ));
-    }
-    table.doc.set(
-        "python_table",
-        &daemon_str(&python_table.to_ascii_lowercase()),
+    let folded = if python_table.chars().any(|c| c.is_ascii_uppercase()) {
+        format!("; Python's table {python_table:?} in lower case, as PostgreSQL read it unquoted")
+    } else {
+        String::new()
+    };
+    table.migration_mode(
+        &format!("rows of python_table, which must exist: see MIGRATING.md{folded}"),
+        Some(("python_table", &python_table.to_ascii_lowercase())),
     );
     Ok(table)
 }
@@ -899,7 +893,10 @@ fn mysql(config: &PythonConfig, section: &str, get: &Get<'_>) -> Result<Table, S
     if python_table.eq_ignore_ascii_case(DAEMON_SQL_TABLE) {
         table.doc.set("table", "\"stormlockd_locks\"");
     }
-    table.no_migration_mode("MySQL", &format!("table {python_table}"));
+    table.migration_mode(
+        "rows of python_table, which must exist: see MIGRATING.md for its shape",
+        Some(("python_table", &python_table)),
+    );
     Ok(table)
 }
 
@@ -952,7 +949,10 @@ fn etcd(get: &Get<'_>) -> Result<Table, String> {
         ));
     }
     let prefix = get("prefix")?.unwrap_or_else(|| "/".to_string());
-    table.no_migration_mode("etcd", &format!("keys {prefix}RESOURCE/id, /p, /c"));
+    table.migration_mode(
+        &format!("keys {prefix}RESOURCE/id, /p and /c; python_prefix is Python's prefix"),
+        Some(("python_prefix", &prefix)),
+    );
     Ok(table)
 }
 
@@ -992,7 +992,10 @@ fn dynamodb(get: &Get<'_>) -> Result<Table, String> {
         );
         table.secret("AWS_SECRET_ACCESS_KEY", "Python's secret_access_key");
     }
-    table.no_migration_mode("DynamoDB", &format!("table {python_table}"));
+    table.migration_mode(
+        "items of python_table, Python's own table",
+        Some(("python_table", &python_table)),
+    );
     Ok(table)
 }
 
@@ -1104,7 +1107,7 @@ url = redis://:s3cr%%40t@redis.internal:6379/0
     }
 
     #[test]
-    fn engines_without_a_migration_mode_say_so() {
+    fn mysql_etcd_and_dynamodb_in_migration_mode() {
         let m = run("\
 [DEFAULT]
 principal = ops
@@ -1142,7 +1145,8 @@ secret_access_key = AKIAsecret
         );
         assert_eq!(mysql["tls"].as_str(), Some("verify-full"));
         assert_eq!(mysql["ca_file"].as_str(), Some("/etc/ssl/db-ca.pem"));
-        assert!(mysql.get("python_stormlock").is_none());
+        assert_eq!(mysql["python_stormlock"].as_bool(), Some(true));
+        assert_eq!(mysql["python_table"].as_str(), Some("stormlock"));
         let etcd = &daemon["backends"]["etcd"];
         assert_eq!(
             etcd["endpoints"].as_array().map(Vec::len),
@@ -1155,9 +1159,12 @@ secret_access_key = AKIAsecret
             Some("https://etcd.internal:2379")
         );
         assert_eq!(etcd["password"].as_str(), Some("${ETCD_PASSWORD}"));
+        assert_eq!(etcd["python_stormlock"].as_bool(), Some(true));
+        assert_eq!(etcd["python_prefix"].as_str(), Some("/"));
         let dynamo = &daemon["backends"]["dynamodb"];
         assert_eq!(dynamo["table"].as_str(), Some("stormlock_locks"));
-        assert_eq!(said(&m.daemon).matches("No python_stormlock on").count(), 3);
+        assert_eq!(dynamo["python_stormlock"].as_bool(), Some(true));
+        assert_eq!(dynamo["python_table"].as_str(), Some("stormlock"));
         for what in ["autocommit", "timeout (5 s)", "AWS_SECRET_ACCESS_KEY"] {
             assert!(said(&m.daemon).contains(what), "{what}: {}", m.daemon);
         }
@@ -1176,6 +1183,42 @@ secret_access_key = AKIAsecret
         assert_eq!(cli.get("ttl"), None);
         assert!(m.cli.contains("\n# principal = \"ops\"\n"), "{}", m.cli);
         assert!(m.cli.contains("# ttl = \"5m\""), "{}", m.cli);
+    }
+
+    /// Python's own table and prefix settings become the daemon's
+    /// `python_table` and `python_prefix`, as Python wrote them; the
+    /// daemon's own table never takes Python's name.
+    #[test]
+    fn python_tables_and_prefixes_carry_over() {
+        let m = run("\
+[default]
+backend = mysql
+principal = ops
+ttl = 5 minutes
+[backend.mysql]
+table = Ops_Locks
+[backend.etcd]
+prefix = /locks/
+[backend.dynamodb]
+table = stormlock_locks
+");
+        let daemon = settings(&m.daemon);
+        let backends = &daemon["backends"];
+        assert_eq!(
+            backends["mysql"]["python_table"].as_str(),
+            Some("Ops_Locks")
+        );
+        assert!(backends["mysql"].get("table").is_none(), "{}", m.daemon);
+        assert_eq!(backends["etcd"]["python_prefix"].as_str(), Some("/locks/"));
+        let dynamo = &backends["dynamodb"];
+        assert_eq!(dynamo["python_table"].as_str(), Some("stormlock_locks"));
+        assert_eq!(dynamo["table"].as_str(), Some("stormlockd_locks"));
+        let m = run(
+            "[default]\nbackend = mysql\nprincipal = p\n[backend.mysql]\ntable = stormlock_locks\n",
+        );
+        let mysql = &settings(&m.daemon)["backends"]["mysql"];
+        assert_eq!(mysql["python_table"].as_str(), Some("stormlock_locks"));
+        assert_eq!(mysql["table"].as_str(), Some("stormlockd_locks"));
     }
 
     #[test]

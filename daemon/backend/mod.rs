@@ -136,13 +136,27 @@ pub(crate) const SILENT_CONNECTION: Duration = Duration::from_millis(500);
 /// adapter that honours `python_stormlock = true` (see MIGRATING.md): its
 /// holder is reported with the principal Python stored, fence 0 (Python
 /// stormlock has no fences) and the Python lease id.
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "etcd",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "dynamodb"
+))]
 pub const PYTHON_STORMLOCK_REASON: &str = "held by Python stormlock";
 
 /// The holder of `resource` when Python stormlock holds it: its 16-byte
-/// lease id (Redis's random bytes, PostgreSQL's UUID) as a lease id, or
-/// `None` when the id is not 16 bytes (not written by Python stormlock).
-#[cfg(any(feature = "redis", feature = "postgres"))]
+/// lease id (Redis's random bytes, PostgreSQL's UUID, MySQL's `BINARY(16)`,
+/// DynamoDB's 32 hex digits; etcd's lease id padded with zero bytes in
+/// front) as a lease id, or `None` when the id is not 16 bytes (not written
+/// by Python stormlock).
+#[cfg(any(
+    feature = "redis",
+    feature = "etcd",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "dynamodb"
+))]
 pub(crate) fn python_stormlock_holder(
     resource: &str,
     id: &[u8],
@@ -550,6 +564,7 @@ mod tests {
     fn mysql_settings_are_checked_when_parsed() {
         let ok = "type = \"mysql\"\nurl = \"mysql://u:pw@db:3306/ops\"\n";
         assert_eq!(refused(ok), "");
+        assert_eq!(refused(&format!("{ok}python_stormlock = true")), "");
         refused_naming(&[
             (
                 "type = \"mysql\"\nurl = \"postgres://db/ops\"".to_string(),
@@ -560,7 +575,11 @@ mod tests {
                 "url",
             ),
             (format!("{ok}table = \"ops.locks\""), "table"),
-            (format!("{ok}python_stormlock = true"), "python_stormlock"),
+            (format!("{ok}python_table = \"py\""), "python_table"),
+            (
+                format!("{ok}python_stormlock = true\npython_table = \"a-b\""),
+                "python_table",
+            ),
             (format!("{ok}pool_size = 0"), "pool_size"),
             (format!("{ok}connect_timeout = \"0s\""), "connect_timeout"),
             (format!("{ok}ca_file = \"ca.pem\""), "ca_file"),

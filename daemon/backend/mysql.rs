@@ -34,6 +34,31 @@
 //! transaction, so that contenders lock an existing row instead of a gap
 //! (gap locks make concurrent inserters deadlock). Release is one `UPDATE`;
 //! current, status and list are plain reads against `NOW(6)`.
+//!
+//! # Python stormlock
+//!
+//! With `python_stormlock = true`, Python stormlock 0.4.1's table
+//! (`python_table`, [`PYTHON_DDL`]) is consulted and written in the same
+//! transactions: acquire locks the resource's Python row (`FOR UPDATE`)
+//! after its own, refuses while a live Python lock is there (naming its
+//! holder), and otherwise writes the lease's mirror there (`lease` = the
+//! lease id's 16 bytes, `principal`, `created`, `expires`) before granting,
+//! so a Python client and the daemon can never both win. Renew extends the
+//! mirror in its transaction (writing it again if it went missing and no
+//! Python client took the row); release deletes it right after the lease;
+//! force-release deletes the broken lease's mirror, or breaks a live Python
+//! lock (deletes its row) when no Stormlock lease holds the resource.
+//! `current` reports a live Python lock as held; `list` shows Stormlock's
+//! leases only.
+//!
+//! Python stormlock writes and compares its times with `NOW()` in its
+//! sessions' time zone, the server's default (`@@global.time_zone`), while
+//! this backend's sessions run in UTC: every statement on Python's table
+//! reads the clock as [`PYTHON_NOW`], the server's clock in that zone, and
+//! reports Python's times as offsets from it. Those transactions run under
+//! READ COMMITTED: no placeholder rows can be put into Python's table (they
+//! would be Python's data), and a locking read of a missing row then takes
+//! no gap lock, on which acquisitions of neighbouring names would deadlock.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -42,8 +67,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{
-    ClientIdentity, Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, SslOpts, TxOpts,
-    Value,
+    ClientIdentity, Conn, IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row,
+    SslOpts, Transaction, TxOpts, Value,
 };
 
 use super::sql::{self, MAX_ATTEMPTS, SqlConfig, SqlEngine, StoredRow, TableName, TlsMode};
@@ -79,6 +104,25 @@ CREATE TABLE IF NOT EXISTS `stormlock_locks_fence` (
 INSERT IGNORE INTO `stormlock_locks_fence` (id, v) VALUES (1, 0);
 "#;
 
+/// Python stormlock 0.4.1's table (named by `python_table`, default
+/// `stormlock`), which Python stormlock does not create. Resource names are
+/// raw bytes (exact matching, like the locks table); times are Python's
+/// `NOW()`, in the server's default time zone.
+pub const PYTHON_DDL: &str = r#"CREATE TABLE stormlock (
+  resource VARBINARY(512) NOT NULL PRIMARY KEY,
+  lease BINARY(16) NOT NULL,
+  principal TEXT CHARACTER SET utf8mb4 NOT NULL,
+  created DATETIME(6) NOT NULL,
+  expires DATETIME(6) NOT NULL
+) ENGINE = InnoDB;
+"#;
+
+/// The server's clock as Python stormlock reads it (`NOW()` in a session of
+/// the server's default time zone), from a session that runs in UTC.
+/// `CONVERT_TZ` gives `NULL` for a named zone without the time zone tables:
+/// checked at start.
+const PYTHON_NOW: &str = "CONVERT_TZ(NOW(6), '+00:00', @@global.time_zone)";
+
 /// How long MariaDB lets a session sit idle inside a transaction before it
 /// ends the session. A working daemon sends a transaction's statements back
 /// to back, well within a second.
@@ -110,13 +154,117 @@ struct Statements {
     force: String,
     release: String,
     list: String,
+    /// With `python_stormlock = true`.
+    python: Option<PythonStatements>,
+}
+
+/// The statements on Python stormlock's table, their parameters named in
+/// order. Ids travel as their 16 bytes; TTLs in microseconds.
+struct PythonStatements {
+    /// The table, for messages.
+    table: String,
+    /// (resource): its row as (lease, principal, µs since `created`, µs
+    /// until `expires`, the server's clock in UTC), locked.
+    lock: String,
+    /// The same, without a lock.
+    read: String,
+    /// (lease, lease, principal, TTL, resource): makes the existing row the
+    /// mirror of the lease, keeping its creation time when it already was.
+    claim: String,
+    /// (resource, lease, principal, TTL): inserts the mirror of the lease.
+    insert: String,
+    /// (resource, lease): deletes the row if it holds the lease.
+    delete: String,
+    /// Every column, to check the table at start.
+    probe: String,
+    /// Whether [`PYTHON_NOW`] reads (not `NULL`), and the zone it reads.
+    clock: String,
+}
+
+impl PythonStatements {
+    fn new(table: &TableName) -> Self {
+        let t = table.quoted('`');
+        let row = format!(
+            "SELECT lease, principal, TIMESTAMPDIFF(MICROSECOND, created, {PYTHON_NOW}), \
+               TIMESTAMPDIFF(MICROSECOND, {PYTHON_NOW}, expires), NOW(6) \
+             FROM {t} WHERE resource = ?"
+        );
+        let expires = format!("DATE_ADD({PYTHON_NOW}, INTERVAL ? MICROSECOND)");
+        Self {
+            table: table.display(),
+            lock: format!("{row} FOR UPDATE"),
+            read: row,
+            // MySQL assigns left to right: `created` looks at the old lease.
+            claim: format!(
+                "UPDATE {t} SET created = IF(lease = ?, created, {PYTHON_NOW}), lease = ?, \
+                 principal = ?, expires = {expires} WHERE resource = ?"
+            ),
+            insert: format!(
+                "INSERT INTO {t} (resource, lease, principal, created, expires) \
+                 VALUES (?, ?, ?, {PYTHON_NOW}, {expires})"
+            ),
+            delete: format!("DELETE FROM {t} WHERE resource = ? AND lease = ?"),
+            probe: format!("SELECT resource, lease, principal, created, expires FROM {t} LIMIT 0"),
+            clock: format!("SELECT {PYTHON_NOW} IS NOT NULL, @@global.time_zone"),
+        }
+    }
+}
+
+/// A row of Python stormlock's table, as read with the server's clock.
+struct PythonRow {
+    /// `lease`: Python's 16 random bytes, or a mirror's lease id.
+    id: Vec<u8>,
+    principal: String,
+    /// Microseconds since `created`.
+    age_us: i64,
+    /// Microseconds until `expires`; not positive once it has lapsed.
+    left_us: i64,
+    /// The server's clock.
+    now: SystemTime,
+}
+
+impl PythonRow {
+    /// Whether the row holds the resource for Python stormlock: live, and
+    /// not the mirror of `ours` (the last lease granted on the resource,
+    /// whose own row decides whether it is current).
+    fn holds(&self, ours: Option<&str>) -> bool {
+        self.left_us > 0 && ours.and_then(|id| hex::decode(id).ok()).as_ref() != Some(&self.id)
+    }
+
+    /// The Python lock as a lease; `None` when `lease` is not 16 bytes.
+    fn lease(&self, resource: &str) -> Option<Lease> {
+        let micros = |us: i64| Duration::from_micros(us.unsigned_abs());
+        let acquired_at = if self.age_us >= 0 {
+            self.now.checked_sub(micros(self.age_us))
+        } else {
+            self.now.checked_add(micros(self.age_us))
+        };
+        super::python_stormlock_holder(
+            resource,
+            &self.id,
+            self.principal.clone(),
+            acquired_at.unwrap_or(self.now),
+            self.now + micros(self.left_us),
+        )
+    }
+}
+
+/// What claiming Python stormlock's row for a lease came to.
+enum Claim {
+    /// The row is the lease's mirror now.
+    Claimed,
+    /// A live Python lock holds the resource.
+    Held(Lease),
+    /// A Python client inserted the row meanwhile.
+    Raced,
 }
 
 impl Statements {
-    fn new(table: &TableName) -> Self {
+    fn new(table: &TableName, python: Option<&TableName>) -> Self {
         let t = table.quoted('`');
         let fence = table.fence().quoted('`');
         Self {
+            python: python.map(PythonStatements::new),
             read: format!("SELECT {COLUMNS}, NOW(6) FROM {t} WHERE resource = ?"),
             lock: format!("SELECT {COLUMNS}, SYSDATE(6) FROM {t} WHERE resource = ? FOR UPDATE"),
             placeholder: format!(
@@ -192,6 +340,7 @@ impl MysqlBackend {
         let refuse = |message: String| BackendError::config(name, message);
         config.validate(SqlEngine::Mysql).map_err(refuse)?;
         let table = config.table_name(SqlEngine::Mysql).map_err(refuse)?;
+        let python_table = config.python_table_name(SqlEngine::Mysql).map_err(refuse)?;
         let opts = parse_url(&config.url).map_err(refuse)?;
         let constraints = PoolConstraints::new(0, config.pool_size)
             .ok_or_else(|| BackendError::config(name, "pool_size: must be at least 1"))?;
@@ -235,10 +384,54 @@ impl MysqlBackend {
             name: name.to_string(),
             pool: Pool::new(builder),
             connect_timeout: config.connect_timeout,
-            sql: Statements::new(&table),
+            sql: Statements::new(&table, python_table.as_ref()),
         };
         backend.prepare_schema(&table, config.create_table).await?;
+        backend.check_python_table().await?;
         Ok(backend)
+    }
+
+    /// With `python_stormlock = true`, checks that Python stormlock's table
+    /// exists with its columns and that the server's clock reads in
+    /// Python's time zone: the setting asks for exclusion with Python
+    /// stormlock, which either would silently lose.
+    async fn check_python_table(&self) -> Result<()> {
+        let Some(python) = &self.sql.python else {
+            return Ok(());
+        };
+        let mut conn = self.conn().await?;
+        conn.query_drop(&python.probe).await.map_err(|e| match &e {
+            mysql_async::Error::Server(server) if server.state.starts_with("42") => {
+                BackendError::config(
+                    &self.name,
+                    format!(
+                        "python_stormlock = true, but Python stormlock's table {:?} cannot be \
+                         read: {}; create it (see MIGRATING.md) or set python_table to the \
+                         table Python stormlock uses",
+                        python.table, server.message
+                    ),
+                )
+            }
+            _ => self.error(e),
+        })?;
+        let clock: Option<(Option<i64>, Option<String>)> = conn
+            .query_first(&python.clock)
+            .await
+            .map_err(|e| self.error(e))?;
+        match clock {
+            Some((Some(1), _)) => Ok(()),
+            other => Err(BackendError::config(
+                &self.name,
+                format!(
+                    "python_stormlock = true, but the server cannot read its clock in its \
+                     time_zone {:?} (CONVERT_TZ gives NULL), in which Python stormlock \
+                     writes its times: load the server's time zone tables \
+                     (mariadb-tzinfo-to-sql, mysql_tzinfo_to_sql) or give it a numeric \
+                     time_zone",
+                    other.and_then(|(_, zone)| zone).unwrap_or_default()
+                ),
+            )),
+        }
     }
 
     /// Creates the schema if allowed, then checks that the table has every
@@ -442,6 +635,114 @@ impl MysqlBackend {
         }
     }
 
+    /// Options of the transactions that read and write a resource's rows:
+    /// READ COMMITTED when they also touch Python stormlock's table (see the
+    /// module docs), the server's default otherwise.
+    fn tx_opts(&self) -> TxOpts {
+        let mut opts = TxOpts::default();
+        if self.sql.python.is_some() {
+            opts.with_isolation_level(IsolationLevel::ReadCommitted);
+        }
+        opts
+    }
+
+    /// The row of `resource` in Python stormlock's table, read with
+    /// `statement` (locking or not).
+    async fn python_row<Q: Queryable>(
+        &self,
+        on: &mut Q,
+        statement: &str,
+        resource: &str,
+    ) -> std::result::Result<Option<PythonRow>, Fail> {
+        let row: Option<Row> = on.exec_first(statement, (resource.as_bytes(),)).await?;
+        let Some(mut row) = row else {
+            return Ok(None);
+        };
+        let principal: Vec<u8> = self.column(&mut row, 1)?;
+        let offset = |row: &mut Row, index| -> Result<i64> {
+            let value: Option<i64> = self.column(row, index)?;
+            value.ok_or_else(|| {
+                BackendError::internal(
+                    &self.name,
+                    format!("a time in Python stormlock's table of {resource:?} reads as NULL"),
+                )
+            })
+        };
+        Ok(Some(PythonRow {
+            id: self.column(&mut row, 0)?,
+            principal: String::from_utf8_lossy(&principal).into_owned(),
+            age_us: offset(&mut row, 2)?,
+            left_us: offset(&mut row, 3)?,
+            now: self
+                .time(&mut row, 4)?
+                .ok_or_else(|| BackendError::internal(&self.name, "server clock read as NULL"))?,
+        }))
+    }
+
+    /// A row that [`PythonRow::holds`] the resource, as its lease.
+    fn python_holder(&self, resource: &str, row: &PythonRow) -> Result<Lease> {
+        row.lease(resource).ok_or_else(|| {
+            BackendError::internal(
+                &self.name,
+                format!(
+                    "Python stormlock's table {:?}: the lease of {resource:?} is not 16 bytes",
+                    self.sql.python.as_ref().map_or("", |p| p.table.as_str())
+                ),
+            )
+        })
+    }
+
+    /// Makes the resource's row in Python stormlock's table the mirror of
+    /// lease `id` (holder `principal`, for `ttl`), unless a live Python lock
+    /// holds it. `ours` is the last lease granted on the resource, whose
+    /// mirror may be overwritten. Runs inside `tx`, which holds the row of
+    /// the locks table.
+    async fn claim_python(
+        &self,
+        tx: &mut Transaction<'_>,
+        python: &PythonStatements,
+        (resource, id, principal): (&str, &LeaseId, &str),
+        ttl: Duration,
+        ours: Option<&str>,
+    ) -> std::result::Result<Claim, Fail> {
+        let bytes = hex::decode(id.expose())
+            .map_err(|e| BackendError::internal(&self.name, format!("lease id: {e}")))?;
+        let ttl = sql::ttl_micros(ttl);
+        match self.python_row(tx, &python.lock, resource).await? {
+            Some(row) if row.holds(ours) => Ok(Claim::Held(self.python_holder(resource, &row)?)),
+            Some(_) => {
+                tx.exec_drop(
+                    &python.claim,
+                    (&bytes, &bytes, principal, ttl, resource.as_bytes()),
+                )
+                .await?;
+                Ok(Claim::Claimed)
+            }
+            None => {
+                let inserted = tx
+                    .exec_drop(
+                        &python.insert,
+                        (resource.as_bytes(), &bytes, principal, ttl),
+                    )
+                    .await;
+                match inserted {
+                    Ok(()) => Ok(Claim::Claimed),
+                    // Duplicate key: a Python client inserted it since the read.
+                    Err(mysql_async::Error::Server(e)) if e.code == 1062 => Ok(Claim::Raced),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// A failed attempt as this backend's error.
+    fn settle(&self, fail: Fail) -> BackendError {
+        match fail {
+            Fail::Engine(e) => self.error(e),
+            Fail::Backend(e) => e,
+        }
+    }
+
     async fn try_acquire(&self, req: &AcquireRequest) -> Attempt<Acquisition> {
         let mut conn = self.conn().await?;
         // A number from the shared counter, taken in a statement of its own
@@ -451,7 +752,7 @@ impl MysqlBackend {
         // lock below, the fence is also above the row's last fence, so it
         // increases per resource whatever order numbers were taken in.
         let taken = self.take_fence(&mut conn).await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let mut tx = conn.start_transaction(self.tx_opts()).await?;
         let row: Option<Row> = tx
             .exec_first(&self.sql.lock, (req.resource.as_bytes(),))
             .await?;
@@ -465,6 +766,24 @@ impl MysqlBackend {
             let holder = holder.clone();
             tx.rollback().await?;
             return Ok(Step::Done(Acquisition::contended(&req.id, holder)));
+        }
+        if let Some(python) = &self.sql.python {
+            let lease = (req.resource.as_str(), &req.id, req.principal.as_str());
+            let ours = stored.lease_id.as_deref();
+            match self
+                .claim_python(&mut tx, python, lease, req.ttl, ours)
+                .await?
+            {
+                Claim::Claimed => {}
+                Claim::Held(holder) => {
+                    tx.rollback().await?;
+                    return Ok(Step::Done(Acquisition::contended(&req.id, holder)));
+                }
+                Claim::Raced => {
+                    tx.rollback().await?;
+                    return Ok(Step::Again);
+                }
+            }
         }
         let fence = taken.max(stored.fence.saturating_add(1));
         let ttl = Duration::from_micros(sql::ttl_micros(req.ttl).unsigned_abs());
@@ -496,7 +815,7 @@ impl MysqlBackend {
 
     async fn try_renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Attempt<Lease> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let mut tx = conn.start_transaction(self.tx_opts()).await?;
         let row: Option<Row> = tx
             .exec_first(&self.sql.lock, (resource.as_bytes(),))
             .await?;
@@ -518,6 +837,13 @@ impl MysqlBackend {
             (self.datetime(renewed.expires_at)?, resource.as_bytes()),
         )
         .await?;
+        if let Some(python) = &self.sql.python {
+            // Extends the mirror, or writes it again if it went missing;
+            // a Python client that took the row meanwhile keeps it.
+            let lease = (resource, id, renewed.principal.as_str());
+            self.claim_python(&mut tx, python, lease, ttl, Some(id.expose()))
+                .await?;
+        }
         tx.commit().await?;
         Ok(Step::Done(renewed))
     }
@@ -529,32 +855,51 @@ impl MysqlBackend {
         reason: &str,
     ) -> Attempt<Option<Lease>> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let mut tx = conn.start_transaction(self.tx_opts()).await?;
         let row: Option<Row> = tx
             .exec_first(&self.sql.lock, (resource.as_bytes(),))
             .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(Step::Done(None));
-        };
-        let (stored, now) = self.stored_with_clock(row)?;
-        let Some(broken) = stored.record(&self.name)?.force_release(actor, reason, now) else {
-            tx.rollback().await?;
-            return Ok(Step::Done(None));
-        };
-        tx.exec_drop(
-            &self.sql.force,
-            (
-                broken.id.expose(),
-                actor,
-                reason,
-                self.datetime(now)?,
-                resource.as_bytes(),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Step::Done(Some(broken)))
+        let stored = row.map(|row| self.stored_with_clock(row)).transpose()?;
+        if let Some((stored, now)) = &stored
+            && let Some(broken) = stored
+                .record(&self.name)?
+                .force_release(actor, reason, *now)
+        {
+            tx.exec_drop(
+                &self.sql.force,
+                (
+                    broken.id.expose(),
+                    actor,
+                    reason,
+                    self.datetime(*now)?,
+                    resource.as_bytes(),
+                ),
+            )
+            .await?;
+            if let Some(python) = &self.sql.python {
+                let mirror = hex::decode(broken.id.expose())
+                    .map_err(|e| BackendError::internal(&self.name, format!("lease id: {e}")))?;
+                tx.exec_drop(&python.delete, (resource.as_bytes(), mirror))
+                    .await?;
+            }
+            tx.commit().await?;
+            return Ok(Step::Done(Some(broken)));
+        }
+        // No Stormlock lease: a live Python lock is broken instead.
+        if let Some(python) = &self.sql.python {
+            let ours = stored.as_ref().and_then(|(s, _)| s.lease_id.as_deref());
+            if let Some(row) = self.python_row(&mut tx, &python.lock, resource).await?
+                && row.holds(ours)
+            {
+                let holder = self.python_holder(resource, &row)?;
+                tx.exec_drop(&python.delete, (resource.as_bytes(), &row.id))
+                    .await?;
+                tx.commit().await?;
+                return Ok(Step::Done(Some(holder)));
+            }
+        }
+        tx.rollback().await?;
+        Ok(Step::Done(None))
     }
 }
 
@@ -642,7 +987,17 @@ impl Backend for MysqlBackend {
         conn.exec_drop(&self.sql.release, (resource.as_bytes(), id.expose()))
             .await
             .map_err(|e| self.error(e))?;
-        Ok(conn.affected_rows() > 0)
+        let released = conn.affected_rows() > 0;
+        if let Some(python) = &self.sql.python {
+            // After the lease, so that Python never finds the resource free
+            // while the lease is current; a lapsed lease's mirror goes too.
+            let mirror = hex::decode(id.expose())
+                .map_err(|e| BackendError::internal(&self.name, format!("lease id: {e}")))?;
+            conn.exec_drop(&python.delete, (resource.as_bytes(), mirror))
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(released)
     }
 
     async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
@@ -651,10 +1006,25 @@ impl Backend for MysqlBackend {
     }
 
     async fn current(&self, resource: &str) -> Result<Option<Lease>> {
-        Ok(match self.read(resource).await? {
-            Some((row, now)) => row.record(&self.name)?.live(now).cloned(),
-            None => None,
-        })
+        let read = self.read(resource).await?;
+        if let Some((row, now)) = &read
+            && let Some(lease) = row.record(&self.name)?.live(*now)
+        {
+            return Ok(Some(lease.clone()));
+        }
+        let Some(python) = &self.sql.python else {
+            return Ok(None);
+        };
+        let mut conn = self.conn().await?;
+        let ours = read.as_ref().and_then(|(row, _)| row.lease_id.as_deref());
+        match self
+            .python_row(&mut conn, &python.read, resource)
+            .await
+            .map_err(|e| self.settle(e))?
+        {
+            Some(row) if row.holds(ours) => self.python_holder(resource, &row).map(Some),
+            _ => Ok(None),
+        }
     }
 
     async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {

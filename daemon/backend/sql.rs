@@ -91,15 +91,16 @@ pub struct SqlConfig {
     pub cert_file: Option<PathBuf>,
     /// PEM private key of `cert_file`.
     pub key_file: Option<PathBuf>,
-    /// Migration mode (default false; PostgreSQL only so far): a lock Python
-    /// stormlock 0.4.1 holds in `python_table` counts as held, and every
-    /// lease this backend grants is also written there, so that both tools
-    /// exclude each other. See MIGRATING.md.
+    /// Migration mode (default false): a lock Python stormlock 0.4.1 holds
+    /// in `python_table` counts as held, and every lease this backend grants
+    /// is also written there, so that both tools exclude each other. See
+    /// MIGRATING.md.
     #[serde(default)]
     pub python_stormlock: bool,
     /// Python stormlock's table (its `table` setting), with
-    /// `python_stormlock = true`: lower-case letters, digits and underscores,
-    /// optionally `schema.table`. Default `stormlock`.
+    /// `python_stormlock = true`: letters, digits and underscores (in lower
+    /// case on PostgreSQL), optionally `schema.table` (on MySQL a database
+    /// other than the URL's). Default `stormlock`.
     pub python_table: Option<String>,
 }
 
@@ -146,8 +147,10 @@ pub enum SqlEngine {
 }
 
 impl SqlEngine {
-    /// Whether the adapter supports `python_stormlock = true`.
-    fn python_stormlock(self) -> bool {
+    /// Whether the engine folds the unquoted table names of Python
+    /// stormlock's statements to lower case (PostgreSQL does; MySQL keeps
+    /// them as written).
+    fn folds_unquoted_names(self) -> bool {
         match self {
             #[cfg(feature = "postgres")]
             Self::Postgres => true,
@@ -223,21 +226,18 @@ impl SqlConfig {
             }
             return Ok(None);
         }
-        if !engine.python_stormlock() {
-            return Err(format!(
-                "python_stormlock: not supported by this engine yet ({engine:?})"
-            ));
-        }
         let text = self.python_table.as_deref().unwrap_or(DEFAULT_PYTHON_TABLE);
         // Python stormlock puts its name into statements unquoted, which
-        // the engine folds to lower case; quoted here, it must be written so.
-        if text.chars().any(|c| c.is_ascii_uppercase()) {
+        // PostgreSQL folds to lower case; quoted here, it must be written so.
+        if engine.folds_unquoted_names() && text.chars().any(|c| c.is_ascii_uppercase()) {
             return Err(format!(
                 "python_table: {text:?}: write it in lower case, as PostgreSQL reads Python \
                  stormlock's unquoted table name"
             ));
         }
-        TableName::parse(text, engine.schema_tables())
+        // `schema.table` on both engines: Python's unquoted name may name
+        // another schema (PostgreSQL) or database (MySQL).
+        TableName::parse(text, true)
             .map(Some)
             .map_err(|e| format!("python_{e}"))
     }
@@ -715,11 +715,31 @@ mod tests {
     fn mysql_rules() {
         let check = |toml: &str| config(toml).validate(SqlEngine::Mysql);
         assert_eq!(check("url = \"mysql://u:p@db:3306/ops\""), Ok(()));
+        let python = |extra: &str| {
+            config(&format!(
+                "url = \"mysql://db/ops\"\npython_stormlock = true\n{extra}"
+            ))
+            .python_table_name(SqlEngine::Mysql)
+            .map(|t| t.map(|t| t.quoted('`')))
+        };
+        assert_eq!(python(""), Ok(Some("`stormlock`".to_string())));
+        // MySQL keeps the case of Python's unquoted name, and takes a
+        // database other than the URL's.
+        assert_eq!(
+            python("python_table = \"Ops.Py_Locks\""),
+            Ok(Some("`Ops`.`Py_Locks`".to_string()))
+        );
+        for bad in ["a-b", "a.b.c", "lo`cks"] {
+            let err = python(&format!("python_table = \"{bad}\""))
+                .err()
+                .unwrap_or_default();
+            assert!(err.starts_with("python_table: "), "{bad}: {err}");
+        }
         for (toml, key) in [
             ("url = \"mysql://db/ops\"\ntable = \"ops.locks\"", "table"),
             (
-                "url = \"mysql://db/ops\"\npython_stormlock = true",
-                "python_stormlock",
+                "url = \"mysql://db/ops\"\npython_table = \"stormlock\"",
+                "python_table",
             ),
             ("url = \"postgres://db/ops\"", "url"),
             ("url = \"mysql://db/ops?pool_max=x\"", "url"),

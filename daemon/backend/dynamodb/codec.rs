@@ -32,6 +32,17 @@ pub(super) const EVICTED_REASON: &str = "evicted_reason";
 /// item) writes with it, to recognise its own write when the SDK retried it.
 pub(super) const RELEASE_TOKEN: &str = "release_token";
 
+// Python stormlock 0.4.1's items (`python_table`, partition key
+// `resource` only): `resource`, `principal`, `lease` (32 hex digits),
+// `created` and `expires` (Unix seconds, each client's clock).
+pub(super) const PY_LEASE: &str = "lease";
+pub(super) const PY_CREATED: &str = "created";
+pub(super) const PY_EXPIRES: &str = "expires";
+/// Marks an item of Python's table as the mirror of a lease of this
+/// deployment: the daemon's table. Python never reads it, and replaces the
+/// whole item when it locks.
+pub(super) const PY_MIRROR_OF: &str = "stormlockd";
+
 /// How long after expiry DynamoDB may delete a lease item. Expired leases are
 /// ignored anyway; the delay keeps the cleanup far behind any in-flight
 /// acquisition (see "Fences" in the module docs).
@@ -95,6 +106,74 @@ pub(super) fn lease_item(req: &AcquireRequest, now_ms: u64, expires_ms: u64, fen
     item.insert(FENCE.into(), number(fence));
     item.insert(CLEANUP_AT.into(), number(cleanup_after(expires_ms)));
     item
+}
+
+/// The key of `resource`'s item in Python stormlock's table.
+pub(super) fn python_key(resource: &str) -> Item {
+    HashMap::from([(
+        RESOURCE.to_string(),
+        AttributeValue::S(resource.to_string()),
+    )])
+}
+
+/// The item of Python stormlock's table that mirrors `lease`, marked as
+/// written by the deployment of `table`. Python's times are whole seconds:
+/// the creation time rounded down, the expiry up, so that Python never
+/// sees the lease end early.
+pub(super) fn mirror_item(lease: &Lease, table: &str) -> Item {
+    let mut item = python_key(&lease.resource);
+    item.insert(PRINCIPAL.into(), AttributeValue::S(lease.principal.clone()));
+    item.insert(
+        PY_LEASE.into(),
+        AttributeValue::S(lease.id.expose().to_string()),
+    );
+    item.insert(PY_CREATED.into(), number(millis(lease.acquired_at) / 1000));
+    item.insert(
+        PY_EXPIRES.into(),
+        number(millis(lease.expires_at).div_ceil(1000)),
+    );
+    item.insert(PY_MIRROR_OF.into(), AttributeValue::S(table.to_string()));
+    item
+}
+
+/// The Python stormlock lock in `item` (of Python's table) if it holds the
+/// resource at `now_ms`: not lapsed (Python's own judgement, `expires >
+/// now`), and no mirror written by the deployment of `table` (whose own
+/// lease item decides). Lenient where Python's record does not matter to
+/// exclusion (a missing principal reads as empty, a missing creation time
+/// as `now`); an expiry that is no count, or an id that is not 32 hex
+/// digits, is corrupt.
+pub(super) fn python_lock(item: &Item, now_ms: u64, table: &str) -> Result<Option<Lease>, Corrupt> {
+    let expires = number_of(item, PY_EXPIRES)?;
+    let mirror = matches!(item.get(PY_MIRROR_OF), Some(AttributeValue::S(t)) if t == table);
+    if expires.saturating_mul(1000) <= now_ms || mirror {
+        return Ok(None);
+    }
+    let resource = string_of(item, RESOURCE)?;
+    let id = string_of(item, PY_LEASE)?;
+    let seconds = |secs: u64| UNIX_EPOCH.checked_add(Duration::from_secs(secs));
+    let now = UNIX_EPOCH + Duration::from_millis(now_ms);
+    let principal = match item.get(PRINCIPAL) {
+        Some(AttributeValue::S(p)) => p.clone(),
+        _ => String::new(),
+    };
+    let created = number_of(item, PY_CREATED).ok().and_then(seconds);
+    hex::decode(&id)
+        .ok()
+        .and_then(|bytes| {
+            crate::backend::python_stormlock_holder(
+                &resource,
+                &bytes,
+                principal,
+                created.unwrap_or(now),
+                seconds(expires)?,
+            )
+        })
+        .map(Some)
+        .ok_or(Corrupt {
+            resource,
+            what: format!("Python stormlock's lease {id:?} is not 32 hex digits"),
+        })
 }
 
 /// The lease stored in `item` if it is live at `now_ms`.
@@ -200,6 +279,65 @@ pub(super) fn millis_of(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_locks_and_mirrors() {
+        let python = |expires: u64, mirror_of: Option<&str>| {
+            let mut item = python_key("db/main");
+            item.insert(PRINCIPAL.into(), AttributeValue::S("py-alice".into()));
+            item.insert(PY_LEASE.into(), AttributeValue::S("ab".repeat(16)));
+            item.insert(PY_CREATED.into(), number(990));
+            item.insert(PY_EXPIRES.into(), number(expires));
+            if let Some(table) = mirror_of {
+                item.insert(PY_MIRROR_OF.into(), AttributeValue::S(table.into()));
+            }
+            item
+        };
+        let held = python_lock(&python(1_001, None), 1_000_500, "locks")
+            .ok()
+            .flatten();
+        let Some(lease) = held else {
+            panic!("a live Python lock")
+        };
+        assert_eq!(lease.id.expose(), "ab".repeat(16));
+        assert_eq!(lease.principal, "py-alice");
+        assert_eq!(lease.fence, 0);
+        assert_eq!(lease.acquired_at, UNIX_EPOCH + Duration::from_secs(990));
+        assert_eq!(lease.expires_at, UNIX_EPOCH + Duration::from_secs(1_001));
+        // Lapsed (Python's `expires > now`), or a mirror of this deployment.
+        assert!(matches!(
+            python_lock(&python(1_000, None), 1_000_000, "locks"),
+            Ok(None)
+        ));
+        assert!(matches!(
+            python_lock(&python(1_001, Some("locks")), 1_000_500, "locks"),
+            Ok(None)
+        ));
+        let other = python_lock(&python(1_001, Some("other")), 1_000_500, "locks");
+        assert!(
+            matches!(other, Ok(Some(_))),
+            "another deployment's mirror holds"
+        );
+        let mut bad = python(1_001, None);
+        bad.insert(PY_LEASE.into(), AttributeValue::S("xyz".into()));
+        assert!(python_lock(&bad, 1_000_500, "locks").is_err());
+        // A mirror reads back as its lease, its times in whole seconds.
+        let req = AcquireRequest {
+            resource: "db/main".to_string(),
+            id: LeaseId::generate(),
+            principal: "deployer".to_string(),
+            reason: String::new(),
+            ttl: Duration::from_secs(30),
+        };
+        let lease = lease_of(&lease_item(&req, 1_000_400, 1_030_400, 3)).ok();
+        let Some(lease) = lease else { panic!("lease") };
+        let mirror = mirror_item(&lease, "locks");
+        assert_eq!(mirror.get(PY_CREATED), Some(&number(1_000)));
+        assert_eq!(mirror.get(PY_EXPIRES), Some(&number(1_031)));
+        let seen = python_lock(&mirror, 1_000_500, "other").ok().flatten();
+        assert_eq!(seen.map(|l| l.id), Some(req.id));
+        assert!(matches!(python_lock(&mirror, 1_000_500, "locks"), Ok(None)));
+    }
 
     #[test]
     fn lease_items_round_trip() {

@@ -59,6 +59,17 @@ pub struct DynamodbConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub max_clock_skew: Duration,
+    /// Migration mode (default false): a lock Python stormlock 0.4.1 holds
+    /// in `python_table` counts as held, and every lease this backend grants
+    /// is also written there, so that both tools exclude each other. See
+    /// MIGRATING.md.
+    #[serde(default)]
+    pub python_stormlock: bool,
+    /// Python stormlock's table (its `table` setting), with
+    /// `python_stormlock = true`: another table than `table`, with partition
+    /// key `resource` only. Default `stormlock`.
+    #[serde(default)]
+    pub python_table: Option<String>,
 }
 
 // By hand, because an endpoint URL may carry credentials.
@@ -73,6 +84,8 @@ impl std::fmt::Debug for DynamodbConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
             .field("max_clock_skew", &self.max_clock_skew)
+            .field("python_stormlock", &self.python_stormlock)
+            .field("python_table", &self.python_table)
             .finish()
     }
 }
@@ -104,19 +117,28 @@ impl Default for DynamodbConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: default_timeout(),
             max_clock_skew: default_max_clock_skew(),
+            python_stormlock: false,
+            python_table: None,
         }
     }
+}
+
+/// Python stormlock's table when `python_table` is not set (its own
+/// default).
+pub const DEFAULT_PYTHON_TABLE: &str = "stormlock";
+
+/// Whether `name` is a valid DynamoDB table name.
+fn table_name_ok(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 impl DynamodbConfig {
     /// Checks every key without connecting; the message starts with the key.
     pub fn validate(&self) -> Result<(), String> {
-        let table_ok = (3..=255).contains(&self.table.len())
-            && self
-                .table
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if !table_ok {
+        if !table_name_ok(&self.table) {
             return Err(format!(
                 "table: {:?} is not a valid DynamoDB table name: use 3 to 255 characters from A-Z, a-z, 0-9, '_', '-' and '.'",
                 self.table
@@ -151,6 +173,7 @@ impl DynamodbConfig {
                 }
             ));
         }
+        self.python_table()?;
         check_timeout("connect_timeout", self.connect_timeout)?;
         check_timeout("timeout", self.timeout)?;
         // The engine's Date has a resolution of one second.
@@ -161,6 +184,33 @@ impl DynamodbConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Python stormlock's table when `python_stormlock = true`, validated;
+    /// `None` when the mode is off.
+    pub(super) fn python_table(&self) -> Result<Option<&str>, String> {
+        if !self.python_stormlock {
+            if self.python_table.is_some() {
+                return Err("python_table: only used with python_stormlock = true".to_string());
+            }
+            return Ok(None);
+        }
+        let table = self.python_table.as_deref().unwrap_or(DEFAULT_PYTHON_TABLE);
+        if !table_name_ok(table) {
+            return Err(format!(
+                "python_table: {table:?} is not a valid DynamoDB table name: use 3 to 255 \
+                 characters from A-Z, a-z, 0-9, '_', '-' and '.'"
+            ));
+        }
+        // Python's items have another key schema than this backend's.
+        if table == self.table {
+            return Err(format!(
+                "python_table: {table:?} is also this backend's table: Python stormlock's table \
+                 (partition key resource only) cannot hold this backend's items; set table to \
+                 another name (both default to \"stormlock\")"
+            ));
+        }
+        Ok(Some(table))
     }
 }
 
@@ -231,6 +281,30 @@ mod tests {
             config("endpoint = \"https://dynamo.internal:8443\"\nca_file = \"/ca.pem\"")
                 .expect("valid");
         assert_eq!(private_ca.validate(), Ok(()));
+    }
+
+    #[test]
+    fn python_settings() {
+        let c = config("").expect("empty config");
+        assert!(!c.python_stormlock);
+        assert_eq!(c.python_table(), Ok(None));
+        let c = config("table = \"stormlock_locks\"\npython_stormlock = true").expect("mode");
+        assert_eq!(c.python_table(), Ok(Some("stormlock")));
+        assert_eq!(c.validate(), Ok(()));
+        let c = config("python_stormlock = true\npython_table = \"py-locks\"").expect("mode");
+        assert_eq!(c.python_table(), Ok(Some("py-locks")));
+        for toml in [
+            "python_table = \"py\"",
+            // Both tables default to `stormlock`.
+            "python_stormlock = true",
+            "table = \"locks\"\npython_stormlock = true\npython_table = \"locks\"",
+            "python_stormlock = true\npython_table = \"ab\"",
+            "python_stormlock = true\npython_table = \"has space\"",
+        ] {
+            let err = config(toml).expect(toml).validate().expect_err(toml);
+            assert!(err.starts_with("python_table: "), "{toml}: {err}");
+        }
+        assert!(config("python_stormlock = \"yes\"").is_err());
     }
 
     #[test]

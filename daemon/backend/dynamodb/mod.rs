@@ -64,6 +64,31 @@
 //! twice the write cost, with conflicts between concurrent acquirers to
 //! retry, and without atomicity on moto, the emulator the tests use.)
 //!
+//! # Python stormlock
+//!
+//! With `python_stormlock = true`, Python stormlock 0.4.1's table
+//! (`python_table`, partition key `resource` only, one item per held lock:
+//! `principal`, `lease`, `created`, `expires`) is consulted and written
+//! too. Acquire reads it first (a live Python item is the holder), then
+//! puts the lease item and the lease's mirror in Python's table in one
+//! transaction (`TransactWriteItems`), the mirror on condition that Python's
+//! item is absent, lapsed (`expires <= now`) or a mirror of this deployment
+//! (its `stormlockd` attribute names this table): the daemon and a Python
+//! client can never both win. Renew rewrites the mirror after the lease
+//! unless Python holds the item then; release deletes it after the lease,
+//! and force-release after the broken lease, or deletes a live Python lock's
+//! item when no Stormlock lease holds the resource (and a lapsed one's,
+//! which Python would take as held for ever, see below). `current` reports
+//! a live Python lock as held; `list` shows Stormlock's leases only.
+//!
+//! Python stormlock's own condition is only `attribute_not_exists(resource)`
+//! (its `or` of two conditions is Python's, not DynamoDB's): a Python
+//! client never takes over an item, live or lapsed, that was not deleted.
+//! So a Python lock that lapsed without being released keeps Python clients
+//! out until the item is deleted (this backend counts it as lapsed and
+//! overwrites it), and so does the mirror of a lease that lapsed here
+//! without a release.
+//!
 //! # Costs
 //!
 //! Acquire: one consistent read, plus two writes when the resource is free.
@@ -77,8 +102,10 @@
 //! The daemon needs `dynamodb:GetItem`, `PutItem`, `UpdateItem`,
 //! `DeleteItem`, `Query`, `Scan` and `DescribeTable` on the table; with
 //! `create_table = true` also `CreateTable`, `DescribeTimeToLive` and
-//! `UpdateTimeToLive`. Credentials and region come from the usual AWS chain
-//! (environment, profile files, SSO, ECS task role, EC2 instance metadata).
+//! `UpdateTimeToLive`; with `python_stormlock = true` also `GetItem`,
+//! `PutItem`, `DeleteItem` and `DescribeTable` on `python_table`.
+//! Credentials and region come from the usual AWS chain (environment,
+//! profile files, SSO, ECS task role, EC2 instance metadata).
 //!
 //! # Configuration
 //!
@@ -92,6 +119,8 @@
 //! create_table = false       # default: true
 //! timeout = "2s"             # per request, default
 //! max_clock_skew = "1s"      # default; at least 1s (Date has whole seconds)
+//! python_stormlock = false   # true while migrating from Python stormlock
+//! # python_table = "stormlock"   # Python stormlock's table (never `table`)
 //! ```
 //!
 //! With `create_table = false`, create the table beforehand:
@@ -128,7 +157,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TableStatus,
+    AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TableStatus,
     TransactWriteItem, Update,
 };
 
@@ -136,8 +165,8 @@ use super::{Backend, BackendError, Result};
 use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
 use codec::{
     CLEANUP_AT, EVICTED_BY, EVICTED_ID, EVICTED_REASON, EXPIRES_MS, FENCE, Item, KIND, LEASE,
-    LEASE_ID, RECORD, RELEASE_TOKEN, RELEASED_MS, RESOURCE, cleanup_after, key, millis, millis_of,
-    number,
+    LEASE_ID, PY_EXPIRES, PY_LEASE, PY_MIRROR_OF, RECORD, RELEASE_TOKEN, RELEASED_MS, RESOURCE,
+    cleanup_after, key, millis, millis_of, number, python_key,
 };
 pub use config::DynamodbConfig;
 
@@ -150,6 +179,15 @@ const FENCE_MAX_AGE: Duration = Duration::from_secs(60);
 /// number) before giving up with `Unavailable`.
 const ATTEMPTS: u32 = 8;
 
+/// The condition of the put that grants a lease item: the resource is free,
+/// and any lease item there carries a smaller fence (see "Fences").
+const GRANT_CONDITION: &str =
+    "(attribute_not_exists(#r) OR #e <= :now) AND (attribute_not_exists(#f) OR #f < :fence)";
+
+/// The condition on which a mirror may be written over Python's item: it
+/// is absent, lapsed, or a mirror of this deployment (`#m` = `:table`).
+const MIRROR_CONDITION: &str = "attribute_not_exists(#r) OR #e <= :now_s OR #m = :table";
+
 /// A DynamoDB table of leases.
 pub struct DynamodbBackend {
     name: String,
@@ -157,6 +195,9 @@ pub struct DynamodbBackend {
     client: Client,
     /// This daemon's clock against DynamoDB's.
     clock: std::sync::Arc<clock::ClockCheck>,
+    /// `python_stormlock`: Python stormlock's table, whose locks are
+    /// honoured and written; `None` when the mode is off.
+    python_table: Option<String>,
 }
 
 /// An HTTPS client like [`crate::tls::aws_https_client`] (rustls on ring,
@@ -273,13 +314,19 @@ impl DynamodbBackend {
         if let Some(ca_file) = &config.ca_file {
             builder = builder.http_client(https_client_trusting(name, ca_file)?);
         }
+        let python_table = config
+            .python_table()
+            .map_err(|message| BackendError::config(name, message))?
+            .map(str::to_string);
         let backend = Self {
             name: name.to_string(),
             table: config.table.clone(),
             client: Client::from_conf(builder.build()),
             clock,
+            python_table,
         };
         backend.prepare_table(config.create_table).await?;
+        backend.check_python_table().await?;
         Ok(backend)
     }
 
@@ -367,6 +414,90 @@ impl DynamodbBackend {
         }
     }
 
+    /// The item of `resource` in Python stormlock's `table`, read
+    /// consistently.
+    async fn python_item(&self, table: &str, resource: &str) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .set_key(Some(python_key(resource)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("GetItem", e))?;
+        Ok(out.item().cloned())
+    }
+
+    /// [`codec::python_lock`], a bad item reported as Python's `table`'s.
+    fn python_lock(&self, table: &str, item: &Item, now_ms: u64) -> Result<Option<Lease>> {
+        codec::python_lock(item, now_ms, &self.table).map_err(|c| {
+            BackendError::internal(
+                &self.name,
+                format!("item of {:?} in table {table:?}: {}", c.resource, c.what),
+            )
+        })
+    }
+
+    /// The Python stormlock lock on `resource` if the mode is on and one
+    /// holds it at `now_ms`.
+    async fn python_holder(&self, resource: &str, now_ms: u64) -> Result<Option<Lease>> {
+        let Some(table) = &self.python_table else {
+            return Ok(None);
+        };
+        match self.python_item(table, resource).await? {
+            Some(item) => self.python_lock(table, &item, now_ms),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the mirror of `lease` over Python's item unless a Python lock
+    /// that is not this deployment's mirror holds it (then it stays).
+    async fn mirror(&self, table: &str, lease: &Lease, now_ms: u64) -> Result<()> {
+        let written = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(codec::mirror_item(lease, &self.table)))
+            .condition_expression(format!("{MIRROR_CONDITION} OR #l = :id"))
+            .expression_attribute_names("#r", RESOURCE)
+            .expression_attribute_names("#e", PY_EXPIRES)
+            .expression_attribute_names("#m", PY_MIRROR_OF)
+            .expression_attribute_names("#l", PY_LEASE)
+            .expression_attribute_values(":now_s", number(now_ms / 1000))
+            .expression_attribute_values(":table", AttributeValue::S(self.table.clone()))
+            .expression_attribute_values(":id", AttributeValue::S(lease.id.expose().to_string()))
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(self.sdk_error("PutItem", e)),
+        }
+    }
+
+    /// Deletes Python's item of `resource` if it is the mirror of lease `id`.
+    async fn unmirror(&self, resource: &str, id: &LeaseId) -> Result<()> {
+        let Some(table) = &self.python_table else {
+            return Ok(());
+        };
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .set_key(Some(python_key(resource)))
+            .condition_expression("#l = :id")
+            .expression_attribute_names("#l", PY_LEASE)
+            .expression_attribute_values(":id", AttributeValue::S(id.expose().to_string()))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(self.sdk_error("DeleteItem", e)),
+        }
+    }
+
     /// Takes the next number from the resource's fence counter, creating the
     /// record item on first use.
     async fn next_fence(&self, resource: &str) -> Result<u64> {
@@ -395,6 +526,9 @@ impl DynamodbBackend {
         if let Some(holder) = self.live_lease(&req.resource, millis(started)).await? {
             return Ok(Some(Acquisition::contended(&req.id, holder)));
         }
+        if let Some(holder) = self.python_holder(&req.resource, millis(started)).await? {
+            return Ok(Some(Acquisition::contended(&req.id, holder)));
+        }
         let fence = self.next_fence(&req.resource).await?;
         let now = SystemTime::now();
         // Also catches the wall clock jumping backwards.
@@ -408,14 +542,17 @@ impl DynamodbBackend {
         let expires_ms = now_ms.saturating_add(millis_of(req.ttl));
         let item = codec::lease_item(req, now_ms, expires_ms, fence);
         let lease = self.lease_of(&item)?;
+        if let Some(table) = &self.python_table {
+            return self
+                .grant_with_mirror(req, (item, lease), table, now_ms, fence)
+                .await;
+        }
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression(
-                "(attribute_not_exists(#r) OR #e <= :now) AND (attribute_not_exists(#f) OR #f < :fence)",
-            )
+            .condition_expression(GRANT_CONDITION)
             .expression_attribute_names("#r", RESOURCE)
             .expression_attribute_names("#e", EXPIRES_MS)
             .expression_attribute_names("#f", FENCE)
@@ -454,6 +591,69 @@ impl DynamodbBackend {
         Ok(None)
     }
 
+    /// The grant of [`Self::try_acquire`] with `python_stormlock = true`:
+    /// the lease item and its mirror in Python's `table`, in one
+    /// transaction. `Ok(None)` calls for another attempt.
+    async fn grant_with_mirror(
+        &self,
+        req: &AcquireRequest,
+        (item, lease): (Item, Lease),
+        table: &str,
+        now_ms: u64,
+        fence: u64,
+    ) -> Result<Option<Acquisition>> {
+        let internal = |e| BackendError::internal(&self.name, e);
+        let grant = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(GRANT_CONDITION)
+            .expression_attribute_names("#r", RESOURCE)
+            .expression_attribute_names("#e", EXPIRES_MS)
+            .expression_attribute_names("#f", FENCE)
+            .expression_attribute_values(":now", number(now_ms))
+            .expression_attribute_values(":fence", number(fence))
+            .build()
+            .map_err(internal)?;
+        let mirror = Put::builder()
+            .table_name(table)
+            .set_item(Some(codec::mirror_item(&lease, &self.table)))
+            .condition_expression(MIRROR_CONDITION)
+            .expression_attribute_names("#r", RESOURCE)
+            .expression_attribute_names("#e", PY_EXPIRES)
+            .expression_attribute_names("#m", PY_MIRROR_OF)
+            .expression_attribute_values(":now_s", number(now_ms / 1000))
+            .expression_attribute_values(":table", AttributeValue::S(self.table.clone()))
+            .build()
+            .map_err(internal)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(grant).build())
+            .transact_items(TransactWriteItem::builder().put(mirror).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => return Ok(Some(Acquisition::Granted(lease))),
+            // A condition failed, or another write touched an item: look
+            // again at both, as the single put does.
+            Err(e) if error_code(&e) == Some("TransactionCanceledException") => {}
+            Err(e) => return Err(self.sdk_error("TransactWriteItems", e)),
+        }
+        if let Some(old) = self.get(&req.resource, LEASE).await? {
+            if let Some(holder) = self.live(&old, now_ms)? {
+                return Ok(Some(Acquisition::contended(&req.id, holder)));
+            }
+            let stale = self.number(&old, FENCE)?;
+            if stale >= fence {
+                self.raise_fence(&req.resource, stale).await?;
+            }
+        }
+        if let Some(holder) = self.python_holder(&req.resource, now_ms).await? {
+            return Ok(Some(Acquisition::contended(&req.id, holder)));
+        }
+        Ok(None)
+    }
+
     /// Makes the resource's fence counter at least `floor`.
     async fn raise_fence(&self, resource: &str, floor: u64) -> Result<()> {
         let raised = self
@@ -483,7 +683,7 @@ impl DynamodbBackend {
     ) -> Result<Option<Option<Lease>>> {
         let now_ms = millis(SystemTime::now());
         let Some(lease) = self.live_lease(resource, now_ms).await? else {
-            return Ok(Some(None));
+            return self.force_release_python(resource, now_ms).await;
         };
         let internal = |e| BackendError::internal(&self.name, e);
         // One transaction, so the lease never ends without the record of who
@@ -527,43 +727,25 @@ impl DynamodbBackend {
             .transact_items(TransactWriteItem::builder().update(record).build())
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Some(Some(lease))),
+        let broken = match result {
+            Ok(_) => true,
             // The lease was renewed, released or lapsed meanwhile, or another
             // write touched one of the items: look again.
             Err(e) if error_code(&e) == Some("TransactionCanceledException") => {
                 let record = self.get(resource, RECORD).await?;
-                if record.is_some_and(|item| codec::evicted_by(&item, &lease.id, &token)) {
-                    Ok(Some(Some(lease)))
-                } else {
-                    Ok(None)
-                }
+                record.is_some_and(|item| codec::evicted_by(&item, &lease.id, &token))
             }
-            Err(e) => Err(self.sdk_error("TransactWriteItems", e)),
+            Err(e) => return Err(self.sdk_error("TransactWriteItems", e)),
+        };
+        if !broken {
+            return Ok(None);
         }
-    }
-}
-
-#[async_trait]
-impl Backend for DynamodbBackend {
-    async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
-        self.clock_in_sync()?;
-        for attempt in 0..ATTEMPTS {
-            if let Some(answer) = self.try_acquire(req).await? {
-                return Ok(answer);
-            }
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-        Err(BackendError::unavailable(
-            &self.name,
-            format!(
-                "acquire of {:?} kept losing races after {ATTEMPTS} attempts",
-                req.resource
-            ),
-        ))
+        self.unmirror(resource, &lease.id).await?;
+        Ok(Some(Some(lease)))
     }
 
-    async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
+    /// The lease item's part of [`Backend::release`].
+    async fn release_lease(&self, resource: &str, id: &LeaseId) -> Result<bool> {
         let now_ms = millis(SystemTime::now());
         // The SDK retries a write whose answer was lost; when the first
         // attempt had applied, the retry fails its condition. The token this
@@ -610,7 +792,8 @@ impl Backend for DynamodbBackend {
         Ok(old.is_some_and(|item| codec::released_by(&item, id, &token)))
     }
 
-    async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
+    /// The lease item's part of [`Backend::renew`].
+    async fn renew_lease(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
         self.clock_in_sync()?;
         let now_ms = millis(SystemTime::now());
         let expires_ms = now_ms.saturating_add(millis_of(ttl));
@@ -647,8 +830,94 @@ impl Backend for DynamodbBackend {
         }
     }
 
+    /// Force-release where no Stormlock lease holds `resource`: with
+    /// `python_stormlock = true`, deletes Python's item, breaking a live
+    /// Python lock (returned), or clearing a lapsed item or stale mirror,
+    /// which Python clients would take as held for ever. `Ok(None)`: the
+    /// item changed under us.
+    async fn force_release_python(
+        &self,
+        resource: &str,
+        now_ms: u64,
+    ) -> Result<Option<Option<Lease>>> {
+        let Some(table) = &self.python_table else {
+            return Ok(Some(None));
+        };
+        let Some(item) = self.python_item(table, resource).await? else {
+            return Ok(Some(None));
+        };
+        let holder = self.python_lock(table, &item, now_ms)?;
+        // Exactly the item read: a new Python lock is left alone.
+        let mut delete = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .set_key(Some(python_key(resource)));
+        let mut condition = Vec::new();
+        for (i, (name, value)) in item.iter().enumerate() {
+            condition.push(format!("#a{i} = :v{i}"));
+            delete = delete
+                .expression_attribute_names(format!("#a{i}"), name)
+                .expression_attribute_values(format!(":v{i}"), value.clone());
+        }
+        let deleted = delete
+            .condition_expression(condition.join(" AND "))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(Some(holder)),
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(self.sdk_error("DeleteItem", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for DynamodbBackend {
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
+        self.clock_in_sync()?;
+        for attempt in 0..ATTEMPTS {
+            if let Some(answer) = self.try_acquire(req).await? {
+                return Ok(answer);
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        Err(BackendError::unavailable(
+            &self.name,
+            format!(
+                "acquire of {:?} kept losing races after {ATTEMPTS} attempts",
+                req.resource
+            ),
+        ))
+    }
+
+    async fn release(&self, resource: &str, id: &LeaseId) -> Result<bool> {
+        let released = self.release_lease(resource, id).await?;
+        // After the lease, so that Python never finds the resource free
+        // while the lease is current; a lapsed lease's mirror goes too
+        // (Python would never take it over).
+        self.unmirror(resource, id).await?;
+        Ok(released)
+    }
+
+    async fn renew(&self, resource: &str, id: &LeaseId, ttl: Duration) -> Result<Lease> {
+        let renewed = self.renew_lease(resource, id, ttl).await?;
+        if let Some(table) = &self.python_table {
+            // Extends the mirror (a moment after the lease, never before),
+            // or writes it again if it went missing, unless a Python client
+            // holds the resource now.
+            self.mirror(table, &renewed, millis(SystemTime::now()))
+                .await?;
+        }
+        Ok(renewed)
+    }
+
     async fn current(&self, resource: &str) -> Result<Option<Lease>> {
-        self.live_lease(resource, millis(SystemTime::now())).await
+        let now_ms = millis(SystemTime::now());
+        if let Some(lease) = self.live_lease(resource, now_ms).await? {
+            return Ok(Some(lease));
+        }
+        self.python_holder(resource, now_ms).await
     }
 
     async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 
 use super::codec::{CLEANUP_AT, KIND, RESOURCE};
@@ -40,36 +40,45 @@ impl DynamodbBackend {
     }
 
     /// The table's description, `None` when it does not exist.
-    pub(super) async fn describe_table(
-        &self,
-    ) -> Result<Option<aws_sdk_dynamodb::types::TableDescription>> {
-        match self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-        {
+    pub(super) async fn describe_table(&self) -> Result<Option<TableDescription>> {
+        self.describe(&self.table).await
+    }
+
+    /// The description of table `name`, `None` when it does not exist.
+    async fn describe(&self, name: &str) -> Result<Option<TableDescription>> {
+        match self.client.describe_table().table_name(name).send().await {
             Ok(out) => Ok(out.table().cloned()),
             Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(None),
             Err(e) => Err(self.sdk_error("DescribeTable", e)),
         }
     }
 
-    fn check_key_schema(&self, table: &aws_sdk_dynamodb::types::TableDescription) -> Result<()> {
-        let has_key = |attr: &str, key_type: KeyType| {
-            table
-                .key_schema()
-                .iter()
-                .any(|k| k.attribute_name() == attr && *k.key_type() == key_type)
-                && table.attribute_definitions().iter().any(|d| {
-                    d.attribute_name() == attr && *d.attribute_type() == ScalarAttributeType::S
-                })
+    /// With `python_stormlock = true`, checks that Python stormlock's table
+    /// exists with its key schema (partition key `resource`, a string, and
+    /// nothing else): the setting asks for exclusion with Python stormlock,
+    /// which a missing table would silently lose. Python stormlock does not
+    /// create it either.
+    pub(super) async fn check_python_table(&self) -> Result<()> {
+        let Some(python) = &self.python_table else {
+            return Ok(());
         };
-        if table.key_schema().len() == 2
-            && has_key(RESOURCE, KeyType::Hash)
-            && has_key(KIND, KeyType::Range)
-        {
+        let why = match self.describe(python).await? {
+            Some(table) if has_key_schema(&table, &[(RESOURCE, KeyType::Hash)]) => return Ok(()),
+            Some(_) => "has another key schema than Python stormlock's",
+            None => "does not exist",
+        };
+        Err(BackendError::config(
+            &self.name,
+            format!(
+                "python_stormlock = true, but Python stormlock's table {python:?} {why} \
+                 (partition key \"{RESOURCE}\", a string, only): set python_table to the table \
+                 Python stormlock uses (see MIGRATING.md)"
+            ),
+        ))
+    }
+
+    fn check_key_schema(&self, table: &TableDescription) -> Result<()> {
+        if has_key_schema(table, &[(RESOURCE, KeyType::Hash), (KIND, KeyType::Range)]) {
             Ok(())
         } else {
             Err(BackendError::config(
@@ -194,4 +203,18 @@ impl DynamodbBackend {
             }
         }
     }
+}
+
+/// Whether `table`'s key schema is exactly `keys`, each a string attribute.
+fn has_key_schema(table: &TableDescription, keys: &[(&str, KeyType)]) -> bool {
+    table.key_schema().len() == keys.len()
+        && keys.iter().all(|(attr, key_type)| {
+            table
+                .key_schema()
+                .iter()
+                .any(|k| k.attribute_name() == *attr && k.key_type() == key_type)
+                && table.attribute_definitions().iter().any(|d| {
+                    d.attribute_name() == *attr && *d.attribute_type() == ScalarAttributeType::S
+                })
+        })
 }

@@ -38,6 +38,15 @@ pub struct EtcdConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub connect_timeout: Duration,
+    /// Migration mode (default false): a lock Python stormlock 0.4.1 holds
+    /// on the same etcd (keys `{python_prefix}R/id`, `/p`, `/c`) counts as
+    /// held, and every lease this backend grants is also written in that
+    /// format, so that both tools exclude each other. See MIGRATING.md.
+    #[serde(default)]
+    pub python_stormlock: bool,
+    /// Python stormlock's `prefix` setting, with `python_stormlock = true`:
+    /// prepended to the resource name in Python's keys. Default `/`.
+    pub python_prefix: Option<String>,
 }
 
 // By hand, because of the password (and any in an endpoint URL).
@@ -52,6 +61,8 @@ impl std::fmt::Debug for EtcdConfig {
             .field("key_file", &self.key_file)
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
+            .field("python_stormlock", &self.python_stormlock)
+            .field("python_prefix", &self.python_prefix)
             .finish()
     }
 }
@@ -60,10 +71,15 @@ fn default_prefix() -> String {
     "/stormlock/".to_string()
 }
 
+/// Python stormlock's `prefix` when `python_prefix` is not set (its own
+/// default).
+pub const DEFAULT_PYTHON_PREFIX: &str = "/";
+
 impl EtcdConfig {
     /// Checks every key without connecting; the message starts with the key.
     pub fn validate(&self) -> Result<(), String> {
         check_prefix(&self.prefix)?;
+        self.python_prefix()?;
         check_timeout("connect_timeout", self.connect_timeout)?;
         let https = self.https()?;
         match (&self.username, &self.password) {
@@ -118,6 +134,38 @@ impl EtcdConfig {
             https = Some(this);
         }
         Ok(https.unwrap_or(false))
+    }
+
+    /// The prefix of Python stormlock's keys when `python_stormlock = true`,
+    /// validated; `None` when the mode is off. Python takes any prefix (even
+    /// none), so only what no key should hold is refused.
+    pub(super) fn python_prefix(&self) -> Result<Option<&str>, String> {
+        if !self.python_stormlock {
+            if self.python_prefix.is_some() {
+                return Err("python_prefix: only used with python_stormlock = true".to_string());
+            }
+            return Ok(None);
+        }
+        let prefix = self
+            .python_prefix
+            .as_deref()
+            .unwrap_or(DEFAULT_PYTHON_PREFIX);
+        if prefix.len() > 256 || prefix.chars().any(char::is_control) {
+            return Err(format!(
+                "python_prefix: {prefix:?} must be at most 256 bytes without control characters \
+                 (Python stormlock's `prefix`, default \"/\")"
+            ));
+        }
+        // Python's keys would then be this backend's own for every resource.
+        for own in ["lock/", "evicted/"] {
+            if prefix.starts_with(&format!("{}{own}", self.prefix)) {
+                return Err(format!(
+                    "python_prefix: {prefix:?} lies under this backend's own keys ({}{own})",
+                    self.prefix
+                ));
+            }
+        }
+        Ok(Some(prefix))
     }
 
     /// The endpoints as errors and logs may show them.
@@ -194,6 +242,34 @@ mod tests {
         }
         let mutual = format!("{https}cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"");
         assert_eq!(refused(&mutual), "");
+    }
+
+    #[test]
+    fn python_settings() {
+        let c = config("");
+        assert!(!c.python_stormlock);
+        assert_eq!(c.python_prefix(), Ok(None));
+        let c = config("python_stormlock = true");
+        assert_eq!(c.python_prefix(), Ok(Some("/")));
+        let c = config("python_stormlock = true\npython_prefix = \"locks-\"");
+        assert_eq!(c.python_prefix(), Ok(Some("locks-")));
+        assert_eq!(c.validate(), Ok(()));
+        let c = config("python_stormlock = true\npython_prefix = \"\"");
+        assert_eq!(
+            c.python_prefix(),
+            Ok(Some("")),
+            "Python's prefix may be empty"
+        );
+        for extra in [
+            "python_prefix = \"/\"",
+            "python_stormlock = true\npython_prefix = \"/a\\n\"",
+            "python_stormlock = true\npython_prefix = \"/stormlock/lock/\"",
+            "prefix = \"/x/\"\npython_stormlock = true\npython_prefix = \"/x/evicted/p\"",
+        ] {
+            let err = config(extra).validate().err().unwrap_or_default();
+            assert!(err.starts_with("python_prefix: "), "{extra}: {err:?}");
+        }
+        assert!(toml::from_str::<EtcdConfig>("endpoints = []\npython_stormlock = 1").is_err());
     }
 
     #[test]

@@ -32,6 +32,27 @@
 //!   (acquire, renew) or delete (release, force-release, expiry) wakes its
 //!   waiters and watchers at once.
 //!
+//! # Python stormlock
+//!
+//! With `python_stormlock = true`, Python stormlock 0.4.1's keys of a
+//! resource (`{python_prefix}R/id`, `/p`, `/c`, on one etcd lease; see
+//! [`codec::PythonKeys`]) take part in the same transactions: acquire also
+//! requires Python's `/id` key to be absent (`create_revision` 0) and puts
+//! the lease's mirror there — Python's three keys, with Stormlock's lease
+//! id as Python's id, on the lock's own etcd lease, so they lapse with it;
+//! when refused, the transaction reads Python's keys too, and a Python lock
+//! is reported as the holder (its etcd lease id as the lease id, padded with
+//! zeros to 32 hex digits). Renew moves the mirror to the new etcd lease
+//! with the lock key (writing it again if it went missing and Python did
+//! not take the resource); release and force-release delete it with the
+//! lock key, in nested transactions that touch Python's keys only while
+//! they are on the lock's etcd lease. Force-release of a resource that
+//! Python holds revokes the Python lock's etcd lease, as Python's own
+//! release does, which deletes its keys and tells its holder at the next
+//! renewal. `current` reports a Python lock as held; `list` shows
+//! Stormlock's leases only. A resource whose Python keys would be this
+//! backend's own keys is refused in this mode.
+//!
 //! Reads that report a lease look up its etcd lease's remaining TTL, which
 //! etcd gives in whole seconds, so `expires_at` may be up to a second early.
 //! etcd raises TTLs below its minimum (1.5 election timeouts: 2 s with the
@@ -51,10 +72,13 @@
 //! password = "..."
 //! prefix = "/stormlock/"
 //! connect_timeout = "2s"
+//! python_stormlock = false                       # true while migrating
+//! # python_prefix = "/"                          # Python stormlock's prefix
 //! ```
 //!
 //! With etcd authentication, the user needs read and write on the prefix
-//! (`etcdctl role grant-permission ROLE --prefix=true readwrite /stormlock/`).
+//! (`etcdctl role grant-permission ROLE --prefix=true readwrite /stormlock/`),
+//! and in migration mode on Python's keys too (its `prefix`).
 //!
 //! # Layout
 //!
@@ -75,7 +99,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{Backend, BackendError, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
-use codec::prefix_end;
+use codec::{PythonKeys, prefix_end};
 pub use config::EtcdConfig;
 
 /// How often an idle connection is pinged, so that a dead member is noticed
@@ -106,6 +130,15 @@ pub struct EtcdBackend {
     lock_prefix: String,
     /// `{prefix}evicted/`.
     evicted_prefix: String,
+    /// `python_stormlock`: Python stormlock's `prefix`, whose keys are
+    /// honoured and written; `None` when the mode is off.
+    python_prefix: Option<String>,
+}
+
+/// A Python stormlock lock as read, with the etcd lease its keys are on.
+struct PythonHeld {
+    lease: Lease,
+    etcd_lease: i64,
 }
 
 fn read_file(name: &str, key: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -150,6 +183,10 @@ impl EtcdBackend {
     /// `connect_timeout` and returns the backend named `name`.
     pub async fn connect(name: &str, config: &EtcdConfig) -> Result<Self> {
         let options = connect_options(name, config)?;
+        let python_prefix = config
+            .python_prefix()
+            .map_err(|message| BackendError::config(name, message))?
+            .map(str::to_string);
         let timeout = config.connect_timeout;
         let endpoints = config.endpoints_shown().join(", ");
         let backend = async {
@@ -159,6 +196,7 @@ impl EtcdBackend {
                 client,
                 lock_prefix: format!("{}lock/", config.prefix),
                 evicted_prefix: format!("{}evicted/", config.prefix),
+                python_prefix,
             };
             backend
                 .client
@@ -197,6 +235,145 @@ impl EtcdBackend {
 
     fn evicted_key(&self, resource: &str) -> String {
         format!("{}{resource}", self.evicted_prefix)
+    }
+
+    /// Python stormlock's keys of `resource` when the mode is on, unless
+    /// one of them is one of this backend's own keys (such a resource is
+    /// never granted in this mode): `Err` with that key then.
+    fn python_keys_checked(
+        &self,
+        resource: &str,
+    ) -> std::result::Result<Option<PythonKeys>, String> {
+        let Some(prefix) = &self.python_prefix else {
+            return Ok(None);
+        };
+        let keys = PythonKeys::new(prefix, resource);
+        let own = |key: &&str| {
+            key.starts_with(&self.lock_prefix) || key.starts_with(&self.evicted_prefix)
+        };
+        if let Some(key) = keys.all().into_iter().find(own) {
+            return Err(key.to_string());
+        }
+        Ok(Some(keys))
+    }
+
+    /// Python stormlock's keys of `resource` when the mode is on and they
+    /// are not this backend's own (see [`Self::python_keys_checked`]).
+    fn python_keys(&self, resource: &str) -> Option<PythonKeys> {
+        self.python_keys_checked(resource).ok().flatten()
+    }
+
+    /// Refuses, in migration mode, a resource whose Python keys would be
+    /// this backend's own keys (lock or eviction keys of other resources).
+    fn check_python_keys(&self, resource: &str) -> Result<()> {
+        self.python_keys_checked(resource).map(drop).map_err(|key| {
+            BackendError::config(
+                &self.name,
+                format!(
+                    "resource {resource:?} cannot be locked with python_stormlock = true: \
+                     Python stormlock's key for it, {key:?}, is one of this backend's own keys"
+                ),
+            )
+        })
+    }
+
+    /// The operations that write the mirror of `lease` (Python's three
+    /// keys) on `etcd_lease`.
+    fn mirror_puts(keys: &PythonKeys, lease: &Lease, etcd_lease: i64) -> Vec<TxnOp> {
+        let values = PythonKeys::values(&lease.id, &lease.principal, lease.acquired_at);
+        keys.all()
+            .into_iter()
+            .zip(values)
+            .map(|(key, value)| {
+                TxnOp::put(key, value, Some(PutOptions::new().with_lease(etcd_lease)))
+            })
+            .collect()
+    }
+
+    /// Breaks the Python stormlock lock on `resource`, if the mode is on
+    /// and there is one, by revoking its etcd lease as Python's release
+    /// does: etcd deletes its keys, and its holder's next renewal fails.
+    async fn force_release_python(&self, resource: &str) -> Result<Option<Lease>> {
+        let Some(held) = self.python_current(resource).await? else {
+            return Ok(None);
+        };
+        match self.client.clone().lease_revoke(held.etcd_lease).await {
+            Ok(_) => Ok(Some(held.lease)),
+            // Released or lapsed since it was read: nothing left to break.
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.engine_error(e)),
+        }
+    }
+
+    /// A nested transaction that deletes Python's keys if they are the
+    /// mirror on `etcd_lease` (Python's own keys are on Python's lease).
+    fn unmirror(keys: &PythonKeys, etcd_lease: i64) -> TxnOp {
+        TxnOp::txn(
+            Txn::new()
+                .when([Compare::lease(
+                    keys.id.as_str(),
+                    CompareOp::Equal,
+                    etcd_lease,
+                )])
+                .and_then(keys.all().map(|key| TxnOp::delete(key, None))),
+        )
+    }
+
+    /// A Python stormlock lock from the values of its keys (`id`,
+    /// principal, created, each `None` when absent), with its expiry; `None`
+    /// when there is none or its etcd lease is gone.
+    async fn python_held(
+        &self,
+        resource: &str,
+        [id, principal, created]: [Option<KeyValue>; 3],
+    ) -> Result<Option<PythonHeld>> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let stored = codec::decode_python(
+            resource,
+            (id.value(), id.lease()),
+            principal.as_ref().map(KeyValue::value),
+            created.as_ref().map(KeyValue::value),
+            SystemTime::now(),
+        )
+        .map_err(|what| self.corrupt(what))?;
+        let Some(expires_at) = self.expiry(stored.etcd_lease).await? else {
+            return Ok(None);
+        };
+        let lease = super::python_stormlock_holder(
+            resource,
+            &stored.id,
+            stored.principal,
+            stored.created,
+            expires_at,
+        )
+        .ok_or_else(|| self.corrupt("Python stormlock id"))?;
+        Ok(Some(PythonHeld {
+            lease,
+            etcd_lease: stored.etcd_lease,
+        }))
+    }
+
+    /// The Python stormlock lock on `resource`, if the mode is on and
+    /// there is one.
+    async fn python_current(&self, resource: &str) -> Result<Option<PythonHeld>> {
+        let Some(keys) = self.python_keys(resource) else {
+            return Ok(None);
+        };
+        let txn = Txn::new().and_then(keys.all().map(|key| TxnOp::get(key, None)));
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        self.python_held(resource, read_python(&resp.op_responses(), 0))
+            .await
     }
 
     fn engine_error(&self, e: etcd_client::Error) -> BackendError {
@@ -359,6 +536,21 @@ impl EtcdBackend {
     }
 }
 
+/// The key read by operation `index` of a transaction's answer (a get),
+/// `None` when it found none.
+fn read_at(responses: &[TxnOpResponse], index: usize) -> Option<KeyValue> {
+    match responses.get(index) {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first().cloned(),
+        _ => None,
+    }
+}
+
+/// The keys read by three consecutive gets of a transaction's answer,
+/// starting with operation `first`: Python stormlock's keys.
+fn read_python(responses: &[TxnOpResponse], first: usize) -> [Option<KeyValue>; 3] {
+    [0, 1, 2].map(|i| read_at(responses, first + i))
+}
+
 fn is_transient(e: &etcd_client::Error) -> bool {
     use tonic::Code;
     match e {
@@ -391,7 +583,9 @@ fn is_auth_error(e: &etcd_client::Error) -> bool {
 #[async_trait]
 impl Backend for EtcdBackend {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Acquisition> {
+        self.check_python_keys(&req.resource)?;
         let key = self.lock_key(&req.resource);
+        let python = self.python_keys(&req.resource);
         for _ in 0..MAX_ROUNDS {
             // etcd counts the lease down from when it granted it, some time
             // after this: an expiry reckoned from here is never late.
@@ -401,14 +595,35 @@ impl Backend for EtcdBackend {
             let acquired_at = codec::truncate_to_millis(SystemTime::now());
             let value = codec::encode_lock(&req.id, &req.principal, &req.reason, acquired_at)
                 .map_err(|e| BackendError::internal(&self.name, e))?;
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    value,
-                    Some(PutOptions::new().with_lease(etcd_lease)),
-                )])
-                .or_else([TxnOp::get(key.as_str(), None)]);
+            let lease = Lease {
+                resource: req.resource.clone(),
+                id: req.id.clone(),
+                principal: req.principal.clone(),
+                reason: req.reason.clone(),
+                acquired_at,
+                expires_at: granted_from + granted_ttl,
+                // The put creates the key: its revision, once known.
+                fence: 0,
+            };
+            let mut when = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
+            let mut then = vec![TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(etcd_lease)),
+            )];
+            let mut otherwise = vec![TxnOp::get(key.as_str(), None)];
+            // Python's lock excludes, and the grant is mirrored for Python,
+            // in the same step.
+            if let Some(keys) = &python {
+                when.push(Compare::create_revision(
+                    keys.id.as_str(),
+                    CompareOp::Equal,
+                    0,
+                ));
+                then.extend(Self::mirror_puts(keys, &lease, etcd_lease));
+                otherwise.extend(keys.all().map(|k| TxnOp::get(k, None)));
+            }
+            let txn = Txn::new().when(when).and_then(then).or_else(otherwise);
             let resp = match self.client.clone().txn(txn).await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -426,23 +641,22 @@ impl Backend for EtcdBackend {
                     .and_then(|r| u64::try_from(r).ok())
                     .ok_or_else(|| self.corrupt("transaction without revision"))?;
                 return Ok(Acquisition::Granted(Lease {
-                    resource: req.resource.clone(),
-                    id: req.id.clone(),
-                    principal: req.principal.clone(),
-                    reason: req.reason.clone(),
-                    acquired_at,
-                    expires_at: granted_from + granted_ttl,
                     // The put created the key at this revision.
                     fence: revision,
+                    ..lease
                 }));
             }
             self.discard(etcd_lease).await;
-            let holder = resp.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
-                _ => None,
-            });
-            if let Some(kv) = holder
+            let responses = resp.op_responses();
+            if let Some(kv) = read_at(&responses, 0)
                 && let Some(held) = self.held(&req.resource, &kv).await?
+            {
+                return Ok(Acquisition::contended(&req.id, held.lease));
+            }
+            if python.is_some()
+                && let Some(held) = self
+                    .python_held(&req.resource, read_python(&responses, 1))
+                    .await?
             {
                 return Ok(Acquisition::contended(&req.id, held.lease));
             }
@@ -461,13 +675,17 @@ impl Backend for EtcdBackend {
             if &held.lease.id != id {
                 return Ok(false);
             }
+            let mut then = vec![TxnOp::delete(key.as_str(), None)];
+            if let Some(keys) = self.python_keys(resource) {
+                then.push(Self::unmirror(&keys, held.etcd_lease));
+            }
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     key.as_str(),
                     CompareOp::Equal,
                     held.mod_revision,
                 )])
-                .and_then([TxnOp::delete(key.as_str(), None)]);
+                .and_then(then);
             let resp = self
                 .client
                 .clone()
@@ -499,16 +717,41 @@ impl Backend for EtcdBackend {
                 held.lease.acquired_at,
             )
             .map_err(|e| BackendError::internal(&self.name, e))?;
+            let mut then = vec![TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(etcd_lease)),
+            )];
+            if let Some(keys) = self.python_keys(resource) {
+                // The mirror moves to the new etcd lease with the lock key,
+                // or is written again when it went missing, unless Python
+                // holds the resource now (its keys are on its own lease).
+                let mirror = Self::mirror_puts(&keys, &held.lease, etcd_lease);
+                then.push(TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::lease(
+                            keys.id.as_str(),
+                            CompareOp::Equal,
+                            held.etcd_lease,
+                        )])
+                        .and_then(mirror.clone())
+                        .or_else([TxnOp::txn(
+                            Txn::new()
+                                .when([Compare::create_revision(
+                                    keys.id.as_str(),
+                                    CompareOp::Equal,
+                                    0,
+                                )])
+                                .and_then(mirror),
+                        )]),
+                ));
+            }
             let txn = Txn::new()
                 .when([
                     Compare::mod_revision(key.as_str(), CompareOp::Equal, held.mod_revision),
                     Compare::lease(key.as_str(), CompareOp::Equal, held.etcd_lease),
                 ])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    value,
-                    Some(PutOptions::new().with_lease(etcd_lease)),
-                )]);
+                .and_then(then);
             let resp = match self.client.clone().txn(txn).await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -537,7 +780,10 @@ impl Backend for EtcdBackend {
     }
 
     async fn current(&self, resource: &str) -> Result<Option<Lease>> {
-        Ok(self.current_held(resource).await?.map(|held| held.lease))
+        if let Some(held) = self.current_held(resource).await? {
+            return Ok(Some(held.lease));
+        }
+        Ok(self.python_current(resource).await?.map(|held| held.lease))
     }
 
     async fn status(&self, resource: &str, id: &LeaseId) -> Result<LeaseStatus> {
@@ -616,20 +862,24 @@ impl Backend for EtcdBackend {
         let key = self.lock_key(resource);
         for _ in 0..MAX_ROUNDS {
             let Some(held) = self.current_held(resource).await? else {
-                return Ok(None);
+                return self.force_release_python(resource).await;
             };
             let record = codec::encode_eviction(&held.lease.id, actor, reason)
                 .map_err(|e| BackendError::internal(&self.name, e))?;
+            let mut then = vec![
+                TxnOp::put(self.evicted_key(resource), record, None),
+                TxnOp::delete(key.as_str(), None),
+            ];
+            if let Some(keys) = self.python_keys(resource) {
+                then.push(Self::unmirror(&keys, held.etcd_lease));
+            }
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     key.as_str(),
                     CompareOp::Equal,
                     held.mod_revision,
                 )])
-                .and_then([
-                    TxnOp::put(self.evicted_key(resource), record, None),
-                    TxnOp::delete(key.as_str(), None),
-                ]);
+                .and_then(then);
             let resp = self
                 .client
                 .clone()
