@@ -192,24 +192,14 @@ async fn wait_past(when: SystemTime) {
 /// What differs between the engines' migration modes.
 #[derive(Clone, Copy)]
 struct Engine {
-    /// Force-release breaks a Python lock (MySQL, etcd, DynamoDB); Redis and
-    /// PostgreSQL leave it to Python's CLI.
-    breaks_python_locks: bool,
     /// A lease that lapsed without a release leaves its mirror, which Python
     /// takes as held until the daemon takes the resource over again
     /// (DynamoDB: Python stormlock only ever creates items).
     lapsed_mirror_stays: bool,
 }
 
-/// Redis and PostgreSQL.
-const LEAVES_PYTHON_LOCKS: Engine = Engine {
-    breaks_python_locks: false,
-    lapsed_mirror_stays: false,
-};
-
-/// MySQL and etcd.
-const BREAKS_PYTHON_LOCKS: Engine = Engine {
-    breaks_python_locks: true,
+/// Redis, PostgreSQL, MySQL and etcd.
+const MIRRORS_LAPSE: Engine = Engine {
     lapsed_mirror_stays: false,
 };
 
@@ -261,26 +251,21 @@ async fn exclude_each_other(backend: &str, py: &Python, engine: Engine) {
         .expect("force-release")
         .into_inner()
         .released;
-    let py_lease = if engine.breaks_python_locks {
-        // Broken: reported as Python's, gone for Python, and its holder's
-        // renewal fails as for a lock that expired.
-        let broken = forced.expect("the Python lock was broken");
-        assert_eq!(broken.principal, PY_PRINCIPAL);
-        assert_eq!(broken.reason, "held by Python stormlock");
-        assert_eq!(broken.lease_id, plain_id(&py_lease));
-        assert_eq!(py.current(&resource), None);
-        assert_eq!(
-            py.renew(&resource, &py_lease),
-            Some(3),
-            "renewal of a broken lock"
-        );
-        py.acquire(&resource, 60)
-            .expect("Python stormlock acquires after the force-release")
-    } else {
-        assert!(forced.is_none(), "a Python lock is left to Python's CLI");
-        assert!(py.current(&resource).is_some());
-        py_lease
-    };
+    // Broken as Python's release would: reported as Python's, gone for
+    // Python, and its holder's renewal fails as for a lock that expired.
+    let broken = forced.expect("the Python lock was broken");
+    assert_eq!(broken.principal, PY_PRINCIPAL);
+    assert_eq!(broken.reason, "held by Python stormlock");
+    assert_eq!(broken.lease_id, plain_id(&py_lease));
+    assert_eq!(py.current(&resource), None);
+    assert_eq!(
+        py.renew(&resource, &py_lease),
+        Some(3),
+        "renewal of a broken lock"
+    );
+    let py_lease = py
+        .acquire(&resource, 60)
+        .expect("Python stormlock acquires after the force-release");
 
     // Python releases: the daemon grants.
     py.release(&resource, &py_lease);
@@ -405,7 +390,7 @@ mod redis {
         };
         let Some(py) = python(&url) else { return };
         let prefix = format!("pycompat-{}:", unique());
-        exclude_each_other(&backend(&url, &prefix, true), &py, LEAVES_PYTHON_LOCKS).await;
+        exclude_each_other(&backend(&url, &prefix, true), &py, MIRRORS_LAPSE).await;
     }
 
     /// A resource whose Python stormlock key would be one of the daemon's
@@ -496,7 +481,7 @@ mod postgres {
             return;
         };
         create_python_table(&url, &table).await;
-        exclude_each_other(&backend(&url, Some(&table)), &py, LEAVES_PYTHON_LOCKS).await;
+        exclude_each_other(&backend(&url, Some(&table)), &py, MIRRORS_LAPSE).await;
     }
 
     /// The setting asks for exclusion with Python stormlock: without its
@@ -572,7 +557,7 @@ mod mysql {
             return;
         };
         create_python_table(&url, &table).await;
-        exclude_each_other(&backend(&url, Some(&table)), &py, BREAKS_PYTHON_LOCKS).await;
+        exclude_each_other(&backend(&url, Some(&table)), &py, MIRRORS_LAPSE).await;
     }
 
     /// Python stormlock writes its times in the server's time zone; the
@@ -693,7 +678,7 @@ mod etcd {
             return;
         };
         let backend = backend(&endpoint, &format!("{base}sl/"), &python_prefix);
-        exclude_each_other(&backend, &py, BREAKS_PYTHON_LOCKS).await;
+        exclude_each_other(&backend, &py, MIRRORS_LAPSE).await;
     }
 
     /// With Python stormlock's default prefix `/`, a resource whose Python
@@ -745,7 +730,6 @@ mod dynamodb {
 
     /// DynamoDB: Python stormlock only ever creates items.
     const CREATES_ONLY: Engine = Engine {
-        breaks_python_locks: true,
         lapsed_mirror_stays: true,
     };
 

@@ -37,7 +37,9 @@
 //! never both win. The claimed row is the lease's mirror: its `lease` is the
 //! lease id as a UUID, `principal` the holder, `expires` the lease's
 //! expiry. Renew extends it right after the lease (so it never lapses
-//! first); release and force-release delete it when it is the lease's. `current` reports a live
+//! first); release and force-release delete it when it is the lease's.
+//! Force-release of a resource no Stormlock lease holds deletes a live
+//! Python lock's row (by its id), as Python's release does. `current` reports a live
 //! Python row as held; `list` shows Stormlock's leases only.
 //!
 //! # Notifications
@@ -178,7 +180,9 @@ impl PythonStatements {
                 "SELECT uuid_send(lease), principal, created::timestamptz, expires::timestamptz, \
                    current_timestamp FROM {t} WHERE resource = $1 AND expires > current_timestamp"
             ),
-            release: format!("DELETE FROM {t} WHERE resource = $1 AND lease = $2::text::uuid"),
+            release: format!(
+                "DELETE FROM {t} WHERE resource = $1 AND lease = $2::text::uuid RETURNING resource"
+            ),
             probe: format!("SELECT resource, lease, principal, created, expires FROM {t} LIMIT 0"),
         }
     }
@@ -715,11 +719,24 @@ impl Backend for PostgresBackend {
             .query(&self.sql.force, &[&resource, &actor, &reason])
             .await?;
         let broken = rows.first().map(|row| self.lease(row)).transpose()?;
-        if let (Some(python), Some(lease)) = (&self.sql.python, &broken) {
+        let Some(python) = &self.sql.python else {
+            return Ok(broken);
+        };
+        if let Some(lease) = &broken {
             self.query(&python.release, &[&resource, &lease.id.expose()])
                 .await?;
+            return Ok(broken);
         }
-        Ok(broken)
+        // No Stormlock lease: a Python stormlock lock is broken as
+        // Python's release would (its row deleted, by its own id, so a lock
+        // Python took again meanwhile stays).
+        let Some(held) = self.python_holder(resource).await? else {
+            return Ok(None);
+        };
+        let deleted = self
+            .query(&python.release, &[&resource, &held.id.expose()])
+            .await?;
+        Ok((!deleted.is_empty()).then_some(held))
     }
 
     async fn health(&self) -> Result<()> {

@@ -36,8 +36,10 @@
 //! granted lease is mirrored into that hash (its id as 16 bytes, its
 //! principal, the grant time, the same expiry, and a field `stormlockd` with
 //! the prefix, marking it as this deployment's), which renew extends and
-//! release and force-release delete. `current` reports a Python lock as
-//! held; `list` walks the index and shows Stormlock's leases only. A resource
+//! release and force-release delete. Force-release of a resource no
+//! Stormlock lease holds deletes a Python lock's hash, as Python's release
+//! does. `current` reports a Python lock as held; `list` walks the index
+//! and shows Stormlock's leases only. A resource
 //! whose name is one of this backend's own keys is refused in this mode.
 //!
 //! # Requirements on the engine
@@ -613,14 +615,21 @@ impl Backend for RedisBackend {
             .arg(resource)
             .arg(self.channel());
         if let Some(key) = self.python_key(resource) {
-            invocation.key(key);
+            invocation.key(key).arg(&self.prefix);
         }
         let reply = self.run(&invocation).await?;
-        let Some([now, lease]) = array(&reply) else {
-            return Err(self.corrupt("force-release reply is not two fields"));
-        };
-        let now = self.time(now)?;
-        self.lease(resource, now, lease)
+        match array(&reply).unwrap_or_default() {
+            [now, lease] => {
+                let now = self.time(now)?;
+                self.lease(resource, now, lease)
+            }
+            // A Python stormlock lock, broken as Python's release would.
+            [now, _, python] => {
+                let now = self.time(now)?;
+                self.python_lock(resource, now, python)
+            }
+            _ => Err(self.corrupt("force-release reply is not two or three fields")),
+        }
     }
 
     async fn subscribe(&self) -> Result<Option<ChangeStream>> {
