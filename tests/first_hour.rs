@@ -1150,3 +1150,32 @@ fn check_config_creates_nothing() {
     );
     assert_eq!(std::fs::read(&store).expect("store"), before, "unchanged");
 }
+
+/// The first lock `scripts/run-daemon` tells a newcomer to take is the
+/// README's, line for line (the PATH line names the build's own directory).
+#[test]
+fn run_daemon_prints_the_readme_quickstart() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |file: &str| std::fs::read_to_string(root.join(file)).expect(file);
+    let readme = read("README.md");
+    let script = read("scripts/run-daemon");
+    let quickstart: Vec<&str> = readme
+        .split("In a second terminal:\n\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's quickstart block")
+        .lines()
+        .filter(|l| !l.starts_with("export PATH="))
+        .collect();
+    let printed: Vec<String> = script
+        .split("In another terminal:\n\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nMSG").next())
+        .expect("run-daemon's message")
+        .lines()
+        .map(|l| l.trim_start().replace("\\$", "$"))
+        .filter(|l| !l.is_empty() && !l.starts_with("export PATH="))
+        .collect();
+    assert!(quickstart.len() >= 3, "{quickstart:?}");
+    assert_eq!(printed, quickstart);
+}
