@@ -9,8 +9,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use stormlockd::backend::BackendConfig;
-use stormlockd::backend::embedded::EmbeddedBackend;
 use stormlockd::config::{Config, Overrides};
 use stormlockd::reload::{SetLogLevel, Snapshot, Source};
 use stormlockd::server::{self, Settings};
@@ -411,30 +409,12 @@ async fn check_config(
             client_ca: tls.client_ca.as_ref().map(|p| data_dir.join(p)),
         })?;
     }
-    // Every backend answers, and nothing is created: the embedded store is
-    // looked at, not opened for writing; the engines are connected to and
-    // health-checked, each bounded as the daemon bounds its calls.
+    // Every backend answers, and nothing is created.
     let mut found = Vec::new();
     for (name, backend) in &config.backends {
-        let what = match backend {
-            BackendConfig::Embedded(embedded) => {
-                EmbeddedBackend::check(name, embedded, &data_dir).await?
-            }
-            _ => {
-                let connected = stormlockd::backend::connect(name, backend, &data_dir).await?;
-                let timeout = config.defaults.backend_timeout;
-                match tokio::time::timeout(timeout, connected.health()).await {
-                    Ok(answer) => {
-                        answer.with_context(|| format!("backend {name:?} does not answer"))?
-                    }
-                    Err(_) => anyhow::bail!(
-                        "backend {name:?} does not answer its health check within {} (backend_timeout)",
-                        stormlockd::duration::format_duration(timeout)
-                    ),
-                }
-                "answers".to_string()
-            }
-        };
+        let what =
+            stormlockd::backend::check(name, backend, &data_dir, config.defaults.backend_timeout)
+                .await?;
         found.push(format!("  {name} ({}): {what}\n", backend.kind()));
     }
     let plural = |n: usize| if n == 1 { "" } else { "s" };

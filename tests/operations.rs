@@ -274,6 +274,11 @@ async fn health_follows_the_backend_and_liveness_does_not() {
 /// Runs `stormlockd check-config` on `config` written to a file; returns
 /// the exit code and standard output + error.
 fn check_config(dir: &Path, config: &str) -> (i32, String) {
+    check_config_with(dir, config, &[])
+}
+
+/// [`check_config`] with `env` set for the daemon.
+fn check_config_with(dir: &Path, config: &str, env: &[(&str, &str)]) -> (i32, String) {
     let file = dir.join("stormlock.toml");
     std::fs::write(&file, config).expect("write config");
     let out = Command::new(crate::support::stormlockd())
@@ -281,6 +286,7 @@ fn check_config(dir: &Path, config: &str) -> (i32, String) {
         .arg(&file)
         .env_remove("STORMLOCKD_CONFIG")
         .env("STORMLOCKD_DATA_DIR", dir)
+        .envs(env.iter().copied())
         .output()
         .expect("run stormlockd");
     let text = format!(
@@ -637,4 +643,72 @@ mod start_with_an_engine_down {
     }
 
     on_shared_engines!("down_at_start", starts_and_connects_later);
+}
+
+/// `check-config` creates no table: with `create_table = true` (the
+/// default) it says a missing table is created at the daemon's first start,
+/// and leaves it missing (the same check with `create_table = false` still
+/// finds it missing); once a daemon created it, the check finds it.
+async fn check_config_creates_no_table(backend: &str, env: &[(&str, &str)], table: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!("[audit]\npath = \"/dev/null\"\n[backends.main]\n{backend}\n");
+    let (code, text) = check_config_with(dir.path(), &config, env);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{table:?} does not exist yet; the daemon creates it at its first start"
+        )),
+        "{text}"
+    );
+    let strict = format!("{config}create_table = false\n");
+    let (code, text) = check_config_with(dir.path(), &strict, env);
+    assert_eq!(code, 1, "check-config created {table}: {text}");
+    assert!(
+        text.contains("does not exist") || text.contains("doesn't exist"),
+        "{text}"
+    );
+
+    let daemon = crate::support::DaemonProcess::start(&config, env).await;
+    drop(daemon);
+    let (code, text) = check_config_with(dir.path(), &strict, env);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("main (") && text.contains("): answers\n"),
+        "{text}"
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn check_config_creates_no_postgres_table() {
+    let Some(url) = crate::support::engine_url("STORMLOCK_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let table = format!("check_{}", crate::support::unique());
+    let backend = format!("type = \"postgres\"\nurl = {url:?}\ntable = {table:?}");
+    check_config_creates_no_table(&backend, &[], &table).await;
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test]
+async fn check_config_creates_no_mysql_table() {
+    let Some(url) = crate::support::engine_url("STORMLOCK_TEST_MYSQL_URL") else {
+        return;
+    };
+    let table = format!("check_{}", crate::support::unique());
+    let backend = format!("type = \"mysql\"\nurl = {url:?}\ntable = {table:?}");
+    check_config_creates_no_table(&backend, &[], &table).await;
+}
+
+#[cfg(feature = "dynamodb")]
+#[tokio::test]
+async fn check_config_creates_no_dynamodb_table() {
+    let Some(endpoint) = crate::support::engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let table = format!("check-{}", crate::support::unique());
+    let backend = format!(
+        "type = \"dynamodb\"\nendpoint = {endpoint:?}\ntable = {table:?}\nregion = \"us-east-1\""
+    );
+    check_config_creates_no_table(&backend, crate::exclusion::DYNAMODB_ENV, &table).await;
 }

@@ -413,6 +413,96 @@ pub(crate) fn client_identity(
     })
 }
 
+/// Why a backend is connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// To serve locks: the schema is created where `create_table` allows.
+    Serve,
+    /// To check a configuration (`stormlockd check-config`): nothing is
+    /// created or changed.
+    Check,
+}
+
+/// What connecting does with a table-based engine's schema (SQL,
+/// DynamoDB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Schema {
+    /// Create what is missing, then check it.
+    Create,
+    /// Check it; anything missing is a configuration error.
+    Require,
+    /// Check what exists; anything missing is reported, not created.
+    Inspect,
+}
+
+impl Schema {
+    /// The treatment for a backend with `create_table = create`.
+    pub(crate) fn new(create: bool, purpose: Purpose) -> Self {
+        match (create, purpose) {
+            (false, _) => Self::Require,
+            (true, Purpose::Serve) => Self::Create,
+            (true, Purpose::Check) => Self::Inspect,
+        }
+    }
+
+    /// How [`Schema::Inspect`] reports `what` missing.
+    pub(crate) fn missing(what: &str) -> String {
+        format!(
+            "{what} does not exist yet; the daemon creates it at its first start (create_table = true)"
+        )
+    }
+}
+
+/// Checks the backend `name` as `stormlockd check-config` does, creating
+/// nothing: the embedded store is looked at, not opened for writing; an
+/// engine is connected to and health-checked within `timeout`. Returns what
+/// it found, for the operator.
+pub async fn check(
+    name: &str,
+    config: &BackendConfig,
+    data_dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<String> {
+    let (backend, pending): (Arc<dyn Backend>, Option<String>) = match config {
+        BackendConfig::Embedded(c) => {
+            return embedded::EmbeddedBackend::check(name, c, data_dir).await;
+        }
+        #[cfg(feature = "postgres")]
+        BackendConfig::Postgres(c) => {
+            let (backend, pending) =
+                postgres::PostgresBackend::open(name, c, Purpose::Check).await?;
+            (Arc::new(backend), pending)
+        }
+        #[cfg(feature = "mysql")]
+        BackendConfig::Mysql(c) => {
+            let (backend, pending) = mysql::MysqlBackend::open(name, c, Purpose::Check).await?;
+            (Arc::new(backend), pending)
+        }
+        #[cfg(feature = "dynamodb")]
+        BackendConfig::Dynamodb(c) => {
+            let (backend, pending) =
+                dynamodb::DynamodbBackend::open(name, c, Purpose::Check).await?;
+            (Arc::new(backend), pending)
+        }
+        _ => (connect(name, config, data_dir).await?, None),
+    };
+    // A table not created yet cannot answer a health check that reads it
+    // (DynamoDB's); connecting already showed that the engine answers.
+    if let Some(pending) = pending {
+        return Ok(format!("answers; {pending}"));
+    }
+    match tokio::time::timeout(timeout, backend.health()).await {
+        Ok(answer) => answer.map(|()| "answers".to_string()),
+        Err(_) => Err(BackendError::unavailable(
+            name,
+            format!(
+                "no answer to its health check within {} (backend_timeout)",
+                crate::duration::format_duration(timeout)
+            ),
+        )),
+    }
+}
+
 /// Connects to the backend `name` described by `config`. `data_dir` anchors
 /// relative paths of file-based backends.
 pub async fn connect(

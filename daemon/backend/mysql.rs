@@ -72,7 +72,7 @@ use mysql_async::{
 };
 
 use super::sql::{self, MAX_ATTEMPTS, SqlConfig, SqlEngine, StoredRow, TableName, TlsMode};
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, Purpose, Result, Schema};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 /// The schema, as created on start when `create_table = true`. Operators
@@ -337,6 +337,19 @@ impl MysqlBackend {
     /// mismatched table, and [`BackendError::Unavailable`] when the server
     /// cannot be reached within `connect_timeout`.
     pub async fn connect(name: &str, config: &MysqlConfig) -> Result<Self> {
+        Self::open(name, config, Purpose::Serve)
+            .await
+            .map(|(backend, _)| backend)
+    }
+
+    /// Like [`MysqlBackend::connect`], for `purpose`: to check, it creates
+    /// nothing, and a schema it would create is reported (the `String`)
+    /// rather than refused.
+    pub async fn open(
+        name: &str,
+        config: &MysqlConfig,
+        purpose: Purpose,
+    ) -> Result<(Self, Option<String>)> {
         let refuse = |message: String| BackendError::config(name, message);
         config.validate(SqlEngine::Mysql).map_err(refuse)?;
         let table = config.table_name(SqlEngine::Mysql).map_err(refuse)?;
@@ -386,9 +399,11 @@ impl MysqlBackend {
             connect_timeout: config.connect_timeout,
             sql: Statements::new(&table, python_table.as_ref()),
         };
-        backend.prepare_schema(&table, config.create_table).await?;
+        let pending = backend
+            .prepare_schema(&table, Schema::new(config.create_table, purpose))
+            .await?;
         backend.check_python_table().await?;
-        Ok(backend)
+        Ok((backend, pending))
     }
 
     /// With `python_stormlock = true`, checks that Python stormlock's table
@@ -436,8 +451,9 @@ impl MysqlBackend {
 
     /// Creates the schema if allowed, then checks that the table has every
     /// column and the fence counter its row, so that a mismatch shows at
-    /// start rather than at the first acquisition.
-    async fn prepare_schema(&self, table: &TableName, create: bool) -> Result<()> {
+    /// start rather than at the first acquisition. With [`Schema::Inspect`],
+    /// a missing table or counter row is what it returns.
+    async fn prepare_schema(&self, table: &TableName, schema: Schema) -> Result<Option<String>> {
         let mut conn = self.conn().await?;
         let shown = table.display();
         let schema_error = |e: mysql_async::Error, doing: &str| match &e {
@@ -453,7 +469,7 @@ impl MysqlBackend {
             }
             _ => self.error(e),
         };
-        if create {
+        if schema == Schema::Create {
             let ddl = sql::render_ddl(DDL, table, '`');
             conn.query_drop(ddl).await.map_err(|e| match &e {
                 mysql_async::Error::Server(server) if server.state.starts_with("42") => {
@@ -469,15 +485,27 @@ impl MysqlBackend {
                 _ => self.error(e),
             })?;
         }
+        // ER_NO_SUCH_TABLE: what a check reports rather than refuses.
+        let missing = |e: &mysql_async::Error| {
+            schema == Schema::Inspect
+                && matches!(e, mysql_async::Error::Server(server) if server.code == 1146)
+        };
         let probe = format!("SELECT {COLUMNS} FROM {} LIMIT 0", table.quoted('`'));
-        conn.query_drop(probe)
-            .await
-            .map_err(|e| schema_error(e, "reading the table"))?;
+        match conn.query_drop(probe).await {
+            Err(e) if missing(&e) => return Ok(Some(Schema::missing(&format!("table {shown:?}")))),
+            read => read.map_err(|e| schema_error(e, "reading the table"))?,
+        }
         let counter = format!("SELECT v FROM {} WHERE id = 1", table.fence().quoted('`'));
-        let found: Option<u64> = conn
-            .query_first(counter)
-            .await
-            .map_err(|e| schema_error(e, "reading the fence counter"))?;
+        let found: Option<u64> = match conn.query_first(counter).await {
+            Err(e) if missing(&e) => None,
+            read => read.map_err(|e| schema_error(e, "reading the fence counter"))?,
+        };
+        if found.is_none() && schema == Schema::Inspect {
+            return Ok(Some(Schema::missing(&format!(
+                "the fence counter {}",
+                table.fence().display()
+            ))));
+        }
         if found.is_none() {
             return Err(BackendError::config(
                 &self.name,
@@ -488,7 +516,7 @@ impl MysqlBackend {
                 ),
             ));
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn conn(&self) -> Result<Conn> {

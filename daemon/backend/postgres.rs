@@ -67,7 +67,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sql::{self, MAX_ATTEMPTS, SqlConfig, SqlEngine, StoredRow, TableName, TlsMode};
-use super::{Backend, BackendError, ChangeStream, Result};
+use super::{Backend, BackendError, ChangeStream, Purpose, Result, Schema};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use futures::StreamExt;
 use tokio_postgres::AsyncMessage;
@@ -262,6 +262,19 @@ impl PostgresBackend {
     /// mismatched table, and [`BackendError::Unavailable`] when the server
     /// cannot be reached within `connect_timeout`.
     pub async fn connect(name: &str, config: &PostgresConfig) -> Result<Self> {
+        Self::open(name, config, Purpose::Serve)
+            .await
+            .map(|(backend, _)| backend)
+    }
+
+    /// Like [`PostgresBackend::connect`], for `purpose`: to check, it
+    /// creates nothing, and a schema it would create is reported (the
+    /// `String`) rather than refused.
+    pub async fn open(
+        name: &str,
+        config: &PostgresConfig,
+        purpose: Purpose,
+    ) -> Result<(Self, Option<String>)> {
         let refuse = |message: String| BackendError::config(name, message);
         config.validate(SqlEngine::Postgres).map_err(refuse)?;
         let table = config.table_name(SqlEngine::Postgres).map_err(refuse)?;
@@ -299,15 +312,18 @@ impl PostgresBackend {
             tls,
             connect_timeout: config.connect_timeout,
         };
-        backend.prepare_schema(&table, config.create_table).await?;
+        let pending = backend
+            .prepare_schema(&table, Schema::new(config.create_table, purpose))
+            .await?;
         backend.check_python_table().await?;
-        Ok(backend)
+        Ok((backend, pending))
     }
 
     /// Creates the schema if allowed, then checks that the table has every
     /// column and the sequence exists, so that a mismatch shows at start
-    /// rather than at the first acquisition.
-    async fn prepare_schema(&self, table: &TableName, create: bool) -> Result<()> {
+    /// rather than at the first acquisition. With [`Schema::Inspect`], a
+    /// missing table or sequence is what it returns.
+    async fn prepare_schema(&self, table: &TableName, schema: Schema) -> Result<Option<String>> {
         let mut client = self.client().await?;
         let shown = table.display();
         let schema_error = |e: tokio_postgres::Error, doing: &str| match e.code() {
@@ -321,7 +337,7 @@ impl PostgresBackend {
             ),
             _ => self.error(e),
         };
-        if create {
+        if schema == Schema::Create {
             let ddl = sql::render_ddl(DDL, table, '"');
             let created = async {
                 let tx = client.transaction().await?;
@@ -347,10 +363,12 @@ impl PostgresBackend {
             })?;
         }
         let probe = format!("SELECT {COLUMNS} FROM {} LIMIT 0", table.quoted('"'));
-        client
-            .query(&probe, &[])
-            .await
-            .map_err(|e| schema_error(e, "reading the table"))?;
+        match client.query(&probe, &[]).await {
+            Err(e) if schema == Schema::Inspect && e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                return Ok(Some(Schema::missing(&format!("table {shown:?}"))));
+            }
+            read => read.map_err(|e| schema_error(e, "reading the table"))?,
+        };
         let sequence = table.fence().quoted('"');
         let cache: Option<i64> = client
             .query_opt(
@@ -361,6 +379,9 @@ impl PostgresBackend {
             .and_then(|row| row.map(|row| row.try_get(0)).transpose())
             .map_err(|e| schema_error(e, "looking up the fence sequence"))?;
         match cache {
+            None if schema == Schema::Inspect => Ok(Some(Schema::missing(&format!(
+                "the fence sequence {sequence}"
+            )))),
             None => Err(BackendError::config(
                 &self.name,
                 format!(
@@ -377,7 +398,7 @@ impl PostgresBackend {
                      must come in order, so run ALTER SEQUENCE {sequence} CACHE 1"
                 ),
             )),
-            Some(_) => Ok(()),
+            Some(_) => Ok(None),
         }
     }
 

@@ -161,7 +161,7 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, Purpose, Result, Schema};
 use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
 use codec::{
     CLEANUP_AT, EVICTED_BY, EVICTED_ID, EVICTED_REASON, EXPIRES_MS, FENCE, Item, KIND, LEASE,
@@ -256,10 +256,24 @@ impl DynamodbBackend {
     /// Connects with credentials and region from the usual AWS chain, checks
     /// the table (creating it when allowed) and returns the backend.
     pub async fn connect(name: &str, config: &DynamodbConfig) -> Result<Self> {
-        Self::connect_with(
+        Self::open(name, config, Purpose::Serve)
+            .await
+            .map(|(backend, _)| backend)
+    }
+
+    /// Like [`DynamodbBackend::connect`], for `purpose`: to check, it
+    /// creates nothing, and a table it would create is reported (the
+    /// `String`) rather than refused.
+    pub async fn open(
+        name: &str,
+        config: &DynamodbConfig,
+        purpose: Purpose,
+    ) -> Result<(Self, Option<String>)> {
+        Self::connect_for(
             name,
             config,
             aws_config::defaults(BehaviorVersion::latest()),
+            purpose,
         )
         .await
     }
@@ -273,6 +287,19 @@ impl DynamodbBackend {
         config: &DynamodbConfig,
         loader: aws_config::ConfigLoader,
     ) -> Result<Self> {
+        Self::connect_for(name, config, loader, Purpose::Serve)
+            .await
+            .map(|(backend, _)| backend)
+    }
+
+    /// [`DynamodbBackend::connect_with`] for `purpose` (see
+    /// [`DynamodbBackend::open`]).
+    pub async fn connect_for(
+        name: &str,
+        config: &DynamodbConfig,
+        loader: aws_config::ConfigLoader,
+        purpose: Purpose,
+    ) -> Result<(Self, Option<String>)> {
         config
             .validate()
             .map_err(|message| BackendError::config(name, message))?;
@@ -325,9 +352,11 @@ impl DynamodbBackend {
             clock,
             python_table,
         };
-        backend.prepare_table(config.create_table).await?;
+        let pending = backend
+            .prepare_table(Schema::new(config.create_table, purpose))
+            .await?;
         backend.check_python_table().await?;
-        Ok(backend)
+        Ok((backend, pending))
     }
 
     /// Refuses (unavailable, with the reason) while this daemon's clock is

@@ -11,18 +11,22 @@ use aws_sdk_dynamodb::types::{
 
 use super::codec::{CLEANUP_AT, KIND, RESOURCE};
 use super::{DynamodbBackend, error_code};
-use crate::backend::{BackendError, Result};
+use crate::backend::{BackendError, Result, Schema};
 
 /// How long to wait for a table being created to become usable.
 const TABLE_READY_WAIT: Duration = Duration::from_secs(60);
 
 impl DynamodbBackend {
     /// Makes sure the table exists with our key schema, creating it and
-    /// enabling TTL cleanup when `create` allows.
-    pub(super) async fn prepare_table(&self, create: bool) -> Result<()> {
+    /// enabling TTL cleanup when `schema` allows. With [`Schema::Inspect`], a
+    /// missing table is what it returns.
+    pub(super) async fn prepare_table(&self, schema: Schema) -> Result<Option<String>> {
         match self.describe_table().await? {
             Some(table) => self.check_key_schema(&table)?,
-            None if create => self.create_table().await?,
+            None if schema == Schema::Create => self.create_table().await?,
+            None if schema == Schema::Inspect => {
+                return Ok(Some(Schema::missing(&format!("table {:?}", self.table))));
+            }
             None => {
                 return Err(BackendError::config(
                     &self.name,
@@ -33,10 +37,10 @@ impl DynamodbBackend {
                 ));
             }
         }
-        if create {
+        if schema == Schema::Create {
             self.enable_ttl().await;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The table's description, `None` when it does not exist.
