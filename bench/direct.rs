@@ -92,7 +92,7 @@ impl Target for BackendTarget {
     async fn renew(&self, _client: usize, resource: &str, id: &str, ttl: Duration) -> OpResult<()> {
         let id = lease_id(id)?;
         self.locks
-            .renew(&self.principal, resource, &id, ttl)
+            .renew(&self.principal, resource, &id, Some(ttl))
             .await
             .map_err(op_error)?;
         Ok(())

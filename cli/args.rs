@@ -337,8 +337,8 @@ pub struct RenewArgs {
     /// The resource and lease.
     #[command(flatten)]
     pub lease: LeaseArgs,
-    /// The new time to live, counted from now [default: the config file's
-    /// ttl, else the daemon's default for the resource]
+    /// The new time to live, counted from now [default: the lease's own,
+    /// the TTL it was granted or last renewed with]
     #[arg(short, long, value_name = "TTL", value_parser = parse_ttl)]
     pub ttl: Option<Duration>,
 }

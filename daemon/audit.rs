@@ -538,6 +538,7 @@ mod tests {
             acquired_at: now,
             expires_at: now + Duration::from_secs(60),
             fence: n,
+            ttl: Some(Duration::from_secs(60)),
         }
     }
 

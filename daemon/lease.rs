@@ -80,6 +80,11 @@ pub struct Lease {
     pub expires_at: SystemTime,
     /// Fencing token, strictly increasing per resource.
     pub fence: u64,
+    /// The TTL it was granted or last renewed with, which a renewal that
+    /// names none keeps. `None` where the engine's record has none (a lease
+    /// stored by an older version, a Python stormlock lock).
+    #[serde(default)]
+    pub ttl: Option<Duration>,
 }
 
 /// What a backend needs to grant a lease.

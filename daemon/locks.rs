@@ -196,16 +196,29 @@ impl Locks {
         outcome
     }
 
-    /// Sets a current lease's expiry to now + `ttl`, for `principal`.
+    /// Sets a current lease's expiry to now + `ttl`, for `principal`; with
+    /// no `ttl`, to now + the lease's own TTL ([`Locks::own_ttl`]).
     pub async fn renew(
         &self,
         principal: &str,
         resource: &str,
         id: &LeaseId,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<Lease, Error> {
-        match self.route(resource).backend.renew(resource, id, ttl).await {
-            Ok(lease) => {
+        let route = self.route(resource);
+        let renewed = async {
+            let ttl = match ttl {
+                Some(ttl) => ttl,
+                None => Self::own_ttl(route, resource, id).await?,
+            };
+            route
+                .backend
+                .renew(resource, id, ttl)
+                .await
+                .map(|lease| (lease, ttl))
+        };
+        match renewed.await {
+            Ok((lease, ttl)) => {
                 self.events.emit(LockEvent::Renewed {
                     principal: principal.to_string(),
                     lease: Arc::new(lease.clone()),
@@ -223,6 +236,27 @@ impl Locks {
                 Err(err.into())
             }
             Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The TTL a renewal that names none gets: the one the lease was granted
+    /// or last renewed with, within the resource's maximum (which a reload
+    /// may have lowered since); the resource's default TTL where the
+    /// engine's record has none (a lease stored by an older version). It
+    /// reads the lease first, so a renewal with another TTL landing between
+    /// the read and this renewal is overridden by the TTL read, as by any
+    /// later renewal.
+    async fn own_ttl(
+        route: &Route,
+        resource: &str,
+        id: &LeaseId,
+    ) -> Result<Duration, BackendError> {
+        match route.backend.status(resource, id).await? {
+            LeaseStatus::Current(lease) => {
+                let ttls = route.ttls();
+                Ok(lease.ttl.map_or(ttls.ttl, |own| own.min(ttls.max_ttl)))
+            }
+            LeaseStatus::NotCurrent { evicted } => Err(BackendError::NotCurrent { evicted }),
         }
     }
 
@@ -602,5 +636,139 @@ mod tests {
             None,
             "the late grant was released by the clean-up"
         );
+    }
+
+    /// A backend whose leases have no TTL of their own, as an engine record
+    /// stored by an earlier version reads.
+    struct Forgetful(MemoryBackend);
+
+    #[async_trait::async_trait]
+    impl Backend for Forgetful {
+        async fn acquire(&self, req: &AcquireRequest) -> crate::backend::Result<Acquisition> {
+            self.0.acquire(req).await
+        }
+        async fn release(&self, resource: &str, id: &LeaseId) -> crate::backend::Result<bool> {
+            self.0.release(resource, id).await
+        }
+        async fn renew(
+            &self,
+            resource: &str,
+            id: &LeaseId,
+            ttl: Duration,
+        ) -> crate::backend::Result<Lease> {
+            self.0.renew(resource, id, ttl).await
+        }
+        async fn current(&self, resource: &str) -> crate::backend::Result<Option<Lease>> {
+            self.0.current(resource).await
+        }
+        async fn status(
+            &self,
+            resource: &str,
+            id: &LeaseId,
+        ) -> crate::backend::Result<LeaseStatus> {
+            Ok(match self.0.status(resource, id).await? {
+                LeaseStatus::Current(lease) => LeaseStatus::Current(Lease { ttl: None, ..lease }),
+                other => other,
+            })
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> crate::backend::Result<Vec<Lease>> {
+            self.0.list(prefix, after, limit).await
+        }
+        async fn force_release(
+            &self,
+            resource: &str,
+            actor: &str,
+            reason: &str,
+        ) -> crate::backend::Result<Option<Lease>> {
+            self.0.force_release(resource, actor, reason).await
+        }
+        async fn health(&self) -> crate::backend::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A lock core with a default TTL of 2 minutes and a maximum of 10 on
+    /// `backend`.
+    fn core(backend: Arc<dyn Backend>) -> Locks {
+        let config = crate::config::Config::parse(
+            "[defaults]\nttl = \"2m\"\nmax_ttl = \"10m\"\n[backends.main]\ntype = \"memory\"\n",
+            "test",
+        )
+        .expect("config");
+        let router = Router::new(
+            &config,
+            std::collections::BTreeMap::from([("main".to_string(), backend)]),
+        )
+        .expect("router");
+        let events = Events::new(
+            Arc::new(crate::audit::Audit::discard()),
+            None,
+            Arc::new(crate::changes::Changes::new(config.limits)),
+        );
+        Locks::new(Arc::new(router), events)
+    }
+
+    /// How long `lease` has left, in whole seconds rounded up.
+    fn left(lease: &Lease) -> u64 {
+        let left = lease
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        left.as_secs() + u64::from(left.subsec_nanos() > 0)
+    }
+
+    #[tokio::test]
+    async fn a_renewal_without_a_ttl_keeps_the_lease_s_own() {
+        let locks = core(Arc::new(MemoryBackend::default()));
+        let mut req = (*request("r")).clone();
+        req.ttl = Duration::from_secs(5);
+        let Ok(Acquisition::Granted(lease)) = locks.route("r").backend.acquire(&req).await else {
+            panic!("not granted");
+        };
+        let renewed = locks.renew("p", "r", &lease.id, None).await.expect("renew");
+        assert_eq!(renewed.ttl, Some(Duration::from_secs(5)));
+        assert_eq!(
+            left(&renewed),
+            5,
+            "the lease's own 5 s, not the default 2 min"
+        );
+        // A TTL given is the lease's own from then on.
+        let longer = Some(Duration::from_secs(30));
+        locks
+            .renew("p", "r", &lease.id, longer)
+            .await
+            .expect("renew");
+        let renewed = locks.renew("p", "r", &lease.id, None).await.expect("renew");
+        assert_eq!(left(&renewed), 30);
+        // Not the holder's: refused as any stale renewal is.
+        let stranger = LeaseId::generate();
+        let refused = locks.renew("p", "r", &stranger, None).await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lease_without_a_ttl_of_its_own_renews_for_the_default_within_the_maximum() {
+        let locks = core(Arc::new(Forgetful(MemoryBackend::default())));
+        let mut req = (*request("r")).clone();
+        req.ttl = Duration::from_secs(5);
+        let Ok(Acquisition::Granted(lease)) = locks.route("r").backend.acquire(&req).await else {
+            panic!("not granted");
+        };
+        let renewed = locks.renew("p", "r", &lease.id, None).await.expect("renew");
+        assert_eq!(left(&renewed), 120, "the resource's default TTL");
+
+        // An own TTL above a maximum lowered since is cut to it.
+        let locks = core(Arc::new(MemoryBackend::default()));
+        req.ttl = Duration::from_secs(3600);
+        let Ok(Acquisition::Granted(lease)) = locks.route("r").backend.acquire(&req).await else {
+            panic!("not granted");
+        };
+        let renewed = locks.renew("p", "r", &lease.id, None).await.expect("renew");
+        assert_eq!(left(&renewed), 600, "the resource's maximum TTL");
     }
 }

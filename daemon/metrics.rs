@@ -481,6 +481,7 @@ mod tests {
             acquired_at: now,
             expires_at: now,
             fence: 1,
+            ttl: None,
         });
         metrics.lock_event(&LockEvent::Acquired {
             lease: lease.clone(),

@@ -162,7 +162,12 @@ impl LockService {
         self.permit(caller, Action::Renew, resource)?;
         let route = self.locks.route(resource);
         let ttls = route.ttls();
-        let ttl = validate::ttl(req.ttl.as_ref(), ttls.ttl, ttls.max_ttl)?;
+        // Unset: the lease's own TTL, which the lock core reads.
+        let ttl = req
+            .ttl
+            .as_ref()
+            .map(|ttl| validate::ttl(Some(ttl), ttls.ttl, ttls.max_ttl))
+            .transpose()?;
         let lease = self
             .locks
             .renew(&caller.principal, resource, &id, ttl)

@@ -1069,6 +1069,7 @@ mod tests {
             acquired_at: now,
             expires_at: now + Duration::from_secs(600),
             fence,
+            ttl: Some(Duration::from_secs(600)),
         }
     }
 

@@ -193,6 +193,47 @@ pub async fn renew(backend: Arc<dyn Backend>) {
     ));
 }
 
+/// Every read of a lease tells the TTL it was granted or last renewed with,
+/// which the lock core renews for when a renewal names none.
+pub async fn lease_keeps_its_ttl(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("ttl");
+    let req = request(&resource, "alice", 7);
+    let seven = Some(Duration::from_secs(7));
+    assert_eq!(granted(b, &req).await.ttl, seven, "as granted");
+    let current = b.current(&resource).await.expect("current");
+    assert_eq!(current.and_then(|l| l.ttl), seven, "as read");
+    // Contention shows the holder's TTL too.
+    let other = request(&resource, "bob", 60);
+    assert_eq!(held(b, &other).await.ttl, seven, "as the holder");
+
+    let renewed = b
+        .renew(&resource, &req.id, Duration::from_secs(90))
+        .await
+        .expect("renew");
+    let ninety = Some(Duration::from_secs(90));
+    assert_eq!(renewed.ttl, ninety, "as renewed");
+    match b.status(&resource, &req.id).await.expect("status") {
+        LeaseStatus::Current(lease) => assert_eq!(lease.ttl, ninety, "status after renewal"),
+        other => panic!("not current after renewal: {other:?}"),
+    }
+    let listed = b
+        .list(&resource, None, 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|l| l.resource == resource)
+        .and_then(|l| l.ttl);
+    assert_eq!(listed, ninety, "as listed");
+
+    // The next lease has its own.
+    assert!(b.release(&resource, &req.id).await.expect("release"));
+    let next = request(&resource, "bob", 3);
+    assert_eq!(granted(b, &next).await.ttl, Some(Duration::from_secs(3)));
+    let current = b.current(&resource).await.expect("current");
+    assert_eq!(current.and_then(|l| l.ttl), Some(Duration::from_secs(3)));
+}
+
 /// An expired lease frees the resource and stops being current.
 pub async fn expiry(backend: Arc<dyn Backend>) {
     let b = backend.as_ref();
@@ -544,7 +585,7 @@ pub async fn health(backend: Arc<dyn Backend>) {
 macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance::conformance_tests!(@cases $make;
-            acquire_contend_release, unknown_resource, renew, expiry,
+            acquire_contend_release, unknown_resource, renew, lease_keeps_its_ttl, expiry,
             expired_release_and_force_release, eviction_is_reported_only_to_the_evicted,
             acquire_is_idempotent, expiry_is_what_was_reported,
             fences_strictly_increase, concurrent_acquirers, list_and_paginate,

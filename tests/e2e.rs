@@ -416,6 +416,30 @@ fn python_stormlock_cli_flow() {
     d.cli(&["current", r2]).exit(1);
 }
 
+/// `renew` without `-t` renews for the lease's own TTL, the one it was
+/// granted or last renewed with, never the daemon's default (an hour): a
+/// 4 s lease renewed so lapses 4 s later.
+#[test]
+fn renew_without_a_ttl_keeps_the_lease_s_own() {
+    let d = Daemon::start();
+    let id = d.cli(&["acquire", "own-ttl/a", "-t", "4s"]).ok().line();
+    sleep(Duration::from_secs(2));
+    d.cli(&["renew", "own-ttl/a", &id]).ok();
+    // Past the first expiry (4 s): held through the renewal.
+    sleep(Duration::from_millis(2500));
+    d.cli(&["is-held", "own-ttl/a", &id]).ok();
+    // Renewed at ~2 s for 4 s: lapsed by ~6 s, as an hour's would not be.
+    sleep(Duration::from_millis(2500));
+    d.cli(&["is-held", "own-ttl/a", &id]).exit(1);
+
+    // A renewal with a TTL sets the lease's own.
+    let id = d.cli(&["acquire", "own-ttl/b", "-t", "2s"]).ok().line();
+    d.cli(&["renew", "own-ttl/b", &id, "-t", "1h"]).ok();
+    d.cli(&["renew", "own-ttl/b", &id]).ok();
+    sleep(Duration::from_millis(2500));
+    d.cli(&["is-held", "own-ttl/b", &id]).ok();
+}
+
 #[test]
 fn every_format_against_a_live_daemon() {
     let d = Daemon::start();

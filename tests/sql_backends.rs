@@ -88,6 +88,10 @@ trait Engine {
     /// Deletes `resource`'s row from `table` (a cleanup job); returns the
     /// number of rows deleted.
     async fn delete_row(admin: &mut Self::Admin, table: &str, resource: &str) -> u64;
+
+    /// Makes the admin's current `stormlock_locks` a table of a version
+    /// before leases kept their TTL: without the `ttl_ms` column.
+    async fn drop_ttl_column(admin: &mut Self::Admin);
 }
 
 /// Defines one test per shared case for `$engine`, each named after its
@@ -99,7 +103,7 @@ macro_rules! sql_cases {
             debug_output_hides_the_password, unreachable_at_start_fails_fast,
             missing_table_without_create_is_a_clear_error,
             documented_schema_works_without_create, unicode_text_round_trips,
-            fence_survives_row_deletion);
+            fence_survives_row_deletion, a_table_of_an_older_version_gains_ttl_ms);
         sql_cases!(@cases $engine, tokio::test(flavor = "multi_thread", worker_threads = 4);
             fences_increase_under_contention);
         sql_cases!(@cases $engine, tokio::test(flavor = "multi_thread", worker_threads = 2);
@@ -294,6 +298,41 @@ async fn documented_schema_works_without_create<E: Engine>() {
     assert_eq!(E::stored_fences(&mut admin, "ddl/x").await, [lease.fence]);
     let words = E::break_fence_counter(&mut admin).await;
     assert_config_error(connect::<E>(&url, &extra).await.map(drop), words);
+}
+
+/// A table made by a version before leases kept their TTL lacks `ttl_ms`:
+/// refused with the statement that adds it when the daemon may not change
+/// the table, given the column when it may, and its leases keep their TTL
+/// from then on.
+async fn a_table_of_an_older_version_gains_ttl_ms<E: Engine>() {
+    let Some(url) = engine_url(E::URL_VAR) else {
+        return;
+    };
+    let mut admin = E::admin(&url).await;
+    let (url, extra) = E::install_documented_schema(&mut admin, &url, &unique_name("old")).await;
+    let lease = granted(
+        &connect::<E>(&url, &extra).await.expect("connect"),
+        "old/before",
+    )
+    .await;
+    E::drop_ttl_column(&mut admin).await;
+    let strict = format!("{extra}\ncreate_table = false");
+    assert_config_error(
+        connect::<E>(&url, &strict).await.map(drop),
+        &["ttl_ms", "ALTER TABLE", "ADD COLUMN", "create_table = true"],
+    );
+
+    let backend = connect::<E>(&url, &extra).await.expect("adds the column");
+    // A lease stored before has no TTL of its own; a new one has.
+    let before = backend.current("old/before").await.expect("current");
+    assert_eq!(before.map(|l| (l.id, l.ttl)), Some((lease.id, None)));
+    let after = granted(&backend, "old/after").await;
+    assert_eq!(after.ttl, Some(Duration::from_secs(60)));
+    let read = backend.current("old/after").await.expect("current");
+    assert_eq!(read.and_then(|l| l.ttl), Some(Duration::from_secs(60)));
+    connect::<E>(&url, &strict)
+        .await
+        .expect("the table has every column now");
 }
 
 /// Workers take turns on one resource: every grant's fence exceeds every
@@ -556,6 +595,13 @@ mod postgres {
             &["CACHE 1"]
         }
 
+        async fn drop_ttl_column(admin: &mut tokio_postgres::Client) {
+            admin
+                .batch_execute("ALTER TABLE stormlock_locks DROP COLUMN ttl_ms")
+                .await
+                .expect("drop ttl_ms");
+        }
+
         async fn delete_row(
             admin: &mut tokio_postgres::Client,
             table: &str,
@@ -758,6 +804,13 @@ mod mysql {
                 .await
                 .expect("delete the counter");
             &["stormlock_locks_fence", "id = 1"]
+        }
+
+        async fn drop_ttl_column(admin: &mut mysql_async::Conn) {
+            admin
+                .query_drop("ALTER TABLE stormlock_locks DROP COLUMN ttl_ms")
+                .await
+                .expect("drop ttl_ms");
         }
 
         async fn delete_row(admin: &mut mysql_async::Conn, table: &str, resource: &str) -> u64 {

@@ -8,11 +8,12 @@ use crate::error::{CliResult, Exit};
 
 /// Runs `renew`.
 pub async fn run(mut session: Session, args: RenewArgs) -> CliResult {
-    let ttl = args.ttl.or(session.settings.ttl);
+    // Without `-t` the daemon renews for the lease's own TTL: the config
+    // file's `ttl` is the default of new leases, not of renewals.
     let request = pb::RenewRequest {
         resource: args.lease.resource,
         lease_id: lease_id(args.lease.lease_id)?,
-        ttl: ttl.map(|t| proto_duration("TTL", t)).transpose()?,
+        ttl: args.ttl.map(|t| proto_duration("TTL", t)).transpose()?,
     };
     let client = session.client().await?;
     match client.renew(request).await {

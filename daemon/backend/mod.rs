@@ -175,6 +175,7 @@ pub(crate) fn python_stormlock_holder(
         acquired_at,
         expires_at,
         fence: 0,
+        ttl: None,
     })
 }
 

@@ -94,7 +94,10 @@ CREATE TABLE IF NOT EXISTS `stormlock_locks` (
     evicted_id     CHAR(32) CHARACTER SET ascii NULL,
     evicted_by     TEXT NULL,
     evicted_reason TEXT NULL,
-    evicted_at     DATETIME(6) NULL
+    evicted_at     DATETIME(6) NULL,
+    -- The TTL the lease was granted or last renewed with, in milliseconds,
+    -- which a renewal that names none keeps.
+    ttl_ms         BIGINT UNSIGNED NULL
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 -- Fences for every resource of the table: one row, never deleted.
 CREATE TABLE IF NOT EXISTS `stormlock_locks_fence` (
@@ -141,7 +144,7 @@ pub(super) fn parse_url(url: &str) -> std::result::Result<Opts, String> {
 
 /// Every column of a row, in [`StoredRow`] order.
 const COLUMNS: &str = "resource, lease_id, principal, reason, acquired_at, expires_at, fence, \
-                       evicted_id, evicted_by, evicted_reason";
+                       evicted_id, evicted_by, evicted_reason, ttl_ms";
 
 /// The statements of one table, rendered once with its validated name.
 struct Statements {
@@ -273,9 +276,9 @@ impl Statements {
             bump: format!("UPDATE {fence} SET v = LAST_INSERT_ID(v + 1) WHERE id = 1"),
             grant: format!(
                 "UPDATE {t} SET lease_id = ?, principal = ?, reason = ?, acquired_at = ?, \
-                 expires_at = ?, fence = ? WHERE resource = ?"
+                 expires_at = ?, fence = ?, ttl_ms = ? WHERE resource = ?"
             ),
-            renew: format!("UPDATE {t} SET expires_at = ? WHERE resource = ?"),
+            renew: format!("UPDATE {t} SET expires_at = ?, ttl_ms = ? WHERE resource = ?"),
             force: format!(
                 "UPDATE {t} SET lease_id = NULL, evicted_id = ?, evicted_by = ?, \
                  evicted_reason = ?, evicted_at = ? WHERE resource = ?"
@@ -490,6 +493,47 @@ impl MysqlBackend {
             schema == Schema::Inspect
                 && matches!(e, mysql_async::Error::Server(server) if server.code == 1146)
         };
+        // Tables created before leases kept their TTL lack `ttl_ms`
+        // (ER_BAD_FIELD_ERROR).
+        let column = format!("SELECT ttl_ms FROM {} LIMIT 0", table.quoted('`'));
+        if let Err(mysql_async::Error::Server(server)) = conn.query_drop(column).await
+            && server.code == 1054
+        {
+            let alter = format!(
+                "ALTER TABLE {} ADD COLUMN ttl_ms BIGINT UNSIGNED NULL",
+                table.quoted('`')
+            );
+            match schema {
+                Schema::Create => match conn.query_drop(&alter).await {
+                    // ER_DUP_FIELDNAME: another daemon starting added it.
+                    Ok(()) => {}
+                    Err(mysql_async::Error::Server(server)) if server.code == 1060 => {}
+                    Err(e) => {
+                        return Err(BackendError::config(
+                            &self.name,
+                            format!(
+                                "cannot add the column ttl_ms to table {shown:?}: {e}; run {alter}"
+                            ),
+                        ));
+                    }
+                },
+                Schema::Inspect => {
+                    return Ok(Some(Schema::missing(&format!(
+                        "the column ttl_ms of table {shown:?}"
+                    ))));
+                }
+                Schema::Require => {
+                    return Err(BackendError::config(
+                        &self.name,
+                        format!(
+                            "table {shown:?} lacks the column ttl_ms, in which this version keeps \
+                             the TTL of each lease (a renewal without a TTL keeps it): run \
+                             {alter}, or set create_table = true"
+                        ),
+                    ));
+                }
+            }
+        }
         let probe = format!("SELECT {COLUMNS} FROM {} LIMIT 0", table.quoted('`'));
         match conn.query_drop(probe).await {
             Err(e) if missing(&e) => return Ok(Some(Schema::missing(&format!("table {shown:?}")))),
@@ -594,6 +638,9 @@ impl MysqlBackend {
             evicted_id: self.column(row, 7)?,
             evicted_by: self.column(row, 8)?,
             evicted_reason: self.column(row, 9)?,
+            ttl: self
+                .column::<Option<u64>>(row, 10)?
+                .map(Duration::from_millis),
         })
     }
 
@@ -601,7 +648,7 @@ impl MysqlBackend {
     fn stored_with_clock(&self, mut row: Row) -> Result<(StoredRow, SystemTime)> {
         let stored = self.stored(&mut row)?;
         let now = self
-            .time(&mut row, 10)?
+            .time(&mut row, 11)?
             .ok_or_else(|| BackendError::internal(&self.name, "server clock read as NULL"))?;
         Ok((stored, now))
     }
@@ -823,6 +870,7 @@ impl MysqlBackend {
             acquired_at: now,
             expires_at: now + ttl,
             fence,
+            ttl: Some(ttl),
         };
         tx.exec_drop(
             &self.sql.grant,
@@ -833,6 +881,7 @@ impl MysqlBackend {
                 self.datetime(lease.acquired_at)?,
                 self.datetime(lease.expires_at)?,
                 lease.fence,
+                millis(ttl),
                 lease.resource.as_bytes(),
             ),
         )
@@ -862,7 +911,11 @@ impl MysqlBackend {
         };
         tx.exec_drop(
             &self.sql.renew,
-            (self.datetime(renewed.expires_at)?, resource.as_bytes()),
+            (
+                self.datetime(renewed.expires_at)?,
+                millis(ttl),
+                resource.as_bytes(),
+            ),
         )
         .await?;
         if let Some(python) = &self.sql.python {
@@ -1104,6 +1157,11 @@ impl Backend for MysqlBackend {
         let mut conn = self.conn().await?;
         conn.query_drop("SELECT 1").await.map_err(|e| self.error(e))
     }
+}
+
+/// `ttl` in whole milliseconds, as the `ttl_ms` column holds it.
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

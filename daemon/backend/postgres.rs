@@ -95,7 +95,10 @@ CREATE TABLE IF NOT EXISTS "stormlock_locks" (
     evicted_id     TEXT,
     evicted_by     TEXT,
     evicted_reason TEXT,
-    evicted_at     TIMESTAMPTZ
+    evicted_at     TIMESTAMPTZ,
+    -- The TTL the lease was granted or last renewed with, in milliseconds,
+    -- which a renewal that names none keeps.
+    ttl_ms         BIGINT
 );
 "#;
 
@@ -126,7 +129,7 @@ pub(super) fn parse_url(url: &str) -> std::result::Result<tokio_postgres::Config
 
 /// Every column of a row, in [`StoredRow`] order.
 const COLUMNS: &str = "resource, lease_id, principal, reason, acquired_at, expires_at, fence, \
-                       evicted_id, evicted_by, evicted_reason";
+                       evicted_id, evicted_by, evicted_reason, ttl_ms";
 
 /// The statements of one table, rendered once with its validated name.
 struct Statements {
@@ -203,7 +206,7 @@ impl Statements {
         Self {
             grant: format!(
                 "UPDATE {t} SET lease_id = $2, principal = $3, reason = $4, acquired_at = now(), \
-                 expires_at = now() + {ttl}, fence = {fence} \
+                 expires_at = now() + {ttl}, fence = {fence}, ttl_ms = $5::bigint / 1000 \
                  WHERE resource = $1 AND (lease_id IS NULL OR expires_at <= now()) \
                  RETURNING {COLUMNS}, {notify}"
             ),
@@ -218,7 +221,7 @@ impl Statements {
                  RETURNING fence, {notify}"
             ),
             renew: format!(
-                "UPDATE {t} SET expires_at = now() + {} \
+                "UPDATE {t} SET expires_at = now() + {}, ttl_ms = $3::bigint / 1000 \
                  WHERE resource = $1 AND lease_id = $2 AND expires_at > now() \
                  RETURNING {COLUMNS}, {notify}",
                 ttl.replace("$5", "$3")
@@ -237,12 +240,25 @@ impl Statements {
                    evicted_reason = $3, evicted_at = now() \
                  WHERE resource = $1 AND {live} \
                  RETURNING resource, evicted_id, principal, reason, acquired_at, expires_at, \
-                   fence, evicted_id, evicted_by, evicted_reason, {notify}"
+                   fence, evicted_id, evicted_by, evicted_reason, ttl_ms, {notify}"
             ),
             channel,
             python: python.map(PythonStatements::new),
         }
     }
+}
+
+/// Why a table without `ttl_ms` (made by an older version) is refused when
+/// the daemon may not change it.
+fn missing_ttl_column(backend: &str, table: &str, alter: &str) -> BackendError {
+    BackendError::config(
+        backend,
+        format!(
+            "table {table:?} lacks the column ttl_ms, in which this version keeps the TTL of \
+             each lease (a renewal without a TTL keeps it): run {alter}, or set \
+             create_table = true"
+        ),
+    )
 }
 
 /// A pool of connections to one PostgreSQL database and one locks table.
@@ -361,6 +377,33 @@ impl PostgresBackend {
                 ),
                 _ => self.error(e),
             })?;
+        }
+        // Tables created before leases kept their TTL lack `ttl_ms`.
+        let column = format!("SELECT ttl_ms FROM {} LIMIT 0", table.quoted('"'));
+        if let Err(e) = client.query(&column, &[]).await
+            && e.code() == Some(&SqlState::UNDEFINED_COLUMN)
+        {
+            let alter = format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS ttl_ms BIGINT",
+                table.quoted('"')
+            );
+            match schema {
+                Schema::Create => client.batch_execute(&alter).await.map_err(|e| {
+                    BackendError::config(
+                        &self.name,
+                        format!(
+                            "cannot add the column ttl_ms to table {shown:?}: {}; run {alter}",
+                            sql::describe(&e)
+                        ),
+                    )
+                })?,
+                Schema::Inspect => {
+                    return Ok(Some(Schema::missing(&format!(
+                        "the column ttl_ms of table {shown:?}"
+                    ))));
+                }
+                Schema::Require => return Err(missing_ttl_column(&self.name, &shown, &alter)),
+            }
         }
         let probe = format!("SELECT {COLUMNS} FROM {} LIMIT 0", table.quoted('"'));
         match client.query(&probe, &[]).await {
@@ -591,6 +634,10 @@ impl PostgresBackend {
             evicted_id: row.try_get(7).map_err(unexpected)?,
             evicted_by: row.try_get(8).map_err(unexpected)?,
             evicted_reason: row.try_get(9).map_err(unexpected)?,
+            ttl: row
+                .try_get::<_, Option<i64>>(10)
+                .map_err(unexpected)?
+                .map(|ms| Duration::from_millis(ms.unsigned_abs())),
         })
     }
 
@@ -607,7 +654,7 @@ impl PostgresBackend {
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let now: SystemTime = row.try_get(10).map_err(|e| {
+        let now: SystemTime = row.try_get(11).map_err(|e| {
             BackendError::internal(&self.name, format!("server clock: {}", sql::describe(&e)))
         })?;
         Ok(Some((self.stored(row)?, now)))

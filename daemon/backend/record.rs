@@ -42,6 +42,7 @@ impl Record {
             acquired_at: now,
             expires_at: now + req.ttl,
             fence: self.fence,
+            ttl: Some(req.ttl),
         };
         self.lease = Some(lease.clone());
         Acquisition::Granted(lease)
@@ -66,6 +67,7 @@ impl Record {
         match self.lease.as_mut() {
             Some(lease) if lease.expires_at > now && &lease.id == id => {
                 lease.expires_at = now + ttl;
+                lease.ttl = Some(ttl);
                 Ok(lease.clone())
             }
             _ => Err(BackendError::NotCurrent {

@@ -404,6 +404,9 @@ pub(super) struct StoredRow {
     pub evicted_by: Option<String>,
     /// Why.
     pub evicted_reason: Option<String>,
+    /// The TTL the last lease was granted or last renewed with (`ttl_ms`;
+    /// `NULL` in rows of older versions).
+    pub ttl: Option<Duration>,
 }
 
 impl StoredRow {
@@ -428,6 +431,7 @@ impl StoredRow {
                 .ok_or_else(|| corrupt("a lease without acquired_at"))?,
             expires_at,
             fence: self.fence,
+            ttl: self.ttl,
         }))
     }
 

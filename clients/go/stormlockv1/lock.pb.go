@@ -490,7 +490,10 @@ type RenewRequest struct {
 	Resource string `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
 	// The id returned by Acquire.
 	LeaseId string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
-	// The new TTL, counted from now. Unset: the resource's default TTL.
+	// The new TTL, counted from now. Unset: the lease's own TTL, the one it was
+	// granted or last renewed with (within the resource's maximum TTL); the
+	// resource's default TTL for a lease whose engine record has none (stored
+	// by an earlier version).
 	Ttl *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
 }
 

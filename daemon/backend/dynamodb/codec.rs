@@ -24,6 +24,9 @@ pub(super) const REASON: &str = "reason";
 pub(super) const ACQUIRED_MS: &str = "acquired_ms";
 pub(super) const EXPIRES_MS: &str = "expires_ms";
 pub(super) const FENCE: &str = "fence";
+/// The TTL the lease was granted or last renewed with, in milliseconds;
+/// absent from the items of older versions.
+pub(super) const TTL_MS: &str = "ttl_ms";
 pub(super) const CLEANUP_AT: &str = "cleanup_at";
 pub(super) const EVICTED_ID: &str = "evicted_id";
 pub(super) const EVICTED_BY: &str = "evicted_by";
@@ -104,6 +107,7 @@ pub(super) fn lease_item(req: &AcquireRequest, now_ms: u64, expires_ms: u64, fen
     item.insert(ACQUIRED_MS.into(), number(now_ms));
     item.insert(EXPIRES_MS.into(), number(expires_ms));
     item.insert(FENCE.into(), number(fence));
+    item.insert(TTL_MS.into(), number(millis_of(req.ttl)));
     item.insert(CLEANUP_AT.into(), number(cleanup_after(expires_ms)));
     item
 }
@@ -207,6 +211,10 @@ pub(super) fn lease_of(item: &Item) -> Result<Lease, Corrupt> {
         acquired_at: time(ACQUIRED_MS)?,
         expires_at: time(EXPIRES_MS)?,
         fence: number_of(item, FENCE)?,
+        ttl: match item.get(TTL_MS) {
+            None => None,
+            Some(_) => Some(Duration::from_millis(number_of(item, TTL_MS)?)),
+        },
         resource,
     })
 }

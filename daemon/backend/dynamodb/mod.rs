@@ -166,7 +166,7 @@ use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseS
 use codec::{
     CLEANUP_AT, EVICTED_BY, EVICTED_ID, EVICTED_REASON, EXPIRES_MS, FENCE, Item, KIND, LEASE,
     LEASE_ID, PY_EXPIRES, PY_LEASE, PY_MIRROR_OF, RECORD, RELEASE_TOKEN, RELEASED_MS, RESOURCE,
-    cleanup_after, key, millis, millis_of, number, python_key,
+    TTL_MS, cleanup_after, key, millis, millis_of, number, python_key,
 };
 pub use config::DynamodbConfig;
 
@@ -832,11 +832,13 @@ impl DynamodbBackend {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(resource, LEASE)))
-            .update_expression("SET #e = :expires, #c = :cleanup")
+            .update_expression("SET #e = :expires, #c = :cleanup, #t = :ttl")
             .condition_expression("#id = :id AND #e > :now")
             .expression_attribute_names("#id", LEASE_ID)
             .expression_attribute_names("#e", EXPIRES_MS)
             .expression_attribute_names("#c", CLEANUP_AT)
+            .expression_attribute_names("#t", TTL_MS)
+            .expression_attribute_values(":ttl", number(millis_of(ttl)))
             .expression_attribute_values(":id", AttributeValue::S(id.expose().to_string()))
             .expression_attribute_values(":now", number(now_ms))
             .expression_attribute_values(":expires", number(expires_ms))

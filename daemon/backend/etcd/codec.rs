@@ -17,6 +17,10 @@ struct LockValue {
     reason: String,
     /// Unix milliseconds.
     acquired_at: u64,
+    /// The TTL the lease was granted or last renewed with, in milliseconds;
+    /// absent from the locks of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u64>,
 }
 
 /// The stored value of an eviction record.
@@ -34,6 +38,9 @@ pub(super) struct StoredLock {
     pub principal: String,
     pub reason: String,
     pub acquired_at: SystemTime,
+    /// The TTL it was granted or last renewed with (`None` from an older
+    /// version).
+    pub ttl: Option<Duration>,
     /// The key's `create_revision`.
     pub fence: u64,
     /// The etcd lease the key is attached to.
@@ -41,19 +48,21 @@ pub(super) struct StoredLock {
     pub mod_revision: i64,
 }
 
-/// The value of the lock key for lease `id`. `acquired_at` is stored in
-/// milliseconds (see [`truncate_to_millis`]).
+/// The value of the lock key for lease `id`, granted or renewed for `ttl`.
+/// `acquired_at` is stored in milliseconds (see [`truncate_to_millis`]).
 pub(super) fn encode_lock(
     id: &LeaseId,
     principal: &str,
     reason: &str,
     acquired_at: SystemTime,
+    ttl: Duration,
 ) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&LockValue {
         id: id.expose().to_string(),
         principal: principal.to_string(),
         reason: reason.to_string(),
         acquired_at: millis_since_epoch(acquired_at),
+        ttl_ms: Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
     })
     .map_err(|e| e.to_string())
 }
@@ -73,6 +82,7 @@ pub(super) fn decode_lock(resource: &str, kv: &KeyValue) -> Result<StoredLock, S
         principal: value.principal,
         reason: value.reason,
         acquired_at: UNIX_EPOCH + Duration::from_millis(value.acquired_at),
+        ttl: value.ttl_ms.map(Duration::from_millis),
         fence,
         etcd_lease: kv.lease(),
         mod_revision: kv.mod_revision(),

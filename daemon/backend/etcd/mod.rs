@@ -421,6 +421,7 @@ impl EtcdBackend {
                 acquired_at: stored.acquired_at,
                 expires_at,
                 fence: stored.fence,
+                ttl: stored.ttl,
             },
             etcd_lease: stored.etcd_lease,
             mod_revision: stored.mod_revision,
@@ -593,8 +594,9 @@ impl Backend for EtcdBackend {
             let (etcd_lease, granted_ttl) = self.grant(req.ttl).await?;
             // Stored with millisecond precision; report what later reads see.
             let acquired_at = codec::truncate_to_millis(SystemTime::now());
-            let value = codec::encode_lock(&req.id, &req.principal, &req.reason, acquired_at)
-                .map_err(|e| BackendError::internal(&self.name, e))?;
+            let value =
+                codec::encode_lock(&req.id, &req.principal, &req.reason, acquired_at, req.ttl)
+                    .map_err(|e| BackendError::internal(&self.name, e))?;
             let lease = Lease {
                 resource: req.resource.clone(),
                 id: req.id.clone(),
@@ -604,6 +606,7 @@ impl Backend for EtcdBackend {
                 expires_at: granted_from + granted_ttl,
                 // The put creates the key: its revision, once known.
                 fence: 0,
+                ttl: Some(req.ttl),
             };
             let mut when = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
             let mut then = vec![TxnOp::put(
@@ -715,6 +718,7 @@ impl Backend for EtcdBackend {
                 &held.lease.principal,
                 &held.lease.reason,
                 held.lease.acquired_at,
+                ttl,
             )
             .map_err(|e| BackendError::internal(&self.name, e))?;
             let mut then = vec![TxnOp::put(
@@ -771,6 +775,7 @@ impl Backend for EtcdBackend {
                 self.discard(held.etcd_lease).await;
                 return Ok(Lease {
                     expires_at: renewed_at + granted_ttl,
+                    ttl: Some(ttl),
                     ..held.lease
                 });
             }

@@ -9,8 +9,9 @@ use redis::Value;
 
 use crate::lease::{Eviction, Lease, LeaseId};
 
-/// Reads `{id, principal, reason, acquired_s, acquired_us, fence, pttl}` of
-/// `resource` (see `lease_at.lua`) as a lease, `None` for `{}`.
+/// Reads `{id, principal, reason, acquired_s, acquired_us, fence, pttl,
+/// ttl_ms}` of `resource` (see `lease_at.lua`) as a lease, `None` for `{}`;
+/// `ttl_ms` is nil for a lease stored by an older version.
 pub(super) fn lease(
     resource: &str,
     now: SystemTime,
@@ -20,7 +21,17 @@ pub(super) fn lease(
     if fields.is_empty() {
         return Ok(None);
     }
-    let [id, principal, reason, acquired_s, acquired_us, fence, pttl] = fields else {
+    let [
+        id,
+        principal,
+        reason,
+        acquired_s,
+        acquired_us,
+        fence,
+        pttl,
+        ttl_ms,
+    ] = fields
+    else {
         return Err("lease has the wrong number of fields".to_string());
     };
     let corrupt = |field: &str| format!("lease of {resource:?} has a bad {field}");
@@ -47,6 +58,15 @@ pub(super) fn lease(
         fence: int(fence)
             .and_then(|f| u64::try_from(f).ok())
             .ok_or_else(|| corrupt("fence"))?,
+        ttl: match ttl_ms {
+            Value::Nil => None,
+            ms => Some(
+                int(ms)
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| corrupt("ttl_ms"))?,
+            ),
+        },
     }))
 }
 
@@ -180,9 +200,14 @@ mod tests {
             bulk("250000"),
             bulk("7"),
             Value::Int(4_000),
+            bulk("5000"),
         ]);
         let read = lease("r", now, &reply).ok().flatten();
         assert_eq!(read.as_ref().map(|l| l.fence), Some(7));
+        assert_eq!(
+            read.as_ref().and_then(|l| l.ttl),
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(
             read.as_ref().map(|l| l.acquired_at),
             Some(UNIX_EPOCH + Duration::from_micros(990_250_000))
@@ -192,11 +217,21 @@ mod tests {
             Some(now + Duration::from_secs(4))
         );
         assert_eq!(lease("r", now, &Value::Array(Vec::new())), Ok(None));
-        // A key without expiry (PTTL -1) is a corrupt record, not a lease.
         let mut fields = match reply {
             Value::Array(fields) => fields,
             _ => Vec::new(),
         };
+        // An older version's lease has no TTL of its own; a bad one is corrupt.
+        fields[7] = Value::Nil;
+        let old = lease("r", now, &Value::Array(fields.clone()));
+        assert_eq!(old.map(|l| l.map(|l| l.ttl)), Ok(Some(None)));
+        fields[7] = bulk("soon");
+        let err = lease("r", now, &Value::Array(fields.clone()))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("ttl_ms"), "{err}");
+        fields[7] = Value::Nil;
+        // A key without expiry (PTTL -1) is a corrupt record, not a lease.
         fields[6] = Value::Int(-1);
         let err = lease("r", now, &Value::Array(fields))
             .err()

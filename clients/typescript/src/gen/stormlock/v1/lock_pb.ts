@@ -260,7 +260,10 @@ export type RenewRequest = Message<"stormlock.v1.RenewRequest"> & {
   leaseId: string;
 
   /**
-   * The new TTL, counted from now. Unset: the resource's default TTL.
+   * The new TTL, counted from now. Unset: the lease's own TTL, the one it was
+   * granted or last renewed with (within the resource's maximum TTL); the
+   * resource's default TTL for a lease whose engine record has none (stored
+   * by an earlier version).
    *
    * @generated from field: google.protobuf.Duration ttl = 3;
    */
