@@ -663,13 +663,20 @@ async fn nemesis_etcd() {
     .await;
 }
 
-/// The emulator answers one request at a time: fewer clients.
+/// The emulator answers one request at a time: fewer clients, and an
+/// emulator of this test's own, so that the other DynamoDB tests running
+/// beside it (the suite runs tests in parallel) do not queue ahead of its
+/// requests, which kept resources free for longer than the faults explain.
 #[cfg(feature = "dynamodb")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nemesis_dynamodb() {
-    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+    if engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT").is_none() {
+        return;
+    }
+    let Some(engine) = crate::support::PrivateEngine::start("dynamodb") else {
         return;
     };
+    let endpoint = engine.url.clone();
     let table = format!("stormlock-nemesis-{}", unique());
     run(
         "dynamodb",
