@@ -532,7 +532,7 @@ async fn per_resource_ttl_and_max_ttl_apply_through_the_service() {
         );
     }
 
-    // Renew: the rule's maximum, and its default TTL when none is asked.
+    // Renew: the rule's maximum, and the lease's own TTL when none is asked.
     let lease = take(&mut client, acquire("prod/renewed"))
         .await
         .lease
@@ -564,8 +564,28 @@ async fn per_resource_ttl_and_max_ttl_apply_through_the_service() {
         .lease
         .expect("lease");
     assert!(
+        lifetime(&renewed) >= DAY,
+        "renewed for its own 1d (as last renewed), not the rule's 4h: {renewed:?}"
+    );
+    // A lease granted with the rule's default TTL keeps that one.
+    let lease = take(&mut client, acquire("prod/defaulted"))
+        .await
+        .lease
+        .expect("lease");
+    let renewed = client
+        .renew(pb::RenewRequest {
+            resource: lease.resource.clone(),
+            lease_id: lease.lease_id.clone(),
+            ttl: None,
+        })
+        .await
+        .expect("renew")
+        .into_inner()
+        .lease
+        .expect("lease");
+    assert!(
         (4 * HOUR..DAY).contains(&lifetime(&renewed)),
-        "renewed for the rule's 4h: {renewed:?}"
+        "renewed for the rule's 4h it was granted with: {renewed:?}"
     );
 }
 
