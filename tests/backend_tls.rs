@@ -781,8 +781,6 @@ mod mysql {
 #[cfg(feature = "dynamodb")]
 mod dynamodb {
     use super::*;
-    use aws_config::BehaviorVersion;
-    use aws_sdk_dynamodb::config::Credentials;
     use stormlockd::backend::dynamodb::{DynamodbBackend, DynamodbConfig};
 
     /// The Python that has moto: the tests' venv (as `tests/engines.sh`
@@ -830,10 +828,7 @@ mod dynamodb {
     }
 
     async fn connect(config: &DynamodbConfig) -> Result<DynamodbBackend, BackendError> {
-        let loader = aws_config::defaults(BehaviorVersion::latest()).credentials_provider(
-            Credentials::new("test", "test", None, None, "stormlock-tests"),
-        );
-        DynamodbBackend::connect_with("test", config, loader).await
+        DynamodbBackend::connect_with("test", config, crate::support::dynamodb_emulator()).await
     }
 
     /// An https:// endpoint behind a private CA: trusted with `ca_file`

@@ -5,8 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_config::BehaviorVersion;
-use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::config::Region;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
     ScalarAttributeType, TimeToLiveStatus, WriteRequest,
@@ -16,7 +15,7 @@ use stormlockd::backend::{Backend, BackendError};
 use stormlockd::lease::{Acquisition, Lease, LeaseId, LeaseStatus};
 
 use crate::conformance::{request, unique};
-use crate::support::{PrivateEngine, engine_url};
+use crate::support::{PrivateEngine, dynamodb_emulator as loader, engine_url};
 
 const REGION: &str = "us-east-1";
 
@@ -27,20 +26,6 @@ const HANG_GUARD: Duration = Duration::from_secs(30);
 /// A table name no other test uses.
 pub fn fresh_table() -> String {
     format!("stormlock-test-{}", &LeaseId::generate().expose()[..12])
-}
-
-/// The AWS configuration for the emulator: dummy static credentials, set
-/// here rather than in the process environment.
-fn loader() -> aws_config::ConfigLoader {
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(stormlockd::tls::aws_https_client())
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "stormlock-tests",
-        ))
 }
 
 /// Settings for `table` on the emulator. The call timeout is generous: moto

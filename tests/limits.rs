@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use stormlock_api::pb::{self, lock_service_client::LockServiceClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
-use crate::support::{TestDaemon, free_port, secs, unique};
+use crate::support::{TestDaemon, free_port, metric_sample_or, scrape_metrics, secs, unique};
 
 const MEMORY: &str = "[backends.main]\ntype = \"memory\"\n";
 /// Bound on every wait here; none is expected to take long.
@@ -273,44 +272,17 @@ async fn a_principal_with_two_watches_is_refused_a_third_until_one_ends() {
 /// The daemon's backend calls so far: engine reads (`list`, `current`,
 /// `status`) and health checks, from its own metrics.
 async fn backend_calls(metrics: SocketAddr) -> (f64, f64) {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    let text = loop {
-        match scrape(metrics).await {
-            Ok(text) => break text,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "cannot scrape {metrics}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let text = scrape_metrics(metrics).await;
     let count = |operation: &str| {
         let series = format!(
-            "stormlock_backend_request_duration_seconds_count{{backend=\"main\",operation=\"{operation}\"}} "
+            "stormlock_backend_request_duration_seconds_count{{backend=\"main\",operation=\"{operation}\"}}"
         );
-        text.lines()
-            .find_map(|line| line.strip_prefix(series.as_str()))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        metric_sample_or(&text, &series).unwrap_or(0.0)
     };
     (
         count("list") + count("current") + count("status"),
         count("health"),
     )
-}
-
-async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(BOUND, stream.read_to_string(&mut response))
-        .await
-        .map_err(|_| std::io::Error::other("no answer"))??;
-    Ok(response)
 }
 
 /// Engine reads while the daemon runs `checks` more health checks (its own

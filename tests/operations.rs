@@ -8,12 +8,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stormlock_api::pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::support::{PrivateEngine, TestDaemon};
+use crate::support::{
+    PrivateEngine, TestDaemon, metric_sample as sample, scrape_metrics as scrape,
+};
 
 /// Bound on every wait for the daemon to notice something.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -21,49 +22,6 @@ const PATIENCE: Duration = Duration::from_secs(20);
 fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr")
-}
-
-/// `GET /metrics` on `addr`, retried until the listener is up.
-async fn scrape(addr: SocketAddr) -> String {
-    let until = Instant::now() + PATIENCE;
-    loop {
-        match try_scrape(addr).await {
-            Ok(text) => return text,
-            Err(e) => assert!(Instant::now() < until, "cannot scrape {addr}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn try_scrape(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
-        .await
-        .map_err(|_| std::io::Error::other("no answer"))??;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP head"))?;
-    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/openmetrics-text"),
-        "{head}"
-    );
-    Ok(body.to_string())
-}
-
-/// The value of the sample `series` (name and labels exactly as exposed);
-/// a series that is not exposed fails the test, so that a renamed metric
-/// never reads as 0.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|value| value.trim().parse().expect("numeric sample"))
-        .unwrap_or_else(|| panic!("{series} is not exposed:\n{text}"))
 }
 
 fn acquire(resource: &str, principal: &str) -> pb::AcquireRequest {

@@ -753,20 +753,7 @@ mod dynamodb {
         });
     }
 
-    /// The AWS configuration for the emulator: its dummy static
-    /// credentials, set here rather than in the process environment.
-    pub(super) fn emulator() -> aws_config::ConfigLoader {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(stormlockd::tls::aws_https_client())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "stormlock-tests",
-            ))
-    }
+    use crate::support::dynamodb_emulator as emulator;
 
     /// Python stormlock's table (partition key `resource` only), which
     /// Python does not create either.
@@ -966,7 +953,8 @@ mod conformance_in_migration_mode {
         use stormlockd::backend::Backend;
         use stormlockd::backend::dynamodb::{DynamodbBackend, DynamodbConfig};
 
-        use super::super::dynamodb::{create_python_table, emulator};
+        use super::super::dynamodb::create_python_table;
+        use crate::support::dynamodb_emulator as emulator;
 
         async fn make() -> Option<Arc<dyn Backend>> {
             let endpoint = crate::support::engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT")?;

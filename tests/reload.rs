@@ -3,7 +3,6 @@
 //! needs a restart reported and left alone, and the audit file reopened for
 //! log rotation without losing or repeating a line.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -11,7 +10,9 @@ use std::time::{Duration, Instant};
 use stormlock_api::pb;
 
 use crate::e2e::Daemon;
-use crate::support::{acquire_request, free_port};
+use crate::support::{
+    acquire_request, free_port, metric_sample as sample, scrape_metrics_blocking,
+};
 
 /// A configuration with one token for `principal`, the daemon's defaults
 /// and whatever `extra` adds.
@@ -20,32 +21,6 @@ fn config_with_token(token: &str, principal: &str, extra: &str) -> String {
         "{extra}\n[[auth.tokens]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\n",
         stormlockd::auth::hash_token(token)
     )
-}
-
-/// `GET /metrics` on the daemon's metrics port (bounded retries while it
-/// starts).
-fn scrape(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let attempt = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        });
-        match attempt {
-            Ok(text) => return text,
-            Err(e) => assert!(Instant::now() < deadline, "metrics: {e}"),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The value of the sample `name` (with its labels, as printed).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
 }
 
 /// The CLI with a bearer token from a file.
@@ -153,7 +128,7 @@ fn an_invalid_reload_changes_nothing_and_restart_only_changes_are_reported() {
     let metrics_port = free_port();
     let metrics_arg = format!("127.0.0.1:{metrics_port}");
     let daemon = Daemon::start_with(&["--config", &config_arg, "--metrics-listen", &metrics_arg]);
-    let before = scrape(metrics_port);
+    let before = scrape_metrics_blocking(([127, 0, 0, 1], metrics_port).into());
     assert_eq!(sample(&before, "stormlock_config_generation"), 0.0);
 
     // Invalid: a TTL above its maximum, and the token list emptied with it.
@@ -162,7 +137,7 @@ fn an_invalid_reload_changes_nothing_and_restart_only_changes_are_reported() {
     assert!(log.contains("reload refused"), "{log}");
     assert!(log.contains("max_ttl"), "says why: {log}");
     with_token(&daemon, dir.path(), &token, &["acquire", "r/a"]).ok();
-    let refused = scrape(metrics_port);
+    let refused = scrape_metrics_blocking(([127, 0, 0, 1], metrics_port).into());
     assert_eq!(
         sample(
             &refused,
@@ -202,7 +177,7 @@ fn an_invalid_reload_changes_nothing_and_restart_only_changes_are_reported() {
     // a List over every backend finds it once.
     let listed = daemon.cli(&["list", "-f", "json", "x/"]).ok();
     assert_eq!(listed.stdout.matches("x/new").count(), 1, "{listed:?}");
-    let applied = scrape(metrics_port);
+    let applied = scrape_metrics_blocking(([127, 0, 0, 1], metrics_port).into());
     assert_eq!(
         sample(
             &applied,

@@ -682,3 +682,88 @@ pub fn acquire_request(resource: &str, ttl: i64, wait: i64) -> stormlock_api::pb
         ..Default::default()
     }
 }
+
+/// `GET /metrics` on a daemon's metrics listener at `addr`, retried until
+/// the listener answers (20 s at most): the OpenMetrics text, its HTTP
+/// status and content type checked.
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
+    let patience = std::time::Duration::from_secs(20);
+    let until = std::time::Instant::now() + patience;
+    loop {
+        match try_scrape(addr, patience).await {
+            Ok(text) => return text,
+            Err(e) => assert!(
+                std::time::Instant::now() < until,
+                "cannot scrape {addr}: {e}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// [`scrape_metrics`] for a test without a runtime of its own.
+pub fn scrape_metrics_blocking(addr: std::net::SocketAddr) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(scrape_metrics(addr))
+}
+
+async fn try_scrape(
+    addr: std::net::SocketAddr,
+    patience: std::time::Duration,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(patience, stream.read_to_string(&mut response))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP head"))?;
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    Ok(body.to_string())
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed)
+/// in scraped `text`; a series that is not exposed fails the test, so that
+/// a renamed metric never reads as 0.
+pub fn metric_sample(text: &str, series: &str) -> f64 {
+    metric_sample_or(text, series).unwrap_or_else(|| panic!("{series} is not exposed:\n{text}"))
+}
+
+/// [`metric_sample`], `None` for a series not exposed (yet: a labelled
+/// counter appears with its first count).
+pub fn metric_sample_or(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("numeric sample"))
+}
+
+/// The AWS configuration for the DynamoDB emulator (moto): its dummy static
+/// credentials and region, set here rather than in the process
+/// environment. Add the endpoint with `endpoint_url`, or name it in a
+/// `DynamodbConfig`.
+#[cfg(feature = "dynamodb")]
+pub fn dynamodb_emulator() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(stormlockd::tls::aws_https_client())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "stormlock-tests",
+        ))
+}
