@@ -68,6 +68,20 @@ pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// flood there must not take the API's slots.
 pub const HEALTH_MAX_CONNECTIONS: usize = 64;
 
+/// Connections to the metrics port at most: a scraper needs one or two, and
+/// a flood there must take neither the API's slots nor its file
+/// descriptors.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
+
+/// How long a connection to the metrics port may take to send its first
+/// byte: one that sends nothing gives its slot back this soon.
+pub const METRICS_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection to the metrics port may last. A scrape takes
+/// milliseconds; the bound frees the slots of connections that send their
+/// request a byte at a time, or keep one open for ever.
+pub const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
 /// `[connections]`: limits on every connection to the gRPC port (and the
 /// plain-text health port). Durations are whole seconds or more (`"10s"`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -348,6 +362,120 @@ impl Connected for Prefaced {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.tcp.connect_info()
+    }
+}
+
+/// The metrics port's HTTP/1: the handshake is the request's first byte
+/// arriving (within the listener's handshake timeout); the connection then
+/// fails every read and write once `lifetime` has passed, which closes it.
+#[derive(Clone)]
+pub(crate) struct Expiring(pub(crate) Duration);
+
+impl Handshake for Expiring {
+    type Io = Expires;
+
+    async fn handshake(&self, tcp: TcpStream) -> io::Result<Expires> {
+        if tcp.peek(&mut [0; 1]).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(Expires {
+            tcp,
+            end: Box::pin(tokio::time::sleep(self.0)),
+        })
+    }
+}
+
+/// A connection that ends at a deadline (see [`Expiring`]).
+pub(crate) struct Expires {
+    tcp: TcpStream,
+    end: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Expires {
+    /// An error once the deadline has passed; else registers for it, so
+    /// that a connection idle in a read is woken and closed then.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.end.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection outlived its lifetime",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for Expires {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Expires {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Expires {
+    type ConnectInfo = <TcpStream as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tcp.connect_info()
+    }
+}
+
+/// The connections of [`incoming`] as an HTTP server's listener (axum's),
+/// for the metrics port.
+pub(crate) struct Accepted<Io> {
+    incoming: Incoming<Io>,
+    local: SocketAddr,
+}
+
+impl<Io> Accepted<Io> {
+    /// `incoming`, accepted on `listener`.
+    pub(crate) fn new(incoming: Incoming<Io>, local: SocketAddr) -> Self {
+        Self { incoming, local }
+    }
+}
+
+impl<Io> axum::serve::Listener for Accepted<Io>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = Conn<Io>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.next().await {
+            // The address is only logged by the server; the local one will do.
+            Some(Ok(conn)) => (conn, self.local),
+            // The accept loop ended: the server is stopping.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
     }
 }
 

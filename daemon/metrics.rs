@@ -17,7 +17,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use crate::events::LockEvent;
 use crate::limits::Limit;
@@ -102,6 +101,7 @@ pub struct Metrics {
     last_reload_ok: Gauge,
     restart_pending: Gauge,
     connections: Family<ListenerLabels, Gauge>,
+    runtime_tasks: Gauge,
     backend_duration: HistogramFamily<BackendLabels>,
     backend_errors: Family<BackendErrorLabels, Counter>,
     backend_up: Family<BackendNameLabels, Gauge>,
@@ -214,8 +214,17 @@ impl Metrics {
         let connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "stormlock_connections",
-            "Connections open now (handshaking or served), by listener: api (the gRPC port) or health (health_listen)",
+            "Connections open now (handshaking or served), by listener: api (the gRPC port), health (health_listen) or metrics (metrics_listen)",
             connections.clone(),
+        );
+        let runtime_tasks = Gauge::default();
+        // Set at each scrape from the runtime that serves it: a count that
+        // keeps rising under a steady load is a task leak (a stream, a waiter
+        // or a connection nobody ends).
+        registry.register(
+            "stormlock_runtime_tasks",
+            "Tokio tasks alive now in the daemon's runtime (connections, streams, waiters, background work)",
+            runtime_tasks.clone(),
         );
         let backend_duration: HistogramFamily<BackendLabels> =
             Family::new_with_constructor(|| Histogram::new(BACKEND_BUCKETS));
@@ -261,6 +270,7 @@ impl Metrics {
             last_reload_ok,
             restart_pending,
             connections,
+            runtime_tasks,
             backend_duration,
             backend_errors,
             backend_up,
@@ -385,6 +395,13 @@ impl Metrics {
             .clone()
     }
 
+    /// Sets `stormlock_runtime_tasks` to the tasks alive now in `runtime`.
+    pub fn record_runtime(&self, runtime: &tokio::runtime::Handle) {
+        let alive = runtime.metrics().num_alive_tasks();
+        self.runtime_tasks
+            .set(i64::try_from(alive).unwrap_or(i64::MAX));
+    }
+
     /// The counter of audit lines written, for the audit writer.
     pub fn audit_lines_written(&self) -> Counter {
         self.audit_written.clone()
@@ -439,13 +456,18 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes. `before_scrape`
-/// runs before each encoding, to refresh gauges read from elsewhere.
-pub async fn serve(
-    listener: TcpListener,
+/// runs before each encoding, to refresh gauges read from elsewhere; the
+/// runtime's task count is taken from the runtime that answers the scrape.
+pub async fn serve<L>(
+    listener: L,
     metrics: Arc<Metrics>,
     before_scrape: Arc<dyn Fn(&Metrics) + Send + Sync>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     use axum::http::header;
     let app = axum::Router::new().route(
         "/metrics",
@@ -454,6 +476,9 @@ pub async fn serve(
             let before_scrape = before_scrape.clone();
             async move {
                 before_scrape(&metrics);
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    metrics.record_runtime(&runtime);
+                }
                 ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.encode())
             }
         }),
@@ -466,6 +491,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     #[test]
     fn names_follow_prometheus_conventions() {
@@ -520,11 +546,78 @@ mod tests {
             "stormlock_backend_errors_total{backend=\"main\",operation=\"acquire\",kind=\"unavailable\"} 1",
             "stormlock_backend_errors_total{backend=\"main\",operation=\"health\",kind=\"timeout\"} 1",
             "stormlock_backend_up{backend=\"main\"} 1",
+            "stormlock_runtime_tasks 0",
             "stormlock_build_info{version=\"",
             "# EOF",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
         assert!(!text.contains("operation=\"renew\",kind"), "{text}");
+    }
+
+    /// `stormlock_runtime_tasks` as a scrape of `addr` reports it.
+    async fn scraped_tasks(addr: std::net::SocketAddr) -> i64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("send: {e}"));
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .await
+            .unwrap_or_else(|e| panic!("read: {e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix("stormlock_runtime_tasks "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no stormlock_runtime_tasks in:\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn a_scrape_counts_the_tasks_alive_in_the_runtime() {
+        const PARKED: usize = 40;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::new()),
+            Arc::new(|_: &Metrics| {}),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let (release, parked) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..PARKED)
+            .map(|_| {
+                let mut parked = parked.clone();
+                tokio::spawn(async move {
+                    let _ = parked.wait_for(|go| *go).await;
+                })
+            })
+            .collect();
+        let with_parked = scraped_tasks(addr).await;
+        // The parked tasks and the server, at least.
+        assert!(with_parked > PARKED as i64, "{with_parked}");
+        let _ = release.send(true);
+        for task in tasks {
+            task.await.unwrap_or_else(|e| panic!("parked task: {e}"));
+        }
+        let after = scraped_tasks(addr).await;
+        // Gone with their tasks; one connection task of the first scrape may
+        // still be winding down.
+        assert!(
+            after + PARKED as i64 <= with_parked + 1,
+            "{with_parked} tasks with {PARKED} parked, {after} after they ended"
+        );
+        let _ = stop.send(());
+        let _ = server.await;
     }
 }

@@ -21,7 +21,8 @@ use crate::backend::BackendError;
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::connections::{
-    self, ConnectionLimits, HEALTH_MAX_CONNECTIONS, PlainHandshake, TlsHandshake,
+    self, ConnectionLimits, Expiring, HEALTH_MAX_CONNECTIONS, METRICS_CONNECTION_LIFETIME,
+    METRICS_FIRST_BYTE_TIMEOUT, METRICS_MAX_CONNECTIONS, PlainHandshake, TlsHandshake,
 };
 use crate::events::Events;
 use crate::locks::Locks;
@@ -493,11 +494,26 @@ async fn start_metrics_listener(
         return Ok(None);
     };
     let listener = bind(addr).await?;
-    info!(addr = %local_addr(&listener), "serving Prometheus metrics at /metrics");
+    let local = listener.local_addr().unwrap_or(addr);
+    info!(
+        addr = %local,
+        max_connections = METRICS_MAX_CONNECTIONS,
+        "serving Prometheus metrics at /metrics"
+    );
     let changes = core.changes.clone();
     let before_scrape = Arc::new(move |m: &Metrics| m.set_waiters(changes.waiters().waiting()));
-    Ok(Some(tokio::spawn(crate::metrics::serve(
+    // Its own few slots, each for a bounded time: a flood of connections
+    // (or ones that never send a request) can neither use up the daemon's
+    // file descriptors nor keep the scraper out for long.
+    let incoming = connections::incoming(
         listener,
+        Expiring(METRICS_CONNECTION_LIFETIME),
+        METRICS_FIRST_BYTE_TIMEOUT,
+        METRICS_MAX_CONNECTIONS,
+        metrics.open_connections("metrics"),
+    );
+    Ok(Some(tokio::spawn(crate::metrics::serve(
+        connections::Accepted::new(incoming, local),
         metrics.clone(),
         before_scrape,
         stop.stopped(),
@@ -505,8 +521,8 @@ async fn start_metrics_listener(
 }
 
 /// How many connections each listener may have open: the configured
-/// `max_connections` for the API, a few for the health port, both within
-/// the open-file limit.
+/// `max_connections` for the API, a few for the health port, all within
+/// the open-file limit with the metrics port's few.
 struct ConnectionBudgets {
     api: usize,
     health: usize,
@@ -520,9 +536,15 @@ impl ConnectionBudgets {
         } else {
             0
         };
-        let fit = connections::fit_open_files(wanted.saturating_add(health));
+        let metrics = if config.metrics_listen.is_some() {
+            METRICS_MAX_CONNECTIONS
+        } else {
+            0
+        };
+        let others = health + metrics;
+        let fit = connections::fit_open_files(wanted.saturating_add(others));
         Self {
-            api: wanted.min(fit.saturating_sub(health)).max(1),
+            api: wanted.min(fit.saturating_sub(others)).max(1),
             health,
         }
     }

@@ -475,6 +475,25 @@ impl FileLimitedDaemon {
         .await;
         assert!(found.is_ok(), "{text:?} never logged:\n{}", self.log());
     }
+
+    /// The file descriptors the daemon has open now.
+    fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("the daemon's /proc/PID/fd")
+            .count()
+    }
+
+    /// Sets the daemon's soft open-file limit (`prlimit`), leaving its
+    /// hard limit as it is, so that it can be raised again.
+    fn limit_files(&self, files: usize) {
+        let status = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(self.child.id().to_string())
+            .arg(format!("--nofile={files}:"))
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(status.success(), "prlimit: {status}");
+    }
 }
 
 impl Drop for FileLimitedDaemon {
@@ -492,9 +511,12 @@ async fn out_of_file_descriptors_the_daemon_pauses_and_recovers() {
         "the low limit is reported:\n{}",
         daemon.log()
     );
-    // The metrics listener takes connections without a limit: these use up
-    // the daemon's file descriptors, so accepting on the API port fails.
-    let hogs = idle_connections(daemon.metrics, 200).await;
+    // Every listener's connections fit the limit (the metrics port's few
+    // too, below): what runs the daemon out of descriptors is a limit
+    // lowered under it (or descriptors held elsewhere in the process). A
+    // limit of 3 is below every descriptor but standard input, output and
+    // error: the daemon keeps those it has and can open no other.
+    daemon.limit_files(3);
     let pending = tokio::spawn({
         let endpoint = daemon.endpoint();
         async move {
@@ -505,7 +527,7 @@ async fn out_of_file_descriptors_the_daemon_pauses_and_recovers() {
     // Several failed attempts, each after a pause (logged at debug).
     daemon.wait_for_log("accept failed; pausing", 3).await;
 
-    drop(hogs);
+    daemon.limit_files(128);
     let status = tokio::time::timeout(GUARD, pending)
         .await
         .expect("served once descriptors were free")
@@ -533,4 +555,40 @@ async fn out_of_file_descriptors_the_daemon_pauses_and_recovers() {
         log.matches("accept failed; pausing").count() > bursts,
         "one warning for several failures: {log}"
     );
+}
+
+/// The metrics port has a few slots of its own, each for a bounded time: a
+/// flood of connections to it takes neither the daemon's file descriptors
+/// (the API goes on serving, within a 128-file limit) nor, once connections
+/// that send nothing are dropped, the scraper's turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_the_metrics_port_takes_no_descriptors_from_the_api() {
+    let daemon = FileLimitedDaemon::start(128).await;
+    let before = daemon.open_files();
+    let flood = idle_connections(daemon.metrics, 200).await;
+    let channel = tokio::time::timeout(GUARD, daemon.endpoint().connect())
+        .await
+        .expect("connected")
+        .expect("connect");
+    assert_eq!(serving(channel).await, ServingStatus::Serving);
+    let during = daemon.open_files();
+    assert!(
+        during <= before + 16 + 2,
+        "the flood took {} descriptors (from {before})",
+        during.saturating_sub(before)
+    );
+    assert!(!daemon.log().contains("accept failed"), "{}", daemon.log());
+    drop(flood);
+
+    // As many silent connections as the port has slots: each is dropped
+    // when it has sent nothing for 2 s, and the scraper gets its turn.
+    let silent = idle_connections(daemon.metrics, 16).await;
+    let text = tokio::time::timeout(GUARD, crate::support::scrape_metrics(daemon.metrics))
+        .await
+        .expect("scraped once the silent connections were dropped");
+    assert!(
+        text.contains("stormlock_connections{listener=\"metrics\"}"),
+        "{text}"
+    );
+    wait_all_closed(silent).await;
 }
