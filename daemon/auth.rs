@@ -290,6 +290,24 @@ mod tests {
         assert!(err.contains("auth.tokens[0].sha256"), "{err}");
     }
 
+    /// A daemon that authenticates nobody takes the name a caller declares,
+    /// and names one that declares none "anonymous": never an empty
+    /// principal, and nobody is an administrator.
+    #[test]
+    fn without_authentication_the_declared_name_or_anonymous() {
+        let config =
+            crate::config::Config::parse("[auth]\nadmins = [\"root\"]\n", "t").expect("config");
+        let auth = Auth::from_config(&config.auth, false).expect("auth");
+        let caller = |declared: &str| {
+            auth.caller(&Request::new(()), declared)
+                .map(|c| (c.principal, c.authenticated, c.admin))
+                .ok()
+        };
+        assert_eq!(caller(""), Some((ANONYMOUS.to_string(), false, false)));
+        assert_eq!(caller("alice"), Some(("alice".to_string(), false, false)));
+        assert_eq!(caller("root"), Some(("root".to_string(), false, false)));
+    }
+
     #[test]
     fn tokens_are_stored_hashed() {
         let token = "s3cret-token";
