@@ -34,6 +34,27 @@ mod embedded {
     }
     crate::conformance::conformance_tests!(make().await);
 
+    /// A store is created whole or not at all: what a first start stopped
+    /// half-way left behind (a half-written `locks.redb.new`) is replaced,
+    /// and the store opens.
+    #[tokio::test]
+    async fn a_first_start_stopped_half_way_leaves_no_store_that_cannot_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("locks.redb.new"), b"redb\0half-written").expect("leftover");
+        let store = open(dir.path()).await;
+        let granted = store
+            .acquire(&crate::conformance::request("whole/r", "alice", 60))
+            .await
+            .expect("acquire");
+        assert!(matches!(granted, Acquisition::Granted(_)), "{granted:?}");
+        assert!(dir.path().join("locks.redb").is_file());
+        assert!(!dir.path().join("locks.redb.new").exists());
+        drop(store);
+        // And it opens again, with what it holds.
+        let again = open(dir.path()).await;
+        assert!(again.current("whole/r").await.expect("current").is_some());
+    }
+
     /// Leases and fences survive closing and reopening the file.
     #[tokio::test]
     async fn survives_reopen() {

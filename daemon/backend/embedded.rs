@@ -61,6 +61,11 @@ impl EmbeddedBackend {
             }
             crate::private::check_file(&path, "the embedded store")
                 .map_err(|e| BackendError::config(&owner, e))?;
+            if !path.exists() {
+                create_whole(&path).map_err(|e| {
+                    BackendError::config(&owner, format!("cannot create {}: {e}", path.display()))
+                })?;
+            }
             crate::private::create_file(&path).map_err(|e| {
                 BackendError::config(&owner, format!("cannot create {}: {e}", path.display()))
             })?;
@@ -308,4 +313,36 @@ impl Backend for EmbeddedBackend {
     async fn health(&self) -> Result<()> {
         self.read(|_, _| Ok(())).await
     }
+}
+
+/// Creates the store at `path` whole or not at all: made and committed
+/// under a temporary name (`….new`), then renamed into place, so that a
+/// daemon stopped during its first start leaves no half-made store that the
+/// next start could not open.
+fn create_whole(path: &Path) -> std::result::Result<(), String> {
+    let mut fresh = path.as_os_str().to_owned();
+    fresh.push(".new");
+    let fresh = PathBuf::from(fresh);
+    // Left by a start that was stopped: never in use.
+    match std::fs::remove_file(&fresh) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+        _ => {}
+    }
+    crate::private::create_file(&fresh).map_err(|e| e.to_string())?;
+    {
+        let db = redb::Builder::new()
+            .create(&fresh)
+            .map_err(|e| e.to_string())?;
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(RECORDS).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+    }
+    std::fs::rename(&fresh, path).map_err(|e| e.to_string())?;
+    // The rename itself survives a crash once its directory is synced.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
