@@ -496,14 +496,21 @@ impl EtcdBackend {
     /// and left to lapse at its TTL when the read fails too — never revoked
     /// blindly, since revoking it would delete a key it holds.
     async fn applied(&self, resource: &str, etcd_lease: i64) -> Option<Held> {
-        match self.current_held(resource).await {
-            Ok(Some(held)) if held.etcd_lease == etcd_lease => Some(held),
-            Ok(_) => {
-                self.discard(etcd_lease).await;
-                None
+        // The read goes over the connection that just failed: give the
+        // client a moment to connect again before calling the outcome
+        // unknown (the caller's time is bounded by `backend_timeout`).
+        for attempt in 0..3 {
+            match self.current_held(resource).await {
+                Ok(Some(held)) if held.etcd_lease == etcd_lease => return Some(held),
+                Ok(_) => {
+                    self.discard(etcd_lease).await;
+                    return None;
+                }
+                Err(_) if attempt < 2 => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => {}
             }
-            Err(_) => None,
         }
+        None
     }
 
     async fn grant(&self, ttl: Duration) -> Result<(i64, Duration)> {
