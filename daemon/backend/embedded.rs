@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::record::Record;
 use super::{Backend, BackendError, Result};
@@ -41,10 +42,25 @@ fn store_path(config: &EmbeddedConfig, data_dir: &Path) -> PathBuf {
     data_dir.join(config.path.as_deref().unwrap_or(Path::new("locks.redb")))
 }
 
+/// How many read transactions run at once. Reads do not block each other
+/// (redb keeps snapshots), so a few cover two cores; more would only park
+/// threads.
+const READERS: usize = 4;
+
 /// A redb database shared by blocking tasks.
+///
+/// Each transaction runs on tokio's blocking pool, but only once it can
+/// proceed: redb runs one write transaction at a time (and a durable commit
+/// waits for the disk), so a call waits for its turn as a task, not as a
+/// parked thread. Without the gates a burst of writes parked one pool
+/// thread each on `begin_write`: about 40 threads under a steady 125 calls
+/// a second, each with its own allocator arena (RELIABILITY.md, "Resource
+/// soak").
 pub struct EmbeddedBackend {
     name: String,
     db: Arc<Database>,
+    writer: Arc<Semaphore>,
+    readers: Arc<Semaphore>,
 }
 
 impl EmbeddedBackend {
@@ -89,6 +105,8 @@ impl EmbeddedBackend {
         Ok(Self {
             name: name.to_string(),
             db: Arc::new(db),
+            writer: Arc::new(Semaphore::new(1)),
+            readers: Arc::new(Semaphore::new(READERS)),
         })
     }
 
@@ -150,6 +168,17 @@ impl EmbeddedBackend {
         .map_err(|e| BackendError::internal(name, e))?
     }
 
+    /// Waits for a place at `gate`. The permit moves into the blocking task
+    /// and is returned when the transaction ends, also when the call that
+    /// started it has gone (its deadline passed): the next transaction
+    /// cannot start before this one is done anyway.
+    async fn turn(&self, gate: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit> {
+        gate.clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| BackendError::internal(&self.name, e))
+    }
+
     /// Runs `f` on the record of `resource` in one write transaction and
     /// stores the record back if `f` changed it.
     async fn update<T: Send + 'static>(
@@ -158,7 +187,9 @@ impl EmbeddedBackend {
         f: impl FnOnce(&mut Record, SystemTime) -> T + Send + 'static,
     ) -> Result<T> {
         let (db, name, resource) = (self.db.clone(), self.name.clone(), resource.to_string());
+        let turn = self.turn(&self.writer).await?;
         tokio::task::spawn_blocking(move || -> Result<T> {
+            let _turn = turn;
             let err = |e: &dyn std::fmt::Display| BackendError::internal(&name, e);
             let txn = db.begin_write().map_err(|e| err(&e))?;
             let out = {
@@ -195,7 +226,9 @@ impl EmbeddedBackend {
         + 'static,
     ) -> Result<T> {
         let (db, name) = (self.db.clone(), self.name.clone());
+        let turn = self.turn(&self.readers).await?;
         tokio::task::spawn_blocking(move || -> Result<T> {
+            let _turn = turn;
             let txn = db
                 .begin_read()
                 .map_err(|e| BackendError::internal(&name, e))?;
@@ -345,4 +378,83 @@ fn create_whole(path: &Path) -> std::result::Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads of this process whose name is `name`.
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .filter_map(|task| task.ok())
+                    .filter(|task| {
+                        std::fs::read_to_string(task.path().join("comm"))
+                            .is_ok_and(|comm| comm.trim_end() == name)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// A burst of writes waits for its turn as tasks: it does not park a
+    /// blocking-pool thread per write on redb's single writer.
+    #[test]
+    fn a_burst_of_writes_does_not_park_a_thread_each() {
+        const NAME: &str = "embedded-burst";
+        const BURST: usize = 64;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(NAME)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let most = runtime.block_on(async {
+            let backend = Arc::new(
+                EmbeddedBackend::open("burst", &EmbeddedConfig::default(), dir.path())
+                    .await
+                    .expect("open"),
+            );
+            let mut calls = tokio::task::JoinSet::new();
+            for n in 0..BURST {
+                let backend = backend.clone();
+                calls.spawn(async move {
+                    let req = AcquireRequest {
+                        resource: format!("burst/{n}"),
+                        id: LeaseId::generate(),
+                        principal: "tester".into(),
+                        reason: String::new(),
+                        ttl: Duration::from_secs(60),
+                    };
+                    let granted =
+                        matches!(backend.acquire(&req).await, Ok(Acquisition::Granted(_)));
+                    let read = backend
+                        .current(&req.resource)
+                        .await
+                        .is_ok_and(|l| l.is_some());
+                    granted && read
+                });
+            }
+            let mut most = 0;
+            let mut all = 0;
+            loop {
+                most = most.max(threads_named(NAME));
+                match tokio::time::timeout(Duration::from_millis(1), calls.join_next()).await {
+                    Ok(Some(done)) => all += usize::from(done.expect("call")),
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            assert_eq!(all, BURST, "every acquisition granted and read back");
+            most
+        });
+        // 2 workers, 1 writer, READERS readers, and the one opening the store.
+        assert!(
+            most <= 2 + 1 + READERS + 1,
+            "{most} threads for a burst of {BURST} writes"
+        );
+    }
 }
