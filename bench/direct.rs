@@ -11,8 +11,8 @@ use stormlockd::audit::Audit;
 use stormlockd::changes::Changes;
 use stormlockd::error::Error;
 use stormlockd::events::Events;
-use stormlockd::lease::{AcquireRequest, Acquisition, LeaseId};
-use stormlockd::locks::{Locks, Wait};
+use stormlockd::lease::{AcquireRequest, LeaseId};
+use stormlockd::locks::{Locks, Outcome, Wait};
 use stormlockd::routing::Router;
 
 use crate::{OpError, OpResult, Target};
@@ -51,6 +51,7 @@ fn op_error(err: Error) -> OpError {
         Error::InvalidArgument(_) => "invalid_argument",
         Error::Unauthenticated(_) => "unauthenticated",
         Error::PermissionDenied(_) => "permission_denied",
+        Error::Frozen { .. } => "failed_precondition",
     })
 }
 
@@ -75,8 +76,8 @@ impl Target for BackendTarget {
             ..Wait::default()
         };
         match self.locks.acquire(request, wait).await.map_err(op_error)? {
-            Acquisition::Granted(lease) => Ok(Some(lease.id.expose().to_string())),
-            Acquisition::Held(_) => Ok(None),
+            Outcome::Granted(lease, _) => Ok(Some(lease.id.expose().to_string())),
+            Outcome::Held(_) | Outcome::Frozen(_) => Ok(None),
         }
     }
 

@@ -531,6 +531,7 @@ pub fn server_error(status: &Status) -> CliError {
     };
     CliError {
         evicted: stormlock_api::details::eviction(status),
+        window: stormlock_api::details::window(status).map(Box::new),
         ..CliError::new(exit_for_code(status.code()), anyhow::anyhow!(text))
     }
 }

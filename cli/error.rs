@@ -131,6 +131,9 @@ pub struct CliError {
     /// Who broke the lease and why, when the daemon said so (a typed
     /// detail of its FAILED_PRECONDITION answer).
     pub evicted: Option<stormlock_api::pb::LeaseEvicted>,
+    /// The window that refused the call (a renewal into a freeze), when
+    /// the daemon said so (a typed detail).
+    pub window: Option<Box<stormlock_api::pb::Window>>,
 }
 
 impl CliError {
@@ -140,6 +143,7 @@ impl CliError {
             exit,
             error: error.into(),
             evicted: None,
+            window: None,
         }
     }
 
@@ -163,6 +167,7 @@ impl CliError {
             exit: self.exit,
             error: self.error.context(context),
             evicted: self.evicted,
+            window: self.window,
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::lease::{Lease, LeaseId};
 /// One audit line's fields; `None` fields are left out of the line.
 #[derive(Debug, Default, Serialize)]
 struct Record<'a> {
-    /// What happened: `acquire`, `contention`, `renew`, `renew_refused`,
+    /// What happened: `acquire`, `contention`, `frozen`, `renew`, `renew_refused`,
     /// `release`, `force_release`, `expired`, `denied`, `unauthenticated`.
     event: &'static str,
     /// Who did it.
@@ -116,6 +116,22 @@ impl<'a> Record<'a> {
                     holder: Some(&holder.principal),
                     reason: Some(reason),
                     ..Record::lease("contention", principal, holder)
+                },
+                None,
+            ),
+            LockEvent::Frozen {
+                principal,
+                resource,
+                reason,
+                window,
+            } => (
+                Record {
+                    event: "frozen",
+                    principal,
+                    resource: Some(resource),
+                    reason: Some(reason),
+                    detail: Some(window.describe()),
+                    ..Record::default()
                 },
                 None,
             ),

@@ -127,6 +127,7 @@ impl Changes {
             },
             LockEvent::Released { .. }
             | LockEvent::Contended { .. }
+            | LockEvent::Frozen { .. }
             | LockEvent::RenewRefused { .. }
             | LockEvent::Denied { .. }
             | LockEvent::Unauthenticated { .. } => return,

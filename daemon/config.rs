@@ -101,6 +101,9 @@ pub struct Config {
     /// Routing rules, first match wins.
     #[serde(default)]
     pub resources: Vec<ResourceRule>,
+    /// Freeze windows: when matching resources cannot be acquired.
+    #[serde(default)]
+    pub freezes: Vec<crate::windows::Freeze>,
 }
 
 /// Settings given outside the file, by flag or `STORMLOCKD_*` variable
@@ -525,6 +528,15 @@ impl Config {
                 return Err(invalid(
                     format!("{key}.principal"),
                     "must be a non-empty name without control characters",
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, freeze) in self.freezes.iter().enumerate() {
+            if !names.insert(freeze.name()) {
+                return Err(invalid(
+                    format!("freezes[{i}].name"),
+                    format!("{:?} names an earlier freeze too", freeze.name()),
                 ));
             }
         }

@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::backend::BackendError;
+use crate::windows::Window;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,14 @@ pub enum Error {
     /// again.
     #[error("{0}")]
     FellBehind(String),
+    /// A window (a freeze) in force, or about to start, refuses this.
+    #[error("{message}")]
+    Frozen {
+        /// What was refused, and the window.
+        message: String,
+        /// The window.
+        window: Window,
+    },
     /// The backend refused or failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -53,7 +62,9 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ShuttingDown(_) | Error::FellBehind(_) => Code::Unavailable,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Backend(BackendError::NotCurrent { .. }) => Code::FailedPrecondition,
+            Error::Backend(BackendError::NotCurrent { .. }) | Error::Frozen { .. } => {
+                Code::FailedPrecondition
+            }
             Error::Backend(BackendError::Unavailable { .. } | BackendError::Config { .. }) => {
                 Code::Unavailable
             }
@@ -71,6 +82,21 @@ impl From<Error> for Status {
             };
             return stormlock_api::details::with_eviction(code, message, &detail);
         }
+        // So does the window that refused a renewal.
+        if let Error::Frozen { window, .. } = &err {
+            return stormlock_api::details::with_window(code, message, &window_to_pb(window));
+        }
         Status::new(code, message)
+    }
+}
+
+/// A window for the wire.
+pub fn window_to_pb(window: &Window) -> crate::pb::Window {
+    crate::pb::Window {
+        kind: crate::pb::window::Kind::Freeze.into(),
+        name: window.name.clone(),
+        reason: window.reason.clone(),
+        starts_at: Some(window.starts_at.into()),
+        ends_at: Some(window.ends_at.into()),
     }
 }

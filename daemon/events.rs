@@ -12,6 +12,7 @@ use crate::changes::Changes;
 use crate::config::Action;
 use crate::lease::{Lease, LeaseId};
 use crate::metrics::Metrics;
+use crate::windows::Window;
 
 /// One outcome.
 #[derive(Debug, Clone)]
@@ -34,6 +35,17 @@ pub enum LockEvent {
         reason: String,
         /// The current lease.
         holder: Lease,
+    },
+    /// An acquisition was refused by a window (a freeze) in force.
+    Frozen {
+        /// Who asked.
+        principal: String,
+        /// The resource.
+        resource: String,
+        /// The reason they gave.
+        reason: String,
+        /// The window that refused them.
+        window: Window,
     },
     /// A lease got a new expiry.
     Renewed {

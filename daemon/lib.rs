@@ -60,3 +60,4 @@ pub mod tls;
 pub mod validate;
 pub mod waiters;
 pub mod watch;
+pub mod windows;

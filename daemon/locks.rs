@@ -15,7 +15,7 @@
 //!   released in the background ([`attempt`]);
 //! - an evicted lease's holder learns who broke it and why.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +26,7 @@ use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use crate::routing::{Route, Router};
 use crate::waiters::Wake;
 use crate::watch::{self, Selection, Subscription};
+use crate::windows::{Freezes, Window};
 
 /// How often a waiter re-checks a resource that changes elsewhere (another
 /// daemon, expiry between polls).
@@ -56,12 +57,34 @@ pub struct Current {
     pub place: usize,
 }
 
+/// What an acquisition came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The lease was granted. With a window: the lease was cut short to end
+    /// when that window starts (it would refuse the holder).
+    Granted(Lease, Option<Window>),
+    /// Someone else holds the resource: their lease.
+    Held(Lease),
+    /// A window in force refuses the caller.
+    Frozen(Window),
+}
+
+/// What the windows allow a caller now.
+enum Gate {
+    /// A lease for this long; with the window that shortened it.
+    Open(Duration, Option<Window>),
+    /// Nothing: this window refuses the caller now (or within a second).
+    Closed(Window),
+}
+
 /// The lock core.
 pub struct Locks {
     router: Arc<Router>,
     events: Events,
     /// The open watches and the pollers they share.
     watches: watch::Hub,
+    /// The freeze windows in force (replaced whole by a reload).
+    freezes: RwLock<Arc<Freezes>>,
 }
 
 impl Locks {
@@ -79,6 +102,73 @@ impl Locks {
             router,
             events,
             watches,
+            freezes: RwLock::default(),
+        }
+    }
+
+    /// The freeze windows in force.
+    pub fn freezes(&self) -> Arc<Freezes> {
+        self.freezes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `freezes` in force for every call from now on (start, reload).
+    pub fn set_freezes(&self, freezes: Freezes) {
+        *self.freezes.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(freezes);
+    }
+
+    /// What the windows allow `principal` on `resource` now, for a lease
+    /// of `ttl`: the whole of it, the part before a window that would
+    /// refuse the principal starts (whole seconds, as every TTL), or
+    /// nothing while such a window is in force or less than a second away.
+    fn gate(&self, resource: &str, principal: &str, ttl: Duration) -> Gate {
+        let freezes = self.freezes();
+        if freezes.is_empty() {
+            return Gate::Open(ttl, None);
+        }
+        let now = SystemTime::now();
+        if let Some(window) = freezes.refusing(resource, principal, now) {
+            return Gate::Closed(window);
+        }
+        match freezes.next_refusing(resource, principal, now, now + ttl) {
+            None => Gate::Open(ttl, None),
+            Some(window) => {
+                let before = window.starts_at.duration_since(now).unwrap_or_default();
+                match before.as_secs() {
+                    0 => Gate::Closed(window),
+                    secs => Gate::Open(Duration::from_secs(secs), Some(window)),
+                }
+            }
+        }
+    }
+
+    /// One attempt through the windows: refused by one, or tried on the
+    /// engine with the TTL they allow.
+    async fn try_once(
+        &self,
+        backend: &Arc<dyn Backend>,
+        request: &Arc<AcquireRequest>,
+    ) -> Result<Outcome, Error> {
+        match self.gate(&request.resource, &request.principal, request.ttl) {
+            Gate::Closed(window) => Ok(Outcome::Frozen(window)),
+            Gate::Open(ttl, cut) => {
+                let shortened;
+                let request = if ttl == request.ttl {
+                    request
+                } else {
+                    shortened = Arc::new(AcquireRequest {
+                        ttl,
+                        ..AcquireRequest::clone(request)
+                    });
+                    &shortened
+                };
+                Ok(match attempt(backend, request).await? {
+                    Acquisition::Granted(lease) => Outcome::Granted(lease, cut),
+                    Acquisition::Held(holder) => Outcome::Held(holder),
+                })
+            }
         }
     }
 
@@ -97,13 +187,14 @@ impl Locks {
         &self.events
     }
 
-    /// Grants `request` or says who holds the resource, waiting in line
-    /// as long as `wait` allows.
-    pub async fn acquire(&self, request: AcquireRequest, wait: Wait) -> Result<Acquisition, Error> {
+    /// Grants `request` or says who holds the resource (or which window
+    /// refuses the caller), waiting in line as long as `wait` allows: a
+    /// waiter waits through a window, and is served when it ends.
+    pub async fn acquire(&self, request: AcquireRequest, wait: Wait) -> Result<Outcome, Error> {
         let request = Arc::new(request);
         let backend = &self.route(&request.resource).backend;
         if wait.up_to.is_zero() {
-            let outcome = attempt(backend, &request).await?;
+            let outcome = self.try_once(backend, &request).await?;
             return Ok(self.answer(&request, outcome, None));
         }
         let mut until = Instant::now() + wait.up_to;
@@ -133,24 +224,32 @@ impl Locks {
         loop {
             let out_of_time = Instant::now() >= until;
             let head = ticket.is_head();
+            // When the window that refused the head of the line ends.
+            let mut closed_until = None;
             if head || out_of_time {
-                match attempt(backend, &request).await? {
-                    granted @ Acquisition::Granted(_) => {
+                match self.try_once(backend, &request).await? {
+                    granted @ Outcome::Granted(..) => {
                         // Leaving the line lets the next caller take its turn.
                         drop(ticket);
                         return Ok(self.answer(&request, granted, last_holder));
                     }
-                    Acquisition::Held(holder) if out_of_time => {
-                        return Ok(self.answer(&request, Acquisition::Held(holder), None));
+                    refused if out_of_time => {
+                        return Ok(self.answer(&request, refused, None));
                     }
-                    Acquisition::Held(holder) => last_holder = Some(holder),
+                    Outcome::Held(holder) => last_holder = Some(holder),
+                    Outcome::Frozen(window) => closed_until = Some(window.ends_at),
                 }
             }
             // Sleep until woken (a change here or reported by the engine),
-            // the end of the wait, or, at the head, the next poll or the
-            // holder's expiry.
+            // the end of the wait, or, at the head, the next poll, the
+            // holder's expiry or the end of the window that refused it (a
+            // wake-up meanwhile only checks the window again, in memory).
             let mut pause = until.saturating_duration_since(Instant::now());
-            if head {
+            if let Some(end) = closed_until {
+                let to_end = end.duration_since(SystemTime::now()).unwrap_or_default();
+                // Polled too: a reload may end or remove the window.
+                pause = pause.min(to_end).min(WAIT_POLL);
+            } else if head {
                 pause = pause.min(WAIT_POLL);
                 if let Some(holder) = &last_holder {
                     let to_expiry = holder
@@ -178,65 +277,106 @@ impl Locks {
     fn answer(
         &self,
         request: &AcquireRequest,
-        outcome: Acquisition,
+        outcome: Outcome,
         previous: Option<Lease>,
-    ) -> Acquisition {
+    ) -> Outcome {
         match &outcome {
-            Acquisition::Granted(lease) => self.events.emit(LockEvent::Acquired {
+            Outcome::Granted(lease, cut) => self.events.emit(LockEvent::Acquired {
                 lease: Arc::new(lease.clone()),
-                ttl: request.ttl,
+                // Cut short by a window: the TTL it got.
+                ttl: match cut {
+                    None => request.ttl,
+                    Some(_) => lease
+                        .expires_at
+                        .duration_since(lease.acquired_at)
+                        .unwrap_or(request.ttl),
+                },
                 expired: previous.filter(|h| h.expires_at <= lease.acquired_at),
             }),
-            Acquisition::Held(holder) => self.events.emit(LockEvent::Contended {
+            Outcome::Held(holder) => self.events.emit(LockEvent::Contended {
                 principal: request.principal.clone(),
                 reason: request.reason.clone(),
                 holder: holder.clone(),
+            }),
+            Outcome::Frozen(window) => self.events.emit(LockEvent::Frozen {
+                principal: request.principal.clone(),
+                resource: request.resource.clone(),
+                reason: request.reason.clone(),
+                window: window.clone(),
             }),
         }
         outcome
     }
 
     /// Sets a current lease's expiry to now + `ttl`, for `principal`; with
-    /// no `ttl`, to now + the lease's own TTL ([`Locks::own_ttl`]).
+    /// no `ttl`, to now + the lease's own TTL ([`Locks::own_ttl`]). Never
+    /// past the start of a window that would refuse `principal`: the lease
+    /// is then renewed until that start (the window is returned), and not
+    /// at all while such a window is in force or less than a second away.
     pub async fn renew(
         &self,
         principal: &str,
         resource: &str,
         id: &LeaseId,
         ttl: Option<Duration>,
-    ) -> Result<Lease, Error> {
+    ) -> Result<(Lease, Option<Window>), Error> {
         let route = self.route(resource);
-        let renewed = async {
-            let ttl = match ttl {
-                Some(ttl) => ttl,
-                None => Self::own_ttl(route, resource, id).await?,
-            };
-            route
-                .backend
-                .renew(resource, id, ttl)
+        let ttl = match ttl {
+            Some(ttl) => ttl,
+            None => Self::own_ttl(route, resource, id)
                 .await
-                .map(|lease| (lease, ttl))
+                .map_err(|err| self.renew_refused(principal, resource, id, err))?,
         };
-        match renewed.await {
-            Ok((lease, ttl)) => {
-                self.events.emit(LockEvent::Renewed {
-                    principal: principal.to_string(),
-                    lease: Arc::new(lease.clone()),
-                    ttl,
-                });
-                Ok(lease)
-            }
-            Err(err @ BackendError::NotCurrent { .. }) => {
+        let (ttl, cut) = match self.gate(resource, principal, ttl) {
+            Gate::Open(ttl, cut) => (ttl, cut),
+            Gate::Closed(window) => {
+                let err = Error::Frozen {
+                    message: format!(
+                        "the lease on {resource} cannot be renewed: {}",
+                        window.describe()
+                    ),
+                    window,
+                };
                 self.events.emit(LockEvent::RenewRefused {
                     principal: principal.to_string(),
                     resource: resource.to_string(),
                     id: id.clone(),
                     detail: err.to_string(),
                 });
-                Err(err.into())
+                return Err(err);
             }
-            Err(err) => Err(err.into()),
+        };
+        match route.backend.renew(resource, id, ttl).await {
+            Ok(lease) => {
+                self.events.emit(LockEvent::Renewed {
+                    principal: principal.to_string(),
+                    lease: Arc::new(lease.clone()),
+                    ttl,
+                });
+                Ok((lease, cut))
+            }
+            Err(err) => Err(self.renew_refused(principal, resource, id, err)),
         }
+    }
+
+    /// A renewal's backend error, with the `renew_refused` event of a lease
+    /// that is not current.
+    fn renew_refused(
+        &self,
+        principal: &str,
+        resource: &str,
+        id: &LeaseId,
+        err: BackendError,
+    ) -> Error {
+        if let BackendError::NotCurrent { .. } = &err {
+            self.events.emit(LockEvent::RenewRefused {
+                principal: principal.to_string(),
+                resource: resource.to_string(),
+                id: id.clone(),
+                detail: err.to_string(),
+            });
+        }
+        err.into()
     }
 
     /// The TTL a renewal that names none gets: the one the lease was granted
@@ -730,7 +870,7 @@ mod tests {
         let Ok(Acquisition::Granted(lease)) = locks.route("r").backend.acquire(&req).await else {
             panic!("not granted");
         };
-        let renewed = locks.renew("p", "r", &lease.id, None).await.expect("renew");
+        let (renewed, _) = locks.renew("p", "r", &lease.id, None).await.expect("renew");
         assert_eq!(renewed.ttl, Some(Duration::from_secs(5)));
         assert_eq!(
             left(&renewed),
@@ -743,7 +883,7 @@ mod tests {
             .renew("p", "r", &lease.id, longer)
             .await
             .expect("renew");
-        let renewed = locks.renew("p", "r", &lease.id, None).await.expect("renew");
+        let (renewed, _) = locks.renew("p", "r", &lease.id, None).await.expect("renew");
         assert_eq!(left(&renewed), 30);
         // Not the holder's: refused as any stale renewal is.
         let stranger = LeaseId::generate();
@@ -759,7 +899,7 @@ mod tests {
         let Ok(Acquisition::Granted(lease)) = locks.route("r").backend.acquire(&req).await else {
             panic!("not granted");
         };
-        let renewed = locks.renew("p", "r", &lease.id, None).await.expect("renew");
+        let (renewed, _) = locks.renew("p", "r", &lease.id, None).await.expect("renew");
         assert_eq!(left(&renewed), 120, "the resource's default TTL");
 
         // An own TTL above a maximum lowered since is cut to it.
@@ -768,7 +908,7 @@ mod tests {
         let Ok(Acquisition::Granted(lease)) = locks.route("r").backend.acquire(&req).await else {
             panic!("not granted");
         };
-        let renewed = locks.renew("p", "r", &lease.id, None).await.expect("renew");
+        let (renewed, _) = locks.renew("p", "r", &lease.id, None).await.expect("renew");
         assert_eq!(left(&renewed), 600, "the resource's maximum TTL");
     }
 }

@@ -448,8 +448,40 @@ async fn check_config(
              no daemon routes it the old way: see \"Routing changes\" in RELIABILITY.md.\n",
         );
     }
+    out.push_str(&freezes(&config, std::time::SystemTime::now()));
     out.push_str(&bounds(&config));
     print_stdout(&out)
+}
+
+/// The freeze windows, each with its occurrence in force or the next one.
+fn freezes(config: &Config, now: std::time::SystemTime) -> String {
+    if config.freezes.is_empty() {
+        return "freezes: none\n".to_string();
+    }
+    let mut out = "freezes (every daemon must have the same):\n".to_string();
+    for freeze in &config.freezes {
+        let when = match freeze.current_or_next(now) {
+            Some(w) if w.starts_at <= now => {
+                format!(
+                    "in force now, until {}",
+                    stormlockd::windows::utc(w.ends_at)
+                )
+            }
+            Some(w) => format!(
+                "next {} until {}",
+                stormlockd::windows::utc(w.starts_at),
+                stormlockd::windows::utc(w.ends_at)
+            ),
+            None => "over".to_string(),
+        };
+        out.push_str(&format!(
+            "  {}: {} ({}); {when}\n",
+            freeze.name(),
+            freeze.patterns().collect::<Vec<_>>().join(", "),
+            freeze.schedule(),
+        ));
+    }
+    out
 }
 
 /// The costs a caller can impose, as `[connections]` and `[limits]` bound

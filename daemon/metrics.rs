@@ -300,7 +300,8 @@ impl Metrics {
     pub fn lock_event(&self, event: &LockEvent) {
         let counter = match event {
             LockEvent::Acquired { .. } => &self.acquisitions,
-            LockEvent::Contended { .. } => &self.contentions,
+            // Refused like a held lock: a contention with a window.
+            LockEvent::Contended { .. } | LockEvent::Frozen { .. } => &self.contentions,
             LockEvent::Renewed { .. } => &self.renewals,
             LockEvent::ForceReleased { .. } => &self.force_releases,
             LockEvent::RenewRefused { .. }

@@ -1,6 +1,7 @@
 //! Reloading while serving (SIGHUP): the configuration file is read and
 //! validated in full again; what can change live is put in force at once
-//! (tokens, administrators, access rules, TTLs and the longest wait), the
+//! (tokens, administrators, access rules, TTLs, the longest wait and the
+//! freeze windows), the
 //! audit file is reopened (log rotation) and the TLS files are read again.
 //! What cannot change without a restart (listeners, backends, the routing
 //! of resources to backends, limits…) is reported and left as it was, never
@@ -17,10 +18,12 @@ use tracing::{error, info, warn};
 use crate::audit::Audit;
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError, Overrides};
+use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::service::{Policies, Policy};
 use crate::tls::ReloadingTls;
+use crate::windows::Freezes;
 
 /// Where the configuration comes from, to be read again.
 #[derive(Clone)]
@@ -102,7 +105,7 @@ const RESTART_ONLY: &[&str] = &[
 ];
 
 /// The parts a reload puts in force.
-const LIVE: &[&str] = &["auth", "defaults", "resources", "log_level"];
+const LIVE: &[&str] = &["auth", "defaults", "resources", "freezes", "log_level"];
 
 /// What a reload found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -122,6 +125,7 @@ pub struct Reloader {
     dev_admin: Option<String>,
     policies: Policies,
     router: Arc<Router>,
+    locks: Arc<Locks>,
     audit: Arc<Audit>,
     tls: Option<Arc<ReloadingTls>>,
     metrics: Arc<Metrics>,
@@ -133,6 +137,8 @@ pub struct Targets {
     pub policies: Policies,
     /// The routes, for their TTLs.
     pub router: Arc<Router>,
+    /// The lock core, for its freeze windows.
+    pub locks: Arc<Locks>,
     /// The audit log, reopened.
     pub audit: Arc<Audit>,
     /// The served TLS files, read again.
@@ -155,6 +161,7 @@ impl Reloader {
             dev_admin,
             policies: targets.policies,
             router: targets.router,
+            locks: targets.locks,
             audit: targets.audit,
             tls: targets.tls,
             metrics: targets.metrics,
@@ -247,6 +254,7 @@ impl Reloader {
             auth,
             max_wait: nd.max_wait,
         });
+        self.locks.set_freezes(Freezes::new(new.freezes.clone()));
         if old.config.log_level != new.log_level {
             match &self.source.set_log_level {
                 // Validated with the file: cannot fail but for a bug.

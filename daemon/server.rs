@@ -290,6 +290,7 @@ pub async fn run(
             Targets {
                 policies,
                 router: core.router.clone(),
+                locks: core.locks.clone(),
                 audit: audit.clone(),
                 tls: match &grpc.handshake {
                     ListenerHandshake::Tls(TlsHandshake(files)) => Some(files.clone()),
@@ -422,6 +423,9 @@ async fn start_core(
     let changes = Arc::new(Changes::new(settings.config.limits));
     let events = Events::new(audit, Some(metrics.clone()), changes.clone());
     let locks = Arc::new(Locks::new(router.clone(), events));
+    locks.set_freezes(crate::windows::Freezes::new(
+        settings.config.freezes.clone(),
+    ));
     let followers = router
         .backends()
         .iter()

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{Auth, Caller};
 use crate::config::Action;
-use crate::error::Error;
+use crate::error::{Error, window_to_pb};
 use crate::events::LockEvent;
-use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId};
-use crate::locks::{Locks, Wait};
+use crate::lease::{AcquireRequest, Lease, LeaseId};
+use crate::locks::{Locks, Outcome, Wait};
 use crate::pb;
 use crate::validate;
 use crate::watch::{EventKind, Selection, WatchEvent};
@@ -139,15 +139,21 @@ impl LockService {
             ttl,
         };
         Ok(match self.locks.acquire(request, wait).await? {
-            Acquisition::Granted(lease) => pb::AcquireResponse {
+            Outcome::Granted(lease, cut) => pb::AcquireResponse {
                 acquired: true,
                 lease: Some(own_to_pb(&lease)),
-                holder: None,
+                cut_short_by: cut.as_ref().map(window_to_pb),
+                ..Default::default()
             },
-            Acquisition::Held(holder) => pb::AcquireResponse {
+            Outcome::Held(holder) => pb::AcquireResponse {
                 acquired: false,
-                lease: None,
                 holder: Some(to_pb(&holder, caller)),
+                ..Default::default()
+            },
+            Outcome::Frozen(window) => pb::AcquireResponse {
+                acquired: false,
+                window: Some(window_to_pb(&window)),
+                ..Default::default()
             },
         })
     }
@@ -168,12 +174,13 @@ impl LockService {
             .as_ref()
             .map(|ttl| validate::ttl(Some(ttl), ttls.ttl, ttls.max_ttl))
             .transpose()?;
-        let lease = self
+        let (lease, cut) = self
             .locks
             .renew(&caller.principal, resource, &id, ttl)
             .await?;
         Ok(pb::RenewResponse {
             lease: Some(own_to_pb(&lease)),
+            cut_short_by: cut.as_ref().map(window_to_pb),
         })
     }
 

@@ -19,6 +19,7 @@ mod e2e;
 mod exclusion;
 mod fault_timings;
 mod first_hour;
+mod freezes;
 mod limits;
 mod nemesis;
 mod operations;

@@ -851,7 +851,7 @@ mod false_alarm {
             Ok(Response::new(pb::AcquireResponse {
                 acquired: true,
                 lease: Some(lease(&request.into_inner().resource)),
-                holder: None,
+                ..Default::default()
             }))
         }
         async fn release(
@@ -866,6 +866,7 @@ mod false_alarm {
         ) -> Result<Response<pb::RenewResponse>, Status> {
             Ok(Response::new(pb::RenewResponse {
                 lease: Some(lease(&request.into_inner().resource)),
+                ..Default::default()
             }))
         }
         async fn current(

@@ -179,10 +179,13 @@ impl Constant {
             acquire: pb::AcquireResponse {
                 acquired: true,
                 lease: Some(lease.clone()),
-                holder: None,
+                ..Default::default()
             },
             release: pb::ReleaseResponse { released: true },
-            renew: pb::RenewResponse { lease: Some(lease) },
+            renew: pb::RenewResponse {
+                lease: Some(lease),
+                ..Default::default()
+            },
             current: pb::CurrentResponse::default(),
             is_held: pb::IsHeldResponse { held: true },
             list: pb::ListResponse::default(),

@@ -35,7 +35,7 @@ pub async fn run(mut session: Session, args: AcquireArgs) -> CliResult {
             Ok(Exit::Success)
         }
         Taken::Held(holder) => {
-            report_held(holder.as_ref());
+            report_held(&holder);
             Ok(Exit::Held)
         }
         Taken::Interrupted(signal) => Ok(Exit::signalled(signal as i32)),
@@ -99,11 +99,19 @@ pub enum Taken {
         /// clock: counting the TTL from here errs on the safe side.
         sent: Instant,
     },
-    /// Someone else holds the resource (who, if the daemon said).
-    Held(Option<pb::Lease>),
+    /// Someone else holds the resource, or a window refuses us.
+    Held(Holder),
     /// A signal came first; the call was cancelled, so the daemon grants
     /// nothing to us (and releases what it granted in the race).
     Interrupted(Signal),
+}
+
+/// What keeps a resource from us.
+pub enum Holder {
+    /// A lease (who, if the daemon said).
+    Lease(Option<pb::Lease>),
+    /// A window in force (a freeze): which, why, until when.
+    Window(pb::Window),
 }
 
 /// Acquires, waiting if asked, with a spinner when stderr is a terminal; a
@@ -179,8 +187,22 @@ async fn try_take(session: &mut Session, attempt: Attempt) -> CliResult<Taken> {
                 )));
             }
             Err(e) => return Err(e),
-            Ok(response) if !response.acquired => return Ok(Taken::Held(response.holder)),
+            Ok(response) if !response.acquired => {
+                return Ok(Taken::Held(match response.window {
+                    Some(window) => Holder::Window(window),
+                    None => Holder::Lease(response.holder),
+                }));
+            }
             Ok(response) => {
+                if let (Some(window), Some(lease)) = (&response.cut_short_by, &response.lease) {
+                    note(&format!(
+                        "stormlock: the lease on {} ends at {}, when {} starts",
+                        lease.resource,
+                        format_timestamp(lease.expires_at.as_ref())
+                            .unwrap_or_else(|| HIDDEN.into()),
+                        describe_window_name(window)
+                    ));
+                }
                 return match response.lease.filter(|lease| !lease.lease_id.is_empty()) {
                     Some(lease) => Ok(Taken::Granted { lease, sent }),
                     None => Err(CliError::new(
@@ -248,33 +270,70 @@ impl Outage {
     }
 }
 
-/// Python stormlock's "Lock held" message, then who holds it.
-pub fn report_held(holder: Option<&pb::Lease>) {
+/// Python stormlock's "Lock held" message, then who holds it (or which
+/// window refuses us).
+pub fn report_held(holder: &Holder) {
     note("Lock held");
     match holder {
-        Some(holder) => note(&describe_holder(holder, SystemTime::now())),
-        None => note("Held lock not found, try again?"),
+        Holder::Lease(Some(holder)) => note(&describe_holder(holder, SystemTime::now())),
+        Holder::Lease(None) => note("Held lock not found, try again?"),
+        Holder::Window(window) => note(&describe_window(window, SystemTime::now())),
     }
+}
+
+/// `freeze "weekend"`.
+pub fn describe_window_name(window: &pb::Window) -> String {
+    match pb::window::Kind::try_from(window.kind) {
+        Ok(pb::window::Kind::Freeze) => format!("freeze {:?}", window.name),
+        _ => format!("window {:?}", window.name),
+    }
+}
+
+/// A window, for people: as a holder is described.
+pub fn describe_window(window: &pb::Window, now: SystemTime) -> String {
+    describe(
+        format!("Window: {}", describe_window_name(window)),
+        &window.reason,
+        window.starts_at.as_ref(),
+        window.ends_at.as_ref(),
+        now,
+    )
 }
 
 /// Who holds a lease, for people; never its id.
 pub fn describe_holder(holder: &pb::Lease, now: SystemTime) -> String {
+    describe(
+        format!("Principal: {}", holder.principal),
+        &holder.reason,
+        holder.acquired_at.as_ref(),
+        holder.expires_at.as_ref(),
+        now,
+    )
+}
+
+/// What keeps a resource from us, for people: `first`, its reason, since
+/// when and until when.
+fn describe(
+    first: String,
+    reason: &str,
+    from: Option<&prost_types::Timestamp>,
+    until: Option<&prost_types::Timestamp>,
+    now: SystemTime,
+) -> String {
     let now = Some(now);
-    let acquired = holder.acquired_at.as_ref();
-    let expires = holder.expires_at.as_ref();
-    let mut lines = vec![format!("Principal: {}", holder.principal)];
-    if !holder.reason.is_empty() {
-        lines.push(format!("Reason: {}", holder.reason));
+    let mut lines = vec![first];
+    if !reason.is_empty() {
+        lines.push(format!("Reason: {reason}"));
     }
     lines.push(format!(
         "Since: {} ({} ago)",
-        format_timestamp(acquired).unwrap_or_else(|| HIDDEN.into()),
-        since(system_time(acquired), now)
+        format_timestamp(from).unwrap_or_else(|| HIDDEN.into()),
+        since(system_time(from), now)
     ));
     lines.push(format!(
         "Until: {} (in {})",
-        format_timestamp(expires).unwrap_or_else(|| HIDDEN.into()),
-        since(now, system_time(expires))
+        format_timestamp(until).unwrap_or_else(|| HIDDEN.into()),
+        since(now, system_time(until))
     ));
     lines.join("\n")
 }

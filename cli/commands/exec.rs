@@ -55,7 +55,7 @@ pub async fn run(mut session: Session, args: ExecArgs) -> CliResult {
     let (lease, sent) = match take(&mut session, attempt, &mut interrupts).await? {
         Taken::Granted { lease, sent } => (lease, sent),
         Taken::Held(holder) => {
-            report_held(holder.as_ref());
+            report_held(&holder);
             return Ok(Exit::ExecHeld);
         }
         Taken::Interrupted(signal) => return Ok(Exit::signalled(signal as i32)),

@@ -61,14 +61,38 @@ class AcquireRequest(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[str] = ..., principal: _Optional[str] = ..., wait_id: _Optional[str] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
-    __slots__ = ("acquired", "lease", "holder")
+    __slots__ = ("acquired", "lease", "holder", "window", "cut_short_by")
     ACQUIRED_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CUT_SHORT_BY_FIELD_NUMBER: _ClassVar[int]
     acquired: bool
     lease: Lease
     holder: Lease
-    def __init__(self, acquired: _Optional[bool] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., holder: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    window: Window
+    cut_short_by: Window
+    def __init__(self, acquired: _Optional[bool] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., holder: _Optional[_Union[Lease, _Mapping]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., cut_short_by: _Optional[_Union[Window, _Mapping]] = ...) -> None: ...
+
+class Window(_message.Message):
+    __slots__ = ("kind", "name", "reason", "starts_at", "ends_at")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[Window.Kind]
+        KIND_FREEZE: _ClassVar[Window.Kind]
+    KIND_UNSPECIFIED: Window.Kind
+    KIND_FREEZE: Window.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTS_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDS_AT_FIELD_NUMBER: _ClassVar[int]
+    kind: Window.Kind
+    name: str
+    reason: str
+    starts_at: _timestamp_pb2.Timestamp
+    ends_at: _timestamp_pb2.Timestamp
+    def __init__(self, kind: _Optional[_Union[Window.Kind, str]] = ..., name: _Optional[str] = ..., reason: _Optional[str] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("resource", "lease_id")
@@ -95,10 +119,12 @@ class RenewRequest(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., lease_id: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RenewResponse(_message.Message):
-    __slots__ = ("lease",)
+    __slots__ = ("lease", "cut_short_by")
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    CUT_SHORT_BY_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    cut_short_by: Window
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., cut_short_by: _Optional[_Union[Window, _Mapping]] = ...) -> None: ...
 
 class CurrentRequest(_message.Message):
     __slots__ = ("resource", "wait_id")

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stormlock/v1/lock.proto.
  */
 export const file_stormlock_v1_lock: GenFile = /*@__PURE__*/
-  fileDesc("ChdzdG9ybWxvY2svdjEvbG9jay5wcm90bxIMc3Rvcm1sb2NrLnYxIr4BCgVMZWFzZRIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRIRCglwcmluY2lwYWwYAyABKAkSDgoGcmVhc29uGAQgASgJEi8KC2FjcXVpcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVmZW5jZRgHIAEoBCKnAQoOQWNxdWlyZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBHdhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcmVhc29uGAQgASgJEhEKCXByaW5jaXBhbBgFIAEoCRIPCgd3YWl0X2lkGAYgASgJImwKD0FjcXVpcmVSZXNwb25zZRIQCghhY3F1aXJlZBgBIAEoCBIiCgVsZWFzZRgCIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIjCgZob2xkZXIYAyABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2UiNAoOUmVsZWFzZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiIwoPUmVsZWFzZVJlc3BvbnNlEhAKCHJlbGVhc2VkGAEgASgIIloKDFJlbmV3UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRImCgN0dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iMwoNUmVuZXdSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZSIzCg5DdXJyZW50UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIPCgd3YWl0X2lkGAIgASgJIl4KD0N1cnJlbnRSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIPCgd3YWl0aW5nGAIgASgNEhYKDnF1ZXVlX3Bvc2l0aW9uGAMgASgNIjMKDUlzSGVsZFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiHgoOSXNIZWxkUmVzcG9uc2USDAoEaGVsZBgBIAEoCCItCgxMZWFzZUV2aWN0ZWQSDQoFYWN0b3IYASABKAkSDgoGcmVhc29uGAIgASgJIkQKC0xpc3RSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJMCgxMaXN0UmVzcG9uc2USIwoGbGVhc2VzGAEgAygLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI3ChNGb3JjZVJlbGVhc2VSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI9ChRGb3JjZVJlbGVhc2VSZXNwb25zZRIlCghyZWxlYXNlZBgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZSIwCgxXYXRjaFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSDgoGcHJlZml4GAIgASgJIqoBCg1XYXRjaFJlc3BvbnNlEiUKBHR5cGUYASABKA4yFy5zdG9ybWxvY2sudjEuRXZlbnRUeXBlEiIKBWxlYXNlGAIgASgLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEi8KC29ic2VydmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgEIAEoCRIOCgZyZWFzb24YBSABKAkqqAEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFwoTRVZFTlRfVFlQRV9BQ1FVSVJFRBABEhYKEkVWRU5UX1RZUEVfUkVORVdFRBACEhcKE0VWRU5UX1RZUEVfUkVMRUFTRUQQAxIWChJFVkVOVF9UWVBFX0VYUElSRUQQBBIdChlFVkVOVF9UWVBFX0ZPUkNFX1JFTEVBU0VEEAUyxgQKC0xvY2tTZXJ2aWNlEkYKB0FjcXVpcmUSHC5zdG9ybWxvY2sudjEuQWNxdWlyZVJlcXVlc3QaHS5zdG9ybWxvY2sudjEuQWNxdWlyZVJlc3BvbnNlEkYKB1JlbGVhc2USHC5zdG9ybWxvY2sudjEuUmVsZWFzZVJlcXVlc3QaHS5zdG9ybWxvY2sudjEuUmVsZWFzZVJlc3BvbnNlEkAKBVJlbmV3Ehouc3Rvcm1sb2NrLnYxLlJlbmV3UmVxdWVzdBobLnN0b3JtbG9jay52MS5SZW5ld1Jlc3BvbnNlEkYKB0N1cnJlbnQSHC5zdG9ybWxvY2sudjEuQ3VycmVudFJlcXVlc3QaHS5zdG9ybWxvY2sudjEuQ3VycmVudFJlc3BvbnNlEkMKBklzSGVsZBIbLnN0b3JtbG9jay52MS5Jc0hlbGRSZXF1ZXN0Ghwuc3Rvcm1sb2NrLnYxLklzSGVsZFJlc3BvbnNlEj0KBExpc3QSGS5zdG9ybWxvY2sudjEuTGlzdFJlcXVlc3QaGi5zdG9ybWxvY2sudjEuTGlzdFJlc3BvbnNlElUKDEZvcmNlUmVsZWFzZRIhLnN0b3JtbG9jay52MS5Gb3JjZVJlbGVhc2VSZXF1ZXN0GiIuc3Rvcm1sb2NrLnYxLkZvcmNlUmVsZWFzZVJlc3BvbnNlEkIKBVdhdGNoEhouc3Rvcm1sb2NrLnYxLldhdGNoUmVxdWVzdBobLnN0b3JtbG9jay52MS5XYXRjaFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChdzdG9ybWxvY2svdjEvbG9jay5wcm90bxIMc3Rvcm1sb2NrLnYxIr4BCgVMZWFzZRIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRIRCglwcmluY2lwYWwYAyABKAkSDgoGcmVhc29uGAQgASgJEi8KC2FjcXVpcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVmZW5jZRgHIAEoBCKnAQoOQWNxdWlyZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBHdhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcmVhc29uGAQgASgJEhEKCXByaW5jaXBhbBgFIAEoCRIPCgd3YWl0X2lkGAYgASgJIr4BCg9BY3F1aXJlUmVzcG9uc2USEAoIYWNxdWlyZWQYASABKAgSIgoFbGVhc2UYAiABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2USIwoGaG9sZGVyGAMgASgLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEiQKBndpbmRvdxgEIAEoCzIULnN0b3JtbG9jay52MS5XaW5kb3cSKgoMY3V0X3Nob3J0X2J5GAUgASgLMhQuc3Rvcm1sb2NrLnYxLldpbmRvdyLaAQoGV2luZG93EicKBGtpbmQYASABKA4yGS5zdG9ybWxvY2sudjEuV2luZG93LktpbmQSDAoEbmFtZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSLQoJc3RhcnRzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdlbmRzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCItCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX0ZSRUVaRRABIjQKDlJlbGVhc2VSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEhAKCGxlYXNlX2lkGAIgASgJIiMKD1JlbGVhc2VSZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCJaCgxSZW5ld1JlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIl8KDVJlbmV3UmVzcG9uc2USIgoFbGVhc2UYASABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2USKgoMY3V0X3Nob3J0X2J5GAIgASgLMhQuc3Rvcm1sb2NrLnYxLldpbmRvdyIzCg5DdXJyZW50UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIPCgd3YWl0X2lkGAIgASgJIl4KD0N1cnJlbnRSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIPCgd3YWl0aW5nGAIgASgNEhYKDnF1ZXVlX3Bvc2l0aW9uGAMgASgNIjMKDUlzSGVsZFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiHgoOSXNIZWxkUmVzcG9uc2USDAoEaGVsZBgBIAEoCCItCgxMZWFzZUV2aWN0ZWQSDQoFYWN0b3IYASABKAkSDgoGcmVhc29uGAIgASgJIkQKC0xpc3RSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJMCgxMaXN0UmVzcG9uc2USIwoGbGVhc2VzGAEgAygLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI3ChNGb3JjZVJlbGVhc2VSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI9ChRGb3JjZVJlbGVhc2VSZXNwb25zZRIlCghyZWxlYXNlZBgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZSIwCgxXYXRjaFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSDgoGcHJlZml4GAIgASgJIqoBCg1XYXRjaFJlc3BvbnNlEiUKBHR5cGUYASABKA4yFy5zdG9ybWxvY2sudjEuRXZlbnRUeXBlEiIKBWxlYXNlGAIgASgLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEi8KC29ic2VydmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgEIAEoCRIOCgZyZWFzb24YBSABKAkqqAEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFwoTRVZFTlRfVFlQRV9BQ1FVSVJFRBABEhYKEkVWRU5UX1RZUEVfUkVORVdFRBACEhcKE0VWRU5UX1RZUEVfUkVMRUFTRUQQAxIWChJFVkVOVF9UWVBFX0VYUElSRUQQBBIdChlFVkVOVF9UWVBFX0ZPUkNFX1JFTEVBU0VEEAUyxgQKC0xvY2tTZXJ2aWNlEkYKB0FjcXVpcmUSHC5zdG9ybWxvY2sudjEuQWNxdWlyZVJlcXVlc3QaHS5zdG9ybWxvY2sudjEuQWNxdWlyZVJlc3BvbnNlEkYKB1JlbGVhc2USHC5zdG9ybWxvY2sudjEuUmVsZWFzZVJlcXVlc3QaHS5zdG9ybWxvY2sudjEuUmVsZWFzZVJlc3BvbnNlEkAKBVJlbmV3Ehouc3Rvcm1sb2NrLnYxLlJlbmV3UmVxdWVzdBobLnN0b3JtbG9jay52MS5SZW5ld1Jlc3BvbnNlEkYKB0N1cnJlbnQSHC5zdG9ybWxvY2sudjEuQ3VycmVudFJlcXVlc3QaHS5zdG9ybWxvY2sudjEuQ3VycmVudFJlc3BvbnNlEkMKBklzSGVsZBIbLnN0b3JtbG9jay52MS5Jc0hlbGRSZXF1ZXN0Ghwuc3Rvcm1sb2NrLnYxLklzSGVsZFJlc3BvbnNlEj0KBExpc3QSGS5zdG9ybWxvY2sudjEuTGlzdFJlcXVlc3QaGi5zdG9ybWxvY2sudjEuTGlzdFJlc3BvbnNlElUKDEZvcmNlUmVsZWFzZRIhLnN0b3JtbG9jay52MS5Gb3JjZVJlbGVhc2VSZXF1ZXN0GiIuc3Rvcm1sb2NrLnYxLkZvcmNlUmVsZWFzZVJlc3BvbnNlEkIKBVdhdGNoEhouc3Rvcm1sb2NrLnYxLldhdGNoUmVxdWVzdBobLnN0b3JtbG9jay52MS5XYXRjaFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A lease: the right, until `expires_at`, to act as the holder of `resource`.
@@ -174,12 +174,31 @@ export type AcquireResponse = Message<"stormlock.v1.AcquireResponse"> & {
   lease?: Lease | undefined;
 
   /**
-   * The current holder, set when `acquired` is false. Its lease_id is empty
-   * unless the caller is that holder or an administrator.
+   * The current holder, set when `acquired` is false because the resource
+   * is held. Its lease_id is empty unless the caller is that holder or an
+   * administrator.
    *
    * @generated from field: stormlock.v1.Lease holder = 3;
    */
   holder?: Lease | undefined;
+
+  /**
+   * Set when `acquired` is false because a window in force refuses the
+   * caller (`holder` is then unset): which window, why and until when. A
+   * wait waits through it and is served when it ends.
+   *
+   * @generated from field: stormlock.v1.Window window = 4;
+   */
+  window?: Window | undefined;
+
+  /**
+   * Set when `acquired` is true but the lease was cut short: it expires
+   * when this window starts (a lease is never granted past the start of a
+   * window that would refuse its holder).
+   *
+   * @generated from field: stormlock.v1.Window cut_short_by = 5;
+   */
+  cutShortBy?: Window | undefined;
 };
 
 /**
@@ -188,6 +207,84 @@ export type AcquireResponse = Message<"stormlock.v1.AcquireResponse"> & {
  */
 export const AcquireResponseSchema: GenMessage<AcquireResponse> = /*@__PURE__*/
   messageDesc(file_stormlock_v1_lock, 2);
+
+/**
+ * A window during which a resource cannot be acquired: a freeze from the
+ * daemon's configuration (`[[freezes]]`). Its principals that are exempt
+ * acquire as usual.
+ *
+ * @generated from message stormlock.v1.Window
+ */
+export type Window = Message<"stormlock.v1.Window"> & {
+  /**
+   * What kind of window.
+   *
+   * @generated from field: stormlock.v1.Window.Kind kind = 1;
+   */
+  kind: Window_Kind;
+
+  /**
+   * Its name (a freeze's `name`).
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Why, as configured.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * When this occurrence starts (or started).
+   *
+   * @generated from field: google.protobuf.Timestamp starts_at = 4;
+   */
+  startsAt?: Timestamp | undefined;
+
+  /**
+   * When it ends.
+   *
+   * @generated from field: google.protobuf.Timestamp ends_at = 5;
+   */
+  endsAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message stormlock.v1.Window.
+ * Use `create(WindowSchema)` to create a new message.
+ */
+export const WindowSchema: GenMessage<Window> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 3);
+
+/**
+ * What kind of window.
+ *
+ * @generated from enum stormlock.v1.Window.Kind
+ */
+export enum Window_Kind {
+  /**
+   * Not set (a newer kind this client does not know).
+   *
+   * @generated from enum value: KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A freeze window from the daemon's configuration.
+   *
+   * @generated from enum value: KIND_FREEZE = 1;
+   */
+  FREEZE = 1,
+}
+
+/**
+ * Describes the enum stormlock.v1.Window.Kind.
+ */
+export const Window_KindSchema: GenEnum<Window_Kind> = /*@__PURE__*/
+  enumDesc(file_stormlock_v1_lock, 3, 0);
 
 /**
  * ReleaseRequest gives a lease back.
@@ -215,7 +312,7 @@ export type ReleaseRequest = Message<"stormlock.v1.ReleaseRequest"> & {
  * Use `create(ReleaseRequestSchema)` to create a new message.
  */
 export const ReleaseRequestSchema: GenMessage<ReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 3);
+  messageDesc(file_stormlock_v1_lock, 4);
 
 /**
  * ReleaseResponse tells what the release found.
@@ -237,7 +334,7 @@ export type ReleaseResponse = Message<"stormlock.v1.ReleaseResponse"> & {
  * Use `create(ReleaseResponseSchema)` to create a new message.
  */
 export const ReleaseResponseSchema: GenMessage<ReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 4);
+  messageDesc(file_stormlock_v1_lock, 5);
 
 /**
  * RenewRequest extends a current lease.
@@ -275,7 +372,7 @@ export type RenewRequest = Message<"stormlock.v1.RenewRequest"> & {
  * Use `create(RenewRequestSchema)` to create a new message.
  */
 export const RenewRequestSchema: GenMessage<RenewRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 5);
+  messageDesc(file_stormlock_v1_lock, 6);
 
 /**
  * RenewResponse carries the renewed lease. A lease that is not current is
@@ -290,6 +387,16 @@ export type RenewResponse = Message<"stormlock.v1.RenewResponse"> & {
    * @generated from field: stormlock.v1.Lease lease = 1;
    */
   lease?: Lease | undefined;
+
+  /**
+   * Set when the renewal was cut short: the lease expires when this window
+   * starts, which would refuse its holder. A renewal while such a window is
+   * in force, or less than a second before it starts, is refused with
+   * FAILED_PRECONDITION.
+   *
+   * @generated from field: stormlock.v1.Window cut_short_by = 2;
+   */
+  cutShortBy?: Window | undefined;
 };
 
 /**
@@ -297,7 +404,7 @@ export type RenewResponse = Message<"stormlock.v1.RenewResponse"> & {
  * Use `create(RenewResponseSchema)` to create a new message.
  */
 export const RenewResponseSchema: GenMessage<RenewResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 6);
+  messageDesc(file_stormlock_v1_lock, 7);
 
 /**
  * CurrentRequest asks who holds a resource.
@@ -326,7 +433,7 @@ export type CurrentRequest = Message<"stormlock.v1.CurrentRequest"> & {
  * Use `create(CurrentRequestSchema)` to create a new message.
  */
 export const CurrentRequestSchema: GenMessage<CurrentRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 7);
+  messageDesc(file_stormlock_v1_lock, 8);
 
 /**
  * CurrentResponse describes the holder of a resource.
@@ -362,7 +469,7 @@ export type CurrentResponse = Message<"stormlock.v1.CurrentResponse"> & {
  * Use `create(CurrentResponseSchema)` to create a new message.
  */
 export const CurrentResponseSchema: GenMessage<CurrentResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 8);
+  messageDesc(file_stormlock_v1_lock, 9);
 
 /**
  * IsHeldRequest asks whether a lease is current.
@@ -390,7 +497,7 @@ export type IsHeldRequest = Message<"stormlock.v1.IsHeldRequest"> & {
  * Use `create(IsHeldRequestSchema)` to create a new message.
  */
 export const IsHeldRequestSchema: GenMessage<IsHeldRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 9);
+  messageDesc(file_stormlock_v1_lock, 10);
 
 /**
  * IsHeldResponse answers IsHeld. A lease that an administrator broke is
@@ -413,7 +520,7 @@ export type IsHeldResponse = Message<"stormlock.v1.IsHeldResponse"> & {
  * Use `create(IsHeldResponseSchema)` to create a new message.
  */
 export const IsHeldResponseSchema: GenMessage<IsHeldResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 10);
+  messageDesc(file_stormlock_v1_lock, 11);
 
 /**
  * LeaseEvicted is the detail of a FAILED_PRECONDITION answer (Renew, IsHeld)
@@ -442,7 +549,7 @@ export type LeaseEvicted = Message<"stormlock.v1.LeaseEvicted"> & {
  * Use `create(LeaseEvictedSchema)` to create a new message.
  */
 export const LeaseEvictedSchema: GenMessage<LeaseEvicted> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 11);
+  messageDesc(file_stormlock_v1_lock, 12);
 
 /**
  * ListRequest asks for the held leases.
@@ -478,7 +585,7 @@ export type ListRequest = Message<"stormlock.v1.ListRequest"> & {
  * Use `create(ListRequestSchema)` to create a new message.
  */
 export const ListRequestSchema: GenMessage<ListRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 12);
+  messageDesc(file_stormlock_v1_lock, 13);
 
 /**
  * ListResponse is one page of held leases, ordered by resource name.
@@ -506,7 +613,7 @@ export type ListResponse = Message<"stormlock.v1.ListResponse"> & {
  * Use `create(ListResponseSchema)` to create a new message.
  */
 export const ListResponseSchema: GenMessage<ListResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 13);
+  messageDesc(file_stormlock_v1_lock, 14);
 
 /**
  * ForceReleaseRequest breaks whatever lease holds a resource.
@@ -535,7 +642,7 @@ export type ForceReleaseRequest = Message<"stormlock.v1.ForceReleaseRequest"> & 
  * Use `create(ForceReleaseRequestSchema)` to create a new message.
  */
 export const ForceReleaseRequestSchema: GenMessage<ForceReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 14);
+  messageDesc(file_stormlock_v1_lock, 15);
 
 /**
  * ForceReleaseResponse tells what was broken.
@@ -556,7 +663,7 @@ export type ForceReleaseResponse = Message<"stormlock.v1.ForceReleaseResponse"> 
  * Use `create(ForceReleaseResponseSchema)` to create a new message.
  */
 export const ForceReleaseResponseSchema: GenMessage<ForceReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 15);
+  messageDesc(file_stormlock_v1_lock, 16);
 
 /**
  * WatchRequest selects the resources to watch: at most one of `resource` and
@@ -586,7 +693,7 @@ export type WatchRequest = Message<"stormlock.v1.WatchRequest"> & {
  * Use `create(WatchRequestSchema)` to create a new message.
  */
 export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 16);
+  messageDesc(file_stormlock_v1_lock, 17);
 
 /**
  * WatchResponse is one event on a watched resource.
@@ -636,7 +743,7 @@ export type WatchResponse = Message<"stormlock.v1.WatchResponse"> & {
  * Use `create(WatchResponseSchema)` to create a new message.
  */
 export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 17);
+  messageDesc(file_stormlock_v1_lock, 18);
 
 /**
  * The kind of a WatchResponse.
