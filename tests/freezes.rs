@@ -339,3 +339,28 @@ fn the_cli_is_refused_by_a_freeze_put_in_force_by_a_reload() {
     daemon.reload();
     daemon.cli(&["acquire", "deploy/prod/db"]).ok();
 }
+
+/// `exec` under a lease cut short by a window: renews up to the start,
+/// then stops its command as on a lost lease (exit 123), naming the window.
+#[test]
+fn exec_stops_its_command_when_a_window_starts() {
+    use crate::e2e::Daemon;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("stormlockd.toml");
+    // Far enough ahead that a slow start still finds the window ahead.
+    std::fs::write(&file, config(now() + Duration::from_secs(8), "1h")).expect("config");
+    let config_arg = file.display().to_string();
+    let daemon = Daemon::start_with(&["--config", &config_arg]);
+    let run = daemon
+        .cli(&["exec", "-t", "60s", "deploy/prod/api", "--", "sleep", "60"])
+        .exit(123);
+    assert!(
+        run.stderr.contains("ends at") && run.stderr.contains("freeze \"release-freeze\" starts"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("lost the lock on deploy/prod/api: freeze \"release-freeze\" starts"),
+        "{run:?}"
+    );
+}

@@ -24,7 +24,7 @@
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, raise};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
@@ -34,7 +34,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
-use super::acquire::{Attempt, Taken, report_held, take};
+use super::acquire::{Attempt, Taken, describe_window_name, report_held, take};
 use super::{Session, note, proto_duration};
 use crate::args::ExecArgs;
 use crate::client::Client;
@@ -373,10 +373,26 @@ impl Renewal {
             // A renewal that answers after the lease expired is no use.
             let budget = client.timeout().min(expires - now);
             match client.renew_within(request, budget).await {
-                Ok(_) => {
+                Ok(response) => {
                     last_sent = now;
                     expires = now + self.length;
+                    // Cut short by a window that would refuse us: the lease
+                    // ends when it starts, whatever its TTL.
+                    if let Some(start) = response
+                        .cut_short_by
+                        .as_ref()
+                        .and_then(|window| system_time(window.starts_at.as_ref()))
+                    {
+                        let left = start.duration_since(SystemTime::now()).unwrap_or_default();
+                        expires = expires.min(now + left);
+                    }
                     failure = None;
+                }
+                Err(CliError {
+                    window: Some(window),
+                    ..
+                }) => {
+                    return format!("{} starts", describe_window_name(&window));
                 }
                 Err(err) if err.exit == Exit::NotCurrent => {
                     return err.eviction().unwrap_or_else(|| {

@@ -2450,3 +2450,47 @@ def test_backend_prefixes_the_daemon_takes(chart):
         "e": {"type": "etcd", "endpoints": ["http://etcd:2379"], "prefix": "/"}}})
     assert rendered.config["backends"]["main"]["prefix"] == "team-a/locks:"
     assert rendered.config["backends"]["e"]["prefix"] == "/"
+
+
+WEEKEND = {"name": "weekend", "match": ["deploy/prod/**"], "schedule": "0 17 * * FRI", "duration": "63h",
+           "timezone": "Europe/Berlin", "reason": "weekend freeze: ask #ops", "exempt": ["oncall"]}
+HOLIDAYS = {"name": "holidays", "match": ["deploy/**", "db/prod/**"], "start": "2026-12-23T18:00:00+01:00",
+            "end": "2027-01-04T08:00:00+01:00"}
+
+
+def test_freezes_are_rendered_as_the_daemon_reads_them(chart):
+    rendered = render(chart, {"config": {"freezes": [WEEKEND, HOLIDAYS]}})
+    assert rendered.config["freezes"] == [WEEKEND, HOLIDAYS]
+    assert "freezes" not in render(chart).config
+
+
+@pytest.mark.parametrize("freeze, schema_path", [
+    ({"name": "w", "match": ["x"], "schedule": "0 17 * * FRI"}, "/config/freezes/0"),
+    ({"name": "w", "match": ["x"], "schedule": "0 17 * * FRI", "duration": "1h", "start": "2026-12-23T18:00:00Z"},
+     "/config/freezes/0"),
+    ({"name": "w", "match": ["x"], "start": "2026-12-23 18:00", "duration": "1h"}, "/config/freezes/0/start"),
+    ({"name": "w", "match": [], "start": "2026-12-23T18:00:00Z", "duration": "1h"}, "/config/freezes/0/match"),
+    ({"name": "w w", "match": ["x"], "start": "2026-12-23T18:00:00Z", "duration": "1h"}, "/config/freezes/0/name"),
+    ({"name": "w", "match": ["x"], "schedule": "0 17 * FRI", "duration": "1h"}, "/config/freezes/0/schedule"),
+    ({"name": "w", "match": ["x"], "schedule": "0 17 * * FRI", "duration": "0h"}, "/config/freezes/0/duration"),
+])
+def test_the_schema_refuses_malformed_freezes(chart, freeze, schema_path):
+    message = render_error(chart, {"config": {"freezes": [freeze]}})
+    assert "schema" in message and schema_path in message, message
+
+
+@pytest.mark.parametrize("freeze, words", [
+    ({"name": "w", "match": ["x"], "schedule": "0 25 * * *", "duration": "1h"}, "is not a cron schedule"),
+    ({"name": "w", "match": ["x"], "schedule": "0 17 * * FRI", "duration": "1h", "timezone": "Europe/Berln"},
+     "not an IANA time zone"),
+    ({"name": "w", "match": ["x"], "start": "2026-12-23T18:00:00Z", "end": "2026-12-22T18:00:00Z"},
+     "is before start"),
+])
+def test_the_daemon_refuses_what_the_schema_cannot_check(schemaless_chart, freeze, words):
+    """Cron fields, zone names and the order of start and end are the
+    daemon's to check: the rendered config is refused by check-config."""
+    rendered = Rendered(schemaless_chart.render(merge(BASE, {"config": {"freezes": [freeze]}}), name=RELEASE,
+                                                namespace=NAMESPACE, is_install=True))
+    result = daemon_check(rendered)
+    assert result.returncode != 0, rendered.config_text
+    assert words in result.stderr and 'freeze "w"' in result.stderr, result.stderr

@@ -139,6 +139,21 @@ ttl = {{ include "stormlock.tomlString" .ttl }}
 max_ttl = {{ include "stormlock.tomlString" .maxTtl }}
 {{- end }}
 {{- end }}
+{{- range .Values.config.freezes }}
+{{- $freeze := . }}
+
+[[freezes]]
+name = {{ include "stormlock.tomlString" .name }}
+match = {{ toJson .match }}
+{{- range $key := list "schedule" "duration" "start" "end" "timezone" "reason" }}
+{{- with index $freeze $key }}
+{{ $key }} = {{ include "stormlock.tomlString" . }}
+{{- end }}
+{{- end }}
+{{- with .exempt }}
+exempt = {{ toJson . }}
+{{- end }}
+{{- end }}
 {{- with .Values.config.extraToml }}
 
 {{ . }}
