@@ -602,12 +602,14 @@ mod tests {
     /// A memory backend whose grants take a while, as over a slow network
     /// (or which fails them at once, when `unavailable`, and then applies
     /// them `late` if set, as a statement queued behind a frozen engine
-    /// does), and which counts grants and releases.
+    /// does), or which applies them slowly and then loses the answer
+    /// (`lost_answer`), and which counts grants and releases.
     #[derive(Default)]
     struct Slow {
         inner: Arc<MemoryBackend>,
         unavailable: bool,
         late: Option<Duration>,
+        lost_answer: bool,
         grants: AtomicUsize,
         releases: AtomicUsize,
     }
@@ -629,6 +631,9 @@ mod tests {
             let outcome = self.inner.acquire(req).await;
             if matches!(outcome, Ok(Acquisition::Granted(_))) {
                 self.grants.fetch_add(1, Ordering::SeqCst);
+            }
+            if self.lost_answer {
+                return Err(BackendError::unavailable("slow", "connection reset"));
             }
             outcome
         }
@@ -743,6 +748,47 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A slow engine that applies the grant and then loses its answer: the
+    /// caller (still there) gets UNAVAILABLE, and the lease, which nobody
+    /// knows the id of, is released in the background.
+    #[tokio::test]
+    async fn a_slow_grant_whose_answer_was_lost_is_released() {
+        let slow = Arc::new(Slow {
+            lost_answer: true,
+            ..Slow::default()
+        });
+        let backend: Arc<dyn Backend> = slow.clone();
+        let outcome = attempt(&backend, &request("r")).await;
+        assert!(
+            matches!(outcome, Err(BackendError::Unavailable { .. })),
+            "{outcome:?}"
+        );
+        assert_eq!(slow.grants.load(Ordering::SeqCst), 1, "the grant landed");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while backend.current("r").await.ok().flatten().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lease of a lost answer was not released"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A lease granted to a caller that left, and already gone when the
+    /// clean-up comes (expired, broken): one release settles it, no
+    /// re-checks until its TTL.
+    #[tokio::test(start_paused = true)]
+    async fn a_granted_orphan_found_gone_is_released_once() {
+        let slow = Arc::new(Slow::default());
+        let backend: Arc<dyn Backend> = slow.clone();
+        release_orphan(backend, request("r"), true).await;
+        assert_eq!(slow.releases.load(Ordering::SeqCst), 1);
+        // An unknown outcome keeps looking until the TTL has passed.
+        let backend: Arc<dyn Backend> = slow.clone();
+        release_orphan(backend, request("r"), false).await;
+        assert!(slow.releases.load(Ordering::SeqCst) > 2);
     }
 
     /// A grant that lands long after the daemon answered UNAVAILABLE (here
