@@ -791,6 +791,27 @@ mod tests {
         assert!(slow.releases.load(Ordering::SeqCst) > 2);
     }
 
+    /// An unknown outcome is looked for often in the first minute (pauses
+    /// doubling from 0.5 s up to 10 s), then once a minute until the TTL:
+    /// 10 looks in the first minute, 21 over a 10-minute TTL.
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_outcome_is_looked_for_often_then_once_a_minute() {
+        let slow = Arc::new(Slow::default());
+        let backend: Arc<dyn Backend> = slow.clone();
+        let mut req = (*request("r")).clone();
+        req.ttl = Duration::from_secs(600);
+        let cleanup = tokio::spawn(release_orphan(backend, Arc::new(req), false));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let first_minute = slow.releases.load(Ordering::SeqCst);
+        cleanup.await.expect("clean-up");
+        let all = slow.releases.load(Ordering::SeqCst);
+        assert!(
+            (9..=11).contains(&first_minute),
+            "{first_minute} looks in the first minute"
+        );
+        assert!((19..=23).contains(&all), "{all} looks in 10 minutes");
+    }
+
     /// A grant that lands long after the daemon answered UNAVAILABLE (here
     /// 50 s, past the 36 s that clean-up used to give up after) is still
     /// released within one re-check interval, while its 10-minute lease
