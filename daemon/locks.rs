@@ -119,6 +119,13 @@ impl Locks {
         *self.freezes.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(freezes);
     }
 
+    /// The window in force that refuses `principal` on `resource` now, if
+    /// any (of several, the one that ends last).
+    pub fn window(&self, resource: &str, principal: &str) -> Option<Window> {
+        self.freezes()
+            .refusing(resource, principal, SystemTime::now())
+    }
+
     /// What the windows allow `principal` on `resource` now, for a lease
     /// of `ttl`: the whole of it, the part before a window that would
     /// refuse the principal starts (whole seconds, as every TTL), or

@@ -209,6 +209,11 @@ impl LockService {
             lease: current.lease.map(|l| to_pb(&l, caller)),
             waiting: u32::try_from(current.waiting).unwrap_or(u32::MAX),
             queue_position: u32::try_from(current.place).unwrap_or(u32::MAX),
+            window: self
+                .locks
+                .window(resource, &caller.principal)
+                .as_ref()
+                .map(window_to_pb),
         })
     }
 

@@ -92,6 +92,22 @@ async fn a_freeze_refuses_like_a_held_lock_and_spares_the_exempt() {
             .ok()
     );
 
+    // Current says so, to those it refuses.
+    let current = |resource: &str| pb::CurrentRequest {
+        resource: resource.to_string(),
+        ..Default::default()
+    };
+    let seen = alice
+        .current(current("deploy/prod/api"))
+        .await
+        .expect("current")
+        .into_inner();
+    assert_eq!(seen.lease, None);
+    assert_eq!(
+        seen.window.map(|w| w.name).as_deref(),
+        Some("release-freeze")
+    );
+
     // Outside the globs: as usual.
     let other = alice
         .acquire(acquire("deploy/staging/api", 60, 0))
@@ -109,6 +125,12 @@ async fn a_freeze_refuses_like_a_held_lock_and_spares_the_exempt() {
         .expect("acquire")
         .into_inner();
     assert!(granted.acquired, "exempt");
+    let seen = oncall
+        .current(current("deploy/prod/api"))
+        .await
+        .expect("current")
+        .into_inner();
+    assert_eq!(seen.window, None, "not refused: nothing to say");
     assert_eq!(granted.cut_short_by, None);
     let lease = granted.lease.expect("lease");
     assert_eq!(
@@ -326,6 +348,17 @@ fn the_cli_is_refused_by_a_freeze_put_in_force_by_a_reload() {
     assert!(refused.stderr.contains("Until: "), "{refused:?}");
     // Outside the window's globs: as usual.
     daemon.cli(&["acquire", "deploy/staging/api"]).ok();
+    // `current` keeps its output and exit status, and says why on stderr.
+    let current = daemon.cli(&["current", "deploy/prod/db"]).exit(1);
+    assert!(
+        current
+            .stderr
+            .contains("acquiring deploy/prod/db is refused until ")
+            && current
+                .stderr
+                .contains("freeze \"release-freeze\" (release week: ask #ops)"),
+        "{current:?}"
+    );
 
     // The lease taken before the freeze cannot be renewed into it.
     let renew = daemon

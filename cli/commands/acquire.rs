@@ -98,6 +98,8 @@ pub enum Taken {
         /// When the request left, before the daemon started the lease's
         /// clock: counting the TTL from here errs on the safe side.
         sent: Instant,
+        /// The window that cut the lease short (it ends when that starts).
+        cut_short_by: Option<pb::Window>,
     },
     /// Someone else holds the resource, or a window refuses us.
     Held(Holder),
@@ -203,8 +205,13 @@ async fn try_take(session: &mut Session, attempt: Attempt) -> CliResult<Taken> {
                         describe_window_name(window)
                     ));
                 }
+                let cut_short_by = response.cut_short_by;
                 return match response.lease.filter(|lease| !lease.lease_id.is_empty()) {
-                    Some(lease) => Ok(Taken::Granted { lease, sent }),
+                    Some(lease) => Ok(Taken::Granted {
+                        lease,
+                        sent,
+                        cut_short_by,
+                    }),
                     None => Err(CliError::new(
                         Exit::Failure,
                         anyhow::anyhow!("stormlockd granted the lease but sent no lease id"),
@@ -623,6 +630,7 @@ mod tests {
             lease: Some(lease.clone()),
             waiting,
             queue_position: position,
+            ..Default::default()
         };
         let waited = Duration::from_millis(12_400);
         let label =
@@ -659,6 +667,7 @@ mod tests {
             lease: Some(lease),
             waiting: 3,
             queue_position: 2,
+            ..Default::default()
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + 300);
         let label = WaitLabel::new(

@@ -52,8 +52,12 @@ pub async fn run(mut session: Session, args: ExecArgs) -> CliResult {
         reason: args.reason.clone(),
         wait: args.wait.unwrap_or_default(),
     };
-    let (lease, sent) = match take(&mut session, attempt, &mut interrupts).await? {
-        Taken::Granted { lease, sent } => (lease, sent),
+    let (lease, sent, cut_short_by) = match take(&mut session, attempt, &mut interrupts).await? {
+        Taken::Granted {
+            lease,
+            sent,
+            cut_short_by,
+        } => (lease, sent, cut_short_by),
         Taken::Held(holder) => {
             report_held(&holder);
             return Ok(Exit::ExecHeld);
@@ -62,7 +66,10 @@ pub async fn run(mut session: Session, args: ExecArgs) -> CliResult {
     };
     let client = session.client().await?.clone();
     let outcome = match Renewal::new(&lease, sent.into(), ttl) {
-        Ok(renewal) => supervise(&client, renewal, &args, &mut interrupts).await,
+        Ok(mut renewal) => {
+            renewal.cut_short_by = cut_short_by.as_ref().map(describe_window_name);
+            supervise(&client, renewal, &args, &mut interrupts).await
+        }
         Err(err) => Err(err),
     };
     release(&client, &lease).await;
@@ -315,11 +322,17 @@ struct Renewal {
     /// When the lease expires at the latest, on our clock: counted from when
     /// the last successful request left, before the daemon started its clock.
     expires: Instant,
+    /// The window the lease was cut short by, as granted: it ends when that
+    /// starts (`freeze "weekend"`).
+    cut_short_by: Option<String>,
 }
 
 impl Renewal {
     /// How often failed renewals are tried again before the lease expires.
     const RETRY: Duration = Duration::from_secs(1);
+    /// How long before a window's start a command under a lease it cut
+    /// short is stopped.
+    const WINDOW_MARGIN: Duration = Duration::from_secs(1);
 
     fn new(lease: &pb::Lease, sent: Instant, ttl: Option<Duration>) -> CliResult<Self> {
         let acquired = system_time(lease.acquired_at.as_ref());
@@ -340,12 +353,14 @@ impl Renewal {
             ttl,
             length,
             expires: sent + length,
+            cut_short_by: None,
         })
     }
 
     /// Renews until the lease is lost, and says why it was.
     async fn run(&self, client: &Client) -> String {
         let mut expires = self.expires;
+        let mut cut_short_by = self.cut_short_by.clone();
         let mut last_sent = expires - self.length;
         let mut failure: Option<CliError> = None;
         loop {
@@ -354,7 +369,18 @@ impl Renewal {
             } else {
                 Instant::now() + Self::RETRY
             };
-            tokio::time::sleep_until(next.min(expires)).await;
+            // Renewed up to the start of a window that would refuse us: the
+            // command stops just before it starts (the daemon refuses
+            // renewals in its last second anyway).
+            if let (Some(window), None) = (&cut_short_by, &failure) {
+                let stop = expires.checked_sub(Self::WINDOW_MARGIN).unwrap_or(expires);
+                tokio::time::sleep_until(next.min(stop)).await;
+                if Instant::now() >= stop {
+                    return format!("{window} starts");
+                }
+            } else {
+                tokio::time::sleep_until(next.min(expires)).await;
+            }
             let now = Instant::now();
             if now >= expires {
                 return match failure {
@@ -378,6 +404,7 @@ impl Renewal {
                     expires = now + self.length;
                     // Cut short by a window that would refuse us: the lease
                     // ends when it starts, whatever its TTL.
+                    cut_short_by = response.cut_short_by.as_ref().map(describe_window_name);
                     if let Some(start) = response
                         .cut_short_by
                         .as_ref()

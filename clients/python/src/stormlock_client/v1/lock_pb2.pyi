@@ -135,14 +135,16 @@ class CurrentRequest(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., wait_id: _Optional[str] = ...) -> None: ...
 
 class CurrentResponse(_message.Message):
-    __slots__ = ("lease", "waiting", "queue_position")
+    __slots__ = ("lease", "waiting", "queue_position", "window")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     waiting: int
     queue_position: int
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., waiting: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    window: Window
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., waiting: _Optional[int] = ..., queue_position: _Optional[int] = ..., window: _Optional[_Union[Window, _Mapping]] = ...) -> None: ...
 
 class IsHeldRequest(_message.Message):
     __slots__ = ("resource", "lease_id")
