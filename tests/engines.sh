@@ -110,12 +110,15 @@ start() {
       ;;
     mysql)
       command -v mariadbd >/dev/null || die "mariadb-server not installed"
+      # Its own temporary directory: private servers set up side by side in /tmp have removed
+      # each other's temporary tables ("Error on delete of '/tmp/#sql-temptable-…'").
+      mkdir -p "$dir/tmp"
       if [[ ! -d $dir/data/mysql ]]; then
-        mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
+        mariadb-install-db --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --user=root \
           --auth-root-authentication-method=normal --skip-test-db >>"$dir/log" 2>&1 \
           || { grep -i -m 10 -E 'error|fail' "$dir/log" >&2; die "mariadb-install-db failed"; }
       fi
-      spawn "$dir" mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/sock" --port="$port" \
+      spawn "$dir" mariadbd --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --socket="$dir/sock" --port="$port" \
         --bind-address=127.0.0.1 --user=root --skip-name-resolve --innodb-flush-log-at-trx-commit=0 \
         --max-connections=300
       wait_ready "$dir" 30 mariadb-admin --no-defaults --socket="$dir/sock" -uroot ping
