@@ -579,6 +579,140 @@ pub async fn health(backend: Arc<dyn Backend>) {
     backend.health().await.expect("healthy");
 }
 
+/// A reservation book is written only over the version it was read at:
+/// the first write of a missing book, then each write over the last, with
+/// any other expected version refused; bodies come back byte for byte.
+pub async fn books_compare_and_swap(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let resource = unique("book/ünïcode ✓");
+    assert_eq!(b.book(&resource).await.expect("book"), None, "no book yet");
+    assert!(
+        !b.write_book(&resource, 7, b"x").await.expect("write"),
+        "a version that was never written is refused"
+    );
+    assert!(b.write_book(&resource, 0, b"first").await.expect("write"));
+    let first = b.book(&resource).await.expect("book").expect("written");
+    assert_eq!(first.resource, resource);
+    assert_eq!(first.body, b"first");
+    assert_ne!(first.version, 0, "0 stands for no book");
+    assert!(
+        !b.write_book(&resource, 0, b"again").await.expect("write"),
+        "a second first write is refused"
+    );
+    // Any bytes, large enough for a full book.
+    let body: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(
+        b.write_book(&resource, first.version, &body)
+            .await
+            .expect("write")
+    );
+    let second = b.book(&resource).await.expect("book").expect("written");
+    assert_eq!(second.body, body);
+    assert_ne!(
+        second.version, first.version,
+        "every write changes the version"
+    );
+    assert!(
+        !b.write_book(&resource, first.version, b"stale")
+            .await
+            .expect("write"),
+        "a write over an older version is refused"
+    );
+    assert!(
+        b.write_book(&resource, second.version, b"{}")
+            .await
+            .expect("write")
+    );
+    let third = b.book(&resource).await.expect("book").expect("written");
+    assert_eq!(third.body, b"{}");
+    assert_ne!(third.version, second.version);
+    assert_ne!(third.version, first.version);
+}
+
+/// Of several writers over the same version, exactly one wins.
+pub async fn concurrent_book_writers(backend: Arc<dyn Backend>) {
+    let resource = unique("book-race");
+    for round in 0..3u32 {
+        let expected = backend
+            .book(&resource)
+            .await
+            .expect("book")
+            .map_or(0, |b| b.version);
+        let writers = (0..8u32).map(|i| {
+            let (backend, resource) = (backend.clone(), resource.clone());
+            tokio::spawn(async move {
+                let body = format!("round {round} writer {i}");
+                let won = backend
+                    .write_book(&resource, expected, body.as_bytes())
+                    .await
+                    .expect("write");
+                won.then_some(body)
+            })
+        });
+        let winners: Vec<String> = futures::future::join_all(writers)
+            .await
+            .into_iter()
+            .filter_map(|r| r.expect("writer"))
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let book = backend
+            .book(&resource)
+            .await
+            .expect("book")
+            .expect("written");
+        assert_eq!(
+            book.body,
+            winners[0].as_bytes(),
+            "the winner's body is stored"
+        );
+    }
+}
+
+/// Books are listed under a prefix in resource order, a page at a time.
+pub async fn books_list_and_paginate(backend: Arc<dyn Backend>) {
+    let b = backend.as_ref();
+    let base = unique("books");
+    let names = ["a", "b/x", "b/y", "c"].map(|n| format!("{base}/{n}"));
+    // Written out of order, and a sibling outside the prefix.
+    for name in names.iter().rev().chain([&format!("{base}-sibling/a")]) {
+        assert!(b.write_book(name, 0, name.as_bytes()).await.expect("write"));
+    }
+    let all = b
+        .books(&format!("{base}/"), None, 100)
+        .await
+        .expect("books");
+    let got: Vec<_> = all.iter().map(|b| b.resource.clone()).collect();
+    assert_eq!(got, names.to_vec(), "books under the prefix, sorted");
+    for book in &all {
+        assert_eq!(book.body, book.resource.as_bytes());
+        assert_ne!(book.version, 0);
+    }
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let page = b
+            .books(&format!("{base}/"), after.as_deref(), 3)
+            .await
+            .expect("books");
+        assert!(page.len() <= 3);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|b| b.resource.clone());
+        paged.extend(page.into_iter().map(|b| b.resource));
+    }
+    assert_eq!(
+        paged,
+        names.to_vec(),
+        "pages cover everything once, in order"
+    );
+    let sub = b
+        .books(&format!("{base}/b/"), None, 100)
+        .await
+        .expect("books");
+    assert_eq!(sub.len(), 2);
+}
+
 /// Instantiates every conformance case as a `#[tokio::test]` for the backend
 /// that `$make` builds: an async expression yielding `Option<Arc<dyn Backend>>`,
 /// `None` when the engine is not available (see `support::engine_url`).
@@ -589,7 +723,8 @@ macro_rules! conformance_tests {
             expired_release_and_force_release, eviction_is_reported_only_to_the_evicted,
             acquire_is_idempotent, expiry_is_what_was_reported,
             fences_strictly_increase, concurrent_acquirers, list_and_paginate,
-            force_release, names_at_limits, long_reason, health);
+            force_release, names_at_limits, long_reason, health,
+            books_compare_and_swap, concurrent_book_writers, books_list_and_paginate);
     };
     (@cases $make:expr; $($case:ident),*) => {
         $(

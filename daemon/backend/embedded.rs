@@ -17,11 +17,15 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::record::Record;
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, Book, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 /// resource name → JSON-encoded [`Record`].
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+
+/// resource name → the version of its reservation book (8 bytes, big
+/// endian) followed by the book.
+const BOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("books");
 
 /// redb's page cache. Its default (1 GiB) would let a long-lived daemon grow
 /// past a container's memory limit (the Helm chart's is 256 MiB); a lock
@@ -95,6 +99,8 @@ impl EmbeddedBackend {
                 .begin_write()
                 .map_err(|e| BackendError::internal(&owner, e))?;
             txn.open_table(RECORDS)
+                .map_err(|e| BackendError::internal(&owner, e))?;
+            txn.open_table(BOOKS)
                 .map_err(|e| BackendError::internal(&owner, e))?;
             txn.commit()
                 .map_err(|e| BackendError::internal(&owner, e))?;
@@ -225,6 +231,17 @@ impl EmbeddedBackend {
         + Send
         + 'static,
     ) -> Result<T> {
+        self.read_table(RECORDS, f).await
+    }
+
+    /// Runs `f` over `table` in a read transaction.
+    async fn read_table<T: Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>, &str) -> Result<T>
+        + Send
+        + 'static,
+    ) -> Result<T> {
         let (db, name) = (self.db.clone(), self.name.clone());
         let turn = self.turn(&self.readers).await?;
         tokio::task::spawn_blocking(move || -> Result<T> {
@@ -233,7 +250,7 @@ impl EmbeddedBackend {
                 .begin_read()
                 .map_err(|e| BackendError::internal(&name, e))?;
             let table = txn
-                .open_table(RECORDS)
+                .open_table(table)
                 .map_err(|e| BackendError::internal(&name, e))?;
             f(&table, &name)
         })
@@ -254,6 +271,18 @@ impl EmbeddedBackend {
         })
         .await
     }
+}
+
+/// A stored book: its version, then its body.
+fn decode_book(name: &str, resource: &str, bytes: &[u8]) -> Result<Book> {
+    let (version, body) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| BackendError::internal(name, "corrupt reservation book"))?;
+    Ok(Book {
+        resource: resource.to_string(),
+        body: body.to_vec(),
+        version: u64::from_be_bytes(*version),
+    })
 }
 
 fn decode(name: &str, bytes: &[u8]) -> Result<Record> {
@@ -281,6 +310,75 @@ impl Backend for EmbeddedBackend {
         let id = id.clone();
         self.update(resource, move |rec, now| rec.renew(&id, ttl, now))
             .await?
+    }
+
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        let resource = resource.to_string();
+        self.read_table(BOOKS, move |table, name| {
+            match table
+                .get(resource.as_str())
+                .map_err(|e| BackendError::internal(name, e))?
+            {
+                Some(bytes) => decode_book(name, &resource, bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        let (db, name) = (self.db.clone(), self.name.clone());
+        let (resource, body) = (resource.to_string(), body.to_vec());
+        let turn = self.turn(&self.writer).await?;
+        tokio::task::spawn_blocking(move || -> Result<bool> {
+            let _turn = turn;
+            let err = |e: &dyn std::fmt::Display| BackendError::internal(&name, e);
+            let txn = db.begin_write().map_err(|e| err(&e))?;
+            {
+                let mut table = txn.open_table(BOOKS).map_err(|e| err(&e))?;
+                let version = match table.get(resource.as_str()).map_err(|e| err(&e))? {
+                    Some(bytes) => decode_book(&name, &resource, bytes.value())?.version,
+                    None => 0,
+                };
+                if version != expected {
+                    return Ok(false);
+                }
+                let mut stored = (version + 1).to_be_bytes().to_vec();
+                stored.extend_from_slice(&body);
+                table
+                    .insert(resource.as_str(), stored.as_slice())
+                    .map_err(|e| err(&e))?;
+            }
+            txn.commit().map_err(|e| err(&e))?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| BackendError::internal(&self.name, e))?
+    }
+
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
+        self.read_table(BOOKS, move |table, name| {
+            let err = |e: redb::StorageError| BackendError::internal(name, e);
+            let range = match &after {
+                Some(a) => table.range::<&str>((
+                    std::ops::Bound::Excluded(a.as_str()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => table.range::<&str>(prefix.as_str()..),
+            }
+            .map_err(err)?;
+            let mut books = Vec::new();
+            for entry in range.take(limit) {
+                let (key, value) = entry.map_err(err)?;
+                if !key.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                books.push(decode_book(name, key.value(), value.value())?);
+            }
+            Ok(books)
+        })
+        .await
     }
 
     async fn current(&self, resource: &str) -> Result<Option<Lease>> {

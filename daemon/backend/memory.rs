@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::record::Record;
-use super::{Backend, BackendError, Result};
+use super::{Backend, BackendError, Book, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 /// `[backends.NAME]` with `type = "memory"`: no settings.
@@ -21,6 +21,7 @@ pub struct MemoryConfig {}
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     records: Mutex<BTreeMap<String, Record>>,
+    books: Mutex<BTreeMap<String, Book>>,
 }
 
 impl MemoryBackend {
@@ -34,6 +35,11 @@ impl MemoryBackend {
         // plain data updated in one step each, so they are still consistent.
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         Ok(f(&mut records))
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Book>> {
+        // As for the records: each book is replaced in one step.
+        self.books.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -100,6 +106,41 @@ impl Backend for MemoryBackend {
             r.get_mut(resource)
                 .and_then(|rec| rec.force_release(actor, reason, SystemTime::now()))
         })
+    }
+
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        Ok(self.books().get(resource).cloned())
+    }
+
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        let mut books = self.books();
+        let version = books.get(resource).map_or(0, |b| b.version);
+        if version != expected {
+            return Ok(false);
+        }
+        books.insert(
+            resource.to_string(),
+            Book {
+                resource: resource.to_string(),
+                body: body.to_vec(),
+                version: version + 1,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_string()),
+            None => std::ops::Bound::Included(prefix.to_string()),
+        };
+        Ok(self
+            .books()
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(_, book)| book.clone())
+            .take(limit)
+            .collect())
     }
 
     async fn health(&self) -> Result<()> {

@@ -118,6 +118,26 @@ impl BackendError {
 /// Result of a backend call.
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
+/// A resource's reservation book as an engine stores it: the lock core's
+/// encoding of the resource's reservations (opaque to backends) and a
+/// version for compare-and-swap. Books are replaced whole and never
+/// deleted (an emptied book stays, like a fence counter), so a version
+/// never comes back with other contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Book {
+    /// The resource the reservations are on.
+    pub resource: String,
+    /// The core's encoding of them.
+    pub body: Vec<u8>,
+    /// Changes with every write, and is never 0 ("no book yet").
+    pub version: u64,
+}
+
+/// What a backend that keeps no reservation books answers (test doubles).
+pub fn no_books(backend: &str) -> BackendError {
+    BackendError::internal(backend, "this backend keeps no reservations")
+}
+
 /// `connect_timeout` of every adapter that has one, when the table leaves it
 /// out: long enough for a TLS handshake to a distant engine, short enough
 /// that a dead one is reported before clients give up waiting.
@@ -249,6 +269,25 @@ pub trait Backend: Send + Sync + 'static {
         actor: &str,
         reason: &str,
     ) -> Result<Option<Lease>>;
+
+    /// The reservation book of `resource`, if one was ever written.
+    async fn book(&self, _resource: &str) -> Result<Option<Book>> {
+        Err(no_books("?"))
+    }
+
+    /// Stores `body` as the book of `resource` if the book's version is
+    /// still `expected` (0: none was ever written), atomically on the
+    /// engine; returns whether it did (`false`: another writer came first,
+    /// read it again).
+    async fn write_book(&self, _resource: &str, _expected: u64, _body: &[u8]) -> Result<bool> {
+        Err(no_books("?"))
+    }
+
+    /// Up to `limit` books whose resource starts with `prefix` and sorts
+    /// strictly after `after`, in resource (byte) order.
+    async fn books(&self, _prefix: &str, _after: Option<&str>, _limit: usize) -> Result<Vec<Book>> {
+        Err(no_books("?"))
+    }
 
     /// Checks that the engine answers.
     async fn health(&self) -> Result<()>;

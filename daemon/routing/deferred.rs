@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::{info, warn};
 
-use crate::backend::{self, Backend, BackendConfig, BackendError, ChangeStream, Result};
+use crate::backend::{self, Backend, BackendConfig, BackendError, Book, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 /// First pause between connection attempts; it doubles up to [`LONGEST_PAUSE`].
@@ -154,6 +154,15 @@ impl Backend for Deferred {
         reason: &str,
     ) -> Result<Option<Lease>> {
         self.inner()?.force_release(resource, actor, reason).await
+    }
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        self.inner()?.book(resource).await
+    }
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        self.inner()?.write_book(resource, expected, body).await
+    }
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        self.inner()?.books(prefix, after, limit).await
     }
     async fn health(&self) -> Result<()> {
         self.inner()?.health().await

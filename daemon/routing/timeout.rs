@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::backend::{Backend, BackendError, ChangeStream, Result};
+use crate::backend::{Backend, BackendError, Book, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use crate::metrics::Metrics;
 
@@ -106,6 +106,20 @@ impl Backend for WithTimeout {
             self.inner.force_release(resource, actor, reason),
         )
         .await
+    }
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        self.bounded("book", self.inner.book(resource)).await
+    }
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        self.bounded(
+            "write_book",
+            self.inner.write_book(resource, expected, body),
+        )
+        .await
+    }
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        self.bounded("books", self.inner.books(prefix, after, limit))
+            .await
     }
     async fn health(&self) -> Result<()> {
         self.bounded("health", self.inner.health()).await
