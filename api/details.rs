@@ -76,9 +76,10 @@ mod tests {
     #[test]
     fn a_window_survives_the_round_trip() {
         let frozen = Window {
-            kind: crate::pb::window::Kind::Freeze.into(),
-            name: "weekend".to_string(),
-            reason: "ask #ops".to_string(),
+            kind: crate::pb::window::Kind::Reservation.into(),
+            name: "1a2b3c4d".to_string(),
+            owner: "alice".to_string(),
+            reason: "load test".to_string(),
             starts_at: None,
             ends_at: Some(prost_types::Timestamp {
                 seconds: 1_800_000_000,

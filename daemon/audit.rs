@@ -60,6 +60,16 @@ struct Record<'a> {
     principal_declared: bool,
 }
 
+/// "reservation 1a2b3c4d from … until …".
+fn describe_reservation(r: &crate::reservations::Reservation) -> String {
+    format!(
+        "reservation {} from {} until {}",
+        r.id,
+        crate::windows::utc(r.starts_at),
+        crate::windows::utc(r.ends_at)
+    )
+}
+
 impl<'a> Record<'a> {
     /// A line about `lease`.
     fn lease(event: &'static str, principal: &'a str, lease: &'a Lease) -> Self {
@@ -186,6 +196,33 @@ impl<'a> Record<'a> {
                     holder: Some(&lease.principal),
                     reason: Some(reason),
                     ..Record::lease("force_release", actor, lease)
+                },
+                None,
+            ),
+            LockEvent::Reserved { reservation } => (
+                Record {
+                    event: "reserve",
+                    principal: &reservation.owner,
+                    resource: Some(&reservation.resource),
+                    reason: Some(&reservation.reason),
+                    detail: Some(describe_reservation(reservation)),
+                    ..Record::default()
+                },
+                None,
+            ),
+            LockEvent::Unreserved {
+                actor,
+                reservation,
+                reason,
+            } => (
+                Record {
+                    event: "unreserve",
+                    principal: actor,
+                    resource: Some(&reservation.resource),
+                    holder: Some(&reservation.owner),
+                    reason: Some(reason),
+                    detail: Some(describe_reservation(reservation)),
+                    ..Record::default()
                 },
                 None,
             ),

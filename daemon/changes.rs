@@ -128,6 +128,8 @@ impl Changes {
             LockEvent::Released { .. }
             | LockEvent::Contended { .. }
             | LockEvent::Frozen { .. }
+            | LockEvent::Reserved { .. }
+            | LockEvent::Unreserved { .. }
             | LockEvent::RenewRefused { .. }
             | LockEvent::Denied { .. }
             | LockEvent::Unauthenticated { .. } => return,

@@ -104,6 +104,9 @@ pub struct Config {
     /// Freeze windows: when matching resources cannot be acquired.
     #[serde(default)]
     pub freezes: Vec<crate::windows::Freeze>,
+    /// Limits on reservations.
+    #[serde(default)]
+    pub reservations: crate::reservations::ReservationLimits,
 }
 
 /// Settings given outside the file, by flag or `STORMLOCKD_*` variable
@@ -205,6 +208,8 @@ pub enum Action {
     Watch,
     /// ForceRelease.
     ForceRelease,
+    /// Reserve, and Unreserve of one's own reservations.
+    Reserve,
 }
 
 impl std::str::FromStr for Action {
@@ -217,14 +222,14 @@ impl std::str::FromStr for Action {
             .ok_or_else(|| {
                 format!(
                     "unknown action {name:?}: use acquire, release, renew, read, list, watch, \
-                     force-release or *"
+                     force-release, reserve or *"
                 )
             })
     }
 }
 
 /// Every action, in the order of the docs.
-const ALL_ACTIONS: [Action; 7] = [
+const ALL_ACTIONS: [Action; 8] = [
     Action::Acquire,
     Action::Release,
     Action::Renew,
@@ -232,6 +237,7 @@ const ALL_ACTIONS: [Action; 7] = [
     Action::List,
     Action::Watch,
     Action::ForceRelease,
+    Action::Reserve,
 ];
 
 impl Action {
@@ -245,6 +251,7 @@ impl Action {
             Self::List => "list",
             Self::Watch => "watch",
             Self::ForceRelease => "force-release",
+            Self::Reserve => "reserve",
         }
     }
 }

@@ -93,8 +93,13 @@ impl From<Error> for Status {
 /// A window for the wire.
 pub fn window_to_pb(window: &Window) -> crate::pb::Window {
     crate::pb::Window {
-        kind: crate::pb::window::Kind::Freeze.into(),
+        kind: match window.kind {
+            crate::windows::WindowKind::Freeze => crate::pb::window::Kind::Freeze,
+            crate::windows::WindowKind::Reservation => crate::pb::window::Kind::Reservation,
+        }
+        .into(),
         name: window.name.clone(),
+        owner: window.owner.clone(),
         reason: window.reason.clone(),
         starts_at: Some(window.starts_at.into()),
         ends_at: Some(window.ends_at.into()),

@@ -87,6 +87,20 @@ pub enum LockEvent {
         /// Why.
         reason: Arc<str>,
     },
+    /// A resource was booked.
+    Reserved {
+        /// The new reservation.
+        reservation: crate::reservations::Reservation,
+    },
+    /// A reservation was cancelled.
+    Unreserved {
+        /// Who cancelled it (its owner, or an administrator).
+        actor: String,
+        /// The cancelled reservation.
+        reservation: crate::reservations::Reservation,
+        /// Why (given by an administrator; may be empty for the owner).
+        reason: String,
+    },
     /// A caller was refused an action.
     Denied {
         /// The caller.

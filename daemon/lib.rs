@@ -52,6 +52,7 @@ pub mod locks;
 pub mod metrics;
 pub mod private;
 pub mod reload;
+pub mod reservations;
 pub mod routing;
 pub mod server;
 pub mod service;

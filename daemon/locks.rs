@@ -23,6 +23,7 @@ use crate::backend::{Backend, BackendError};
 use crate::error::Error;
 use crate::events::{Events, LockEvent};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
+use crate::reservations::{Ask, Booking, Ledger, Reservation};
 use crate::routing::{Route, Router};
 use crate::waiters::Wake;
 use crate::watch::{self, Selection, Subscription};
@@ -85,6 +86,8 @@ pub struct Locks {
     watches: watch::Hub,
     /// The freeze windows in force (replaced whole by a reload).
     freezes: RwLock<Arc<Freezes>>,
+    /// The reservations, and this daemon's copy of them.
+    reservations: Arc<Ledger>,
 }
 
 impl Locks {
@@ -98,12 +101,56 @@ impl Locks {
             changes.limits().max_watches_per_principal,
             events.metrics().cloned(),
         );
+        let reservations = Arc::new(Ledger::new(router.clone()));
+        reservations.spawn_refresher();
         Self {
             router,
             events,
             watches,
             freezes: RwLock::default(),
+            reservations,
         }
+    }
+
+    /// The reservations.
+    pub fn reservations(&self) -> &Arc<Ledger> {
+        &self.reservations
+    }
+
+    /// Books `ask`, or names the reservation in the way; audited.
+    pub async fn reserve(&self, ask: Ask) -> Result<Booking, Error> {
+        let booking = self.reservations.reserve(ask).await?;
+        if let Booking::Reserved(reservation) = &booking {
+            self.events.emit(LockEvent::Reserved {
+                reservation: reservation.clone(),
+            });
+        }
+        Ok(booking)
+    }
+
+    /// Cancels reservation `id` of `resource` for `actor` (its owner, or
+    /// an administrator giving a reason); audited. `Ok(None)`: there was
+    /// no such reservation (any more).
+    pub async fn unreserve(
+        &self,
+        resource: &str,
+        id: &str,
+        actor: &str,
+        admin: bool,
+        reason: &str,
+    ) -> Result<Option<Reservation>, Error> {
+        let cancelled = self
+            .reservations
+            .unreserve(resource, id, actor, admin, reason)
+            .await?;
+        if let Some(reservation) = &cancelled {
+            self.events.emit(LockEvent::Unreserved {
+                actor: actor.to_string(),
+                reservation: reservation.clone(),
+                reason: reason.to_string(),
+            });
+        }
+        Ok(cancelled)
     }
 
     /// The freeze windows in force.
@@ -122,8 +169,18 @@ impl Locks {
     /// The window in force that refuses `principal` on `resource` now, if
     /// any (of several, the one that ends last).
     pub fn window(&self, resource: &str, principal: &str) -> Option<Window> {
-        self.freezes()
-            .refusing(resource, principal, SystemTime::now())
+        self.refusing(resource, principal, SystemTime::now())
+    }
+
+    /// The freeze or reservation in force that refuses `principal` on
+    /// `resource` at `now`: of several, the one that ends last.
+    fn refusing(&self, resource: &str, principal: &str, now: SystemTime) -> Option<Window> {
+        let freeze = self.freezes().refusing(resource, principal, now);
+        let reservation = self.reservations.refusing(resource, principal, now);
+        freeze
+            .into_iter()
+            .chain(reservation)
+            .max_by_key(|w| w.ends_at)
     }
 
     /// What the windows allow `principal` on `resource` now, for a lease
@@ -132,14 +189,22 @@ impl Locks {
     /// nothing while such a window is in force or less than a second away.
     fn gate(&self, resource: &str, principal: &str, ttl: Duration) -> Gate {
         let freezes = self.freezes();
-        if freezes.is_empty() {
+        if freezes.is_empty() && self.reservations.is_empty() {
             return Gate::Open(ttl, None);
         }
         let now = SystemTime::now();
-        if let Some(window) = freezes.refusing(resource, principal, now) {
+        if let Some(window) = self.refusing(resource, principal, now) {
             return Gate::Closed(window);
         }
-        match freezes.next_refusing(resource, principal, now, now + ttl) {
+        let next_freeze = freezes.next_refusing(resource, principal, now, now + ttl);
+        let next_reservation = self
+            .reservations
+            .next_refusing(resource, principal, now, now + ttl);
+        match next_freeze
+            .into_iter()
+            .chain(next_reservation)
+            .min_by_key(|w| w.starts_at)
+        {
             None => Gate::Open(ttl, None),
             Some(window) => {
                 let before = window.starts_at.duration_since(now).unwrap_or_default();

@@ -305,6 +305,8 @@ impl Metrics {
             LockEvent::Renewed { .. } => &self.renewals,
             LockEvent::ForceReleased { .. } => &self.force_releases,
             LockEvent::RenewRefused { .. }
+            | LockEvent::Reserved { .. }
+            | LockEvent::Unreserved { .. }
             | LockEvent::Released { .. }
             | LockEvent::Denied { .. }
             | LockEvent::Unauthenticated { .. } => return,

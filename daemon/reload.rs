@@ -105,7 +105,14 @@ const RESTART_ONLY: &[&str] = &[
 ];
 
 /// The parts a reload puts in force.
-const LIVE: &[&str] = &["auth", "defaults", "resources", "freezes", "log_level"];
+const LIVE: &[&str] = &[
+    "auth",
+    "defaults",
+    "resources",
+    "freezes",
+    "reservations",
+    "log_level",
+];
 
 /// What a reload found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -255,6 +262,7 @@ impl Reloader {
             max_wait: nd.max_wait,
         });
         self.locks.set_freezes(Freezes::new(new.freezes.clone()));
+        self.locks.reservations().set_limits(new.reservations);
         if old.config.log_level != new.log_level {
             match &self.source.set_log_level {
                 // Validated with the file: cannot fail but for a bug.

@@ -426,6 +426,9 @@ async fn start_core(
     locks.set_freezes(crate::windows::Freezes::new(
         settings.config.freezes.clone(),
     ));
+    locks
+        .reservations()
+        .set_limits(settings.config.reservations);
     let followers = router
         .backends()
         .iter()

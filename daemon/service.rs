@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::auth::{Auth, Caller};
 use crate::config::Action;
@@ -14,6 +14,7 @@ use crate::events::LockEvent;
 use crate::lease::{AcquireRequest, Lease, LeaseId};
 use crate::locks::{Locks, Outcome, Wait};
 use crate::pb;
+use crate::reservations::{Ask, Booking, Reservation};
 use crate::validate;
 use crate::watch::{EventKind, Selection, WatchEvent};
 use futures::Stream;
@@ -299,6 +300,102 @@ impl LockService {
         }
     }
 
+    async fn reserve(
+        &self,
+        caller: &Caller,
+        req: pb::ReserveRequest,
+    ) -> Result<pb::ReserveResponse, Error> {
+        let resource = validate::resource(&req.resource)?;
+        let reason = validate::reason(&req.reason)?;
+        if reason.trim().is_empty() {
+            return Err(Error::invalid(
+                "reason is required to reserve: it is shown to everyone refused during it",
+            ));
+        }
+        let ends_at = time(
+            "ends_at",
+            req.ends_at
+                .ok_or_else(|| Error::invalid("ends_at is required: when the reservation ends"))?,
+        )?;
+        let starts_at = req.starts_at.map(|t| time("starts_at", t)).transpose()?;
+        self.permit(caller, Action::Reserve, resource)?;
+        let ask = Ask {
+            resource: resource.to_string(),
+            owner: caller.principal.clone(),
+            reason: reason.to_string(),
+            starts_at,
+            ends_at,
+        };
+        Ok(match self.locks.reserve(ask).await? {
+            Booking::Reserved(r) => pb::ReserveResponse {
+                reserved: true,
+                reservation: Some(reservation_to_pb(&r)),
+                overlapping: None,
+            },
+            Booking::Overlaps(r) => pb::ReserveResponse {
+                reserved: false,
+                reservation: None,
+                overlapping: Some(reservation_to_pb(&r)),
+            },
+        })
+    }
+
+    async fn unreserve(
+        &self,
+        caller: &Caller,
+        req: pb::UnreserveRequest,
+    ) -> Result<pb::UnreserveResponse, Error> {
+        let resource = validate::resource(&req.resource)?;
+        let id = reservation_id(&req.id)?;
+        let reason = validate::reason(&req.reason)?;
+        self.permit(caller, Action::Reserve, resource)?;
+        let cancelled = self
+            .locks
+            .unreserve(resource, id, &caller.principal, caller.admin, reason)
+            .await?;
+        Ok(pb::UnreserveResponse {
+            cancelled: cancelled.as_ref().map(reservation_to_pb),
+        })
+    }
+
+    async fn list_reservations(
+        &self,
+        caller: &Caller,
+        req: pb::ListReservationsRequest,
+    ) -> Result<pb::ListReservationsResponse, Error> {
+        let prefix = validate::prefix(&req.prefix)?;
+        tracing::Span::current()
+            .record("principal", caller.principal.as_str())
+            .record("resource", prefix);
+        // As List: each reservation shown only to whoever may list its
+        // resource.
+        let reservations = self
+            .locks
+            .reservations()
+            .list(prefix)
+            .await?
+            .iter()
+            .filter(|r| self.may_see(caller, Action::List, &r.resource))
+            .map(reservation_to_pb)
+            .collect();
+        let now = SystemTime::now();
+        let freezes = self
+            .locks
+            .freezes()
+            .iter()
+            .filter(|f| f.patterns().any(|p| may_cover(p, prefix)))
+            .map(|f| pb::Freeze {
+                window: f.current_or_next(now).as_ref().map(window_to_pb),
+                patterns: f.patterns().map(str::to_string).collect(),
+                schedule: f.schedule().to_string(),
+            })
+            .collect();
+        Ok(pb::ListReservationsResponse {
+            reservations,
+            freezes,
+        })
+    }
+
     async fn force_release(
         &self,
         caller: &Caller,
@@ -318,6 +415,44 @@ impl LockService {
             released: broken.as_ref().map(|l| to_pb(l, caller)),
         })
     }
+}
+
+/// The id of a reservation as a client sends it.
+fn reservation_id(id: &str) -> Result<&str, Error> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Error::invalid(format!(
+            "reservation id {id:?} is not one this daemon gives (letters and digits): \
+             see `stormlock reservations`"
+        )));
+    }
+    Ok(id)
+}
+
+/// A time a client sent.
+fn time(field: &str, t: prost_types::Timestamp) -> Result<SystemTime, Error> {
+    SystemTime::try_from(t).map_err(|e| Error::invalid(format!("{field} is not a time: {e}")))
+}
+
+/// A reservation for the wire.
+fn reservation_to_pb(r: &Reservation) -> pb::Reservation {
+    pb::Reservation {
+        id: r.id.clone(),
+        resource: r.resource.clone(),
+        owner: r.owner.clone(),
+        reason: r.reason.clone(),
+        starts_at: Some(r.starts_at.into()),
+        ends_at: Some(r.ends_at.into()),
+        created_at: Some(r.created_at.into()),
+    }
+}
+
+/// Whether `pattern` can match a name under `prefix`: its literal start
+/// (up to its first wildcard) and the prefix agree.
+fn may_cover(pattern: &str, prefix: &str) -> bool {
+    let literal = pattern
+        .find(['*', '?', '[', '{'])
+        .map_or(pattern, |at| &pattern[..at]);
+    literal.starts_with(prefix) || prefix.starts_with(literal)
 }
 
 /// A lease for the wire; the id only for its holder and administrators.
@@ -456,6 +591,37 @@ impl pb::lock_service_server::LockService for LockService {
         let caller = self.identify(&request, "")?;
         Ok(Response::new(
             self.force_release(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let caller = self.identify(&request, &request.get_ref().principal)?;
+        Ok(Response::new(
+            self.reserve(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn unreserve(
+        &self,
+        request: Request<pb::UnreserveRequest>,
+    ) -> Result<Response<pb::UnreserveResponse>, Status> {
+        let caller = self.identify(&request, &request.get_ref().principal)?;
+        Ok(Response::new(
+            self.unreserve(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<pb::ListReservationsRequest>,
+    ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+        let caller = self.identify(&request, "")?;
+        Ok(Response::new(
+            self.list_reservations(&caller, request.into_inner())
+                .await?,
         ))
     }
 

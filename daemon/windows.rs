@@ -85,11 +85,24 @@ impl std::fmt::Debug for Freeze {
     }
 }
 
+/// What kind of window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// A freeze from the configuration.
+    Freeze,
+    /// Someone's reservation.
+    Reservation,
+}
+
 /// A window that refuses or limits a caller: which, why, and when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
-    /// The freeze's name.
+    /// A freeze or a reservation.
+    pub kind: WindowKind,
+    /// The freeze's name, or the reservation's id.
     pub name: String,
+    /// Who booked a reservation; empty for a freeze.
+    pub owner: String,
     /// Why, as configured.
     pub reason: String,
     /// When this occurrence starts (or started).
@@ -99,9 +112,14 @@ pub struct Window {
 }
 
 impl Window {
-    /// "freeze \"weekend\" until 2026-12-07T07:00:00Z (weekend freeze: ask #ops)".
+    /// "freeze \"weekend\" until 2026-12-07T07:00:00Z (weekend freeze: ask #ops)",
+    /// "reservation 1a2b3c4d of alice until …".
     pub fn describe(&self) -> String {
-        let mut text = format!("freeze {:?} until {}", self.name, utc(self.ends_at));
+        let mut text = match self.kind {
+            WindowKind::Freeze => format!("freeze {:?}", self.name),
+            WindowKind::Reservation => format!("reservation {} of {:?}", self.name, self.owner),
+        };
+        text.push_str(&format!(" until {}", utc(self.ends_at)));
         if !self.reason.is_empty() {
             text.push_str(&format!(" ({})", self.reason));
         }
@@ -318,7 +336,9 @@ impl Freeze {
 
     fn window(&self, starts_at: SystemTime, ends_at: SystemTime) -> Window {
         Window {
+            kind: WindowKind::Freeze,
             name: self.name.clone(),
+            owner: String::new(),
             reason: self.reason.clone(),
             starts_at,
             ends_at,

@@ -893,6 +893,24 @@ mod false_alarm {
         ) -> Result<Response<pb::ForceReleaseResponse>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+        async fn reserve(
+            &self,
+            _: Request<pb::ReserveRequest>,
+        ) -> Result<Response<pb::ReserveResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn unreserve(
+            &self,
+            _: Request<pb::UnreserveRequest>,
+        ) -> Result<Response<pb::UnreserveResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn list_reservations(
+            &self,
+            _: Request<pb::ListReservationsRequest>,
+        ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
         type WatchStream = Events;
         async fn watch(
             &self,

@@ -229,6 +229,21 @@ impl LockService for Constant {
         Ok(Response::new(self.force_release.clone()))
     }
 
+    async fn reserve(&self, _: Request<pb::ReserveRequest>) -> Reply<pb::ReserveResponse> {
+        Ok(Response::new(pb::ReserveResponse::default()))
+    }
+
+    async fn unreserve(&self, _: Request<pb::UnreserveRequest>) -> Reply<pb::UnreserveResponse> {
+        Ok(Response::new(pb::UnreserveResponse::default()))
+    }
+
+    async fn list_reservations(
+        &self,
+        _: Request<pb::ListReservationsRequest>,
+    ) -> Reply<pb::ListReservationsResponse> {
+        Ok(Response::new(pb::ListReservationsResponse::default()))
+    }
+
     /// Ends at once: no events, and nothing holds a shutdown up.
     type WatchStream = tokio_stream::Empty<Result<pb::WatchResponse, Status>>;
 
