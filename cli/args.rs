@@ -185,6 +185,26 @@ pub enum Command {
     ///
     /// Exits with 1 when the resource was not held.
     ForceRelease(ForceReleaseArgs),
+    /// Book a resource ahead: nobody else can acquire it while the
+    /// reservation is in force, and nobody else's lease is granted or
+    /// renewed past its start.
+    ///
+    /// Prints the reservation's id (for unreserve). WHEN is an RFC 3339 time
+    /// (2026-12-24T14:00:00+01:00), a local date and time ("2026-12-24
+    /// 14:00", in --tz or the local time zone) or an offset from now ("+2h",
+    /// "+1d12h"). Exits with 2 when another reservation overlaps (it is
+    /// named on standard error). The daemon bounds how far ahead and for how
+    /// long ([reservations] in its config).
+    ///
+    ///     stormlock reserve staging --from "2026-12-24 14:00" --for 2h --reason "load test"
+    #[command(verbatim_doc_comment, about = "Book a resource ahead")]
+    Reserve(ReserveArgs),
+    /// List the reservations that have not ended and the freeze windows, with
+    /// who, when and why.
+    Reservations(ReservationsArgs),
+    /// Cancel a reservation: yours, or anyone's as an administrator with
+    /// --reason. Exits with 1 when there was no such reservation.
+    Unreserve(UnreserveArgs),
     /// Measure a daemon: drive it with concurrent clients, then report
     /// throughput, latency percentiles and errors.
     ///
@@ -239,7 +259,10 @@ impl Command {
             Self::Current(c) => Some(&c.resource),
             Self::Exec(e) => Some(&e.resource),
             Self::ForceRelease(f) => Some(&f.resource),
+            Self::Reserve(r) => Some(&r.resource),
+            Self::Unreserve(u) => Some(&u.resource),
             Self::List(_)
+            | Self::Reservations(_)
             | Self::Watch(_)
             | Self::Bench(_)
             | Self::Completions(_)
@@ -413,6 +436,56 @@ pub struct ForceReleaseArgs {
     pub resource: String,
     /// Why (required); audit-logged and shown to the evicted holder.
     #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+/// `reserve`.
+#[derive(Debug, Args)]
+pub struct ReserveArgs {
+    /// The resource to book.
+    pub resource: String,
+    /// When the reservation starts [default: now]
+    #[arg(long, value_name = "WHEN")]
+    pub from: Option<String>,
+    /// When it ends.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        required_unless_present = "for_",
+        conflicts_with = "for_"
+    )]
+    pub until: Option<String>,
+    /// How long it lasts, from its start ("2h", "1d").
+    #[arg(long = "for", id = "for_", value_name = "DURATION", value_parser = parse_timeout)]
+    pub for_: Option<Duration>,
+    /// Why (required): shown to everyone refused during it.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// The time zone of local times in WHEN (an IANA name such as
+    /// Europe/Berlin) [default: the local time zone]
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+}
+
+/// `reservations`.
+#[derive(Debug, Args)]
+pub struct ReservationsArgs {
+    /// Only resources whose name starts with this.
+    pub prefix: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// `unreserve`.
+#[derive(Debug, Args)]
+pub struct UnreserveArgs {
+    /// The resource booked.
+    pub resource: String,
+    /// The reservation's id (as `reserve` printed it).
+    pub id: String,
+    /// Why: required to cancel someone else's reservation (administrators).
+    #[arg(long, value_name = "TEXT", default_value = "")]
     pub reason: String,
 }
 

@@ -448,6 +448,33 @@ impl Client {
         .await
     }
 
+    /// Reserve.
+    pub async fn reserve(&self, req: pb::ReserveRequest) -> CliResult<pb::ReserveResponse> {
+        let mut rpc = self.rpc.clone();
+        self.finish(self.timeout, rpc.reserve(self.request(req, self.timeout)))
+            .await
+    }
+
+    /// Unreserve.
+    pub async fn unreserve(&self, req: pb::UnreserveRequest) -> CliResult<pb::UnreserveResponse> {
+        let mut rpc = self.rpc.clone();
+        self.finish(self.timeout, rpc.unreserve(self.request(req, self.timeout)))
+            .await
+    }
+
+    /// ListReservations.
+    pub async fn list_reservations(
+        &self,
+        req: pb::ListReservationsRequest,
+    ) -> CliResult<pb::ListReservationsResponse> {
+        let mut rpc = self.rpc.clone();
+        self.finish(
+            self.timeout,
+            rpc.list_reservations(self.request(req, self.timeout)),
+        )
+        .await
+    }
+
     async fn finish<T>(
         &self,
         budget: Duration,

@@ -84,6 +84,15 @@ fn run(cli: Cli) -> CliResult {
         Command::ForceRelease(args) => {
             remote(&global, resource, |s| commands::force_release::run(s, args))
         }
+        Command::Reserve(args) => {
+            remote(&global, resource, |s| commands::reserve::reserve(s, args))
+        }
+        Command::Reservations(args) => {
+            remote(&global, resource, |s| commands::reserve::list(s, args))
+        }
+        Command::Unreserve(args) => {
+            remote(&global, resource, |s| commands::reserve::unreserve(s, args))
+        }
         // Whatever fails in Stormlock before the command runs is 125 under
         // exec, apart from the command's own statuses.
         Command::Exec(args) => {

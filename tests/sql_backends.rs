@@ -89,6 +89,10 @@ trait Engine {
     /// number of rows deleted.
     async fn delete_row(admin: &mut Self::Admin, table: &str, resource: &str) -> u64;
 
+    /// Makes the admin's current `stormlock_locks` a schema of a version
+    /// before reservations: without the books table `stormlock_locks_books`.
+    async fn drop_books_table(admin: &mut Self::Admin);
+
     /// Makes the admin's current `stormlock_locks` a table of a version
     /// before leases kept their TTL: without the `ttl_ms` column.
     async fn drop_ttl_column(admin: &mut Self::Admin);
@@ -102,7 +106,8 @@ macro_rules! sql_cases {
             refuses_invalid_table_names, refuses_invalid_settings,
             debug_output_hides_the_password, unreachable_at_start_fails_fast,
             missing_table_without_create_is_a_clear_error,
-            documented_schema_works_without_create, unicode_text_round_trips,
+            documented_schema_works_without_create, missing_books_table_leaves_locks_working,
+            unicode_text_round_trips,
             fence_survives_row_deletion, a_table_of_an_older_version_gains_ttl_ms);
         sql_cases!(@cases $engine, tokio::test(flavor = "multi_thread", worker_threads = 4);
             fences_increase_under_contention);
@@ -296,8 +301,56 @@ async fn documented_schema_works_without_create<E: Engine>() {
         .expect("connect to existing schema");
     let lease = granted(&backend, "ddl/x").await;
     assert_eq!(E::stored_fences(&mut admin, "ddl/x").await, [lease.fence]);
+    assert!(
+        backend.write_book("ddl/x", 0, b"book").await.expect("book"),
+        "the documented DDL has the books table"
+    );
     let words = E::break_fence_counter(&mut admin).await;
     assert_config_error(connect::<E>(&url, &extra).await.map(drop), words);
+}
+
+/// A schema set up by hand before reservations lacks the books table: the
+/// backend starts and serves locks, the book calls fail naming the table,
+/// and once it is created they work, without a restart.
+async fn missing_books_table_leaves_locks_working<E: Engine>() {
+    let Some(url) = engine_url(E::URL_VAR) else {
+        return;
+    };
+    let mut admin = E::admin(&url).await;
+    let (url, extra) =
+        E::install_documented_schema(&mut admin, &url, &unique_name("nobooks")).await;
+    E::drop_books_table(&mut admin).await;
+    let strict = format!("{extra}\ncreate_table = false");
+    let backend = connect::<E>(&url, &strict)
+        .await
+        .expect("starts without the books table");
+    let lease = granted(&backend, "nobooks/x").await;
+    assert!(
+        backend
+            .release("nobooks/x", &lease.id)
+            .await
+            .expect("release")
+    );
+    let words = &["stormlock_locks_books", "documented DDL"];
+    assert_config_error(backend.book("nobooks/x").await, words);
+    assert_config_error(backend.write_book("nobooks/x", 0, b"x").await, words);
+    assert_config_error(backend.books("nobooks/", None, 10).await, words);
+    let again = granted(&backend, "nobooks/x").await;
+    assert!(again.fence > lease.fence, "locks still work");
+
+    // A daemon allowed to create the schema adds the table.
+    connect::<E>(&url, &extra)
+        .await
+        .expect("creates the books table");
+    assert_eq!(backend.book("nobooks/x").await.expect("book"), None);
+    assert!(
+        backend
+            .write_book("nobooks/x", 0, b"x")
+            .await
+            .expect("write")
+    );
+    let books = backend.books("nobooks/", None, 10).await.expect("books");
+    assert_eq!(books.len(), 1);
 }
 
 /// A table made by a version before leases kept their TTL lacks `ttl_ms`:
@@ -595,6 +648,13 @@ mod postgres {
             &["CACHE 1"]
         }
 
+        async fn drop_books_table(admin: &mut tokio_postgres::Client) {
+            admin
+                .batch_execute("DROP TABLE stormlock_locks_books")
+                .await
+                .expect("drop the books table");
+        }
+
         async fn drop_ttl_column(admin: &mut tokio_postgres::Client) {
             admin
                 .batch_execute("ALTER TABLE stormlock_locks DROP COLUMN ttl_ms")
@@ -804,6 +864,13 @@ mod mysql {
                 .await
                 .expect("delete the counter");
             &["stormlock_locks_fence", "id = 1"]
+        }
+
+        async fn drop_books_table(admin: &mut mysql_async::Conn) {
+            admin
+                .query_drop("DROP TABLE stormlock_locks_books")
+                .await
+                .expect("drop the books table");
         }
 
         async fn drop_ttl_column(admin: &mut mysql_async::Conn) {

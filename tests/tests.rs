@@ -27,6 +27,7 @@ mod promises;
 mod proxy;
 mod python_compat;
 mod reload;
+mod reservations;
 mod security;
 mod service;
 mod shared_backend;

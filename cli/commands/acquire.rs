@@ -288,10 +288,13 @@ pub fn report_held(holder: &Holder) {
     }
 }
 
-/// `freeze "weekend"`.
+/// `freeze "weekend"`, `reservation 1a2b3c4d of alice`.
 pub fn describe_window_name(window: &pb::Window) -> String {
     match pb::window::Kind::try_from(window.kind) {
         Ok(pb::window::Kind::Freeze) => format!("freeze {:?}", window.name),
+        Ok(pb::window::Kind::Reservation) => {
+            format!("reservation {} of {}", window.name, window.owner)
+        }
         _ => format!("window {:?}", window.name),
     }
 }

@@ -20,6 +20,7 @@ pub mod man;
 pub mod migrate_config;
 pub mod release;
 pub mod renew;
+pub mod reserve;
 pub mod watch;
 
 /// Settings and the connection they lead to, made once and only when needed.

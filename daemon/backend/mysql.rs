@@ -24,6 +24,16 @@
 //! the lease rows, so deleting old rows (whose leases ended more than a
 //! minute ago) never makes a fence go back.
 //!
+//! Reservation books live in a third table, the locks table's name with
+//! `_books`: one row per resource (`VARBINARY`, like the locks table) with
+//! the lock core's document (`body`, a `LONGBLOB`) and a `version` bumped on
+//! every write. A first write is an `INSERT` of version 1 (a duplicate key:
+//! another writer came first), a later one `UPDATE … WHERE version = ` the
+//! version it was read at, which wrote when it matched a row. A database set
+//! up by hand (`create_table = false`) without that table still serves
+//! locks: start-up warns, and the book calls fail with
+//! [`BackendError::Config`] naming the table.
+//!
 //! # Calls
 //!
 //! Acquire, renew and force-release run one transaction each: the row is read
@@ -72,14 +82,14 @@ use mysql_async::{
 };
 
 use super::sql::{self, MAX_ATTEMPTS, SqlConfig, SqlEngine, StoredRow, TableName, TlsMode};
-use super::{Backend, BackendError, Purpose, Result, Schema};
+use super::{Backend, BackendError, Book, Purpose, Result, Schema};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 
 /// The schema, as created on start when `create_table = true`. Operators
 /// without DDL rights run it themselves (replacing `stormlock_locks` with the
-/// configured table name throughout, in both table names) and set
+/// configured table name throughout, in all three table names) and set
 /// `create_table = false`; the daemon then needs `SELECT, INSERT, UPDATE` on
-/// both tables.
+/// the three tables (the locks table, its fence counter and its books).
 pub const DDL: &str = r#"-- Raw UTF-8 resource names: exact matching, byte order, no padding.
 CREATE TABLE IF NOT EXISTS `stormlock_locks` (
     resource       VARBINARY(512) NOT NULL PRIMARY KEY,
@@ -105,6 +115,14 @@ CREATE TABLE IF NOT EXISTS `stormlock_locks_fence` (
     v  BIGINT UNSIGNED NOT NULL
 ) ENGINE = InnoDB;
 INSERT IGNORE INTO `stormlock_locks_fence` (id, v) VALUES (1, 0);
+-- Reservation books: the lock core's document of each resource's
+-- reservations, replaced whole when version is still the one read (never 0;
+-- bumped on every write). Rows are never deleted.
+CREATE TABLE IF NOT EXISTS `stormlock_locks_books` (
+    resource VARBINARY(512) NOT NULL PRIMARY KEY,
+    body     LONGBLOB NOT NULL,
+    version  BIGINT NOT NULL
+) ENGINE = InnoDB;
 "#;
 
 /// Python stormlock 0.4.1's table (named by `python_table`, default
@@ -157,8 +175,51 @@ struct Statements {
     force: String,
     release: String,
     list: String,
+    /// On the reservation books table.
+    books: BookStatements,
     /// With `python_stormlock = true`.
     python: Option<PythonStatements>,
+}
+
+/// The statements on the reservation books table, their parameters named in
+/// order.
+struct BookStatements {
+    /// The table, for messages.
+    table: TableName,
+    /// (resource): its book.
+    read: String,
+    /// (resource, body): writes version 1; a duplicate key when a book
+    /// exists.
+    insert: String,
+    /// (body, resource, expected version): writes the next version over
+    /// `expected`; affects one row when it wrote.
+    update: String,
+    /// (prefix, its length, prefix, after, after, limit): books in byte
+    /// order, as `list`.
+    list: String,
+    /// Every column, to check the table at start.
+    probe: String,
+}
+
+impl BookStatements {
+    fn new(table: &TableName) -> Self {
+        let books = table.books();
+        let t = books.quoted('`');
+        Self {
+            read: format!("SELECT resource, body, version FROM {t} WHERE resource = ?"),
+            insert: format!("INSERT INTO {t} (resource, body, version) VALUES (?, ?, 1)"),
+            update: format!(
+                "UPDATE {t} SET body = ?, version = version + 1 WHERE resource = ? AND version = ?"
+            ),
+            list: format!(
+                "SELECT resource, body, version FROM {t} \
+                 WHERE resource >= ? AND LEFT(resource, ?) = ? AND (? IS NULL OR resource > ?) \
+                 ORDER BY resource LIMIT ?"
+            ),
+            probe: format!("SELECT resource, body, version FROM {t} LIMIT 0"),
+            table: books,
+        }
+    }
 }
 
 /// The statements on Python stormlock's table, their parameters named in
@@ -268,6 +329,7 @@ impl Statements {
         let fence = table.fence().quoted('`');
         Self {
             python: python.map(PythonStatements::new),
+            books: BookStatements::new(table),
             read: format!("SELECT {COLUMNS}, NOW(6) FROM {t} WHERE resource = ?"),
             lock: format!("SELECT {COLUMNS}, SYSDATE(6) FROM {t} WHERE resource = ? FOR UPDATE"),
             placeholder: format!(
@@ -402,11 +464,86 @@ impl MysqlBackend {
             connect_timeout: config.connect_timeout,
             sql: Statements::new(&table, python_table.as_ref()),
         };
-        let pending = backend
-            .prepare_schema(&table, Schema::new(config.create_table, purpose))
-            .await?;
+        let schema = Schema::new(config.create_table, purpose);
+        let pending = backend.prepare_schema(&table, schema).await?;
+        let books = backend.check_books(schema, purpose).await?;
         backend.check_python_table().await?;
-        Ok((backend, pending))
+        Ok((backend, pending.or(books)))
+    }
+
+    /// Checks the reservation books table, which [`DDL`] creates with the
+    /// locks table. A database set up by hand before reservations existed
+    /// lacks it: that stops nothing (its locks keep working), start-up warns
+    /// and the book calls fail naming it. Returns what a check reports.
+    async fn check_books(&self, schema: Schema, purpose: Purpose) -> Result<Option<String>> {
+        let mut conn = self.conn().await?;
+        let books = &self.sql.books;
+        let server = match conn.query_drop(&books.probe).await {
+            Ok(()) => return Ok(None),
+            Err(mysql_async::Error::Server(server)) if is_schema_error(&server) => server,
+            Err(e) => return Err(self.error(e)),
+        };
+        // ER_NO_SUCH_TABLE: what a check reports rather than refuses.
+        if schema == Schema::Inspect && server.code == 1146 {
+            return Ok(Some(Schema::missing(&format!(
+                "the reservation books table {:?}",
+                books.table.display()
+            ))));
+        }
+        let message = sql::books_unusable_message(&books.table, &server.message);
+        if purpose == Purpose::Serve {
+            tracing::warn!(backend = self.name.as_str(), "{message}");
+        }
+        Ok(Some(message))
+    }
+
+    /// An error of a statement on the reservation books table: a table that
+    /// is missing or may not be used is the operator's to fix (see
+    /// [`MysqlBackend::check_books`]); other errors are looked at again to
+    /// decide on a retry.
+    fn book_fail(&self, e: mysql_async::Error) -> Fail {
+        match &e {
+            mysql_async::Error::Server(server) if is_schema_error(server) => Fail::Backend(
+                sql::books_unusable(&self.name, &self.sql.books.table, &server.message),
+            ),
+            _ => Fail::Engine(e),
+        }
+    }
+
+    /// A row of the books table as a book.
+    fn book(&self, mut row: Row) -> Result<Book> {
+        sql::book(
+            &self.name,
+            self.column(&mut row, 0)?,
+            self.column(&mut row, 1)?,
+            self.column(&mut row, 2)?,
+        )
+    }
+
+    async fn try_write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Attempt<bool> {
+        let books = &self.sql.books;
+        let mut conn = self.conn().await?;
+        if expected == 0 {
+            return match conn
+                .exec_drop(&books.insert, (resource.as_bytes(), body))
+                .await
+            {
+                Ok(()) => Ok(Step::Done(true)),
+                // ER_DUP_ENTRY: another writer came first.
+                Err(mysql_async::Error::Server(e)) if e.code == 1062 => Ok(Step::Done(false)),
+                Err(e) => Err(self.book_fail(e)),
+            };
+        }
+        // A version beyond BIGINT was never written: nothing to match.
+        let Some(expected) = sql::stored_version(expected) else {
+            return Ok(Step::Done(false));
+        };
+        conn.exec_drop(&books.update, (body, resource.as_bytes(), expected))
+            .await
+            .map_err(|e| self.book_fail(e))?;
+        // The version changes with every write, so a matched row is a
+        // changed row (with or without CLIENT_FOUND_ROWS).
+        Ok(Step::Done(conn.affected_rows() == 1))
     }
 
     /// With `python_stormlock = true`, checks that Python stormlock's table
@@ -984,6 +1121,12 @@ impl MysqlBackend {
     }
 }
 
+/// Errors of the schema (SQLSTATE class 42: a missing table or column, a
+/// missing privilege) rather than of the connection or the data.
+fn is_schema_error(server: &mysql_async::ServerError) -> bool {
+    server.state.starts_with("42")
+}
+
 fn is_retryable(e: &mysql_async::Error) -> bool {
     // 1213: deadlock; 1020: MariaDB's "record has changed since last read"
     // under snapshot isolation.
@@ -1151,6 +1294,42 @@ impl Backend for MysqlBackend {
             self.try_force_release(resource, actor, reason)
         })
         .await
+    }
+
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = conn
+            .exec_first(&self.sql.books.read, (resource.as_bytes(),))
+            .await
+            .map_err(|e| self.settle(self.book_fail(e)))?;
+        row.map(|row| self.book(row)).transpose()
+    }
+
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        self.retrying("write_book", || {
+            self.try_write_book(resource, expected, body)
+        })
+        .await
+    }
+
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        let mut conn = self.conn().await?;
+        let after = after.map(str::as_bytes);
+        let rows: Vec<Row> = conn
+            .exec(
+                &self.sql.books.list,
+                (
+                    prefix.as_bytes(),
+                    prefix.len() as u64,
+                    prefix.as_bytes(),
+                    after,
+                    after,
+                    sql::limit(limit),
+                ),
+            )
+            .await
+            .map_err(|e| self.settle(self.book_fail(e)))?;
+        rows.into_iter().map(|row| self.book(row)).collect()
     }
 
     async fn health(&self) -> Result<()> {

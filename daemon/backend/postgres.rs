@@ -10,6 +10,16 @@
 //! locked, so they increase per resource across releases, expiries,
 //! force-releases, restarts and deleted rows alike.
 //!
+//! Reservation books live in a second table, the locks table's name with
+//! `_books` (on the table part of `schema.table`): one row per resource with
+//! the lock core's document (`body`) and a `version` bumped on every write.
+//! A first write is `INSERT … ON CONFLICT DO NOTHING` of version 1, a later
+//! one `UPDATE … WHERE version = ` the version it was read at; either
+//! reports through `RETURNING` whether it wrote. A database set up by hand
+//! (`create_table = false`) without that table still serves locks: start-up
+//! warns, and the book calls fail with [`BackendError::Config`] naming the
+//! table.
+//!
 //! # Calls
 //!
 //! Every call is one or two single statements in autocommit mode, each atomic
@@ -67,16 +77,17 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sql::{self, MAX_ATTEMPTS, SqlConfig, SqlEngine, StoredRow, TableName, TlsMode};
-use super::{Backend, BackendError, ChangeStream, Purpose, Result, Schema};
+use super::{Backend, BackendError, Book, ChangeStream, Purpose, Result, Schema};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use futures::StreamExt;
 use tokio_postgres::AsyncMessage;
 
 /// The schema, as created on start when `create_table = true`. Operators
 /// without DDL rights run it themselves (replacing `stormlock_locks` with the
-/// configured table name throughout) and set `create_table = false`; the
-/// daemon then needs `SELECT, INSERT, UPDATE` on the table and `USAGE` on the
-/// sequence.
+/// configured table name throughout, also in `stormlock_locks_fence` and
+/// `stormlock_locks_books`) and set `create_table = false`; the daemon then
+/// needs `SELECT, INSERT, UPDATE` on the table and on its books table, and
+/// `USAGE` on the sequence.
 pub const DDL: &str = r#"-- Fences for every resource of the table. A sequence, not a column, so that
 -- deleting old rows can never make a fence go back. CACHE 1 (the default):
 -- with a larger cache, connections hand out values out of order.
@@ -99,6 +110,14 @@ CREATE TABLE IF NOT EXISTS "stormlock_locks" (
     -- The TTL the lease was granted or last renewed with, in milliseconds,
     -- which a renewal that names none keeps.
     ttl_ms         BIGINT
+);
+-- Reservation books: the lock core's document of each resource's
+-- reservations, replaced whole when version is still the one read (never 0;
+-- bumped on every write). Rows are never deleted.
+CREATE TABLE IF NOT EXISTS "stormlock_locks_books" (
+    resource TEXT COLLATE "C" PRIMARY KEY,
+    body     BYTEA NOT NULL,
+    version  BIGINT NOT NULL
 );
 "#;
 
@@ -142,8 +161,54 @@ struct Statements {
     read: String,
     list: String,
     force: String,
+    /// On the reservation books table.
+    books: BookStatements,
     /// With `python_stormlock = true`.
     python: Option<PythonStatements>,
+}
+
+/// The statements on the reservation books table.
+struct BookStatements {
+    /// The table, for messages.
+    table: TableName,
+    /// (resource): its book.
+    read: String,
+    /// (resource, body): writes version 1 unless a book exists; returns a
+    /// row when it wrote.
+    insert: String,
+    /// (resource, body, expected version): writes the next version over
+    /// `expected`; returns a row when it wrote.
+    update: String,
+    /// (prefix, after, limit): books in byte order, as `list`.
+    list: String,
+    /// Every column, to check the table at start.
+    probe: String,
+}
+
+impl BookStatements {
+    fn new(table: &TableName) -> Self {
+        let books = table.books();
+        let t = books.quoted('"');
+        Self {
+            read: format!("SELECT resource, body, version FROM {t} WHERE resource = $1"),
+            insert: format!(
+                "INSERT INTO {t} (resource, body, version) VALUES ($1, $2, 1) \
+                 ON CONFLICT (resource) DO NOTHING RETURNING version"
+            ),
+            update: format!(
+                "UPDATE {t} SET body = $2, version = version + 1 \
+                 WHERE resource = $1 AND version = $3 RETURNING version"
+            ),
+            list: format!(
+                "SELECT resource, body, version FROM {t} \
+                 WHERE resource COLLATE \"C\" >= $1 AND starts_with(resource, $1) \
+                   AND ($2::text IS NULL OR resource COLLATE \"C\" > $2) \
+                 ORDER BY resource COLLATE \"C\" LIMIT $3"
+            ),
+            probe: format!("SELECT resource, body, version FROM {t} LIMIT 0"),
+            table: books,
+        }
+    }
 }
 
 /// The statements on Python stormlock's table. A lease id travels as text
@@ -243,6 +308,7 @@ impl Statements {
                    fence, evicted_id, evicted_by, evicted_reason, ttl_ms, {notify}"
             ),
             channel,
+            books: BookStatements::new(table),
             python: python.map(PythonStatements::new),
         }
     }
@@ -328,11 +394,70 @@ impl PostgresBackend {
             tls,
             connect_timeout: config.connect_timeout,
         };
-        let pending = backend
-            .prepare_schema(&table, Schema::new(config.create_table, purpose))
-            .await?;
+        let schema = Schema::new(config.create_table, purpose);
+        let pending = backend.prepare_schema(&table, schema).await?;
+        let books = backend.check_books(schema, purpose).await?;
         backend.check_python_table().await?;
-        Ok((backend, pending))
+        Ok((backend, pending.or(books)))
+    }
+
+    /// Checks the reservation books table, which [`DDL`] creates with the
+    /// locks table. A database set up by hand before reservations existed
+    /// lacks it: that stops nothing (its locks keep working), start-up warns
+    /// and the book calls fail naming it. Returns what a check reports.
+    async fn check_books(&self, schema: Schema, purpose: Purpose) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let books = &self.sql.books;
+        let e = match client.query(&books.probe, &[]).await {
+            Ok(_) => return Ok(None),
+            Err(e) if is_schema_error(&e) => e,
+            Err(e) => return Err(self.error(e)),
+        };
+        if schema == Schema::Inspect && e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+            return Ok(Some(Schema::missing(&format!(
+                "the reservation books table {:?}",
+                books.table.display()
+            ))));
+        }
+        let message = sql::books_unusable_message(&books.table, &sql::describe(&e));
+        if purpose == Purpose::Serve {
+            tracing::warn!(backend = self.name.as_str(), "{message}");
+        }
+        Ok(Some(message))
+    }
+
+    /// Runs one statement on the reservation books table: a table that is
+    /// missing or may not be used is the operator's to fix (see
+    /// [`PostgresBackend::check_books`]).
+    async fn book_query(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        self.query_mapped(statement, params, |e| {
+            if is_schema_error(&e) {
+                sql::books_unusable(&self.name, &self.sql.books.table, &sql::describe(&e))
+            } else {
+                self.error(e)
+            }
+        })
+        .await
+    }
+
+    /// A row of the books table as a book.
+    fn book(&self, row: &Row) -> Result<Book> {
+        let unexpected = |e: tokio_postgres::Error| {
+            BackendError::internal(
+                &self.name,
+                format!("unexpected book row shape: {}", sql::describe(&e)),
+            )
+        };
+        sql::book(
+            &self.name,
+            row.try_get(0).map_err(unexpected)?,
+            row.try_get(1).map_err(unexpected)?,
+            row.try_get(2).map_err(unexpected)?,
+        )
     }
 
     /// Creates the schema if allowed, then checks that the table has every
@@ -577,6 +702,18 @@ impl PostgresBackend {
 
     /// Runs one statement, again after a deadlock or serialization failure.
     async fn query(&self, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        self.query_mapped(statement, params, |e| self.error(e))
+            .await
+    }
+
+    /// [`PostgresBackend::query`], with the statement's final error turned
+    /// into this backend's by `error`.
+    async fn query_mapped(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+        error: impl Fn(tokio_postgres::Error) -> BackendError,
+    ) -> Result<Vec<Row>> {
         let mut attempt = 0;
         loop {
             let mut in_use = InUse {
@@ -597,7 +734,7 @@ impl PostgresBackend {
                     attempt += 1;
                     sql::pause_before_retry(attempt).await;
                 }
-                Err(e) => return Err(self.error(e)),
+                Err(e) => return Err(error(e)),
             }
         }
     }
@@ -659,6 +796,12 @@ impl PostgresBackend {
         })?;
         Ok(Some((self.stored(row)?, now)))
     }
+}
+
+/// Errors of the schema (SQLSTATE class 42: a missing table or column, a
+/// missing privilege) rather than of the connection or the data.
+fn is_schema_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|code| code.code().starts_with("42"))
 }
 
 fn is_retryable(e: &tokio_postgres::Error) -> bool {
@@ -805,6 +948,33 @@ impl Backend for PostgresBackend {
             .query(&python.release, &[&resource, &held.id.expose()])
             .await?;
         Ok((!deleted.is_empty()).then_some(held))
+    }
+
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        let rows = self.book_query(&self.sql.books.read, &[&resource]).await?;
+        rows.first().map(|row| self.book(row)).transpose()
+    }
+
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        let books = &self.sql.books;
+        let rows = if expected == 0 {
+            self.book_query(&books.insert, &[&resource, &body]).await?
+        } else {
+            // A version beyond BIGINT was never written: nothing to match.
+            let Some(expected) = sql::stored_version(expected) else {
+                return Ok(false);
+            };
+            self.book_query(&books.update, &[&resource, &body, &expected])
+                .await?
+        };
+        Ok(!rows.is_empty())
+    }
+
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        let rows = self
+            .book_query(&self.sql.books.list, &[&prefix, &after, &sql::limit(limit)])
+            .await?;
+        rows.iter().map(|row| self.book(row)).collect()
     }
 
     async fn health(&self) -> Result<()> {

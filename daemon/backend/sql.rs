@@ -8,6 +8,13 @@
 //! the last eviction record, and its fence comes from a counter that no row
 //! deletion can reset (a sequence in PostgreSQL, a one-row counter table in
 //! MySQL), so fences keep increasing even when operators delete old rows.
+//!
+//! Reservation books live in a second table beside the locks table (its name
+//! with [`BOOKS_SUFFIX`]): one row per resource with the lock core's opaque
+//! document and a version, replaced whole by compare-and-swap on the version
+//! (a counter bumped on each write, so a version never comes back) and never
+//! deleted. Deployments that create their schema themselves and lack it keep
+//! their locks; only reservations fail, with [`books_unusable`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::record::Record;
-use super::{BackendError, Result};
+use super::{BackendError, Book, Result};
 use crate::lease::{Eviction, Lease, LeaseId};
 
 /// The table used when the configuration names none.
@@ -29,8 +36,15 @@ pub const DEFAULT_PYTHON_TABLE: &str = "stormlock";
 /// MySQL) next to the locks table.
 pub(super) const FENCE_SUFFIX: &str = "_fence";
 
+/// Suffix of the reservation books table's name next to the locks table.
+/// No longer than [`FENCE_SUFFIX`], so [`MAX_TABLE_LEN`] holds for it too.
+pub(super) const BOOKS_SUFFIX: &str = "_books";
+
+const _: () = assert!(BOOKS_SUFFIX.len() <= FENCE_SUFFIX.len());
+
 /// Longest table name: both engines cap identifiers at 63 or 64 bytes, and
-/// the fence counter's name adds [`FENCE_SUFFIX`].
+/// the fence counter's name adds [`FENCE_SUFFIX`] (the books table's name
+/// adds [`BOOKS_SUFFIX`], which is no longer).
 pub const MAX_TABLE_LEN: usize = 63 - FENCE_SUFFIX.len();
 
 /// Attempts of one call when the engine reports a deadlock or a
@@ -58,12 +72,14 @@ pub struct SqlConfig {
     /// The locks table: letters, digits and underscores only; on PostgreSQL
     /// also `schema.table` (MySQL takes the database from the URL). Default
     /// `stormlock_locks`; the fence counter (a sequence in PostgreSQL, a
-    /// table in MySQL) is named after it with a `_fence` suffix.
+    /// table in MySQL) is named after it with a `_fence` suffix, the
+    /// reservation books table with a `_books` suffix.
     #[serde(default = "default_table")]
     pub table: String,
-    /// Create the table and its fence counter on start if they are missing
-    /// (default true). With false they must exist, created with the engine's
-    /// `DDL`.
+    /// Create the table, its fence counter and its reservation books table
+    /// on start if they are missing (default true). With false they must
+    /// exist, created with the engine's `DDL`; without the books table locks
+    /// still work, and reservations fail naming it.
     #[serde(default = "default_create_table")]
     pub create_table: bool,
     /// Most connections kept open to the server (default 8).
@@ -322,6 +338,14 @@ impl TableName {
         }
     }
 
+    /// The reservation books table's name beside this table.
+    pub(super) fn books(&self) -> Self {
+        Self {
+            schema: self.schema.clone(),
+            table: format!("{}{BOOKS_SUFFIX}", self.table),
+        }
+    }
+
     /// The name quoted with `quote` (`"` for PostgreSQL, `` ` `` for MySQL),
     /// ready to be placed in a statement.
     pub(super) fn quoted(&self, quote: char) -> String {
@@ -369,16 +393,59 @@ fn check_identifier(name: &str, max: usize) -> std::result::Result<(), String> {
 }
 
 /// Puts a validated table name into a DDL template written for
-/// [`DEFAULT_TABLE`], whose table and fence names appear quoted with `quote`.
+/// [`DEFAULT_TABLE`], whose table, fence and books names appear quoted with
+/// `quote`.
 pub(super) fn render_ddl(template: &str, table: &TableName, quote: char) -> String {
     let default = TableName {
         schema: None,
         table: DEFAULT_TABLE.to_string(),
     };
-    // The fence name contains the table name, so it is replaced first.
+    // The fence and books names contain the table name, so they are
+    // replaced first.
     template
         .replace(&default.fence().quoted(quote), &table.fence().quoted(quote))
+        .replace(&default.books().quoted(quote), &table.books().quoted(quote))
         .replace(&default.quoted(quote), &table.quoted(quote))
+}
+
+/// Why a book call failed on the books table itself (missing, or the
+/// daemon may not use it: the engine's `why`), for operators: locks keep
+/// working without it, reservations need it.
+pub(super) fn books_unusable(backend: &str, books: &TableName, why: &str) -> BackendError {
+    BackendError::config(backend, books_unusable_message(books, why))
+}
+
+/// The text of [`books_unusable`], also what start-up warns with.
+pub(super) fn books_unusable_message(books: &TableName, why: &str) -> String {
+    format!(
+        "the reservation books table {:?} cannot be used: {why}; reservations need it (locks \
+         work without it): create it with the documented DDL, which the daemon runs at start \
+         with create_table = true, and give the daemon SELECT, INSERT, UPDATE on it",
+        books.display()
+    )
+}
+
+/// The version a write over `expected` compares against, as the engines
+/// store it; `None` for a version no book can have (beyond `BIGINT`), which
+/// no write can match.
+pub(super) fn stored_version(expected: u64) -> Option<i64> {
+    i64::try_from(expected).ok()
+}
+
+/// A book row (resource, body, version) as the lock core sees it; the
+/// version is never 0 or negative in a row this daemon wrote.
+pub(super) fn book(backend: &str, resource: String, body: Vec<u8>, version: i64) -> Result<Book> {
+    match u64::try_from(version) {
+        Ok(version) if version > 0 => Ok(Book {
+            resource,
+            body,
+            version,
+        }),
+        _ => Err(BackendError::internal(
+            backend,
+            format!("the book of {resource:?} has version {version}, which no write gives"),
+        )),
+    }
 }
 
 /// One row of the locks table, as either engine returns it.
@@ -539,15 +606,42 @@ mod tests {
     fn fence_name_and_rendering() {
         let table = TableName::parse("ops.locks", true).map(|t| t.fence().quoted('"'));
         assert_eq!(table.ok().as_deref(), Some("\"ops\".\"locks_fence\""));
-        let template =
-            "CREATE SEQUENCE \"stormlock_locks_fence\"; CREATE TABLE \"stormlock_locks\"";
+        let books = TableName::parse("ops.locks", true).map(|t| t.books().quoted('"'));
+        assert_eq!(books.ok().as_deref(), Some("\"ops\".\"locks_books\""));
+        let template = "CREATE SEQUENCE \"stormlock_locks_fence\"; CREATE TABLE \"stormlock_locks\"; \
+                        CREATE TABLE \"stormlock_locks_books\"";
         let Ok(table) = TableName::parse("ops.locks", true) else {
             panic!("valid name")
         };
         assert_eq!(
             render_ddl(template, &table, '"'),
-            "CREATE SEQUENCE \"ops\".\"locks_fence\"; CREATE TABLE \"ops\".\"locks\""
+            "CREATE SEQUENCE \"ops\".\"locks_fence\"; CREATE TABLE \"ops\".\"locks\"; \
+             CREATE TABLE \"ops\".\"locks_books\""
         );
+        // The longest table name leaves room for either suffix.
+        let longest = TableName::parse(&"x".repeat(MAX_TABLE_LEN), false);
+        let Ok(longest) = longest else {
+            panic!("valid name")
+        };
+        assert!(longest.books().table.len() <= 63);
+        assert!(longest.fence().table.len() <= 63);
+    }
+
+    #[test]
+    fn book_versions() {
+        assert_eq!(stored_version(5), Some(5));
+        assert_eq!(stored_version(u64::MAX), None);
+        let ok = book("db", "r".into(), b"x".to_vec(), 3).ok();
+        assert_eq!(
+            ok.map(|b| (b.resource, b.body, b.version)),
+            Some(("r".into(), b"x".to_vec(), 3))
+        );
+        for bad in [0, -1] {
+            let err = book("db", "r".into(), Vec::new(), bad)
+                .err()
+                .map(|e| e.kind());
+            assert_eq!(err, Some("internal"), "version {bad}");
+        }
     }
 
     #[test]
