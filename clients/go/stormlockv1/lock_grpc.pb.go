@@ -33,6 +33,20 @@ type LockServiceClient interface {
 	ForceRelease(ctx context.Context, in *ForceReleaseRequest, opts ...grpc.CallOption) (*ForceReleaseResponse, error)
 	// Watch streams the events of a resource or of every resource under a prefix.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (LockService_WatchClient, error)
+	// Reserve books a resource for the caller from one time to another: while
+	// the reservation is in force, everyone else's Acquire is refused as by a
+	// held lock (with a Window of kind RESERVATION), and no lease of anyone
+	// else is granted or renewed past its start. Reservations of one resource
+	// never overlap: an overlapping one is refused, naming the one in the way.
+	// How far ahead and for how long are bounded by the daemon's
+	// `[reservations]` limits.
+	Reserve(ctx context.Context, in *ReserveRequest, opts ...grpc.CallOption) (*ReserveResponse, error)
+	// Unreserve cancels a reservation: its owner, or an administrator with a
+	// reason (audited).
+	Unreserve(ctx context.Context, in *UnreserveRequest, opts ...grpc.CallOption) (*UnreserveResponse, error)
+	// ListReservations returns the reservations that have not ended on
+	// resources under a prefix, and the freeze windows that cover them.
+	ListReservations(ctx context.Context, in *ListReservationsRequest, opts ...grpc.CallOption) (*ListReservationsResponse, error)
 }
 
 type lockServiceClient struct {
@@ -138,6 +152,33 @@ func (x *lockServiceWatchClient) Recv() (*WatchResponse, error) {
 	return m, nil
 }
 
+func (c *lockServiceClient) Reserve(ctx context.Context, in *ReserveRequest, opts ...grpc.CallOption) (*ReserveResponse, error) {
+	out := new(ReserveResponse)
+	err := c.cc.Invoke(ctx, "/stormlock.v1.LockService/Reserve", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *lockServiceClient) Unreserve(ctx context.Context, in *UnreserveRequest, opts ...grpc.CallOption) (*UnreserveResponse, error) {
+	out := new(UnreserveResponse)
+	err := c.cc.Invoke(ctx, "/stormlock.v1.LockService/Unreserve", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *lockServiceClient) ListReservations(ctx context.Context, in *ListReservationsRequest, opts ...grpc.CallOption) (*ListReservationsResponse, error) {
+	out := new(ListReservationsResponse)
+	err := c.cc.Invoke(ctx, "/stormlock.v1.LockService/ListReservations", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LockServiceServer is the server API for LockService service.
 // All implementations must embed UnimplementedLockServiceServer
 // for forward compatibility
@@ -158,6 +199,20 @@ type LockServiceServer interface {
 	ForceRelease(context.Context, *ForceReleaseRequest) (*ForceReleaseResponse, error)
 	// Watch streams the events of a resource or of every resource under a prefix.
 	Watch(*WatchRequest, LockService_WatchServer) error
+	// Reserve books a resource for the caller from one time to another: while
+	// the reservation is in force, everyone else's Acquire is refused as by a
+	// held lock (with a Window of kind RESERVATION), and no lease of anyone
+	// else is granted or renewed past its start. Reservations of one resource
+	// never overlap: an overlapping one is refused, naming the one in the way.
+	// How far ahead and for how long are bounded by the daemon's
+	// `[reservations]` limits.
+	Reserve(context.Context, *ReserveRequest) (*ReserveResponse, error)
+	// Unreserve cancels a reservation: its owner, or an administrator with a
+	// reason (audited).
+	Unreserve(context.Context, *UnreserveRequest) (*UnreserveResponse, error)
+	// ListReservations returns the reservations that have not ended on
+	// resources under a prefix, and the freeze windows that cover them.
+	ListReservations(context.Context, *ListReservationsRequest) (*ListReservationsResponse, error)
 	mustEmbedUnimplementedLockServiceServer()
 }
 
@@ -188,6 +243,15 @@ func (UnimplementedLockServiceServer) ForceRelease(context.Context, *ForceReleas
 }
 func (UnimplementedLockServiceServer) Watch(*WatchRequest, LockService_WatchServer) error {
 	return status.Errorf(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedLockServiceServer) Reserve(context.Context, *ReserveRequest) (*ReserveResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Reserve not implemented")
+}
+func (UnimplementedLockServiceServer) Unreserve(context.Context, *UnreserveRequest) (*UnreserveResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Unreserve not implemented")
+}
+func (UnimplementedLockServiceServer) ListReservations(context.Context, *ListReservationsRequest) (*ListReservationsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListReservations not implemented")
 }
 func (UnimplementedLockServiceServer) mustEmbedUnimplementedLockServiceServer() {}
 
@@ -349,6 +413,60 @@ func (x *lockServiceWatchServer) Send(m *WatchResponse) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _LockService_Reserve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReserveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LockServiceServer).Reserve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/stormlock.v1.LockService/Reserve",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LockServiceServer).Reserve(ctx, req.(*ReserveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LockService_Unreserve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnreserveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LockServiceServer).Unreserve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/stormlock.v1.LockService/Unreserve",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LockServiceServer).Unreserve(ctx, req.(*UnreserveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LockService_ListReservations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReservationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LockServiceServer).ListReservations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/stormlock.v1.LockService/ListReservations",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LockServiceServer).ListReservations(ctx, req.(*ListReservationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _LockService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "stormlock.v1.LockService",
 	HandlerType: (*LockServiceServer)(nil),
@@ -380,6 +498,18 @@ var _LockService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ForceRelease",
 			Handler:    _LockService_ForceRelease_Handler,
+		},
+		{
+			MethodName: "Reserve",
+			Handler:    _LockService_Reserve_Handler,
+		},
+		{
+			MethodName: "Unreserve",
+			Handler:    _LockService_Unreserve_Handler,
+		},
+		{
+			MethodName: "ListReservations",
+			Handler:    _LockService_ListReservations_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -75,24 +75,112 @@ class AcquireResponse(_message.Message):
     def __init__(self, acquired: _Optional[bool] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., holder: _Optional[_Union[Lease, _Mapping]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., cut_short_by: _Optional[_Union[Window, _Mapping]] = ...) -> None: ...
 
 class Window(_message.Message):
-    __slots__ = ("kind", "name", "reason", "starts_at", "ends_at")
+    __slots__ = ("kind", "name", "reason", "starts_at", "ends_at", "owner")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Window.Kind]
         KIND_FREEZE: _ClassVar[Window.Kind]
+        KIND_RESERVATION: _ClassVar[Window.Kind]
     KIND_UNSPECIFIED: Window.Kind
     KIND_FREEZE: Window.Kind
+    KIND_RESERVATION: Window.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     STARTS_AT_FIELD_NUMBER: _ClassVar[int]
     ENDS_AT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     kind: Window.Kind
     name: str
     reason: str
     starts_at: _timestamp_pb2.Timestamp
     ends_at: _timestamp_pb2.Timestamp
-    def __init__(self, kind: _Optional[_Union[Window.Kind, str]] = ..., name: _Optional[str] = ..., reason: _Optional[str] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, kind: _Optional[_Union[Window.Kind, str]] = ..., name: _Optional[str] = ..., reason: _Optional[str] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class Reservation(_message.Message):
+    __slots__ = ("id", "resource", "owner", "reason", "starts_at", "ends_at", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTS_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDS_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    resource: str
+    owner: str
+    reason: str
+    starts_at: _timestamp_pb2.Timestamp
+    ends_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., resource: _Optional[str] = ..., owner: _Optional[str] = ..., reason: _Optional[str] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("resource", "starts_at", "ends_at", "reason", "principal")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    STARTS_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDS_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    starts_at: _timestamp_pb2.Timestamp
+    ends_at: _timestamp_pb2.Timestamp
+    reason: str
+    principal: str
+    def __init__(self, resource: _Optional[str] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("reserved", "reservation", "overlapping")
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    OVERLAPPING_FIELD_NUMBER: _ClassVar[int]
+    reserved: bool
+    reservation: Reservation
+    overlapping: Reservation
+    def __init__(self, reserved: _Optional[bool] = ..., reservation: _Optional[_Union[Reservation, _Mapping]] = ..., overlapping: _Optional[_Union[Reservation, _Mapping]] = ...) -> None: ...
+
+class UnreserveRequest(_message.Message):
+    __slots__ = ("resource", "id", "reason", "principal")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    id: str
+    reason: str
+    principal: str
+    def __init__(self, resource: _Optional[str] = ..., id: _Optional[str] = ..., reason: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+
+class UnreserveResponse(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: Reservation
+    def __init__(self, cancelled: _Optional[_Union[Reservation, _Mapping]] = ...) -> None: ...
+
+class ListReservationsRequest(_message.Message):
+    __slots__ = ("prefix",)
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+
+class Freeze(_message.Message):
+    __slots__ = ("window", "patterns", "schedule")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    window: Window
+    patterns: _containers.RepeatedScalarFieldContainer[str]
+    schedule: str
+    def __init__(self, window: _Optional[_Union[Window, _Mapping]] = ..., patterns: _Optional[_Iterable[str]] = ..., schedule: _Optional[str] = ...) -> None: ...
+
+class ListReservationsResponse(_message.Message):
+    __slots__ = ("reservations", "freezes")
+    RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    FREEZES_FIELD_NUMBER: _ClassVar[int]
+    reservations: _containers.RepeatedCompositeFieldContainer[Reservation]
+    freezes: _containers.RepeatedCompositeFieldContainer[Freeze]
+    def __init__(self, reservations: _Optional[_Iterable[_Union[Reservation, _Mapping]]] = ..., freezes: _Optional[_Iterable[_Union[Freeze, _Mapping]]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("resource", "lease_id")

@@ -92,6 +92,21 @@ class LockServiceStub:
                 request_serializer=stormlock_dot_v1_dot_lock__pb2.WatchRequest.SerializeToString,
                 response_deserializer=stormlock_dot_v1_dot_lock__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/stormlock.v1.LockService/Reserve',
+                request_serializer=stormlock_dot_v1_dot_lock__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=stormlock_dot_v1_dot_lock__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Unreserve = channel.unary_unary(
+                '/stormlock.v1.LockService/Unreserve',
+                request_serializer=stormlock_dot_v1_dot_lock__pb2.UnreserveRequest.SerializeToString,
+                response_deserializer=stormlock_dot_v1_dot_lock__pb2.UnreserveResponse.FromString,
+                _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/stormlock.v1.LockService/ListReservations',
+                request_serializer=stormlock_dot_v1_dot_lock__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=stormlock_dot_v1_dot_lock__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
 
 
 class LockServiceServicer:
@@ -171,6 +186,35 @@ class LockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Reserve books a resource for the caller from one time to another: while
+        the reservation is in force, everyone else's Acquire is refused as by a
+        held lock (with a Window of kind RESERVATION), and no lease of anyone
+        else is granted or renewed past its start. Reservations of one resource
+        never overlap: an overlapping one is refused, naming the one in the way.
+        How far ahead and for how long are bounded by the daemon's
+        `[reservations]` limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unreserve(self, request, context):
+        """Unreserve cancels a reservation: its owner, or an administrator with a
+        reason (audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReservations(self, request, context):
+        """ListReservations returns the reservations that have not ended on
+        resources under a prefix, and the freeze windows that cover them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +257,21 @@ def add_LockServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=stormlock_dot_v1_dot_lock__pb2.WatchRequest.FromString,
                     response_serializer=stormlock_dot_v1_dot_lock__pb2.WatchResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=stormlock_dot_v1_dot_lock__pb2.ReserveRequest.FromString,
+                    response_serializer=stormlock_dot_v1_dot_lock__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Unreserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unreserve,
+                    request_deserializer=stormlock_dot_v1_dot_lock__pb2.UnreserveRequest.FromString,
+                    response_serializer=stormlock_dot_v1_dot_lock__pb2.UnreserveResponse.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=stormlock_dot_v1_dot_lock__pb2.ListReservationsRequest.FromString,
+                    response_serializer=stormlock_dot_v1_dot_lock__pb2.ListReservationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +508,87 @@ class LockService:
             '/stormlock.v1.LockService/Watch',
             stormlock_dot_v1_dot_lock__pb2.WatchRequest.SerializeToString,
             stormlock_dot_v1_dot_lock__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stormlock.v1.LockService/Reserve',
+            stormlock_dot_v1_dot_lock__pb2.ReserveRequest.SerializeToString,
+            stormlock_dot_v1_dot_lock__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unreserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stormlock.v1.LockService/Unreserve',
+            stormlock_dot_v1_dot_lock__pb2.UnreserveRequest.SerializeToString,
+            stormlock_dot_v1_dot_lock__pb2.UnreserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stormlock.v1.LockService/ListReservations',
+            stormlock_dot_v1_dot_lock__pb2.ListReservationsRequest.SerializeToString,
+            stormlock_dot_v1_dot_lock__pb2.ListReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,23 @@ class LockServiceStub:
     """ForceRelease breaks a lease without its id. Administrators only; audited."""
     Watch: _grpc.UnaryStreamMultiCallable[_lock_pb2.WatchRequest, _lock_pb2.WatchResponse]
     """Watch streams the events of a resource or of every resource under a prefix."""
+    Reserve: _grpc.UnaryUnaryMultiCallable[_lock_pb2.ReserveRequest, _lock_pb2.ReserveResponse]
+    """Reserve books a resource for the caller from one time to another: while
+    the reservation is in force, everyone else's Acquire is refused as by a
+    held lock (with a Window of kind RESERVATION), and no lease of anyone
+    else is granted or renewed past its start. Reservations of one resource
+    never overlap: an overlapping one is refused, naming the one in the way.
+    How far ahead and for how long are bounded by the daemon's
+    `[reservations]` limits.
+    """
+    Unreserve: _grpc.UnaryUnaryMultiCallable[_lock_pb2.UnreserveRequest, _lock_pb2.UnreserveResponse]
+    """Unreserve cancels a reservation: its owner, or an administrator with a
+    reason (audited).
+    """
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_lock_pb2.ListReservationsRequest, _lock_pb2.ListReservationsResponse]
+    """ListReservations returns the reservations that have not ended on
+    resources under a prefix, and the freeze windows that cover them.
+    """
 
 @_typing.type_check_only
 class LockServiceAsyncStub(LockServiceStub):
@@ -111,6 +128,23 @@ class LockServiceAsyncStub(LockServiceStub):
     """ForceRelease breaks a lease without its id. Administrators only; audited."""
     Watch: _aio.UnaryStreamMultiCallable[_lock_pb2.WatchRequest, _lock_pb2.WatchResponse]  # type: ignore[assignment]
     """Watch streams the events of a resource or of every resource under a prefix."""
+    Reserve: _aio.UnaryUnaryMultiCallable[_lock_pb2.ReserveRequest, _lock_pb2.ReserveResponse]  # type: ignore[assignment]
+    """Reserve books a resource for the caller from one time to another: while
+    the reservation is in force, everyone else's Acquire is refused as by a
+    held lock (with a Window of kind RESERVATION), and no lease of anyone
+    else is granted or renewed past its start. Reservations of one resource
+    never overlap: an overlapping one is refused, naming the one in the way.
+    How far ahead and for how long are bounded by the daemon's
+    `[reservations]` limits.
+    """
+    Unreserve: _aio.UnaryUnaryMultiCallable[_lock_pb2.UnreserveRequest, _lock_pb2.UnreserveResponse]  # type: ignore[assignment]
+    """Unreserve cancels a reservation: its owner, or an administrator with a
+    reason (audited).
+    """
+    ListReservations: _aio.UnaryUnaryMultiCallable[_lock_pb2.ListReservationsRequest, _lock_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """ListReservations returns the reservations that have not ended on
+    resources under a prefix, and the freeze windows that cover them.
+    """
 
 class LockServiceServicer(metaclass=_abc_1.ABCMeta):
     """LockService grants, renews and releases leases on named resources.
@@ -196,5 +230,40 @@ class LockServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lock_pb2.WatchResponse], _abc.AsyncIterator[_lock_pb2.WatchResponse]]:
         """Watch streams the events of a resource or of every resource under a prefix."""
+
+    @_abc_1.abstractmethod
+    def Reserve(
+        self,
+        request: _lock_pb2.ReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lock_pb2.ReserveResponse, _abc.Awaitable[_lock_pb2.ReserveResponse]]:
+        """Reserve books a resource for the caller from one time to another: while
+        the reservation is in force, everyone else's Acquire is refused as by a
+        held lock (with a Window of kind RESERVATION), and no lease of anyone
+        else is granted or renewed past its start. Reservations of one resource
+        never overlap: an overlapping one is refused, naming the one in the way.
+        How far ahead and for how long are bounded by the daemon's
+        `[reservations]` limits.
+        """
+
+    @_abc_1.abstractmethod
+    def Unreserve(
+        self,
+        request: _lock_pb2.UnreserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lock_pb2.UnreserveResponse, _abc.Awaitable[_lock_pb2.UnreserveResponse]]:
+        """Unreserve cancels a reservation: its owner, or an administrator with a
+        reason (audited).
+        """
+
+    @_abc_1.abstractmethod
+    def ListReservations(
+        self,
+        request: _lock_pb2.ListReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lock_pb2.ListReservationsResponse, _abc.Awaitable[_lock_pb2.ListReservationsResponse]]:
+        """ListReservations returns the reservations that have not ended on
+        resources under a prefix, and the freeze windows that cover them.
+        """
 
 def add_LockServiceServicer_to_server(servicer: LockServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stormlock/v1/lock.proto.
  */
 export const file_stormlock_v1_lock: GenFile = /*@__PURE__*/
-  fileDesc("ChdzdG9ybWxvY2svdjEvbG9jay5wcm90bxIMc3Rvcm1sb2NrLnYxIr4BCgVMZWFzZRIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRIRCglwcmluY2lwYWwYAyABKAkSDgoGcmVhc29uGAQgASgJEi8KC2FjcXVpcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVmZW5jZRgHIAEoBCKnAQoOQWNxdWlyZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBHdhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcmVhc29uGAQgASgJEhEKCXByaW5jaXBhbBgFIAEoCRIPCgd3YWl0X2lkGAYgASgJIr4BCg9BY3F1aXJlUmVzcG9uc2USEAoIYWNxdWlyZWQYASABKAgSIgoFbGVhc2UYAiABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2USIwoGaG9sZGVyGAMgASgLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEiQKBndpbmRvdxgEIAEoCzIULnN0b3JtbG9jay52MS5XaW5kb3cSKgoMY3V0X3Nob3J0X2J5GAUgASgLMhQuc3Rvcm1sb2NrLnYxLldpbmRvdyLaAQoGV2luZG93EicKBGtpbmQYASABKA4yGS5zdG9ybWxvY2sudjEuV2luZG93LktpbmQSDAoEbmFtZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSLQoJc3RhcnRzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdlbmRzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCItCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX0ZSRUVaRRABIjQKDlJlbGVhc2VSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEhAKCGxlYXNlX2lkGAIgASgJIiMKD1JlbGVhc2VSZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCJaCgxSZW5ld1JlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIl8KDVJlbmV3UmVzcG9uc2USIgoFbGVhc2UYASABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2USKgoMY3V0X3Nob3J0X2J5GAIgASgLMhQuc3Rvcm1sb2NrLnYxLldpbmRvdyIzCg5DdXJyZW50UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIPCgd3YWl0X2lkGAIgASgJIoQBCg9DdXJyZW50UmVzcG9uc2USIgoFbGVhc2UYASABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2USDwoHd2FpdGluZxgCIAEoDRIWCg5xdWV1ZV9wb3NpdGlvbhgDIAEoDRIkCgZ3aW5kb3cYBCABKAsyFC5zdG9ybWxvY2sudjEuV2luZG93IjMKDUlzSGVsZFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiHgoOSXNIZWxkUmVzcG9uc2USDAoEaGVsZBgBIAEoCCItCgxMZWFzZUV2aWN0ZWQSDQoFYWN0b3IYASABKAkSDgoGcmVhc29uGAIgASgJIkQKC0xpc3RSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJMCgxMaXN0UmVzcG9uc2USIwoGbGVhc2VzGAEgAygLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI3ChNGb3JjZVJlbGVhc2VSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI9ChRGb3JjZVJlbGVhc2VSZXNwb25zZRIlCghyZWxlYXNlZBgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZSIwCgxXYXRjaFJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSDgoGcHJlZml4GAIgASgJIqoBCg1XYXRjaFJlc3BvbnNlEiUKBHR5cGUYASABKA4yFy5zdG9ybWxvY2sudjEuRXZlbnRUeXBlEiIKBWxlYXNlGAIgASgLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEi8KC29ic2VydmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgEIAEoCRIOCgZyZWFzb24YBSABKAkqqAEKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFwoTRVZFTlRfVFlQRV9BQ1FVSVJFRBABEhYKEkVWRU5UX1RZUEVfUkVORVdFRBACEhcKE0VWRU5UX1RZUEVfUkVMRUFTRUQQAxIWChJFVkVOVF9UWVBFX0VYUElSRUQQBBIdChlFVkVOVF9UWVBFX0ZPUkNFX1JFTEVBU0VEEAUyxgQKC0xvY2tTZXJ2aWNlEkYKB0FjcXVpcmUSHC5zdG9ybWxvY2sudjEuQWNxdWlyZVJlcXVlc3QaHS5zdG9ybWxvY2sudjEuQWNxdWlyZVJlc3BvbnNlEkYKB1JlbGVhc2USHC5zdG9ybWxvY2sudjEuUmVsZWFzZVJlcXVlc3QaHS5zdG9ybWxvY2sudjEuUmVsZWFzZVJlc3BvbnNlEkAKBVJlbmV3Ehouc3Rvcm1sb2NrLnYxLlJlbmV3UmVxdWVzdBobLnN0b3JtbG9jay52MS5SZW5ld1Jlc3BvbnNlEkYKB0N1cnJlbnQSHC5zdG9ybWxvY2sudjEuQ3VycmVudFJlcXVlc3QaHS5zdG9ybWxvY2sudjEuQ3VycmVudFJlc3BvbnNlEkMKBklzSGVsZBIbLnN0b3JtbG9jay52MS5Jc0hlbGRSZXF1ZXN0Ghwuc3Rvcm1sb2NrLnYxLklzSGVsZFJlc3BvbnNlEj0KBExpc3QSGS5zdG9ybWxvY2sudjEuTGlzdFJlcXVlc3QaGi5zdG9ybWxvY2sudjEuTGlzdFJlc3BvbnNlElUKDEZvcmNlUmVsZWFzZRIhLnN0b3JtbG9jay52MS5Gb3JjZVJlbGVhc2VSZXF1ZXN0GiIuc3Rvcm1sb2NrLnYxLkZvcmNlUmVsZWFzZVJlc3BvbnNlEkIKBVdhdGNoEhouc3Rvcm1sb2NrLnYxLldhdGNoUmVxdWVzdBobLnN0b3JtbG9jay52MS5XYXRjaFJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChdzdG9ybWxvY2svdjEvbG9jay5wcm90bxIMc3Rvcm1sb2NrLnYxIr4BCgVMZWFzZRIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRIRCglwcmluY2lwYWwYAyABKAkSDgoGcmVhc29uGAQgASgJEi8KC2FjcXVpcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVmZW5jZRgHIAEoBCKnAQoOQWNxdWlyZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEicKBHdhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcmVhc29uGAQgASgJEhEKCXByaW5jaXBhbBgFIAEoCRIPCgd3YWl0X2lkGAYgASgJIr4BCg9BY3F1aXJlUmVzcG9uc2USEAoIYWNxdWlyZWQYASABKAgSIgoFbGVhc2UYAiABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2USIwoGaG9sZGVyGAMgASgLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlEiQKBndpbmRvdxgEIAEoCzIULnN0b3JtbG9jay52MS5XaW5kb3cSKgoMY3V0X3Nob3J0X2J5GAUgASgLMhQuc3Rvcm1sb2NrLnYxLldpbmRvdyL/AQoGV2luZG93EicKBGtpbmQYASABKA4yGS5zdG9ybWxvY2sudjEuV2luZG93LktpbmQSDAoEbmFtZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSLQoJc3RhcnRzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdlbmRzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVvd25lchgGIAEoCSJDCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIPCgtLSU5EX0ZSRUVaRRABEhQKEEtJTkRfUkVTRVJWQVRJT04QAiLWAQoLUmVzZXJ2YXRpb24SCgoCaWQYASABKAkSEAoIcmVzb3VyY2UYAiABKAkSDQoFb3duZXIYAyABKAkSDgoGcmVhc29uGAQgASgJEi0KCXN0YXJ0c19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHZW5kc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAioQEKDlJlc2VydmVSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEi0KCXN0YXJ0c19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHZW5kc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAQgASgJEhEKCXByaW5jaXBhbBgFIAEoCSKDAQoPUmVzZXJ2ZVJlc3BvbnNlEhAKCHJlc2VydmVkGAEgASgIEi4KC3Jlc2VydmF0aW9uGAIgASgLMhkuc3Rvcm1sb2NrLnYxLlJlc2VydmF0aW9uEi4KC292ZXJsYXBwaW5nGAMgASgLMhkuc3Rvcm1sb2NrLnYxLlJlc2VydmF0aW9uIlMKEFVucmVzZXJ2ZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSCgoCaWQYAiABKAkSDgoGcmVhc29uGAMgASgJEhEKCXByaW5jaXBhbBgEIAEoCSJBChFVbnJlc2VydmVSZXNwb25zZRIsCgljYW5jZWxsZWQYASABKAsyGS5zdG9ybWxvY2sudjEuUmVzZXJ2YXRpb24iKQoXTGlzdFJlc2VydmF0aW9uc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJIlIKBkZyZWV6ZRIkCgZ3aW5kb3cYASABKAsyFC5zdG9ybWxvY2sudjEuV2luZG93EhAKCHBhdHRlcm5zGAIgAygJEhAKCHNjaGVkdWxlGAMgASgJInIKGExpc3RSZXNlcnZhdGlvbnNSZXNwb25zZRIvCgxyZXNlcnZhdGlvbnMYASADKAsyGS5zdG9ybWxvY2sudjEuUmVzZXJ2YXRpb24SJQoHZnJlZXplcxgCIAMoCzIULnN0b3JtbG9jay52MS5GcmVlemUiNAoOUmVsZWFzZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSEAoIbGVhc2VfaWQYAiABKAkiIwoPUmVsZWFzZVJlc3BvbnNlEhAKCHJlbGVhc2VkGAEgASgIIloKDFJlbmV3UmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCRImCgN0dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iXwoNUmVuZXdSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIqCgxjdXRfc2hvcnRfYnkYAiABKAsyFC5zdG9ybWxvY2sudjEuV2luZG93IjMKDkN1cnJlbnRSZXF1ZXN0EhAKCHJlc291cmNlGAEgASgJEg8KB3dhaXRfaWQYAiABKAkihAEKD0N1cnJlbnRSZXNwb25zZRIiCgVsZWFzZRgBIAEoCzITLnN0b3JtbG9jay52MS5MZWFzZRIPCgd3YWl0aW5nGAIgASgNEhYKDnF1ZXVlX3Bvc2l0aW9uGAMgASgNEiQKBndpbmRvdxgEIAEoCzIULnN0b3JtbG9jay52MS5XaW5kb3ciMwoNSXNIZWxkUmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIQCghsZWFzZV9pZBgCIAEoCSIeCg5Jc0hlbGRSZXNwb25zZRIMCgRoZWxkGAEgASgIIi0KDExlYXNlRXZpY3RlZBINCgVhY3RvchgBIAEoCRIOCgZyZWFzb24YAiABKAkiRAoLTGlzdFJlcXVlc3QSDgoGcHJlZml4GAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJIkwKDExpc3RSZXNwb25zZRIjCgZsZWFzZXMYASADKAsyEy5zdG9ybWxvY2sudjEuTGVhc2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKE0ZvcmNlUmVsZWFzZVJlcXVlc3QSEAoIcmVzb3VyY2UYASABKAkSDgoGcmVhc29uGAIgASgJIj0KFEZvcmNlUmVsZWFzZVJlc3BvbnNlEiUKCHJlbGVhc2VkGAEgASgLMhMuc3Rvcm1sb2NrLnYxLkxlYXNlIjAKDFdhdGNoUmVxdWVzdBIQCghyZXNvdXJjZRgBIAEoCRIOCgZwcmVmaXgYAiABKAkiqgEKDVdhdGNoUmVzcG9uc2USJQoEdHlwZRgBIAEoDjIXLnN0b3JtbG9jay52MS5FdmVudFR5cGUSIgoFbGVhc2UYAiABKAsyEy5zdG9ybWxvY2sudjEuTGVhc2USLwoLb2JzZXJ2ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAQgASgJEg4KBnJlYXNvbhgFIAEoCSqoAQoJRXZlbnRUeXBlEhoKFkVWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIXChNFVkVOVF9UWVBFX0FDUVVJUkVEEAESFgoSRVZFTlRfVFlQRV9SRU5FV0VEEAISFwoTRVZFTlRfVFlQRV9SRUxFQVNFRBADEhYKEkVWRU5UX1RZUEVfRVhQSVJFRBAEEh0KGUVWRU5UX1RZUEVfRk9SQ0VfUkVMRUFTRUQQBTK/BgoLTG9ja1NlcnZpY2USRgoHQWNxdWlyZRIcLnN0b3JtbG9jay52MS5BY3F1aXJlUmVxdWVzdBodLnN0b3JtbG9jay52MS5BY3F1aXJlUmVzcG9uc2USRgoHUmVsZWFzZRIcLnN0b3JtbG9jay52MS5SZWxlYXNlUmVxdWVzdBodLnN0b3JtbG9jay52MS5SZWxlYXNlUmVzcG9uc2USQAoFUmVuZXcSGi5zdG9ybWxvY2sudjEuUmVuZXdSZXF1ZXN0Ghsuc3Rvcm1sb2NrLnYxLlJlbmV3UmVzcG9uc2USRgoHQ3VycmVudBIcLnN0b3JtbG9jay52MS5DdXJyZW50UmVxdWVzdBodLnN0b3JtbG9jay52MS5DdXJyZW50UmVzcG9uc2USQwoGSXNIZWxkEhsuc3Rvcm1sb2NrLnYxLklzSGVsZFJlcXVlc3QaHC5zdG9ybWxvY2sudjEuSXNIZWxkUmVzcG9uc2USPQoETGlzdBIZLnN0b3JtbG9jay52MS5MaXN0UmVxdWVzdBoaLnN0b3JtbG9jay52MS5MaXN0UmVzcG9uc2USVQoMRm9yY2VSZWxlYXNlEiEuc3Rvcm1sb2NrLnYxLkZvcmNlUmVsZWFzZVJlcXVlc3QaIi5zdG9ybWxvY2sudjEuRm9yY2VSZWxlYXNlUmVzcG9uc2USQgoFV2F0Y2gSGi5zdG9ybWxvY2sudjEuV2F0Y2hSZXF1ZXN0Ghsuc3Rvcm1sb2NrLnYxLldhdGNoUmVzcG9uc2UwARJGCgdSZXNlcnZlEhwuc3Rvcm1sb2NrLnYxLlJlc2VydmVSZXF1ZXN0Gh0uc3Rvcm1sb2NrLnYxLlJlc2VydmVSZXNwb25zZRJMCglVbnJlc2VydmUSHi5zdG9ybWxvY2sudjEuVW5yZXNlcnZlUmVxdWVzdBofLnN0b3JtbG9jay52MS5VbnJlc2VydmVSZXNwb25zZRJhChBMaXN0UmVzZXJ2YXRpb25zEiUuc3Rvcm1sb2NrLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXF1ZXN0GiYuc3Rvcm1sb2NrLnYxLkxpc3RSZXNlcnZhdGlvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A lease: the right, until `expires_at`, to act as the holder of `resource`.
@@ -210,8 +210,8 @@ export const AcquireResponseSchema: GenMessage<AcquireResponse> = /*@__PURE__*/
 
 /**
  * A window during which a resource cannot be acquired: a freeze from the
- * daemon's configuration (`[[freezes]]`). Its principals that are exempt
- * acquire as usual.
+ * daemon's configuration (`[[freezes]]`), whose exempt principals acquire as
+ * usual, or someone's reservation, whose owner does.
  *
  * @generated from message stormlock.v1.Window
  */
@@ -224,7 +224,7 @@ export type Window = Message<"stormlock.v1.Window"> & {
   kind: Window_Kind;
 
   /**
-   * Its name (a freeze's `name`).
+   * Its name (a freeze's `name`, a reservation's id).
    *
    * @generated from field: string name = 2;
    */
@@ -250,6 +250,13 @@ export type Window = Message<"stormlock.v1.Window"> & {
    * @generated from field: google.protobuf.Timestamp ends_at = 5;
    */
   endsAt?: Timestamp | undefined;
+
+  /**
+   * For a reservation: who booked it.
+   *
+   * @generated from field: string owner = 6;
+   */
+  owner: string;
 };
 
 /**
@@ -278,6 +285,13 @@ export enum Window_Kind {
    * @generated from enum value: KIND_FREEZE = 1;
    */
   FREEZE = 1,
+
+  /**
+   * A reservation (see Reserve).
+   *
+   * @generated from enum value: KIND_RESERVATION = 2;
+   */
+  RESERVATION = 2,
 }
 
 /**
@@ -285,6 +299,308 @@ export enum Window_Kind {
  */
 export const Window_KindSchema: GenEnum<Window_Kind> = /*@__PURE__*/
   enumDesc(file_stormlock_v1_lock, 3, 0);
+
+/**
+ * A reservation: `owner` has `resource` from `starts_at` until `ends_at`.
+ *
+ * @generated from message stormlock.v1.Reservation
+ */
+export type Reservation = Message<"stormlock.v1.Reservation"> & {
+  /**
+   * Its id (unique among the resource's reservations), for Unreserve.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The resource booked.
+   *
+   * @generated from field: string resource = 2;
+   */
+  resource: string;
+
+  /**
+   * Who booked it, and who may acquire the resource while it is in force.
+   *
+   * @generated from field: string owner = 3;
+   */
+  owner: string;
+
+  /**
+   * Why, as given.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * When it starts.
+   *
+   * @generated from field: google.protobuf.Timestamp starts_at = 5;
+   */
+  startsAt?: Timestamp | undefined;
+
+  /**
+   * When it ends.
+   *
+   * @generated from field: google.protobuf.Timestamp ends_at = 6;
+   */
+  endsAt?: Timestamp | undefined;
+
+  /**
+   * When it was booked.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 7;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message stormlock.v1.Reservation.
+ * Use `create(ReservationSchema)` to create a new message.
+ */
+export const ReservationSchema: GenMessage<Reservation> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 4);
+
+/**
+ * ReserveRequest books a resource.
+ *
+ * @generated from message stormlock.v1.ReserveRequest
+ */
+export type ReserveRequest = Message<"stormlock.v1.ReserveRequest"> & {
+  /**
+   * The resource to book.
+   *
+   * @generated from field: string resource = 1;
+   */
+  resource: string;
+
+  /**
+   * When the reservation starts. Unset or in the past: now.
+   *
+   * @generated from field: google.protobuf.Timestamp starts_at = 2;
+   */
+  startsAt?: Timestamp | undefined;
+
+  /**
+   * When it ends (required, after `starts_at`).
+   *
+   * @generated from field: google.protobuf.Timestamp ends_at = 3;
+   */
+  endsAt?: Timestamp | undefined;
+
+  /**
+   * Why (required, at most 1 KiB, no control characters); shown to anyone
+   * refused during it.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * Declared principal, as in AcquireRequest.
+   *
+   * @generated from field: string principal = 5;
+   */
+  principal: string;
+};
+
+/**
+ * Describes the message stormlock.v1.ReserveRequest.
+ * Use `create(ReserveRequestSchema)` to create a new message.
+ */
+export const ReserveRequestSchema: GenMessage<ReserveRequest> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 5);
+
+/**
+ * ReserveResponse says whether the reservation was made. An overlapping
+ * reservation is a normal answer: `reserved` is false and `overlapping` is
+ * the reservation in the way.
+ *
+ * @generated from message stormlock.v1.ReserveResponse
+ */
+export type ReserveResponse = Message<"stormlock.v1.ReserveResponse"> & {
+  /**
+   * True when the reservation was made.
+   *
+   * @generated from field: bool reserved = 1;
+   */
+  reserved: boolean;
+
+  /**
+   * The reservation made.
+   *
+   * @generated from field: stormlock.v1.Reservation reservation = 2;
+   */
+  reservation?: Reservation | undefined;
+
+  /**
+   * When not reserved: the existing reservation that overlaps.
+   *
+   * @generated from field: stormlock.v1.Reservation overlapping = 3;
+   */
+  overlapping?: Reservation | undefined;
+};
+
+/**
+ * Describes the message stormlock.v1.ReserveResponse.
+ * Use `create(ReserveResponseSchema)` to create a new message.
+ */
+export const ReserveResponseSchema: GenMessage<ReserveResponse> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 6);
+
+/**
+ * UnreserveRequest cancels a reservation.
+ *
+ * @generated from message stormlock.v1.UnreserveRequest
+ */
+export type UnreserveRequest = Message<"stormlock.v1.UnreserveRequest"> & {
+  /**
+   * The resource booked.
+   *
+   * @generated from field: string resource = 1;
+   */
+  resource: string;
+
+  /**
+   * The reservation's id.
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * Why: required when an administrator cancels someone else's reservation
+   * (at most 1 KiB); audited.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * Declared principal, as in AcquireRequest.
+   *
+   * @generated from field: string principal = 4;
+   */
+  principal: string;
+};
+
+/**
+ * Describes the message stormlock.v1.UnreserveRequest.
+ * Use `create(UnreserveRequestSchema)` to create a new message.
+ */
+export const UnreserveRequestSchema: GenMessage<UnreserveRequest> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 7);
+
+/**
+ * UnreserveResponse tells what was cancelled.
+ *
+ * @generated from message stormlock.v1.UnreserveResponse
+ */
+export type UnreserveResponse = Message<"stormlock.v1.UnreserveResponse"> & {
+  /**
+   * The cancelled reservation; unset when there was none with that id (it
+   * ended, or was cancelled already).
+   *
+   * @generated from field: stormlock.v1.Reservation cancelled = 1;
+   */
+  cancelled?: Reservation | undefined;
+};
+
+/**
+ * Describes the message stormlock.v1.UnreserveResponse.
+ * Use `create(UnreserveResponseSchema)` to create a new message.
+ */
+export const UnreserveResponseSchema: GenMessage<UnreserveResponse> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 8);
+
+/**
+ * ListReservationsRequest asks for the reservations and freezes under a
+ * prefix.
+ *
+ * @generated from message stormlock.v1.ListReservationsRequest
+ */
+export type ListReservationsRequest = Message<"stormlock.v1.ListReservationsRequest"> & {
+  /**
+   * Only resources whose name starts with this prefix. Empty: all.
+   *
+   * @generated from field: string prefix = 1;
+   */
+  prefix: string;
+};
+
+/**
+ * Describes the message stormlock.v1.ListReservationsRequest.
+ * Use `create(ListReservationsRequestSchema)` to create a new message.
+ */
+export const ListReservationsRequestSchema: GenMessage<ListReservationsRequest> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 9);
+
+/**
+ * A freeze window from the daemon's configuration and what it covers.
+ *
+ * @generated from message stormlock.v1.Freeze
+ */
+export type Freeze = Message<"stormlock.v1.Freeze"> & {
+  /**
+   * Its occurrence in force, else its next one.
+   *
+   * @generated from field: stormlock.v1.Window window = 1;
+   */
+  window?: Window | undefined;
+
+  /**
+   * The resource patterns it covers, as configured.
+   *
+   * @generated from field: repeated string patterns = 2;
+   */
+  patterns: string[];
+
+  /**
+   * When it recurs, as configured ("0 17 * * FRI (Europe/Berlin) for 63h");
+   * empty for a one-off window.
+   *
+   * @generated from field: string schedule = 3;
+   */
+  schedule: string;
+};
+
+/**
+ * Describes the message stormlock.v1.Freeze.
+ * Use `create(FreezeSchema)` to create a new message.
+ */
+export const FreezeSchema: GenMessage<Freeze> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 10);
+
+/**
+ * ListReservationsResponse lists reservations and freezes.
+ *
+ * @generated from message stormlock.v1.ListReservationsResponse
+ */
+export type ListReservationsResponse = Message<"stormlock.v1.ListReservationsResponse"> & {
+  /**
+   * The reservations that have not ended, by resource then start.
+   *
+   * @generated from field: repeated stormlock.v1.Reservation reservations = 1;
+   */
+  reservations: Reservation[];
+
+  /**
+   * The freezes whose patterns may cover a resource under the prefix, with
+   * their occurrence in force or next (none: no occurrence is left).
+   *
+   * @generated from field: repeated stormlock.v1.Freeze freezes = 2;
+   */
+  freezes: Freeze[];
+};
+
+/**
+ * Describes the message stormlock.v1.ListReservationsResponse.
+ * Use `create(ListReservationsResponseSchema)` to create a new message.
+ */
+export const ListReservationsResponseSchema: GenMessage<ListReservationsResponse> = /*@__PURE__*/
+  messageDesc(file_stormlock_v1_lock, 11);
 
 /**
  * ReleaseRequest gives a lease back.
@@ -312,7 +628,7 @@ export type ReleaseRequest = Message<"stormlock.v1.ReleaseRequest"> & {
  * Use `create(ReleaseRequestSchema)` to create a new message.
  */
 export const ReleaseRequestSchema: GenMessage<ReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 4);
+  messageDesc(file_stormlock_v1_lock, 12);
 
 /**
  * ReleaseResponse tells what the release found.
@@ -334,7 +650,7 @@ export type ReleaseResponse = Message<"stormlock.v1.ReleaseResponse"> & {
  * Use `create(ReleaseResponseSchema)` to create a new message.
  */
 export const ReleaseResponseSchema: GenMessage<ReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 5);
+  messageDesc(file_stormlock_v1_lock, 13);
 
 /**
  * RenewRequest extends a current lease.
@@ -372,7 +688,7 @@ export type RenewRequest = Message<"stormlock.v1.RenewRequest"> & {
  * Use `create(RenewRequestSchema)` to create a new message.
  */
 export const RenewRequestSchema: GenMessage<RenewRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 6);
+  messageDesc(file_stormlock_v1_lock, 14);
 
 /**
  * RenewResponse carries the renewed lease. A lease that is not current is
@@ -404,7 +720,7 @@ export type RenewResponse = Message<"stormlock.v1.RenewResponse"> & {
  * Use `create(RenewResponseSchema)` to create a new message.
  */
 export const RenewResponseSchema: GenMessage<RenewResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 7);
+  messageDesc(file_stormlock_v1_lock, 15);
 
 /**
  * CurrentRequest asks who holds a resource.
@@ -433,7 +749,7 @@ export type CurrentRequest = Message<"stormlock.v1.CurrentRequest"> & {
  * Use `create(CurrentRequestSchema)` to create a new message.
  */
 export const CurrentRequestSchema: GenMessage<CurrentRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 8);
+  messageDesc(file_stormlock_v1_lock, 16);
 
 /**
  * CurrentResponse describes the holder of a resource.
@@ -477,7 +793,7 @@ export type CurrentResponse = Message<"stormlock.v1.CurrentResponse"> & {
  * Use `create(CurrentResponseSchema)` to create a new message.
  */
 export const CurrentResponseSchema: GenMessage<CurrentResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 9);
+  messageDesc(file_stormlock_v1_lock, 17);
 
 /**
  * IsHeldRequest asks whether a lease is current.
@@ -505,7 +821,7 @@ export type IsHeldRequest = Message<"stormlock.v1.IsHeldRequest"> & {
  * Use `create(IsHeldRequestSchema)` to create a new message.
  */
 export const IsHeldRequestSchema: GenMessage<IsHeldRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 10);
+  messageDesc(file_stormlock_v1_lock, 18);
 
 /**
  * IsHeldResponse answers IsHeld. A lease that an administrator broke is
@@ -528,7 +844,7 @@ export type IsHeldResponse = Message<"stormlock.v1.IsHeldResponse"> & {
  * Use `create(IsHeldResponseSchema)` to create a new message.
  */
 export const IsHeldResponseSchema: GenMessage<IsHeldResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 11);
+  messageDesc(file_stormlock_v1_lock, 19);
 
 /**
  * LeaseEvicted is the detail of a FAILED_PRECONDITION answer (Renew, IsHeld)
@@ -557,7 +873,7 @@ export type LeaseEvicted = Message<"stormlock.v1.LeaseEvicted"> & {
  * Use `create(LeaseEvictedSchema)` to create a new message.
  */
 export const LeaseEvictedSchema: GenMessage<LeaseEvicted> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 12);
+  messageDesc(file_stormlock_v1_lock, 20);
 
 /**
  * ListRequest asks for the held leases.
@@ -593,7 +909,7 @@ export type ListRequest = Message<"stormlock.v1.ListRequest"> & {
  * Use `create(ListRequestSchema)` to create a new message.
  */
 export const ListRequestSchema: GenMessage<ListRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 13);
+  messageDesc(file_stormlock_v1_lock, 21);
 
 /**
  * ListResponse is one page of held leases, ordered by resource name.
@@ -621,7 +937,7 @@ export type ListResponse = Message<"stormlock.v1.ListResponse"> & {
  * Use `create(ListResponseSchema)` to create a new message.
  */
 export const ListResponseSchema: GenMessage<ListResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 14);
+  messageDesc(file_stormlock_v1_lock, 22);
 
 /**
  * ForceReleaseRequest breaks whatever lease holds a resource.
@@ -650,7 +966,7 @@ export type ForceReleaseRequest = Message<"stormlock.v1.ForceReleaseRequest"> & 
  * Use `create(ForceReleaseRequestSchema)` to create a new message.
  */
 export const ForceReleaseRequestSchema: GenMessage<ForceReleaseRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 15);
+  messageDesc(file_stormlock_v1_lock, 23);
 
 /**
  * ForceReleaseResponse tells what was broken.
@@ -671,7 +987,7 @@ export type ForceReleaseResponse = Message<"stormlock.v1.ForceReleaseResponse"> 
  * Use `create(ForceReleaseResponseSchema)` to create a new message.
  */
 export const ForceReleaseResponseSchema: GenMessage<ForceReleaseResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 16);
+  messageDesc(file_stormlock_v1_lock, 24);
 
 /**
  * WatchRequest selects the resources to watch: at most one of `resource` and
@@ -701,7 +1017,7 @@ export type WatchRequest = Message<"stormlock.v1.WatchRequest"> & {
  * Use `create(WatchRequestSchema)` to create a new message.
  */
 export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 17);
+  messageDesc(file_stormlock_v1_lock, 25);
 
 /**
  * WatchResponse is one event on a watched resource.
@@ -751,7 +1067,7 @@ export type WatchResponse = Message<"stormlock.v1.WatchResponse"> & {
  * Use `create(WatchResponseSchema)` to create a new message.
  */
 export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
-  messageDesc(file_stormlock_v1_lock, 18);
+  messageDesc(file_stormlock_v1_lock, 26);
 
 /**
  * The kind of a WatchResponse.
@@ -910,6 +1226,44 @@ export const LockService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchRequestSchema;
     output: typeof WatchResponseSchema;
+  },
+  /**
+   * Reserve books a resource for the caller from one time to another: while
+   * the reservation is in force, everyone else's Acquire is refused as by a
+   * held lock (with a Window of kind RESERVATION), and no lease of anyone
+   * else is granted or renewed past its start. Reservations of one resource
+   * never overlap: an overlapping one is refused, naming the one in the way.
+   * How far ahead and for how long are bounded by the daemon's
+   * `[reservations]` limits.
+   *
+   * @generated from rpc stormlock.v1.LockService.Reserve
+   */
+  reserve: {
+    methodKind: "unary";
+    input: typeof ReserveRequestSchema;
+    output: typeof ReserveResponseSchema;
+  },
+  /**
+   * Unreserve cancels a reservation: its owner, or an administrator with a
+   * reason (audited).
+   *
+   * @generated from rpc stormlock.v1.LockService.Unreserve
+   */
+  unreserve: {
+    methodKind: "unary";
+    input: typeof UnreserveRequestSchema;
+    output: typeof UnreserveResponseSchema;
+  },
+  /**
+   * ListReservations returns the reservations that have not ended on
+   * resources under a prefix, and the freeze windows that cover them.
+   *
+   * @generated from rpc stormlock.v1.LockService.ListReservations
+   */
+  listReservations: {
+    methodKind: "unary";
+    input: typeof ListReservationsRequestSchema;
+    output: typeof ListReservationsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stormlock_v1_lock, 0);
