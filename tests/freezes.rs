@@ -396,4 +396,16 @@ fn exec_stops_its_command_when_a_window_starts() {
             .contains("lost the lock on deploy/prod/api: freeze \"release-freeze\" starts"),
         "{run:?}"
     );
+    // Less than a minute ahead when it began: one warning, at once.
+    assert_eq!(
+        run.stderr
+            .matches("stormlock exec: freeze \"release-freeze\" starts in ")
+            .count(),
+        1,
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(": the command will be stopped then"),
+        "{run:?}"
+    );
 }

@@ -333,6 +333,10 @@ impl Renewal {
     /// How long before a window's start a command under a lease it cut
     /// short is stopped.
     const WINDOW_MARGIN: Duration = Duration::from_secs(1);
+    /// How long before it stops for a window that is how exec warns on its
+    /// terminal (each once; those already past when the lease was cut
+    /// short make one warning).
+    const WARNINGS: [Duration; 2] = [Duration::from_secs(600), Duration::from_secs(60)];
 
     fn new(lease: &pb::Lease, sent: Instant, ttl: Option<Duration>) -> CliResult<Self> {
         let acquired = system_time(lease.acquired_at.as_ref());
@@ -363,6 +367,8 @@ impl Renewal {
         let mut cut_short_by = self.cut_short_by.clone();
         let mut last_sent = expires - self.length;
         let mut failure: Option<CliError> = None;
+        // How many of WARNINGS were given (or passed).
+        let mut warned = 0;
         loop {
             let next = if failure.is_none() {
                 last_sent + self.length / 3
@@ -371,12 +377,32 @@ impl Renewal {
             };
             // Renewed up to the start of a window that would refuse us: the
             // command stops just before it starts (the daemon refuses
-            // renewals in its last second anyway).
+            // renewals in its last second anyway), with warnings ahead.
             if let (Some(window), None) = (&cut_short_by, &failure) {
                 let stop = expires.checked_sub(Self::WINDOW_MARGIN).unwrap_or(expires);
-                tokio::time::sleep_until(next.min(stop)).await;
-                if Instant::now() >= stop {
+                let warn_at = |i: usize| {
+                    Self::WARNINGS
+                        .get(i)
+                        .map(|ahead| stop.checked_sub(*ahead).unwrap_or(stop))
+                };
+                let wake = warn_at(warned).map_or(next.min(stop), |w| next.min(stop).min(w));
+                tokio::time::sleep_until(wake).await;
+                let now = Instant::now();
+                if now >= stop {
                     return format!("{window} starts");
+                }
+                if warn_at(warned).is_some_and(|w| now >= w) {
+                    let left = Duration::from_secs((stop - now).as_secs_f64().round() as u64);
+                    super::note(&format!(
+                        "stormlock exec: {window} starts in {}: the command will be stopped then",
+                        stormlock_api::duration::format_duration(left + Self::WINDOW_MARGIN)
+                    ));
+                    while warn_at(warned).is_some_and(|w| now >= w) {
+                        warned += 1;
+                    }
+                    if now < next {
+                        continue;
+                    }
                 }
             } else {
                 tokio::time::sleep_until(next.min(expires)).await;
