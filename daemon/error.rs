@@ -36,7 +36,7 @@ pub enum Error {
         /// What was refused, and the window.
         message: String,
         /// The window.
-        window: Window,
+        window: Box<Window>,
     },
     /// The backend refused or failed.
     #[error(transparent)]

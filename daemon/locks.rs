@@ -407,7 +407,7 @@ impl Locks {
                         "the lease on {resource} cannot be renewed: {}",
                         window.describe()
                     ),
-                    window,
+                    window: Box::new(window),
                 };
                 self.events.emit(LockEvent::RenewRefused {
                     principal: principal.to_string(),
