@@ -711,6 +711,13 @@ pub async fn books_list_and_paginate(backend: Arc<dyn Backend>) {
         .await
         .expect("books");
     assert_eq!(sub.len(), 2);
+    // A cursor that sorts before the prefix starts at the prefix, whatever
+    // lies between (other cases' books).
+    let early = b
+        .books(&format!("{base}/"), Some("conformance/"), 100)
+        .await
+        .expect("books");
+    assert_eq!(early.len(), names.len(), "{early:?}");
 }
 
 /// Instantiates every conformance case as a `#[tokio::test]` for the backend

@@ -357,6 +357,8 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        // A cursor before the prefix starts at the prefix.
+        let after = after.filter(|a| *a >= prefix);
         let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
         self.read_table(BOOKS, move |table, name| {
             let err = |e: redb::StorageError| BackendError::internal(name, e);

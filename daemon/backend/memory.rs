@@ -130,7 +130,8 @@ impl Backend for MemoryBackend {
     }
 
     async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
-        let start = match after {
+        // A cursor before the prefix starts at the prefix.
+        let start = match after.filter(|a| *a >= prefix) {
             Some(a) => std::ops::Bound::Excluded(a.to_string()),
             None => std::ops::Bound::Included(prefix.to_string()),
         };

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use crate::backend::Book;
 use crate::lease::{AcquireRequest, Eviction, Lease, LeaseId};
 
 /// One item, as the SDK reads and writes it.
@@ -34,6 +35,19 @@ pub(super) const EVICTED_REASON: &str = "evicted_reason";
 /// The token a release (on the lease item) or a force-release (on the record
 /// item) writes with it, to recognise its own write when the SDK retried it.
 pub(super) const RELEASE_TOKEN: &str = "release_token";
+
+/// The partition of every reservation book, whose sort key (`kind`) is the
+/// resource name: no resource has this name (names have no control
+/// characters), and one partition lists books in name order without a
+/// Scan.
+pub(super) const BOOKS: &str = "\u{1}books";
+/// A book item's body (B): the lock core's encoding, opaque here.
+pub(super) const BODY: &str = "body";
+/// A book item's version (N): 1 on the first write, one more per write.
+pub(super) const VERSION: &str = "version";
+/// The token a book write puts with it, to recognise its own write when the
+/// SDK retried it (as [`RELEASE_TOKEN`] does for releases).
+pub(super) const WRITE_TOKEN: &str = "write_token";
 
 // Python stormlock 0.4.1's items (`python_table`, partition key
 // `resource` only): `resource`, `principal`, `lease` (32 hex digits),
@@ -110,6 +124,53 @@ pub(super) fn lease_item(req: &AcquireRequest, now_ms: u64, expires_ms: u64, fen
     item.insert(TTL_MS.into(), number(millis_of(req.ttl)));
     item.insert(CLEANUP_AT.into(), number(cleanup_after(expires_ms)));
     item
+}
+
+/// The item of `resource`'s book holding `body` at `version`, written with
+/// `token`.
+pub(super) fn book_item(resource: &str, body: &[u8], version: u64, token: &str) -> Item {
+    let mut item = key(BOOKS, resource);
+    item.insert(BODY.into(), AttributeValue::B(body.to_vec().into()));
+    item.insert(VERSION.into(), number(version));
+    item.insert(WRITE_TOKEN.into(), AttributeValue::S(token.to_string()));
+    item
+}
+
+/// Whether book item `item` is the write of `version` that carried `token`.
+pub(super) fn written_by(item: &Item, version: u64, token: &str) -> bool {
+    matches!(item.get(WRITE_TOKEN), Some(AttributeValue::S(t)) if t == token)
+        && item.get(VERSION) == Some(&number(version))
+}
+
+/// The book stored in book item `item`.
+pub(super) fn book_of(item: &Item) -> Result<Book, Corrupt> {
+    let resource = match item.get(KIND) {
+        Some(AttributeValue::S(resource)) => resource.clone(),
+        _ => {
+            return Err(Corrupt {
+                resource: "?".to_string(),
+                what: format!("book item without a {KIND}"),
+            });
+        }
+    };
+    let corrupt = |what: String| Corrupt {
+        resource: resource.clone(),
+        what,
+    };
+    let version = match item.get(VERSION) {
+        Some(AttributeValue::N(n)) => n.parse::<u64>().ok().filter(|&v| v != 0),
+        _ => None,
+    }
+    .ok_or_else(|| corrupt(format!("book {VERSION} missing or not a count above 0")))?;
+    let body = match item.get(BODY) {
+        Some(AttributeValue::B(body)) => body.clone().into_inner(),
+        _ => return Err(corrupt(format!("book {BODY} missing or not binary"))),
+    };
+    Ok(Book {
+        resource,
+        body,
+        version,
+    })
 }
 
 /// The key of `resource`'s item in Python stormlock's table.
@@ -345,6 +406,37 @@ mod tests {
         let seen = python_lock(&mirror, 1_000_500, "other").ok().flatten();
         assert_eq!(seen.map(|l| l.id), Some(req.id));
         assert!(matches!(python_lock(&mirror, 1_000_500, "locks"), Ok(None)));
+    }
+
+    #[test]
+    fn book_items_round_trip() {
+        let item = book_item("db/main", &[0, 255, 7], 4, "t1");
+        assert_eq!(item.get(RESOURCE), Some(&AttributeValue::S(BOOKS.into())));
+        let book = book_of(&item).ok();
+        assert_eq!(
+            book,
+            Some(Book {
+                resource: "db/main".to_string(),
+                body: vec![0, 255, 7],
+                version: 4,
+            })
+        );
+        assert!(written_by(&item, 4, "t1"));
+        assert!(!written_by(&item, 4, "t2"), "another writer's");
+        assert!(!written_by(&item, 5, "t1"));
+        let mut broken = item.clone();
+        broken.insert(VERSION.into(), number(0));
+        let err = book_of(&broken).err().map(|c| (c.resource, c.what));
+        assert_eq!(
+            err,
+            Some((
+                "db/main".to_string(),
+                "book version missing or not a count above 0".to_string()
+            ))
+        );
+        let mut broken = item;
+        broken.insert(BODY.into(), AttributeValue::S("text".into()));
+        assert!(book_of(&broken).is_err());
     }
 
     #[test]

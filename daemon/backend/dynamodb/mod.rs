@@ -24,7 +24,8 @@
 //!
 //! # Table layout
 //!
-//! Partition key `resource` (S), sort key `kind` (S); two items per resource:
+//! Partition key `resource` (S), sort key `kind` (S); two items per resource,
+//! and one per reservation book:
 //!
 //! - `kind = "lease"`: the current lease, or the last one if it expired
 //!   without being released: `lease_id`, `principal`, `reason`,
@@ -36,6 +37,20 @@
 //! - `kind = "record"`: what must outlive leases and never carries a TTL:
 //!   `fence`, the highest fence handed out (a counter), and the last
 //!   force-release: `evicted_id`, `evicted_by`, `evicted_reason`.
+//! - books: every resource's reservation book lives in one partition,
+//!   `resource = "\u{1}books"` (a name no resource can have: names have no
+//!   control characters), with the resource's name as `kind`: `body` (B),
+//!   the lock core's encoding, opaque here; `version` (N), 1 on the first
+//!   write and one more per write; `write_token`, which tells a write
+//!   retried by the SDK after a lost answer from a competitor's. Books carry
+//!   no TTL and are never deleted, so a version never comes back with other
+//!   contents. A write is one `PutItem` on condition that the version is
+//!   still the one the writer read (`attribute_not_exists(kind)` for the
+//!   first); listing books under a prefix is a `Query` of that partition
+//!   (sort keys come back in byte order, which is UTF-8 order). Nothing
+//!   about books depends on the daemon's clock, so book calls are not
+//!   refused when it is off (see "Time"); `list` leaves the books'
+//!   partition out.
 //!
 //! # Fences
 //!
@@ -95,7 +110,9 @@
 //! Release, renew: one write. Current: one read; status: one query.
 //! Force-release: one read and a two-item transaction. `List` scans the whole
 //! table (filtering on the server, sorting here): fine for the hundreds to
-//! thousands of locks operators hold, but its cost grows with the table.
+//! thousands of locks operators hold, but its cost grows with the table
+//! (books included). A book: one read, or one write; listing books queries
+//! their partition, in pages of at most 1 MB.
 //!
 //! # Permissions
 //!
@@ -161,12 +178,12 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 
-use super::{Backend, BackendError, Purpose, Result, Schema};
+use super::{Backend, BackendError, Book, Purpose, Result, Schema};
 use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
 use codec::{
-    CLEANUP_AT, EVICTED_BY, EVICTED_ID, EVICTED_REASON, EXPIRES_MS, FENCE, Item, KIND, LEASE,
-    LEASE_ID, PY_EXPIRES, PY_LEASE, PY_MIRROR_OF, RECORD, RELEASE_TOKEN, RELEASED_MS, RESOURCE,
-    TTL_MS, cleanup_after, key, millis, millis_of, number, python_key,
+    BOOKS, CLEANUP_AT, EVICTED_BY, EVICTED_ID, EVICTED_REASON, EXPIRES_MS, FENCE, Item, KIND,
+    LEASE, LEASE_ID, PY_EXPIRES, PY_LEASE, PY_MIRROR_OF, RECORD, RELEASE_TOKEN, RELEASED_MS,
+    RESOURCE, TTL_MS, VERSION, cleanup_after, key, millis, millis_of, number, python_key,
 };
 pub use config::DynamodbConfig;
 
@@ -187,6 +204,9 @@ const GRANT_CONDITION: &str =
 /// The condition on which a mirror may be written over Python's item: it
 /// is absent, lapsed, or a mirror of this deployment (`#m` = `:table`).
 const MIRROR_CONDITION: &str = "attribute_not_exists(#r) OR #e <= :now_s OR #m = :table";
+
+/// Books asked for per `Query` page (DynamoDB also ends a page at 1 MB).
+const BOOKS_PAGE: usize = 100;
 
 /// A DynamoDB table of leases.
 pub struct DynamodbBackend {
@@ -414,6 +434,11 @@ impl DynamodbBackend {
     /// [`codec::eviction_of`], a bad item reported as this table's.
     fn eviction_of(&self, record: Option<&Item>, id: &LeaseId) -> Result<Option<Eviction>> {
         codec::eviction_of(record, id).map_err(|c| self.bad_item(c))
+    }
+
+    /// [`codec::book_of`], a bad item reported as this table's.
+    fn book_of(&self, item: &Item) -> Result<Book> {
+        codec::book_of(item).map_err(|c| self.bad_item(c))
     }
 
     /// [`codec::number_of`], a bad item reported as this table's.
@@ -988,7 +1013,8 @@ impl Backend for DynamodbBackend {
         let now_ms = millis(SystemTime::now());
         // DynamoDB has no ordered index over all partition keys, so this scans
         // the table, filtering on the server and sorting here (see "Costs").
-        let mut filter = "#k = :lease AND #e > :now".to_string();
+        // A book whose resource is named "lease" has that `kind` too.
+        let mut filter = "#k = :lease AND #e > :now AND #r <> :books".to_string();
         if !prefix.is_empty() {
             filter.push_str(" AND begins_with(#r, :prefix)");
         }
@@ -1006,12 +1032,11 @@ impl Backend for DynamodbBackend {
                 .filter_expression(&filter)
                 .expression_attribute_names("#k", KIND)
                 .expression_attribute_names("#e", EXPIRES_MS)
+                .expression_attribute_names("#r", RESOURCE)
                 .expression_attribute_values(":lease", AttributeValue::S(LEASE.to_string()))
                 .expression_attribute_values(":now", number(now_ms))
+                .expression_attribute_values(":books", AttributeValue::S(BOOKS.to_string()))
                 .set_exclusive_start_key(start.take());
-            if !prefix.is_empty() || after.is_some() {
-                scan = scan.expression_attribute_names("#r", RESOURCE);
-            }
             if !prefix.is_empty() {
                 scan = scan
                     .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_string()));
@@ -1056,6 +1081,110 @@ impl Backend for DynamodbBackend {
             &self.name,
             format!("force-release of {resource:?} kept losing races after {ATTEMPTS} attempts"),
         ))
+    }
+
+    // Books are not judged by the clock: no `clock_in_sync` here.
+
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        match self.get(BOOKS, resource).await? {
+            Some(item) => self.book_of(&item).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        let Some(version) = expected.checked_add(1) else {
+            // No version this backend ever wrote.
+            return Ok(false);
+        };
+        // The SDK retries a write whose answer was lost; when the first
+        // attempt had applied, the retry fails its condition. The token
+        // tells that case (our own write) from a competitor's.
+        let token = format!("{:016x}", rand::random::<u64>());
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(codec::book_item(resource, body, version, &token)))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let put = if expected == 0 {
+            put.condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", KIND)
+        } else {
+            put.condition_expression("#v = :expected")
+                .expression_attribute_names("#v", VERSION)
+                .expression_attribute_values(":expected", number(expected))
+        };
+        let old = match put.send().await {
+            Ok(_) => return Ok(true),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                    failed.item().cloned()
+                }
+                _ => return Err(self.sdk_error("PutItem", e)),
+            },
+        };
+        // Emulators that ignore ReturnValuesOnConditionCheckFailure send no
+        // item; read it instead (a later write there reads as "not ours",
+        // which is what the book says by then).
+        let old = match old {
+            Some(item) => Some(item),
+            None => self.get(BOOKS, resource).await?,
+        };
+        Ok(old.is_some_and(|item| codec::written_by(&item, version, &token)))
+    }
+
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One condition on the sort key at most: past `after` when it lies
+        // in or beyond the prefix's names (the names past it that start
+        // with the prefix come first, so the first that does not ends the
+        // listing), else the prefix itself. Empty strings are no key
+        // values: without a prefix, the whole partition.
+        let (condition, bound) = match after {
+            Some(after) if !after.is_empty() && after >= prefix => {
+                ("#r = :books AND #k > :bound", Some(after))
+            }
+            _ if prefix.is_empty() => ("#r = :books", None),
+            _ => ("#r = :books AND begins_with(#k, :bound)", Some(prefix)),
+        };
+        let mut books = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = (limit - books.len()).min(BOOKS_PAGE);
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(condition)
+                .expression_attribute_names("#r", RESOURCE)
+                .expression_attribute_values(":books", AttributeValue::S(BOOKS.to_string()))
+                .consistent_read(true)
+                .limit(i32::try_from(page).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            if let Some(bound) = bound {
+                query = query
+                    .expression_attribute_names("#k", KIND)
+                    .expression_attribute_values(":bound", AttributeValue::S(bound.to_string()));
+            }
+            let out = query.send().await.map_err(|e| self.sdk_error("Query", e))?;
+            for item in out.items() {
+                let book = self.book_of(item)?;
+                if !book.resource.starts_with(prefix) {
+                    return Ok(books);
+                }
+                books.push(book);
+                if books.len() == limit {
+                    return Ok(books);
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(books),
+            }
+        }
     }
 
     async fn health(&self) -> Result<()> {

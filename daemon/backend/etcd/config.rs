@@ -157,7 +157,7 @@ impl EtcdConfig {
             ));
         }
         // Python's keys would then be this backend's own for every resource.
-        for own in ["lock/", "evicted/"] {
+        for own in ["lock/", "evicted/", "books/"] {
             if prefix.starts_with(&format!("{}{own}", self.prefix)) {
                 return Err(format!(
                     "python_prefix: {prefix:?} lies under this backend's own keys ({}{own})",
@@ -265,6 +265,7 @@ mod tests {
             "python_stormlock = true\npython_prefix = \"/a\\n\"",
             "python_stormlock = true\npython_prefix = \"/stormlock/lock/\"",
             "prefix = \"/x/\"\npython_stormlock = true\npython_prefix = \"/x/evicted/p\"",
+            "python_stormlock = true\npython_prefix = \"/stormlock/books/\"",
         ] {
             let err = config(extra).validate().err().unwrap_or_default();
             assert!(err.starts_with("python_prefix: "), "{extra}: {err:?}");

@@ -14,6 +14,14 @@
 //!   renewal re-puts it without changing it.
 //! - `/stormlock/evicted/R`: JSON `{id, actor, reason}` of the last
 //!   force-release, on no lease, so it survives.
+//! - `/stormlock/books/R`: the resource's reservation book, the lock core's
+//!   encoding as the value (opaque bytes), on no lease and never deleted.
+//!   Its version is the key's `mod_revision`, which etcd's global revision
+//!   makes different from every earlier one.
+//!
+//! The three namespaces (`lock/`, `evicted/`, `books/`) never overlap, so no
+//! resource's key is another's of another kind, and the watch on `lock/`
+//! never sees a book.
 //!
 //! # Operations
 //!
@@ -28,6 +36,10 @@
 //!   the lease so it does not linger.
 //! - list: a range read over the lock keys under the prefix, in key order
 //!   (etcd sorts keys bytewise, which is UTF-8 order).
+//! - write_book: one transaction: if the book key's `mod_revision` is still
+//!   the version the writer read (for no book yet: its `create_revision` is
+//!   0, i.e. the key is absent), put the new body. books: a range read over
+//!   the book keys, like list.
 //! - notifications: each daemon watches the lock keys under the prefix; a put
 //!   (acquire, renew) or delete (release, force-release, expiry) wakes its
 //!   waiters and watchers at once.
@@ -51,7 +63,7 @@
 //! release does, which deletes its keys and tells its holder at the next
 //! renewal. `current` reports a Python lock as held; `list` shows
 //! Stormlock's leases only. A resource whose Python keys would be this
-//! backend's own keys is refused in this mode.
+//! backend's own keys (books included) is refused in this mode.
 //!
 //! Reads that report a lease look up its etcd lease's remaining TTL, which
 //! etcd gives in whole seconds, so `expires_at` may be up to a second early.
@@ -97,7 +109,7 @@ use etcd_client::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use super::{Backend, BackendError, ChangeStream, Result};
+use super::{Backend, BackendError, Book, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use codec::{PythonKeys, prefix_end};
 pub use config::EtcdConfig;
@@ -113,6 +125,10 @@ const MAX_ROUNDS: usize = 8;
 
 /// Leases looked up at once when listing.
 const LIST_CONCURRENCY: usize = 16;
+
+/// Books read per range read: books are up to about 64 KiB each, and the
+/// client refuses answers above 4 MiB.
+const BOOKS_BATCH: usize = 32;
 
 /// A lock key as read, with what the transactions compare on.
 struct Held {
@@ -130,6 +146,8 @@ pub struct EtcdBackend {
     lock_prefix: String,
     /// `{prefix}evicted/`.
     evicted_prefix: String,
+    /// `{prefix}books/`.
+    books_prefix: String,
     /// `python_stormlock`: Python stormlock's `prefix`, whose keys are
     /// honoured and written; `None` when the mode is off.
     python_prefix: Option<String>,
@@ -196,6 +214,7 @@ impl EtcdBackend {
                 client,
                 lock_prefix: format!("{}lock/", config.prefix),
                 evicted_prefix: format!("{}evicted/", config.prefix),
+                books_prefix: format!("{}books/", config.prefix),
                 python_prefix,
             };
             backend
@@ -237,6 +256,28 @@ impl EtcdBackend {
         format!("{}{resource}", self.evicted_prefix)
     }
 
+    fn book_key(&self, resource: &str) -> String {
+        format!("{}{resource}", self.books_prefix)
+    }
+
+    /// The book stored in `kv`, a key under the book prefix.
+    fn book_of(&self, kv: &KeyValue) -> Result<Book> {
+        let resource = kv
+            .key()
+            .strip_prefix(self.books_prefix.as_bytes())
+            .and_then(|r| std::str::from_utf8(r).ok())
+            .ok_or_else(|| self.corrupt("book key is not UTF-8"))?;
+        let version = u64::try_from(kv.mod_revision())
+            .ok()
+            .filter(|&v| v != 0)
+            .ok_or_else(|| self.corrupt(format!("book of {resource:?} has no revision")))?;
+        Ok(Book {
+            resource: resource.to_string(),
+            body: kv.value().to_vec(),
+            version,
+        })
+    }
+
     /// Python stormlock's keys of `resource` when the mode is on, unless
     /// one of them is one of this backend's own keys (such a resource is
     /// never granted in this mode): `Err` with that key then.
@@ -249,7 +290,9 @@ impl EtcdBackend {
         };
         let keys = PythonKeys::new(prefix, resource);
         let own = |key: &&str| {
-            key.starts_with(&self.lock_prefix) || key.starts_with(&self.evicted_prefix)
+            [&self.lock_prefix, &self.evicted_prefix, &self.books_prefix]
+                .iter()
+                .any(|own| key.starts_with(own.as_str()))
         };
         if let Some(key) = keys.all().into_iter().find(own) {
             return Err(key.to_string());
@@ -264,7 +307,8 @@ impl EtcdBackend {
     }
 
     /// Refuses, in migration mode, a resource whose Python keys would be
-    /// this backend's own keys (lock or eviction keys of other resources).
+    /// this backend's own keys (lock, eviction or book keys of other
+    /// resources).
     fn check_python_keys(&self, resource: &str) -> Result<()> {
         self.python_keys_checked(resource).map(drop).map_err(|key| {
             BackendError::config(
@@ -904,6 +948,81 @@ impl Backend for EtcdBackend {
             }
         }
         Err(self.contended("force-release", resource))
+    }
+
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.book_key(resource), None)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        resp.kvs().first().map(|kv| self.book_of(kv)).transpose()
+    }
+
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        let key = self.book_key(resource);
+        let unchanged = if expected == 0 {
+            // No book yet: the key was never created.
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+        } else {
+            let Ok(revision) = i64::try_from(expected) else {
+                // No revision etcd ever gave: not the book's version.
+                return Ok(false);
+            };
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)
+        };
+        let txn = Txn::new()
+            .when([unchanged])
+            .and_then([TxnOp::put(key.as_str(), body, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        Ok(resp.succeeded())
+    }
+
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut start: Vec<u8> = match after {
+            // The smallest key strictly after `after`.
+            Some(after) if after >= prefix => {
+                [self.books_prefix.as_bytes(), after.as_bytes(), b"\0"].concat()
+            }
+            _ => [self.books_prefix.as_bytes(), prefix.as_bytes()].concat(),
+        };
+        let end = prefix_end(&[self.books_prefix.as_bytes(), prefix.as_bytes()].concat());
+        let mut books = Vec::new();
+        // Each round moves `start` past the keys it read or ends, so the
+        // loop ends; the daemon's call timeout bounds its time.
+        while start < end && books.len() < limit {
+            let batch = (limit - books.len()).min(BOOKS_BATCH);
+            let resp = self
+                .client
+                .clone()
+                .get(
+                    start.clone(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(end.clone())
+                            .with_limit(i64::try_from(batch).unwrap_or(1)),
+                    ),
+                )
+                .await
+                .map_err(|e| self.engine_error(e))?;
+            for kv in resp.kvs() {
+                books.push(self.book_of(kv)?);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => start = [last.key(), b"\0"].concat(),
+                _ => break,
+            }
+        }
+        Ok(books)
     }
 
     async fn health(&self) -> Result<()> {

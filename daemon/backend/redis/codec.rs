@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
+use crate::backend::Book;
 use crate::lease::{Eviction, Lease, LeaseId};
 
 /// Reads `{id, principal, reason, acquired_s, acquired_us, fence, pttl,
@@ -113,6 +114,25 @@ pub(super) fn python_lock(
                 id.len()
             )
         })
+}
+
+/// Reads the `version` and `body` fields of `resource`'s book hash (see
+/// `book.lua` and `books.lua`) as its book, `None` when the hash has
+/// neither (no book was ever written).
+pub(super) fn book(resource: &str, version: &Value, body: &Value) -> Result<Option<Book>, String> {
+    let corrupt = |field: &str| format!("book of {resource:?} has a bad {field}");
+    match (version, body) {
+        (Value::Nil, Value::Nil) => Ok(None),
+        (version, Value::BulkString(body)) => Ok(Some(Book {
+            resource: resource.to_string(),
+            body: body.clone(),
+            version: int(version)
+                .and_then(|v| u64::try_from(v).ok())
+                .filter(|&v| v != 0)
+                .ok_or_else(|| corrupt("version"))?,
+        })),
+        _ => Err(corrupt("body")),
+    }
 }
 
 /// How far ahead a Python stormlock lock without expiry is reported to
@@ -273,6 +293,27 @@ mod tests {
         assert_eq!(python_lock("r", now, &Value::Array(Vec::new())), Ok(None));
         let short = Value::Array(vec![bulk("abc"), bulk("p"), bulk("1"), Value::Int(5)]);
         assert!(python_lock("r", now, &short).is_err());
+    }
+
+    #[test]
+    fn books_are_read() {
+        let read = book("r", &bulk("3"), &Value::BulkString(vec![0, 255]));
+        assert_eq!(
+            read,
+            Ok(Some(Book {
+                resource: "r".to_string(),
+                body: vec![0, 255],
+                version: 3,
+            }))
+        );
+        assert_eq!(book("r", &Value::Nil, &Value::Nil), Ok(None));
+        assert!(
+            book("r", &bulk("0"), &bulk("x")).is_err(),
+            "0 is no version"
+        );
+        assert!(book("r", &bulk("x"), &bulk("x")).is_err());
+        assert!(book("r", &Value::Nil, &bulk("x")).is_err());
+        assert!(book("r", &bulk("3"), &Value::Nil).is_err());
     }
 
     #[test]

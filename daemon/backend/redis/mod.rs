@@ -18,6 +18,12 @@
 //!   `ZRANGEBYLEX` lists them in byte order (which is the order of UTF-8
 //!   strings) for `list` and pagination. Members whose lease key has expired
 //!   are removed lazily by `list`;
+//! - `stormlock:book:R`: a hash (`version`, `body`), the resource's
+//!   reservation book: the lock core's encoding (`body`, opaque bytes) and
+//!   its version (`HINCRBY`, 1 on the first write). Never expiring and never
+//!   deleted, so a version never comes back with other contents;
+//! - `stormlock:books`: a sorted set of the names of resources with a book,
+//!   all with score 0, listed with `ZRANGEBYLEX` like `stormlock:index`;
 //! - `stormlock:changes`: a pub/sub channel (not a key) on which every
 //!   acquire, renew, release and force-release publishes the resource's
 //!   name, so that daemons sharing the Redis wake their waiters and watchers
@@ -25,7 +31,10 @@
 //!   configured on the server); the daemons poll for it.
 //!
 //! Every operation is one Lua script, so each is atomic on the engine, and
-//! times come from Redis `TIME` inside the script, never from the daemon.
+//! times come from Redis `TIME` inside the script, never from the daemon. A
+//! book is written by `write_book.lua` only if its version is still the one
+//! the writer read (compare-and-swap); listing books reads a bounded batch
+//! of names and their books per script.
 //!
 //! # Python stormlock
 //!
@@ -40,7 +49,8 @@
 //! Stormlock lease holds deletes a Python lock's hash, as Python's release
 //! does. `current` reports a Python lock as held; `list` walks the index
 //! and shows Stormlock's leases only. A resource
-//! whose name is one of this backend's own keys is refused in this mode.
+//! whose name is one of this backend's own keys (books and their index
+//! included) is refused in this mode.
 //!
 //! # Requirements on the engine
 //!
@@ -48,11 +58,12 @@
 //! key may ever be evicted: `maxmemory-policy noeviction` is the only safe
 //! policy. `volatile-*` policies evict exactly the keys that carry a TTL —
 //! the live leases, so a second holder could be granted a held lock — and
-//! `allkeys-*` policies evict the fence counters too. The backend refuses to
-//! start on any other policy it can read; where `CONFIG GET` is not permitted
-//! (managed Redis), it says at start that it cannot check and that
-//! `noeviction` is required. Counters and eviction records stay after their
-//! leases, one small key each per resource ever locked, by design.
+//! `allkeys-*` policies evict the fence counters and books too. The backend
+//! refuses to start on any other policy it can read; where `CONFIG GET` is
+//! not permitted (managed Redis), it says at start that it cannot check and
+//! that `noeviction` is required. Counters and eviction records stay after
+//! their leases, one small key each per resource ever locked, by design; so
+//! do books, one per resource ever reserved.
 //!
 //! # Connections
 //!
@@ -95,7 +106,7 @@ use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::{Backend, BackendError, ChangeStream, Result, redact_url};
+use super::{Backend, BackendError, Book, ChangeStream, Result, redact_url};
 use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseStatus};
 use codec::{array, int, text, ttl_millis};
 pub use config::RedisConfig;
@@ -121,6 +132,28 @@ pub struct RedisBackend {
     connect_timeout: Duration,
     /// `python_stormlock`: honour and write Python stormlock's locks.
     python: bool,
+}
+
+/// Books read per `books.lua` run: a bounded reply (books are up to about
+/// 64 KiB each) and a short script.
+const BOOKS_BATCH: usize = 64;
+
+/// `ZRANGEBYLEX` bounds of the names that start with `prefix` and sort
+/// strictly after `after`: `[x` includes x, `(x` excludes it, `-`/`+` are
+/// the ends. Names are UTF-8, which never contains the byte 0xFF, so
+/// `(prefix 0xFF` is above every name that starts with the prefix.
+fn lex_range(prefix: &str, after: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let min: Vec<u8> = match after {
+        Some(after) if after >= prefix => [b"(", after.as_bytes()].concat(),
+        _ if prefix.is_empty() => b"-".to_vec(),
+        _ => [b"[", prefix.as_bytes()].concat(),
+    };
+    let max: Vec<u8> = if prefix.is_empty() {
+        b"+".to_vec()
+    } else {
+        [b"(", prefix.as_bytes(), b"\xff"].concat()
+    };
+    (min, max)
 }
 
 /// Refuses an engine that may evict keys: only `noeviction` keeps every
@@ -289,7 +322,8 @@ impl RedisBackend {
     fn is_own_key(&self, name: &str) -> bool {
         name.strip_prefix(self.prefix.as_str()).is_some_and(|rest| {
             rest == "index"
-                || ["lease:", "fence:", "evicted:"]
+                || rest == "books"
+                || ["lease:", "fence:", "evicted:", "book:"]
                     .iter()
                     .any(|kind| rest.starts_with(kind))
         })
@@ -389,6 +423,11 @@ impl RedisBackend {
     /// [`codec::lease`], a bad reply reported as this engine's.
     fn lease(&self, resource: &str, now: SystemTime, value: &Value) -> Result<Option<Lease>> {
         codec::lease(resource, now, value).map_err(|what| self.corrupt(&what))
+    }
+
+    /// [`codec::book`], a bad reply reported as this engine's.
+    fn book_of(&self, resource: &str, version: &Value, body: &Value) -> Result<Option<Book>> {
+        codec::book(resource, version, body).map_err(|what| self.corrupt(&what))
     }
 
     /// [`codec::time`], a bad reply reported as this engine's.
@@ -542,19 +581,7 @@ impl Backend for RedisBackend {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // ZRANGEBYLEX bounds: `[x` includes x, `(x` excludes it, `-`/`+` are
-        // the ends. Names are UTF-8, which never contains the byte 0xFF, so
-        // `(prefix 0xFF` is above every name that starts with the prefix.
-        let mut min: Vec<u8> = match after {
-            Some(after) if after >= prefix => [b"(", after.as_bytes()].concat(),
-            _ if prefix.is_empty() => b"-".to_vec(),
-            _ => [b"[", prefix.as_bytes()].concat(),
-        };
-        let max: Vec<u8> = if prefix.is_empty() {
-            b"+".to_vec()
-        } else {
-            [b"(", prefix.as_bytes(), b"\xff"].concat()
-        };
+        let (mut min, max) = lex_range(prefix, after);
         let batch = limit.saturating_mul(2).clamp(64, 1_000);
         let lease_prefix = format!("{}lease:", self.prefix);
         let mut leases = Vec::new();
@@ -629,6 +656,79 @@ impl Backend for RedisBackend {
                 self.python_lock(resource, now, python)
             }
             _ => Err(self.corrupt("force-release reply is not two or three fields")),
+        }
+    }
+
+    async fn book(&self, resource: &str) -> Result<Option<Book>> {
+        let reply = self
+            .run(&self.scripts.book.key(self.key("book", resource)))
+            .await?;
+        let Some([version, body]) = array(&reply) else {
+            return Err(self.corrupt("book reply is not two fields"));
+        };
+        self.book_of(resource, version, body)
+    }
+
+    async fn write_book(&self, resource: &str, expected: u64, body: &[u8]) -> Result<bool> {
+        let reply = self
+            .run(
+                self.scripts
+                    .write_book
+                    .key(self.key("book", resource))
+                    .key(format!("{}books", self.prefix))
+                    .arg(expected)
+                    .arg(body)
+                    .arg(resource),
+            )
+            .await?;
+        match int(&reply) {
+            Some(1) => Ok(true),
+            Some(0) => Ok(false),
+            _ => Err(self.corrupt("write_book reply is not 0 or 1")),
+        }
+    }
+
+    async fn books(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Book>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (mut min, max) = lex_range(prefix, after);
+        let book_prefix = format!("{}book:", self.prefix);
+        let mut books = Vec::new();
+        // Each round reads at least one name past `min` or ends the range,
+        // so the loop ends; the daemon's call timeout bounds its time.
+        loop {
+            let batch = (limit - books.len()).min(BOOKS_BATCH);
+            let reply = self
+                .run(
+                    self.scripts
+                        .books
+                        .key(format!("{}books", self.prefix))
+                        .arg(&book_prefix)
+                        .arg(&min)
+                        .arg(&max)
+                        .arg(batch),
+                )
+                .await?;
+            let Some([found, last, exhausted]) = array(&reply) else {
+                return Err(self.corrupt("books reply is not three fields"));
+            };
+            for entry in array(found).ok_or_else(|| self.corrupt("books entries"))? {
+                let Some([name, version, body]) = array(entry) else {
+                    return Err(self.corrupt("books entry is not three fields"));
+                };
+                let name = text(name).ok_or_else(|| self.corrupt("resource name is not UTF-8"))?;
+                let book = self
+                    .book_of(&name, version, body)?
+                    .ok_or_else(|| self.corrupt("books entry without a book"))?;
+                books.push(book);
+            }
+            match last {
+                Value::BulkString(last) if books.len() < limit && int(exhausted) != Some(1) => {
+                    min = [b"(", last.as_slice()].concat();
+                }
+                _ => return Ok(books),
+            }
         }
     }
 

@@ -4,11 +4,12 @@
 
 use redis::Script;
 
-/// `lease_at(key)`, the reader of a lease hash; prepended to every script.
+/// `lease_at(key)`, the reader of a lease hash; prepended to every script
+/// about leases.
 const LEASE_AT: &str = include_str!("lease_at.lua");
 
 /// The readers and writers of Python stormlock's locks
-/// (`python_stormlock = true`); prepended to every script.
+/// (`python_stormlock = true`); prepended to every script about leases.
 const PYTHON: &str = include_str!("python.lua");
 
 /// The scripts, compiled (hashed) once; `invoke_async` runs them by SHA and
@@ -27,6 +28,12 @@ pub(super) struct Scripts {
     pub force_release: Script,
     /// `list.lua`: one batch of live leases in name order.
     pub list: Script,
+    /// `book.lua`: a resource's reservation book.
+    pub book: Script,
+    /// `write_book.lua`: store a book over the version it was read at.
+    pub write_book: Script,
+    /// `books.lua`: one batch of books in name order.
+    pub books: Script,
 }
 
 impl Scripts {
@@ -39,6 +46,10 @@ impl Scripts {
             read: with_helpers(include_str!("read.lua")),
             force_release: with_helpers(include_str!("force_release.lua")),
             list: with_helpers(include_str!("list.lua")),
+            // Books have nothing to do with leases or Python stormlock.
+            book: Script::new(include_str!("book.lua")),
+            write_book: Script::new(include_str!("write_book.lua")),
+            books: Script::new(include_str!("books.lua")),
         }
     }
 }
