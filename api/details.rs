@@ -79,6 +79,7 @@ mod tests {
             kind: crate::pb::window::Kind::Reservation.into(),
             name: "1a2b3c4d".to_string(),
             owner: "alice".to_string(),
+            resource: "staging".to_string(),
             reason: "load test".to_string(),
             starts_at: None,
             ends_at: Some(prost_types::Timestamp {

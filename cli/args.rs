@@ -178,6 +178,9 @@ pub enum Command {
     /// name that ends with "/"), or with neither, every resource. Text lines are: time, event (acquired,
     /// renewed, released, expired, force-released), resource, principal,
     /// fence=N, then the holder's reason, or who broke the lease and why.
+    /// Windows too: freeze-started and freeze-ended for freezes that cover
+    /// what is watched, reserved and unreserved for its reservations
+    /// (time, event, resource, owner, the window, from, until, why).
     /// Reconnects by itself when the daemon goes away; Ctrl-C ends it (exit 0).
     #[command(verbatim_doc_comment, about = "Print lock events as they happen")]
     Watch(WatchArgs),

@@ -100,6 +100,7 @@ pub fn window_to_pb(window: &Window) -> crate::pb::Window {
         .into(),
         name: window.name.clone(),
         owner: window.owner.clone(),
+        resource: window.resource.clone(),
         reason: window.reason.clone(),
         starts_at: Some(window.starts_at.into()),
         ends_at: Some(window.ends_at.into()),

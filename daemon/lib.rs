@@ -61,4 +61,5 @@ pub mod tls;
 pub mod validate;
 pub mod waiters;
 pub mod watch;
+pub mod window_events;
 pub mod windows;

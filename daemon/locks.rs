@@ -15,7 +15,7 @@
 //!   released in the background ([`attempt`]);
 //! - an evicted lease's holder learns who broke it and why.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +27,7 @@ use crate::reservations::{Ask, Booking, Ledger, Reservation};
 use crate::routing::{Route, Router};
 use crate::waiters::Wake;
 use crate::watch::{self, Selection, Subscription};
+use crate::window_events::{SharedFreezes, WindowEvent, WindowEvents};
 use crate::windows::{Freezes, Window};
 
 /// How often a waiter re-checks a resource that changes elsewhere (another
@@ -85,9 +86,11 @@ pub struct Locks {
     /// The open watches and the pollers they share.
     watches: watch::Hub,
     /// The freeze windows in force (replaced whole by a reload).
-    freezes: RwLock<Arc<Freezes>>,
+    freezes: SharedFreezes,
     /// The reservations, and this daemon's copy of them.
     reservations: Arc<Ledger>,
+    /// Freezes starting and ending, reservations made and cancelled.
+    window_events: WindowEvents,
 }
 
 impl Locks {
@@ -103,13 +106,21 @@ impl Locks {
         );
         let reservations = Arc::new(Ledger::new(router.clone()));
         reservations.spawn_refresher();
+        let freezes = SharedFreezes::default();
+        let window_events = WindowEvents::start(freezes.clone(), &reservations);
         Self {
             router,
             events,
             watches,
-            freezes: RwLock::default(),
+            freezes,
             reservations,
+            window_events,
         }
+    }
+
+    /// The window events from now on (for watches).
+    pub fn window_events(&self) -> tokio::sync::broadcast::Receiver<WindowEvent> {
+        self.window_events.subscribe()
     }
 
     /// The reservations.

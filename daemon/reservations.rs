@@ -149,6 +149,7 @@ impl Reservation {
             kind: WindowKind::Reservation,
             name: self.id.clone(),
             owner: self.owner.clone(),
+            resource: self.resource.clone(),
             reason: self.reason.clone(),
             starts_at: self.starts_at,
             ends_at: self.ends_at,
@@ -304,6 +305,12 @@ impl Ledger {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Every reservation this daemon knows of that had not ended at its
+    /// last refresh (or booking).
+    pub fn known(&self) -> Vec<Reservation> {
+        self.snapshot().values().flatten().cloned().collect()
     }
 
     /// Whether no reservation is known (the gate is then free).

@@ -17,8 +17,8 @@ use crate::pb;
 use crate::reservations::{Ask, Booking, Reservation};
 use crate::validate;
 use crate::watch::{EventKind, Selection, WatchEvent};
+use crate::window_events::{WindowEvent, WindowEventKind};
 use futures::Stream;
-use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 /// Default and largest List page sizes.
@@ -498,7 +498,44 @@ fn event_to_pb(event: &WatchEvent, caller: &Caller) -> pb::WatchResponse {
         observed_at: Some(event.observed_at.into()),
         actor,
         reason,
+        window: None,
     }
+}
+
+/// A window event for the wire.
+fn window_event_to_pb(event: &WindowEvent) -> pb::WatchResponse {
+    let kind = match event.kind {
+        WindowEventKind::FreezeStarted => pb::EventType::FreezeStarted,
+        WindowEventKind::FreezeEnded => pb::EventType::FreezeEnded,
+        WindowEventKind::Reserved => pb::EventType::Reserved,
+        WindowEventKind::Unreserved => pb::EventType::Unreserved,
+    };
+    pb::WatchResponse {
+        r#type: kind.into(),
+        lease: None,
+        observed_at: Some(event.observed_at.into()),
+        actor: String::new(),
+        reason: String::new(),
+        window: Some(window_to_pb(&event.window)),
+    }
+}
+
+/// The window events of `receiver` as a stream (a watch that fell behind
+/// on them skips what it missed: they are rare, and the state is one
+/// `reservations` away).
+fn window_stream(
+    receiver: tokio::sync::broadcast::Receiver<WindowEvent>,
+) -> impl Stream<Item = WindowEvent> + Send {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match receiver.recv().await {
+                Ok(event) => return Some((event, receiver)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 /// The caller's deadline from the `grpc-timeout` header, if any.
@@ -644,6 +681,34 @@ impl pb::lock_service_server::LockService for LockService {
         // resource, like List: a watch shows exactly what its caller may
         // watch. The filter runs as events are handed out, so hidden events
         // take no place in the watch's queue.
+        // Window events of the selection: freezes that may cover it, and
+        // reservations of its resources the caller may watch.
+        let windows = {
+            let (policy, watcher, selection) =
+                (self.policy.clone(), caller.clone(), selection.clone());
+            let selected = move |event: &WindowEvent| match (&event.freeze, &selection) {
+                (Some(freeze), Selection::Resource(resource)) => freeze.covers(resource),
+                (Some(freeze), Selection::Prefix(prefix)) => {
+                    freeze.patterns().any(|p| may_cover(p, prefix))
+                }
+                (None, selection) => {
+                    let resource = &event.window.resource;
+                    let inside = match selection {
+                        Selection::Resource(r) => r == resource,
+                        Selection::Prefix(p) => resource.starts_with(p.as_str()),
+                    };
+                    inside
+                        && policy
+                            .current()
+                            .auth
+                            .authorize(&watcher, Action::Watch, resource)
+                            .is_ok()
+                }
+            };
+            futures::StreamExt::filter_map(window_stream(self.locks.window_events()), move |e| {
+                futures::future::ready(selected(&e).then(|| Some(Ok(window_event_to_pb(&e)))))
+            })
+        };
         let events = match &selection {
             Selection::Resource(resource) => {
                 self.permit(&caller, Action::Watch, resource)?;
@@ -664,10 +729,22 @@ impl pb::lock_service_server::LockService for LockService {
                     .watch_filtered(&caller.principal, selection, filter)?
             }
         };
-        let stream = events.map(move |item| {
-            item.map(|event| event_to_pb(&event, &caller))
-                .map_err(Status::from)
-        });
+        // The lease events end the watch (an error, the shutdown); the
+        // window events come in between.
+        let leases = futures::StreamExt::chain(
+            futures::StreamExt::map(events, move |item| {
+                Some(
+                    item.map(|event| event_to_pb(&event, &caller))
+                        .map_err(Status::from),
+                )
+            }),
+            futures::stream::once(futures::future::ready(None)),
+        );
+        let merged = futures::stream::select(leases, windows);
+        let stream = futures::StreamExt::filter_map(
+            futures::StreamExt::take_while(merged, |item| futures::future::ready(item.is_some())),
+            futures::future::ready,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

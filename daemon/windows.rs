@@ -103,6 +103,8 @@ pub struct Window {
     pub name: String,
     /// Who booked a reservation; empty for a freeze.
     pub owner: String,
+    /// The resource a reservation books; empty for a freeze.
+    pub resource: String,
     /// Why, as configured.
     pub reason: String,
     /// When this occurrence starts (or started).
@@ -339,6 +341,7 @@ impl Freeze {
             kind: WindowKind::Freeze,
             name: self.name.clone(),
             owner: String::new(),
+            resource: String::new(),
             reason: self.reason.clone(),
             starts_at,
             ends_at,

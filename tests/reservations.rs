@@ -409,3 +409,128 @@ fn the_cli_books_lists_and_cancels() {
     let empty = daemon.cli(&["reservations"]).ok();
     assert!(empty.stdout.is_empty(), "{empty:?}");
 }
+
+/// `Watch` reports bookings and cancellations of its resources, and the
+/// freezes that cover them starting and ending; lease events go on as usual.
+#[tokio::test]
+async fn watch_shows_windows_starting_ending_booked_and_cancelled() {
+    let start = SystemTime::now() + Duration::from_secs(2);
+    let secs_since_epoch = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    };
+    let start_text = time::OffsetDateTime::from_unix_timestamp(secs_since_epoch(start) as i64 + 1)
+        .expect("time")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let config = format!(
+        "{MEMORY}[[freezes]]\nname = \"short\"\nmatch = [\"staging/**\"]\nstart = \"{start_text}\"\n\
+         duration = \"2s\"\nreason = \"a short freeze\"\n"
+    );
+    let daemon = TestDaemon::start(&config, false).await;
+    let mut alice = daemon.client_as("alice").await;
+    let mut watcher = daemon.client().await;
+    let mut events = watcher
+        .watch(pb::WatchRequest {
+            prefix: "staging/".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut other = watcher
+        .watch(pb::WatchRequest {
+            resource: "prod/db".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let booked = book(
+        &mut alice,
+        reserve(
+            "staging/db",
+            Some(SystemTime::now() + Duration::from_secs(3600)),
+            SystemTime::now() + Duration::from_secs(7200),
+        ),
+    )
+    .await
+    .reservation
+    .expect("reserved");
+    // A lease event in between: both kinds arrive on one stream.
+    alice
+        .acquire(acquire("staging/web", 60))
+        .await
+        .expect("acquire");
+
+    let mut seen = Vec::new();
+    let wanted = [
+        pb::EventType::Reserved,
+        pb::EventType::Acquired,
+        pb::EventType::FreezeStarted,
+        pb::EventType::FreezeEnded,
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !wanted.iter().all(|w| seen.iter().any(|(k, _)| k == w)) {
+        let event = tokio::time::timeout_at(deadline, events.message())
+            .await
+            .expect("every event within 20 s")
+            .expect("watch")
+            .expect("open");
+        let kind = pb::EventType::try_from(event.r#type).expect("known");
+        seen.push((kind, event));
+    }
+    let find = |kind| {
+        seen.iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, e)| e.clone())
+            .expect("seen")
+    };
+    let reserved = find(pb::EventType::Reserved).window.expect("window");
+    assert_eq!(reserved.name, booked.id);
+    assert_eq!(reserved.resource, "staging/db");
+    assert_eq!(reserved.owner, "alice");
+    let started = find(pb::EventType::FreezeStarted).window.expect("window");
+    assert_eq!(started.name, "short");
+    assert_eq!(started.kind(), pb::window::Kind::Freeze);
+    let ended = find(pb::EventType::FreezeEnded).window.expect("window");
+    assert_eq!(ended.name, "short");
+    let positions = |kind| seen.iter().position(|(k, _)| *k == kind);
+    assert!(positions(pb::EventType::FreezeStarted) < positions(pb::EventType::FreezeEnded));
+
+    // Cancelled before its end: unreserved.
+    alice
+        .unreserve(pb::UnreserveRequest {
+            resource: "staging/db".into(),
+            id: booked.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("unreserve");
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = events.message().await.expect("watch").expect("open");
+            if event.r#type == pb::EventType::Unreserved as i32 {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("unreserved within 10 s");
+    assert_eq!(cancelled.window.map(|w| w.name), Some(booked.id));
+
+    // A watch of another resource saw none of it: its first event is its
+    // own resource's.
+    alice
+        .acquire(acquire("prod/db", 60))
+        .await
+        .expect("acquire");
+    let first = tokio::time::timeout(Duration::from_secs(10), other.message())
+        .await
+        .expect("an event")
+        .expect("watch")
+        .expect("open");
+    assert_eq!(first.r#type, pb::EventType::Acquired as i32, "{first:?}");
+}

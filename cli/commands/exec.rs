@@ -559,6 +559,7 @@ mod tests {
             observed_at: None,
             actor: actor.into(),
             reason: why.into(),
+            window: None,
         };
         use pb::EventType::*;
         assert_eq!(

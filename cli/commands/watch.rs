@@ -153,6 +153,10 @@ fn event_name(event: &pb::WatchResponse) -> &'static str {
         Ok(pb::EventType::Released) => "released",
         Ok(pb::EventType::Expired) => "expired",
         Ok(pb::EventType::ForceReleased) => "force-released",
+        Ok(pb::EventType::FreezeStarted) => "freeze-started",
+        Ok(pb::EventType::FreezeEnded) => "freeze-ended",
+        Ok(pb::EventType::Reserved) => "reserved",
+        Ok(pb::EventType::Unreserved) => "unreserved",
         Ok(pb::EventType::Unspecified) | Err(_) => "unknown",
     }
 }
@@ -175,10 +179,18 @@ struct EventRecord<'a> {
     actor: Option<&'a str>,
     /// Why they did.
     actor_reason: Option<&'a str>,
+    /// For a window event: the freeze's name or the reservation's id.
+    window: Option<&'a str>,
+    /// For a window event: when the window starts and ends.
+    starts: Option<String>,
+    ends: Option<String>,
 }
 
 /// One event as a line of text or of JSON.
 fn render(event: &pb::WatchResponse, format: WatchFormat) -> String {
+    if let Some(window) = &event.window {
+        return render_window(event, window, format);
+    }
     let lease = event.lease.clone().unwrap_or_default();
     let time = format_timestamp(event.observed_at.as_ref());
     let name = event_name(event);
@@ -196,6 +208,9 @@ fn render(event: &pb::WatchResponse, format: WatchFormat) -> String {
                 id: Some(lease.lease_id.as_str()).filter(|s| !s.is_empty()),
                 actor: Some(event.actor.as_str()).filter(|s| !s.is_empty()),
                 actor_reason: Some(event.reason.as_str()).filter(|s| !s.is_empty()),
+                window: None,
+                starts: None,
+                ends: None,
             };
             format!("{}\n", python_json(&record))
         }
@@ -216,6 +231,55 @@ fn render(event: &pb::WatchResponse, format: WatchFormat) -> String {
             } else if !lease.reason.is_empty() {
                 line.push(' ');
                 line.push_str(&lease.reason);
+            }
+            line.push('\n');
+            line
+        }
+    }
+}
+
+/// A window event: time, event, the resource booked (or "-" for a
+/// freeze), its owner (or "-"), the window, when it ends, and why.
+fn render_window(event: &pb::WatchResponse, window: &pb::Window, format: WatchFormat) -> String {
+    let time = format_timestamp(event.observed_at.as_ref());
+    let name = event_name(event);
+    match format {
+        WatchFormat::Json => {
+            let record = EventRecord {
+                time,
+                event: name,
+                resource: &window.resource,
+                principal: &window.owner,
+                fence: 0,
+                reason: &window.reason,
+                created: None,
+                expires: None,
+                id: None,
+                actor: None,
+                actor_reason: None,
+                window: Some(window.name.as_str()),
+                starts: format_timestamp(window.starts_at.as_ref()),
+                ends: format_timestamp(window.ends_at.as_ref()),
+            };
+            format!("{}\n", python_json(&record))
+        }
+        WatchFormat::Text => {
+            let mut line = format!(
+                "{} {name:<14} {} {} {}",
+                time.as_deref().unwrap_or(HIDDEN),
+                or_hidden(&window.resource),
+                or_hidden(&window.owner),
+                super::acquire::describe_window_name(window),
+            );
+            if let Some(starts) = format_timestamp(window.starts_at.as_ref()) {
+                line.push_str(&format!(" from {starts}"));
+            }
+            if let Some(ends) = format_timestamp(window.ends_at.as_ref()) {
+                line.push_str(&format!(" until {ends}"));
+            }
+            if !window.reason.is_empty() {
+                line.push(' ');
+                line.push_str(&window.reason);
             }
             line.push('\n');
             line
@@ -255,7 +319,56 @@ mod tests {
             }),
             actor: actor.into(),
             reason: why.into(),
+            window: None,
         }
+    }
+
+    #[test]
+    fn window_lines() {
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let reserved = pb::WatchResponse {
+            r#type: pb::EventType::Reserved as i32,
+            observed_at: at(1_795_699_726),
+            window: Some(pb::Window {
+                kind: pb::window::Kind::Reservation as i32,
+                name: "1a2b3c4d".into(),
+                owner: "alice".into(),
+                resource: "staging".into(),
+                reason: "load test".into(),
+                starts_at: at(1_795_700_000),
+                ends_at: at(1_795_707_200),
+            }),
+            ..pb::WatchResponse::default()
+        };
+        assert_eq!(
+            render(&reserved, WatchFormat::Text),
+            "2026-11-26T13:28:46.000+00:00 reserved       staging alice reservation 1a2b3c4d \
+             of alice from 2026-11-26T13:33:20.000+00:00 until 2026-11-26T15:33:20.000+00:00 \
+             load test\n"
+        );
+        let started = pb::WatchResponse {
+            r#type: pb::EventType::FreezeStarted as i32,
+            observed_at: at(1_795_699_726),
+            window: Some(pb::Window {
+                kind: pb::window::Kind::Freeze as i32,
+                name: "weekend".into(),
+                reason: "ask #ops".into(),
+                starts_at: at(1_795_699_726),
+                ends_at: at(1_795_700_000),
+                ..pb::Window::default()
+            }),
+            ..pb::WatchResponse::default()
+        };
+        let line = render(&started, WatchFormat::Text);
+        assert!(
+            line.starts_with("2026-11-26T13:28:46.000+00:00 freeze-started - - freeze \"weekend\""),
+            "{line}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&started, WatchFormat::Json)).expect("json");
+        assert_eq!(json["event"], "freeze-started");
+        assert_eq!(json["window"], "weekend");
+        assert_eq!(json["reason"], "ask #ops");
     }
 
     #[test]

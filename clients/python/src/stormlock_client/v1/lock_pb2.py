@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stormlock/v1/lock.proto\x12\x0cstormlock.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n\x05Lease\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0b\x61\x63quired_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x66\x65nce\x18\x07 \x01(\x04\"\xa7\x01\n\x0e\x41\x63quireRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x0f\n\x07wait_id\x18\x06 \x01(\t\"\xbe\x01\n\x0f\x41\x63quireResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12\"\n\x05lease\x18\x02 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12#\n\x06holder\x18\x03 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12$\n\x06window\x18\x04 \x01(\x0b\x32\x14.stormlock.v1.Window\x12*\n\x0c\x63ut_short_by\x18\x05 \x01(\x0b\x32\x14.stormlock.v1.Window\"\xff\x01\n\x06Window\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.stormlock.v1.Window.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\tstarts_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x06 \x01(\t\"C\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_FREEZE\x10\x01\x12\x14\n\x10KIND_RESERVATION\x10\x02\"\xd6\x01\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12-\n\tstarts_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x01\n\x0eReserveRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12-\n\tstarts_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\"\x83\x01\n\x0fReserveResponse\x12\x10\n\x08reserved\x18\x01 \x01(\x08\x12.\n\x0breservation\x18\x02 \x01(\x0b\x32\x19.stormlock.v1.Reservation\x12.\n\x0boverlapping\x18\x03 \x01(\x0b\x32\x19.stormlock.v1.Reservation\"S\n\x10UnreserveRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\"A\n\x11UnreserveResponse\x12,\n\tcancelled\x18\x01 \x01(\x0b\x32\x19.stormlock.v1.Reservation\")\n\x17ListReservationsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"R\n\x06\x46reeze\x12$\n\x06window\x18\x01 \x01(\x0b\x32\x14.stormlock.v1.Window\x12\x10\n\x08patterns\x18\x02 \x03(\t\x12\x10\n\x08schedule\x18\x03 \x01(\t\"r\n\x18ListReservationsResponse\x12/\n\x0creservations\x18\x01 \x03(\x0b\x32\x19.stormlock.v1.Reservation\x12%\n\x07\x66reezes\x18\x02 \x03(\x0b\x32\x14.stormlock.v1.Freeze\"4\n\x0eReleaseRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"Z\n\x0cRenewRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\rRenewResponse\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12*\n\x0c\x63ut_short_by\x18\x02 \x01(\x0b\x32\x14.stormlock.v1.Window\"3\n\x0e\x43urrentRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0f\n\x07wait_id\x18\x02 \x01(\t\"\x84\x01\n\x0f\x43urrentResponse\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0equeue_position\x18\x03 \x01(\r\x12$\n\x06window\x18\x04 \x01(\x0b\x32\x14.stormlock.v1.Window\"3\n\rIsHeldRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"\x1e\n\x0eIsHeldResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\"-\n\x0cLeaseEvicted\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x0cListResponse\x12#\n\x06leases\x18\x01 \x03(\x0b\x32\x13.stormlock.v1.Lease\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x13\x46orceReleaseRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x14\x46orceReleaseResponse\x12%\n\x08released\x18\x01 \x01(\x0b\x32\x13.stormlock.v1.Lease\"0\n\x0cWatchRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\"\xaa\x01\n\rWatchResponse\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.stormlock.v1.EventType\x12\"\n\x05lease\x18\x02 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12/\n\x0bobserved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t*\xa8\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_TYPE_ACQUIRED\x10\x01\x12\x16\n\x12\x45VENT_TYPE_RENEWED\x10\x02\x12\x17\n\x13\x45VENT_TYPE_RELEASED\x10\x03\x12\x16\n\x12\x45VENT_TYPE_EXPIRED\x10\x04\x12\x1d\n\x19\x45VENT_TYPE_FORCE_RELEASED\x10\x05\x32\xbf\x06\n\x0bLockService\x12\x46\n\x07\x41\x63quire\x12\x1c.stormlock.v1.AcquireRequest\x1a\x1d.stormlock.v1.AcquireResponse\x12\x46\n\x07Release\x12\x1c.stormlock.v1.ReleaseRequest\x1a\x1d.stormlock.v1.ReleaseResponse\x12@\n\x05Renew\x12\x1a.stormlock.v1.RenewRequest\x1a\x1b.stormlock.v1.RenewResponse\x12\x46\n\x07\x43urrent\x12\x1c.stormlock.v1.CurrentRequest\x1a\x1d.stormlock.v1.CurrentResponse\x12\x43\n\x06IsHeld\x12\x1b.stormlock.v1.IsHeldRequest\x1a\x1c.stormlock.v1.IsHeldResponse\x12=\n\x04List\x12\x19.stormlock.v1.ListRequest\x1a\x1a.stormlock.v1.ListResponse\x12U\n\x0c\x46orceRelease\x12!.stormlock.v1.ForceReleaseRequest\x1a\".stormlock.v1.ForceReleaseResponse\x12\x42\n\x05Watch\x12\x1a.stormlock.v1.WatchRequest\x1a\x1b.stormlock.v1.WatchResponse0\x01\x12\x46\n\x07Reserve\x12\x1c.stormlock.v1.ReserveRequest\x1a\x1d.stormlock.v1.ReserveResponse\x12L\n\tUnreserve\x12\x1e.stormlock.v1.UnreserveRequest\x1a\x1f.stormlock.v1.UnreserveResponse\x12\x61\n\x10ListReservations\x12%.stormlock.v1.ListReservationsRequest\x1a&.stormlock.v1.ListReservationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stormlock/v1/lock.proto\x12\x0cstormlock.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n\x05Lease\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0b\x61\x63quired_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x66\x65nce\x18\x07 \x01(\x04\"\xa7\x01\n\x0e\x41\x63quireRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x0f\n\x07wait_id\x18\x06 \x01(\t\"\xbe\x01\n\x0f\x41\x63quireResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12\"\n\x05lease\x18\x02 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12#\n\x06holder\x18\x03 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12$\n\x06window\x18\x04 \x01(\x0b\x32\x14.stormlock.v1.Window\x12*\n\x0c\x63ut_short_by\x18\x05 \x01(\x0b\x32\x14.stormlock.v1.Window\"\x91\x02\n\x06Window\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.stormlock.v1.Window.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12-\n\tstarts_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\"C\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_FREEZE\x10\x01\x12\x14\n\x10KIND_RESERVATION\x10\x02\"\xd6\x01\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12-\n\tstarts_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x01\n\x0eReserveRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12-\n\tstarts_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\"\x83\x01\n\x0fReserveResponse\x12\x10\n\x08reserved\x18\x01 \x01(\x08\x12.\n\x0breservation\x18\x02 \x01(\x0b\x32\x19.stormlock.v1.Reservation\x12.\n\x0boverlapping\x18\x03 \x01(\x0b\x32\x19.stormlock.v1.Reservation\"S\n\x10UnreserveRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\"A\n\x11UnreserveResponse\x12,\n\tcancelled\x18\x01 \x01(\x0b\x32\x19.stormlock.v1.Reservation\")\n\x17ListReservationsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"R\n\x06\x46reeze\x12$\n\x06window\x18\x01 \x01(\x0b\x32\x14.stormlock.v1.Window\x12\x10\n\x08patterns\x18\x02 \x03(\t\x12\x10\n\x08schedule\x18\x03 \x01(\t\"r\n\x18ListReservationsResponse\x12/\n\x0creservations\x18\x01 \x03(\x0b\x32\x19.stormlock.v1.Reservation\x12%\n\x07\x66reezes\x18\x02 \x03(\x0b\x32\x14.stormlock.v1.Freeze\"4\n\x0eReleaseRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"Z\n\x0cRenewRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"_\n\rRenewResponse\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12*\n\x0c\x63ut_short_by\x18\x02 \x01(\x0b\x32\x14.stormlock.v1.Window\"3\n\x0e\x43urrentRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0f\n\x07wait_id\x18\x02 \x01(\t\"\x84\x01\n\x0f\x43urrentResponse\x12\"\n\x05lease\x18\x01 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0equeue_position\x18\x03 \x01(\r\x12$\n\x06window\x18\x04 \x01(\x0b\x32\x14.stormlock.v1.Window\"3\n\rIsHeldRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"\x1e\n\x0eIsHeldResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\"-\n\x0cLeaseEvicted\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x0cListResponse\x12#\n\x06leases\x18\x01 \x03(\x0b\x32\x13.stormlock.v1.Lease\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x13\x46orceReleaseRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x14\x46orceReleaseResponse\x12%\n\x08released\x18\x01 \x01(\x0b\x32\x13.stormlock.v1.Lease\"0\n\x0cWatchRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\"\xd0\x01\n\rWatchResponse\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.stormlock.v1.EventType\x12\"\n\x05lease\x18\x02 \x01(\x0b\x32\x13.stormlock.v1.Lease\x12/\n\x0bobserved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12$\n\x06window\x18\x06 \x01(\x0b\x32\x14.stormlock.v1.Window*\x98\x02\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_TYPE_ACQUIRED\x10\x01\x12\x16\n\x12\x45VENT_TYPE_RENEWED\x10\x02\x12\x17\n\x13\x45VENT_TYPE_RELEASED\x10\x03\x12\x16\n\x12\x45VENT_TYPE_EXPIRED\x10\x04\x12\x1d\n\x19\x45VENT_TYPE_FORCE_RELEASED\x10\x05\x12\x1d\n\x19\x45VENT_TYPE_FREEZE_STARTED\x10\x06\x12\x1b\n\x17\x45VENT_TYPE_FREEZE_ENDED\x10\x07\x12\x17\n\x13\x45VENT_TYPE_RESERVED\x10\x08\x12\x19\n\x15\x45VENT_TYPE_UNRESERVED\x10\t2\xbf\x06\n\x0bLockService\x12\x46\n\x07\x41\x63quire\x12\x1c.stormlock.v1.AcquireRequest\x1a\x1d.stormlock.v1.AcquireResponse\x12\x46\n\x07Release\x12\x1c.stormlock.v1.ReleaseRequest\x1a\x1d.stormlock.v1.ReleaseResponse\x12@\n\x05Renew\x12\x1a.stormlock.v1.RenewRequest\x1a\x1b.stormlock.v1.RenewResponse\x12\x46\n\x07\x43urrent\x12\x1c.stormlock.v1.CurrentRequest\x1a\x1d.stormlock.v1.CurrentResponse\x12\x43\n\x06IsHeld\x12\x1b.stormlock.v1.IsHeldRequest\x1a\x1c.stormlock.v1.IsHeldResponse\x12=\n\x04List\x12\x19.stormlock.v1.ListRequest\x1a\x1a.stormlock.v1.ListResponse\x12U\n\x0c\x46orceRelease\x12!.stormlock.v1.ForceReleaseRequest\x1a\".stormlock.v1.ForceReleaseResponse\x12\x42\n\x05Watch\x12\x1a.stormlock.v1.WatchRequest\x1a\x1b.stormlock.v1.WatchResponse0\x01\x12\x46\n\x07Reserve\x12\x1c.stormlock.v1.ReserveRequest\x1a\x1d.stormlock.v1.ReserveResponse\x12L\n\tUnreserve\x12\x1e.stormlock.v1.UnreserveRequest\x1a\x1f.stormlock.v1.UnreserveResponse\x12\x61\n\x10ListReservations\x12%.stormlock.v1.ListReservationsRequest\x1a&.stormlock.v1.ListReservationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stormlock.v1.lock_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=2922
-  _globals['_EVENTTYPE']._serialized_end=3090
+  _globals['_EVENTTYPE']._serialized_start=2978
+  _globals['_EVENTTYPE']._serialized_end=3258
   _globals['_LEASE']._serialized_start=107
   _globals['_LEASE']._serialized_end=297
   _globals['_ACQUIREREQUEST']._serialized_start=300
@@ -42,55 +42,55 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACQUIRERESPONSE']._serialized_start=470
   _globals['_ACQUIRERESPONSE']._serialized_end=660
   _globals['_WINDOW']._serialized_start=663
-  _globals['_WINDOW']._serialized_end=918
-  _globals['_WINDOW_KIND']._serialized_start=851
-  _globals['_WINDOW_KIND']._serialized_end=918
-  _globals['_RESERVATION']._serialized_start=921
-  _globals['_RESERVATION']._serialized_end=1135
-  _globals['_RESERVEREQUEST']._serialized_start=1138
-  _globals['_RESERVEREQUEST']._serialized_end=1299
-  _globals['_RESERVERESPONSE']._serialized_start=1302
-  _globals['_RESERVERESPONSE']._serialized_end=1433
-  _globals['_UNRESERVEREQUEST']._serialized_start=1435
-  _globals['_UNRESERVEREQUEST']._serialized_end=1518
-  _globals['_UNRESERVERESPONSE']._serialized_start=1520
-  _globals['_UNRESERVERESPONSE']._serialized_end=1585
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1587
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1628
-  _globals['_FREEZE']._serialized_start=1630
-  _globals['_FREEZE']._serialized_end=1712
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1714
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1828
-  _globals['_RELEASEREQUEST']._serialized_start=1830
-  _globals['_RELEASEREQUEST']._serialized_end=1882
-  _globals['_RELEASERESPONSE']._serialized_start=1884
-  _globals['_RELEASERESPONSE']._serialized_end=1919
-  _globals['_RENEWREQUEST']._serialized_start=1921
-  _globals['_RENEWREQUEST']._serialized_end=2011
-  _globals['_RENEWRESPONSE']._serialized_start=2013
-  _globals['_RENEWRESPONSE']._serialized_end=2108
-  _globals['_CURRENTREQUEST']._serialized_start=2110
-  _globals['_CURRENTREQUEST']._serialized_end=2161
-  _globals['_CURRENTRESPONSE']._serialized_start=2164
-  _globals['_CURRENTRESPONSE']._serialized_end=2296
-  _globals['_ISHELDREQUEST']._serialized_start=2298
-  _globals['_ISHELDREQUEST']._serialized_end=2349
-  _globals['_ISHELDRESPONSE']._serialized_start=2351
-  _globals['_ISHELDRESPONSE']._serialized_end=2381
-  _globals['_LEASEEVICTED']._serialized_start=2383
-  _globals['_LEASEEVICTED']._serialized_end=2428
-  _globals['_LISTREQUEST']._serialized_start=2430
-  _globals['_LISTREQUEST']._serialized_end=2498
-  _globals['_LISTRESPONSE']._serialized_start=2500
-  _globals['_LISTRESPONSE']._serialized_end=2576
-  _globals['_FORCERELEASEREQUEST']._serialized_start=2578
-  _globals['_FORCERELEASEREQUEST']._serialized_end=2633
-  _globals['_FORCERELEASERESPONSE']._serialized_start=2635
-  _globals['_FORCERELEASERESPONSE']._serialized_end=2696
-  _globals['_WATCHREQUEST']._serialized_start=2698
-  _globals['_WATCHREQUEST']._serialized_end=2746
-  _globals['_WATCHRESPONSE']._serialized_start=2749
-  _globals['_WATCHRESPONSE']._serialized_end=2919
-  _globals['_LOCKSERVICE']._serialized_start=3093
-  _globals['_LOCKSERVICE']._serialized_end=3924
+  _globals['_WINDOW']._serialized_end=936
+  _globals['_WINDOW_KIND']._serialized_start=869
+  _globals['_WINDOW_KIND']._serialized_end=936
+  _globals['_RESERVATION']._serialized_start=939
+  _globals['_RESERVATION']._serialized_end=1153
+  _globals['_RESERVEREQUEST']._serialized_start=1156
+  _globals['_RESERVEREQUEST']._serialized_end=1317
+  _globals['_RESERVERESPONSE']._serialized_start=1320
+  _globals['_RESERVERESPONSE']._serialized_end=1451
+  _globals['_UNRESERVEREQUEST']._serialized_start=1453
+  _globals['_UNRESERVEREQUEST']._serialized_end=1536
+  _globals['_UNRESERVERESPONSE']._serialized_start=1538
+  _globals['_UNRESERVERESPONSE']._serialized_end=1603
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1605
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1646
+  _globals['_FREEZE']._serialized_start=1648
+  _globals['_FREEZE']._serialized_end=1730
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1732
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1846
+  _globals['_RELEASEREQUEST']._serialized_start=1848
+  _globals['_RELEASEREQUEST']._serialized_end=1900
+  _globals['_RELEASERESPONSE']._serialized_start=1902
+  _globals['_RELEASERESPONSE']._serialized_end=1937
+  _globals['_RENEWREQUEST']._serialized_start=1939
+  _globals['_RENEWREQUEST']._serialized_end=2029
+  _globals['_RENEWRESPONSE']._serialized_start=2031
+  _globals['_RENEWRESPONSE']._serialized_end=2126
+  _globals['_CURRENTREQUEST']._serialized_start=2128
+  _globals['_CURRENTREQUEST']._serialized_end=2179
+  _globals['_CURRENTRESPONSE']._serialized_start=2182
+  _globals['_CURRENTRESPONSE']._serialized_end=2314
+  _globals['_ISHELDREQUEST']._serialized_start=2316
+  _globals['_ISHELDREQUEST']._serialized_end=2367
+  _globals['_ISHELDRESPONSE']._serialized_start=2369
+  _globals['_ISHELDRESPONSE']._serialized_end=2399
+  _globals['_LEASEEVICTED']._serialized_start=2401
+  _globals['_LEASEEVICTED']._serialized_end=2446
+  _globals['_LISTREQUEST']._serialized_start=2448
+  _globals['_LISTREQUEST']._serialized_end=2516
+  _globals['_LISTRESPONSE']._serialized_start=2518
+  _globals['_LISTRESPONSE']._serialized_end=2594
+  _globals['_FORCERELEASEREQUEST']._serialized_start=2596
+  _globals['_FORCERELEASEREQUEST']._serialized_end=2651
+  _globals['_FORCERELEASERESPONSE']._serialized_start=2653
+  _globals['_FORCERELEASERESPONSE']._serialized_end=2714
+  _globals['_WATCHREQUEST']._serialized_start=2716
+  _globals['_WATCHREQUEST']._serialized_end=2764
+  _globals['_WATCHRESPONSE']._serialized_start=2767
+  _globals['_WATCHRESPONSE']._serialized_end=2975
+  _globals['_LOCKSERVICE']._serialized_start=3261
+  _globals['_LOCKSERVICE']._serialized_end=4092
 # @@protoc_insertion_point(module_scope)

@@ -19,12 +19,20 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_RELEASED: _ClassVar[EventType]
     EVENT_TYPE_EXPIRED: _ClassVar[EventType]
     EVENT_TYPE_FORCE_RELEASED: _ClassVar[EventType]
+    EVENT_TYPE_FREEZE_STARTED: _ClassVar[EventType]
+    EVENT_TYPE_FREEZE_ENDED: _ClassVar[EventType]
+    EVENT_TYPE_RESERVED: _ClassVar[EventType]
+    EVENT_TYPE_UNRESERVED: _ClassVar[EventType]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_ACQUIRED: EventType
 EVENT_TYPE_RENEWED: EventType
 EVENT_TYPE_RELEASED: EventType
 EVENT_TYPE_EXPIRED: EventType
 EVENT_TYPE_FORCE_RELEASED: EventType
+EVENT_TYPE_FREEZE_STARTED: EventType
+EVENT_TYPE_FREEZE_ENDED: EventType
+EVENT_TYPE_RESERVED: EventType
+EVENT_TYPE_UNRESERVED: EventType
 
 class Lease(_message.Message):
     __slots__ = ("resource", "lease_id", "principal", "reason", "acquired_at", "expires_at", "fence")
@@ -75,7 +83,7 @@ class AcquireResponse(_message.Message):
     def __init__(self, acquired: _Optional[bool] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., holder: _Optional[_Union[Lease, _Mapping]] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., cut_short_by: _Optional[_Union[Window, _Mapping]] = ...) -> None: ...
 
 class Window(_message.Message):
-    __slots__ = ("kind", "name", "reason", "starts_at", "ends_at", "owner")
+    __slots__ = ("kind", "name", "reason", "starts_at", "ends_at", "owner", "resource")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Window.Kind]
@@ -90,13 +98,15 @@ class Window(_message.Message):
     STARTS_AT_FIELD_NUMBER: _ClassVar[int]
     ENDS_AT_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
     kind: Window.Kind
     name: str
     reason: str
     starts_at: _timestamp_pb2.Timestamp
     ends_at: _timestamp_pb2.Timestamp
     owner: str
-    def __init__(self, kind: _Optional[_Union[Window.Kind, str]] = ..., name: _Optional[str] = ..., reason: _Optional[str] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+    resource: str
+    def __init__(self, kind: _Optional[_Union[Window.Kind, str]] = ..., name: _Optional[str] = ..., reason: _Optional[str] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ..., resource: _Optional[str] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("id", "resource", "owner", "reason", "starts_at", "ends_at", "created_at")
@@ -297,15 +307,17 @@ class WatchRequest(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("type", "lease", "observed_at", "actor", "reason")
+    __slots__ = ("type", "lease", "observed_at", "actor", "reason", "window")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     type: EventType
     lease: Lease
     observed_at: _timestamp_pb2.Timestamp
     actor: str
     reason: str
-    def __init__(self, type: _Optional[_Union[EventType, str]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    window: Window
+    def __init__(self, type: _Optional[_Union[EventType, str]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., window: _Optional[_Union[Window, _Mapping]] = ...) -> None: ...
