@@ -89,6 +89,21 @@ fn statuses(command: &str) -> Option<Vec<Status>> {
             ("0", "the lease was broken"),
             ("1", "the resource was not held"),
         ],
+        "reserve" => &[
+            ("0", "reserved: the id is on standard output"),
+            (
+                "2",
+                "another reservation overlaps: it is named on standard error",
+            ),
+        ],
+        "reservations" => &[("0", "listed (also when there are none)")],
+        "unreserve" => &[
+            ("0", "the reservation was cancelled"),
+            (
+                "1",
+                "there was no such reservation (it ended, or was cancelled already)",
+            ),
+        ],
         "bench" => &[
             ("0", "the run ended and some operations succeeded"),
             ("70", "no operation succeeded"),
@@ -149,9 +164,14 @@ const ALL: [Status; 14] = [
     ("0", "success"),
     (
         "1",
-        "not held, or the resource is free (is-held, current, force-release)",
+        "not held, or the resource is free (is-held, current, force-release); no such \
+         reservation (unreserve)",
     ),
-    ("2", "held by someone else (acquire)"),
+    (
+        "2",
+        "held by someone else, or a window refuses you (acquire); another reservation \
+         overlaps (reserve)",
+    ),
     (
         "3",
         "the lease is not current: expired, released or force-released (renew)",
