@@ -112,7 +112,7 @@ async fn no_lease_of_anyone_else_runs_past_the_start_of_a_reservation() {
     let cut = granted.cut_short_by.expect("cut short");
     assert_eq!(cut.kind(), pb::window::Kind::Reservation);
     let lease = granted.lease.expect("lease");
-    let expires = at(lease.expires_at.clone());
+    let expires = at(lease.expires_at);
     assert!(expires <= start, "{expires:?} after the start {start:?}");
     assert!(expires + Duration::from_secs(5) >= start);
 
