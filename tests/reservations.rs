@@ -403,6 +403,34 @@ fn the_cli_books_lists_and_cancels() {
         .exit(64);
     assert!(bad.stderr.contains("is not a time"), "{bad:?}");
 
+    // In force now: `list` says so under its table.
+    let now_id = daemon
+        .cli(&[
+            "reserve",
+            "lab/gpu",
+            "--for",
+            "1h",
+            "--reason",
+            "training run",
+        ])
+        .ok()
+        .line();
+    let list = daemon.cli(&["list"]).ok();
+    assert!(list.stdout.contains("Windows in force:"), "{list:?}");
+    assert!(
+        list.stdout.lines().any(|l| l.contains("lab/gpu")
+            && l.contains(&format!("reservation {now_id} of "))
+            && l.contains("(training run)")),
+        "{list:?}"
+    );
+    assert!(
+        !list.stdout.contains(&format!("reservation {id}")),
+        "not in force yet: {list:?}"
+    );
+    daemon.cli(&["unreserve", "lab/gpu", &now_id]).ok();
+    let list = daemon.cli(&["list"]).ok();
+    assert!(!list.stdout.contains("Windows in force:"), "{list:?}");
+
     daemon.cli(&["unreserve", "staging", &id]).ok();
     let again = daemon.cli(&["unreserve", "staging", &id]).exit(1);
     assert!(again.stderr.contains("no reservation"), "{again:?}");

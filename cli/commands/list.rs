@@ -48,7 +48,78 @@ pub async fn run(mut session: Session, args: ListArgs) -> CliResult {
         },
         ListFormat::Table => out(&table(&leases, SystemTime::now(), table_width()))?,
     }
+    if args.format == ListFormat::Table {
+        // The windows in force under the prefix: what refuses acquirers
+        // that no lease explains. A daemon without windows answers nothing.
+        if let Ok(windows) = client
+            .list_reservations(pb::ListReservationsRequest {
+                prefix: prefix.clone(),
+            })
+            .await
+        {
+            let text = windows_in_force(&windows, SystemTime::now());
+            if !text.is_empty() {
+                out(&text)?;
+            }
+        }
+    }
     Ok(Exit::Success)
+}
+
+/// "Windows in force:" and one line per freeze or reservation in force at
+/// `now`; empty when there is none.
+fn windows_in_force(windows: &pb::ListReservationsResponse, now: SystemTime) -> String {
+    let in_force = |w: &pb::Window| {
+        system_time(w.starts_at.as_ref()).is_some_and(|s| s <= now)
+            && system_time(w.ends_at.as_ref()).is_some_and(|e| now < e)
+    };
+    let mut lines: Vec<(String, String)> = Vec::new();
+    for freeze in &windows.freezes {
+        if let Some(w) = freeze.window.as_ref().filter(|w| in_force(w)) {
+            lines.push((freeze.patterns.join(" "), describe_in_force(w)));
+        }
+    }
+    for r in &windows.reservations {
+        let window = pb::Window {
+            kind: pb::window::Kind::Reservation.into(),
+            name: r.id.clone(),
+            owner: r.owner.clone(),
+            resource: r.resource.clone(),
+            reason: r.reason.clone(),
+            starts_at: r.starts_at,
+            ends_at: r.ends_at,
+        };
+        if in_force(&window) {
+            lines.push((r.resource.clone(), describe_in_force(&window)));
+        }
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    let width = lines
+        .iter()
+        .map(|(what, _)| what.width())
+        .max()
+        .unwrap_or(0);
+    let mut text = String::from("\nWindows in force:\n");
+    for (what, window) in lines {
+        let pad = width.saturating_sub(what.width());
+        text.push_str(&format!("  {what}{}  {window}\n", " ".repeat(pad)));
+    }
+    text
+}
+
+/// `reservation 1a2b3c4d of alice until 2026-12-02 16:00 +01:00 (load test)`.
+fn describe_in_force(window: &pb::Window) -> String {
+    let mut text = format!(
+        "{} until {}",
+        super::acquire::describe_window_name(window),
+        super::reserve::local(window.ends_at.as_ref())
+    );
+    if !window.reason.is_empty() {
+        text.push_str(&format!(" ({})", window.reason));
+    }
+    text
 }
 
 /// The width to fit the table to: only at a terminal, where it is

@@ -57,7 +57,7 @@ pub fn parse_when(text: &str, zone: Option<&str>, now: SystemTime) -> Result<Sys
 }
 
 /// A time for people: local, to the minute, with its offset.
-fn local(t: Option<&prost_types::Timestamp>) -> String {
+pub fn local(t: Option<&prost_types::Timestamp>) -> String {
     system_time(t).map_or_else(
         || "-".to_string(),
         |t| {
