@@ -489,13 +489,16 @@ fn freezes(config: &Config, now: std::time::SystemTime) -> String {
 fn bounds(config: &Config) -> String {
     let c = &config.connections;
     let l = &config.limits;
+    let r = &config.reservations;
     let age = c
         .max_connection_age
         .map_or_else(|| "unlimited".to_string(), |age| format!("{age:?}"));
     format!(
         "connections: at most {} open, TLS handshake within {:?}, {} streams each, \
          keepalive every {:?} (timeout {:?}), age {age}\n\
-         limits: {} waiters per resource, {} per principal, {} watches per principal\n",
+         limits: {} waiters per resource, {} per principal, {} watches per principal\n\
+         reservations: start at most {} ahead, last at most {}, {} per resource, \
+         read again every {}\n",
         c.max_connections,
         c.handshake_timeout,
         c.max_streams_per_connection,
@@ -504,5 +507,9 @@ fn bounds(config: &Config) -> String {
         l.max_waiters_per_resource,
         l.max_waiters_per_principal,
         l.max_watches_per_principal,
+        stormlockd::duration::format_duration(r.max_ahead),
+        stormlockd::duration::format_duration(r.max_length),
+        r.max_per_resource,
+        stormlockd::duration::format_duration(r.refresh),
     )
 }

@@ -388,6 +388,13 @@ def test_extra_toml_is_appended(chart):
     assert rendered.config["backends"] == render(chart).config["backends"]
 
 
+def test_reservation_limits_go_through_extra_toml(chart):
+    extra = '[reservations]\nmax_ahead = "30d"\nmax_length = "3d"\n'
+    rendered = render(chart, {"config": {"extraToml": extra}})
+    assert rendered.config["reservations"] == {"max_ahead": "30d", "max_length": "3d"}
+    assert "reservations: start at most 30d ahead, last at most 3d" in daemon_check(rendered).stdout
+
+
 def test_config_values_reach_the_toml(chart):
     values = {
         "config": {
