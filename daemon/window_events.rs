@@ -185,6 +185,60 @@ mod tests {
     }
 
     #[test]
+    fn freezes_start_and_end_and_each_occurrence_starts_again() {
+        let freeze: Freeze = toml::from_str(
+            "name = \"hourly\"\nmatch = [\"deploy/**\"]\nschedule = \"0 * * * *\"\nduration = \"10m\"\n",
+        )
+        .expect("freeze");
+        let freezes = Freezes::new(vec![freeze]);
+        let ledger = {
+            let config =
+                crate::config::Config::parse("[backends.main]\ntype = \"memory\"\n", "test")
+                    .expect("config");
+            let backend: Arc<dyn crate::backend::Backend> =
+                Arc::new(crate::backend::memory::MemoryBackend::new());
+            let router = crate::routing::Router::new(
+                &config,
+                BTreeMap::from([("main".to_string(), backend)]),
+            )
+            .expect("router");
+            Ledger::new(Arc::new(router))
+        };
+        let hour = |h: u64, m: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(h * 3600 + m * 60);
+        let kinds = |a: SystemTime, b: SystemTime| -> Vec<WindowEventKind> {
+            differences(&look(&freezes, &ledger, a), &look(&freezes, &ledger, b), b)
+                .into_iter()
+                .map(|e| e.kind)
+                .collect()
+        };
+        assert_eq!(
+            kinds(hour(5, 59), hour(6, 0)),
+            [WindowEventKind::FreezeStarted]
+        );
+        assert_eq!(kinds(hour(6, 0), hour(6, 5)), []);
+        assert_eq!(
+            kinds(hour(6, 5), hour(6, 10)),
+            [WindowEventKind::FreezeEnded]
+        );
+        // One tick missed the gap between two occurrences: the old one
+        // ended, the new one started.
+        assert_eq!(
+            kinds(hour(6, 5), hour(7, 5)),
+            [WindowEventKind::FreezeEnded, WindowEventKind::FreezeStarted]
+        );
+        // Removed by a reload while in force: ended.
+        let after = Seen::default();
+        let ended: Vec<_> = differences(&look(&freezes, &ledger, hour(6, 5)), &after, hour(6, 6))
+            .into_iter()
+            .map(|e| (e.kind, e.window.name))
+            .collect();
+        assert_eq!(
+            ended,
+            [(WindowEventKind::FreezeEnded, "hourly".to_string())]
+        );
+    }
+
+    #[test]
     fn booked_cancelled_and_ended_reservations() {
         let now = SystemTime::now() + Duration::from_secs(1);
         let (kept, cancelled, ended) = (
