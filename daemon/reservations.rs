@@ -24,8 +24,8 @@
 //! Times are judged on the daemon's clock, as freeze windows are.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -278,6 +278,9 @@ pub struct Ledger {
     router: Arc<Router>,
     limits: RwLock<ReservationLimits>,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// When this daemon last changed each resource's copy itself, so that a
+    /// refresh that read the books before does not undo it.
+    recent: Mutex<HashMap<String, Instant>>,
 }
 
 impl Ledger {
@@ -287,6 +290,7 @@ impl Ledger {
             router,
             limits: RwLock::new(ReservationLimits::default()),
             snapshot: RwLock::default(),
+            recent: Mutex::default(),
         }
     }
 
@@ -351,6 +355,10 @@ impl Ledger {
             .snapshot
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(resource.to_string(), Instant::now());
         let mut next = Snapshot::clone(&snapshot);
         if list.is_empty() {
             next.remove(resource);
@@ -486,68 +494,110 @@ impl Ledger {
     /// read from the backends now, by resource then start.
     pub async fn list(&self, prefix: &str) -> Result<Vec<Reservation>, Error> {
         let now = SystemTime::now();
-        let mut all: Vec<Reservation> = self
-            .read_all(prefix)
-            .await?
-            .into_iter()
-            .flat_map(|(_, list)| list)
-            .filter(|r| r.ends_at > now)
-            .collect();
+        let mut all = Vec::new();
+        for (name, backend) in self.router.backends() {
+            for book in self.read_backend(name, backend, prefix).await? {
+                all.extend(decode(name, &book)?.into_iter().filter(|r| r.ends_at > now));
+            }
+        }
         all.sort_by(|a, b| (&a.resource, a.starts_at).cmp(&(&b.resource, b.starts_at)));
         Ok(all)
     }
 
-    /// Every book under `prefix` on every backend, each from the backend
-    /// its resource is routed to, with its reservations.
-    async fn read_all(&self, prefix: &str) -> Result<Vec<(Book, Vec<Reservation>)>, BackendError> {
+    /// Every book under `prefix` on backend `name` whose resource is routed
+    /// there (a routing change may leave others behind).
+    async fn read_backend(
+        &self,
+        name: &str,
+        backend: &Arc<dyn Backend>,
+        prefix: &str,
+    ) -> Result<Vec<Book>, BackendError> {
         let mut out = Vec::new();
-        for (name, backend) in self.router.backends() {
-            let mut after: Option<String> = None;
-            loop {
-                let page = backend.books(prefix, after.as_deref(), PAGE).await?;
-                let full = page.len() >= PAGE;
-                after = page.last().map(|b| b.resource.clone());
-                for book in page {
-                    if &self.router.route(&book.resource).backend_name != name {
-                        continue;
-                    }
-                    let list = decode(name, &book)?;
-                    out.push((book, list));
-                }
-                if !full {
-                    break;
-                }
+        let mut after: Option<String> = None;
+        loop {
+            let page = backend.books(prefix, after.as_deref(), PAGE).await?;
+            let full = page.len() >= PAGE;
+            after = page.last().map(|b| b.resource.clone());
+            out.extend(
+                page.into_iter()
+                    .filter(|book| self.router.route(&book.resource).backend_name == name),
+            );
+            if !full {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
     /// Reads every book again: this daemon's copy of the reservations that
     /// have not ended, and books holding only ended ones written back
-    /// empty.
+    /// empty. What cannot be read (a backend down, a book this daemon
+    /// cannot decode) keeps its last copy, and the first such error is
+    /// returned once the rest is in force.
     pub async fn refresh(&self) -> Result<(), BackendError> {
+        let started = Instant::now();
         let now = SystemTime::now();
+        let previous = self.snapshot();
         let mut next = Snapshot::new();
-        for (book, mut list) in self.read_all("").await? {
-            let before = list.len();
-            list.retain(|r| r.ends_at > now);
-            if list.len() < before && list.is_empty() {
-                let backend = &self.router.route(&book.resource).backend;
-                // Another daemon may clean up or book at the same time:
-                // whoever writes first wins, and nothing is lost.
-                let _cleaned = backend
-                    .write_book(&book.resource, book.version, &encode(&list))
-                    .await;
-            }
-            if !list.is_empty() {
-                next.insert(book.resource, list);
+        let mut failure: Option<BackendError> = None;
+        for (name, backend) in self.router.backends() {
+            let books = match self.read_backend(name, backend, "").await {
+                Ok(books) => books,
+                Err(e) => {
+                    next.extend(
+                        previous
+                            .iter()
+                            .filter(|(resource, _)| {
+                                &self.router.route(resource).backend_name == name
+                            })
+                            .map(|(resource, list)| (resource.clone(), list.clone())),
+                    );
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
+            for book in books {
+                let mut list = match decode(name, &book) {
+                    Ok(list) => list,
+                    Err(e) => {
+                        if let Some(list) = previous.get(&book.resource) {
+                            next.insert(book.resource.clone(), list.clone());
+                        }
+                        failure.get_or_insert(e);
+                        continue;
+                    }
+                };
+                let before = list.len();
+                list.retain(|r| r.ends_at > now);
+                if list.len() < before && list.is_empty() {
+                    // Another daemon may clean up or book at the same time:
+                    // whoever writes first wins, and nothing is lost.
+                    let _cleaned = backend
+                        .write_book(&book.resource, book.version, &encode(&list))
+                        .await;
+                }
+                if !list.is_empty() {
+                    next.insert(book.resource, list);
+                }
             }
         }
-        *self
+        let mut snapshot = self
             .snapshot
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-        Ok(())
+            .unwrap_or_else(PoisonError::into_inner);
+        // What this daemon booked or cancelled while the books were read is
+        // newer than what was read.
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        for (resource, at) in recent.iter() {
+            if *at >= started {
+                match snapshot.get(resource) {
+                    Some(list) => next.insert(resource.clone(), list.clone()),
+                    None => next.remove(resource),
+                };
+            }
+        }
+        recent.retain(|_, at| *at >= started);
+        *snapshot = Arc::new(next);
+        failure.map_or(Ok(()), Err)
     }
 
     /// Refreshes every `refresh` for as long as the ledger lives (a task on
@@ -761,6 +811,52 @@ mod tests {
             None
         );
         assert!(ledger.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_book_that_cannot_be_read_keeps_its_last_copy_and_spoils_no_other() {
+        let ledger = ledger();
+        let Booking::Reserved(kept) = ledger
+            .reserve(ask("alice", 60, 120))
+            .await
+            .expect("reserve")
+        else {
+            panic!("not reserved")
+        };
+        let backend = ledger.router.route("staging").backend.clone();
+        let book = backend
+            .book("staging")
+            .await
+            .expect("book")
+            .expect("written");
+        assert!(
+            backend
+                .write_book("staging", book.version, b"{not json")
+                .await
+                .expect("write")
+        );
+        let other = Ledger::new(ledger.router.clone());
+        other
+            .reserve(Ask {
+                resource: "prod".into(),
+                ..ask("bob", 60, 120)
+            })
+            .await
+            .expect("elsewhere");
+        let err = ledger
+            .refresh()
+            .await
+            .expect_err("a corrupt book is reported");
+        assert!(
+            err.to_string().contains("corrupt reservation book"),
+            "{err}"
+        );
+        assert_eq!(ledger.snapshot()["staging"], [kept], "the last copy stays");
+        assert_eq!(
+            ledger.snapshot()["prod"][0].owner,
+            "bob",
+            "the others are read"
+        );
     }
 
     #[tokio::test]
