@@ -4,7 +4,9 @@
 # a stormlockd binary is there ($STORMLOCK_BIN_DIR, else
 # $CARGO_TARGET_DIR/debug, else target/debug), runs the example and the tests
 # of the details package against a daemon it starts on a free loopback port
-# over mutual TLS (without a daemon, only the tests that need none).
+# over mutual TLS, and lets the tests of freeze windows start one of their own
+# with a [[freezes]] configuration (without a daemon, only the tests that need
+# none).
 #
 # Needs Debian's packages (bookworm): golang-go, golang-google-grpc-dev,
 # golang-google-protobuf-dev, protobuf-compiler, protoc-gen-go,
@@ -63,4 +65,6 @@ out=$(STORMLOCK_DATA_DIR=$data "$gopath/example" -addr "127.0.0.1:$port" -resour
 echo "$out"
 [[ $out =~ ^acquired\ go-check/example,\ fence\ [1-9][0-9]*$ ]] || { echo "go check: unexpected example output" >&2; exit 1; }
 echo "go check: example acquired and released a lock over mutual TLS"
-STORMLOCK_TEST_ADDR=127.0.0.1:$port STORMLOCK_DATA_DIR=$data "$gopath/details.test" -test.v
+# The live tests of freeze windows start a daemon of their own (STORMLOCK_TEST_DAEMON),
+# with a configuration timed to their start.
+STORMLOCK_TEST_ADDR=127.0.0.1:$port STORMLOCK_DATA_DIR=$data STORMLOCK_TEST_DAEMON=$bin "$gopath/details.test" -test.v

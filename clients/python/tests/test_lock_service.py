@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import Daemon
-from stormlock_client import connect, lease_evicted
+from stormlock_client import connect, lease_evicted, refusing_window
 from stormlock_client.v1 import lock_pb2, lock_pb2_grpc
 from stormlock_client.v1.lock_pb2_grpc import LockServiceStub
 
@@ -117,6 +117,7 @@ def test_renew_and_is_held_of_a_broken_lease_say_who_broke_it(locks: LockService
         evicted = lease_evicted(excinfo.value)
         # The development client certificate is the administrator's.
         assert evicted == lock_pb2.LeaseEvicted(actor=lease.principal, reason="incident 42"), name
+        assert refusing_window(excinfo.value) is None, name
 
 
 def test_an_expired_or_released_lease_has_no_eviction(locks: LockServiceStub, resource: str) -> None:
@@ -129,6 +130,7 @@ def test_an_expired_or_released_lease_has_no_eviction(locks: LockServiceStub, re
             locks.Renew(lock_pb2.RenewRequest(resource=resource, lease_id=lease.lease_id), timeout=TIMEOUT)
         assert status(excinfo)[0] == grpc.StatusCode.FAILED_PRECONDITION
         assert lease_evicted(excinfo.value) is None
+        assert refusing_window(excinfo.value) is None
 
 
 def test_lease_evicted_of_other_errors_is_none(locks: LockServiceStub) -> None:
@@ -136,6 +138,54 @@ def test_lease_evicted_of_other_errors_is_none(locks: LockServiceStub) -> None:
         locks.Acquire(lock_pb2.AcquireRequest(resource=""), timeout=TIMEOUT)
     assert lease_evicted(excinfo.value) is None
     assert lease_evicted(NotACall()) is None
+    assert refusing_window(excinfo.value) is None
+    assert refusing_window(NotACall()) is None
+
+
+def test_a_freeze_in_force_refuses_acquire_with_the_window(frozen_locks: LockServiceStub) -> None:
+    answer = acquire(frozen_locks, "frozen/x")
+    assert not answer.acquired
+    assert not answer.HasField("lease")
+    assert not answer.HasField("holder"), "no lease holds it"
+    window = answer.window
+    assert window.kind == lock_pb2.Window.KIND_FREEZE
+    assert (window.name, window.reason) == ("release-freeze", "release week")
+    assert window.starts_at.ToSeconds() <= time.time() < window.ends_at.ToSeconds()
+    assert window.ends_at.ToSeconds() - window.starts_at.ToSeconds() == 3600
+
+
+def test_renew_into_a_freeze_is_refused_with_the_window(frozen_locks: LockServiceStub) -> None:
+    answer = acquire(frozen_locks, "soon/x", ttl=600)
+    assert answer.acquired, (
+        f"soon-freeze began before the lease was taken (the daemon started too slowly?): {answer.window}"
+    )
+    cut = answer.cut_short_by
+    assert (cut.kind, cut.name) == (lock_pb2.Window.KIND_FREEZE, "soon-freeze")
+    start = cut.starts_at.ToSeconds()
+    assert answer.lease.expires_at.ToSeconds() <= start, "never granted past the start"
+
+    # Until the daemon says the window is in force (bounded).
+    deadline = time.monotonic() + 30
+    while not frozen_locks.Current(lock_pb2.CurrentRequest(resource="soon/x"), timeout=TIMEOUT).HasField("window"):
+        assert time.monotonic() < deadline, f"soon-freeze not in force by {start}"
+        time.sleep(0.1)
+    # With a TTL: the daemon weighs the window before the lease, which ended
+    # at the start (without one it would look up the lease's own TTL first,
+    # and answer that the lease is not current).
+    with pytest.raises(grpc.RpcError) as excinfo:
+        frozen_locks.Renew(
+            lock_pb2.RenewRequest(resource="soon/x", lease_id=answer.lease.lease_id, ttl=Duration(seconds=60)),
+            timeout=TIMEOUT,
+        )
+    code, message = status(excinfo)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    window = refusing_window(excinfo.value)
+    assert window is not None, message
+    assert window.kind == lock_pb2.Window.KIND_FREEZE
+    assert (window.name, window.reason) == ("soon-freeze", "starting soon")
+    assert window.starts_at == cut.starts_at
+    assert window.ends_at.ToSeconds() == start + 3600
+    assert lease_evicted(excinfo.value) is None
 
 
 class NotACall(grpc.RpcError):

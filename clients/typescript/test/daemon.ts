@@ -1,8 +1,9 @@
 // A real stormlockd for the tests: a free loopback port, its own data
-// directory (and so its own development PKI), stopped by stop().
+// directory (and so its own development PKI), optionally a configuration
+// file, stopped by stop().
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { accessSync, constants, closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { accessSync, constants, closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
@@ -59,17 +60,23 @@ function tail(file: string, lines = 30): string {
   }
 }
 
-export async function startDaemon(): Promise<Daemon> {
+/** Starts a daemon with the configuration file `config` (TOML), else none (the defaults). */
+export async function startDaemon(config?: string): Promise<Daemon> {
   const binary = daemonBinary();
   const root = mkdtempSync(path.join(tmpdir(), "stormlockd-ts-"));
   const dataDir = path.join(root, "data");
   const log = path.join(root, "stormlockd.log");
+  const args: string[] = [];
+  if (config !== undefined) {
+    writeFileSync(path.join(root, "stormlockd.toml"), config);
+    args.push("--config", path.join(root, "stormlockd.toml"));
+  }
   const port = await freePort();
   const address = `127.0.0.1:${port}`;
   // The daemon must not pick up the caller's configuration.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("STORMLOCK_")));
   const logFd = openSync(log, "w");
-  const child: ChildProcess = spawn(binary, ["--listen", address, "--data-dir", dataDir], {
+  const child: ChildProcess = spawn(binary, [...args, "--listen", address, "--data-dir", dataDir], {
     stdio: ["ignore", "ignore", logFd],
     env,
   });

@@ -14,8 +14,10 @@ import {
   Health,
   HealthCheckResponse_ServingStatus,
   LockService,
+  Window_Kind,
   createStormlockTransport,
   leaseEvicted,
+  refusingWindow,
 } from "../src/index.js";
 import { type Daemon, startDaemon } from "./daemon.js";
 
@@ -138,10 +140,12 @@ describe("LockService over mutual TLS", () => {
     assert.equal(broken.released?.leaseId, lease.leaseId);
     const request = { resource, leaseId: lease.leaseId };
     for (const call of [() => locks.renew(request, { timeoutMs: TIMEOUT_MS }), () => locks.isHeld(request, { timeoutMs: TIMEOUT_MS })]) {
-      const evicted = leaseEvicted(await failsWith(call(), Code.FailedPrecondition));
+      const error = await failsWith(call(), Code.FailedPrecondition);
+      const evicted = leaseEvicted(error);
       // The development client certificate is the administrator's.
       assert.equal(evicted?.actor, lease.principal);
       assert.equal(evicted?.reason, "incident 42");
+      assert.equal(refusingWindow(error), undefined);
     }
   });
 
@@ -153,11 +157,14 @@ describe("LockService over mutual TLS", () => {
     await locks.release({ resource, leaseId: released.leaseId }, { timeoutMs: TIMEOUT_MS });
     for (const lease of [expired, released]) {
       const call = locks.renew({ resource, leaseId: lease.leaseId }, { timeoutMs: TIMEOUT_MS });
-      assert.equal(leaseEvicted(await failsWith(call, Code.FailedPrecondition)), undefined);
+      const error = await failsWith(call, Code.FailedPrecondition);
+      assert.equal(leaseEvicted(error), undefined);
+      assert.equal(refusingWindow(error), undefined);
     }
     const invalid = await failsWith(locks.acquire({ resource: "" }, { timeoutMs: TIMEOUT_MS }), Code.InvalidArgument);
     assert.equal(leaseEvicted(invalid), undefined);
     assert.equal(leaseEvicted(new Error("not from a call")), undefined);
+    assert.equal(refusingWindow(invalid), undefined);
   });
 
   it("tells a current lease from a stale one", async () => {
@@ -229,6 +236,101 @@ describe("LockService over mutual TLS", () => {
       assert.ok(error.rawMessage.includes(word), error.rawMessage);
     });
   }
+});
+
+/** `t` (ms since the epoch, whole seconds) in RFC 3339. */
+const rfc3339 = (t: number) => new Date(t).toISOString().replace(/\.\d+Z$/, "Z");
+
+/** Seconds from writing the configuration to the start of `soon-freeze`: time
+ * for the daemon to start and a lease to be taken before it (a lease is
+ * refused from one second before the start). */
+const SOON_LEAD_S = 5;
+
+describe("freeze windows (a daemon of their own)", () => {
+  let frozen: Daemon;
+  let frozenLocks: Client<typeof LockService>;
+
+  before(async () => {
+    // Two windows that exempt nobody (the development client is refused like
+    // anyone): one in force since a minute ago, one that starts soon.
+    const now = Math.floor(Date.now() / 1000) * 1000;
+    frozen = await startDaemon(`
+[[freezes]]
+name = "release-freeze"
+match = ["frozen/**"]
+start = "${rfc3339(now - 60_000)}"
+duration = "1h"
+reason = "release week"
+
+[[freezes]]
+name = "soon-freeze"
+match = ["soon/**"]
+start = "${rfc3339(now + SOON_LEAD_S * 1000)}"
+duration = "1h"
+reason = "starting soon"
+`);
+    frozenLocks = createClient(
+      LockService,
+      open({
+        address: frozen.address,
+        ca: path.join(frozen.tlsDir, "ca.crt"),
+        cert: path.join(frozen.tlsDir, "client.crt"),
+        key: path.join(frozen.tlsDir, "client.key"),
+      }),
+    );
+  });
+
+  after(async () => {
+    await frozen?.stop();
+  });
+
+  it("refuses Acquire with the window in force, in the answer", async () => {
+    const answer = await frozenLocks.acquire({ resource: "frozen/x", ttl: durationFromMs(600_000) }, { timeoutMs: TIMEOUT_MS });
+    assert.equal(answer.acquired, false);
+    assert.equal(answer.lease, undefined);
+    assert.equal(answer.holder, undefined, "no lease holds it");
+    const window = answer.window!;
+    assert.equal(window.kind, Window_Kind.FREEZE);
+    assert.equal(window.name, "release-freeze");
+    assert.equal(window.reason, "release week");
+    const startsAt = timestampMs(window.startsAt!);
+    const endsAt = timestampMs(window.endsAt!);
+    assert.ok(startsAt <= Date.now() && Date.now() < endsAt, `${startsAt}..${endsAt}`);
+    assert.equal(endsAt - startsAt, 3_600_000);
+  });
+
+  it("refuses a Renew into a freeze with the window as the error's detail", async () => {
+    const answer = await frozenLocks.acquire({ resource: "soon/x", ttl: durationFromMs(600_000) }, { timeoutMs: TIMEOUT_MS });
+    assert.equal(answer.acquired, true, `soon-freeze began before the lease was taken (the daemon started too slowly?): ${answer.window?.name}`);
+    const cut = answer.cutShortBy!;
+    assert.equal(cut.kind, Window_Kind.FREEZE);
+    assert.equal(cut.name, "soon-freeze");
+    const start = timestampMs(cut.startsAt!);
+    assert.ok(timestampMs(answer.lease!.expiresAt!) <= start, "never granted past the start");
+
+    // Until the daemon says the window is in force (bounded).
+    const deadline = Date.now() + 30_000;
+    while ((await frozenLocks.current({ resource: "soon/x" }, { timeoutMs: TIMEOUT_MS })).window === undefined) {
+      assert.ok(Date.now() < deadline, `soon-freeze not in force by ${new Date(start).toISOString()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // With a TTL: the daemon weighs the window before the lease, which ended
+    // at the start (without one it would look up the lease's own TTL first,
+    // and answer that the lease is not current).
+    const renew = frozenLocks.renew(
+      { resource: "soon/x", leaseId: answer.lease!.leaseId, ttl: durationFromMs(60_000) },
+      { timeoutMs: TIMEOUT_MS },
+    );
+    const error = await failsWith(renew, Code.FailedPrecondition);
+    const window = refusingWindow(error);
+    assert.ok(window, error.rawMessage);
+    assert.equal(window.kind, Window_Kind.FREEZE);
+    assert.equal(window.name, "soon-freeze");
+    assert.equal(window.reason, "starting soon");
+    assert.equal(timestampMs(window.startsAt!), start);
+    assert.equal(timestampMs(window.endsAt!), start + 3_600_000);
+    assert.equal(leaseEvicted(error), undefined);
+  });
 });
 
 describe("createStormlockTransport", () => {

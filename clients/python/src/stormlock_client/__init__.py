@@ -5,6 +5,8 @@
   daemon's development certificates for a loopback address).
 - :func:`lease_evicted` reads who broke a lease and why from the
   ``FAILED_PRECONDITION`` error of ``Renew`` or ``IsHeld``.
+- :func:`refusing_window` reads the freeze window or reservation that refused
+  a renewal from the ``FAILED_PRECONDITION`` error of ``Renew``.
 - :mod:`stormlock_client.v1` holds the generated modules: ``lock_pb2``
   (messages) and ``lock_pb2_grpc`` (``LockServiceStub``).
 """
@@ -19,7 +21,7 @@ from stormlock_client.channel import (
     parse_address,
     resolve,
 )
-from stormlock_client.details import lease_evicted
+from stormlock_client.details import lease_evicted, refusing_window
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -30,5 +32,6 @@ __all__ = [
     "default_data_dir",
     "lease_evicted",
     "parse_address",
+    "refusing_window",
     "resolve",
 ]
