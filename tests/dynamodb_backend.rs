@@ -668,3 +668,86 @@ async fn a_daemon_whose_clock_is_off_grants_nothing() {
         .expect("still held");
     assert_eq!(still.fence, held.lease.expect("lease").fence);
 }
+
+/// A renewal computed earlier than the one that last landed (a copy the
+/// network held back while the SDK's retry applied and a newer renewal
+/// followed; here, a daemon whose clock is 2 s behind, within
+/// `max_clock_skew`) does not shorten the lease: it answers the lease as it
+/// stands. The nemesis saw a release find its lease lapsed 0.9 s early.
+#[tokio::test]
+async fn an_older_renewal_never_shortens_a_newer_one() {
+    let Some(endpoint) = engine_url("STORMLOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if !std::path::Path::new(faketime).exists() {
+        crate::support::skip_for_want_of(&format!(
+            "{faketime} (scripts/setup installs libfaketime)"
+        ));
+        return;
+    }
+    use crate::exclusion::{DYNAMODB_ENV, dynamodb_config};
+    use crate::support::{DaemonProcess, acquire_request};
+    let config = format!(
+        "{}max_clock_skew = \"5s\"\n",
+        dynamodb_config(&endpoint, &fresh_table())
+    );
+    let honest = DaemonProcess::start(&config, DYNAMODB_ENV).await;
+    let mut env = DYNAMODB_ENV.to_vec();
+    env.extend([
+        ("LD_PRELOAD", faketime),
+        ("FAKETIME", "-2s"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    let behind = DaemonProcess::start(&config, &env).await;
+
+    let resource = unique("older-renewal");
+    let granted = honest
+        .client()
+        .acquire(acquire_request(&resource, 60, 0))
+        .await
+        .expect("acquire")
+        .into_inner();
+    let lease = granted.lease.expect("granted");
+    let renew = || stormlock_api::pb::RenewRequest {
+        resource: resource.clone(),
+        lease_id: lease.lease_id.clone(),
+        ttl: crate::support::secs(60),
+    };
+    let newer = honest
+        .client()
+        .renew(renew())
+        .await
+        .expect("renew")
+        .into_inner()
+        .lease
+        .expect("renewed");
+    let older = behind
+        .client()
+        .renew(renew())
+        .await
+        .expect("an older renewal of a current lease is no error")
+        .into_inner()
+        .lease
+        .expect("the lease as it stands");
+    let seconds = |l: &stormlock_api::pb::Lease| l.expires_at.expect("expiry").seconds;
+    assert!(
+        seconds(&older) >= seconds(&newer),
+        "the older renewal shortened the lease: {} then {}",
+        seconds(&newer),
+        seconds(&older)
+    );
+    let now = honest
+        .client()
+        .current(stormlock_api::pb::CurrentRequest {
+            resource: resource.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("current")
+        .into_inner()
+        .lease
+        .expect("still held");
+    assert!(seconds(&now) >= seconds(&newer), "{now:?} vs {newer:?}");
+    assert_eq!(now.fence, lease.fence);
+}

@@ -35,6 +35,10 @@ pub(super) const EVICTED_REASON: &str = "evicted_reason";
 /// The token a release (on the lease item) or a force-release (on the record
 /// item) writes with it, to recognise its own write when the SDK retried it.
 pub(super) const RELEASE_TOKEN: &str = "release_token";
+/// When the daemon that last renewed the lease computed its expiry (daemon
+/// clock, milliseconds): a renewal computed earlier is a stale duplicate
+/// and must not apply over it.
+pub(super) const RENEWED_MS: &str = "renewed_ms";
 
 /// The partition of every reservation book, whose sort key (`kind`) is the
 /// resource name: no resource has this name (names have no control

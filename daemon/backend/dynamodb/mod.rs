@@ -22,6 +22,14 @@
 //! the remaining risk small, and short TTLs on this backend deserve a
 //! tighter NTP discipline than the check can enforce.
 //!
+//! A renewal's expiry is its daemon's `now` plus the TTL, computed before
+//! the write is sent, so a write that arrives late carries an old `now`. The
+//! lease item keeps the `now` of the renewal that last landed
+//! (`renewed_ms`), and a renewal computed earlier than that does not apply
+//! (it answers the lease as it stands): a copy of a renewal that the network
+//! held back while the SDK's retry went through, landing after a newer
+//! renewal, would otherwise shorten the lease under its holder.
+//!
 //! # Table layout
 //!
 //! Partition key `resource` (S), sort key `kind` (S); two items per resource,
@@ -183,7 +191,8 @@ use crate::lease::{AcquireRequest, Acquisition, Eviction, Lease, LeaseId, LeaseS
 use codec::{
     BOOKS, CLEANUP_AT, EVICTED_BY, EVICTED_ID, EVICTED_REASON, EXPIRES_MS, FENCE, Item, KIND,
     LEASE, LEASE_ID, PY_EXPIRES, PY_LEASE, PY_MIRROR_OF, RECORD, RELEASE_TOKEN, RELEASED_MS,
-    RESOURCE, TTL_MS, VERSION, cleanup_after, key, millis, millis_of, number, python_key,
+    RENEWED_MS, RESOURCE, TTL_MS, VERSION, cleanup_after, key, millis, millis_of, number,
+    python_key,
 };
 pub use config::DynamodbConfig;
 
@@ -857,12 +866,19 @@ impl DynamodbBackend {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(resource, LEASE)))
-            .update_expression("SET #e = :expires, #c = :cleanup, #t = :ttl")
-            .condition_expression("#id = :id AND #e > :now")
+            .update_expression("SET #e = :expires, #c = :cleanup, #t = :ttl, #rn = :now")
+            // A copy of an older renewal that the network held back (the SDK
+            // retried it, the retry applied, and a newer renewal followed)
+            // must not land over the newer one and shorten the lease: the
+            // nemesis saw a release find its lease lapsed 0.9 s early.
+            .condition_expression(
+                "#id = :id AND #e > :now AND (attribute_not_exists(#rn) OR #rn <= :now)",
+            )
             .expression_attribute_names("#id", LEASE_ID)
             .expression_attribute_names("#e", EXPIRES_MS)
             .expression_attribute_names("#c", CLEANUP_AT)
             .expression_attribute_names("#t", TTL_MS)
+            .expression_attribute_names("#rn", RENEWED_MS)
             .expression_attribute_values(":ttl", number(millis_of(ttl)))
             .expression_attribute_values(":id", AttributeValue::S(id.expose().to_string()))
             .expression_attribute_values(":now", number(now_ms))
@@ -877,6 +893,14 @@ impl DynamodbBackend {
                 None => Err(self.corrupt(resource, "renew returned no item")),
             },
             Err(e) if is_condition_failure(&e) => {
+                // Still ours and current, renewed since by a renewal
+                // computed later (on a daemon whose clock is a little
+                // ahead): the lease as it stands is the answer.
+                if let Some(lease) = self.live_lease(resource, now_ms).await?
+                    && lease.id == *id
+                {
+                    return Ok(lease);
+                }
                 let record = self.get(resource, RECORD).await?;
                 Err(BackendError::NotCurrent {
                     evicted: self.eviction_of(record.as_ref(), id)?,
