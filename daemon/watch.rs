@@ -629,6 +629,19 @@ impl Poller {
             Signal::Changed(resource) if self.covered(&resource) => {
                 self.reread(&resource, events).await?;
             }
+            Signal::Acquired(lease)
+                if self
+                    .snapshot
+                    .get(&lease.resource)
+                    .is_some_and(|l| l.id == lease.id) =>
+            {
+                // A grant an engine read showed first (the watch started, or
+                // the engine's hint was read, between the grant and its
+                // announcement) was reported as acquired then: its
+                // announcement is no renewal. Only the exact expiry is new.
+                self.snapshot
+                    .insert(lease.resource.clone(), (*lease).clone());
+            }
             Signal::Acquired(lease) | Signal::Renewed(lease)
                 if self.covered(&lease.resource)
                     // Stale: a newer lease of this resource was seen already.
