@@ -82,6 +82,12 @@ use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
 use futures::StreamExt;
 use tokio_postgres::AsyncMessage;
 
+/// Attempts of one acquisition whose resource keeps changing hands between
+/// its two statements (free when the grant was tried, held again, or free
+/// again, when the holder was read): the first [`MAX_ATTEMPTS`] at once,
+/// the rest after a growing pause, all within the daemon's backend timeout.
+const SETTLE_ATTEMPTS: u32 = 2 * MAX_ATTEMPTS;
+
 /// The schema, as created on start when `create_table = true`. Operators
 /// without DDL rights run it themselves (replacing `stormlock_locks` with the
 /// configured table name throughout, also in `stormlock_locks_fence` and
@@ -828,7 +834,12 @@ impl Backend for PostgresBackend {
             return self.acquire_with_python(req, python).await;
         }
         let ttl = sql::ttl_micros(req.ttl);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..SETTLE_ATTEMPTS {
+            // Holders that come and go between our two statements, many
+            // times in a row: step out of their rhythm for a moment.
+            if attempt >= MAX_ATTEMPTS {
+                sql::pause_before_retry(attempt - MAX_ATTEMPTS).await;
+            }
             let granted = self
                 .query(
                     &self.sql.grant,
@@ -852,7 +863,7 @@ impl Backend for PostgresBackend {
         Err(BackendError::unavailable(
             &self.name,
             format!(
-                "{:?} changed hands too often to settle within {MAX_ATTEMPTS} attempts",
+                "{:?} changed hands too often to settle within {SETTLE_ATTEMPTS} attempts",
                 req.resource
             ),
         ))
