@@ -106,8 +106,9 @@ impl TryFrom<LimitsTable> for ReservationLimits {
         if limits.max_per_resource == 0 || limits.max_per_resource > 1000 {
             return Err("reservations.max_per_resource must be between 1 and 1000".into());
         }
-        if limits.refresh < Duration::from_millis(100) || limits.refresh > Duration::from_secs(60) {
-            return Err("reservations.refresh must be between 100ms and 60s".into());
+        // Durations in the config are whole seconds.
+        if limits.refresh < Duration::from_secs(1) || limits.refresh > Duration::from_secs(60) {
+            return Err("reservations.refresh must be between 1s and 60s".into());
         }
         Ok(limits)
     }
@@ -748,6 +749,63 @@ mod tests {
                 .next_refusing("staging", "bob", now, now + Duration::from_secs(3000))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn limits_are_read_from_the_config_within_their_bounds() {
+        let parse = |table: &str| {
+            Config::parse(
+                &format!("[backends.main]\ntype = \"memory\"\n\n[reservations]\n{table}\n"),
+                "test",
+            )
+            .map(|c| c.reservations)
+            .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(parse(""), Ok(ReservationLimits::default()));
+        let set = parse(
+            "max_ahead = \"7d\"\nmax_length = \"1m\"\nmax_per_resource = 1\nrefresh = \"1s\"",
+        )
+        .expect("the lower bounds");
+        assert_eq!(
+            set,
+            ReservationLimits {
+                max_ahead: Duration::from_secs(7 * 86_400),
+                max_length: Duration::from_secs(60),
+                max_per_resource: 1,
+                refresh: Duration::from_secs(1),
+            }
+        );
+        let upper = parse("max_per_resource = 1000\nrefresh = \"60s\"").expect("the upper bounds");
+        assert_eq!(
+            (upper.max_per_resource, upper.refresh),
+            (1000, Duration::from_secs(60))
+        );
+        for (table, key) in [
+            ("max_length = \"59s\"", "reservations.max_length"),
+            ("max_per_resource = 0", "reservations.max_per_resource"),
+            ("max_per_resource = 1001", "reservations.max_per_resource"),
+            ("refresh = \"0s\"", "reservations.refresh"),
+            ("refresh = \"61s\"", "reservations.refresh"),
+        ] {
+            let err = parse(table).expect_err(table);
+            assert!(err.contains(key), "{table}: {err}");
+        }
+        assert!(parse("max_wait = \"1h\"").is_err(), "an unknown key");
+    }
+
+    #[tokio::test]
+    async fn by_default_a_booking_may_start_a_quarter_ahead_and_last_two_weeks() {
+        const DAY: u64 = 86_400;
+        let ledger = ledger();
+        let booked = |r: Result<Booking, Error>| matches!(r, Ok(Booking::Reserved(_)));
+        assert!(booked(
+            ledger.reserve(ask("a", 91 * DAY, 91 * DAY + 3600)).await
+        ));
+        assert!(!booked(
+            ledger.reserve(ask("a", 93 * DAY, 93 * DAY + 3600)).await
+        ));
+        assert!(booked(ledger.reserve(ask("a", DAY, 14 * DAY)).await));
+        assert!(!booked(ledger.reserve(ask("a", 20 * DAY, 35 * DAY)).await));
     }
 
     #[tokio::test]
