@@ -8,6 +8,7 @@
 //! when a stalled sink has let it fill, further lines are dropped, counted
 //! (`stormlock_audit_lines_dropped`) and reported in the log.
 
+use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,12 @@ use crate::lease::{Lease, LeaseId};
 /// One audit line's fields; `None` fields are left out of the line.
 #[derive(Debug, Default, Serialize)]
 struct Record<'a> {
+    /// When, RFC 3339 in UTC.
+    time: &'a str,
+    /// Always `audit`: tells these lines from the daemon's JSON logs when
+    /// both go to one stream (stderr by default).
+    #[serde(rename = "type")]
+    kind: &'static str,
     /// What happened: `acquire`, `contention`, `frozen`, `renew`, `renew_refused`,
     /// `release`, `force_release`, `expired`, `denied`, `unauthenticated`.
     event: &'static str,
@@ -53,7 +60,7 @@ struct Record<'a> {
     action: Option<&'static str>,
     /// Free detail (TTL, whether a release found its lease…).
     #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
+    detail: Option<Cow<'a, str>>,
     /// The principals of this line were declared by the caller, not proven
     /// by a certificate or a token.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -104,12 +111,12 @@ impl<'a> Record<'a> {
             } => {
                 let acquired = Record {
                     reason: Some(&lease.reason),
-                    detail: Some(format!("ttl {}", format_duration(*ttl))),
+                    detail: Some(Cow::Owned(format!("ttl {}", format_duration(*ttl)))),
                     ..Record::lease("acquire", &lease.principal, lease)
                 };
                 let expired = expired.as_ref().map(|old| Record {
                     holder: Some(&old.principal),
-                    detail: Some(format!("taken over by fence {}", lease.fence)),
+                    detail: Some(Cow::Owned(format!("taken over by fence {}", lease.fence))),
                     ..Record::lease("expired", &old.principal, old)
                 });
                 match expired {
@@ -140,7 +147,7 @@ impl<'a> Record<'a> {
                     principal,
                     resource: Some(resource),
                     reason: Some(reason),
-                    detail: Some(window.describe()),
+                    detail: Some(Cow::Owned(window.describe())),
                     ..Record::default()
                 },
                 None,
@@ -151,7 +158,7 @@ impl<'a> Record<'a> {
                 ttl,
             } => (
                 Record {
-                    detail: Some(format!("ttl {}", format_duration(*ttl))),
+                    detail: Some(Cow::Owned(format!("ttl {}", format_duration(*ttl)))),
                     ..Record::lease("renew", principal, lease)
                 },
                 None,
@@ -163,7 +170,7 @@ impl<'a> Record<'a> {
                 detail,
             } => (
                 Record {
-                    detail: Some(detail.clone()),
+                    detail: Some(Cow::Borrowed(detail)),
                     ..Record::id("renew_refused", principal, resource, id)
                 },
                 None,
@@ -175,14 +182,11 @@ impl<'a> Record<'a> {
                 was_current,
             } => (
                 Record {
-                    detail: Some(
-                        if *was_current {
-                            "released"
-                        } else {
-                            "was not current"
-                        }
-                        .to_string(),
-                    ),
+                    detail: Some(Cow::Borrowed(if *was_current {
+                        "released"
+                    } else {
+                        "was not current"
+                    })),
                     ..Record::id("release", principal, resource, id)
                 },
                 None,
@@ -205,7 +209,7 @@ impl<'a> Record<'a> {
                     principal: &reservation.owner,
                     resource: Some(&reservation.resource),
                     reason: Some(&reservation.reason),
-                    detail: Some(describe_reservation(reservation)),
+                    detail: Some(Cow::Owned(describe_reservation(reservation))),
                     ..Record::default()
                 },
                 None,
@@ -221,7 +225,7 @@ impl<'a> Record<'a> {
                     resource: Some(&reservation.resource),
                     holder: Some(&reservation.owner),
                     reason: Some(reason),
-                    detail: Some(describe_reservation(reservation)),
+                    detail: Some(Cow::Owned(describe_reservation(reservation))),
                     ..Record::default()
                 },
                 None,
@@ -244,7 +248,7 @@ impl<'a> Record<'a> {
                 Record {
                     event: "unauthenticated",
                     principal: declared,
-                    detail: Some(detail.clone()),
+                    detail: Some(Cow::Borrowed(detail)),
                     principal_declared: true,
                     ..Record::default()
                 },
@@ -255,16 +259,9 @@ impl<'a> Record<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    time: &'a str,
-    /// Always `audit`: tells these lines from the daemon's JSON logs when
-    /// both go to one stream (stderr by default).
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(flatten)]
-    record: &'a Record<'a>,
-}
+/// Bytes reserved for an encoded line: a lease's line with a resource and
+/// principal of a few dozen characters and a short reason takes about 250.
+const LINE_CAPACITY: usize = 384;
 
 /// How many encoded lines may wait for the writer; past it, lines are
 /// dropped and counted rather than making requests wait for a stalled sink.
@@ -382,18 +379,15 @@ impl Audit {
             .format(&Rfc3339)
             .unwrap_or_default();
         for mut record in Record::of(event) {
+            record.time = &time;
+            record.kind = "audit";
             record.principal_declared |= self.declared;
-            let mut line = match serde_json::to_vec(&Line {
-                time: &time,
-                kind: "audit",
-                record: &record,
-            }) {
-                Ok(line) => line,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode an audit event");
-                    return;
-                }
-            };
+            // Most lines fit, so the buffer is allocated once.
+            let mut line = Vec::with_capacity(LINE_CAPACITY);
+            if let Err(e) = serde_json::to_writer(&mut line, &record) {
+                tracing::error!(error = %e, "cannot encode an audit event");
+                return;
+            }
             line.push(b'\n');
             match queue.try_send(Message::Line(line)) {
                 Ok(()) => {

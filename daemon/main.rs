@@ -200,7 +200,9 @@ fn init_logging(args: &Args) -> anyhow::Result<Option<SetLogLevel>> {
         .with_writer(std::io::stderr);
     let set = match args.log_format {
         LogFormat::Text => {
-            let builder = builder.with_filter_reloading();
+            let builder = builder
+                .fmt_fields(stormlockd::telemetry::PlainFields)
+                .with_filter_reloading();
             let set = setter(builder.reload_handle());
             builder.init();
             set

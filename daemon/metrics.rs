@@ -7,7 +7,7 @@
 //! the timeout wrapper every backend call goes through.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -110,6 +110,140 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// gRPC status codes, `OK` (0) to `UNAUTHENTICATED` (16).
+const CODES: usize = 17;
+
+/// The request metrics of one RPC ([`Metrics::rpc`]).
+pub struct RpcMetrics {
+    name: String,
+    duration: OnceLock<Histogram>,
+    /// The `stormlock_requests` counter of each status code, by its number.
+    finished: [OnceLock<Counter>; CODES],
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RpcLabels>,
+}
+
+impl std::fmt::Debug for RpcMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcMetrics")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpcMetrics {
+    /// The RPC's label value.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Records the time a call took to produce its response headers.
+    pub fn answered(&self, elapsed: Duration) {
+        self.duration
+            .get_or_init(|| {
+                self.request_duration
+                    .get_or_create(&RpcLabels {
+                        rpc: self.name.clone(),
+                    })
+                    .clone()
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a finished call with gRPC status `code`.
+    pub fn finished(&self, code: tonic::Code) {
+        let counter = || {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    rpc: self.name.clone(),
+                    code: code_name(code),
+                })
+                .clone()
+        };
+        match usize::try_from(i32::from(code))
+            .ok()
+            .and_then(|n| self.finished.get(n))
+        {
+            Some(slot) => slot.get_or_init(counter).inc(),
+            None => counter().inc(),
+        };
+    }
+}
+
+/// The operations of a backend, as labelled (every [`crate::backend::Backend`]
+/// method); another name is looked up at each call.
+const OPERATIONS: [&str; 12] = [
+    "acquire",
+    "release",
+    "renew",
+    "current",
+    "status",
+    "list",
+    "force_release",
+    "book",
+    "write_book",
+    "books",
+    "health",
+    "subscribe",
+];
+
+/// The metrics of one backend's calls ([`Metrics::backend`]).
+pub struct BackendMetrics {
+    backend: String,
+    /// The latency histogram of each of [`OPERATIONS`].
+    durations: [OnceLock<Histogram>; OPERATIONS.len()],
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for BackendMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendMetrics")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendMetrics {
+    /// Records one call of `operation`, its latency and, when it failed,
+    /// why. A lease that is not current is an answer, not an error.
+    pub fn call(
+        &self,
+        operation: &'static str,
+        elapsed: Duration,
+        error_kind: Option<&'static str>,
+    ) {
+        self.observe(operation, elapsed);
+        if let Some(kind) = error_kind {
+            self.metrics
+                .count_backend_error(&self.backend, operation, kind);
+        }
+    }
+
+    /// Records a call of `operation` that did not answer within its bound.
+    pub fn timeout(&self, operation: &'static str, elapsed: Duration) {
+        self.observe(operation, elapsed);
+        self.metrics
+            .count_backend_error(&self.backend, operation, "timeout");
+    }
+
+    fn observe(&self, operation: &'static str, elapsed: Duration) {
+        let lookup = || {
+            self.metrics
+                .backend_duration
+                .get_or_create(&BackendLabels {
+                    backend: self.backend.clone(),
+                    operation,
+                })
+                .clone()
+        };
+        let seconds = elapsed.as_secs_f64();
+        match OPERATIONS.iter().position(|known| *known == operation) {
+            Some(n) => self.durations[n].get_or_init(lookup).observe(seconds),
+            None => lookup().observe(seconds),
+        }
     }
 }
 
@@ -277,23 +411,18 @@ impl Metrics {
         }
     }
 
-    /// Counts a finished call of `rpc` with gRPC status `code`.
-    pub fn request_finished(&self, rpc: &str, code: tonic::Code) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                rpc: rpc.to_string(),
-                code: code_name(code),
-            })
-            .inc();
-    }
-
-    /// Records the time `rpc` took to produce its response headers.
-    pub fn request_answered(&self, rpc: &str, elapsed: Duration) {
-        self.request_duration
-            .get_or_create(&RpcLabels {
-                rpc: rpc.to_string(),
-            })
-            .observe(elapsed.as_secs_f64());
+    /// The recorders of `rpc`'s calls, resolved once (at start-up, per
+    /// method) so that recording a call looks no label up and allocates
+    /// nothing. A series appears in the exposition at its first call, as if
+    /// it were looked up then.
+    pub fn rpc(&self, rpc: &str) -> RpcMetrics {
+        RpcMetrics {
+            name: rpc.to_string(),
+            duration: OnceLock::new(),
+            finished: std::array::from_fn(|_| OnceLock::new()),
+            requests: self.requests.clone(),
+            request_duration: self.request_duration.clone(),
+        }
     }
 
     /// Counts acquisitions, contentions, renewals and force-releases.
@@ -314,35 +443,14 @@ impl Metrics {
         counter.inc();
     }
 
-    /// Records one call of `operation` on `backend`, its latency and, when it
-    /// failed, why. A lease that is not current is an answer, not an error.
-    pub fn backend_call(
-        &self,
-        backend: &str,
-        operation: &'static str,
-        elapsed: Duration,
-        error_kind: Option<&'static str>,
-    ) {
-        self.backend_duration
-            .get_or_create(&BackendLabels {
-                backend: backend.to_string(),
-                operation,
-            })
-            .observe(elapsed.as_secs_f64());
-        if let Some(kind) = error_kind {
-            self.count_backend_error(backend, operation, kind);
+    /// The recorders of `backend`'s calls: each operation's latency
+    /// histogram is looked up once, at its first call.
+    pub fn backend(self: &Arc<Self>, backend: &str) -> BackendMetrics {
+        BackendMetrics {
+            backend: backend.to_string(),
+            durations: std::array::from_fn(|_| OnceLock::new()),
+            metrics: self.clone(),
         }
-    }
-
-    /// Records a backend call that did not answer within its bound.
-    pub fn backend_timeout(&self, backend: &str, operation: &'static str, elapsed: Duration) {
-        self.backend_duration
-            .get_or_create(&BackendLabels {
-                backend: backend.to_string(),
-                operation,
-            })
-            .observe(elapsed.as_secs_f64());
-        self.count_backend_error(backend, operation, "timeout");
     }
 
     fn count_backend_error(&self, backend: &str, operation: &'static str, kind: &'static str) {
@@ -498,9 +606,12 @@ mod tests {
 
     #[test]
     fn names_follow_prometheus_conventions() {
-        let metrics = Metrics::new();
-        metrics.request_finished("Acquire", tonic::Code::Ok);
-        metrics.request_answered("Acquire", Duration::from_millis(3));
+        let metrics = Arc::new(Metrics::new());
+        let acquire = metrics.rpc("Acquire");
+        acquire.finished(tonic::Code::Ok);
+        acquire.finished(tonic::Code::Ok);
+        acquire.finished(tonic::Code::Unavailable);
+        acquire.answered(Duration::from_millis(3));
         let now = std::time::SystemTime::now();
         let lease = Arc::new(crate::lease::Lease {
             resource: "r".to_string(),
@@ -523,14 +634,11 @@ mod tests {
             id: lease.id.clone(),
             was_current: true,
         });
-        metrics.backend_call(
-            "main",
-            "acquire",
-            Duration::from_millis(1),
-            Some("unavailable"),
-        );
-        metrics.backend_call("main", "renew", Duration::from_millis(1), None);
-        metrics.backend_timeout("main", "health", Duration::from_secs(2));
+        let main = metrics.backend("main");
+        main.call("acquire", Duration::from_millis(1), Some("unavailable"));
+        main.call("renew", Duration::from_millis(1), None);
+        main.call("renew", Duration::from_millis(2), None);
+        main.timeout("health", Duration::from_secs(2));
         metrics.set_backend_up("main", true);
         metrics.set_waiters(2);
         metrics.watch_opened();
@@ -539,13 +647,15 @@ mod tests {
         metrics.limit_refused(Limit::WaitersPerPrincipal);
         let text = metrics.encode();
         for line in [
-            "stormlock_requests_total{rpc=\"Acquire\",code=\"OK\"} 1",
+            "stormlock_requests_total{rpc=\"Acquire\",code=\"OK\"} 2",
+            "stormlock_requests_total{rpc=\"Acquire\",code=\"UNAVAILABLE\"} 1",
             "stormlock_request_duration_seconds_count{rpc=\"Acquire\"} 1",
             "stormlock_acquisitions_total 1",
             "stormlock_contentions_total 0",
             "stormlock_waiters 2",
             "stormlock_watches 1",
             "stormlock_limit_refusals_total{limit=\"max_waiters_per_principal\"} 1",
+            "stormlock_backend_request_duration_seconds_count{backend=\"main\",operation=\"renew\"} 2",
             "stormlock_backend_errors_total{backend=\"main\",operation=\"acquire\",kind=\"unavailable\"} 1",
             "stormlock_backend_errors_total{backend=\"main\",operation=\"health\",kind=\"timeout\"} 1",
             "stormlock_backend_up{backend=\"main\"} 1",

@@ -20,6 +20,11 @@ fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
             value.len()
         )));
     }
+    // Printable ASCII, the common case, holds neither kind: one pass over
+    // the bytes decides it.
+    if value.bytes().all(|b| matches!(b, b' '..=b'~')) {
+        return Ok(());
+    }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(Error::invalid(format!(
             "{field} contains the control character {c:?}"

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::backend::{Backend, BackendError, Book, ChangeStream, Result};
 use crate::lease::{AcquireRequest, Acquisition, Lease, LeaseId, LeaseStatus};
-use crate::metrics::Metrics;
+use crate::metrics::{BackendMetrics, Metrics};
 
 /// Wraps a backend so that each call fails with [`BackendError::Unavailable`]
 /// after `timeout`.
@@ -19,7 +19,7 @@ pub struct WithTimeout {
     inner: Arc<dyn Backend>,
     timeout: Duration,
     /// Latency and errors per operation, when the daemon keeps metrics.
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<BackendMetrics>,
 }
 
 impl WithTimeout {
@@ -35,7 +35,7 @@ impl WithTimeout {
 
     /// Also records each call's latency and failures in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = Some(metrics.backend(&self.name));
         self
     }
 
@@ -56,9 +56,9 @@ impl WithTimeout {
                         .err()
                         .filter(|e| !matches!(e, BackendError::NotCurrent { .. }))
                         .map(BackendError::kind);
-                    metrics.backend_call(&self.name, operation, elapsed, failure);
+                    metrics.call(operation, elapsed, failure);
                 }
-                Err(_) => metrics.backend_timeout(&self.name, operation, elapsed),
+                Err(_) => metrics.timeout(operation, elapsed),
             }
         }
         match result {
