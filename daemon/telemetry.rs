@@ -10,6 +10,7 @@
 //! away) counts as `CANCELLED`.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,9 +19,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use std::fmt;
 use tower::{Layer, Service};
-
 use tracing::Instrument;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
