@@ -168,10 +168,14 @@ async fn run(
         })
         .collect();
     for task in tasks {
-        task.await.expect("client task panicked");
+        if let Err(e) = task.await {
+            panic!("a client panicked: {}", panic_message(e));
+        }
     }
     stop.store(true, Ordering::Relaxed);
-    nemesis.await.expect("nemesis panicked");
+    if let Err(e) = nemesis.await {
+        panic!("the nemesis panicked: {}", panic_message(e));
+    }
     let elapsed = started.elapsed();
 
     let verdict = checker.verdict();
@@ -194,7 +198,7 @@ async fn run(
             orphaned_at = Some((free, taken));
         }
     }
-    let mut summary = format!(
+    let summary = format!(
         "nemesis {label}: {} acquisitions over {} resources, {} renewals, {} refusals, \
          {} unknown outcomes, {} sections cut short, {} late grants, {} faults, \
          {} violations, longest free stretch {:.2}s, orphaned after a fault {:.2}s, {:.1}s",
@@ -212,6 +216,10 @@ async fn run(
         elapsed.as_secs_f64(),
     );
     eprintln!("{summary}");
+    // On failure the faults and the daemons' last lines come first and the
+    // verdict last: a CI log that keeps only the head and the tail of the
+    // run keeps the reason.
+    let mut report = String::new();
     // Faults follow each other closely, so a resource may stay free through
     // two or three of them; a stretch much longer than that means a daemon
     // did not recover from one (it kept a dead connection, say).
@@ -224,10 +232,10 @@ async fn run(
         || unavailable > longest_free
         || verdict.acquisitions < acquisitions
     {
-        let _ = writeln!(summary, "\nfaults:");
+        let _ = writeln!(report, "faults:");
         for f in &faults {
             let _ = writeln!(
-                summary,
+                report,
                 "  {:>8.3}..{:>8.3} {}",
                 f.from.as_secs_f64(),
                 f.until.as_secs_f64(),
@@ -238,26 +246,41 @@ async fn run(
             let log = node.daemon.lock().await.log();
             let tail: Vec<_> = log.lines().rev().take(30).collect();
             let _ = writeln!(
-                summary,
-                "\ndaemon log (last lines, newest first):\n{}",
+                report,
+                "daemon log (last lines, newest first):\n{}",
                 tail.join("\n")
             );
         }
     }
-    verdict.assert_clean(&summary);
+    report.push_str(&summary);
+    verdict.assert_clean(&report);
     assert!(
         verdict.acquisitions >= acquisitions,
-        "{summary}\nonly {} of {acquisitions} acquisitions before the deadline",
+        "{report}\nonly {} of {acquisitions} acquisitions before the deadline",
         verdict.acquisitions
     );
     assert!(
         orphaned <= LONGEST_TTL + BACKEND_TIMEOUT * 2,
-        "{summary}\na resource stayed free {orphaned:?} after a fault ({orphaned_at:?})"
+        "{report}\na resource stayed free {orphaned:?} after a fault ({orphaned_at:?})"
     );
     assert!(
         unavailable <= longest_free,
-        "{summary}\na resource stayed free {unavailable:?} under faults of {LONGEST_FAULT:?} at most"
+        "{report}\na resource stayed free {unavailable:?} under faults of {LONGEST_FAULT:?} at most"
     );
+}
+
+/// What a task's panic said, to repeat it last in the test's output (the
+/// first report may be lost in the middle of a long log).
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "(not a string)".to_string())
 }
 
 /// One fault after another until `stop`: each lasts up to [`LONGEST_FAULT`],
@@ -270,6 +293,9 @@ async fn nemesis(
     applied: Arc<Mutex<Vec<Applied>>>,
     stop: Arc<AtomicBool>,
 ) {
+    // Progress every ten seconds, not every fault: a failure's report must
+    // not drown in it.
+    let mut reported = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(rand::random_range(300..1_200))).await;
         if stop.load(Ordering::Relaxed) {
@@ -279,13 +305,16 @@ async fn nemesis(
             Duration::from_millis(rand::random_range(300..=LONGEST_FAULT.as_millis() as u64));
         let one = rand::random_range(0..nodes.len());
         let from = checker.now();
-        eprintln!(
-            "nemesis {label}: {:.1}s, {} sections claimed, {} unknown outcomes, {} faults so far",
-            checker.now().as_secs_f64(),
-            counts.claimed.load(Ordering::Relaxed),
-            counts.unknown.load(Ordering::Relaxed),
-            applied.lock().expect("faults").len()
-        );
+        if from >= reported + Duration::from_secs(10) {
+            reported = from;
+            eprintln!(
+                "nemesis {label}: {:.1}s, {} sections claimed, {} unknown outcomes, {} faults so far",
+                from.as_secs_f64(),
+                counts.claimed.load(Ordering::Relaxed),
+                counts.unknown.load(Ordering::Relaxed),
+                applied.lock().expect("faults").len()
+            );
+        }
         let what = match rand::random_range(0..8) {
             0 => {
                 let delay = Duration::from_millis(rand::random_range(100..600));
