@@ -104,10 +104,14 @@ impl<'a> Record<'a> {
     /// The lines of `event` (an acquisition that noticed an expiry has two).
     fn of(event: &'a LockEvent) -> impl Iterator<Item = Record<'a>> {
         let (first, second) = match event {
+            // Not an outcome: the wait's outcome (a grant or a refusal) is
+            // recorded when it comes.
+            LockEvent::Waiting { .. } => return None.into_iter().chain(None),
             LockEvent::Acquired {
                 lease,
                 ttl,
                 expired,
+                ..
             } => {
                 let acquired = Record {
                     reason: Some(&lease.reason),
@@ -255,7 +259,7 @@ impl<'a> Record<'a> {
                 None,
             ),
         };
-        std::iter::once(first).chain(second)
+        Some(first).into_iter().chain(second)
     }
 }
 
@@ -594,6 +598,7 @@ mod tests {
             lease: Arc::new(lease(n)),
             ttl: Duration::from_secs(60),
             expired: None,
+            waited: false,
         }
     }
 
@@ -670,6 +675,7 @@ mod tests {
             lease: Arc::new(new),
             ttl: Duration::from_secs(90),
             expired: Some(old),
+            waited: true,
         });
         audit.flush();
         let lines = sink.lines();

@@ -126,6 +126,7 @@ impl Changes {
                 reason: reason.clone(),
             },
             LockEvent::Released { .. }
+            | LockEvent::Waiting { .. }
             | LockEvent::Contended { .. }
             | LockEvent::Frozen { .. }
             | LockEvent::Reserved { .. }

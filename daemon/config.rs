@@ -107,6 +107,9 @@ pub struct Config {
     /// Limits on reservations.
     #[serde(default)]
     pub reservations: crate::reservations::ReservationLimits,
+    /// Webhooks: who hears of which lock events.
+    #[serde(default)]
+    pub notify: Vec<crate::notify::Notifier>,
 }
 
 /// Settings given outside the file, by flag or `STORMLOCKD_*` variable

@@ -1,7 +1,7 @@
 //! What happened: one typed [`LockEvent`] per outcome of the lock core and
 //! of the service's gate (authentication, authorization), emitted once
 //! through [`Events`] and fanned out to every consumer — the audit log, the
-//! metrics and the change hub (waiters and watches). Consumers match on the
+//! metrics, the change hub (waiters and watches) and the webhooks. Consumers match on the
 //! variants; nothing downstream compares event names as strings.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use crate::changes::Changes;
 use crate::config::Action;
 use crate::lease::{Lease, LeaseId};
 use crate::metrics::Metrics;
+use crate::notify::Notify;
 use crate::windows::Window;
 
 /// One outcome.
@@ -26,6 +27,21 @@ pub enum LockEvent {
         /// The previous holder, when a waiter saw it and its lease had lapsed
         /// by the time of this grant: its expiry, noticed.
         expired: Option<Lease>,
+        /// Whether the caller waited for it (was refused at first, or stood
+        /// behind others in the line).
+        waited: bool,
+    },
+    /// A caller joined the line for a resource: refused at first, it waits.
+    Waiting {
+        /// Who waits.
+        principal: String,
+        /// The resource.
+        resource: String,
+        /// The reason they gave.
+        reason: String,
+        /// The holder their first attempt saw, if they tried (the head of
+        /// the line does; the others wait for their turn).
+        holder: Option<Lease>,
     },
     /// An acquisition was refused: `holder` holds the resource.
     Contended {
@@ -126,6 +142,7 @@ pub struct Events {
     audit: Arc<Audit>,
     metrics: Option<Arc<Metrics>>,
     changes: Arc<Changes>,
+    notify: Arc<Notify>,
 }
 
 impl Events {
@@ -136,7 +153,13 @@ impl Events {
             audit,
             metrics,
             changes,
+            notify: Arc::new(Notify::default()),
         }
+    }
+
+    /// The webhooks (`[[notify]]`; none until set).
+    pub fn notify(&self) -> &Arc<Notify> {
+        &self.notify
     }
 
     /// The change hub (waiters, watches).
@@ -157,5 +180,6 @@ impl Events {
             metrics.lock_event(&event);
         }
         self.changes.announce_event(&event);
+        self.notify.offer(&event);
     }
 }

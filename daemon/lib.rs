@@ -50,6 +50,7 @@ pub mod lease;
 pub mod limits;
 pub mod locks;
 pub mod metrics;
+pub mod notify;
 pub mod private;
 pub mod reload;
 pub mod reservations;

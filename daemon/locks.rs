@@ -278,7 +278,7 @@ impl Locks {
         let backend = &self.route(&request.resource).backend;
         if wait.up_to.is_zero() {
             let outcome = self.try_once(backend, &request).await?;
-            return Ok(self.answer(&request, outcome, None));
+            return Ok(self.answer(&request, outcome, None, false));
         }
         let mut until = Instant::now() + wait.up_to;
         if let Some(deadline) = wait.deadline {
@@ -304,6 +304,8 @@ impl Locks {
             })?;
         // The holder seen by the previous attempt, to notice its expiry.
         let mut last_holder: Option<Lease> = None;
+        // Whether the caller has had to wait (and was announced waiting).
+        let mut waited = false;
         loop {
             let out_of_time = Instant::now() >= until;
             let head = ticket.is_head();
@@ -314,10 +316,10 @@ impl Locks {
                     granted @ Outcome::Granted(..) => {
                         // Leaving the line lets the next caller take its turn.
                         drop(ticket);
-                        return Ok(self.answer(&request, granted, last_holder));
+                        return Ok(self.answer(&request, granted, last_holder, waited));
                     }
                     refused if out_of_time => {
-                        return Ok(self.answer(&request, refused, None));
+                        return Ok(self.answer(&request, refused, None, waited));
                     }
                     Outcome::Held(holder) => last_holder = Some(holder),
                     Outcome::Frozen(window) => closed_until = Some(window.ends_at),
@@ -342,6 +344,15 @@ impl Locks {
                     pause = pause.min(to_expiry + Duration::from_millis(20));
                 }
             }
+            if !waited {
+                waited = true;
+                self.events.emit(LockEvent::Waiting {
+                    principal: request.principal.clone(),
+                    resource: request.resource.clone(),
+                    reason: request.reason.clone(),
+                    holder: last_holder.clone(),
+                });
+            }
             tokio::select! {
                 wake = ticket.woken() => {
                     if wake == Wake::Closed {
@@ -356,12 +367,14 @@ impl Locks {
     }
 
     /// Emits the event of an acquisition's outcome. `previous` is the
-    /// holder a waiter saw before, to report its expiry.
+    /// holder a waiter saw before, to report its expiry; `waited`, whether
+    /// the caller had to wait.
     fn answer(
         &self,
         request: &AcquireRequest,
         outcome: Outcome,
         previous: Option<Lease>,
+        waited: bool,
     ) -> Outcome {
         match &outcome {
             Outcome::Granted(lease, cut) => self.events.emit(LockEvent::Acquired {
@@ -375,6 +388,7 @@ impl Locks {
                         .unwrap_or(request.ttl),
                 },
                 expired: previous.filter(|h| h.expires_at <= lease.acquired_at),
+                waited,
             }),
             Outcome::Held(holder) => self.events.emit(LockEvent::Contended {
                 principal: request.principal.clone(),

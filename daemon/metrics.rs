@@ -76,6 +76,12 @@ struct ReloadLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    notifier: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     limit: &'static str,
 }
@@ -97,6 +103,7 @@ pub struct Metrics {
     audit_dropped: Counter,
     audit_written: Counter,
     reloads: Family<ReloadLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
     config_generation: Gauge,
     last_reload_ok: Gauge,
     restart_pending: Gauge,
@@ -326,6 +333,12 @@ impl Metrics {
             "Configuration reloads (SIGHUP), by result: applied, or refused (the file is invalid; the previous configuration stays)",
             reloads.clone(),
         );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "stormlock_notifications",
+            "Webhook notifications ([[notify]]) by notifier and outcome: delivered, retried (an attempt failed and will be tried again), failed (given up) or dropped (the notifier's queue was full)",
+            notifications.clone(),
+        );
         let config_generation = Gauge::default();
         registry.register(
             "stormlock_config_generation",
@@ -400,6 +413,7 @@ impl Metrics {
             audit_dropped,
             audit_written,
             reloads,
+            notifications,
             config_generation,
             last_reload_ok,
             restart_pending,
@@ -434,6 +448,7 @@ impl Metrics {
             LockEvent::Renewed { .. } => &self.renewals,
             LockEvent::ForceReleased { .. } => &self.force_releases,
             LockEvent::RenewRefused { .. }
+            | LockEvent::Waiting { .. }
             | LockEvent::Reserved { .. }
             | LockEvent::Unreserved { .. }
             | LockEvent::Released { .. }
@@ -511,6 +526,17 @@ impl Metrics {
         let alive = runtime.metrics().num_alive_tasks();
         self.runtime_tasks
             .set(i64::try_from(alive).unwrap_or(i64::MAX));
+    }
+
+    /// The counter of `notifier`'s notifications with `outcome`
+    /// (`delivered`, `retried`, `failed` or `dropped`).
+    pub fn notifications(&self, notifier: &str, outcome: &'static str) -> Counter {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                notifier: notifier.to_string(),
+                outcome,
+            })
+            .clone()
     }
 
     /// The counter of audit lines written, for the audit writer.
@@ -627,6 +653,7 @@ mod tests {
             lease: lease.clone(),
             ttl: Duration::from_secs(1),
             expired: None,
+            waited: false,
         });
         metrics.lock_event(&LockEvent::Released {
             principal: "p".to_string(),

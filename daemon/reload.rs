@@ -111,6 +111,7 @@ const LIVE: &[&str] = &[
     "resources",
     "freezes",
     "reservations",
+    "notify",
     "log_level",
 ];
 
@@ -263,6 +264,10 @@ impl Reloader {
         });
         self.locks.set_freezes(Freezes::new(new.freezes.clone()));
         self.locks.reservations().set_limits(new.reservations);
+        self.locks
+            .events()
+            .notify()
+            .set(&new.notify, Some(&self.metrics));
         if old.config.log_level != new.log_level {
             match &self.source.set_log_level {
                 // Validated with the file: cannot fail but for a bug.

@@ -422,6 +422,7 @@ async fn start_core(
     }
     let changes = Arc::new(Changes::new(settings.config.limits));
     let events = Events::new(audit, Some(metrics.clone()), changes.clone());
+    events.notify().set(&settings.config.notify, Some(metrics));
     let locks = Arc::new(Locks::new(router.clone(), events));
     locks.set_freezes(crate::windows::Freezes::new(
         settings.config.freezes.clone(),

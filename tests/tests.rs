@@ -22,6 +22,7 @@ mod first_hour;
 mod freezes;
 mod limits;
 mod nemesis;
+mod notify;
 mod operations;
 mod promises;
 mod proxy;
