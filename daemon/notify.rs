@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
@@ -635,14 +635,17 @@ impl Notify {
 
     /// Queues what `event` means to each notifier; never waits.
     pub fn offer(&self, event: &LockEvent) {
-        let running = self
-            .running
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if running.is_empty() {
-            return;
-        }
+        let running = {
+            let guard = self
+                .running
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // No notifier (the default): nothing more on the call's path.
+            if guard.is_empty() {
+                return;
+            }
+            guard.clone()
+        };
         let now = SystemTime::now();
         for r in running.iter() {
             let n = &r.notifier;
@@ -830,10 +833,9 @@ where
             .send_request(request)
             .await
             .map_err(|e| e.to_string())?;
-        let status = response.status();
-        // Read (and drop) the body, so the receiver sees its answer taken.
-        let _ = response.into_body().collect().await;
-        Ok(status)
+        // Only the status counts; the body is never read, so a receiver
+        // cannot make the daemon hold a large answer.
+        Ok(response.status())
     }
     .await;
     driver.abort();
