@@ -398,8 +398,9 @@ async fn check_config(
     stormlockd::server::check_policy(&config, config.listen())?;
     if offline {
         return print_stdout(&format!(
-            "{}: ok (offline: parsed and validated; certificates and backends not checked)\n{}",
+            "{}: ok (offline: parsed and validated; certificates and backends not checked)\n{}{}",
             file.display(),
+            notifiers(&config),
             bounds(&config)
         ));
     }
@@ -451,8 +452,22 @@ async fn check_config(
         );
     }
     out.push_str(&freezes(&config, std::time::SystemTime::now()));
+    out.push_str(&notifiers(&config));
     out.push_str(&bounds(&config));
     print_stdout(&out)
+}
+
+/// The webhooks, each with where it posts (host only: a webhook's path is
+/// often its credential) and what.
+fn notifiers(config: &Config) -> String {
+    if config.notify.is_empty() {
+        return String::new();
+    }
+    let mut out = "notify (reachability not checked):\n".to_string();
+    for n in &config.notify {
+        out.push_str(&format!("  {}\n", n.describe()));
+    }
+    out
 }
 
 /// The freeze windows, each with its occurrence in force or the next one.

@@ -176,7 +176,23 @@ impl TryFrom<NotifierTable> for Notifier {
             ));
         }
         let named = |message: String| format!("notify {:?}: {message}", t.name);
-        let target = parse_url(&t.url).map_err(|e| named(format!("url: {e}")))?;
+        // The configuration is read twice: as written (for line numbers),
+        // then with `${VAR}` expanded. A URL or CA path that still names a
+        // variable is checked in the second reading only.
+        let unexpanded = t.url.contains("${")
+            || t.ca
+                .as_ref()
+                .is_some_and(|ca| ca.to_string_lossy().contains("${"));
+        let target = if unexpanded {
+            Target {
+                https: false,
+                host: String::new(),
+                port: 0,
+                path: String::new(),
+            }
+        } else {
+            parse_url(&t.url).map_err(|e| named(format!("url: {e}")))?
+        };
         if t.events.is_empty() {
             return Err(named(
                 "events: give at least one (\"acquired\", \"granted-after-wait\", \"waiting\", \
@@ -216,7 +232,7 @@ impl TryFrom<NotifierTable> for Notifier {
         if !(1..=100).contains(&attempts) {
             return Err(named("attempts: from 1 to 100".into()));
         }
-        if t.ca.is_some() && !target.https {
+        if t.ca.is_some() && !target.https && !unexpanded {
             return Err(named("ca: given for an http:// URL".into()));
         }
         let tls = if target.https {
@@ -677,6 +693,33 @@ impl Notify {
 }
 
 impl Notifier {
+    /// One line for `check-config`: the name, the format, the host (not the
+    /// path, often the credential), the events and the resources.
+    pub fn describe(&self) -> String {
+        let t = &self.target;
+        let events: Vec<_> = self.events.iter().map(|k| k.as_str()).collect();
+        format!(
+            "{}: {} to {}://{}:{}/…, {} on {}{}",
+            self.name,
+            match self.format {
+                Format::Json => "json",
+                Format::Slack => "slack",
+            },
+            if t.https { "https" } else { "http" },
+            t.host,
+            t.port,
+            events.join(", "),
+            self.patterns
+                .as_ref()
+                .map_or_else(|| "every resource".to_string(), |p| p.patterns().join(", ")),
+            if self.secret.is_some() {
+                ", signed"
+            } else {
+                ""
+            },
+        )
+    }
+
     fn body(&self, note: &Notification) -> Bytes {
         let value = match self.format {
             Format::Json => serde_json::to_vec(note),
@@ -926,6 +969,23 @@ mod tests {
     }
 
     #[test]
+    fn a_url_from_the_environment_is_checked_once_expanded() {
+        let text = "[[notify]]\nname = \"ops\"\nurl = \"${STORMLOCK_TEST_NOTIFY_URL_UNSET}\"\nevents = [\"acquired\"]\n";
+        // Unset: refused for the variable, not taken for a malformed URL.
+        let err = crate::config::Config::parse(text, "test")
+            .expect_err("an unset variable")
+            .to_string();
+        assert!(err.contains("STORMLOCK_TEST_NOTIFY_URL_UNSET"), "{err}");
+        assert!(!err.contains("not a URL"), "{err}");
+        // Set (PATH is always set, and is no URL): refused as a URL.
+        let text = text.replace("STORMLOCK_TEST_NOTIFY_URL_UNSET", "PATH");
+        let err = crate::config::Config::parse(&text, "test")
+            .expect_err("PATH is no URL")
+            .to_string();
+        assert!(err.contains("notify \"ops\": url:"), "{err}");
+    }
+
+    #[test]
     fn defaults_and_targets() {
         let n = notifier(
             "name = \"ops\"\nurl = \"https://hooks.example.com/T/B?x=1\"\nevents = [\"expired\"]",
@@ -954,6 +1014,10 @@ mod tests {
         assert!(
             !shown.contains("T0KEN") && !shown.contains("s3cret"),
             "{shown}"
+        );
+        assert_eq!(
+            n.describe(),
+            "ops: json to http://x:80/…, expired on every resource, signed"
         );
     }
 

@@ -163,6 +163,8 @@ def daemon_check(rendered: Rendered) -> subprocess.CompletedProcess:
     for var in set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", text)):
         if var.endswith("_SHA256"):
             env[var] = "ab" * 32
+        elif var.startswith("STORMLOCK_NOTIFY_") and var.endswith("_URL"):
+            env[var] = "https://hooks.example.com/services/T0/B0/x"
         elif var.endswith("_URL"):
             (backend,) = [b for b in backends.values() if b.get("url") == "${%s}" % var]
             env[var] = SECRET_URLS[backend["type"]]
@@ -2469,6 +2471,52 @@ def test_freezes_are_rendered_as_the_daemon_reads_them(chart):
     rendered = render(chart, {"config": {"freezes": [WEEKEND, HOLIDAYS]}})
     assert rendered.config["freezes"] == [WEEKEND, HOLIDAYS]
     assert "freezes" not in render(chart).config
+
+
+OPS_SLACK = {"name": "ops-slack", "urlSecret": {"name": "slack-webhook", "key": "url"}, "format": "slack",
+             "events": ["force-released", "expired", "waiting"], "match": ["deploy/prod/**"]}
+AUDIT_BOT = {"name": "audit-bot", "url": "https://hooks.example.com/stormlock", "format": "json",
+             "signingSecret": {"name": "hooks", "key": "secret"}, "events": ["acquired", "released"],
+             "timeout": "5s", "attempts": 3, "queue": 50}
+
+
+def test_notifiers_are_rendered_with_their_secrets_from_the_environment(chart):
+    """A Slack URL (its credential) and a signing secret reach the pod as
+    secretKeyRefs and the config names them as ${VAR}: neither is in the
+    ConfigMap. The daemon accepts what is rendered."""
+    rendered = render(chart, {"config": {"notify": [OPS_SLACK, AUDIT_BOT]}})
+    assert rendered.config["notify"] == [
+        {"name": "ops-slack", "url": "${STORMLOCK_NOTIFY_0_URL}", "format": "slack",
+         "events": ["force-released", "expired", "waiting"], "match": ["deploy/prod/**"]},
+        {"name": "audit-bot", "url": "https://hooks.example.com/stormlock", "format": "json",
+         "events": ["acquired", "released"], "secret": "${STORMLOCK_NOTIFY_1_SECRET}", "timeout": "5s",
+         "attempts": 3, "queue": 50},
+    ]
+    env = rendered.env()
+    assert env["STORMLOCK_NOTIFY_0_URL"]["valueFrom"]["secretKeyRef"] == {"name": "slack-webhook", "key": "url"}
+    assert env["STORMLOCK_NOTIFY_1_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "hooks", "key": "secret"}
+    assert "STORMLOCK_NOTIFY_0_SECRET" not in env and "STORMLOCK_NOTIFY_1_URL" not in env
+    result = daemon_check(rendered)
+    assert result.returncode == 0, result.stderr + rendered.config_text
+    assert "notify" not in render(chart).config
+
+
+@pytest.mark.parametrize("notifier, schema_path", [
+    ({"name": "n", "events": ["acquired"]}, "/config/notify/0"),
+    ({"name": "n", "url": "https://h/x", "urlSecret": {"name": "a", "key": "b"}, "events": ["acquired"]},
+     "/config/notify/0"),
+    ({"name": "n", "url": "https://user:pw@h/x", "events": ["acquired"]}, "/config/notify/0/url"),
+    ({"name": "n", "url": "ftp://h/x", "events": ["acquired"]}, "/config/notify/0/url"),
+    ({"name": "n", "url": "https://h/x", "events": []}, "/config/notify/0/events"),
+    ({"name": "n", "url": "https://h/x", "events": ["acquire"]}, "/config/notify/0/events/0"),
+    ({"name": "n", "url": "https://h/x", "format": "slack", "signingSecret": {"name": "a", "key": "b"},
+      "events": ["acquired"]}, "/config/notify/0"),
+    ({"name": "n n", "url": "https://h/x", "events": ["acquired"]}, "/config/notify/0/name"),
+    ({"name": "n", "url": "https://h/x", "events": ["acquired"], "attempts": 0}, "/config/notify/0/attempts"),
+])
+def test_the_schema_refuses_malformed_notifiers(chart, notifier, schema_path):
+    message = render_error(chart, {"config": {"notify": [notifier]}})
+    assert "schema" in message and schema_path in message, message
 
 
 @pytest.mark.parametrize("freeze, schema_path", [

@@ -154,6 +154,35 @@ match = {{ toJson .match }}
 exempt = {{ toJson . }}
 {{- end }}
 {{- end }}
+{{- range $i, $n := .Values.config.notify }}
+
+[[notify]]
+name = {{ include "stormlock.tomlString" $n.name }}
+{{- if $n.urlSecret }}
+url = {{ printf "${%s}" (include "stormlock.notifyEnv" (list $i "URL")) | include "stormlock.tomlString" }}
+{{- else }}
+url = {{ include "stormlock.tomlString" $n.url }}
+{{- end }}
+{{- with $n.format }}
+format = {{ include "stormlock.tomlString" . }}
+{{- end }}
+events = {{ toJson $n.events }}
+{{- with $n.match }}
+match = {{ toJson . }}
+{{- end }}
+{{- if $n.signingSecret }}
+secret = {{ printf "${%s}" (include "stormlock.notifyEnv" (list $i "SECRET")) | include "stormlock.tomlString" }}
+{{- end }}
+{{- with $n.timeout }}
+timeout = {{ include "stormlock.tomlString" . }}
+{{- end }}
+{{- with $n.attempts }}
+attempts = {{ . }}
+{{- end }}
+{{- with $n.queue }}
+queue = {{ . }}
+{{- end }}
+{{- end }}
 {{- with .Values.config.extraToml }}
 
 {{ . }}

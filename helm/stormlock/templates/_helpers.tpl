@@ -314,6 +314,14 @@ STORMLOCK_BACKEND_<NAME>_<WHAT>. Call with (list $name "URL").
 {{- end }}
 
 {{/*
+Environment variable that carries config.notify[i]'s URL or signing secret
+when it comes from a Secret: STORMLOCK_NOTIFY_<i>_<WHAT>. Call with (list i WHAT).
+*/}}
+{{- define "stormlock.notifyEnv" -}}
+{{- printf "STORMLOCK_NOTIFY_%d_%s" (index . 0) (index . 1) }}
+{{- end }}
+
+{{/*
 Environment variable that carries the SHA-256 of auth.tokens[i] when it comes
 from a Secret (sha256Secret): STORMLOCK_AUTH_TOKEN_<i>_SHA256. Call with i.
 */}}
