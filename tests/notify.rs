@@ -58,6 +58,14 @@ impl Drop for Receiver {
 
 impl Receiver {
     async fn start(script: Vec<Reply>) -> Self {
+        Self::start_with(script, None).await
+    }
+
+    /// Like [`Receiver::start`], over TLS with `tls` (HTTPS).
+    async fn start_with(
+        script: Vec<Reply>,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -74,7 +82,22 @@ impl Receiver {
                     .expect("script")
                     .next()
                     .unwrap_or(Reply::Status(200));
-                tokio::spawn(serve(stream, reply, tx.clone()));
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(stream, reply, tx.clone()));
+                    }
+                    Some(config) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            // A client that refuses our certificate ends
+                            // here, having sent nothing.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, reply, tx).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Self {
@@ -97,11 +120,10 @@ impl Receiver {
     }
 }
 
-async fn serve(
-    mut stream: tokio::net::TcpStream,
-    reply: Reply,
-    tx: mpsc::UnboundedSender<Received>,
-) {
+async fn serve<S>(mut stream: S, reply: Reply, tx: mpsc::UnboundedSender<Received>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -507,5 +529,91 @@ fn the_cli_through_the_daemon_notifies_and_a_reload_moves_the_notifier() {
     assert!(
         first.requests.try_recv().is_err(),
         "the first receiver heard more"
+    );
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it, as PEM files.
+fn private_pki(dir: &std::path::Path) -> stormlockd::tls::TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "hooks test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("sign");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
+    stormlockd::tls::TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        client_ca: None,
+    }
+}
+
+/// HTTPS: a receiver whose certificate a private CA signed is reached with
+/// `ca` naming that CA, and refused with the public roots (the default):
+/// nothing is sent to it, and the failure is counted.
+#[tokio::test]
+async fn https_with_a_private_ca_and_not_without_it() {
+    stormlockd::tls::install_crypto_provider();
+    let pki = tempfile::tempdir().expect("tempdir");
+    let files = private_pki(pki.path());
+    let mut tls = (*stormlockd::tls::server_config(&files, false).expect("server TLS")).clone();
+    tls.alpn_protocols.clear();
+    let tls = Arc::new(tls);
+    let mut trusted = Receiver::start_with(vec![], Some(tls.clone())).await;
+    let mut untrusted = Receiver::start_with(vec![], Some(tls)).await;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let https = |r: &Receiver| format!("https://{}/hook", r.addr);
+    let daemon = TestDaemon::start(
+        &format!(
+            "metrics_listen = \"{metrics}\"\n{}\n[[notify]]\nname = \"public\"\nurl = \"{}\"\n\
+             events = [\"acquired\"]\nattempts = 1\n",
+            config(&format!(
+                "name = \"private\"\nurl = \"{}\"\nca = \"{}\"\nevents = [\"acquired\"]",
+                https(&trusted),
+                pki.path().join("ca.pem").display()
+            )),
+            https(&untrusted),
+        ),
+        false,
+    )
+    .await;
+    let mut client = daemon.client().await;
+    let resource = format!("tls/{}", unique());
+    assert!(
+        client
+            .acquire(acquire(&resource, "over TLS", 0))
+            .await
+            .expect("acquire")
+            .into_inner()
+            .acquired
+    );
+    let got = trusted.next().await;
+    assert_eq!(got.path, "/hook");
+    assert_eq!(got.json()["resource"], resource.as_str());
+    let failed = "stormlock_notifications_total{notifier=\"public\",outcome=\"failed\"} 1";
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = scrape_metrics(metrics).await;
+        if text.contains(failed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains(failed), "{text}");
+    assert!(
+        untrusted.requests.try_recv().is_err(),
+        "nothing reaches a server the public roots do not vouch for"
     );
 }
