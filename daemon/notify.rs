@@ -602,6 +602,43 @@ struct Running {
     notifier: Arc<Notifier>,
     queue: mpsc::Sender<Message>,
     dropped: Option<Counter>,
+    waits: Arc<std::sync::Mutex<RecentWaits>>,
+}
+
+/// How long a `waiting` notification stands for one principal's waits on
+/// one resource: someone retrying a short wait in a loop is announced once
+/// a minute, not once a try.
+const WAITING_REPEAT: Duration = Duration::from_secs(60);
+/// The most (resource, principal) pairs remembered; beyond, the oldest are
+/// forgotten (a pair forgotten is announced again).
+const WAITING_REMEMBERED: usize = 10_000;
+
+/// The waits announced lately, per (resource, principal).
+#[derive(Default)]
+struct RecentWaits {
+    seen: std::collections::HashMap<(String, String), std::time::Instant>,
+}
+
+impl RecentWaits {
+    /// Whether a wait of `principal` on `resource` at `now` is news: none
+    /// was announced within [`WAITING_REPEAT`].
+    fn news(&mut self, resource: &str, principal: &str, now: std::time::Instant) -> bool {
+        let key = (resource.to_string(), principal.to_string());
+        if let Some(last) = self.seen.get(&key)
+            && now.saturating_duration_since(*last) < WAITING_REPEAT
+        {
+            return false;
+        }
+        if self.seen.len() >= WAITING_REMEMBERED {
+            self.seen
+                .retain(|_, at| now.saturating_duration_since(*at) < WAITING_REPEAT);
+            if self.seen.len() >= WAITING_REMEMBERED {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(key, now);
+        true
+    }
 }
 
 /// The notifiers in force.
@@ -633,6 +670,7 @@ impl Notify {
                         notifier: same.notifier.clone(),
                         queue: same.queue.clone(),
                         dropped: same.dropped.clone(),
+                        waits: same.waits.clone(),
                     };
                 }
                 let notifier = Arc::new(n.clone());
@@ -643,6 +681,7 @@ impl Notify {
                     notifier,
                     queue,
                     dropped: counters.map(|c| c.dropped),
+                    waits: Arc::default(),
                 }
             })
             .collect();
@@ -669,6 +708,15 @@ impl Notify {
             for note in notes {
                 if let Some(patterns) = &n.patterns
                     && !patterns.is_match(&note.resource)
+                {
+                    continue;
+                }
+                if note.event == Kind::Waiting.as_str()
+                    && !r
+                        .waits
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .news(&note.resource, &note.principal, std::time::Instant::now())
                 {
                     continue;
                 }
@@ -1115,6 +1163,29 @@ mod tests {
             waiting[0].text(),
             "`deploy/prod` waiting by bob (hotfix): held by alice, fence 3"
         );
+    }
+
+    #[test]
+    fn a_wait_retried_in_a_loop_is_announced_once_a_minute() {
+        let mut recent = RecentWaits::default();
+        let t0 = std::time::Instant::now();
+        assert!(recent.news("db", "bob", t0));
+        assert!(!recent.news("db", "bob", t0 + Duration::from_secs(1)));
+        assert!(!recent.news("db", "bob", t0 + WAITING_REPEAT - Duration::from_millis(1)));
+        // Someone else, or another resource, is news.
+        assert!(recent.news("db", "carol", t0 + Duration::from_secs(1)));
+        assert!(recent.news("cache", "bob", t0 + Duration::from_secs(1)));
+        // A minute on, again.
+        assert!(recent.news("db", "bob", t0 + WAITING_REPEAT));
+        // Bounded: past the limit the old pairs go, the fresh ones stay.
+        let mut full = RecentWaits::default();
+        for i in 0..WAITING_REMEMBERED {
+            assert!(full.news(&format!("r{i}"), "p", t0));
+        }
+        let later = t0 + WAITING_REPEAT;
+        assert!(full.news("fresh", "p", later));
+        assert_eq!(full.seen.len(), 1);
+        assert!(!full.news("fresh", "p", later));
     }
 
     #[test]
