@@ -141,6 +141,7 @@ pub struct Notifier {
     events: Vec<Kind>,
     patterns: Option<PatternSet>,
     secret: Option<Arc<str>>,
+    ca: Option<PathBuf>,
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     queue: usize,
@@ -247,6 +248,7 @@ impl TryFrom<NotifierTable> for Notifier {
             events: t.events,
             patterns,
             secret,
+            ca: t.ca,
             tls,
             timeout,
             queue,
@@ -255,9 +257,14 @@ impl TryFrom<NotifierTable> for Notifier {
     }
 }
 
-impl PartialEq for Notifier {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
+impl Notifier {
+    /// Whether a reload may keep `self` running in place of `other`: the
+    /// same settings, and no `ca` (its file may have changed under the same
+    /// path, so a notifier with one starts anew on every reload).
+    fn unchanged(&self, other: &Self) -> bool {
+        self.ca.is_none()
+            && other.ca.is_none()
+            && self.name == other.name
             && self.target == other.target
             && self.format == other.format
             && self.events == other.events
@@ -665,7 +672,7 @@ impl Notify {
         let next = notifiers
             .iter()
             .map(|n| {
-                if let Some(same) = running.iter().find(|r| *r.notifier == *n) {
+                if let Some(same) = running.iter().find(|r| r.notifier.unchanged(n)) {
                     return Running {
                         notifier: same.notifier.clone(),
                         queue: same.queue.clone(),
@@ -1163,6 +1170,44 @@ mod tests {
             waiting[0].text(),
             "`deploy/prod` waiting by bob (hotfix): held by alice, fence 3"
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_only_a_notifier_whose_settings_did_not_change() {
+        let base = "name = \"ops\"\nurl = \"http://x/\"\nevents = [\"expired\"]\n";
+        let n = notifier(base).expect("valid");
+        assert!(n.unchanged(&notifier(base).expect("valid")));
+        for changed in [
+            base.replace("http://x/", "http://y/"),
+            base.replace("expired", "acquired"),
+            format!("{base}secret = \"s\""),
+            format!("{base}match = [\"a/**\"]"),
+            format!("{base}timeout = \"2s\""),
+            format!("{base}queue = 5"),
+            format!("{base}attempts = 2"),
+            format!("{base}format = \"slack\""),
+            base.replace("\"ops\"", "\"ops2\""),
+        ] {
+            assert!(
+                !n.unchanged(&notifier(&changed).expect("valid")),
+                "{changed}"
+            );
+        }
+        // With a CA file (which may have changed under its path): anew.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["ca".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).expect("write");
+        let with_ca = format!(
+            "name = \"ops\"\nurl = \"https://x/\"\nevents = [\"expired\"]\nca = {:?}\n",
+            ca.display().to_string()
+        );
+        let n = notifier(&with_ca).expect("valid");
+        assert!(!n.unchanged(&notifier(&with_ca).expect("valid")));
     }
 
     #[test]
