@@ -684,6 +684,28 @@ mod tests {
         }
     }
 
+    /// A reservation is in force from its start, up to but not at its end:
+    /// the next one may start at that instant.
+    #[test]
+    fn a_reservation_covers_its_start_and_not_its_end() {
+        let t = time(1_800_000_000_000);
+        let r = Reservation {
+            id: "a1b2c3d4".into(),
+            resource: "staging".into(),
+            owner: "alice".into(),
+            reason: "load test".into(),
+            starts_at: t,
+            ends_at: t + Duration::from_secs(60),
+            created_at: t,
+        };
+        let ms = Duration::from_millis(1);
+        assert!(!r.covers(t - ms));
+        assert!(r.covers(t));
+        assert!(r.covers(r.ends_at - ms));
+        assert!(!r.covers(r.ends_at));
+        assert!(!r.covers(r.ends_at + ms));
+    }
+
     #[tokio::test]
     async fn overlapping_bookings_are_refused_naming_the_one_in_the_way() {
         let ledger = ledger();
